@@ -1,0 +1,32 @@
+"""``cds-engine`` command line (typer). Wiring only: each command calls the library.
+
+Commands live in :mod:`cds_engine.commands`; each module there exposes ``register(app)`` so
+the service, batch and rule-authoring commands stay in their own files.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+
+import typer
+
+from cds_engine import commands
+
+__all__ = ["app"]
+
+app = typer.Typer(
+    name="cds-engine",
+    help="Clinical decision support: evaluate patients against declarative rule packs.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+rules_app = typer.Typer(help="Validate, test and document rule packs.", no_args_is_help=True)
+app.add_typer(rules_app, name="rules")
+
+for _module in sorted(m.name for m in pkgutil.iter_modules(commands.__path__)):
+    importlib.import_module(f"{commands.__name__}.{_module}").register(app, rules_app)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

@@ -1,0 +1,150 @@
+"""The engine: compiled packs + an evaluator → alerts stamped with pack id, version and hash.
+
+``Engine.from_dir("rules/")`` loads the shared vocabulary (``rules/vocabulary``) and every pack
+(``rules/*/pack.yaml``). ``engine.evaluate(facts)`` runs each *applicable* pack: one whose drug
+is ordered, or one of whose partner classes is ordered while the pack's drug is active (an
+opioid ordered for a patient on the pack's drug is checked too), or — with no order — one whose
+drug is among the active medicines (batch screening of current therapy).
+
+Two evaluators give identical outcomes: ``rete`` (durable_rules, the default) and ``oracle``
+(plain Python over the same condition trees).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+from cds_engine.alerts import Alert
+from cds_engine.facts.derive import ACTIVE_ACTIONS, derive
+from cds_engine.facts.model import PatientFacts
+from cds_engine.results import build_alerts
+from cds_engine.rules.compile import CompiledPack, load_pack
+from cds_engine.rules.conditions import evaluate
+from cds_engine.rules.errors import PackLoadError
+from cds_engine.rules.rete import ReteEvaluator
+from cds_engine.vocabulary import Vocabulary
+
+__all__ = ["Engine", "EvaluatorName", "OracleEvaluator", "project"]
+
+EvaluatorName = Literal["rete", "oracle"]
+
+
+class TierEvaluator(Protocol):
+    def outcomes(self, projected: Mapping[str, Any]) -> dict[str, int]: ...
+
+
+class OracleEvaluator:
+    """Plain-Python evaluation of the condition trees: the reference the others must match."""
+
+    def __init__(self, pack: CompiledPack) -> None:
+        self._tiers = [(t.id, t.node) for t in pack.tiers]
+
+    def outcomes(self, projected: Mapping[str, Any]) -> dict[str, int]:
+        return {tier_id: evaluate(node, projected) for tier_id, node in self._tiers}
+
+
+def project(flat: Mapping[str, Any], referenced: Mapping[str, Any]) -> dict[str, Any]:
+    """Only the facts a pack reads, with family defaults filled in (0 opioids, not 'missing')."""
+    out: dict[str, Any] = {}
+    for name, default in referenced.items():
+        value = flat.get(name, default)
+        if value is not None:
+            out[name] = value
+    return out
+
+
+class Engine:
+    """Evaluate patients against compiled rule packs."""
+
+    def __init__(self, packs: Iterable[CompiledPack], evaluator: EvaluatorName = "rete",
+                 statuses: tuple[str, ...] = ("active",)) -> None:
+        self.packs = list(packs)
+        self.evaluator_name = evaluator
+        self.statuses = statuses
+        self._referenced = {p.id: p.referenced_facts() for p in self.packs}
+        self._local = threading.local()
+
+    @classmethod
+    def from_dir(cls, directory: str | Path = "rules", evaluator: EvaluatorName = "rete",
+                 statuses: tuple[str, ...] = ("active",),
+                 overrides: Mapping[str, Mapping[str, Any]] | None = None) -> Engine:
+        """Load ``directory/vocabulary`` and every ``directory/*/pack.yaml``.
+
+        ``overrides`` maps a pack id to site parameter values (local policy) laid over the pack.
+        Raises :class:`PackLoadError` listing every error of every invalid pack.
+        """
+        directory = Path(directory)
+        vocab = Vocabulary.from_dir(directory / "vocabulary")
+        packs, findings = [], []
+        for path in sorted(directory.glob("*/pack.yaml")):
+            pack_overrides = (overrides or {}).get(path.parent.name, {})
+            try:
+                packs.append(load_pack(path, vocab, pack_overrides))
+            except PackLoadError as exc:
+                findings.extend(exc.findings)
+        if findings:
+            raise PackLoadError(findings)
+        return cls(packs, evaluator, statuses)
+
+    def _evaluator(self, pack: CompiledPack) -> TierEvaluator:
+        cache: dict[str, TierEvaluator] | None = getattr(self._local, "evaluators", None)
+        if cache is None:
+            cache = self._local.evaluators = {}
+        key = f"{pack.id}:{pack.content_hash}"
+        if key not in cache:
+            if self.evaluator_name == "rete":
+                cache[key] = ReteEvaluator(pack, slot=f"slot-{threading.get_ident() % 1000}")
+            else:
+                cache[key] = OracleEvaluator(pack)
+        return cache[key]
+
+    def applicable(self, facts: PatientFacts) -> list[CompiledPack]:
+        """Packs that should review this patient (see module docstring)."""
+        out = []
+        for pack in self.packs:
+            if pack.spec.pack.status not in self.statuses:
+                continue
+            vocab, triggers = pack.vocabulary, pack.spec.pack.triggers
+            drug = pack.context.drug_class
+            active_classes: set[str] = set()
+            for med in facts.medications:
+                if med.status == "active":
+                    active_classes |= set(med.classes) | vocab.classify(med.product, "drug_class")
+                    product = vocab.product(med.product)
+                    if product is not None:
+                        active_classes.add(product.ingredient_group)
+            order = facts.order
+            if order is None:
+                if drug in active_classes:
+                    out.append(pack)
+                continue
+            order_classes = vocab.classify(order.product, "drug_class")
+            product = vocab.product(order.product)
+            if product is not None:
+                order_classes.add(product.ingredient_group)
+            if order_classes & set(triggers.drug_classes) or (
+                order_classes & set(triggers.partner_classes) and drug in active_classes
+                and order.action in ACTIVE_ACTIONS
+            ):
+                out.append(pack)
+        return out
+
+    def flat_facts(self, pack: CompiledPack, facts: PatientFacts) -> dict[str, Any]:
+        return derive(facts, pack.vocabulary, pack.context)
+
+    def evaluate_pack(self, pack: CompiledPack, facts: PatientFacts) -> list[Alert]:
+        flat = self.flat_facts(pack, facts)
+        outcomes = self._evaluator(pack).outcomes(project(flat, self._referenced[pack.id]))
+        return build_alerts(pack, flat, outcomes)
+
+    def evaluate(self, facts: PatientFacts | Mapping[str, Any]) -> list[Alert]:
+        """Alerts of every applicable pack, most severe first."""
+        if not isinstance(facts, PatientFacts):
+            facts = PatientFacts.model_validate(facts)
+        alerts: list[Alert] = []
+        for pack in self.applicable(facts):
+            alerts.extend(self.evaluate_pack(pack, facts))
+        return sorted(alerts, key=Alert.sort_key)

@@ -1,0 +1,1 @@
+"""The patient fact model and the derivation of the flat facts rules read."""

@@ -1,0 +1,374 @@
+"""From :class:`PatientFacts` to the flat facts rules read — every derived value in one place.
+
+Why one place: the Rete evaluator, the plain-Python oracle and the vectorised batch evaluator
+must see identical inputs, and a derived value computed twice drifts. Everything here is
+threshold-free arithmetic (daily dose, days since, counts by class); clinical cut-offs live in
+the rule pack. Where a value cannot be computed with checked units it is left *missing*
+(absent from the dict), never guessed: an oral liquid dosed in mL without a concentration has
+no daily dose in mg.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import Any
+
+from cds_engine.facts.model import Medication, Order, PatientFacts
+from cds_engine.facts.normalize import (
+    LIQUID_FORMS,
+    MASS_UNITS_TO_MG,
+    normalize_form,
+    normalize_route,
+    normalize_unit,
+)
+from cds_engine.vocabulary import Vocabulary
+
+__all__ = ["ACTIVE_ACTIONS", "DrugContext", "derive"]
+
+ACTIVE_ACTIONS = frozenset({"new", "modify", "continue"})
+_COUNTED_UNITS = frozenset({"tablet", "capsule", "packet"})
+_ACTIVE_CONDITION = frozenset({"active", "recurrence", "relapse"})
+_PAST_CONDITION = frozenset({"inactive", "remission", "resolved"})
+_NOT_TRUE = frozenset({"refuted", "entered-in-error"})
+
+
+@dataclass(frozen=True, slots=True)
+class DrugContext:
+    """What a pack tells the derivation: which drug class is 'the drug', and look-back windows."""
+
+    drug_class: str
+    dialysis_procedure_lookback_days: float = 30.0
+    dialysis_condition_group: str = "dialysis"
+
+
+@dataclass(slots=True)
+class _ActiveDrug:
+    route: str | None
+    form: str | None
+    concentration: float | None
+    classes: set[str]
+    inpatient: bool
+    daily_dose_mg: float | None
+
+
+def _to_date(value: date | datetime, as_of: datetime) -> date:
+    if isinstance(value, datetime):
+        if value.tzinfo is not None and as_of.tzinfo is not None:
+            value = value.astimezone(as_of.tzinfo)
+        return value.date()
+    return value
+
+
+def _days(value: date | datetime | None, as_of: datetime) -> int | None:
+    if value is None:
+        return None
+    return (as_of.date() - _to_date(value, as_of)).days
+
+
+def _hours(value: datetime | None, as_of: datetime) -> float | None:
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=as_of.tzinfo)
+    return round((as_of - value).total_seconds() / 3600.0, 4)
+
+
+def _age(facts: PatientFacts) -> tuple[float | None, float | None]:
+    today = facts.as_of.date()
+    if facts.birth_date is not None:
+        b = facts.birth_date
+        years = today.year - b.year - ((today.month, today.day) < (b.month, b.day))
+        return float(years), float((today - b).days)
+    if facts.age_years is not None:
+        # Without a birth date, days are only known well enough to say "not a neonate".
+        days = float(int(facts.age_years * 365.25)) if facts.age_years >= 1 else None
+        return float(int(facts.age_years)), days
+    return None, None
+
+
+def _bounded(out: dict[str, Any], name: str, value: float, comparator: str | None) -> None:
+    suffix = {None: "", ">": "__gt", ">=": "__ge", "<": "__lt", "<=": "__le"}[comparator]
+    out[name + suffix] = value
+
+
+def _renal_unit_ok(unit: str | None) -> bool:
+    return unit is None or "ml/min" in unit.lower().replace(" ", "")
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 6)
+
+
+def _drug_classes(med: Medication | Order, vocab: Vocabulary) -> set[str]:
+    classes = set(getattr(med, "classes", []) or [])
+    classes |= vocab.classify(med.product, "drug_class")
+    product = vocab.product(med.product)
+    if product is not None:
+        classes.add(product.ingredient_group)
+    return classes
+
+
+def _dose_mg_per_unit(order: Order, unit: str | None, vocab: Vocabulary) -> tuple[float | None, float | None]:
+    """mg per dose unit, and the concentration used (liquids). None when units cannot be reconciled."""
+    product = vocab.product(order.product)
+    concentration = order.concentration_mg_per_ml or (product.concentration_mg_per_ml if product else None)
+    if unit in MASS_UNITS_TO_MG:
+        return MASS_UNITS_TO_MG[unit], concentration
+    if unit == "mL":
+        return concentration, concentration
+    if unit in _COUNTED_UNITS and product is not None and product.strength_mg:
+        return product.strength_mg, concentration
+    return None, concentration
+
+
+def _order_doses(order: Order, factor: float | None) -> tuple[float | None, float | None]:
+    """Daily dose and largest single dose in mg (None when not computable)."""
+    if order.action in ("discontinue", "hold") and order.dose_amount is None and not order.schedule:
+        return 0.0, 0.0
+    if factor is None:
+        return None, None
+    if order.schedule:
+        amounts = list(order.schedule)
+        daily = sum(amounts) * factor
+        single = max(amounts) * factor
+    elif order.dose_amount is None:
+        return None, None
+    else:
+        single = order.dose_amount * factor
+        per_day = order.prn_max_doses_per_day if order.prn else order.doses_per_day
+        daily = None if per_day is None else order.dose_amount * per_day * factor
+    return _round(daily), _round(single)
+
+
+def derive(facts: PatientFacts, vocab: Vocabulary, ctx: DrugContext) -> dict[str, Any]:
+    """Flatten one patient into the facts of :mod:`cds_engine.facts.catalog` (missing = absent)."""
+    as_of = facts.as_of
+    out: dict[str, Any] = {}
+
+    age_years, age_days = _age(facts)
+    out["age_years"] = age_years
+    out["age_days"] = age_days
+    out["sex"] = facts.sex
+    out["weight_kg"] = facts.weight_kg
+
+    renal = facts.renal
+    for name, result in (("egfr", renal.egfr), ("crcl", renal.crcl)):
+        if result is not None and _renal_unit_ok(result.unit):
+            _bounded(out, name, result.value, result.comparator)
+            out[f"{name}_days_old"] = _days(result.date, as_of)
+            if name == "egfr":
+                out["egfr_method"] = result.method
+    modality = renal.dialysis
+    procedure_days = _days(renal.last_dialysis_procedure, as_of)
+    recent_procedure = procedure_days is not None and 0 <= procedure_days <= ctx.dialysis_procedure_lookback_days
+    out["aki"] = renal.aki
+
+    rep = facts.reproductive
+    out["pregnant"] = rep.pregnant
+    out["gestational_age_weeks"] = rep.gestational_age_weeks
+    out["lactating"] = rep.lactating
+    out["taper_or_neonatal_plan_documented"] = rep.taper_or_neonatal_plan_documented
+    out["maternal_exposure_at_delivery"] = rep.maternal_exposure_at_delivery
+    out["alcohol_use_current"] = facts.alcohol_use_current
+
+    # conditions: only active, non-refuted entries count; resolved ones are history
+    cond_onset: dict[str, int] = {}
+    for condition in facts.conditions:
+        if condition.verification_status in _NOT_TRUE:
+            continue
+        groups = set(condition.groups) | vocab.classify(condition.code, "condition_group")
+        status = condition.clinical_status or "active"
+        for group in groups:
+            if status in _ACTIVE_CONDITION:
+                out[f"cond.{group}"] = True
+                onset = _days(condition.onset, as_of)
+                if onset is not None and (group not in cond_onset or onset < cond_onset[group]):
+                    cond_onset[group] = onset
+            elif status in _PAST_CONDITION:
+                out[f"cond_history.{group}"] = True
+    for group, days in cond_onset.items():
+        out[f"cond_onset_days.{group}"] = days
+    dialysis_dependent = renal.dialysis_dependent or out.get(f"cond.{ctx.dialysis_condition_group}", False)
+    if modality is not None and modality != "none":
+        out["dialysis"], out["dialysis_modality"] = True, modality
+    elif dialysis_dependent or recent_procedure:
+        out["dialysis"], out["dialysis_modality"] = True, "unspecified"
+    else:  # no documented dialysis: ESRD on the problem list alone is not dialysis
+        out["dialysis"], out["dialysis_modality"] = False, "none"
+
+    allergy_groups: set[str] = set()
+    for allergy in facts.allergies:
+        if allergy.verification_status in _NOT_TRUE or allergy.clinical_status not in (None, "active"):
+            continue
+        groups = set(allergy.groups) | vocab.classify(allergy.substance, "allergy_group")
+        allergy_groups |= groups
+    for group in allergy_groups:
+        out[f"allergy.{group}"] = True
+
+    # medications and the order under review
+    order = facts.order
+    order_classes = _drug_classes(order, vocab) if order is not None else set()
+    focus = order if order is not None and ctx.drug_class in order_classes else None
+    active: list[tuple[Medication | Order, _ActiveDrug]] = []
+    for med in facts.medications:
+        if med.status != "active":
+            continue
+        classes = _drug_classes(med, vocab)
+        product = vocab.product(med.product)
+        active.append((med, _ActiveDrug(
+            route=normalize_route(med.route) or (product.route if product else None),
+            form=normalize_form(med.form) or (product.form if product else None),
+            concentration=med.concentration_mg_per_ml or (product.concentration_mg_per_ml if product else None),
+            classes=classes,
+            inpatient=med.setting == "inpatient",
+            daily_dose_mg=med.daily_dose_mg,
+        )))
+
+    replaced: _ActiveDrug | None = None
+    if order is not None:
+        order_product = vocab.product(order.product)
+        order_route = normalize_route(order.route) or (order_product.route if order_product else None)
+        order_form = normalize_form(order.form) or (order_product.form if order_product else None)
+        if order.action != "new":
+            target_classes = {ctx.drug_class} if focus is not None else order_classes
+            candidates = [
+                (i, a) for i, (m, a) in enumerate(active)
+                if (order.replaces is not None and isinstance(m, Medication) and m.id == order.replaces)
+                or (order.replaces is None and a.classes & target_classes)
+            ]
+            if order.replaces is None:
+                candidates.sort(key=lambda ia: ia[1].route != order_route)
+            if candidates:
+                index, replaced = candidates[0]
+                del active[index]
+        if order.action in ACTIVE_ACTIONS:
+            unit = normalize_unit(order.dose_unit)
+            factor, concentration = _dose_mg_per_unit(order, unit, vocab)
+            daily, _single = _order_doses(order, factor)
+            active.append((order, _ActiveDrug(
+                route=order_route, form=order_form, concentration=concentration, classes=order_classes,
+                inpatient=facts.encounter.inpatient, daily_dose_mg=daily,
+            )))
+
+    med_counts: Counter[str] = Counter()
+    inpatient_counts: Counter[str] = Counter()
+    drug_routes: Counter[str] = Counter()
+    liquid_concentrations: set[float] = set()
+    for _, a in active:
+        for cls in a.classes:
+            med_counts[cls] += 1
+            if a.inpatient:
+                inpatient_counts[cls] += 1
+        if ctx.drug_class in a.classes:
+            drug_routes[a.route or "unknown"] += 1
+            if a.form in LIQUID_FORMS and a.concentration is not None:
+                liquid_concentrations.add(a.concentration)
+    for cls, n in med_counts.items():
+        out[f"meds.{cls}"] = n
+    for cls, n in inpatient_counts.items():
+        out[f"inpatient_meds.{cls}"] = n
+    for route, n in drug_routes.items():
+        out[f"drug_active_by_route.{route}"] = n
+    out["drug_active_count"] = sum(drug_routes.values())
+    out["drug_liquid_concentrations"] = len(liquid_concentrations)
+
+    history = facts.history
+    other_drug_active = any(ctx.drug_class in a.classes for m, a in active if m is not order)
+    out["order_present"] = focus is not None
+    if focus is not None:
+        _order_facts(out, focus, vocab, allergy_groups, replaced, facts)
+        if other_drug_active or replaced is not None or focus.action != "new":
+            out["days_since_last_exposure"] = 0
+    elif other_drug_active:
+        out["days_since_last_exposure"] = 0
+    if "days_since_last_exposure" not in out:
+        out["days_since_last_exposure"] = _days(history.last_exposure, as_of)
+    fresh_start = focus is not None and focus.action == "new" and out["days_since_last_exposure"] is None
+    out["days_on_therapy"] = None if fresh_start else _days(history.therapy_start, as_of)
+    out["days_since_dose_change"] = _days(history.last_dose_change, as_of)
+    out["stable_dose_days"] = _days(history.stable_dose_since, as_of)
+    if history.stable_dose_since is not None:
+        assessed = facts.monitoring.get("efficacy_assessment")
+        out["efficacy_assessed_since_stable"] = assessed is not None and assessed >= history.stable_dose_since
+    out["hours_since_last_dose"] = _hours(history.last_dose_time, as_of)
+
+    for item, when in facts.monitoring.items():
+        out[f"days_since.{item}"] = _days(when, as_of)
+
+    out["pump_present"] = facts.pump.present
+    out["pump_alarm_active"] = facts.pump.alarm_active
+    if facts.pump.next_refill_date is not None:
+        out["days_until_refill"] = (facts.pump.next_refill_date - as_of.date()).days
+    out["inpatient"] = facts.encounter.inpatient
+    out["npo"] = facts.encounter.npo
+    out["hours_since_admission"] = _hours(facts.encounter.admission_time, as_of)
+
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def _order_facts(
+    out: dict[str, Any],
+    order: Order,
+    vocab: Vocabulary,
+    allergy_groups: set[str],
+    replaced: _ActiveDrug | None,
+    facts: PatientFacts,
+) -> None:
+    product = vocab.product(order.product)
+    route = normalize_route(order.route) or (product.route if product else None)
+    form = normalize_form(order.form) or (product.form if product else None)
+    unit = normalize_unit(order.dose_unit)
+    factor, concentration = _dose_mg_per_unit(order, unit, vocab)
+    daily, single = _order_doses(order, factor)
+
+    out["order_action"] = order.action
+    out["order_route"] = route
+    out["order_form"] = form
+    out["order_product_route"] = product.route if product else None
+    out["order_is_liquid"] = None if form is None else form in LIQUID_FORMS
+    out["order_dose_unit"] = unit
+    out["order_dose_amount"] = order.dose_amount
+    out["order_doses_per_day"] = order.doses_per_day
+    out["order_prn"] = order.prn
+    out["order_concentration_mg_per_ml"] = concentration
+    if order.indication_group:
+        out["order_indication"] = order.indication_group
+    else:
+        groups = sorted(vocab.classify(order.indication, "indication"))
+        out["order_indication"] = groups[0] if groups else None
+    out["order_reason"] = order.reason
+    taper = order.taper
+    taper_days: float | None = None
+    if taper is not None:
+        taper_days = taper.duration_days
+        if taper_days is None and taper.end_date is not None:
+            start = _to_date(order.date, facts.as_of) if order.date is not None else facts.as_of.date()
+            taper_days = float((taper.end_date - start).days)
+    out["order_has_taper"] = taper is not None and (taper_days is not None or bool(taper.steps))
+    out["order_taper_days"] = taper_days
+    out["excipient_allergy"] = bool(set(order.excipient_groups) & allergy_groups)
+
+    out["daily_dose_mg"] = daily
+    out["daily_dose_mcg"] = _round(daily * 1000.0) if daily is not None else None
+    out["max_single_dose_mg"] = single
+    history = facts.history
+    previous = history.previous_daily_dose_mg
+    if previous is None and replaced is not None:
+        previous = replaced.daily_dose_mg
+    out["previous_daily_dose_mg"] = previous
+    out["previous_max_single_dose_mg"] = history.previous_max_single_dose_mg
+    if daily is not None and previous is not None:
+        out["daily_dose_change_mg"] = _round(daily - previous)
+        if previous > 0:
+            out["daily_dose_reduction_pct"] = _round((previous - daily) / previous * 100.0)
+    if single is not None and history.previous_max_single_dose_mg is not None:
+        out["single_dose_change_mg"] = _round(single - history.previous_max_single_dose_mg)
+    if order.action in ACTIVE_ACTIONS:
+        if previous is None and order.action == "new":
+            out["dose_increase"] = False  # a first order is a start, not an increase
+        elif daily is not None and previous is not None:
+            out["dose_increase"] = daily > previous
+    else:
+        out["dose_increase"] = False

@@ -1,0 +1,139 @@
+"""From tier outcomes to alerts — shared by every evaluator so they can only differ in outcomes.
+
+A rule raises one alert, at its highest TRUE tier. Tiers left UNKNOWN (a fact they need is
+missing) are never dropped silently: a higher undecided tier is listed on the alert, and a rule
+that could not be decided at all is reported through a grouped "cannot assess" alert — one
+per missing data item, at most a warning — unless a rule that covers that gap already fired.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from cds_engine.alerts import SEVERITY_ORDER, Alert, AlertSource, AlertSuggestion
+from cds_engine.messages import render
+from cds_engine.rules.compile import CompiledPack, CompiledTier
+from cds_engine.rules.conditions import TRUE, UNKNOWN, BOUND_SUFFIXES, facts_of, unknown_leaves
+
+__all__ = ["MISSING_DATA_RULE", "build_alerts", "evidence_of"]
+
+MISSING_DATA_RULE = "missing-data"
+
+
+def _short(text: str, limit: int = 139) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
+def evidence_of(tier: CompiledTier, flat: Mapping[str, Any]) -> dict[str, Any]:
+    """The fact values a tier's condition read (present ones, bounds included)."""
+    out: dict[str, Any] = {}
+    for leaf in facts_of(tier.node):
+        if leaf.fact in flat:
+            out[leaf.fact] = flat[leaf.fact]
+        elif leaf.default is not None:
+            out[leaf.fact] = leaf.default
+        if leaf.bounded:
+            for suffix in BOUND_SUFFIXES:
+                if leaf.fact + suffix in flat:
+                    out[leaf.fact + suffix] = flat[leaf.fact + suffix]
+    return out
+
+
+def _approval_note(pack: CompiledPack) -> str:
+    info = pack.spec.pack
+    if info.approval.status == "approved":
+        return f"Knowledge pack {info.id} {info.version} (approved {info.approval.date or ''})."
+    return (f"Knowledge pack {info.id} {info.version}: approval pending local clinical validation — "
+            "thresholds marked design choice/derived await sign-off.")
+
+
+def _common(pack: CompiledPack) -> dict[str, Any]:
+    info = pack.spec.pack
+    return {"pack_id": info.id, "pack_version": info.version, "pack_hash": pack.content_hash, "pack_url": info.url,
+            "pack_status": info.status, "approval": info.approval.status}
+
+
+def build_alerts(pack: CompiledPack, flat: Mapping[str, Any], outcomes: Mapping[str, int]) -> list[Alert]:
+    """Alerts of one pack for one patient, most severe first."""
+    alerts: list[Alert] = []
+    undecided: list[tuple[CompiledTier, list[str]]] = []  # tiers left UNKNOWN and the facts they lacked
+    fired_rules: set[str] = set()
+    note = _approval_note(pack)
+    for rule in pack.rules:
+        ranked = sorted(rule.tiers, key=lambda t: (-SEVERITY_ORDER[t.severity], t.order))
+        chosen = next((t for t in ranked if outcomes.get(t.id) == TRUE), None)
+        floor = SEVERITY_ORDER[chosen.severity] if chosen else 0
+        open_tiers = [t for t in ranked if outcomes.get(t.id) == UNKNOWN and SEVERITY_ORDER[t.severity] > floor]
+        missing_by_tier = [(t, sorted({leaf.fact for leaf in unknown_leaves(t.node, flat)})) for t in open_tiers]
+        undecided.extend(missing_by_tier)
+        if chosen is None:
+            continue
+        fired_rules.add(rule.spec.id)
+        extra = {"rule_id": rule.spec.id, "tier_id": chosen.id, "severity": chosen.severity}
+        detail = render(chosen.detail, flat, pack.params, extra).strip()
+        if open_tiers:
+            detail += "\n\nNot assessed for lack of data: " + ", ".join(
+                f"{t.id} (missing {', '.join(m) or 'data'})" for t, m in missing_by_tier)
+        alerts.append(Alert(
+            rule_id=rule.spec.id,
+            tier_id=chosen.id,
+            title=rule.spec.title,
+            category=rule.spec.category,
+            severity=chosen.severity,  # type: ignore[arg-type]
+            summary=_short(render(chosen.summary, flat, pack.params, extra)),
+            detail=f"{detail}\n\n_{note}_",
+            evidence=evidence_of(chosen, flat),
+            missing=sorted({m for _, ms in missing_by_tier for m in ms}),
+            not_assessed=[t.id for t in open_tiers],
+            suggestions=[AlertSuggestion(**sg.model_dump()) for sg in rule.spec.suggestions],
+            sources=[AlertSource(id=sid, title=pack.spec.sources[sid].title, url=pack.spec.sources[sid].url)
+                     for sid in rule.spec.sources],
+            **_common(pack),
+        ))
+    alerts.extend(_missing_data_alerts(pack, undecided, fired_rules, note))
+    return sorted(alerts, key=Alert.sort_key)
+
+
+def _missing_data_alerts(pack: CompiledPack, undecided: list[tuple[CompiledTier, list[str]]],
+                         fired_rules: set[str], note: str) -> list[Alert]:
+    items = {fact: item for item in pack.spec.missing_data for fact in item.facts}
+    grouped: dict[str, dict[str, Any]] = {}
+    for tier, missing in undecided:
+        for fact in missing or ["data"]:
+            item = items.get(fact)
+            key = item.item if item else fact
+            entry = grouped.setdefault(key, {"item": item, "facts": set(), "tiers": []})
+            entry["facts"].add(fact)
+            if tier.id not in entry["tiers"]:
+                entry["tiers"].append(tier.id)
+    out: list[Alert] = []
+    for key, entry in grouped.items():
+        item = entry["item"]
+        if item is not None and fired_rules & set(item.covered_by):
+            continue  # the covering rule's own alert already says what is missing
+        tiers: list[str] = entry["tiers"]
+        rules_text = ", ".join(dict.fromkeys(t.split(".")[0] for t in tiers))
+        label = item.label if item else key.replace("_", " ")
+        summary = (render(item.summary, {}, pack.params, {"rules": rules_text}) if item
+                   else f"{label} unknown: {rules_text} not checked — document it to complete the review")
+        titles = {r.spec.id: r.spec.title for r in pack.rules}
+        lines = [f"- {t}: {titles.get(t.split('.')[0], '')}" for t in tiers]
+        detail = (f"**{label}** is missing, so these checks could not be done:\n" + "\n".join(lines)
+                  + f"\n\nMissing facts: {', '.join(sorted(entry['facts']))}.\n\n_{note}_")
+        out.append(Alert(
+            kind="cannot-assess",
+            rule_id=MISSING_DATA_RULE,
+            tier_id=f"{MISSING_DATA_RULE}.{key}",
+            title=f"Cannot assess: {label}",
+            category="missing-data",
+            severity=item.severity if item else "info",
+            summary=_short(summary),
+            detail=detail,
+            evidence={},
+            missing=sorted(entry["facts"]),
+            not_assessed=tiers,
+            **_common(pack),
+        ))
+    return out

@@ -1,0 +1,1 @@
+"""Rule packs: schema, loading with line numbers, condition trees and their compilers."""

@@ -1,0 +1,320 @@
+"""The rule-pack format, as pydantic models: the schema *is* the documentation.
+
+A pack is one YAML file (``rules/<pack>/pack.yaml``). Conditions are a small tree language:
+
+* ``{fact: NAME, <op>: VALUE, missing: fire|skip|cannot-assess}`` — ``op`` is one of
+  ``eq ne lt lte gt gte in not_in exists``; ``VALUE`` may be ``{param: NAME}``. A comparison
+  against a missing fact is neither true nor false: ``missing`` says what it means
+  (default ``cannot-assess``, which makes the rule report that it could not be checked).
+* ``{param: NAME, <op>: VALUE}`` — a test of a pack/site parameter (e.g. jurisdiction),
+  decided when the pack loads.
+* ``{all: [...]}``, ``{any: [...]}``, ``{not: {...}}``, ``{at_least: N, of: [...]}``.
+* ``{ref: NAME}`` — a named condition from the pack's ``definitions`` (e.g. a renal band).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    field_validator,
+    model_validator,
+)
+
+__all__ = [
+    "AllOf",
+    "AnyOf",
+    "AtLeast",
+    "Category",
+    "ConditionSpec",
+    "FactTest",
+    "MissingDataItem",
+    "NotOf",
+    "Pack",
+    "PackInfo",
+    "Parameter",
+    "ParamRef",
+    "ParamTest",
+    "Ref",
+    "RuleSpec",
+    "Severity",
+    "Source",
+    "Suggestion",
+    "Tier",
+]
+
+Severity = Literal["info", "warning", "critical"]
+SEVERITY_RANK: dict[str, int] = {"info": 1, "warning": 2, "critical": 3}
+MissingPolicy = Literal["fire", "skip", "cannot-assess"]
+Category = Literal[
+    "allergy", "dose-range", "titration", "renal", "drug-interaction", "duplicate-therapy", "drug-disease",
+    "pregnancy", "lactation", "age", "monitoring", "discontinuation", "order-error", "indication", "missing-data",
+]
+Scalar = bool | int | float | str
+OPERATORS = ("eq", "ne", "lt", "lte", "gt", "gte", "in", "not_in", "exists")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class ParamRef(_Strict):
+    """``{param: NAME}`` — the value of a pack (or site) parameter."""
+
+    param: str
+
+
+Value = Scalar | list[Scalar] | ParamRef
+
+
+class FactTest(_Strict):
+    fact: str = Field(..., description="A fact of the catalog, e.g. daily_dose_mg or meds.opioid_agonist")
+    eq: Value | None = None
+    ne: Value | None = None
+    lt: Value | None = None
+    lte: Value | None = None
+    gt: Value | None = None
+    gte: Value | None = None
+    in_: Value | None = Field(None, alias="in")
+    not_in: Value | None = None
+    exists: bool | None = None
+    missing: MissingPolicy = "cannot-assess"
+
+    @model_validator(mode="after")
+    def _one_operator(self) -> FactTest:
+        given = [op for op in OPERATORS if self.operand(op) is not None]
+        if len(given) != 1:
+            raise ValueError(f"a fact test needs exactly one operator of {', '.join(OPERATORS)}; got {given or 'none'}")
+        return self
+
+    def operand(self, op: str) -> Any:
+        return getattr(self, "in_" if op == "in" else op)
+
+    @property
+    def op(self) -> str:
+        return next(op for op in OPERATORS if self.operand(op) is not None)
+
+
+class ParamTest(_Strict):
+    param: str
+    eq: Scalar | None = None
+    ne: Scalar | None = None
+    in_: list[Scalar] | None = Field(None, alias="in")
+
+    @model_validator(mode="after")
+    def _one_operator(self) -> ParamTest:
+        if sum(v is not None for v in (self.eq, self.ne, self.in_)) != 1:
+            raise ValueError("a parameter test needs exactly one of eq, ne, in")
+        return self
+
+
+class AllOf(_Strict):
+    all: list[ConditionSpec] = Field(..., min_length=1)
+
+
+class AnyOf(_Strict):
+    any: list[ConditionSpec] = Field(..., min_length=1)
+
+
+class NotOf(_Strict):
+    not_: ConditionSpec = Field(..., alias="not")
+
+
+class AtLeast(_Strict):
+    at_least: int = Field(..., ge=1)
+    of: list[ConditionSpec] = Field(..., min_length=1)
+
+    @model_validator(mode="after")
+    def _reachable(self) -> AtLeast:
+        if self.at_least > len(self.of):
+            raise ValueError(f"at_least {self.at_least} of only {len(self.of)} conditions can never be true")
+        return self
+
+
+class Ref(_Strict):
+    ref: str
+
+
+def _condition_kind(value: Any) -> str | None:
+    if isinstance(value, BaseModel):
+        return type(value).__name__
+    if not isinstance(value, dict):
+        return None
+    for key, tag in (("fact", "FactTest"), ("all", "AllOf"), ("any", "AnyOf"), ("not", "NotOf"),
+                     ("at_least", "AtLeast"), ("ref", "Ref")):
+        if key in value:
+            return tag
+    if "param" in value:
+        return "ParamTest"
+    return None
+
+
+ConditionSpec = Annotated[
+    Annotated[FactTest, Tag("FactTest")]
+    | Annotated[ParamTest, Tag("ParamTest")]
+    | Annotated[AllOf, Tag("AllOf")]
+    | Annotated[AnyOf, Tag("AnyOf")]
+    | Annotated[NotOf, Tag("NotOf")]
+    | Annotated[AtLeast, Tag("AtLeast")]
+    | Annotated[Ref, Tag("Ref")],
+    Discriminator(
+        _condition_kind,
+        custom_error_type="condition",
+        custom_error_message="a condition needs one of: fact, param, all, any, not, at_least, ref",
+    ),
+]
+
+
+class Parameter(_Strict):
+    """A threshold or setting. Clinical cut-offs live here, never in code."""
+
+    value: Scalar | list[Scalar]
+    unit: str | None = None
+    basis: Literal["label", "guideline", "literature", "design-choice", "derived", "policy"] = Field(
+        ..., description="Where the value comes from; design-choice and derived values need sign-off"
+    )
+    signoff: Literal["approved", "pending"] = "pending"
+    note: str = ""
+    sources: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _needs_signoff(self) -> Parameter:
+        if self.basis in ("design-choice", "derived") and self.signoff == "approved" and not self.note:
+            raise ValueError("an approved design-choice/derived parameter needs a note saying who approved it")
+        return self
+
+
+class Source(_Strict):
+    title: str
+    url: str | None = None
+    tag: str | None = Field(None, description="Evidence tag of the knowledge file: V, A, S, R")
+
+
+class Suggestion(_Strict):
+    label: str
+    action: Literal["reduce-dose", "taper", "order-lab", "review", "change-product", "cancel-order", "monitor"]
+    dose_mg_per_day: float | None = Field(None, description="Target daily dose for reduce-dose suggestions")
+    note: str | None = None
+
+
+class Tier(_Strict):
+    id: str
+    severity: Severity
+    when: ConditionSpec
+    summary: str | None = Field(None, description="Overrides the rule summary for this tier")
+    detail: str | None = None
+
+
+class SeedLink(_Strict):
+    statements: list[str] = Field(default_factory=list, description="Seed discrepancy-register ids, e.g. SD-31")
+    note: str
+
+
+class RuleSpec(_Strict):
+    id: str = Field(..., pattern=r"^[A-Z][A-Z0-9]*-[A-Z][0-9]{2}$")
+    title: str
+    category: Category
+    applies: ConditionSpec | None = Field(None, description="Condition shared by every tier (ANDed)")
+    tiers: list[Tier] = Field(..., min_length=1)
+    summary: str
+    detail: str
+    suggestions: list[Suggestion] = Field(default_factory=list)
+    sources: list[str] = Field(..., min_length=1)
+    seed: SeedLink
+
+    @model_validator(mode="after")
+    def _tier_ids(self) -> RuleSpec:
+        seen: set[str] = set()
+        for tier in self.tiers:
+            if not tier.id.startswith(self.id + "."):
+                raise ValueError(f"tier id {tier.id!r} must start with the rule id {self.id!r} and a dot")
+            if tier.id in seen:
+                raise ValueError(f"duplicate tier id {tier.id!r}")
+            seen.add(tier.id)
+        return self
+
+
+class Approval(_Strict):
+    status: Literal["approved", "pending-local-clinical-validation"]
+    approver: str | None = None
+    date: str | None = None
+    note: str = ""
+
+
+class Drug(_Strict):
+    drug_class: str = Field(..., alias="class", description="Vocabulary drug class that is this pack's drug")
+    display: str
+
+
+class Triggers(_Strict):
+    drug_classes: list[str] = Field(..., min_length=1, description="Orders of these classes are reviewed")
+    partner_classes: list[str] = Field(
+        default_factory=list, description="Orders of these classes are reviewed when the pack's drug is active"
+    )
+
+
+class OverrideReason(_Strict):
+    code: str
+    display: str
+
+
+class MissingDataItem(_Strict):
+    """How a missing fact is reported when rules that need it cannot be assessed."""
+
+    item: str
+    facts: list[str] = Field(..., min_length=1)
+    label: str
+    severity: Literal["info", "warning"] = "info"
+    summary: str = Field(..., description="Card summary; may use {rules} for the checks not done")
+    covered_by: list[str] = Field(default_factory=list, description="Rules whose own alert already covers this gap")
+
+
+class SeedRegisterEntry(_Strict):
+    id: str
+    claim: str
+    verdict: str
+    handling: str
+
+
+class PackInfo(_Strict):
+    id: str = Field(..., pattern=r"^[a-z][a-z0-9-]*$")
+    title: str
+    version: str
+    status: Literal["draft", "active", "retired"]
+    jurisdiction: str
+    url: str = Field(..., description="Canonical URL; cards use it as source.topic.system")
+    drug: Drug
+    approval: Approval
+    triggers: Triggers
+    description: str = ""
+    knowledge_source: str = ""
+
+
+class Pack(_Strict):
+    pack: PackInfo
+    parameters: dict[str, Parameter] = Field(default_factory=dict)
+    definitions: dict[str, ConditionSpec] = Field(default_factory=dict)
+    sources: dict[str, Source]
+    override_reasons: list[OverrideReason] = Field(..., min_length=1)
+    missing_data: list[MissingDataItem] = Field(default_factory=list)
+    seed_register: list[SeedRegisterEntry] = Field(default_factory=list)
+    rules: list[RuleSpec] = Field(..., min_length=1)
+
+    @field_validator("rules")
+    @classmethod
+    def _unique_rule_ids(cls, rules: list[RuleSpec]) -> list[RuleSpec]:
+        seen: set[str] = set()
+        for rule in rules:
+            if rule.id in seen:
+                raise ValueError(f"duplicate rule id {rule.id}")
+            seen.add(rule.id)
+        return rules
+
+
+for _model in (AllOf, AnyOf, NotOf, AtLeast, Tier, RuleSpec, Pack):
+    _model.model_rebuild()

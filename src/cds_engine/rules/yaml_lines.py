@@ -1,0 +1,96 @@
+"""Safe YAML loading that remembers the line of every value.
+
+Why not ``yaml.safe_load``: rule authors need errors as ``file:line: rule-id: message``, and
+pydantic reports *paths* (``rules → 3 → tiers → 0 → when``). Composing the node tree keeps
+each node's line, so a path can be turned back into a line.
+
+Safety: only the YAML core tags are accepted and aliases are refused outright. Rule packs have
+no use for either, and refusing them closes the "billion laughs" alias bomb and arbitrary
+object construction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+__all__ = ["LineMap", "YamlError", "load_with_lines"]
+
+Path = tuple[str | int, ...]
+
+
+class YamlError(ValueError):
+    """The text is not acceptable YAML for a rule pack (syntax, alias, tag)."""
+
+    def __init__(self, message: str, line: int | None) -> None:
+        super().__init__(message)
+        self.line = line
+
+
+@dataclass
+class LineMap:
+    lines: dict[Path, int] = field(default_factory=dict)
+
+    def line_of(self, path: Path) -> int | None:
+        """Line of the deepest prefix of ``path`` that exists in the document."""
+        for end in range(len(path), -1, -1):
+            line = self.lines.get(tuple(path[:end]))
+            if line is not None:
+                return line
+        return None
+
+
+_CORE = "tag:yaml.org,2002:"
+
+
+def load_with_lines(text: str) -> tuple[Any, LineMap]:
+    """Parse YAML text into plain Python data and a map from paths to 1-based line numbers."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        raise YamlError(f"YAML syntax error: {getattr(exc, 'problem', exc)}", mark.line + 1 if mark else None) from exc
+    finally:
+        loader.dispose()
+    lines = LineMap()
+    if node is None:
+        return None, lines
+    seen: set[int] = set()
+
+    def walk(n: yaml.Node, path: Path) -> Any:
+        if id(n) in seen:
+            raise YamlError("YAML aliases/anchors are not allowed in rule packs", n.start_mark.line + 1)
+        seen.add(id(n))
+        if not n.tag.startswith(_CORE):
+            raise YamlError(f"YAML tag {n.tag!r} is not allowed in rule packs", n.start_mark.line + 1)
+        lines.lines[path] = n.start_mark.line + 1
+        if isinstance(n, yaml.MappingNode):
+            out: dict[Any, Any] = {}
+            for key_node, value_node in n.value:
+                if key_node.tag == _CORE + "merge":
+                    raise YamlError("YAML merge keys are not allowed in rule packs", key_node.start_mark.line + 1)
+                key = walk_scalar(key_node)
+                if key in out:
+                    raise YamlError(f"duplicate key {key!r}", key_node.start_mark.line + 1)
+                out[key] = walk(value_node, (*path, key))
+                lines.lines[(*path, key)] = key_node.start_mark.line + 1
+            return out
+        if isinstance(n, yaml.SequenceNode):
+            return [walk(item, (*path, i)) for i, item in enumerate(n.value)]
+        return walk_scalar(n)
+
+    def walk_scalar(n: yaml.Node) -> Any:
+        if not isinstance(n, yaml.ScalarNode):
+            raise YamlError("mapping keys must be plain scalars", n.start_mark.line + 1)
+        if not n.tag.startswith(_CORE):
+            raise YamlError(f"YAML tag {n.tag!r} is not allowed in rule packs", n.start_mark.line + 1)
+        constructor = yaml.SafeLoader("")
+        try:
+            return constructor.construct_object(n)
+        finally:
+            constructor.dispose()
+
+    return walk(node, ()), lines

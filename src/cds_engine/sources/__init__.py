@@ -1,0 +1,1 @@
+"""Adapters that turn FHIR resources, tables and JSON into PatientFacts."""

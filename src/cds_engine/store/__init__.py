@@ -1,0 +1,1 @@
+"""Persistence of evaluations, alerts, feedback and the audit log."""
