@@ -30,6 +30,11 @@ Design choices (each one prevents a specific error seen in the source data)
   says so.
 * Term (ingredient/keyword) lists that do not come from a shared file are marked
   ``verified=no`` and say so in ``source``.
+* A few codes the shared **Synthea** test data emits (LFT/glucose LOINC, stroke, TBI, ...) are
+  added only after the build has found code + display in the bundles; otherwise they would be
+  marked unverified. The bundles are read at build time only.
+* The build **fails** on anything it was not told how to handle (a new codes.csv concept, a
+  new RxNorm value set, an unknown group), so upstream changes cannot slip in silently.
 
 Run: ``python tools/build_vocabulary.py --shared /work/shared/data`` (writes ``rules/vocabulary``).
 The build is deterministic: rows are sorted and the README is regenerated with the counts.
@@ -1573,11 +1578,23 @@ def _first_ingredient(display: str) -> str:
     return display.lower()
 
 
+_SEMANTIC_TAG = re.compile(r"\((disorder|finding|substance|situation|procedure|person)\)$")
+
+
 def _best_display(displays: Counter[str]) -> str:
-    """Prefer the fullest display Synthea emitted (the one with a semantic tag), then the commonest."""
+    """Pick the display to record for a Synthea code.
+
+    Synthea emits several spellings per code ("Stroke" vs "Cerebrovascular accident (disorder)",
+    "ALT (Elevated)" vs the LOINC long name). A SNOMED fully specified name (semantic tag) wins,
+    then a LOINC long name (it has a bracketed property), then the commonest spelling.
+    """
     if not displays:
         return ""
-    return sorted(displays.items(), key=lambda kv: (-("(" in kv[0]), -len(kv[0]), -kv[1], kv[0]))[0][0]
+    ranked = sorted(
+        displays.items(),
+        key=lambda kv: (not _SEMANTIC_TAG.search(kv[0]), "[" not in kv[0], -kv[1], -len(kv[0]), kv[0]),
+    )
+    return ranked[0][0]
 
 
 # --------------------------------------------------------------------------------------------
@@ -1986,9 +2003,10 @@ def render_readme(b: Builder, counts: dict[str, int], valuesets: dict[str, Value
     )
     add(
         "3. **Deny list.** Codes in `excluded.csv` should not be re-admitted to the same group by terms "
-        "(e.g. "
-        "`Fetal disorder caused by maternal alcohol dependence in pregnancy` contains the AUD term "
-        "`alcohol dependence`)."
+        "(e.g. `Fetal disorder caused by maternal alcohol dependence in pregnancy` contains the AUD term "
+        "`alcohol dependence`); rows whose group is `(any drug class)` (mostly local-only forms such as "
+        "diphenhydramine cream) should get no drug class from terms. The current `cds_engine.vocabulary` "
+        "loader does not read `excluded.csv` yet."
     )
     add(
         "4. **Local-only dose forms** (topical, ophthalmic, otic, shampoo, medicated pad, soap, mouthwash, "

@@ -12,6 +12,7 @@ Two evaluators give identical outcomes: ``rete`` (durable_rules, the default) an
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -24,12 +25,13 @@ from cds_engine.results import build_alerts
 from cds_engine.rules.compile import CompiledPack, load_pack
 from cds_engine.rules.conditions import evaluate
 from cds_engine.rules.errors import PackLoadError
-from cds_engine.rules.rete import ReteEvaluator
+from cds_engine.rules.rete import EngineFailure, ReteEvaluator
 from cds_engine.vocabulary import Vocabulary
 
 __all__ = ["Engine", "EvaluatorName", "OracleEvaluator", "project"]
 
 EvaluatorName = Literal["rete", "oracle"]
+log = logging.getLogger(__name__)
 
 
 class TierEvaluator(Protocol):
@@ -66,6 +68,7 @@ class Engine:
         self.statuses = statuses
         self._referenced = {p.id: p.referenced_facts() for p in self.packs}
         self._local = threading.local()
+        self.fallbacks = 0  # Rete failures answered by the oracle instead (must stay 0; see health)
 
     @classmethod
     def from_dir(cls, directory: str | Path = "rules", evaluator: EvaluatorName = "rete",
@@ -137,7 +140,14 @@ class Engine:
 
     def evaluate_pack(self, pack: CompiledPack, facts: PatientFacts) -> list[Alert]:
         flat = self.flat_facts(pack, facts)
-        outcomes = self._evaluator(pack).outcomes(project(flat, self._referenced[pack.id]))
+        projected = project(flat, self._referenced[pack.id])
+        try:
+            outcomes = self._evaluator(pack).outcomes(projected)
+        except EngineFailure as exc:
+            # A Rete error must never read as "no alerts": answer from the oracle (same trees) and say so.
+            self.fallbacks += 1
+            log.error("rete evaluation failed for pack %s (%s); oracle used", pack.id, exc)
+            outcomes = OracleEvaluator(pack).outcomes(projected)
         return build_alerts(pack, flat, outcomes)
 
     def evaluate(self, facts: PatientFacts | Mapping[str, Any]) -> list[Alert]:

@@ -62,7 +62,9 @@ def build_alerts(pack: CompiledPack, flat: Mapping[str, Any], outcomes: Mapping[
     fired_rules: set[str] = set()
     note = _approval_note(pack)
     for rule in pack.rules:
-        ranked = sorted(rule.tiers, key=lambda t: (-SEVERITY_ORDER[t.severity], t.order))
+        ranked = rule.ranked_tiers
+        if not any(outcomes.get(t.id) for t in ranked):
+            continue  # every tier FALSE: nothing fired, nothing undecided
         chosen = next((t for t in ranked if outcomes.get(t.id) == TRUE), None)
         floor = SEVERITY_ORDER[chosen.severity] if chosen else 0
         open_tiers = [t for t in ranked if outcomes.get(t.id) == UNKNOWN and SEVERITY_ORDER[t.severity] > floor]

@@ -65,8 +65,10 @@ class Vocabulary:
 
     codes: dict[tuple[str, str, str], set[str]] = field(default_factory=dict)  # (kind, system, code) -> groups
     terms: dict[str, list[tuple[re.Pattern[str], str]]] = field(default_factory=dict)  # kind -> patterns
+    term_texts: dict[tuple[str, str], list[str]] = field(default_factory=dict)  # (kind, group) -> terms
     products: dict[tuple[str, str], Product] = field(default_factory=dict)
     groups: dict[str, set[str]] = field(default_factory=dict)  # kind -> group names
+    excluded: dict[tuple[str, str, str], set[str]] = field(default_factory=dict)  # reviewed-out codes -> groups
     files: list[Path] = field(default_factory=list)
 
     @classmethod
@@ -85,6 +87,7 @@ class Vocabulary:
                     codes[(row["kind"], system, row["code"].strip())].add(row["group"])
                     groups[row["kind"]].add(row["group"])
         terms: dict[str, list[tuple[re.Pattern[str], str]]] = defaultdict(list)
+        term_texts: dict[tuple[str, str], list[str]] = defaultdict(list)
         terms_file = directory / "ingredients.csv"
         if terms_file.exists():
             vocab.files.append(terms_file)
@@ -93,9 +96,20 @@ class Vocabulary:
                     term = row["term"].strip()
                     if not term:
                         continue
-                    pattern = re.compile(r"(?<![\w-])" + re.escape(term) + r"(?![\w-])", re.IGNORECASE)
+                    pattern = re.compile(r"(?<!\w)" + re.escape(term) + r"(?!\w)", re.IGNORECASE)
                     terms[row["kind"]].append((pattern, row["group"]))
+                    term_texts[(row["kind"], row["group"])].append(term)
                     groups[row["kind"]].add(row["group"])
+        excluded: dict[tuple[str, str, str], set[str]] = defaultdict(set)
+        excluded_file = directory / "excluded.csv"
+        if excluded_file.exists():
+            vocab.files.append(excluded_file)
+            with excluded_file.open(newline="", encoding="utf-8") as fh:
+                for row in csv.DictReader(fh):
+                    system = normalize_system(row["system"]) or ""
+                    group = row["considered_for_group"]
+                    excluded[(row["kind"], system, row["code"].strip())].add("*" if group.startswith("(") else group)
+        vocab.excluded = dict(excluded)
         products_file = directory / "products.csv"
         if products_file.exists():
             vocab.files.append(products_file)
@@ -114,6 +128,7 @@ class Vocabulary:
                     )
         vocab.codes = dict(codes)
         vocab.terms = dict(terms)
+        vocab.term_texts = dict(term_texts)
         vocab.groups = dict(groups)
         return vocab
 
@@ -122,13 +137,17 @@ class Vocabulary:
         if coding is None:
             return set()
         found: set[str] = set()
+        denied: set[str] = set()
         system = normalize_system(coding.system)
         if coding.code and system:
-            found |= self.codes.get((kind, system, coding.code.strip()), set())
-        if not found and coding.display:
+            key = (kind, system, coding.code.strip())
+            found |= self.codes.get(key, set())
+            denied = self.excluded.get(key, set())
+        if not found and coding.display and "*" not in denied:
+            # a code reviewed out of a group (e.g. a topical product) is not let back in by its name
             text = coding.display
             for pattern, group in self.terms.get(kind, ()):
-                if pattern.search(text):
+                if group not in denied and pattern.search(text):
                     found.add(group)
         return found
 

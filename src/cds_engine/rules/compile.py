@@ -49,6 +49,12 @@ class CompiledTier:
 class CompiledRule:
     spec: s.RuleSpec
     tiers: tuple[CompiledTier, ...]
+    ranked_tiers: tuple[CompiledTier, ...] = ()  # most severe first, then pack order
+
+    def __post_init__(self) -> None:
+        rank = {"critical": 3, "warning": 2, "info": 1}
+        ranked = tuple(sorted(self.tiers, key=lambda t: (-rank[t.severity], t.order)))
+        object.__setattr__(self, "ranked_tiers", ranked)
 
 
 @dataclass

@@ -43,6 +43,7 @@ class LineMap:
 
 
 _CORE = "tag:yaml.org,2002:"
+_ALLOWED_TAGS = frozenset(_CORE + t for t in ("str", "int", "float", "bool", "null", "map", "seq", "timestamp"))
 
 
 def load_with_lines(text: str) -> tuple[Any, LineMap]:
@@ -64,13 +65,13 @@ def load_with_lines(text: str) -> tuple[Any, LineMap]:
         if id(n) in seen:
             raise YamlError("YAML aliases/anchors are not allowed in rule packs", n.start_mark.line + 1)
         seen.add(id(n))
-        if not n.tag.startswith(_CORE):
+        if n.tag not in _ALLOWED_TAGS:
             raise YamlError(f"YAML tag {n.tag!r} is not allowed in rule packs", n.start_mark.line + 1)
         lines.lines[path] = n.start_mark.line + 1
         if isinstance(n, yaml.MappingNode):
             out: dict[Any, Any] = {}
             for key_node, value_node in n.value:
-                if key_node.tag == _CORE + "merge":
+                if key_node.tag == _CORE + "merge" or key_node.value == "<<":
                     raise YamlError("YAML merge keys are not allowed in rule packs", key_node.start_mark.line + 1)
                 key = walk_scalar(key_node)
                 if key in out:
@@ -85,7 +86,7 @@ def load_with_lines(text: str) -> tuple[Any, LineMap]:
     def walk_scalar(n: yaml.Node) -> Any:
         if not isinstance(n, yaml.ScalarNode):
             raise YamlError("mapping keys must be plain scalars", n.start_mark.line + 1)
-        if not n.tag.startswith(_CORE):
+        if n.tag not in _ALLOWED_TAGS:
             raise YamlError(f"YAML tag {n.tag!r} is not allowed in rule packs", n.start_mark.line + 1)
         constructor = yaml.SafeLoader("")
         try:
