@@ -33,8 +33,12 @@ def _run(name: str, evaluator, pack, flats, projected) -> dict[str, float]:
         lat.append(time.perf_counter() - t0)
     total = time.perf_counter() - start
     lat.sort()
-    return {"name": name, "per_s": len(lat) / total, "p50_us": lat[len(lat) // 2] * 1e6,
-            "p99_us": lat[int(len(lat) * 0.99)] * 1e6}
+    return {
+        "name": name,
+        "per_s": len(lat) / total,
+        "p50_us": lat[len(lat) // 2] * 1e6,
+        "p99_us": lat[int(len(lat) * 0.99)] * 1e6,
+    }
 
 
 def main() -> None:
@@ -62,18 +66,24 @@ def main() -> None:
     best = {k: max(v, key=lambda r: r["per_s"]) for k, v in results.items()}
     ratios = [r["per_s"] / o["per_s"] for r, o in zip(results["rete"], results["oracle"], strict=True)]
     durable_rules, _ = durable_ruleset(pack)
-    print(f"machine: {platform.node()} {platform.processor() or platform.machine()}, "
-          f"python {platform.python_version()}, pack {pack.id} {pack.version}: {len(pack.rules)} rules, "
-          f"{len(pack.tiers)} tiers -> {len(durable_rules)} durable rules")
-    print(f"patients: {args.patients}; pydantic validation {args.patients / t_validate:,.0f}/s; "
-          f"derive {args.patients / t_derive:,.0f}/s")
-    print("| evaluator | patients/s (best of %d) | p50 µs | p99 µs |" % args.repeat)
+    print(
+        f"machine: {platform.node()} {platform.processor() or platform.machine()}, "
+        f"python {platform.python_version()}, pack {pack.id} {pack.version}: {len(pack.rules)} rules, "
+        f"{len(pack.tiers)} tiers -> {len(durable_rules)} durable rules"
+    )
+    print(
+        f"patients: {args.patients}; pydantic validation {args.patients / t_validate:,.0f}/s; "
+        f"derive {args.patients / t_derive:,.0f}/s"
+    )
+    print(f"| evaluator | patients/s (best of {args.repeat}) | p50 µs | p99 µs |")
     print("| --- | ---: | ---: | ---: |")
     for name in ("rete", "oracle"):
         r = best[name]
         print(f"| {name} | {r['per_s']:,.0f} | {r['p50_us']:.0f} | {r['p99_us']:.0f} |")
-    print(f"rete/oracle throughput ratio per run: {', '.join(f'{x:.2f}' for x in ratios)} "
-          f"(median {statistics.median(ratios):.2f}; goal >= 0.5)")
+    print(
+        f"rete/oracle throughput ratio per run: {', '.join(f'{x:.2f}' for x in ratios)} "
+        f"(median {statistics.median(ratios):.2f}; goal >= 0.5)"
+    )
     assert rete.leftover_facts() == []
 
 

@@ -18,8 +18,14 @@ def _flat(pack, **facts):
 
 
 def _order(**kw):
-    return {"product": {"system": RX, "code": "197391", "display": "Baclofen 10 MG Oral Tablet"}, "route": "oral",
-            "dose_unit": "mg", "dose_amount": 10, "doses_per_day": 3, **kw}
+    return {
+        "product": {"system": RX, "code": "197391", "display": "Baclofen 10 MG Oral Tablet"},
+        "route": "oral",
+        "dose_unit": "mg",
+        "dose_amount": 10,
+        "doses_per_day": 3,
+        **kw,
+    }
 
 
 def test_daily_dose_from_mg_and_schedule(pack):
@@ -29,15 +35,29 @@ def test_daily_dose_from_mg_and_schedule(pack):
 
 
 def test_units_are_converted_never_guessed(pack):
-    assert _flat(pack, order=_order(dose_unit="mcg", dose_amount=400, doses_per_day=1))["daily_dose_mg"] == 0.4
+    assert (
+        _flat(pack, order=_order(dose_unit="mcg", dose_amount=400, doses_per_day=1))["daily_dose_mg"] == 0.4
+    )
     assert _flat(pack, order=_order(dose_unit="g", dose_amount=0.01))["daily_dose_mg"] == 30
     tablets = _flat(pack, order=_order(dose_unit="tablet", dose_amount=2))  # product strength 10 mg
     assert tablets["daily_dose_mg"] == 60
-    liquid = _flat(pack, order=_order(product={"display": "baclofen oral solution"}, form="solution",
-                                      dose_unit="mL", dose_amount=5))
+    liquid = _flat(
+        pack,
+        order=_order(
+            product={"display": "baclofen oral solution"}, form="solution", dose_unit="mL", dose_amount=5
+        ),
+    )
     assert "daily_dose_mg" not in liquid and liquid["order_is_liquid"] is True
-    with_conc = _flat(pack, order=_order(product={"display": "baclofen oral solution"}, form="solution",
-                                         dose_unit="mL", dose_amount=5, concentration_mg_per_ml=1))
+    with_conc = _flat(
+        pack,
+        order=_order(
+            product={"display": "baclofen oral solution"},
+            form="solution",
+            dose_unit="mL",
+            dose_amount=5,
+            concentration_mg_per_ml=1,
+        ),
+    )
     assert with_conc["daily_dose_mg"] == 15
     assert "daily_dose_mg" not in _flat(pack, order=_order(dose_unit="drop"))
     prn_without_max = _flat(pack, order=_order(prn=True))
@@ -52,7 +72,9 @@ def test_egfr_bound_is_kept_as_bound(pack):
 
 
 def test_dialysis_semantics(pack):
-    esrd = {"code": {"system": "http://snomed.info/sct", "code": "46177005", "display": "End-stage renal disease"}}
+    esrd = {
+        "code": {"system": "http://snomed.info/sct", "code": "46177005", "display": "End-stage renal disease"}
+    }
     assert _flat(pack, conditions=[esrd])["dialysis"] is False
     assert _flat(pack, renal={"last_dialysis_procedure": "2025-12-16"})["dialysis"] is True  # 30 days
     assert _flat(pack, renal={"last_dialysis_procedure": "2025-12-15"})["dialysis"] is False  # 31 days
@@ -72,21 +94,34 @@ def test_pregnancy_unknown_stays_missing(pack):
 
 
 def test_unknown_start_of_active_order_counts_as_long_term(engine):
-    facts = PatientFacts.model_validate({
-        "as_of": AS_OF, "birth_date": "1980-01-01",
-        "renal": {"egfr": {"value": 90, "date": "2026-01-10"}},
-        "medications": [{"product": {"system": RX, "code": "197391"}, "route": "oral", "daily_dose_mg": 60}],
-        "order": _order(action="discontinue", dose_amount=None, doses_per_day=None),
-    })
+    facts = PatientFacts.model_validate(
+        {
+            "as_of": AS_OF,
+            "birth_date": "1980-01-01",
+            "renal": {"egfr": {"value": 90, "date": "2026-01-10"}},
+            "medications": [
+                {"product": {"system": RX, "code": "197391"}, "route": "oral", "daily_dose_mg": 60}
+            ],
+            "order": _order(action="discontinue", dose_amount=None, doses_per_day=None),
+        }
+    )
     fired = {(a.rule_id, a.severity) for a in engine.evaluate(facts)}
     assert ("BAC-W01", "critical") in fired
 
 
 def test_modify_replaces_the_active_order(pack):
     meds = [{"id": "m1", "product": {"system": RX, "code": "197391"}, "route": "oral", "daily_dose_mg": 30}]
-    flat = _flat(pack, medications=meds, order=_order(action="modify", dose_amount=20, replaces="m1"),
-                 history={"previous_daily_dose_mg": 30})
-    assert flat["drug_active_count"] == 1 and flat["daily_dose_change_mg"] == 30 and flat["dose_increase"] is True
+    flat = _flat(
+        pack,
+        medications=meds,
+        order=_order(action="modify", dose_amount=20, replaces="m1"),
+        history={"previous_daily_dose_mg": 30},
+    )
+    assert (
+        flat["drug_active_count"] == 1
+        and flat["daily_dose_change_mg"] == 30
+        and flat["dose_increase"] is True
+    )
     flat = _flat(pack, medications=meds, order=_order(action="new"))
     assert flat["drug_active_count"] == 2 and flat["days_since_last_exposure"] == 0
 
@@ -95,7 +130,9 @@ def test_partner_order_counts_as_active_medicine(pack):
     opioid = {"product": {"display": "oxycodone 5 mg tablet"}, "route": "oral", "action": "new"}
     meds = [{"product": {"system": RX, "code": "197391"}, "route": "oral"}]
     flat = _flat(pack, medications=meds, order=opioid)
-    assert flat["order_present"] is False and flat["meds.opioid_agonist"] == 1 and flat["drug_active_count"] == 1
+    assert (
+        flat["order_present"] is False and flat["meds.opioid_agonist"] == 1 and flat["drug_active_count"] == 1
+    )
 
 
 def test_as_of_must_carry_a_timezone():

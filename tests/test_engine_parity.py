@@ -59,3 +59,81 @@ def test_parity_sweep_reaches_every_outcome(engine, pack):
     assert unknown > 100
     assert rete.leftover_facts() == []
     rete.close()
+
+
+def test_parity_on_arbitrary_flat_facts(pack):
+    """Beyond realistic patients: any combination of present/missing values of every fact the pack
+    reads, up to 'everything present' (the case most likely to hit durable_rules' stack limit)."""
+    from cds_engine.facts import catalog
+
+    refs = pack.referenced_facts()
+    always = {k for k, v in catalog.FACTS.items() if v.always}
+    numbers = [
+        0,
+        1,
+        2,
+        3,
+        5,
+        7,
+        14,
+        20,
+        24,
+        28,
+        30,
+        36,
+        42,
+        50,
+        53.3,
+        60,
+        65,
+        80,
+        90,
+        180,
+        365,
+        366,
+        1000,
+        1001,
+    ]
+    strings = [
+        "oral",
+        "enteral",
+        "intrathecal",
+        "iv",
+        "transdermal",
+        "new",
+        "modify",
+        "continue",
+        "discontinue",
+        "hold",
+        "mg",
+        "mcg",
+        "mL",
+        "aud",
+        "spasticity",
+        "capsule",
+        "patch",
+        "injection",
+        "solution",
+        "serious-adverse-reaction",
+    ]
+    rng = random.Random(11)
+    rete, oracle = ReteEvaluator(pack, slot="flat"), OracleEvaluator(pack)
+
+    def value(name: str):
+        spec, family, _ = catalog.lookup(name.split("__")[0])
+        kind = (spec or family).type
+        return (
+            rng.choice([True, False])
+            if kind == "bool"
+            else rng.choice(numbers if kind == "number" else strings)
+        )
+
+    for _ in range(5000):
+        density = rng.choice([0.1, 0.5, 0.9, 1.0])
+        flat = {k: value(k) for k in refs if k in always or rng.random() < density}
+        for bounded in ("egfr", "crcl"):
+            for extra in [k for k in flat if k == bounded or k.startswith(bounded + "__")][1:]:
+                del flat[extra]
+        projected = project(flat, refs)
+        assert rete.outcomes(projected) == oracle.outcomes(projected)
+    assert rete.leftover_facts() == []

@@ -23,8 +23,10 @@ def test_hundred_thousand_evaluations(engine, pack):
     gen = PatientGenerator(pack.vocabulary, pack.context.drug_class)
     rng = random.Random(7)
     refs = pack.referenced_facts()
-    projected = [project(engine.flat_facts(pack, PatientFacts.model_validate(gen.patient(rng))), refs)
-                 for _ in range(1000)]
+    projected = [
+        project(engine.flat_facts(pack, PatientFacts.model_validate(gen.patient(rng))), refs)
+        for _ in range(1000)
+    ]
     rete, oracle = ReteEvaluator(pack, slot="scale"), OracleEvaluator(pack)
     expected = [oracle.outcomes(p) for p in projected]
     for i in range(10_000):  # warm-up: allocator and engine caches settle

@@ -11,7 +11,6 @@ import pytest
 from cds_engine.rules.compile import compile_pack
 from cds_engine.rules.errors import PackLoadError
 from cds_engine.vocabulary import Vocabulary
-
 from conftest import RULES
 
 GOOD = (RULES / "baclofen" / "pack.yaml").read_text(encoding="utf-8")
@@ -45,7 +44,10 @@ def test_malformed_yaml_names_line(vocab):
 
 
 def test_unknown_fact_names_file_line_and_rule(vocab):
-    text = GOOD.replace("{fact: daily_dose_mg, gt: {param: max_daily_mg}}", "{fact: daily_dose_mgs, gt: {param: max_daily_mg}}")
+    text = GOOD.replace(
+        "{fact: daily_dose_mg, gt: {param: max_daily_mg}}",
+        "{fact: daily_dose_mgs, gt: {param: max_daily_mg}}",
+    )
     (finding,) = _findings(text, vocab)
     assert finding.rule_id == "BAC-D01"
     assert finding.line == _line_of(text, "daily_dose_mgs")
@@ -54,8 +56,10 @@ def test_unknown_fact_names_file_line_and_rule(vocab):
 
 
 def test_type_mismatch(vocab):
-    text = GOOD.replace("{fact: cond.epilepsy, eq: true}\n    summary: \"Epilepsy",
-                        "{fact: cond.epilepsy, gt: 3}\n    summary: \"Epilepsy")
+    text = GOOD.replace(
+        '{fact: cond.epilepsy, eq: true}\n    summary: "Epilepsy',
+        '{fact: cond.epilepsy, gt: 3}\n    summary: "Epilepsy',
+    )
     findings = _findings(text, vocab)
     assert any(f.rule_id == "BAC-S01" and "type mismatch" in f.message for f in findings)
 
@@ -67,22 +71,30 @@ def test_undefined_parameter(vocab):
 
 
 def test_schema_error_points_at_rule(vocab):
-    text = GOOD.replace("    category: order-error\n    applies: {ref: drug_order_active}\n    tiers:\n      - id: BAC-F02",
-                        "    category: order-mistake\n    applies: {ref: drug_order_active}\n    tiers:\n      - id: BAC-F02")
+    text = GOOD.replace(
+        "    category: order-error\n    applies: {ref: drug_order_active}\n    tiers:\n      - id: BAC-F02",
+        "    category: order-mistake\n    applies: {ref: drug_order_active}\n    tiers:\n      - id: BAC-F02",
+    )
     findings = _findings(text, vocab)
-    assert any(f.rule_id == "BAC-F02" and "category" in f.message and f.line == _line_of(text, "order-mistake")
-               for f in findings)
+    assert any(
+        f.rule_id == "BAC-F02" and "category" in f.message and f.line == _line_of(text, "order-mistake")
+        for f in findings
+    )
 
 
 def test_unknown_vocabulary_group(vocab):
-    text = GOOD.replace("meds.gabapentinoid, gte: 1}\n    summary", "meds.gabapentinoidz, gte: 1}\n    summary")
+    text = GOOD.replace(
+        "meds.gabapentinoid, gte: 1}\n    summary", "meds.gabapentinoidz, gte: 1}\n    summary"
+    )
     findings = _findings(text, vocab)
     assert any(f.rule_id == "BAC-C03" and "gabapentinoidz" in f.message for f in findings)
 
 
 def test_summary_too_long(vocab):
     long = "x" * 150
-    text = GOOD.replace('summary: "Epilepsy: baclofen may worsen', f'summary: "{long} Epilepsy: baclofen may worsen')
+    text = GOOD.replace(
+        'summary: "Epilepsy: baclofen may worsen', f'summary: "{long} Epilepsy: baclofen may worsen'
+    )
     findings = _findings(text, vocab)
     assert any(f.rule_id == "BAC-S01" and "140" in f.message for f in findings)
 
@@ -96,15 +108,20 @@ def test_alias_bomb_and_tags_refused(vocab):
 
 def test_duplicate_rule_id(vocab):
     start = GOOD.index("  - id: BAC-S01\n")
-    block = GOOD[start:GOOD.index("  - id: BAC-S02\n")]
+    block = GOOD[start : GOOD.index("  - id: BAC-S02\n")]
     text = GOOD.replace(block, block + block, 1)
     findings = _findings(text, vocab)
     assert any("duplicate rule id BAC-S01" in f.message for f in findings)
 
 
 def _cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "cds_engine.cli", *args], capture_output=True, text=True,
-                          cwd=cwd or RULES.parent, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "cds_engine.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd or RULES.parent,
+        timeout=120,
+    )
 
 
 def test_cli_lint_passes_on_repository_rules():
@@ -116,8 +133,11 @@ def test_cli_lint_passes_on_repository_rules():
 def test_cli_lint_fails_with_location(tmp_path):
     (tmp_path / "vocabulary").symlink_to(RULES / "vocabulary")
     (tmp_path / "bad").mkdir()
-    (tmp_path / "bad" / "pack.yaml").write_text(GOOD.replace("{fact: lactating, eq: true, missing: skip}",
-                                                             "{fact: lactation, eq: true, missing: skip}"))
+    (tmp_path / "bad" / "pack.yaml").write_text(
+        GOOD.replace(
+            "{fact: lactating, eq: true, missing: skip}", "{fact: lactation, eq: true, missing: skip}"
+        )
+    )
     result = _cli("rules", "lint", str(tmp_path))
     assert result.returncode == 1
     assert "pack.yaml:" in result.stderr and "BAC-P02" in result.stderr and "lactation" in result.stderr
@@ -125,7 +145,9 @@ def test_cli_lint_fails_with_location(tmp_path):
 
 def test_cli_check_rejects_invalid_facts_naming_the_field(tmp_path):
     bad = tmp_path / "facts.json"
-    bad.write_text('{"as_of": "2026-01-15T12:00:00+00:00", "renal": {"egfr": {"value": "high", "date": "2026-01-01"}}}')
+    bad.write_text(
+        '{"as_of": "2026-01-15T12:00:00+00:00", "renal": {"egfr": {"value": "high", "date": "2026-01-01"}}}'
+    )
     result = _cli("check", str(bad))
     assert result.returncode == 2
     assert "renal.egfr.value" in result.stderr

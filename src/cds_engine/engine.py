@@ -26,6 +26,7 @@ from cds_engine.rules.compile import CompiledPack, load_pack
 from cds_engine.rules.conditions import evaluate
 from cds_engine.rules.errors import PackLoadError
 from cds_engine.rules.rete import EngineFailure, ReteEvaluator
+from cds_engine.rules.site import declared_parameters, resolve_site
 from cds_engine.vocabulary import Vocabulary
 
 __all__ = ["Engine", "EvaluatorName", "OracleEvaluator", "project"]
@@ -61,36 +62,57 @@ def project(flat: Mapping[str, Any], referenced: Mapping[str, Any]) -> dict[str,
 class Engine:
     """Evaluate patients against compiled rule packs."""
 
-    def __init__(self, packs: Iterable[CompiledPack], evaluator: EvaluatorName = "rete",
-                 statuses: tuple[str, ...] = ("active",)) -> None:
+    def __init__(
+        self,
+        packs: Iterable[CompiledPack],
+        evaluator: EvaluatorName = "rete",
+        statuses: tuple[str, ...] = ("active",),
+        site_hash: str | None = None,
+    ) -> None:
         self.packs = list(packs)
         self.evaluator_name = evaluator
         self.statuses = statuses
+        self.site_hash = site_hash  # sha256 of the site settings file, recorded on every alert
         self._referenced = {p.id: p.referenced_facts() for p in self.packs}
         self._local = threading.local()
         self.fallbacks = 0  # Rete failures answered by the oracle instead (must stay 0; see health)
 
     @classmethod
-    def from_dir(cls, directory: str | Path = "rules", evaluator: EvaluatorName = "rete",
-                 statuses: tuple[str, ...] = ("active",),
-                 overrides: Mapping[str, Mapping[str, Any]] | None = None) -> Engine:
+    def from_dir(
+        cls,
+        directory: str | Path = "rules",
+        evaluator: EvaluatorName = "rete",
+        statuses: tuple[str, ...] = ("active",),
+        overrides: Mapping[str, Mapping[str, Any]] | None = None,
+        site: str | Path | bool | None = True,
+    ) -> Engine:
         """Load ``directory/vocabulary`` and every ``directory/*/pack.yaml``.
 
-        ``overrides`` maps a pack id to site parameter values (local policy) laid over the pack.
-        Raises :class:`PackLoadError` listing every error of every invalid pack.
+        ``site``: the site settings file laid over the packs (local policy; ``True`` = use
+        ``directory/site.yaml`` when it exists, ``None``/``False`` = none); its hash is recorded on
+        every alert. ``overrides`` maps a pack id to further parameter values (they win over the site
+        file). Raises :class:`PackLoadError` listing every error of every invalid pack.
         """
         directory = Path(directory)
+        settings = resolve_site(directory, site)
         vocab = Vocabulary.from_dir(directory / "vocabulary")
         packs, findings = [], []
-        for path in sorted(directory.glob("*/pack.yaml")):
-            pack_overrides = (overrides or {}).get(path.parent.name, {})
+        paths = sorted(directory.glob("*/pack.yaml"))
+        findings.extend(settings.unknown_packs(p.parent.name for p in paths))
+        for path in paths:
+            declared = declared_parameters(path.read_text(encoding="utf-8", errors="replace"))
+            findings.extend(settings.check(path.parent.name, declared))
+            pack_overrides = {
+                **settings.for_pack(path.parent.name, declared),
+                **(overrides or {}).get(path.parent.name, {}),
+            }
             try:
                 packs.append(load_pack(path, vocab, pack_overrides))
             except PackLoadError as exc:
                 findings.extend(exc.findings)
         if findings:
             raise PackLoadError(findings)
-        return cls(packs, evaluator, statuses)
+        return cls(packs, evaluator, statuses, settings.sha256)
 
     def _evaluator(self, pack: CompiledPack) -> TierEvaluator:
         cache: dict[str, TierEvaluator] | None = getattr(self._local, "evaluators", None)
@@ -119,6 +141,11 @@ class Engine:
                     product = vocab.product(med.product)
                     if product is not None:
                         active_classes.add(product.ingredient_group)
+            if triggers.facts:
+                flat = derive(facts, vocab, pack.context)
+                if any(flat.get(name) is True for name in triggers.facts):
+                    out.append(pack)
+                    continue
             order = facts.order
             if order is None:
                 if drug in active_classes:
@@ -129,7 +156,8 @@ class Engine:
             if product is not None:
                 order_classes.add(product.ingredient_group)
             if order_classes & set(triggers.drug_classes) or (
-                order_classes & set(triggers.partner_classes) and drug in active_classes
+                order_classes & set(triggers.partner_classes)
+                and drug in active_classes
                 and order.action in ACTIVE_ACTIONS
             ):
                 out.append(pack)
@@ -148,7 +176,7 @@ class Engine:
             self.fallbacks += 1
             log.error("rete evaluation failed for pack %s (%s); oracle used", pack.id, exc)
             outcomes = OracleEvaluator(pack).outcomes(projected)
-        return build_alerts(pack, flat, outcomes)
+        return build_alerts(pack, flat, outcomes, site_hash=self.site_hash)
 
     def evaluate(self, facts: PatientFacts | Mapping[str, Any]) -> list[Alert]:
         """Alerts of every applicable pack, most severe first."""

@@ -12,9 +12,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from cds_engine.alerts import SEVERITY_ORDER, Alert, AlertSource, AlertSuggestion
-from cds_engine.messages import render
+from cds_engine.facts.catalog import root_missing
+from cds_engine.messages import fmt_value, render
 from cds_engine.rules.compile import CompiledPack, CompiledTier
-from cds_engine.rules.conditions import TRUE, UNKNOWN, BOUND_SUFFIXES, facts_of, unknown_leaves
+from cds_engine.rules.conditions import BOUND_SUFFIXES, TRUE, UNKNOWN, facts_of, unknown_leaves
 
 __all__ = ["MISSING_DATA_RULE", "build_alerts", "evidence_of"]
 
@@ -45,18 +46,28 @@ def _approval_note(pack: CompiledPack) -> str:
     info = pack.spec.pack
     if info.approval.status == "approved":
         return f"Knowledge pack {info.id} {info.version} (approved {info.approval.date or ''})."
-    return (f"Knowledge pack {info.id} {info.version}: approval pending local clinical validation — "
-            "thresholds marked design choice/derived await sign-off.")
+    return (
+        f"Knowledge pack {info.id} {info.version}: approval pending local clinical validation — "
+        "thresholds marked design choice/derived await sign-off."
+    )
 
 
 def _common(pack: CompiledPack) -> dict[str, Any]:
     info = pack.spec.pack
-    return {"pack_id": info.id, "pack_version": info.version, "pack_hash": pack.content_hash, "pack_url": info.url,
-            "pack_status": info.status, "approval": info.approval.status}
+    return {
+        "pack_id": info.id,
+        "pack_version": info.version,
+        "pack_hash": pack.content_hash,
+        "pack_url": info.url,
+        "pack_status": info.status,
+        "approval": info.approval.status,
+    }
 
 
-def build_alerts(pack: CompiledPack, flat: Mapping[str, Any], outcomes: Mapping[str, int]) -> list[Alert]:
-    """Alerts of one pack for one patient, most severe first."""
+def build_alerts(
+    pack: CompiledPack, flat: Mapping[str, Any], outcomes: Mapping[str, int], site_hash: str | None = None
+) -> list[Alert]:
+    """Alerts of one pack for one patient, most severe first, stamped with the site settings hash."""
     alerts: list[Alert] = []
     undecided: list[tuple[CompiledTier, list[str]]] = []  # tiers left UNKNOWN and the facts they lacked
     fired_rules: set[str] = set()
@@ -67,8 +78,18 @@ def build_alerts(pack: CompiledPack, flat: Mapping[str, Any], outcomes: Mapping[
             continue  # every tier FALSE: nothing fired, nothing undecided
         chosen = next((t for t in ranked if outcomes.get(t.id) == TRUE), None)
         floor = SEVERITY_ORDER[chosen.severity] if chosen else 0
-        open_tiers = [t for t in ranked if outcomes.get(t.id) == UNKNOWN and SEVERITY_ORDER[t.severity] > floor]
-        missing_by_tier = [(t, sorted({leaf.fact for leaf in unknown_leaves(t.node, flat)})) for t in open_tiers]
+        open_tiers = [
+            t for t in ranked if outcomes.get(t.id) == UNKNOWN and SEVERITY_ORDER[t.severity] > floor
+        ]
+        missing_by_tier = [
+            (
+                t,
+                sorted(
+                    {root for leaf in unknown_leaves(t.node, flat) for root in root_missing(leaf.fact, flat)}
+                ),
+            )
+            for t in open_tiers
+        ]
         undecided.extend(missing_by_tier)
         if chosen is None:
             continue
@@ -77,37 +98,59 @@ def build_alerts(pack: CompiledPack, flat: Mapping[str, Any], outcomes: Mapping[
         detail = render(chosen.detail, flat, pack.params, extra).strip()
         if open_tiers:
             detail += "\n\nNot assessed for lack of data: " + ", ".join(
-                f"{t.id} (missing {', '.join(m) or 'data'})" for t, m in missing_by_tier)
-        alerts.append(Alert(
-            rule_id=rule.spec.id,
-            tier_id=chosen.id,
-            title=rule.spec.title,
-            category=rule.spec.category,
-            severity=chosen.severity,  # type: ignore[arg-type]
-            summary=_short(render(chosen.summary, flat, pack.params, extra)),
-            detail=f"{detail}\n\n_{note}_",
-            evidence=evidence_of(chosen, flat),
-            missing=sorted({m for _, ms in missing_by_tier for m in ms}),
-            not_assessed=[t.id for t in open_tiers],
-            suggestions=[AlertSuggestion(**sg.model_dump()) for sg in rule.spec.suggestions],
-            sources=[AlertSource(id=sid, title=pack.spec.sources[sid].title, url=pack.spec.sources[sid].url)
-                     for sid in rule.spec.sources],
-            **_common(pack),
-        ))
-    alerts.extend(_missing_data_alerts(pack, undecided, fired_rules, note))
+                f"{t.id} (missing {', '.join(m) or 'data'})" for t, m in missing_by_tier
+            )
+        alerts.append(
+            Alert(
+                rule_id=rule.spec.id,
+                tier_id=chosen.id,
+                title=rule.spec.title,
+                category=rule.spec.category,
+                severity=chosen.severity,  # type: ignore[arg-type]
+                summary=_short(render(chosen.summary, flat, pack.params, extra)),
+                detail=f"{detail}\n\n_{note}_",
+                evidence=evidence_of(chosen, flat),
+                missing=sorted({m for _, ms in missing_by_tier for m in ms}),
+                not_assessed=[t.id for t in open_tiers],
+                suggestions=[AlertSuggestion(**sg.model_dump()) for sg in rule.spec.suggestions],
+                sources=[
+                    AlertSource(id=sid, title=pack.spec.sources[sid].title, url=pack.spec.sources[sid].url)
+                    for sid in rule.spec.sources
+                ],
+                **_common(pack),
+            )
+        )
+    alerts.extend(_missing_data_alerts(pack, flat, undecided, fired_rules, note))
+    if site_hash is not None:
+        alerts = [a.model_copy(update={"site_hash": site_hash}) for a in alerts]
     return sorted(alerts, key=Alert.sort_key)
 
 
-def _missing_data_alerts(pack: CompiledPack, undecided: list[tuple[CompiledTier, list[str]]],
-                         fired_rules: set[str], note: str) -> list[Alert]:
+def _bound_of(facts: list[str], flat: Mapping[str, Any]) -> str | None:
+    """'>60' when a fact is known only as a bound (the gap is precision, not absence)."""
+    for fact in facts:
+        for suffix, sign in (("__gt", ">"), ("__ge", "≥"), ("__lt", "<"), ("__le", "≤")):
+            if fact + suffix in flat:
+                return sign + fmt_value(flat[fact + suffix])
+    return None
+
+
+def _missing_data_alerts(
+    pack: CompiledPack,
+    flat: Mapping[str, Any],
+    undecided: list[tuple[CompiledTier, list[str]]],
+    fired_rules: set[str],
+    note: str,
+) -> list[Alert]:
     items = {fact: item for item in pack.spec.missing_data for fact in item.facts}
     grouped: dict[str, dict[str, Any]] = {}
     for tier, missing in undecided:
         for fact in missing or ["data"]:
             item = items.get(fact)
             key = item.item if item else fact
-            entry = grouped.setdefault(key, {"item": item, "facts": set(), "tiers": []})
+            entry = grouped.setdefault(key, {"item": item, "facts": set(), "tiers": [], "rank": 0})
             entry["facts"].add(fact)
+            entry["rank"] = max(entry["rank"], SEVERITY_ORDER[tier.severity])
             if tier.id not in entry["tiers"]:
                 entry["tiers"].append(tier.id)
     out: list[Alert] = []
@@ -118,24 +161,38 @@ def _missing_data_alerts(pack: CompiledPack, undecided: list[tuple[CompiledTier,
         tiers: list[str] = entry["tiers"]
         rules_text = ", ".join(dict.fromkeys(t.split(".")[0] for t in tiers))
         label = item.label if item else key.replace("_", " ")
-        summary = (render(item.summary, {}, pack.params, {"rules": rules_text}) if item
-                   else f"{label} unknown: {rules_text} not checked — document it to complete the review")
+        bound = _bound_of(sorted(entry["facts"]), flat)
+        if bound is not None:
+            summary = f"{label} known only as {bound}: {rules_text} undecided — is an exact value needed?"
+        elif item is not None:
+            summary = render(item.summary, {}, pack.params, {"rules": rules_text})
+        else:
+            summary = f"{label} unknown: {rules_text} not checked — document it to complete the review"
+        # never louder than the checks it stands for (an info-level check blocked gives an info report)
+        ceiling = min(SEVERITY_ORDER[item.severity] if item else 1, entry["rank"])
+        severity = next(name for name, rank in SEVERITY_ORDER.items() if rank == ceiling)
         titles = {r.spec.id: r.spec.title for r in pack.rules}
         lines = [f"- {t}: {titles.get(t.split('.')[0], '')}" for t in tiers]
-        detail = (f"**{label}** is missing, so these checks could not be done:\n" + "\n".join(lines)
-                  + f"\n\nMissing facts: {', '.join(sorted(entry['facts']))}.\n\n_{note}_")
-        out.append(Alert(
-            kind="cannot-assess",
-            rule_id=MISSING_DATA_RULE,
-            tier_id=f"{MISSING_DATA_RULE}.{key}",
-            title=f"Cannot assess: {label}",
-            category="missing-data",
-            severity=item.severity if item else "info",
-            summary=_short(summary),
-            detail=detail,
-            evidence={},
-            missing=sorted(entry["facts"]),
-            not_assessed=tiers,
-            **_common(pack),
-        ))
+        what = f"is known only as {bound}" if bound else "is missing"
+        detail = (
+            f"**{label}** {what}, so these checks could not be done:\n"
+            + "\n".join(lines)
+            + f"\n\nMissing facts: {', '.join(sorted(entry['facts']))}.\n\n_{note}_"
+        )
+        out.append(
+            Alert(
+                kind="cannot-assess",
+                rule_id=MISSING_DATA_RULE,
+                tier_id=f"{MISSING_DATA_RULE}.{key}",
+                title=f"Cannot assess: {label}",
+                category="missing-data",
+                severity=severity,  # type: ignore[arg-type]
+                summary=_short(summary),
+                detail=detail,
+                evidence={},
+                missing=sorted(entry["facts"]),
+                not_assessed=tiers,
+                **_common(pack),
+            )
+        )
     return out

@@ -42,9 +42,11 @@ class PatientGenerator:
             (p for p in vocab.products.values() if p.ingredient_group == drug_class), key=lambda p: p.code
         )
         self._classes = sorted(g for (kind, g) in self._codes if kind == "drug_class" and g != drug_class)
-        self._conditions = sorted({g for (kind, g) in [*self._codes, *vocab.term_texts] if kind == "condition_group"})
+        self._conditions = sorted(
+            {g for (kind, g) in [*self._codes, *vocab.term_texts] if kind == "condition_group"}
+        )
         self._allergies = sorted(g for (kind, g) in self._codes if kind == "allergy_group")
-        self._indications = sorted(vocab.known_groups("indication")) + ["other_non_spasticity"]
+        self._indications = sorted(vocab.known_groups("indication"))
 
     def _code(self, rng: random.Random, kind: str, group: str) -> dict[str, str]:
         """A coding of ``group``: a listed code, or (for term-only groups) free text naming it."""
@@ -63,17 +65,24 @@ class PatientGenerator:
 
     def patient(self, rng: random.Random) -> dict[str, Any]:
         """A PatientFacts-shaped dict (validate with ``PatientFacts.model_validate``)."""
-        age_days = rng.choice([rng.randint(0, 60), rng.randint(365, 365 * 20), rng.randint(365 * 20, 365 * 100)])
+        age_days = rng.choice(
+            [rng.randint(0, 60), rng.randint(365, 365 * 20), rng.randint(365 * 20, 365 * 100)]
+        )
         birth = self.today - timedelta(days=age_days)
         sex = rng.choice(["female", "male", None])
-        facts: dict[str, Any] = {"as_of": self.as_of.isoformat(), "patient_id": f"syn-{rng.getrandbits(32):08x}"}
+        facts: dict[str, Any] = {
+            "as_of": self.as_of.isoformat(),
+            "patient_id": f"syn-{rng.getrandbits(32):08x}",
+        }
         if rng.random() > 0.05:
             facts["birth_date"] = birth.isoformat()
         facts["sex"] = sex
         renal: dict[str, Any] = {}
         if rng.random() > 0.12:
             egfr: dict[str, Any] = {
-                "value": rng.choice([rng.uniform(5, 130), float(rng.choice([15, 29, 30, 49, 50, 59, 60, 80, 81, 90]))]),
+                "value": rng.choice(
+                    [rng.uniform(5, 130), float(rng.choice([15, 29, 30, 49, 50, 59, 60, 80, 81, 90]))]
+                ),
                 "date": self._day(rng, 0, 500),
                 "unit": rng.choice(["mL/min/{1.73_m2}", "mL/min", None]),
             }
@@ -96,31 +105,42 @@ class PatientGenerator:
             reproductive["maternal_exposure_at_delivery"] = rng.choice([True, False, None])
         facts["reproductive"] = reproductive
         facts["conditions"] = [
-            {"code": self._code(rng, "condition_group", g),
-             "clinical_status": rng.choice(["active", "active", "resolved", "inactive"]),
-             "verification_status": rng.choice([None, "confirmed", "refuted"]),
-             "onset": self._maybe(rng, 0.5, self._day(rng, 0, 900))}
+            {
+                "code": self._code(rng, "condition_group", g),
+                "clinical_status": rng.choice(["active", "active", "resolved", "inactive"]),
+                "verification_status": rng.choice([None, "confirmed", "refuted"]),
+                "onset": self._maybe(rng, 0.5, self._day(rng, 0, 900)),
+            }
             for g in rng.sample(self._conditions, k=rng.randint(0, 4))
         ]
         facts["allergies"] = [
-            {"substance": self._code(rng, "allergy_group", g), "verification_status": rng.choice([None, "refuted"])}
+            {
+                "substance": self._code(rng, "allergy_group", g),
+                "verification_status": rng.choice([None, "refuted"]),
+            }
             for g in rng.sample(self._allergies, k=rng.randint(0, 1) if rng.random() < 0.2 else 0)
         ]
         meds = [
-            {"product": self._code(rng, "drug_class", c), "status": rng.choice(["active", "active", "stopped"])}
+            {
+                "product": self._code(rng, "drug_class", c),
+                "status": rng.choice(["active", "active", "stopped"]),
+            }
             for c in rng.sample(self._classes, k=rng.randint(0, 4))
         ]
         drug_meds = rng.choice([0, 0, 1, 1, 2])
         for i in range(drug_meds):
             product = rng.choice(self._drug_products)
-            meds.append({
-                "id": f"m{i}", "product": {"system": product.system, "code": product.code},
-                "route": rng.choice(["oral", "oral", "intrathecal"]),
-                "daily_dose_mg": self._maybe(rng, 0.3, float(rng.choice([15, 30, 60, 80, 0.4]))),
-                "setting": rng.choice(["home", "outpatient", "inpatient"]),
-                "concentration_mg_per_ml": rng.choice([None, None, 1.0, 2.0, 5.0]),
-                "form": rng.choice([None, "tablet", "solution"]),
-            })
+            meds.append(
+                {
+                    "id": f"m{i}",
+                    "product": {"system": product.system, "code": product.code},
+                    "route": rng.choice(["oral", "oral", "intrathecal"]),
+                    "daily_dose_mg": self._maybe(rng, 0.3, float(rng.choice([15, 30, 60, 80, 0.4]))),
+                    "setting": rng.choice(["home", "outpatient", "inpatient"]),
+                    "concentration_mg_per_ml": rng.choice([None, None, 1.0, 2.0, 5.0]),
+                    "form": rng.choice([None, "tablet", "solution"]),
+                }
+            )
         facts["medications"] = meds
         facts["alcohol_use_current"] = rng.choice([True, False, None, None])
         if rng.random() < 0.9:
@@ -140,17 +160,24 @@ class PatientGenerator:
         facts["history"] = history
         facts["monitoring"] = {
             item: self._day(rng, 0, 800)
-            for item in ("efficacy_assessment", "neurology_review", "lft", "glucose") if rng.random() < 0.5
+            for item in ("efficacy_assessment", "neurology_review", "lft", "glucose")
+            if rng.random() < 0.5
         }
         if rng.random() < 0.15:
-            facts["pump"] = {"present": True,
-                             "next_refill_date": self._maybe(rng, 0.2, (self.today + timedelta(
-                                 days=rng.randint(-3, 12))).isoformat()),
-                             "alarm_active": rng.choice([None, False, True])}
+            facts["pump"] = {
+                "present": True,
+                "next_refill_date": self._maybe(
+                    rng, 0.2, (self.today + timedelta(days=rng.randint(-3, 12))).isoformat()
+                ),
+                "alarm_active": rng.choice([None, False, True]),
+            }
         if rng.random() < 0.2:
-            facts["encounter"] = {"inpatient": True,
-                                  "admission_time": self._maybe(rng, 0.2, (self.as_of - timedelta(
-                                      hours=rng.uniform(1, 72))).isoformat())}
+            facts["encounter"] = {
+                "inpatient": True,
+                "admission_time": self._maybe(
+                    rng, 0.2, (self.as_of - timedelta(hours=rng.uniform(1, 72))).isoformat()
+                ),
+            }
         return facts
 
     def _order(self, rng: random.Random) -> dict[str, Any]:
@@ -174,18 +201,21 @@ class PatientGenerator:
         if rng.random() < 0.2:
             order["schedule"] = [float(rng.choice([5, 10, 15, 20])) for _ in range(rng.randint(1, 5))]
         else:
-            order["dose_amount"] = self._maybe(rng, 0.05, float(rng.choice([0.5, 2.5, 5, 10, 15, 20, 25, 30, 50, 400])))
+            order["dose_amount"] = self._maybe(
+                rng, 0.05, float(rng.choice([0.5, 2.5, 5, 10, 15, 20, 25, 30, 50, 400]))
+            )
             order["doses_per_day"] = self._maybe(rng, 0.05, float(rng.choice([1, 2, 3, 4, 5])))
         if order["prn"]:
             order["prn_max_doses_per_day"] = self._maybe(rng, 0.3, float(rng.randint(1, 4)))
         if rng.random() < 0.4:
             order["concentration_mg_per_ml"] = rng.choice([1.0, 2.0, 5.0])
         if rng.random() < 0.3:
-            order["taper"] = {"duration_days": self._maybe(rng, 0.2, float(rng.randint(1, 21))),
-                              "steps": rng.choice([[], [40.0, 20.0, 10.0]])}
+            order["taper"] = {
+                "duration_days": self._maybe(rng, 0.2, float(rng.randint(1, 21))),
+                "steps": rng.choice([[], [40.0, 20.0, 10.0]]),
+            }
         return order
 
     def patients(self, n: int, seed: int = 0) -> list[PatientFacts]:
         rng = random.Random(seed)
         return [PatientFacts.model_validate(self.patient(rng)) for _ in range(n)]
-

@@ -63,12 +63,16 @@ def _float_or_none(text: str | None) -> float | None:
 class Vocabulary:
     """In-memory index of the vocabulary files; cheap to query, loaded once per engine."""
 
-    codes: dict[tuple[str, str, str], set[str]] = field(default_factory=dict)  # (kind, system, code) -> groups
+    codes: dict[tuple[str, str, str], set[str]] = field(
+        default_factory=dict
+    )  # (kind, system, code) -> groups
     terms: dict[str, list[tuple[re.Pattern[str], str]]] = field(default_factory=dict)  # kind -> patterns
     term_texts: dict[tuple[str, str], list[str]] = field(default_factory=dict)  # (kind, group) -> terms
     products: dict[tuple[str, str], Product] = field(default_factory=dict)
     groups: dict[str, set[str]] = field(default_factory=dict)  # kind -> group names
-    excluded: dict[tuple[str, str, str], set[str]] = field(default_factory=dict)  # reviewed-out codes -> groups
+    excluded: dict[tuple[str, str, str], set[str]] = field(
+        default_factory=dict
+    )  # reviewed-out codes -> groups
     files: list[Path] = field(default_factory=list)
 
     @classmethod
@@ -108,7 +112,9 @@ class Vocabulary:
                 for row in csv.DictReader(fh):
                     system = normalize_system(row["system"]) or ""
                     group = row["considered_for_group"]
-                    excluded[(row["kind"], system, row["code"].strip())].add("*" if group.startswith("(") else group)
+                    excluded[(row["kind"], system, row["code"].strip())].add(
+                        "*" if group.startswith("(") else group
+                    )
         vocab.excluded = dict(excluded)
         products_file = directory / "products.csv"
         if products_file.exists():

@@ -12,10 +12,11 @@ say; each rule condition then decides what missing means.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
-__all__ = ["FACTS", "FAMILIES", "FactSpec", "FactType", "FamilySpec", "lookup"]
+__all__ = ["FACTS", "FAMILIES", "FactSpec", "FactType", "FamilySpec", "lookup", "root_missing"]
 
 FactType = Literal["number", "bool", "string"]
 
@@ -28,6 +29,9 @@ class FactSpec:
     bounded: bool = False  # may arrive as a bound (eGFR ">60"): kept as name__gt / __ge / __lt / __le
     unit: str | None = None
     always: bool = False  # derive() always sets it: never missing, so rules need no missing branch
+    inputs: tuple[
+        str, ...
+    ] = ()  # facts it is computed from: a missing value is reported as its missing inputs
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,9 +43,17 @@ class FamilySpec:
     default: float | bool | None  # value when the key is absent (None: the fact is then missing)
 
 
-def _f(name: str, type_: FactType, description: str, *, bounded: bool = False, unit: str | None = None,
-       always: bool = False) -> FactSpec:
-    return FactSpec(name, type_, description, bounded, unit, always)
+def _f(
+    name: str,
+    type_: FactType,
+    description: str,
+    *,
+    bounded: bool = False,
+    unit: str | None = None,
+    always: bool = False,
+    inputs: tuple[str, ...] = (),
+) -> FactSpec:
+    return FactSpec(name, type_, description, bounded, unit, always, inputs)
 
 
 FACTS: dict[str, FactSpec] = {
@@ -58,15 +70,28 @@ FACTS: dict[str, FactSpec] = {
         _f("egfr_method", "string", "Equation or LOINC code of the eGFR"),
         _f("crcl", "number", "Creatinine clearance (Cockcroft-Gault)", bounded=True, unit="mL/min"),
         _f("crcl_days_old", "number", "Days between the CrCl result and as_of", unit="days"),
-        _f("dialysis", "bool", "On dialysis: documented modality, dependence, or a procedure within the look-back", always=True),
+        _f(
+            "dialysis",
+            "bool",
+            "On dialysis: documented modality, dependence, or a procedure within the look-back",
+            always=True,
+        ),
         _f("dialysis_modality", "string", "HD | PD | CRRT | unspecified | none"),
         _f("aki", "bool", "Acute kidney injury documented"),
         # reproductive
         _f("pregnant", "bool", "Pregnancy documented (never inferred from hCG alone)"),
         _f("gestational_age_weeks", "number", "Gestational age", unit="weeks"),
         _f("lactating", "bool", "Breastfeeding documented"),
-        _f("taper_or_neonatal_plan_documented", "bool", "Plan to taper before delivery or alert the neonatal team"),
-        _f("maternal_exposure_at_delivery", "bool", "Neonate: maternal exposure to the pack's drug through delivery"),
+        _f(
+            "taper_or_neonatal_plan_documented",
+            "bool",
+            "Plan to taper before delivery or alert the neonatal team",
+        ),
+        _f(
+            "maternal_exposure_at_delivery",
+            "bool",
+            "Neonate: maternal exposure to the pack's drug through delivery",
+        ),
         _f("alcohol_use_current", "bool", "Current alcohol use documented"),
         # encounter, device
         _f("inpatient", "bool", "Current encounter is an inpatient stay", always=True),
@@ -74,11 +99,20 @@ FACTS: dict[str, FactSpec] = {
         _f("npo", "bool", "Nil by mouth"),
         _f("pump_present", "bool", "An implanted drug pump is documented"),
         _f("pump_alarm_active", "bool", "The pump reports an alarm"),
-        _f("days_until_refill", "number", "Days until the pump's next refill (0 or less: due/overdue)", unit="days"),
+        _f(
+            "days_until_refill",
+            "number",
+            "Days until the pump's next refill (0 or less: due/overdue)",
+            unit="days",
+        ),
         # the order under review
         _f("order_present", "bool", "An order of the pack's drug is under review", always=True),
         _f("order_action", "string", "new | modify | continue | discontinue | hold"),
-        _f("order_route", "string", "Route of the order (normalised): oral, intrathecal, iv, im, sc, epidural …"),
+        _f(
+            "order_route",
+            "string",
+            "Route of the order (normalised): oral, intrathecal, iv, im, sc, epidural …",
+        ),
         _f("order_form", "string", "Dose form (normalised): tablet, capsule, solution, suspension, patch …"),
         _f("order_product_route", "string", "Route the ordered product is labeled for (from the vocabulary)"),
         _f("order_is_liquid", "bool", "The ordered form is a liquid"),
@@ -91,43 +125,116 @@ FACTS: dict[str, FactSpec] = {
         _f("order_reason", "string", "Coded reason given for stopping or holding"),
         _f("order_has_taper", "bool", "A taper plan is attached to the order"),
         _f("order_taper_days", "number", "Duration of the attached taper plan", unit="days"),
-        _f("excipient_allergy", "bool", "An active allergy matches an excipient group of the ordered product"),
+        _f(
+            "excipient_allergy", "bool", "An active allergy matches an excipient group of the ordered product"
+        ),
         # dose arithmetic (units checked; unknown rather than guessed)
         _f("daily_dose_mg", "number", "Scheduled daily dose plus PRN daily maximum", unit="mg/day"),
-        _f("daily_dose_mcg", "number", "daily_dose_mg in micrograms", unit="mcg/day"),
+        _f(
+            "daily_dose_mcg",
+            "number",
+            "daily_dose_mg in micrograms",
+            unit="mcg/day",
+            inputs=("daily_dose_mg",),
+        ),
         _f("max_single_dose_mg", "number", "Largest single dose", unit="mg"),
         _f("previous_daily_dose_mg", "number", "Daily dose before this order", unit="mg/day"),
         _f("previous_max_single_dose_mg", "number", "Largest single dose before this order", unit="mg"),
-        _f("daily_dose_change_mg", "number", "daily_dose_mg - previous_daily_dose_mg", unit="mg/day"),
-        _f("single_dose_change_mg", "number", "max_single_dose_mg - previous_max_single_dose_mg", unit="mg"),
-        _f("daily_dose_reduction_pct", "number", "Reduction of the daily dose relative to before", unit="%"),
-        _f("dose_increase", "bool", "The order raises the daily dose of ongoing therapy"),
+        _f(
+            "daily_dose_change_mg",
+            "number",
+            "daily_dose_mg - previous_daily_dose_mg",
+            unit="mg/day",
+            inputs=("daily_dose_mg", "previous_daily_dose_mg"),
+        ),
+        _f(
+            "single_dose_change_mg",
+            "number",
+            "max_single_dose_mg - previous_max_single_dose_mg",
+            unit="mg",
+            inputs=("max_single_dose_mg", "previous_max_single_dose_mg"),
+        ),
+        _f(
+            "daily_dose_reduction_pct",
+            "number",
+            "Reduction of the daily dose relative to before",
+            unit="%",
+            inputs=("daily_dose_mg", "previous_daily_dose_mg"),
+        ),
+        _f(
+            "dose_increase",
+            "bool",
+            "The order raises the daily dose of ongoing therapy",
+            inputs=("daily_dose_mg", "previous_daily_dose_mg"),
+        ),
         # therapy history of the pack's drug
         _f("days_on_therapy", "number", "Days since continuous therapy started", unit="days"),
         _f("days_since_dose_change", "number", "Days since the last dose change", unit="days"),
-        _f("days_since_last_exposure", "number", "Days since the drug was last active/administered", unit="days"),
+        _f(
+            "days_since_last_exposure",
+            "number",
+            "Days since the drug was last active/administered",
+            unit="days",
+        ),
         _f("stable_dose_days", "number", "Days on the current stable dose", unit="days"),
-        _f("efficacy_assessed_since_stable", "bool", "An efficacy assessment is dated on/after the stable-dose date"),
+        _f(
+            "efficacy_assessed_since_stable",
+            "bool",
+            "An efficacy assessment is dated on/after the stable-dose date",
+            inputs=("stable_dose_days",),
+        ),
         _f("hours_since_last_dose", "number", "Hours since the last documented administration", unit="h"),
-        _f("drug_active_count", "number", "Active orders of the pack's drug, this order included", always=True),
-        _f("drug_liquid_concentrations", "number", "Distinct liquid concentrations of the pack's drug on file", always=True),
+        _f(
+            "drug_active_count",
+            "number",
+            "Active orders of the pack's drug, this order included",
+            always=True,
+        ),
+        _f(
+            "drug_liquid_concentrations",
+            "number",
+            "Distinct liquid concentrations of the pack's drug on file",
+            always=True,
+        ),
     ]
 }
 
 FAMILIES: dict[str, FamilySpec] = {
     f.prefix: f
     for f in [
-        FamilySpec("meds", "number", "Active medicines of a drug class (the order included)", "drug_class", 0),
+        FamilySpec(
+            "meds", "number", "Active medicines of a drug class (the order included)", "drug_class", 0
+        ),
         FamilySpec("inpatient_meds", "number", "Active inpatient orders of a drug class", "drug_class", 0),
         FamilySpec("cond", "bool", "An active, non-refuted condition of a group", "condition_group", False),
-        FamilySpec("cond_history", "bool", "A resolved/inactive condition of a group", "condition_group", False),
-        FamilySpec("cond_onset_days", "number", "Days since onset of the latest condition of a group", "condition_group",
-                   None),
+        FamilySpec(
+            "cond_history", "bool", "A resolved/inactive condition of a group", "condition_group", False
+        ),
+        FamilySpec(
+            "cond_onset_days",
+            "number",
+            "Days since onset of the latest condition of a group",
+            "condition_group",
+            None,
+        ),
         FamilySpec("allergy", "bool", "An active, non-refuted allergy of a group", "allergy_group", False),
         FamilySpec("days_since", "number", "Days since a monitoring item was last done", "monitoring", None),
         FamilySpec("drug_active_by_route", "number", "Active orders of the pack's drug by route", "route", 0),
     ]
 }
+
+
+def root_missing(name: str, present: Mapping[str, Any]) -> list[str]:
+    """The facts to report when ``name`` is missing: its own missing inputs, recursively.
+
+    A titration check undecided because the *new* dose cannot be converted to mg should say
+    "dose in mg unknown", not "previous dose unknown".
+    """
+    spec = FACTS.get(name)
+    if spec is None or not spec.inputs:
+        return [name]
+    roots = [r for i in spec.inputs if i not in present for r in root_missing(i, present)]
+    return roots or [name]
 
 
 def lookup(name: str) -> tuple[FactSpec | None, FamilySpec | None, str | None]:

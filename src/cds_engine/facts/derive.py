@@ -41,6 +41,8 @@ class DrugContext:
     drug_class: str
     dialysis_procedure_lookback_days: float = 30.0
     dialysis_condition_group: str = "dialysis"
+    pregnancy_condition_group: str = "pregnancy"
+    lactation_condition_group: str = "lactation"
 
 
 @dataclass(slots=True)
@@ -162,7 +164,9 @@ def derive(facts: PatientFacts, vocab: Vocabulary, ctx: DrugContext) -> dict[str
                 out["egfr_method"] = result.method
     modality = renal.dialysis
     procedure_days = _days(renal.last_dialysis_procedure, as_of)
-    recent_procedure = procedure_days is not None and 0 <= procedure_days <= ctx.dialysis_procedure_lookback_days
+    recent_procedure = (
+        procedure_days is not None and 0 <= procedure_days <= ctx.dialysis_procedure_lookback_days
+    )
     out["aki"] = renal.aki
 
     rep = facts.reproductive
@@ -190,6 +194,11 @@ def derive(facts: PatientFacts, vocab: Vocabulary, ctx: DrugContext) -> dict[str
                 out[f"cond_history.{group}"] = True
     for group, days in cond_onset.items():
         out[f"cond_onset_days.{group}"] = days
+    # an active, coded pregnancy/lactation diagnosis documents the state (an hCG result alone never does)
+    if out["pregnant"] is None and out.get(f"cond.{ctx.pregnancy_condition_group}"):
+        out["pregnant"] = True
+    if out["lactating"] is None and out.get(f"cond.{ctx.lactation_condition_group}"):
+        out["lactating"] = True
     dialysis_dependent = renal.dialysis_dependent or out.get(f"cond.{ctx.dialysis_condition_group}", False)
     if modality is not None and modality != "none":
         out["dialysis"], out["dialysis_modality"] = True, modality
@@ -217,14 +226,20 @@ def derive(facts: PatientFacts, vocab: Vocabulary, ctx: DrugContext) -> dict[str
             continue
         classes = _drug_classes(med, vocab)
         product = vocab.product(med.product)
-        active.append((med, _ActiveDrug(
-            route=normalize_route(med.route) or (product.route if product else None),
-            form=normalize_form(med.form) or (product.form if product else None),
-            concentration=med.concentration_mg_per_ml or (product.concentration_mg_per_ml if product else None),
-            classes=classes,
-            inpatient=med.setting == "inpatient",
-            daily_dose_mg=med.daily_dose_mg,
-        )))
+        active.append(
+            (
+                med,
+                _ActiveDrug(
+                    route=normalize_route(med.route) or (product.route if product else None),
+                    form=normalize_form(med.form) or (product.form if product else None),
+                    concentration=med.concentration_mg_per_ml
+                    or (product.concentration_mg_per_ml if product else None),
+                    classes=classes,
+                    inpatient=med.setting == "inpatient",
+                    daily_dose_mg=med.daily_dose_mg,
+                ),
+            )
+        )
 
     replaced: _ActiveDrug | None = None
     if order is not None:
@@ -234,7 +249,8 @@ def derive(facts: PatientFacts, vocab: Vocabulary, ctx: DrugContext) -> dict[str
         if order.action != "new":
             target_classes = {ctx.drug_class} if focus is not None else order_classes
             candidates = [
-                (i, a) for i, (m, a) in enumerate(active)
+                (i, a)
+                for i, (m, a) in enumerate(active)
                 if (order.replaces is not None and isinstance(m, Medication) and m.id == order.replaces)
                 or (order.replaces is None and a.classes & target_classes)
             ]
@@ -247,11 +263,27 @@ def derive(facts: PatientFacts, vocab: Vocabulary, ctx: DrugContext) -> dict[str
             unit = normalize_unit(order.dose_unit)
             factor, concentration = _dose_mg_per_unit(order, unit, vocab)
             daily, _single = _order_doses(order, factor)
-            active.append((order, _ActiveDrug(
-                route=order_route, form=order_form, concentration=concentration, classes=order_classes,
-                inpatient=facts.encounter.inpatient, daily_dose_mg=daily,
-            )))
+            active.append(
+                (
+                    order,
+                    _ActiveDrug(
+                        route=order_route,
+                        form=order_form,
+                        concentration=concentration,
+                        classes=order_classes,
+                        inpatient=facts.encounter.inpatient,
+                        daily_dose_mg=daily,
+                    ),
+                )
+            )
 
+    if facts.encounter.inpatient and any(ctx.drug_class in a.classes and a.inpatient for _, a in active):
+        # medication reconciliation: once the drug is ordered in hospital, the home-list entry is that order
+        active = [
+            (m, a)
+            for m, a in active
+            if not (isinstance(m, Medication) and m.setting == "home" and ctx.drug_class in a.classes)
+        ]
     med_counts: Counter[str] = Counter()
     inpatient_counts: Counter[str] = Counter()
     drug_routes: Counter[str] = Counter()

@@ -55,36 +55,50 @@ class _Model(BaseModel):
 class Coding(_Model):
     """A code from a terminology (RxNorm, SNOMED CT, ICD-10-CM, LOINC) or free text."""
 
-    system: str | None = Field(None, description="Code system URI, e.g. http://www.nlm.nih.gov/research/umls/rxnorm")
+    system: str | None = Field(
+        None, description="Code system URI, e.g. http://www.nlm.nih.gov/research/umls/rxnorm"
+    )
     code: str | None = None
-    display: str | None = Field(None, description="Display or free text; used for the ingredient-name fallback")
+    display: str | None = Field(
+        None, description="Display or free text; used for the ingredient-name fallback"
+    )
 
 
 class LabResult(_Model):
     """One laboratory result. A result reported as a bound (">60") keeps its comparator."""
 
     value: float = Field(..., description="Numeric value in the stated unit")
-    comparator: Comparator | None = Field(None, description="'>' for '>60': the value is a bound, not a number")
+    comparator: Comparator | None = Field(
+        None, description="'>' for '>60': the value is a bound, not a number"
+    )
     unit: str | None = Field(None, description="UCUM unit as reported, e.g. mL/min/{1.73_m2}")
     date: DateTime | Date = Field(..., description="Effective date/time of the result")
-    method: str | None = Field(None, description="E.g. CKD-EPI 2021, MDRD, Cockcroft-Gault, or the LOINC code")
+    method: str | None = Field(
+        None, description="E.g. CKD-EPI 2021, MDRD, Cockcroft-Gault, or the LOINC code"
+    )
 
 
 class Renal(_Model):
     """Kidney function. ``dialysis`` is explicit; ESRD on the problem list alone is *not* dialysis."""
 
     egfr: LabResult | None = Field(None, description="Most recent eGFR (mL/min/1.73 m2)")
-    crcl: LabResult | None = Field(None, description="Creatinine clearance (Cockcroft-Gault, mL/min), optional")
+    crcl: LabResult | None = Field(
+        None, description="Creatinine clearance (Cockcroft-Gault, mL/min), optional"
+    )
     dialysis: DialysisModality | None = Field(
         None, description="Documented dialysis modality; 'none' when documented as not on dialysis"
     )
     dialysis_dependent: bool | None = Field(None, description="Dialysis dependence documented (e.g. Z99.2)")
-    last_dialysis_procedure: Date | None = Field(None, description="Date of the most recent dialysis procedure")
+    last_dialysis_procedure: Date | None = Field(
+        None, description="Date of the most recent dialysis procedure"
+    )
     aki: bool | None = Field(None, description="Acute kidney injury documented (creatinine unstable)")
 
 
 class Reproductive(_Model):
-    pregnant: bool | None = Field(None, description="Documented pregnancy; never inferred from an hCG result alone")
+    pregnant: bool | None = Field(
+        None, description="Documented pregnancy; never inferred from an hCG result alone"
+    )
     gestational_age_weeks: NonNegativeFloat | None = None
     lactating: bool | None = None
     taper_or_neonatal_plan_documented: bool | None = Field(
@@ -99,9 +113,13 @@ class Allergy(_Model):
     """An allergy or intolerance. Only active, non-refuted entries count."""
 
     substance: Coding
-    groups: list[str] = Field(default_factory=list, description="Allergy groups, if the source already knows them")
+    groups: list[str] = Field(
+        default_factory=list, description="Allergy groups, if the source already knows them"
+    )
     clinical_status: Literal["active", "inactive", "resolved"] | None = "active"
-    verification_status: Literal["confirmed", "unconfirmed", "presumed", "refuted", "entered-in-error"] | None = None
+    verification_status: (
+        Literal["confirmed", "unconfirmed", "presumed", "refuted", "entered-in-error"] | None
+    ) = None
     category: str | None = Field(None, description="food | medication | environment | biologic")
     reaction: str | None = None
 
@@ -111,9 +129,12 @@ class Condition(_Model):
 
     code: Coding
     groups: list[str] = Field(default_factory=list, description="Condition groups, if already known")
-    clinical_status: Literal["active", "recurrence", "relapse", "inactive", "remission", "resolved"] | None = "active"
+    clinical_status: (
+        Literal["active", "recurrence", "relapse", "inactive", "remission", "resolved"] | None
+    ) = "active"
     verification_status: (
-        Literal["unconfirmed", "provisional", "differential", "confirmed", "refuted", "entered-in-error"] | None
+        Literal["unconfirmed", "provisional", "differential", "confirmed", "refuted", "entered-in-error"]
+        | None
     ) = None
     onset: Date | None = None
 
@@ -124,7 +145,9 @@ class Medication(_Model):
     id: str | None = Field(None, description="Source id, so an order can say which medication it replaces")
     product: Coding
     classes: list[str] = Field(default_factory=list, description="Drug classes, if already known")
-    status: Literal["active", "on-hold", "stopped", "completed", "cancelled", "draft", "entered-in-error"] = "active"
+    status: Literal["active", "on-hold", "stopped", "completed", "cancelled", "draft", "entered-in-error"] = (
+        "active"
+    )
     route: str | None = Field(None, description="oral, intrathecal, iv, transdermal, …")
     form: str | None = Field(None, description="tablet, solution, suspension, injection, patch, …")
     concentration_mg_per_ml: float | None = Field(None, gt=0)
@@ -146,8 +169,12 @@ class Order(_Model):
 
     id: str | None = None
     product: Coding
-    form: str | None = Field(None, description="tablet, solution, suspension, granules, injection, patch, capsule …")
-    route: str | None = Field(None, description="oral, intrathecal, iv, im, sc, epidural, transdermal, topical …")
+    form: str | None = Field(
+        None, description="tablet, solution, suspension, granules, injection, patch, capsule …"
+    )
+    route: str | None = Field(
+        None, description="oral, intrathecal, iv, im, sc, epidural, transdermal, topical …"
+    )
     dose_amount: float | None = Field(None, description="Amount per administration, in dose_unit")
     dose_unit: str | None = Field(None, description="mg, mcg, g, mL … (checked, never guessed)")
     doses_per_day: float | None = Field(None, gt=0, description="Scheduled administrations per 24 h")
@@ -157,11 +184,15 @@ class Order(_Model):
     prn: bool = False
     prn_max_doses_per_day: float | None = Field(None, ge=0)
     concentration_mg_per_ml: float | None = Field(None, gt=0, description="For liquids: stated strength")
-    excipient_groups: list[str] = Field(default_factory=list, description="Allergy groups of the product's excipients")
+    excipient_groups: list[str] = Field(
+        default_factory=list, description="Allergy groups of the product's excipients"
+    )
     indication: Coding | None = None
     indication_group: str | None = Field(None, description="Indication group, if the source already knows it")
     action: OrderAction = "new"
-    reason: str | None = Field(None, description="Coded reason for stopping/holding, e.g. serious-adverse-reaction")
+    reason: str | None = Field(
+        None, description="Coded reason for stopping/holding, e.g. serious-adverse-reaction"
+    )
     taper: TaperPlan | None = None
     replaces: str | None = Field(None, description="Medication.id this order modifies, continues or stops")
     date: DateTime | Date | None = None
@@ -219,7 +250,7 @@ class PatientFacts(_Model):
     history: TherapyHistory = Field(default_factory=TherapyHistory)
     monitoring: dict[str, Date] = Field(
         default_factory=dict,
-        description="Last date of each monitoring item: efficacy_assessment, neurology_review, lft, glucose …",
+        description="Last date of each monitoring item (efficacy_assessment, neurology_review, lft, glucose)",
     )
     pump: Pump = Field(default_factory=Pump)
     encounter: Encounter = Field(default_factory=Encounter)

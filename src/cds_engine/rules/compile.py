@@ -27,7 +27,7 @@ from cds_engine.vocabulary import Vocabulary
 
 __all__ = ["CompiledPack", "CompiledRule", "CompiledTier", "compile_pack", "load_pack", "placeholders"]
 
-_PLACEHOLDER = re.compile(r"\{([A-Za-z_][\w.]*)(?::[^}]*)?\}")
+_PLACEHOLDER = re.compile(r"\{([A-Za-z_][\w.]*)(?:\|[^}]*)?\}")
 
 
 def placeholders(template: str) -> list[str]:
@@ -96,8 +96,9 @@ class CompiledPack:
 
 
 class _Compiler:
-    def __init__(self, pack: s.Pack, params: dict[str, Any], vocab: Vocabulary, file: str, lines: LineMap,
-                 raw: Any) -> None:
+    def __init__(
+        self, pack: s.Pack, params: dict[str, Any], vocab: Vocabulary, file: str, lines: LineMap, raw: Any
+    ) -> None:
         self.pack = pack
         self.params = params
         self.vocab = vocab
@@ -108,7 +109,9 @@ class _Compiler:
         self.definitions: dict[str, Node] = {}
         self._resolving: list[str] = []
 
-    def error(self, path: tuple[str | int, ...], rule_id: str | None, message: str, severity: str = "error") -> None:
+    def error(
+        self, path: tuple[str | int, ...], rule_id: str | None, message: str, severity: str = "error"
+    ) -> None:
         self.findings.append(Finding(self.file, self.lines.line_of(path), rule_id, message, severity))  # type: ignore[arg-type]
 
     def value(self, v: Any, path: tuple[str | int, ...], rule_id: str | None) -> Any:
@@ -129,7 +132,9 @@ class _Compiler:
             self.error(path, rule_id, f"unknown definition {name!r} in ref")
             return Const(False)
         if name in self._resolving:
-            self.error(path, rule_id, f"definition {name!r} refers to itself ({' -> '.join(self._resolving)})")
+            self.error(
+                path, rule_id, f"definition {name!r} refers to itself ({' -> '.join(self._resolving)})"
+            )
             return Const(False)
         self._resolving.append(name)
         node = self.node(self.pack.definitions[name], ("definitions", name), rule_id)
@@ -145,8 +150,9 @@ class _Compiler:
         if isinstance(spec, s.NotOf):
             return NotNode(self.node(spec.not_, (*path, "not"), rule_id))
         if isinstance(spec, s.AtLeast):
-            return AtLeastNode(spec.at_least, tuple(self.node(c, (*path, "of", i), rule_id)
-                                                    for i, c in enumerate(spec.of)))
+            return AtLeastNode(
+                spec.at_least, tuple(self.node(c, (*path, "of", i), rule_id) for i, c in enumerate(spec.of))
+            )
         if isinstance(spec, s.Ref):
             return self.definition(spec.ref, path, rule_id)
         if isinstance(spec, s.ParamTest):
@@ -182,19 +188,26 @@ class _Compiler:
             always = default is not None
             known = self.vocab.known_groups(family.key_kind)
             if family.key_kind not in ("route", "monitoring") and family_key not in known:
-                self.error((*path, "fact"), rule_id,
-                           f"unknown {family.key_kind} {family_key!r} in fact {spec.fact!r}: "
-                           f"add it to the vocabulary or fix the name")
+                self.error(
+                    (*path, "fact"),
+                    rule_id,
+                    f"unknown {family.key_kind} {family_key!r} in fact {spec.fact!r}: "
+                    f"add it to the vocabulary or fix the name",
+                )
         else:
-            self.error((*path, "fact"), rule_id,
-                       f"unknown fact {spec.fact!r}: use a fact of the catalog (cds-engine rules facts)")
+            self.error(
+                (*path, "fact"),
+                rule_id,
+                f"unknown fact {spec.fact!r}: use a fact of the catalog (cds-engine rules facts)",
+            )
             return Const(False)
         if op != "exists":
             self._check_type(spec.fact, ftype, op, value, (*path, key), rule_id)
         return Leaf(spec.fact, op, value, spec.missing, bounded, default, always)  # type: ignore[arg-type]
 
-    def _check_type(self, fact: str, ftype: str, op: str, value: Any, path: tuple[str | int, ...],
-                    rule_id: str | None) -> None:
+    def _check_type(
+        self, fact: str, ftype: str, op: str, value: Any, path: tuple[str | int, ...], rule_id: str | None
+    ) -> None:
         values = value if isinstance(value, tuple) else (value,)
         if op in ("in", "not_in") and not isinstance(value, tuple):
             self.error(path, rule_id, f"{op} needs a list of values for fact {fact!r}")
@@ -212,8 +225,11 @@ class _Compiler:
                 "string": isinstance(v, str),
             }[ftype]
             if not ok:
-                self.error(path, rule_id,
-                           f"type mismatch: fact {fact!r} is a {ftype}, compared with {v!r} ({type(v).__name__})")
+                self.error(
+                    path,
+                    rule_id,
+                    f"type mismatch: fact {fact!r} is a {ftype}, compared with {v!r} ({type(v).__name__})",
+                )
 
 
 def _pydantic_findings(exc: ValidationError, raw: Any, lines: LineMap, file: str) -> list[Finding]:
@@ -222,10 +238,8 @@ def _pydantic_findings(exc: ValidationError, raw: Any, lines: LineMap, file: str
         path: list[str | int] = []
         node = raw
         for part in err["loc"]:
-            if isinstance(node, dict) and part in node:
-                node = node[part]
-                path.append(part)
-            elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+            in_dict = isinstance(node, dict) and part in node
+            if in_dict or (isinstance(node, list) and isinstance(part, int) and part < len(node)):
                 node = node[part]
                 path.append(part)
             elif isinstance(node, dict) and part == "in_" and "in" in node:
@@ -251,8 +265,13 @@ def _content_hash(pack_bytes: bytes, vocab: Vocabulary, overrides: Mapping[str, 
     return digest.hexdigest()
 
 
-def compile_pack(text: str, file: str, vocab: Vocabulary, overrides: Mapping[str, Any] | None = None,
-                 content: bytes | None = None) -> CompiledPack:
+def compile_pack(
+    text: str,
+    file: str,
+    vocab: Vocabulary,
+    overrides: Mapping[str, Any] | None = None,
+    content: bytes | None = None,
+) -> CompiledPack:
     """Validate and compile pack text; raise :class:`PackLoadError` on any error finding."""
     overrides = dict(overrides or {})
     try:
@@ -279,13 +298,24 @@ def compile_pack(text: str, file: str, vocab: Vocabulary, overrides: Mapping[str
     rule_ids = {r.id for r in pack.rules}
     for ri, rule in enumerate(pack.rules):
         base = ("rules", ri)
-        applies = compiler.node(rule.applies, (*base, "applies"), rule.id) if rule.applies is not None else None
+        applies = (
+            compiler.node(rule.applies, (*base, "applies"), rule.id) if rule.applies is not None else None
+        )
         tiers = []
         for ti, tier in enumerate(rule.tiers):
             when = compiler.node(tier.when, (*base, "tiers", ti, "when"), rule.id)
             node = And((applies, when)) if applies is not None else when
-            tiers.append(CompiledTier(tier.id, rule.id, tier.severity, node, tier.summary or rule.summary,
-                                      tier.detail or rule.detail, order))
+            tiers.append(
+                CompiledTier(
+                    tier.id,
+                    rule.id,
+                    tier.severity,
+                    node,
+                    tier.summary or rule.summary,
+                    tier.detail or rule.detail,
+                    order,
+                )
+            )
             order += 1
         for src in rule.sources:
             if src not in pack.sources:
@@ -298,11 +328,25 @@ def compile_pack(text: str, file: str, vocab: Vocabulary, overrides: Mapping[str
     for mi, item in enumerate(pack.missing_data):
         for rid in item.covered_by:
             if rid not in rule_ids:
-                compiler.error(("missing_data", mi, "covered_by"), None, f"covered_by names unknown rule {rid!r}")
+                compiler.error(
+                    ("missing_data", mi, "covered_by"), None, f"covered_by names unknown rule {rid!r}"
+                )
         for fact in item.facts:
             if catalog.lookup(fact) == (None, None, None):
                 compiler.error(("missing_data", mi, "facts"), None, f"unknown fact {fact!r} in missing_data")
-    for cls in [*pack.pack.triggers.drug_classes, *pack.pack.triggers.partner_classes, pack.pack.drug.drug_class]:
+    for fact in pack.pack.triggers.facts:
+        spec, _, _ = catalog.lookup(fact)
+        if spec is None or spec.type != "bool":
+            compiler.error(
+                ("pack", "triggers", "facts"),
+                None,
+                f"trigger fact {fact!r} must be a bool fact of the catalog",
+            )
+    for cls in [
+        *pack.pack.triggers.drug_classes,
+        *pack.pack.triggers.partner_classes,
+        pack.pack.drug.drug_class,
+    ]:
         if cls not in vocab.known_groups("drug_class"):
             compiler.error(("pack", "triggers"), None, f"drug class {cls!r} is not in the vocabulary")
 
@@ -313,8 +357,16 @@ def compile_pack(text: str, file: str, vocab: Vocabulary, overrides: Mapping[str
         drug_class=pack.pack.drug.drug_class,
         dialysis_procedure_lookback_days=float(params.get("dialysis_procedure_lookback_days", 30)),
     )
-    return CompiledPack(pack, Path(file), _content_hash(content or text.encode(), vocab, overrides), params,
-                        rules, vocab, ctx, [f for f in compiler.findings if f.severity != "error"])
+    return CompiledPack(
+        pack,
+        Path(file),
+        _content_hash(content or text.encode(), vocab, overrides),
+        params,
+        rules,
+        vocab,
+        ctx,
+        [f for f in compiler.findings if f.severity != "error"],
+    )
 
 
 def _check_placeholder(compiler: _Compiler, name: str, path: tuple[str | int, ...], rule_id: str) -> None:
@@ -329,10 +381,14 @@ def _check_summary_length(compiler: _Compiler, tier: CompiledTier, path: tuple[s
     # a placeholder renders as at most 8 characters (numbers are rounded), so this bounds the card summary
     worst = _PLACEHOLDER.sub("x" * 8, tier.summary)
     if len(worst) >= 140:
-        compiler.error(path, tier.rule_id, f"summary of {tier.id} can reach {len(worst)} characters (must be < 140)")
+        compiler.error(
+            path, tier.rule_id, f"summary of {tier.id} can reach {len(worst)} characters (must be < 140)"
+        )
 
 
-def load_pack(path: str | Path, vocab: Vocabulary, overrides: Mapping[str, Any] | None = None) -> CompiledPack:
+def load_pack(
+    path: str | Path, vocab: Vocabulary, overrides: Mapping[str, Any] | None = None
+) -> CompiledPack:
     path = Path(path)
     content = path.read_bytes()
     try:

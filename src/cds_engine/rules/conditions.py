@@ -83,8 +83,16 @@ class AtLeastNode:
 
 Node = Leaf | Const | And | Or | NotNode | AtLeastNode
 
-_NEGATE: dict[str, str] = {"eq": "ne", "ne": "eq", "lt": "gte", "gte": "lt", "lte": "gt", "gt": "lte",
-                           "in": "not_in", "not_in": "in"}
+_NEGATE: dict[str, str] = {
+    "eq": "ne",
+    "ne": "eq",
+    "lt": "gte",
+    "gte": "lt",
+    "lte": "gt",
+    "gt": "lte",
+    "in": "not_in",
+    "not_in": "in",
+}
 
 
 def _compare(op: str, x: Any, v: Any) -> bool:
@@ -110,14 +118,22 @@ def _compare(op: str, x: Any, v: Any) -> bool:
 # For a fact known only as a bound, when is "fact OP t" decided?  (suffix, op) -> (decides, result, test)
 # e.g. eGFR ">60" (__gt, g=60) and "egfr < t": FALSE whenever g >= t.  The test compares g with t.
 _BOUND_RULES: dict[tuple[str, str], tuple[bool, str]] = {
-    ("__gt", "lt"): (False, "gte"), ("__gt", "lte"): (False, "gte"),
-    ("__gt", "gt"): (True, "gte"), ("__gt", "gte"): (True, "gte"),
-    ("__ge", "lt"): (False, "gte"), ("__ge", "lte"): (False, "gt"),
-    ("__ge", "gt"): (True, "gt"), ("__ge", "gte"): (True, "gte"),
-    ("__lt", "lt"): (True, "lte"), ("__lt", "lte"): (True, "lte"),
-    ("__lt", "gt"): (False, "lte"), ("__lt", "gte"): (False, "lte"),
-    ("__le", "lt"): (True, "lt"), ("__le", "lte"): (True, "lte"),
-    ("__le", "gt"): (False, "lte"), ("__le", "gte"): (False, "lt"),
+    ("__gt", "lt"): (False, "gte"),
+    ("__gt", "lte"): (False, "gte"),
+    ("__gt", "gt"): (True, "gte"),
+    ("__gt", "gte"): (True, "gte"),
+    ("__ge", "lt"): (False, "gte"),
+    ("__ge", "lte"): (False, "gt"),
+    ("__ge", "gt"): (True, "gt"),
+    ("__ge", "gte"): (True, "gte"),
+    ("__lt", "lt"): (True, "lte"),
+    ("__lt", "lte"): (True, "lte"),
+    ("__lt", "gt"): (False, "lte"),
+    ("__lt", "gte"): (False, "lte"),
+    ("__le", "lt"): (True, "lt"),
+    ("__le", "lte"): (True, "lte"),
+    ("__le", "gt"): (False, "lte"),
+    ("__le", "gte"): (False, "lt"),
 }
 
 
@@ -137,7 +153,9 @@ def _absent_facts(leaf: Leaf) -> tuple[str, ...]:
     return (leaf.fact,)
 
 
-def leaf_clauses(leaf: Leaf, want: Literal["is_true", "is_false", "maybe_true", "maybe_false"]) -> list[list[Clause]]:
+def leaf_clauses(
+    leaf: Leaf, want: Literal["is_true", "is_false", "maybe_true", "maybe_false"]
+) -> list[list[Clause]]:
     """The projection ``want`` of a leaf as a disjunction of conjunctions of clauses.
 
     Representations of a fact are mutually exclusive (exact value, one bound, or absent), so
@@ -164,9 +182,9 @@ def leaf_clauses(leaf: Leaf, want: Literal["is_true", "is_false", "maybe_true", 
         for suffix in BOUND_SUFFIXES:
             decides_true, test = _BOUND_RULES[(suffix, op)]
             bound_fact = leaf.fact + suffix
-            if want == "is_true" and decides_true or want == "is_false" and not decides_true:
+            if (want == "is_true" and decides_true) or (want == "is_false" and not decides_true):
                 out.append([Clause("cmp", bound_fact, test, leaf.value)])
-            elif want == "maybe_true" and not decides_true or want == "maybe_false" and decides_true:
+            elif (want == "maybe_true" and not decides_true) or (want == "maybe_false" and decides_true):
                 # not decided against: the bound exists and the deciding test fails
                 out.append([Clause("cmp", bound_fact, _NEGATE[test], leaf.value)])
             elif want in ("maybe_true", "maybe_false"):
@@ -175,8 +193,12 @@ def leaf_clauses(leaf: Leaf, want: Literal["is_true", "is_false", "maybe_true", 
         out.extend([Clause("present", leaf.fact + s)] for s in BOUND_SUFFIXES)  # eq/in on a bound: undecided
     # missing
     policy = leaf.missing
-    absent_true = {"is_true": policy == "fire", "is_false": policy == "skip",
-                   "maybe_true": policy != "skip", "maybe_false": policy != "fire"}[want]
+    absent_true = {
+        "is_true": policy == "fire",
+        "is_false": policy == "skip",
+        "maybe_true": policy != "skip",
+        "maybe_false": policy != "fire",
+    }[want]
     if absent_true and not leaf.always:
         out.append([Clause("absent", f) for f in _absent_facts(leaf)])
     return out
@@ -235,10 +257,15 @@ def evaluate(node: Node, facts: Mapping[str, Any]) -> Truth:
 
 
 def unknown_leaves(node: Node, facts: Mapping[str, Any]) -> Iterator[Leaf]:
-    """Leaves that evaluate to UNKNOWN — the facts whose absence left ``node`` undecided."""
+    """Leaves that left ``node`` UNKNOWN — only inside branches that are themselves undecided.
+
+    In ``any: [no taper plan, taper < 7 days]`` with no taper plan, the taper length is not
+    reported missing: the branch that decides is already TRUE.
+    """
+    if evaluate(node, facts) != UNKNOWN:
+        return
     if isinstance(node, Leaf):
-        if _leaf_truth(node, facts) == UNKNOWN:
-            yield node
+        yield node
     elif isinstance(node, And | Or | AtLeastNode):
         for child in node.children:
             yield from unknown_leaves(child, facts)

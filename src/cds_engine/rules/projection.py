@@ -28,8 +28,12 @@ __all__ = ["Projection", "Want", "project_node"]
 
 Want = Literal["is_true", "is_false", "maybe_true", "maybe_false"]
 E = TypeVar("E")
-_FLIP: dict[str, Want] = {"is_true": "is_false", "is_false": "is_true",
-                          "maybe_true": "maybe_false", "maybe_false": "maybe_true"}
+_FLIP: dict[str, Want] = {
+    "is_true": "is_false",
+    "is_false": "is_true",
+    "maybe_true": "maybe_false",
+    "maybe_false": "maybe_true",
+}
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ undecided, ``p<i>`` (condition possibly TRUE). TRUE = t fired; UNKNOWN = p fired
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import threading
@@ -95,7 +96,7 @@ def _split(expr: dict[str, Any]) -> list[dict[str, Any]]:
         ors = [i for i, item in enumerate(items) if set(item) == {"$or"}]
         if ors:
             k = max(ors, key=lambda i: _operators(items[i]))
-            rest = items[:k] + items[k + 1:]
+            rest = items[:k] + items[k + 1 :]
             return [part for branch in items[k]["$or"] for part in _split(_flatten("$and", [*rest, branch]))]
     raise ValueError(f"condition too large for durable_rules and cannot be split: {json.dumps(expr)[:200]}")
 
@@ -193,10 +194,8 @@ class ReteEvaluator:
             except dre.error as exc:
                 raise EngineFailure(f"durable_rules failed: {exc}") from exc
             finally:
-                try:
+                with contextlib.suppress(dre.error):  # a fact that matched nothing was never stored
                     dre.retract_fact(self._handle, json.dumps({"sid": self.slot, "id": fact_id}))
-                except dre.error:
-                    pass  # a fact that matched nothing was never stored
         return fired
 
     def outcomes(self, projected: Mapping[str, Any]) -> dict[str, int]:

@@ -37,9 +37,9 @@ __all__ = [
     "NotOf",
     "Pack",
     "PackInfo",
-    "Parameter",
     "ParamRef",
     "ParamTest",
+    "Parameter",
     "Ref",
     "RuleSpec",
     "Severity",
@@ -52,8 +52,21 @@ Severity = Literal["info", "warning", "critical"]
 SEVERITY_RANK: dict[str, int] = {"info": 1, "warning": 2, "critical": 3}
 MissingPolicy = Literal["fire", "skip", "cannot-assess"]
 Category = Literal[
-    "allergy", "dose-range", "titration", "renal", "drug-interaction", "duplicate-therapy", "drug-disease",
-    "pregnancy", "lactation", "age", "monitoring", "discontinuation", "order-error", "indication", "missing-data",
+    "allergy",
+    "dose-range",
+    "titration",
+    "renal",
+    "drug-interaction",
+    "duplicate-therapy",
+    "drug-disease",
+    "pregnancy",
+    "lactation",
+    "age",
+    "monitoring",
+    "discontinuation",
+    "order-error",
+    "indication",
+    "missing-data",
 ]
 Scalar = bool | int | float | str
 OPERATORS = ("eq", "ne", "lt", "lte", "gt", "gte", "in", "not_in", "exists")
@@ -89,7 +102,9 @@ class FactTest(_Strict):
     def _one_operator(self) -> FactTest:
         given = [op for op in OPERATORS if self.operand(op) is not None]
         if len(given) != 1:
-            raise ValueError(f"a fact test needs exactly one operator of {', '.join(OPERATORS)}; got {given or 'none'}")
+            raise ValueError(
+                f"a fact test needs exactly one operator of {', '.join(OPERATORS)}; got {given or 'none'}"
+            )
         return self
 
     def operand(self, op: str) -> Any:
@@ -145,8 +160,14 @@ def _condition_kind(value: Any) -> str | None:
         return type(value).__name__
     if not isinstance(value, dict):
         return None
-    for key, tag in (("fact", "FactTest"), ("all", "AllOf"), ("any", "AnyOf"), ("not", "NotOf"),
-                     ("at_least", "AtLeast"), ("ref", "Ref")):
+    for key, tag in (
+        ("fact", "FactTest"),
+        ("all", "AllOf"),
+        ("any", "AnyOf"),
+        ("not", "NotOf"),
+        ("at_least", "AtLeast"),
+        ("ref", "Ref"),
+    ):
         if key in value:
             return tag
     if "param" in value:
@@ -185,7 +206,9 @@ class Parameter(_Strict):
     @model_validator(mode="after")
     def _needs_signoff(self) -> Parameter:
         if self.basis in ("design-choice", "derived") and self.signoff == "approved" and not self.note:
-            raise ValueError("an approved design-choice/derived parameter needs a note saying who approved it")
+            raise ValueError(
+                "an approved design-choice/derived parameter needs a note saying who approved it"
+            )
         return self
 
 
@@ -197,7 +220,9 @@ class Source(_Strict):
 
 class Suggestion(_Strict):
     label: str
-    action: Literal["reduce-dose", "taper", "order-lab", "review", "change-product", "cancel-order", "monitor"]
+    action: Literal[
+        "reduce-dose", "taper", "order-lab", "review", "change-product", "cancel-order", "monitor"
+    ]
     dose_mg_per_day: float | None = Field(None, description="Target daily dose for reduce-dose suggestions")
     note: str | None = None
 
@@ -211,7 +236,9 @@ class Tier(_Strict):
 
 
 class SeedLink(_Strict):
-    statements: list[str] = Field(default_factory=list, description="Seed discrepancy-register ids, e.g. SD-31")
+    statements: list[str] = Field(
+        default_factory=list, description="Seed discrepancy-register ids, e.g. SD-31"
+    )
     note: str
 
 
@@ -254,7 +281,12 @@ class Drug(_Strict):
 class Triggers(_Strict):
     drug_classes: list[str] = Field(..., min_length=1, description="Orders of these classes are reviewed")
     partner_classes: list[str] = Field(
-        default_factory=list, description="Orders of these classes are reviewed when the pack's drug is active"
+        default_factory=list,
+        description="Orders of these classes are reviewed when the pack's drug is active",
+    )
+    facts: list[str] = Field(
+        default_factory=list,
+        description="Bool facts that make the pack review a patient by themselves (e.g. in-utero exposure)",
     )
 
 
@@ -271,7 +303,9 @@ class MissingDataItem(_Strict):
     label: str
     severity: Literal["info", "warning"] = "info"
     summary: str = Field(..., description="Card summary; may use {rules} for the checks not done")
-    covered_by: list[str] = Field(default_factory=list, description="Rules whose own alert already covers this gap")
+    covered_by: list[str] = Field(
+        default_factory=list, description="Rules whose own alert already covers this gap"
+    )
 
 
 class SeedRegisterEntry(_Strict):

@@ -43,7 +43,9 @@ class LineMap:
 
 
 _CORE = "tag:yaml.org,2002:"
-_ALLOWED_TAGS = frozenset(_CORE + t for t in ("str", "int", "float", "bool", "null", "map", "seq", "timestamp"))
+_ALLOWED_TAGS = frozenset(
+    _CORE + t for t in ("str", "int", "float", "bool", "null", "map", "seq", "timestamp")
+)
 
 
 def load_with_lines(text: str) -> tuple[Any, LineMap]:
@@ -53,7 +55,9 @@ def load_with_lines(text: str) -> tuple[Any, LineMap]:
         node = loader.get_single_node()
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        raise YamlError(f"YAML syntax error: {getattr(exc, 'problem', exc)}", mark.line + 1 if mark else None) from exc
+        raise YamlError(
+            f"YAML syntax error: {getattr(exc, 'problem', exc)}", mark.line + 1 if mark else None
+        ) from exc
     finally:
         loader.dispose()
     lines = LineMap()
@@ -72,7 +76,9 @@ def load_with_lines(text: str) -> tuple[Any, LineMap]:
             out: dict[Any, Any] = {}
             for key_node, value_node in n.value:
                 if key_node.tag == _CORE + "merge" or key_node.value == "<<":
-                    raise YamlError("YAML merge keys are not allowed in rule packs", key_node.start_mark.line + 1)
+                    raise YamlError(
+                        "YAML merge keys are not allowed in rule packs", key_node.start_mark.line + 1
+                    )
                 key = walk_scalar(key_node)
                 if key in out:
                     raise YamlError(f"duplicate key {key!r}", key_node.start_mark.line + 1)
