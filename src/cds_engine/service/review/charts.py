@@ -1,0 +1,77 @@
+"""Alerts-per-day bar charts as plain numbers for an SVG template: readable without JavaScript.
+
+The template draws the bars; this module only does the arithmetic (scales, ticks, labels), so
+every value that reaches the page is a number or an escaped label.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+
+__all__ = ["Bar", "Chart", "day_chart"]
+
+MAX_DAYS = 366
+
+
+@dataclass(frozen=True)
+class Bar:
+    x: float
+    y: float
+    width: float
+    height: float
+    day: date
+    count: int
+
+
+@dataclass
+class Chart:
+    width: int
+    height: int
+    plot_left: int
+    plot_bottom: int
+    bars: list[Bar] = field(default_factory=list)
+    y_ticks: list[tuple[float, int]] = field(default_factory=list)
+    x_labels: list[tuple[float, str]] = field(default_factory=list)
+    total: int = 0
+    peak: int = 0
+    start: date | None = None
+    end: date | None = None
+
+
+def _nice_max(value: int) -> int:
+    for step in (1, 2, 5, 10, 20, 25, 50, 100, 200, 250, 500, 1000, 2000, 5000, 10000):
+        if value <= step * 4:
+            return max(step * ((value + step - 1) // step), step)
+    return value
+
+
+def day_chart(per_day: Mapping[date, int], start: date, end: date, *, width: int = 720,
+              height: int = 180) -> Chart:
+    """Bars for every day from ``start`` to ``end`` (zeros included), at most the last MAX_DAYS."""
+    if end < start:
+        start, end = end, start
+    start = max(start, end - timedelta(days=MAX_DAYS - 1))
+    days = [start + timedelta(days=i) for i in range((end - start).days + 1)]
+    left, top, bottom_pad = 40, 10, 28
+    plot_w, plot_h = width - left - 10, height - top - bottom_pad
+    bottom = top + plot_h
+    peak = max((per_day.get(d, 0) for d in days), default=0)
+    scale_max = _nice_max(max(peak, 1))
+    slot = plot_w / len(days)
+    bar_w = max(slot * 0.8, 1.0)
+    chart = Chart(width=width, height=height, plot_left=left, plot_bottom=bottom, peak=peak, start=start,
+                  end=end)
+    for i, d in enumerate(days):
+        n = per_day.get(d, 0)
+        h = plot_h * n / scale_max
+        chart.bars.append(Bar(x=round(left + i * slot + (slot - bar_w) / 2, 2), y=round(bottom - h, 2),
+                              width=round(bar_w, 2), height=round(h, 2), day=d, count=n))
+        chart.total += n
+    for value in sorted({scale_max * k // 4 for k in range(5)}):
+        chart.y_ticks.append((round(bottom - plot_h * value / scale_max, 2), value))
+    every = max(1, len(days) // 8)
+    for i in range(0, len(days), every):
+        chart.x_labels.append((round(left + i * slot + slot / 2, 2), days[i].strftime("%m-%d")))
+    return chart

@@ -1,0 +1,96 @@
+"""Opening the database: URL resolution, SQLite pragmas, PostgreSQL time limits, UTC times.
+
+Everything dialect-specific that is not a migration lives here, so the rest of the store is
+written once for SQLite and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.types import DateTime, TypeDecorator
+
+__all__ = ["DEFAULT_URL", "UTCDateTime", "create_db_engine", "redact", "resolve_url", "utcnow"]
+
+DEFAULT_URL = "sqlite:///cds.db"
+
+# A hook must not hang on a database that does not answer: fail fast and spool instead.
+_PG_CONNECT_TIMEOUT_S = 2
+_PG_STATEMENT_TIMEOUT_MS = 5000
+_SQLITE_BUSY_TIMEOUT_MS = 2000
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def resolve_url(url: str | None) -> str:
+    """``--db`` value, else ``CDS_DATABASE_URL``, else the SQLite file ``cds.db``.
+
+    ``postgresql://`` and ``postgres://`` are taken to mean psycopg 3 (the installed driver).
+    """
+    url = url or os.environ.get("CDS_DATABASE_URL") or DEFAULT_URL
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix):]
+    return url
+
+
+def redact(url: str | URL) -> str:
+    """The URL without its password, for logs and messages."""
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def create_db_engine(url: str) -> Engine:
+    parsed = make_url(url)
+    kwargs: dict[str, Any] = {"pool_pre_ping": True, "future": True}
+    if parsed.get_backend_name() == "postgresql":
+        connect_args: dict[str, Any] = {}
+        if "connect_timeout" not in parsed.query:
+            connect_args["connect_timeout"] = _PG_CONNECT_TIMEOUT_S
+        if "options" not in parsed.query:
+            connect_args["options"] = f"-c statement_timeout={_PG_STATEMENT_TIMEOUT_MS}"
+        kwargs.update(connect_args=connect_args, pool_size=5, max_overflow=10, pool_timeout=5)
+    elif parsed.get_backend_name() == "sqlite":
+        kwargs["connect_args"] = {"timeout": _SQLITE_BUSY_TIMEOUT_MS / 1000}
+    engine = create_engine(parsed, **kwargs)
+    if parsed.get_backend_name() == "sqlite":
+        event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    """WAL so readers (the page) never block the writer (the hook); FKs on; short busy wait."""
+    cur = dbapi_conn.cursor()
+    try:
+        if cur.execute("PRAGMA journal_mode").fetchone()[0] != "memory":
+            cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute(f"PRAGMA busy_timeout={_SQLITE_BUSY_TIMEOUT_MS}")
+    finally:
+        cur.close()
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware datetimes in, UTC-aware datetimes out — on SQLite too (which drops zones)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the store; times must carry a timezone")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)

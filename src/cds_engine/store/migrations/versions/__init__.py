@@ -1,0 +1,1 @@
+"""Schema versions, oldest first; each file is frozen once released."""

@@ -1,0 +1,293 @@
+"""What the review pages read and decide: filtered alert lists, one alert, rule analytics.
+
+All filtering goes through bound parameters (SQLAlchemy expressions); no SQL text is ever
+built from user input. Filters are validated first: an unknown severity is reported, not
+passed on.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
+
+from sqlalchemy import Select, func, select
+from sqlalchemy.orm import Session
+
+from cds_engine.store import audit
+from cds_engine.store.db import utcnow
+from cds_engine.store.models import (
+    PRESCRIBER_OUTCOMES,
+    REVIEW_STATUSES,
+    SEVERITIES,
+    AlertRow,
+    Evaluation,
+    OrderRow,
+    PrescriberFeedback,
+    ReviewDecision,
+    User,
+)
+
+__all__ = ["AlertFilter", "AlertPage", "RuleStats", "alert_detail", "analytics", "decide", "list_alerts",
+           "parse_filter"]
+
+MAX_FILTER_TEXT = 256
+
+
+@dataclass
+class AlertFilter:
+    severity: str | None = None
+    rule: str | None = None
+    category: str | None = None
+    status: str | None = None
+    outcome: str | None = None
+    patient: str | None = None
+    date_from: date | None = None
+    date_to: date | None = None
+    errors: list[str] = field(default_factory=list)
+
+    def as_params(self) -> dict[str, str]:
+        """The filter as query parameters (for paging links and the audit log)."""
+        out = {"severity": self.severity, "rule": self.rule, "category": self.category, "status": self.status,
+               "outcome": self.outcome, "patient": self.patient,
+               "from": self.date_from.isoformat() if self.date_from else None,
+               "to": self.date_to.isoformat() if self.date_to else None}
+        return {k: v for k, v in out.items() if v}
+
+
+def _choice(value: str | None, allowed: tuple[str, ...], name: str, errors: list[str]) -> str | None:
+    if not value:
+        return None
+    if value not in allowed:
+        errors.append(f"unknown {name} ignored")
+        return None
+    return value
+
+
+def _text(value: str | None, name: str, errors: list[str]) -> str | None:
+    if not value:
+        return None
+    value = value.strip()
+    if len(value) > MAX_FILTER_TEXT:
+        errors.append(f"{name} too long; ignored")
+        return None
+    return value or None
+
+
+def _day(value: str | None, name: str, errors: list[str]) -> date | None:
+    if not value:
+        return None
+    try:
+        return date.fromisoformat(value.strip())
+    except ValueError:
+        errors.append(f"{name} is not a date (YYYY-MM-DD); ignored")
+        return None
+
+
+def parse_filter(params: dict[str, str | None]) -> AlertFilter:
+    errors: list[str] = []
+    return AlertFilter(
+        severity=_choice(params.get("severity"), SEVERITIES, "severity", errors),
+        rule=_text(params.get("rule"), "rule", errors),
+        category=_text(params.get("category"), "category", errors),
+        status=_choice(params.get("status"), REVIEW_STATUSES, "status", errors),
+        outcome=_choice(params.get("outcome"), (*PRESCRIBER_OUTCOMES, "none"), "prescriber outcome", errors),
+        patient=_text(params.get("patient"), "patient", errors),
+        date_from=_day(params.get("from"), "from", errors),
+        date_to=_day(params.get("to"), "to", errors),
+        errors=errors,
+    )
+
+
+def _start(day: date) -> datetime:
+    return datetime.combine(day, time.min, tzinfo=UTC)
+
+
+def _apply(query: Select[Any], f: AlertFilter) -> Select[Any]:
+    if f.severity:
+        query = query.where(AlertRow.severity == f.severity)
+    if f.rule:
+        query = query.where(AlertRow.rule_id == f.rule)
+    if f.category:
+        query = query.where(AlertRow.category == f.category)
+    if f.status:
+        query = query.where(AlertRow.review_status == f.status)
+    if f.outcome == "none":
+        query = query.where(AlertRow.prescriber_outcome.is_(None))
+    elif f.outcome:
+        query = query.where(AlertRow.prescriber_outcome == f.outcome)
+    if f.patient:
+        query = query.where(Evaluation.patient_ref == f.patient)
+    if f.date_from:
+        query = query.where(Evaluation.as_of >= _start(f.date_from))
+    if f.date_to:
+        query = query.where(Evaluation.as_of < _start(f.date_to + timedelta(days=1)))
+    return query
+
+
+@dataclass
+class AlertPage:
+    rows: list[tuple[AlertRow, Evaluation]]
+    total: int
+    page: int
+    page_size: int
+
+    @property
+    def pages(self) -> int:
+        return max(1, -(-self.total // self.page_size))
+
+
+def list_alerts(session: Session, f: AlertFilter, *, page: int = 1, page_size: int = 50) -> AlertPage:
+    joined = AlertRow.evaluation_id == Evaluation.id
+    base = _apply(select(AlertRow, Evaluation).join(Evaluation, joined), f)
+    total = session.scalar(_apply(select(func.count()).select_from(AlertRow).join(Evaluation, joined), f))
+    page = max(1, page)
+    query = (base.order_by(Evaluation.as_of.desc(), AlertRow.evaluation_id, AlertRow.position)
+             .offset((page - 1) * page_size).limit(page_size))
+    rows = [(a, e) for a, e in session.execute(query).all()]
+    return AlertPage(rows=rows, total=total or 0, page=page, page_size=page_size)
+
+
+def distinct_values(session: Session) -> dict[str, list[str]]:
+    """Rule ids and categories present, for the filter drop-downs."""
+    rules = session.scalars(select(AlertRow.rule_id).distinct().order_by(AlertRow.rule_id)).all()
+    categories = session.scalars(select(AlertRow.category).distinct().order_by(AlertRow.category)).all()
+    return {"rules": list(rules), "categories": list(categories)}
+
+
+@dataclass
+class AlertDetail:
+    alert: AlertRow
+    evaluation: Evaluation
+    order: OrderRow | None
+    feedback: list[PrescriberFeedback]
+    decisions: list[tuple[ReviewDecision, str]]
+
+
+def alert_detail(session: Session, alert_id: str) -> AlertDetail | None:
+    found = session.execute(
+        select(AlertRow, Evaluation).join(Evaluation, AlertRow.evaluation_id == Evaluation.id)
+        .where(AlertRow.id == alert_id)).first()
+    if found is None:
+        return None
+    alert, evaluation = found
+    order = session.get(OrderRow, evaluation.id)
+    feedback = list(session.scalars(select(PrescriberFeedback).where(PrescriberFeedback.alert_id == alert_id)
+                                    .order_by(PrescriberFeedback.outcome_timestamp)))
+    decisions = [(d, name) for d, name in session.execute(
+        select(ReviewDecision, User.username).join(User, ReviewDecision.reviewer_id == User.id)
+        .where(ReviewDecision.alert_id == alert_id).order_by(ReviewDecision.id)).all()]
+    return AlertDetail(alert, evaluation, order, feedback, decisions)
+
+
+def decide(session: Session, alert: AlertRow, user: User, decision: str, *, reason_code: str | None,
+           reason_display: str | None, comment: str | None, remote_addr: str | None) -> ReviewDecision:
+    """A reviewer's acknowledgement or override: history row, alert status and audit in one transaction."""
+    if decision not in ("acknowledged", "overridden"):
+        raise ValueError(f"unknown decision {decision!r}")
+    now = utcnow()
+    row = ReviewDecision(alert_id=alert.id, decision=decision, reason_code=reason_code,
+                         reason_display=reason_display, comment=comment, reviewer_id=user.id, decided_at=now)
+    session.add(row)
+    alert.review_status, alert.reviewed_at, alert.reviewed_by = decision, now, user.id
+    session.flush()
+    audit.record(session, actor=user.username, role=user.role, action=f"alert.{decision}",
+                 target_type="alert", target_id=alert.id, remote_addr=remote_addr,
+                 detail={"reason": reason_code, "comment": comment, "decision_id": row.id})
+    return row
+
+
+# -- analytics ---------------------------------------------------------------------------------
+
+@dataclass
+class RuleStats:
+    rule_id: str
+    title: str
+    alert_rows: int = 0  # every stored alert (order-select and order-sign of one order: two rows)
+    fired: int = 0  # distinct orders (episodes) the rule fired on
+    silent: int = 0  # episodes never shown (draft pack, silent mode)
+    prescriber_decided: int = 0
+    prescriber_overridden: int = 0
+    suggestions_decided: int = 0
+    suggestions_accepted: int = 0
+    reviewer_decided: int = 0
+    reviewer_overridden: int = 0
+    per_day: Counter[date] = field(default_factory=Counter)
+    severities: Counter[str] = field(default_factory=Counter)
+
+    @staticmethod
+    def _rate(part: int, whole: int) -> float | None:
+        return part / whole if whole else None
+
+    @property
+    def override_rate(self) -> float | None:
+        return self._rate(self.prescriber_overridden, self.prescriber_decided)
+
+    @property
+    def acceptance_rate(self) -> float | None:
+        return self._rate(self.suggestions_accepted, self.suggestions_decided)
+
+    @property
+    def reviewer_override_rate(self) -> float | None:
+        return self._rate(self.reviewer_overridden, self.reviewer_decided)
+
+
+@dataclass
+class _Episode:
+    first_seen: datetime
+    severity: str
+    shown: bool = False
+    suggestions: bool = False
+    outcome: tuple[datetime, str, bool] | None = None
+    review: tuple[datetime, str] | None = None
+
+
+def analytics(session: Session, *, date_from: date | None = None, date_to: date | None = None,
+              rule: str | None = None) -> list[RuleStats]:
+    """Per rule: fired (each order counted once), override and acceptance rates, alerts per day.
+
+    An *episode* is one rule on one order of one patient (``order_key``): the order seen at
+    order-select and again at order-sign counts once, and its latest outcome is the one counted.
+    Alerts without an order key count one each.
+    """
+    f = AlertFilter(rule=rule, date_from=date_from, date_to=date_to)
+    query = _apply(select(
+        AlertRow.id, AlertRow.rule_id, AlertRow.title, AlertRow.severity, AlertRow.shown,
+        AlertRow.suggestions,
+        AlertRow.prescriber_outcome, AlertRow.prescriber_outcome_at, AlertRow.suggestion_accepted,
+        AlertRow.review_status, AlertRow.reviewed_at, Evaluation.patient_ref, Evaluation.order_key,
+        Evaluation.as_of,
+    ).join(Evaluation, AlertRow.evaluation_id == Evaluation.id), f)
+    stats: dict[str, RuleStats] = {}
+    episodes: dict[tuple[str, ...], _Episode] = {}
+    for row in session.execute(query):
+        rs = stats.setdefault(row.rule_id, RuleStats(row.rule_id, row.title))
+        rs.alert_rows += 1
+        key = (row.rule_id, row.patient_ref or "", row.order_key) if row.order_key else (row.rule_id, row.id)
+        ep = episodes.get(key)
+        if ep is None:
+            ep = episodes[key] = _Episode(first_seen=row.as_of, severity=row.severity)
+        ep.first_seen = min(ep.first_seen, row.as_of)
+        ep.shown |= bool(row.shown)
+        ep.suggestions |= bool(row.suggestions)
+        if row.prescriber_outcome and (ep.outcome is None or row.prescriber_outcome_at >= ep.outcome[0]):
+            ep.outcome = (row.prescriber_outcome_at, row.prescriber_outcome, bool(row.suggestion_accepted))
+        if row.review_status != "open" and (ep.review is None or row.reviewed_at >= ep.review[0]):
+            ep.review = (row.reviewed_at, row.review_status)
+    for key, ep in episodes.items():
+        rs = stats[key[0]]
+        rs.fired += 1
+        rs.silent += not ep.shown
+        rs.per_day[ep.first_seen.date()] += 1
+        rs.severities[ep.severity] += 1
+        if ep.outcome is not None:
+            rs.prescriber_decided += 1
+            rs.prescriber_overridden += ep.outcome[1] == "overridden"
+            if ep.suggestions:
+                rs.suggestions_decided += 1
+                rs.suggestions_accepted += ep.outcome[2]
+        if ep.review is not None:
+            rs.reviewer_decided += 1
+            rs.reviewer_overridden += ep.review[1] == "overridden"
+    return sorted(stats.values(), key=lambda s: (-s.fired, s.rule_id))

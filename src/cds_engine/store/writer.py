@@ -1,0 +1,140 @@
+"""The write path of the hook: one evaluation (+ its alerts and order) in one short transaction.
+
+Every write is idempotent so the spool can replay it: the evaluation insert is
+``ON CONFLICT DO NOTHING`` on its id *and* on its dedup key (source, hookInstance, pack, order
+key), and feedback rows carry their own id. Used by the live sink and by the spool drainer alike.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, Insert, Table, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from cds_engine.store.api import EvaluationRecord, FeedbackRecord
+from cds_engine.store.models import AlertRow, BatchRun, Evaluation, OrderRow, PrescriberFeedback
+
+__all__ = ["apply_feedback", "dedup_key", "insert_evaluation", "known_card"]
+
+_evaluations: Table = Evaluation.__table__  # type: ignore[assignment]
+_alerts: Table = AlertRow.__table__  # type: ignore[assignment]
+_orders: Table = OrderRow.__table__  # type: ignore[assignment]
+_batch_runs: Table = BatchRun.__table__  # type: ignore[assignment]
+_feedback: Table = PrescriberFeedback.__table__  # type: ignore[assignment]
+
+
+def _insert_ignore(conn: Connection, table: Table) -> Insert:
+    """``INSERT … ON CONFLICT DO NOTHING`` in the connection's dialect."""
+    if conn.dialect.name == "postgresql":
+        return postgresql.insert(table).on_conflict_do_nothing()
+    if conn.dialect.name == "sqlite":
+        return sqlite.insert(table).on_conflict_do_nothing()
+    raise NotImplementedError(f"unsupported database dialect {conn.dialect.name!r}")
+
+
+def dedup_key(record: EvaluationRecord) -> str | None:
+    """Identity of a hook call's evaluation of one order by one pack (None without a hookInstance)."""
+    if not record.hook_instance:
+        return None
+    parts = [record.source, record.hook_instance, record.pack_id, record.order_key or ""]
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
+
+
+def insert_evaluation(conn: Connection, record: EvaluationRecord, evaluation_id: str,
+                      recorded_at: datetime) -> bool:
+    """Insert one evaluation with its alerts and order; False if it was already stored."""
+    if record.batch_run_id:
+        conn.execute(_insert_ignore(conn, _batch_runs).values(
+            id=record.batch_run_id, started_at=recorded_at, status="running", params={}, counts={}))
+    inserted = conn.execute(
+        _insert_ignore(conn, _evaluations).values(
+            id=evaluation_id, source=record.source, hook_instance=record.hook_instance,
+            dedup_key=dedup_key(record), hook=record.hook,
+            service_id=record.service_id, patient_ref=record.patient_ref, encounter_ref=record.encounter_ref,
+            user_ref=record.user_ref, order_key=record.order_key, as_of=record.as_of, recorded_at=recorded_at,
+            pack_id=record.pack_id, pack_version=record.pack_version, pack_hash=record.pack_hash,
+            site_hash=record.site_hash, batch_run_id=record.batch_run_id,
+        ).returning(_evaluations.c.id)
+    ).first()
+    if inserted is None:
+        return False
+    if record.order is not None:
+        conn.execute(_orders.insert().values(evaluation_id=evaluation_id, order_key=record.order_key,
+                                             body=record.order))
+    rows = list(_alert_rows(record, evaluation_id))
+    if rows:
+        conn.execute(_alerts.insert(), rows)
+    return True
+
+
+def _alert_rows(record: EvaluationRecord, evaluation_id: str) -> Iterable[dict[str, Any]]:
+    for position, issued in enumerate(record.alerts):
+        a = issued.alert
+        yield {
+            "id": str(uuid.uuid4()), "evaluation_id": evaluation_id, "position": position, "kind": a.kind,
+            "rule_id": a.rule_id, "tier_id": a.tier_id, "title": a.title, "category": a.category,
+            "severity": a.severity, "summary": a.summary, "detail": a.detail,
+            "evidence": _jsonable(a.evidence), "missing": list(a.missing),
+            "not_assessed": list(a.not_assessed),
+            "suggestions": [s.model_dump(mode="json") for s in a.suggestions],
+            "sources": [s.model_dump(mode="json") for s in a.sources],
+            "pack_id": a.pack_id, "pack_version": a.pack_version, "pack_hash": a.pack_hash,
+            "pack_url": a.pack_url, "approval": a.approval, "card_uuid": issued.card_uuid,
+            "shown": issued.shown, "review_status": "open",
+        }
+
+
+def _jsonable(value: Any) -> Any:
+    """Evidence may hold dates; JSON columns need plain types."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set):
+        return [_jsonable(v) for v in value]
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    return value
+
+
+def known_card(conn: Connection, card_uuid: str) -> bool:
+    found = conn.execute(select(_alerts.c.id).where(_alerts.c.card_uuid == card_uuid).limit(1)).first()
+    return found is not None
+
+
+def apply_feedback(conn: Connection, feedback: FeedbackRecord, feedback_id: str,
+                   received_at: datetime) -> bool:
+    """Record prescriber feedback and make it the alert's outcome if it is the latest one.
+
+    False when no alert carries that card uuid. Replaying the same ``feedback_id`` changes nothing.
+    """
+    query = select(_alerts.c.id).where(_alerts.c.card_uuid == feedback.card_uuid)
+    alert_ids = conn.execute(query).scalars().all()
+    if not alert_ids:
+        return False
+    accepted_suggestion = feedback.outcome == "accepted" and bool(feedback.accepted_suggestions)
+    for alert_id in alert_ids:
+        # One row per alert of the card (normally one), with an id stable across replays.
+        row_id = str(uuid.uuid5(uuid.UUID(feedback_id), alert_id))
+        conn.execute(_insert_ignore(conn, _feedback).values(
+            id=row_id, alert_id=alert_id,
+            card_uuid=feedback.card_uuid, service_id=feedback.service_id, outcome=feedback.outcome,
+            accepted_suggestions=list(feedback.accepted_suggestions),
+            override_reason_code=feedback.override_reason_code,
+            override_reason_display=feedback.override_reason_display, comment=feedback.comment,
+            user_id=feedback.user_id, outcome_timestamp=feedback.outcome_timestamp, received_at=received_at,
+        ))
+        # Latest outcome wins; an older feedback arriving late (spool replay) does not overwrite.
+        conn.execute(
+            update(_alerts)
+            .where(_alerts.c.id == alert_id)
+            .where((_alerts.c.prescriber_outcome_at.is_(None))
+                   | (_alerts.c.prescriber_outcome_at <= feedback.outcome_timestamp))
+            .values(prescriber_outcome=feedback.outcome, prescriber_outcome_at=feedback.outcome_timestamp,
+                    suggestion_accepted=accepted_suggestion)
+        )
+    return True

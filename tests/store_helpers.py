@@ -1,0 +1,180 @@
+"""Helpers for the store and review-page tests: records, databases, a cuttable TCP proxy."""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import socket
+import threading
+import uuid
+from collections.abc import Iterator
+from contextlib import closing, contextmanager, suppress
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from cds_engine.alerts import Alert, AlertSource, AlertSuggestion
+from cds_engine.store.api import EvaluationRecord, FeedbackRecord, IssuedAlert
+
+PG_HOST, PG_PORT = "127.0.0.1", 5432
+IN_CI = os.environ.get("CI", "").lower() == "true"
+NOW = datetime(2025, 3, 1, 10, 0, tzinfo=UTC)
+
+
+def make_alert(rule_id: str = "TST-R01", severity: str = "warning", *, summary: str = "Check the dose",
+               suggestions: bool = True, category: str = "dose-range") -> Alert:
+    return Alert(
+        rule_id=rule_id, tier_id=f"{rule_id}.main", title=f"Test rule {rule_id}", category=category,
+        severity=severity, summary=summary, detail="Detail with **markdown** and the patient's values.",
+        evidence={"daily_dose_mg": 60.0, "egfr": 25, "since": "2025-01-01"},
+        suggestions=[AlertSuggestion(label="Lower the dose", action="reduce-dose", dose_mg_per_day=15.0)]
+        if suggestions else [],
+        sources=[AlertSource(id="S1", title="A label", url="https://example.org/label")],
+        pack_id="test-pack", pack_version="1.0.0", pack_hash="f" * 64, pack_url="https://example.org/pack",
+        pack_status="active", approval="approved",
+    )
+
+
+def make_record(*, hook_instance: str | None = None, source: str = "hook", hook: str = "order-sign",
+                patient: str = "Patient/1", order_key: str | None = "order-1",
+                alerts: list[Alert] | None = None,
+                as_of: datetime = NOW, pack_id: str = "test-pack", batch_run_id: str | None = None,
+                pack_hash: str = "f" * 64, pack_version: str = "1.0.0") -> EvaluationRecord:
+    alerts = [make_alert()] if alerts is None else alerts
+    return EvaluationRecord(
+        source=source, hook_instance=hook_instance or str(uuid.uuid4()), hook=hook, service_id=f"test-{hook}",
+        patient_ref=patient, order_key=order_key,
+        order={"resourceType": "MedicationRequest", "id": order_key}, as_of=as_of, pack_id=pack_id,
+        pack_version=pack_version, pack_hash=pack_hash, batch_run_id=batch_run_id,
+        alerts=[IssuedAlert(alert=a, card_uuid=str(uuid.uuid4())) for a in alerts],
+    )
+
+
+def feedback(card_uuid: str, outcome: str = "overridden", *, at: datetime | None = None,
+             accepted: list[str] | None = None) -> FeedbackRecord:
+    return FeedbackRecord(
+        service_id="test-order-sign", card_uuid=card_uuid, outcome=outcome,  # type: ignore[arg-type]
+        accepted_suggestions=accepted or [],
+        override_reason_code="tolerated-before" if outcome == "overridden" else None,
+        comment="prescriber comment", user_id="Practitioner/7",
+        outcome_timestamp=at or NOW + timedelta(minutes=1),
+    )
+
+
+# -- PostgreSQL ------------------------------------------------------------------------------
+
+def _port_open(host: str, port: int) -> bool:
+    with closing(socket.socket()) as s:
+        s.settimeout(1)
+        return s.connect_ex((host, port)) == 0
+
+
+def _admin_connect():
+    import psycopg
+
+    last: Exception | None = None
+    for user in ("postgres", "root", os.environ.get("USER", "postgres")):
+        for dbname in ("postgres", "test"):
+            try:
+                return psycopg.connect(host=PG_HOST, port=PG_PORT, user=user, dbname=dbname, autocommit=True,
+                                       connect_timeout=3), user
+            except psycopg.Error as exc:
+                last = exc
+    raise RuntimeError(f"cannot connect to PostgreSQL at {PG_HOST}:{PG_PORT}: {last}")
+
+
+@contextmanager
+def postgres_database() -> Iterator[str]:
+    """A fresh database on the local server for this run, dropped afterwards.
+
+    No server: skip — except in CI, where skipping PostgreSQL is not allowed.
+    """
+    if not _port_open(PG_HOST, PG_PORT):
+        message = f"no PostgreSQL server on {PG_HOST}:{PG_PORT}"
+        if IN_CI:
+            pytest.fail(message + " (CI=true: PostgreSQL tests may not be skipped)")
+        pytest.skip(message)
+    conn, user = _admin_connect()
+    name = f"cds_test_{secrets.token_hex(6)}"
+    with conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"postgresql+psycopg://{user}@{PG_HOST}:{PG_PORT}/{name}"
+    finally:
+        conn, _ = _admin_connect()
+        with conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def free_port() -> int:
+    with closing(socket.socket()) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class TcpProxy:
+    """Forwards 127.0.0.1:port → target while started: lets a test take a database away and back."""
+
+    def __init__(self, target_port: int, port: int | None = None, target_host: str = PG_HOST) -> None:
+        self.port = port or free_port()
+        self.target = (target_host, target_port)
+        self._server: socket.socket | None = None
+        self._conns: list[socket.socket] = []
+        self._lock = threading.Lock()
+
+    def start(self) -> TcpProxy:
+        server = socket.socket()
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.bind(("127.0.0.1", self.port))
+        server.listen(16)
+        self._server = server
+        threading.Thread(target=self._accept, args=(server,), daemon=True).start()
+        return self
+
+    def _accept(self, server: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = server.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(self.target, timeout=3)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._conns += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+        with suppress(OSError):
+            while data := src.recv(65536):
+                dst.sendall(data)
+        with suppress(OSError):
+            dst.shutdown(socket.SHUT_WR)
+
+    def stop(self) -> None:
+        """Refuse new connections and cut the open ones."""
+        if self._server is not None:
+            with suppress(OSError):  # wakes the thread blocked in accept()
+                self._server.shutdown(socket.SHUT_RDWR)
+            self._server.close()
+            self._server = None
+        with self._lock:
+            for s in self._conns:
+                with suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+                s.close()
+            self._conns.clear()
+
+
+CSRF_RE = re.compile(r'name="csrf_token" value="([^"]+)"')
+
+
+def csrf_of(html: str) -> str:
+    found = CSRF_RE.search(html)
+    assert found, "no CSRF token in the page"
+    return found.group(1)

@@ -1,0 +1,177 @@
+"""A real browser (Debian's chromium, driven by Playwright) against a real uvicorn process.
+
+Signs in, filters, opens an alert, overrides it with a coded reason, and checks that the
+decision is in the database and in the audit log, and that the rule analytics count it.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import select
+
+from cds_engine.engine import Engine
+from cds_engine.store import open_store
+from cds_engine.store import users as user_admin
+from cds_engine.store.api import EvaluationRecord, IssuedAlert
+from cds_engine.store.models import AlertRow, AuditEntry, ReviewDecision
+from store_helpers import IN_CI, free_port
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = Path("/usr/bin/chromium")
+REPO = Path(__file__).resolve().parents[1]
+PASSWORD = "browser-test-password"
+BASE_FACTS = {
+    "age_years": 70, "weight_kg": 70,
+    "renal": {"egfr": {"value": 25, "unit": "mL/min/{1.73_m2}", "date": "2025-02-20"}, "dialysis": "none"},
+    "order": {"product": {"system": "http://www.nlm.nih.gov/research/umls/rxnorm", "code": "617298",
+                          "display": "Baclofen 20 MG Disintegrating Oral Tablet"},
+              "form": "tablet", "route": "oral", "dose_amount": 20, "dose_unit": "mg", "doses_per_day": 3,
+              "action": "new"},
+}
+
+
+def _seed(url: str, spool: Path, engine: Engine) -> None:
+    store = open_store(url, spool_dir=spool, start_drainer=False)
+    pack = engine.packs[0]
+    now = datetime.now(UTC)
+    try:
+        with store.session() as db:
+            user_admin.add_user(db, "rita", PASSWORD, "reviewer", actor="test")
+        for day in range(4):
+            as_of = now - timedelta(days=day)
+            alerts = engine.evaluate({**BASE_FACTS, "as_of": as_of.isoformat()})
+            for hook in ("order-select", "order-sign"):  # the same order seen twice
+                store.sink.record_evaluation(EvaluationRecord(
+                    source="hook", hook_instance=str(uuid.uuid4()), hook=hook, service_id=f"baclofen-{hook}",
+                    patient_ref=f"Patient/{day}", order_key=f"MedicationRequest/{day}",
+                    order=BASE_FACTS["order"],
+                    as_of=as_of, pack_id=pack.id, pack_version=pack.version, pack_hash=pack.content_hash,
+                    alerts=[IssuedAlert(alert=a, card_uuid=str(uuid.uuid4())) for a in alerts]))
+    finally:
+        store.close()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, engine: Engine) -> Iterator[tuple[str, str]]:
+    if not CHROMIUM.exists():
+        if IN_CI:
+            pytest.fail("/usr/bin/chromium is missing (apt-get install chromium); "
+                        "CI may not skip browser tests")
+        pytest.skip("/usr/bin/chromium not installed")
+    workdir = tmp_path_factory.mktemp("review-browser")
+    url = f"sqlite:///{workdir}/cds.db"
+    _seed(url, workdir / "spool", engine)
+    port = free_port()
+    env = {**os.environ, "CDS_DATABASE_URL": url, "CDS_RULES_DIR": str(REPO / "rules"),
+           "CDS_SPOOL_DIR": str(workdir / "spool")}
+    log = open(workdir / "uvicorn.log", "w")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "cds_engine.store.demo_app:create_app", "--factory",
+         "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
+        cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{base}/review/login", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"uvicorn did not start:\n{(workdir / 'uvicorn.log').read_text()}")
+            time.sleep(0.2)
+        yield base, url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+def test_sign_in_filter_open_override_in_a_real_browser(server: tuple[str, str]) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    base, url = server
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run"])
+        try:
+            page = browser.new_page()
+            page.set_default_timeout(20_000)
+            page.goto(f"{base}/review/alerts")
+            expect(page).to_have_url(f"{base}/review/login?next=%2Freview%2Falerts")
+            page.get_by_label("User name").fill("rita")
+            page.get_by_label("Password").fill(PASSWORD)
+            page.get_by_role("button", name="Sign in").click()
+            expect(page.get_by_role("heading", name="Alerts")).to_be_visible()
+            cookie = next(c for c in page.context.cookies() if c["name"] == "cds_review_session")
+            assert cookie["httpOnly"] and cookie["sameSite"] == "Lax"
+
+            page.locator("select[name=severity]").select_option("critical")
+            page.locator("input[name=patient]").fill("Patient/2")
+            page.get_by_role("button", name="Filter").click()
+            expect(page).to_have_url(f"{base}/review/alerts?severity=critical&rule=&category=&status=&outcome="
+                                     f"&patient=Patient%2F2&from=&to=")
+            rows = page.locator("tbody tr")
+            assert rows.count() >= 1
+            for sev in page.locator("tbody td.sev-critical, tbody td.sev-warning, tbody td.sev-info").all():
+                assert sev.inner_text() == "critical"
+
+            page.locator("tbody tr td a").first.click()
+            expect(page.get_by_role("heading", name="Evidence")).to_be_visible()
+            alert_id = page.url.rsplit("/", 1)[-1]
+            page.get_by_label("Override reason").select_option("tolerated-before")
+            page.locator("form:has(input[value=override]) textarea[name=comment]").fill("tolerated for years")
+            page.get_by_role("button", name="Override").click()
+            expect(page.get_by_role("status")).to_have_text("Decision saved.")
+            expect(page.locator("#review-status")).to_have_text("overridden")
+
+            page.get_by_role("link", name="Rule analytics").click()
+            expect(page.locator("svg").first).to_be_visible()
+            rule_id = page.locator("#rule-stats tr:has(td) >> nth=0").get_attribute("data-rule")
+            assert rule_id
+        finally:
+            browser.close()
+
+    store = open_store(url, start_drainer=False)
+    try:
+        with store.session() as db:
+            alert = db.get(AlertRow, alert_id)
+            assert alert is not None and alert.review_status == "overridden"
+            decision = db.scalars(select(ReviewDecision).where(ReviewDecision.alert_id == alert_id)).one()
+            assert (decision.decision, decision.reason_code, decision.comment) == (
+                "overridden", "tolerated-before", "tolerated for years")
+            entry = db.scalars(select(AuditEntry).where(AuditEntry.action == "alert.overridden")).one()
+            assert (entry.actor, entry.role, entry.target_id) == ("rita", "reviewer", alert_id)
+            assert entry.detail["reason"] == "tolerated-before"
+            seen = set(db.scalars(select(AuditEntry.action).where(AuditEntry.actor == "rita")))
+            assert {"login", "view.alerts", "view.alert", "view.analytics"} <= seen
+            overridden_rule = alert.rule_id
+    finally:
+        store.close()
+    # the analytics page (without a browser) counts the override once, against the right rule
+    with httpx.Client(base_url=base) as client:
+        form = client.get("/review/login")
+        token = form.text.split('name="csrf_token" value="')[1].split('"')[0]
+        client.post("/review/login", data={"username": "rita", "password": PASSWORD, "csrf_token": token})
+        analytics = client.get("/review/analytics").text
+    row = analytics.split(f'data-rule="{overridden_rule}"')[1].split("</tr>")[0]
+    assert "1 (100%)" in row
+    assert '<td>4</td><td>8</td>' in row  # 4 orders fired (seen twice each: 8 alert rows)
