@@ -1,0 +1,242 @@
+"""The FastAPI application: discovery, hook services, feedback, ``/evaluate`` and ``/healthz``.
+
+``create_app`` takes an *engine provider* (a zero-argument callable returning the current
+:class:`Engine`) rather than an engine, so packs can be reloaded behind it without restarting;
+every request asks the provider once and uses that engine throughout. Storage is an
+:class:`EvaluationSink` (``NullSink`` keeps nothing), so the service runs with or without a
+database. ``auth=None`` disables client authentication — for local trials only, and logged as such.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import anyio
+import httpx
+from fastapi import APIRouter, FastAPI, Request, Response, Security
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.security import HTTPBearer
+
+from cds_engine.alerts import Alert
+from cds_engine.engine import Engine
+from cds_engine.facts.model import PatientFacts
+from cds_engine.service.auth import AuthSettings, JwtVerifier
+from cds_engine.service.cards import LINK_HOSTS
+from cds_engine.service.discovery import discovery, find_service
+from cds_engine.service.errors import HookError, install_error_handlers
+from cds_engine.service.hook import HookHandler
+from cds_engine.service.middleware import AuthMiddleware, BodyLimitMiddleware, RequestLogMiddleware
+from cds_engine.service.models import CardsResponse, DiscoveryResponse, FeedbackRequest, HookRequest
+from cds_engine.service.orders import warm_up
+from cds_engine.service.prefetch import FhirFetcher
+from cds_engine.store.api import EvaluationRecord, EvaluationSink, FeedbackRecord, IssuedAlert, NullSink
+
+__all__ = ["ServiceSettings", "create_app"]
+
+log = logging.getLogger("cds_engine.service")
+
+_PROTECTED = ("/cds-services", "/evaluate")
+_bearer = HTTPBearer(auto_error=False, description="Client JWT (ES384/RS384), aud = the called URL")
+
+
+@dataclass(frozen=True)
+class ServiceSettings:
+    """Operational limits and policies (clinical content lives in the packs)."""
+
+    max_body_bytes: int = 10 * 1024 * 1024
+    fhir_timeout_seconds: float = 2.5
+    cors_origins: tuple[str, ...] = ("*",)
+    link_hosts: tuple[str, ...] = LINK_HOSTS
+    store_threads: int = 2  # concurrent sink writes (more only contend for the database's write lock)
+
+
+def create_app(
+    engine_provider: Callable[[], Engine],
+    *,
+    sink: EvaluationSink | None = None,
+    auth: AuthSettings | None,
+    extra_routers: Sequence[APIRouter] = (),
+    settings: ServiceSettings | None = None,
+    fhir_transport: httpx.AsyncBaseTransport | None = None,
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+) -> FastAPI:
+    """Build the service. ``fhir_transport`` replaces the network for FHIR call-backs (tests)."""
+    settings = settings or ServiceSettings()
+    sink = sink if sink is not None else NullSink()
+    client = httpx.AsyncClient(
+        transport=fhir_transport, timeout=settings.fhir_timeout_seconds, follow_redirects=False
+    )
+    fetcher = FhirFetcher(client, settings.fhir_timeout_seconds)
+    handler = HookHandler(sink, fetcher, clock, settings.link_hosts, settings.store_threads)
+    jwks_client = httpx.AsyncClient(timeout=3.0) if auth is not None else None
+    verifier = JwtVerifier(auth, client=jwks_client) if auth is not None else None
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> Any:
+        warm_up()
+        engine = engine_provider()  # fail at start-up, not on the first order, if packs do not load
+        for pack in engine.packs:  # build each pack's evaluator in the thread that serves hooks
+            engine.evaluate_pack(pack, PatientFacts(as_of=clock()))
+        yield
+        await client.aclose()
+        if jwks_client is not None:
+            await jwks_client.aclose()
+
+    app = FastAPI(
+        title="cds-engine CDS Hooks service",
+        version="2.0",
+        description="CDS Hooks 2.0 order-select/order-sign services driven by declarative rule packs, "
+        "plus a plain JSON /evaluate endpoint.",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    secured = [Security(_bearer)]
+
+    @app.get(
+        "/cds-services",
+        response_model=DiscoveryResponse,
+        response_model_exclude_none=True,
+        dependencies=secured,
+        tags=["CDS Hooks"],
+        summary="Discovery",
+    )
+    def get_discovery() -> DiscoveryResponse:
+        return discovery(engine_provider())
+
+    @app.post(
+        "/cds-services/{service_id}",
+        response_model=CardsResponse,
+        response_model_exclude_none=True,
+        dependencies=secured,
+        tags=["CDS Hooks"],
+        summary="Call a hook service",
+        responses={
+            400: {"description": "Malformed request (OperationOutcome names the field)"},
+            401: {"description": "Missing or invalid client JWT"},
+            404: {"description": "Unknown service"},
+            412: {"description": "The patient or the draft order cannot be read"},
+            413: {"description": "Request body too large"},
+        },
+    )
+    async def call_service(
+        service_id: str, body: HookRequest, request: Request, response: Response
+    ) -> CardsResponse:
+        engine = engine_provider()
+        ref = find_service(engine, service_id)
+        if ref is None:
+            raise HookError(404, None, f"no service {service_id}")
+        request.state.log = {"hookInstance": body.hookInstance, "service": service_id}
+        result = await handler(ref, body, engine)
+        request.state.log["rules"] = result.rule_ids or "-"
+        response.headers["Server-Timing"] = ", ".join(f"{k};dur={v:.2f}" for k, v in result.timings.items())
+        return result.response
+
+    @app.post(
+        "/cds-services/{service_id}/feedback",
+        dependencies=secured,
+        tags=["CDS Hooks"],
+        summary="Feedback on cards (accepted / overridden)",
+    )
+    async def post_feedback(service_id: str, body: FeedbackRequest, request: Request) -> dict[str, Any]:
+        if find_service(engine_provider(), service_id) is None:
+            raise HookError(404, None, f"no service {service_id}")
+        unknown: list[str] = []
+        for item in body.feedback:
+            reason = item.overrideReason.reason if item.overrideReason else None
+            record = FeedbackRecord(
+                service_id=service_id,
+                card_uuid=item.card,
+                outcome=item.outcome,
+                accepted_suggestions=[s.id for s in item.acceptedSuggestions],
+                override_reason_code=reason.code if reason else None,
+                override_reason_display=reason.display if reason else None,
+                comment=item.overrideReason.userComment if item.overrideReason else None,
+                outcome_timestamp=item.outcomeTimestamp,
+            )
+            if not await anyio.to_thread.run_sync(sink.record_feedback, record):
+                unknown.append(item.card)
+        request.state.log = {
+            "service": service_id,
+            "feedback": len(body.feedback),
+            "unknownCards": len(unknown),
+        }
+        return (
+            {"received": len(body.feedback), "unknownCards": unknown}
+            if unknown
+            else {"received": len(body.feedback)}
+        )
+
+    @app.post(
+        "/evaluate",
+        response_model=list[Alert],
+        dependencies=secured,
+        tags=["Plain JSON"],
+        summary="Evaluate patient facts (no FHIR): alerts of every applicable pack",
+    )
+    async def evaluate(facts: PatientFacts, request: Request) -> list[Alert]:
+        engine = engine_provider()
+        alerts: list[Alert] = []
+        records = []
+        for pack in engine.applicable(facts):
+            found = engine.evaluate_pack(pack, facts)
+            alerts.extend(found)
+            info = pack.spec.pack
+            records.append(
+                EvaluationRecord(
+                    source="evaluate",
+                    patient_ref=facts.patient_id,
+                    as_of=facts.as_of,
+                    order=facts.order.model_dump(mode="json") if facts.order else None,
+                    pack_id=info.id,
+                    pack_version=info.version,
+                    pack_hash=pack.content_hash,
+                    alerts=[IssuedAlert(alert=a, card_uuid=None) for a in found],
+                )
+            )
+        for record in records:
+            try:
+                await anyio.to_thread.run_sync(sink.record_evaluation, record)
+            except Exception as exc:
+                log.error("evaluation not recorded: %s", type(exc).__name__)
+        alerts.sort(key=Alert.sort_key)
+        request.state.log = {"rules": [a.rule_id for a in alerts] or "-"}
+        return alerts
+
+    @app.get("/healthz", tags=["Operations"], summary="Liveness and loaded packs")
+    def healthz() -> dict[str, Any]:
+        engine = engine_provider()
+        return {
+            "status": "ok",
+            "auth": auth is not None,
+            "packs": [
+                {"id": p.id, "version": p.version, "status": p.spec.pack.status, "hash": p.content_hash}
+                for p in engine.packs
+            ],
+        }
+
+    for router in extra_routers:
+        app.include_router(router)
+
+    # innermost first: body limit → auth → CORS → request log
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    if verifier is not None and auth is not None:
+        app.add_middleware(
+            AuthMiddleware, verifier=verifier, protected=_PROTECTED, public_base_url=auth.public_base_url
+        )
+    else:
+        log.warning("CLIENT AUTHENTICATION IS OFF: any caller can use this service (local trials only)")
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=list(settings.cors_origins),
+        allow_methods=["GET", "POST", "OPTIONS"],
+        allow_headers=["Authorization", "Content-Type"],
+        expose_headers=["Server-Timing"],
+        max_age=600,
+    )
+    app.add_middleware(RequestLogMiddleware)
+    return app

@@ -1,0 +1,222 @@
+"""Client authentication: the signed JWT every CDS Hooks call carries (spec §Security, best practices).
+
+Checks, in order, all with PyJWT (no hand-written crypto): the header ``alg`` is on our list
+(ES384, RS384 — never ``none`` or an HMAC, never taken from the token), ``kid`` is present; the
+``iss`` is on the allow-list, which maps it to a JWK Set (a file, or an allow-listed URL fetched
+and cached; a ``jku`` header must be one of the allow-listed URLs); the key with that ``kid``
+verifies the signature; ``aud`` equals the URL that was called; ``exp`` and ``iat`` are valid
+within a small clock skew and the lifetime is bounded; the ``jti`` was not seen before (kept until
+the token expires). Any failure is a bare 401: the reason goes to the log (with ``iss``/``kid``,
+never the token), not to the caller.
+
+Trusted issuers file (JSON or YAML)::
+
+    {"issuers": {
+       "https://sandbox.cds-hooks.org": {"jwks_file": "sandbox-jwks.json"},
+       "https://ehr.example.org": {"jwks_url": "https://ehr.example.org/.well-known/jwks.json"}}}
+
+Relative ``jwks_file`` paths are read relative to the issuers file.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import jwt
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+__all__ = ["AuthError", "AuthSettings", "JwtVerifier", "ReplayCache", "TrustedIssuer"]
+
+log = logging.getLogger("cds_engine.service.auth")
+
+ALLOWED_ALGORITHMS = ("ES384", "RS384")
+
+
+class AuthError(Exception):
+    """Why a token was refused (logged, never returned)."""
+
+
+class TrustedIssuer(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    jwks_file: Path | None = None
+    jwks_url: str | None = Field(None, description="Allow-listed JWK Set URL (https)")
+    jwks: dict[str, Any] | None = Field(None, description="The JWK Set itself, inline")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> TrustedIssuer:
+        if sum(x is not None for x in (self.jwks_file, self.jwks_url, self.jwks)) != 1:
+            raise ValueError("give exactly one of jwks_file, jwks_url, jwks")
+        if self.jwks_url is not None and not self.jwks_url.startswith("https://"):
+            raise ValueError("jwks_url must be https")
+        return self
+
+
+class _IssuersFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    issuers: dict[str, TrustedIssuer] = Field(..., min_length=1)
+
+
+@dataclass
+class AuthSettings:
+    """Who may call us and how strictly tokens are checked."""
+
+    issuers: dict[str, TrustedIssuer]
+    algorithms: tuple[str, ...] = ALLOWED_ALGORITHMS
+    leeway_seconds: float = 60.0
+    max_lifetime_seconds: float = 3600.0
+    public_base_url: str | None = None  # when behind a proxy: the base URL clients call (aud)
+    jwks_cache_seconds: float = 3600.0
+
+    @classmethod
+    def from_file(cls, path: str | Path, **options: Any) -> AuthSettings:
+        path = Path(path)
+        text = path.read_text(encoding="utf-8")
+        raw = yaml.safe_load(text) if path.suffix in (".yaml", ".yml") else json.loads(text)
+        parsed = _IssuersFile.model_validate(raw)
+        issuers = {}
+        for iss, issuer in parsed.issuers.items():
+            if issuer.jwks_file is not None:
+                jwks_path = (
+                    issuer.jwks_file if issuer.jwks_file.is_absolute() else path.parent / issuer.jwks_file
+                )
+                issuer = TrustedIssuer(jwks=json.loads(jwks_path.read_text(encoding="utf-8")))
+            issuers[iss] = issuer
+        return cls(issuers=issuers, **options)
+
+    def __post_init__(self) -> None:
+        bad = [a for a in self.algorithms if a.upper() == "NONE" or a.upper().startswith("HS")]
+        if bad:
+            raise ValueError(f"symmetric or 'none' algorithms are not allowed: {bad}")
+
+
+@dataclass
+class ReplayCache:
+    """Seen ``(iss, jti)`` pairs until their token expires; bounded so it cannot grow without limit."""
+
+    max_entries: int = 200_000
+    _seen: dict[tuple[str, str], float] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def first_use(self, iss: str, jti: str, expires: float, now: float) -> bool:
+        with self._lock:
+            if len(self._seen) >= self.max_entries:
+                self._seen = {k: v for k, v in self._seen.items() if v > now}
+                if len(self._seen) >= self.max_entries:
+                    return False  # refuse rather than forget: a flood must not re-enable replays
+            key = (iss, jti)
+            if key in self._seen and self._seen[key] > now:
+                return False
+            self._seen[key] = expires
+            return True
+
+
+class JwtVerifier:
+    def __init__(
+        self,
+        settings: AuthSettings,
+        client: httpx.AsyncClient | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.client = client
+        self.clock = clock
+        self.replays = ReplayCache()
+        self._remote: dict[str, tuple[float, dict[str, Any]]] = {}  # url -> (fetched at, jwks)
+
+    async def _jwks(self, issuer: TrustedIssuer, jku: str | None, refresh: bool) -> dict[str, Any]:
+        if issuer.jwks is not None:
+            return issuer.jwks
+        url = issuer.jwks_url
+        if jku is not None and jku != url:
+            raise AuthError("jku not allow-listed for this issuer")
+        assert url is not None
+        cached = self._remote.get(url)
+        now = self.clock()
+        stale = cached is None or now - cached[0] > self.settings.jwks_cache_seconds
+        recently = cached is not None and now - cached[0] < 60
+        if stale or (refresh and not recently):
+            if self.client is None:
+                raise AuthError("no HTTP client to fetch the JWK Set")
+            response = await self.client.get(url, timeout=3.0)
+            response.raise_for_status()
+            cached = (now, response.json())
+            self._remote[url] = cached
+        assert cached is not None
+        return cached[1]
+
+    async def _key(self, issuer: TrustedIssuer, kid: str, alg: str, jku: str | None) -> jwt.PyJWK:
+        for refresh in (False, True):
+            jwks = await self._jwks(issuer, jku, refresh)
+            for jwk in jwks.get("keys", []) if isinstance(jwks, dict) else []:
+                if isinstance(jwk, dict) and jwk.get("kid") == kid:
+                    if jwk.get("use") not in (None, "sig"):
+                        raise AuthError("key not for signatures")
+                    return jwt.PyJWK(jwk, algorithm=alg)
+            if issuer.jwks is not None:
+                break
+        raise AuthError("unknown kid")
+
+    async def verify(self, token: str, audience: str) -> dict[str, Any]:
+        """The token's claims, or :class:`AuthError`."""
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError as exc:
+            raise AuthError("malformed token") from exc
+        alg, kid = header.get("alg"), header.get("kid")
+        if alg not in self.settings.algorithms:
+            raise AuthError(f"algorithm {alg!r} not allowed")
+        if not isinstance(kid, str) or not kid:
+            raise AuthError("no kid")
+        try:
+            unverified = jwt.decode(token, options={"verify_signature": False})
+        except jwt.PyJWTError as exc:
+            raise AuthError("malformed token") from exc
+        iss = unverified.get("iss")
+        issuer = self.settings.issuers.get(iss) if isinstance(iss, str) else None
+        if issuer is None:
+            raise AuthError("issuer not trusted")
+        jku = header.get("jku") if isinstance(header.get("jku"), str) else None
+        try:
+            key = await self._key(issuer, kid, alg, jku)
+        except (httpx.HTTPError, ValueError, jwt.PyJWTError) as exc:
+            raise AuthError(f"key unavailable: {type(exc).__name__}") from exc
+        audiences = _audiences(audience)
+        try:
+            claims = jwt.decode(
+                token,
+                key=key,
+                algorithms=[alg],
+                audience=audiences,
+                issuer=iss,
+                leeway=self.settings.leeway_seconds,
+                options={"require": ["iss", "aud", "exp", "iat", "jti"], "verify_aud": True},
+            )
+        except jwt.InvalidAudienceError as exc:
+            raise AuthError("wrong aud") from exc
+        except jwt.PyJWTError as exc:
+            raise AuthError(type(exc).__name__) from exc
+        now = self.clock()
+        if float(claims["exp"]) - now > self.settings.max_lifetime_seconds + self.settings.leeway_seconds:
+            raise AuthError("token lifetime too long")
+        if not self.replays.first_use(
+            iss, str(claims["jti"]), float(claims["exp"]) + self.settings.leeway_seconds, now
+        ):
+            raise AuthError("jti replayed")
+        return claims
+
+
+def _audiences(url: str) -> list[str]:
+    """The called URL, with and without a trailing slash (proxies disagree about it)."""
+    base = url.rstrip("/")
+    return [base, base + "/"]

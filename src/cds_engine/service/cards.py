@@ -1,0 +1,90 @@
+"""Alerts → CDS Hooks cards: one card per alert, most severe first.
+
+Every card carries what a client needs to show, file and feed back on it: a ``uuid``; the
+alert's summary (< 140 characters) and markdown detail with the patient's values; ``indicator``
+= severity; ``source`` = the pack (label, canonical URL) with ``topic`` = Coding(system = pack
+URL, code = rule id, display = rule title) so EHRs can filter by rule; the pack's coded override
+reasons; links to the cited sources — only regulator, PubMed or DOI addresses, since a card link
+is a trust decision the EHR makes for its users; and dose suggestions where the rule names a
+dose (:mod:`cds_engine.service.suggestions`). While the pack awaits local clinical validation,
+the detail says so.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+from urllib.parse import urlsplit
+
+from cds_engine.alerts import Alert
+from cds_engine.rules.compile import CompiledPack
+from cds_engine.service.models import Card, CdsCoding, Link, Source, Suggestion
+
+__all__ = ["LINK_HOSTS", "alert_card", "allowed_link", "override_reasons"]
+
+# Regulators, the NIH/NLM (DailyMed, PubMed) and DOI resolvers; subdomains included.
+LINK_HOSTS = ("fda.gov", "nih.gov", "doi.org", "ema.europa.eu", "gov.uk", "canada.ca", "ansm.sante.fr")
+
+
+def allowed_link(url: str | None, hosts: Iterable[str] = LINK_HOSTS) -> bool:
+    if not url:
+        return False
+    parts = urlsplit(url)
+    host = (parts.hostname or "").lower()
+    return parts.scheme == "https" and any(host == h or host.endswith("." + h) for h in hosts)
+
+
+def _short(text: str, limit: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
+def _source(pack: CompiledPack, code: str, display: str) -> Source:
+    info = pack.spec.pack
+    return Source(
+        label=f"{info.title} ({info.id} {info.version})",
+        url=info.url,
+        topic=CdsCoding(system=info.url, code=code, display=display),
+    )
+
+
+def override_reasons(pack: CompiledPack) -> list[CdsCoding]:
+    system = f"{pack.spec.pack.url}/override-reason"
+    return [CdsCoding(system=system, code=r.code, display=r.display) for r in pack.spec.override_reasons]
+
+
+def _approval_line(pack: CompiledPack) -> str:
+    info = pack.spec.pack
+    if info.approval.status == "approved":
+        return ""
+    return f"_Knowledge pack {info.id} {info.version}: approval pending local clinical validation._"
+
+
+def alert_card(
+    alert: Alert,
+    pack: CompiledPack,
+    suggestions: list[Suggestion] | None = None,
+    link_hosts: Iterable[str] = LINK_HOSTS,
+) -> Card:
+    hosts = tuple(link_hosts)
+    links: list[Link] = []
+    seen: set[str] = set()
+    for source in alert.sources:
+        if source.url and source.url not in seen and allowed_link(source.url, hosts):
+            seen.add(source.url)
+            links.append(Link(label=_short(source.title, 120), url=source.url, type="absolute"))
+    detail = alert.detail.strip()
+    approval = _approval_line(pack)
+    if approval and "approval pending" not in detail:
+        detail = f"{detail}\n\n{approval}"
+    return Card(
+        uuid=str(uuid.uuid4()),
+        summary=_short(alert.summary, 139),
+        detail=detail or None,
+        indicator=alert.severity,
+        source=_source(pack, alert.rule_id, alert.title),
+        suggestions=suggestions or None,
+        selectionBehavior="at-most-one" if suggestions else None,
+        overrideReasons=override_reasons(pack) or None,
+        links=links or None,
+    )

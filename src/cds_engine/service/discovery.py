@@ -1,0 +1,127 @@
+"""Discovery: one ``order-select`` and one ``order-sign`` service per active pack, with prefetch templates.
+
+The templates ask for everything the fact mapping reads, so a client that honours them needs
+no call back to its FHIR server: the patient, the current encounter, medication requests of
+*every* status (the therapy history), statements and administrations, conditions, allergies,
+dialysis procedures and the observations of every vocabulary ``observation`` group (eGFR by
+each of its LOINC codes, creatinine, pregnancy tests, monitoring labs). Codes come from the
+vocabulary, so a new LOINC code in ``rules/vocabulary`` reaches the template without a code
+change. Templates stay inside the 2.0 query subset: reads, ``patient=`` searches and token lists.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cds_engine.engine import Engine
+from cds_engine.rules.compile import CompiledPack
+from cds_engine.service.models import CdsService, DiscoveryResponse
+from cds_engine.sources.fhir import GROUPS
+from cds_engine.vocabulary import Vocabulary
+
+__all__ = ["HOOKS", "ServiceRef", "discovery", "find_service", "prefetch_templates", "service_id"]
+
+HOOKS = ("order-select", "order-sign")
+PATIENT = "{{context.patientId}}"
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceRef:
+    id: str
+    hook: str
+    pack: CompiledPack
+
+
+def service_id(pack: CompiledPack, hook: str) -> str:
+    return f"{pack.id}-{hook}"
+
+
+def _codes(vocab: Vocabulary, kind: str, groups: set[str] | None = None) -> list[str]:
+    found = sorted(
+        {
+            f"{system}|{code}"
+            for (k, system, code), members in vocab.codes.items()
+            if k == kind and system and (groups is None or members & groups)
+        }
+    )
+    return found
+
+
+_TEMPLATES: dict[tuple[int, str], tuple[CompiledPack, dict[str, str]]] = {}
+
+
+def prefetch_templates(pack: CompiledPack) -> dict[str, str]:
+    """Prefetch key → template for one pack (keys are stable: the hook handler relies on them).
+
+    Built from the vocabulary once per loaded pack (every hook call needs them).
+    """
+    key = (id(pack), pack.content_hash)
+    cached = _TEMPLATES.get(key)
+    if cached is not None and cached[0] is pack:
+        return dict(cached[1])
+    if len(_TEMPLATES) > 32:
+        _TEMPLATES.clear()
+    templates = _build_templates(pack)
+    _TEMPLATES[key] = (pack, templates)
+    return dict(templates)
+
+
+def _build_templates(pack: CompiledPack) -> dict[str, str]:
+    vocab = pack.vocabulary
+    templates = {
+        "patient": f"Patient/{PATIENT}",
+        "encounter": "Encounter/{{context.encounterId}}",
+        "medicationRequests": f"MedicationRequest?patient={PATIENT}",
+        "medicationStatements": f"MedicationStatement?patient={PATIENT}",
+        "medicationAdministrations": f"MedicationAdministration?patient={PATIENT}",
+        "conditions": f"Condition?patient={PATIENT}",
+        "allergies": f"AllergyIntolerance?patient={PATIENT}",
+    }
+    procedures = _codes(vocab, "condition_group", {GROUPS.dialysis_procedure})
+    if procedures:
+        templates["dialysisProcedures"] = f"Procedure?patient={PATIENT}&code={','.join(procedures)}"
+    observations = _codes(vocab, "observation")
+    if observations:
+        templates["observations"] = f"Observation?patient={PATIENT}&code={','.join(observations)}"
+    return templates
+
+
+def _services(engine: Engine) -> list[ServiceRef]:
+    return [
+        ServiceRef(service_id(pack, hook), hook, pack)
+        for pack in engine.packs
+        if pack.spec.pack.status in engine.statuses
+        for hook in HOOKS
+    ]
+
+
+def find_service(engine: Engine, sid: str) -> ServiceRef | None:
+    return next((s for s in _services(engine) if s.id == sid), None)
+
+
+def discovery(engine: Engine) -> DiscoveryResponse:
+    services = []
+    for ref in _services(engine):
+        info = ref.pack.spec.pack
+        moment = "when a clinician selects" if ref.hook == "order-select" else "before a clinician signs"
+        approval = (
+            "" if info.approval.status == "approved" else " Approval pending local clinical validation."
+        )
+        description = (
+            f"{info.title} (pack {info.id} {info.version}): checks {moment} an order of "
+            f"{info.drug.display} or of an interacting drug class.{approval}"
+        )
+        services.append(
+            CdsService(
+                hook=ref.hook,
+                title=f"{info.title} ({ref.hook})",
+                description=description,
+                id=ref.id,
+                prefetch=prefetch_templates(ref.pack),
+                usageRequirements=(
+                    "Works best with the prefetch above; otherwise needs fhirServer and "
+                    "fhirAuthorization to read the patient's record."
+                ),
+            )
+        )
+    return DiscoveryResponse(services=services)

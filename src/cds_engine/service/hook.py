@@ -1,0 +1,271 @@
+"""One hook call, start to finish: draft orders → prefetch → facts → alerts → cards → record.
+
+Advice never stops for missing data. The only refusals: a malformed request (400, naming the
+field), and 412 when the patient or the draft order's medication cannot be had at all. Orders
+that concern no pack answer ``{"cards": []}`` before any FHIR call. Every evaluated order is
+recorded through the :class:`EvaluationSink` (off the event loop: a database may block), with an
+``order_key`` that is the same for order-select and order-sign of one order.
+
+Each step is timed; the split (parse, prefetch, facts, evaluation, cards, store) is returned in
+a ``Server-Timing`` header for the benchmark and for operators.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import anyio
+
+from cds_engine.alerts import Alert
+from cds_engine.engine import Engine
+from cds_engine.facts.model import PatientFacts
+from cds_engine.rules.compile import CompiledPack
+from cds_engine.service.cards import LINK_HOSTS, alert_card
+from cds_engine.service.coverage import unavailable_alert
+from cds_engine.service.discovery import ServiceRef, prefetch_templates
+from cds_engine.service.errors import HookError
+from cds_engine.service.models import Card, CardsResponse, HookRequest
+from cds_engine.service.orders import DraftOrders, read_draft_orders
+from cds_engine.service.prefetch import FhirFetcher, gather_prefetch
+from cds_engine.service.suggestions import dose_suggestions
+from cds_engine.sources.fhir import (
+    bundle_resources,
+    facts_from_resources,
+    medication_classes,
+    medication_concept,
+)
+from cds_engine.store.api import EvaluationRecord, EvaluationSink, IssuedAlert, NullSink
+
+__all__ = ["HookHandler", "HookResult", "order_key"]
+
+log = logging.getLogger("cds_engine.service")
+
+_MEDICINE_KEYS = frozenset({"medicationRequests", "medicationStatements"})
+
+
+@dataclass(slots=True)
+class HookResult:
+    response: CardsResponse
+    rule_ids: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)  # step -> milliseconds
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.timings: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, step: str) -> None:
+        now = time.perf_counter()
+        self.timings[step] = self.timings.get(step, 0.0) + (now - self._last) * 1000
+        self._last = now
+
+
+def order_key(request: HookRequest, draft: dict[str, Any]) -> str:
+    """Same key for order-select and order-sign of one order: patient, encounter and order id (or product)."""
+    ident = draft.get("id")
+    if not isinstance(ident, str):
+        concept = draft.get("medicationCodeableConcept") or draft.get("medicationReference") or {}
+        ident = repr(
+            sorted((c.get("system"), c.get("code")) for c in concept.get("coding", []) if isinstance(c, dict))
+            or concept.get("reference")
+            or concept.get("text")
+        )
+    raw = f"{request.context.patientId}|{request.context.encounterId or ''}|MedicationRequest/{ident}"
+    return hashlib.sha256(raw.encode()).hexdigest()[:32]
+
+
+class HookHandler:
+    def __init__(
+        self,
+        sink: EvaluationSink,
+        fetcher: FhirFetcher | None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        link_hosts: tuple[str, ...] = LINK_HOSTS,
+        store_threads: int = 2,
+    ) -> None:
+        self.sink = sink
+        self.fetcher = fetcher
+        self.clock = clock
+        self.link_hosts = link_hosts
+        # Writes go through a few threads at most: many concurrent writers only fight over the
+        # database's write lock (SQLite serialises them anyway).
+        self.store_limiter = anyio.CapacityLimiter(store_threads)
+
+    async def __call__(self, ref: ServiceRef, request: HookRequest, engine: Engine) -> HookResult:
+        clock = _Clock()
+        if request.hook != ref.hook:
+            raise HookError(400, "hook", f"service {ref.id} answers {ref.hook}, not {request.hook}")
+        drafts = read_draft_orders(request)
+        pack = ref.pack
+        given = [
+            r for v in (request.prefetch or {}).values() if isinstance(v, dict) for r in bundle_resources(v)
+        ]
+        local = [*drafts.resources, *given]
+        relevant = self._relevant(pack, drafts, local)
+        clock.lap("parse")
+        if not relevant:
+            return HookResult(CardsResponse(cards=[]), timings=clock.timings)
+
+        prefetched = await gather_prefetch(request, prefetch_templates(pack), self.fetcher)
+        pool = [
+            *prefetched.resources,
+            *(r for r in drafts.resources if r.get("resourceType") != "MedicationRequest"),
+        ]
+        await self._resolve_medications(request, relevant, pool)
+        if not any(
+            r.get("resourceType") == "Patient" and r.get("id") == request.context.patientId for r in pool
+        ):
+            raise HookError(
+                412, "context.patientId", "the patient could not be read (no prefetch, no FHIR access)"
+            )
+        clock.lap("prefetch")
+
+        as_of = self.clock()
+        issued: list[tuple[dict[str, Any], PatientFacts, list[tuple[Alert, Card]]]] = []
+        shown: set[str] = set()
+        extra = [unavailable_alert(pack, prefetched.unavailable)] if prefetched.unavailable else []
+        for draft in relevant:
+            others = [d for d in drafts.medication_requests if d is not draft]
+            facts = facts_from_resources(
+                pool,
+                as_of=as_of,
+                vocab=pack.vocabulary,
+                drug_class=pack.context.drug_class,
+                draft_orders=[draft, *others],
+            )
+            clock.lap("facts")
+            if self._applies(engine, pack, draft, pool, facts):
+                alerts = engine.evaluate_pack(pack, facts)
+            elif _MEDICINE_KEYS & set(prefetched.unavailable):
+                alerts = []  # a partner drug, and we cannot tell whether the pack's drug is taken
+            else:
+                clock.lap("evaluation")
+                continue  # a partner drug for a patient not on the pack's drug: nothing to say
+            alerts = sorted([*alerts, *extra], key=Alert.sort_key)
+            extra = []
+            clock.lap("evaluation")
+            pairs = []
+            for alert in alerts:
+                suggestions = self._suggestions(engine, pack, alert, draft, facts)
+                key = (
+                    alert.tier_id
+                    if alert.kind == "cannot-assess"
+                    else f"{alert.tier_id}|{alert.summary}|{alert.detail}"
+                )
+                if not suggestions and key in shown:
+                    continue  # the same advice for a second order of the same request: one card
+                shown.add(key)
+                pairs.append((alert, alert_card(alert, pack, suggestions, self.link_hosts)))
+            issued.append((draft, facts, pairs))
+            clock.lap("cards")
+        ordered = sorted((pair for _, _, pairs in issued for pair in pairs), key=lambda p: p[0].sort_key())
+        cards = [card for _, card in ordered]
+        await self._record(ref, request, pack, as_of, issued)
+        clock.lap("store")
+        return HookResult(CardsResponse(cards=cards), [a.rule_id for a, _ in ordered], clock.timings)
+
+    def _relevant(
+        self, pack: CompiledPack, drafts: DraftOrders, local: list[dict[str, Any]]
+    ) -> list[dict[str, Any]]:
+        """Reviewed drafts of the pack's drug or a partner class (unresolvable ones kept: decide later)."""
+        triggers = pack.spec.pack.triggers
+        wanted = set(triggers.drug_classes) | set(triggers.partner_classes)
+        out = []
+        for draft in drafts.reviewed:
+            classes = medication_classes(draft, local, pack.vocabulary)
+            if classes is None or classes & wanted:
+                out.append(draft)
+        return out
+
+    @staticmethod
+    def _applies(
+        engine: Engine,
+        pack: CompiledPack,
+        draft: dict[str, Any],
+        pool: list[dict[str, Any]],
+        facts: PatientFacts,
+    ) -> bool:
+        """An order of the pack's own drug always applies; a partner drug only as the engine decides."""
+        classes = medication_classes(draft, [*pool, draft], pack.vocabulary) or set()
+        return bool(classes & set(pack.spec.pack.triggers.drug_classes)) or pack in engine.applicable(facts)
+
+    async def _resolve_medications(
+        self, request: HookRequest, drafts: list[dict[str, Any]], pool: list[dict[str, Any]]
+    ) -> None:
+        """Read referenced Medications the request did not carry; 412 if a draft's product stays unknown."""
+        missing: dict[str, str] = {}
+        for i, draft in enumerate(drafts):
+            if medication_concept(draft, pool) is None:
+                ref = (draft.get("medicationReference") or {}).get("reference")
+                if isinstance(ref, str) and ref.startswith("Medication/"):
+                    missing[f"medication{i}"] = ref
+                else:
+                    raise HookError(412, "context.draftOrders", "the ordered medication cannot be resolved")
+        if not missing:
+            return
+        if self.fetcher is None or request.fhirServer is None:
+            raise HookError(412, "context.draftOrders", "the ordered medication cannot be resolved")
+        token = request.fhirAuthorization.access_token if request.fhirAuthorization else None
+        fetched = await self.fetcher.get_many(request.fhirServer, missing, token)
+        for resources in fetched.values():
+            if not resources:
+                raise HookError(412, "context.draftOrders", "the ordered medication cannot be resolved")
+            pool.extend(resources)
+
+    def _suggestions(
+        self, engine: Engine, pack: CompiledPack, alert: Alert, draft: dict[str, Any], facts: PatientFacts
+    ) -> list[Any]:
+        if not any(s.action == "reduce-dose" and s.dose_mg_per_day for s in alert.suggestions):
+            return []
+        current = alert.evidence.get("daily_dose_mg")
+        if current is None:
+            current = engine.flat_facts(pack, facts).get("daily_dose_mg")
+        return dose_suggestions(alert, draft, facts.order, current, pack.vocabulary)
+
+    async def _record(
+        self,
+        ref: ServiceRef,
+        request: HookRequest,
+        pack: CompiledPack,
+        as_of: datetime,
+        issued: list[tuple[dict[str, Any], PatientFacts, list[tuple[Alert, Card]]]],
+    ) -> None:
+        if isinstance(self.sink, NullSink):
+            return  # nothing to keep: skip the thread hop
+        info = pack.spec.pack
+        for draft, _facts, pairs in issued:
+            record = EvaluationRecord(
+                source="hook",
+                hook_instance=request.hookInstance,
+                hook=request.hook,
+                service_id=ref.id,
+                patient_ref=f"Patient/{request.context.patientId}",
+                encounter_ref=f"Encounter/{request.context.encounterId}"
+                if request.context.encounterId
+                else None,
+                user_ref=request.context.userId,
+                order_key=order_key(request, draft),
+                order=draft,
+                as_of=as_of,
+                pack_id=info.id,
+                pack_version=info.version,
+                pack_hash=pack.content_hash,
+                alerts=[IssuedAlert(alert=a, card_uuid=c.uuid) for a, c in pairs],
+            )
+            try:
+                await anyio.to_thread.run_sync(
+                    self.sink.record_evaluation, record, limiter=self.store_limiter
+                )
+            except Exception as exc:  # the sink must spool, but a hook never fails for the audit trail
+                log.error(
+                    "evaluation not recorded: hookInstance=%s error=%s",
+                    request.hookInstance,
+                    type(exc).__name__,
+                )

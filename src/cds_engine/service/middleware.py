@@ -1,0 +1,192 @@
+"""ASGI middleware: request log without PHI, client JWT check, request body limit.
+
+Pure ASGI (no ``BaseHTTPMiddleware``) so streaming and latency stay untouched. Order, outermost
+first: log → CORS → auth → body limit → app; so 401 and 413 answers are logged and carry CORS
+headers a browser client (the CDS Hooks sandbox) can read, and CORS preflights never need a token.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from cds_engine.service.auth import AuthError, JwtVerifier
+
+__all__ = ["AuthMiddleware", "BodyLimitMiddleware", "RequestLogMiddleware"]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+log = logging.getLogger("cds_engine.service")
+auth_log = logging.getLogger("cds_engine.service.auth")
+
+
+async def _json(
+    send: Send, status: int, body: dict[str, Any], headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    payload = json.dumps(body).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(payload)).encode()),
+                *(headers or []),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": payload})
+
+
+class RequestLogMiddleware:
+    """One line per request: method, path, status, latency, and what the handler chose to add.
+
+    Handlers add only non-identifying items to ``request.state.log`` (hookInstance, service id,
+    rule ids). Bodies, headers and query strings are never logged.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500
+
+        async def capture(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, capture)
+        finally:
+            extra = (scope.get("state") or {}).get("log") or {}
+            fields = " ".join(f"{k}={','.join(v) if isinstance(v, list) else v}" for k, v in extra.items())
+            log.info(
+                "%s %s %d %.1fms %s",
+                scope["method"],
+                scope["path"],
+                status,
+                (time.perf_counter() - start) * 1000,
+                fields,
+            )
+
+
+class AuthMiddleware:
+    """Require a valid client JWT on the paths under ``protected`` (except CORS preflights)."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        verifier: JwtVerifier,
+        protected: tuple[str, ...],
+        public_base_url: str | None = None,
+    ) -> None:
+        self.app = app
+        self.verifier = verifier
+        self.protected = protected
+        self.public_base_url = public_base_url.rstrip("/") if public_base_url else None
+
+    def _audience(self, scope: Scope) -> str:
+        path = scope.get("root_path", "") + scope["path"]
+        if self.public_base_url:
+            return self.public_base_url + scope["path"]
+        headers = dict(scope.get("headers") or [])
+        host = headers.get(b"host", b"").decode("latin-1")
+        if not host:
+            server = scope.get("server") or ("localhost", None)
+            host = f"{server[0]}:{server[1]}" if server[1] else server[0]
+        return f"{scope.get('scheme', 'http')}://{host}{path}"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] != "http"
+            or scope["method"] == "OPTIONS"
+            or not any(scope["path"] == p or scope["path"].startswith(p + "/") for p in self.protected)
+        ):
+            await self.app(scope, receive, send)
+            return
+        header = dict(scope.get("headers") or []).get(b"authorization", b"").decode("latin-1")
+        scheme, _, token = header.partition(" ")
+        try:
+            if scheme.lower() != "bearer" or not token.strip():
+                raise AuthError("no bearer token")
+            claims = await self.verifier.verify(token.strip(), self._audience(scope))
+        except AuthError as exc:
+            auth_log.warning("401 %s %s: %s", scope["method"], scope["path"], exc)
+            await _json(
+                send,
+                401,
+                {
+                    "resourceType": "OperationOutcome",
+                    "issue": [{"severity": "error", "code": "security", "diagnostics": "unauthorized"}],
+                },
+                [(b"www-authenticate", b"Bearer")],
+            )
+            return
+        scope.setdefault("state", {})["client"] = {"iss": claims.get("iss"), "tenant": claims.get("tenant")}
+        await self.app(scope, receive, send)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class BodyLimitMiddleware:
+    """413 for request bodies over ``max_bytes`` — by Content-Length up front, or while streaming."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_bytes:
+            await _json(send, 413, _too_large(self.max_bytes))
+            return
+        received = 0
+        started = False
+
+        async def limited() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise _TooLarge
+            return message
+
+        async def tracking(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, limited, tracking)
+        except _TooLarge:
+            if not started:
+                await _json(send, 413, _too_large(self.max_bytes))
+
+
+def _too_large(limit: int) -> dict[str, Any]:
+    return {
+        "resourceType": "OperationOutcome",
+        "issue": [
+            {"severity": "error", "code": "too-costly", "diagnostics": f"request body exceeds {limit} bytes"}
+        ],
+    }

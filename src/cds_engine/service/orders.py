@@ -1,0 +1,186 @@
+"""The ``draftOrders`` Bundle: validate the medication orders we advise on, pick the ones under review.
+
+Draft MedicationRequests are the input the advice is about, so they are validated with the
+``fhir.resources.R4B`` model (R4-compatible; the package's default models are R5). A draft that
+is not a valid R4 MedicationRequest is a 400 naming the element, e.g.
+``context.draftOrders.entry[0].resource.dosageInstruction[0].timing``. Other request types
+(NutritionOrder, ServiceRequest …) are context only and are not validated here.
+
+Tolerated deviations, each seen in real payloads (``shared/reference/cds-hooks/README.md``):
+a Bundle without ``type`` (or of type ``transaction``), drafts without ``id``, status ``active``
+on order-sign (re-signed orders), and ``doseAndRate`` sent as one object instead of a list (the
+Inferno/CRD rendering of the hook library's R4 example).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any
+
+from fhir.resources.R4B.medicationrequest import MedicationRequest
+from pydantic import ValidationError
+
+from cds_engine.service.errors import HookError
+from cds_engine.service.models import HookRequest
+
+__all__ = ["DraftOrders", "read_draft_orders", "warm_up"]
+
+_PREFIX = "context.draftOrders"
+_SKIPPED_STATUS = frozenset({"entered-in-error"})
+
+
+@dataclass(slots=True)
+class DraftOrders:
+    resources: list[dict[str, Any]]  # every resource of the bundle (contained Medications resolve from here)
+    medication_requests: list[dict[str, Any]]  # valid draft MedicationRequests, in bundle order
+    reviewed: list[dict[str, Any]]  # the ones under review: selections (order-select) or all (order-sign)
+
+
+def _path(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return out
+
+
+def _tolerate(resource: dict[str, Any]) -> dict[str, Any]:
+    fixed = resource
+    for i, dosage in enumerate(resource.get("dosageInstruction") or []):
+        if isinstance(dosage, dict) and isinstance(dosage.get("doseAndRate"), dict):
+            if fixed is resource:
+                fixed = copy.deepcopy(resource)
+            fixed["dosageInstruction"][i]["doseAndRate"] = [dosage["doseAndRate"]]
+    return fixed
+
+
+def _validate(resource: dict[str, Any], where: str) -> dict[str, Any]:
+    resource = _tolerate(resource)
+    try:
+        MedicationRequest.model_validate(resource)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = tuple(p for p in err["loc"] if p != "__root__")
+        raise HookError(400, f"{where}{_path(loc)}", str(err["msg"])) from exc
+    return resource
+
+
+def read_draft_orders(request: HookRequest) -> DraftOrders:
+    bundle = request.context.draftOrders
+    if bundle.get("resourceType") != "Bundle":
+        raise HookError(400, f"{_PREFIX}.resourceType", "draftOrders must be a FHIR Bundle")
+    entries = bundle.get("entry")
+    if not isinstance(entries, list) or not entries:
+        raise HookError(400, f"{_PREFIX}.entry", "draftOrders has no entries")
+    resources: list[dict[str, Any]] = []
+    requests: list[dict[str, Any]] = []
+    for i, entry in enumerate(entries):
+        resource = entry.get("resource") if isinstance(entry, dict) else None
+        if not isinstance(resource, dict) or not isinstance(resource.get("resourceType"), str):
+            raise HookError(
+                400, f"{_PREFIX}.entry[{i}].resource", "every entry needs a resource with a resourceType"
+            )
+        if resource["resourceType"] == "MedicationRequest":
+            resource = _validate(resource, f"{_PREFIX}.entry[{i}].resource")
+            if resource.get("status") not in _SKIPPED_STATUS:
+                requests.append(resource)
+        resources.append(resource)
+    reviewed = _selected(request, resources, requests) if request.hook == "order-select" else list(requests)
+    return DraftOrders(resources=resources, medication_requests=requests, reviewed=reviewed)
+
+
+def _selected(
+    request: HookRequest, resources: list[dict[str, Any]], requests: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    selections = request.context.selections
+    if not selections:
+        raise HookError(400, "context.selections", "order-select needs the selected orders")
+    keys = {f"{r['resourceType']}/{r.get('id')}" for r in resources if r.get("id")}
+    for i, selection in enumerate(selections):
+        if selection not in keys:
+            raise HookError(400, f"context.selections[{i}]", "selection is not in draftOrders")
+    chosen = set(selections)
+    return [r for r in requests if f"MedicationRequest/{r.get('id')}" in chosen]
+
+
+def warm_up() -> None:
+    """Build the lazily compiled R4B validators once at start-up, not on the first clinician's order."""
+    quantity = {"value": 1, "unit": "mg", "system": "http://unitsofmeasure.org", "code": "mg"}
+    concept = {"coding": [{"system": "http://example.org", "code": "x", "display": "x"}], "text": "x"}
+    period = {"start": "2025-01-01", "end": "2025-01-02"}
+    reference = {"reference": "Patient/x", "display": "x"}
+    MedicationRequest.model_validate(
+        {
+            "resourceType": "MedicationRequest",
+            "id": "warm-up",
+            "status": "draft",
+            "intent": "order",
+            "meta": {"lastUpdated": "2025-01-01T00:00:00Z", "profile": ["http://example.org/p"]},
+            "text": {"status": "generated", "div": '<div xmlns="http://www.w3.org/1999/xhtml">x</div>'},
+            "extension": [{"url": "http://example.org/e", "valueString": "x"}],
+            "identifier": [{"system": "http://example.org", "value": "x"}],
+            "contained": [
+                {
+                    "resourceType": "Medication",
+                    "id": "m",
+                    "code": concept,
+                    "form": concept,
+                    "ingredient": [
+                        {
+                            "itemCodeableConcept": concept,
+                            "strength": {"numerator": quantity, "denominator": quantity},
+                        }
+                    ],
+                }
+            ],
+            "category": [concept],
+            "statusReason": concept,
+            "priority": "routine",
+            "medicationReference": {"reference": "#m"},
+            "subject": reference,
+            "encounter": reference,
+            "authoredOn": "2025-01-01T00:00:00Z",
+            "requester": reference,
+            "reasonCode": [concept],
+            "reasonReference": [reference],
+            "note": [{"text": "x"}],
+            "courseOfTherapyType": concept,
+            "priorPrescription": reference,
+            "dosageInstruction": [
+                {
+                    "sequence": 1,
+                    "text": "x",
+                    "route": concept,
+                    "asNeededCodeableConcept": concept,
+                    "timing": {
+                        "code": concept,
+                        "repeat": {
+                            "boundsPeriod": period,
+                            "frequency": 1,
+                            "period": 1,
+                            "periodUnit": "d",
+                            "when": ["MORN"],
+                            "timeOfDay": ["08:00:00"],
+                        },
+                    },
+                    "doseAndRate": [
+                        {"type": concept, "doseQuantity": quantity},
+                        {"doseRange": {"low": quantity, "high": quantity}},
+                    ],
+                    "maxDosePerPeriod": {"numerator": quantity, "denominator": quantity},
+                }
+            ],
+            "dispenseRequest": {
+                "validityPeriod": period,
+                "numberOfRepeatsAllowed": 1,
+                "quantity": quantity,
+                "expectedSupplyDuration": {
+                    "value": 1,
+                    "unit": "d",
+                    "system": "http://unitsofmeasure.org",
+                    "code": "d",
+                },
+            },
+            "substitution": {"allowedBoolean": True},
+        }
+    )

@@ -1,0 +1,437 @@
+"""FHIR R4 resources → :class:`PatientFacts`: one mapping for hooks, Synthea bundles and Bulk NDJSON.
+
+What counts (the rules of the fact model, applied here):
+
+* **Conditions and allergies** are all mapped with their clinical and verification status; the
+  derivation then counts only active, non-refuted ones. A condition dated after ``as_of`` is
+  ignored; one that has abated without a status reads as resolved.
+* **Observations** count when ``final``, ``amended`` or ``corrected`` and dated on or before
+  ``as_of``. The eGFR is the latest result whose LOINC code is in the vocabulary's
+  ``observation`` group ``egfr`` (codes, never displays); a ``valueQuantity.comparator`` (or a
+  ``valueString`` such as ">60") stays a bound. Every other observation group only records the
+  date it was last done (monitoring). An hCG result never makes anyone pregnant: pregnancy and
+  lactation come from conditions of those groups only.
+* **Dialysis** is a dependence condition (derived from the ``dialysis`` condition group) or the
+  date of the latest procedure of the ``dialysis_procedure`` group — the pack's look-back is
+  applied by :mod:`cds_engine.facts.derive`; ESRD alone is never dialysis.
+* **Medicines**: MedicationRequests of every status, MedicationStatements (home medicines, unless
+  they merely restate a request), the other draft orders (active). The pack drug's history
+  comes from :mod:`cds_engine.sources.history`.
+* **The order** is the first draft MedicationRequest of the pack's drug (else the first draft);
+  its dose, indication, action and taper are read by :mod:`cds_engine.sources.fhir_meds`.
+
+No code, drug or threshold is written here: groups come from the vocabulary by name.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import Any
+
+from cds_engine.facts.model import (
+    Allergy,
+    Coding,
+    Condition,
+    Encounter,
+    LabResult,
+    PatientFacts,
+    Renal,
+    Reproductive,
+)
+from cds_engine.sources.fhir_meds import MedicineReader
+from cds_engine.sources.fhir_read import (
+    ResourceIndex,
+    as_list,
+    best_coding,
+    codings,
+    concept_groups,
+    parse_date,
+    parse_datetime,
+    quantity,
+    status_code,
+)
+from cds_engine.sources.history import therapy_history
+from cds_engine.vocabulary import Vocabulary
+
+__all__ = [
+    "GROUPS",
+    "FhirGroups",
+    "bundle_resources",
+    "facts_from_resources",
+    "medication_classes",
+    "medication_concept",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class FhirGroups:
+    """Vocabulary group names with a fixed meaning in the fact model (names, not codes)."""
+
+    egfr: str = "egfr"
+    crcl: str = "crcl"
+    pregnancy: str = "pregnancy"
+    lactation: str = "lactation"
+    dialysis: str = "dialysis"
+    dialysis_procedure: str = "dialysis_procedure"
+    aki: str = "aki"
+
+
+GROUPS = FhirGroups()
+
+_FINAL_OBSERVATION = frozenset({"final", "amended", "corrected"})
+_CLINICAL = frozenset({"active", "recurrence", "relapse", "inactive", "remission", "resolved"})
+_CONDITION_VERIFICATION = frozenset(
+    {"unconfirmed", "provisional", "differential", "confirmed", "refuted", "entered-in-error"}
+)
+_ALLERGY_VERIFICATION = frozenset({"confirmed", "unconfirmed", "presumed", "refuted", "entered-in-error"})
+_INPATIENT_CLASSES = frozenset({"imp", "acute", "nonac", "inpatient", "inpatient encounter"})
+_CURRENT_ENCOUNTER = frozenset({"in-progress", "arrived", "triaged", "onleave"})
+_BOUND = re.compile(r"^\s*(<=|>=|<|>)?\s*(\d+(?:\.\d+)?)\s*$")
+
+
+def bundle_resources(bundle: dict[str, Any]) -> list[dict[str, Any]]:
+    """The resources of a Bundle (nested Bundles flattened, search outcomes dropped).
+
+    A lone resource comes back as a one-item list, so prefetch values of either shape read alike.
+    """
+    out: list[dict[str, Any]] = []
+
+    def walk(node: dict[str, Any]) -> None:
+        for entry in as_list(node.get("entry")):
+            resource = entry.get("resource") if isinstance(entry, dict) else None
+            if not isinstance(resource, dict):
+                continue
+            search = entry.get("search") if isinstance(entry.get("search"), dict) else {}
+            if resource.get("resourceType") == "OperationOutcome" and search.get("mode") == "outcome":
+                continue
+            if resource.get("resourceType") == "Bundle":
+                walk(resource)
+            else:
+                out.append(resource)
+
+    if not isinstance(bundle, dict):
+        return out
+    if bundle.get("resourceType") == "Bundle":
+        walk(bundle)
+    elif isinstance(bundle.get("resourceType"), str):
+        out.append(bundle)
+    return out
+
+
+def facts_from_resources(
+    resources: list[dict[str, Any]],
+    *,
+    as_of: datetime,
+    vocab: Vocabulary,
+    drug_class: str,
+    draft_orders: list[dict[str, Any]] | None = None,
+) -> PatientFacts:
+    """Map one patient's FHIR R4 resources (plus the draft orders under review) to facts at ``as_of``."""
+    if as_of.tzinfo is None:
+        raise ValueError("as_of must carry a timezone")
+    drafts = [
+        d
+        for d in (draft_orders or [])
+        if isinstance(d, dict) and d.get("resourceType") == "MedicationRequest"
+    ]
+    return _Mapper(resources, drafts, as_of, vocab, drug_class).facts()
+
+
+def medication_concept(resource: dict[str, Any], resources: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The medication CodeableConcept of a request: inline, from a resolved reference, or its display."""
+    concept = resource.get("medicationCodeableConcept")
+    if isinstance(concept, dict):
+        return concept
+    reference = resource.get("medicationReference")
+    medication = ResourceIndex(resources).resolve(reference, container=resource)
+    if medication is not None and isinstance(medication.get("code"), dict):
+        return dict(medication["code"])
+    if isinstance(reference, dict) and isinstance(reference.get("display"), str):
+        return {"text": reference["display"]}
+    return None
+
+
+def medication_classes(
+    resource: dict[str, Any], resources: list[dict[str, Any]], vocab: Vocabulary
+) -> set[str] | None:
+    """Drug classes of a request's medication; None when its medication cannot be resolved."""
+    concept = medication_concept(resource, resources)
+    return None if concept is None else concept_groups(concept, vocab, "drug_class")
+
+
+class _Mapper:
+    def __init__(
+        self,
+        resources: list[dict[str, Any]],
+        drafts: list[dict[str, Any]],
+        as_of: datetime,
+        vocab: Vocabulary,
+        drug_class: str,
+    ) -> None:
+        self.as_of = as_of
+        self.today = as_of.date()
+        self.vocab = vocab
+        self.drug_class = drug_class
+        self.drafts = drafts
+        self.index = ResourceIndex([*resources, *drafts])
+        self.by_type: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for resource in resources:
+            if isinstance(resource, dict) and isinstance(resource.get("resourceType"), str):
+                self.by_type[resource["resourceType"]].append(resource)
+        self.observations = self._observations()
+        self.meds = MedicineReader(self.index, self.by_type, drafts, vocab, drug_class, as_of)
+
+    # ── top level ──────────────────────────────────────────────────────────────────────────
+    def facts(self) -> PatientFacts:
+        focus = self.meds.focus()
+        conditions = self._conditions()
+        encounter = self._encounter(focus)
+        medications, episodes = self.meds.medications(focus, encounter.inpatient)
+        history, current = therapy_history(episodes, self.meds.administrations(), self.as_of)
+        order = self.meds.order(focus, episodes, current) if focus is not None else None
+        patient = self._patient(focus)
+        birth = parse_date(patient.get("birthDate")) if patient else None
+        if birth is not None and birth > self.today:
+            birth = None
+        return PatientFacts(
+            as_of=self.as_of,
+            patient_id=patient.get("id") if patient else None,
+            birth_date=birth,
+            sex=_sex(patient.get("gender")) if patient else None,
+            deceased=_deceased(patient, self.as_of) if patient else False,
+            renal=self._renal(conditions),
+            reproductive=self._reproductive(conditions),
+            allergies=self._allergies(),
+            conditions=conditions,
+            medications=medications,
+            order=order,
+            history=history,
+            monitoring=self._monitoring(),
+            encounter=encounter,
+        )
+
+    # ── patient ────────────────────────────────────────────────────────────────────────────
+    def _patient(self, focus: dict[str, Any] | None) -> dict[str, Any] | None:
+        patients = self.by_type.get("Patient", [])
+        if focus is not None:
+            subject = self.index.resolve(focus.get("subject"))
+            if subject is not None and subject.get("resourceType") == "Patient":
+                return subject
+        return patients[0] if patients else None
+
+    # ── conditions, allergies, observations, procedures ────────────────────────────────────
+    def _conditions(self) -> list[Condition]:
+        out: list[Condition] = []
+        for resource in self.by_type.get("Condition", []):
+            onset = parse_date(
+                resource.get("onsetDateTime") or (resource.get("onsetPeriod") or {}).get("start")
+            )
+            if onset is not None and onset > self.today:
+                continue
+            concept = resource.get("code")
+            coding = best_coding(concept, self.vocab, "condition_group")
+            if coding is None:
+                continue
+            clinical = status_code(resource.get("clinicalStatus"))
+            abated = parse_date(
+                resource.get("abatementDateTime") or (resource.get("abatementPeriod") or {}).get("end")
+            )
+            if clinical is None and abated is not None and abated <= self.today:
+                clinical = "resolved"
+            verification = status_code(resource.get("verificationStatus"))
+            out.append(
+                Condition(
+                    code=coding,
+                    groups=sorted(concept_groups(concept, self.vocab, "condition_group")),
+                    clinical_status=clinical
+                    if clinical in _CLINICAL
+                    else ("active" if clinical is None else None),  # type: ignore[arg-type]
+                    verification_status=verification if verification in _CONDITION_VERIFICATION else None,  # type: ignore[arg-type]
+                    onset=onset,
+                )
+            )
+        return out
+
+    def _allergies(self) -> list[Allergy]:
+        out: list[Allergy] = []
+        for resource in self.by_type.get("AllergyIntolerance", []):
+            concepts = [resource.get("code")] + [
+                r.get("substance") for r in as_list(resource.get("reaction")) if isinstance(r, dict)
+            ]
+            concepts = [c for c in concepts if isinstance(c, dict)]
+            if not concepts:
+                continue
+            coding = best_coding(concepts[0], self.vocab, "allergy_group")
+            if coding is None:
+                continue
+            groups: set[str] = set()
+            for concept in concepts:
+                groups |= concept_groups(concept, self.vocab, "allergy_group")
+            clinical = status_code(resource.get("clinicalStatus"))
+            verification = status_code(resource.get("verificationStatus"))
+            category = as_list(resource.get("category"))
+            out.append(
+                Allergy(
+                    substance=coding,
+                    groups=sorted(groups),
+                    clinical_status=clinical
+                    if clinical in ("active", "inactive", "resolved")
+                    # type: ignore[arg-type]
+                    else ("active" if clinical is None else None),
+                    verification_status=verification if verification in _ALLERGY_VERIFICATION else None,  # type: ignore[arg-type]
+                    category=category[0] if category and isinstance(category[0], str) else None,
+                )
+            )
+        return out
+
+    def _observations(self) -> list[tuple[set[str], dict[str, Any], datetime, bool]]:
+        """Countable observations: groups, resource, effective time, matched by code; newest first."""
+        out = []
+        for resource in self.by_type.get("Observation", []):
+            if status_code(resource.get("status")) not in _FINAL_OBSERVATION:
+                continue
+            when = _effective(resource)
+            if when is None or when > self.as_of:
+                continue
+            groups = set()
+            for c in codings(resource.get("code")):
+                groups |= self.vocab.classify(
+                    Coding(system=c.get("system"), code=c.get("code")), "observation"
+                )
+            coded = bool(groups)
+            if not groups:  # free-text monitoring entries only; lab values need a code
+                groups = concept_groups(resource.get("code"), self.vocab, "observation")
+            if groups:
+                out.append((groups, resource, when, coded))
+        out.sort(key=lambda item: item[2], reverse=True)
+        return out
+
+    def _lab(self, group: str) -> LabResult | None:
+        for groups, resource, when, coded in self.observations:
+            if group not in groups or not coded:
+                continue
+            value, unit, comparator = _observation_value(resource)
+            if value is None:
+                continue
+            code = next((str(c["code"]) for c in codings(resource.get("code")) if c.get("code")), None)
+            return LabResult(value=value, comparator=comparator, unit=unit, date=when, method=code)  # type: ignore[arg-type]
+        return None
+
+    def _monitoring(self) -> dict[str, date]:
+        out: dict[str, date] = {}
+        for groups, _resource, when, _coded in self.observations:
+            for group in groups:
+                if group not in out:
+                    out[group] = when.date()
+        return out
+
+    def _last_procedure(self, group: str) -> date | None:
+        latest: date | None = None
+        for resource in self.by_type.get("Procedure", []):
+            if status_code(resource.get("status")) not in ("completed", "in-progress"):
+                continue
+            if group not in concept_groups(resource.get("code"), self.vocab, "condition_group"):
+                continue
+            period = (
+                resource.get("performedPeriod") if isinstance(resource.get("performedPeriod"), dict) else {}
+            )
+            when = parse_date(resource.get("performedDateTime") or period.get("end") or period.get("start"))
+            if when is not None and when <= self.today and (latest is None or when > latest):
+                latest = when
+        return latest
+
+    def _renal(self, conditions: list[Condition]) -> Renal:
+        return Renal(
+            egfr=self._lab(GROUPS.egfr),
+            crcl=self._lab(GROUPS.crcl),
+            dialysis_dependent=True if _has_active(conditions, GROUPS.dialysis) else None,
+            last_dialysis_procedure=self._last_procedure(GROUPS.dialysis_procedure),
+            aki=True if _has_active(conditions, GROUPS.aki) else None,
+        )
+
+    def _reproductive(self, conditions: list[Condition]) -> Reproductive:
+        # Never from an hCG result: only a documented pregnancy/lactation condition counts.
+        return Reproductive(
+            pregnant=True if _has_active(conditions, GROUPS.pregnancy) else None,
+            lactating=True if _has_active(conditions, GROUPS.lactation) else None,
+        )
+
+    # ── encounter ──────────────────────────────────────────────────────────────────────────
+    def _encounter(self, focus: dict[str, Any] | None) -> Encounter:
+        encounters = list(self.by_type.get("Encounter", []))
+        if focus is not None:
+            linked = self.index.resolve(focus.get("encounter"))
+            if linked is not None and linked.get("resourceType") == "Encounter":
+                encounters.insert(0, linked)
+        for resource in encounters:
+            status = status_code(resource.get("status"))
+            period = resource.get("period") if isinstance(resource.get("period"), dict) else {}
+            start, end = parse_datetime(period.get("start")), parse_datetime(period.get("end"))
+            if status in ("cancelled", "entered-in-error", "planned"):
+                continue
+            if start is not None and start > self.as_of:
+                continue
+            current = status in _CURRENT_ENCOUNTER if end is None else end >= self.as_of
+            if not current:
+                continue
+            classes = {
+                str(c.get(k, "")).strip().lower()
+                for cls in as_list(resource.get("class"))
+                for c in (codings(cls) or [cls])
+                if isinstance(c, dict)
+                for k in ("code", "display")
+            }
+            if classes & _INPATIENT_CLASSES:
+                return Encounter(inpatient=True, admission_time=start)
+        return Encounter()
+
+
+# ── small readers ──────────────────────────────────────────────────────────────────────────
+def _has_active(conditions: list[Condition], group: str) -> bool:
+    return any(
+        group in c.groups
+        and (c.clinical_status or "active") in ("active", "recurrence", "relapse")
+        and c.verification_status not in ("refuted", "entered-in-error")
+        for c in conditions
+    )
+
+
+def _sex(gender: Any) -> str | None:
+    return gender if gender in ("female", "male", "other", "unknown") else None
+
+
+def _deceased(patient: dict[str, Any], as_of: datetime) -> bool:
+    if patient.get("deceasedBoolean") is True:
+        return True
+    when = parse_datetime(patient.get("deceasedDateTime"))
+    return when is not None and when <= as_of
+
+
+def _effective(resource: dict[str, Any]) -> datetime | None:
+    period = resource.get("effectivePeriod") if isinstance(resource.get("effectivePeriod"), dict) else {}
+    return (
+        parse_datetime(resource.get("effectiveDateTime"))
+        or parse_datetime(resource.get("effectiveInstant"))
+        or parse_datetime(period.get("end") or period.get("start"))
+        or parse_datetime(resource.get("issued"))
+    )
+
+
+def _observation_value(resource: dict[str, Any]) -> tuple[float | None, str | None, str | None]:
+    if "dataAbsentReason" in resource:
+        return None, None, None
+    if isinstance(resource.get("valueQuantity"), dict):
+        return quantity(resource["valueQuantity"])
+    for key in ("valueInteger", "valueDecimal"):
+        value = resource.get(key)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value), None, None
+    text = resource.get("valueString")
+    if isinstance(text, str):
+        match = _BOUND.match(text)
+        if match:
+            return float(match.group(2)), None, match.group(1)
+    return None, None, None

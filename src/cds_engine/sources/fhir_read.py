@@ -1,0 +1,269 @@
+"""Small, tolerant readers for FHIR R4 JSON: codings, dates, statuses and references.
+
+Why not full ``fhir.resources`` models for everything: validating a realistic prefetch (≈50
+resources) with them costs ~20 ms on the target machine, three times the whole latency budget of
+a hook call, while the rules read a dozen elements. These helpers read exactly those elements
+from the JSON, accept the shapes real servers send (STU3 string statuses, partial dates,
+``urn:uuid`` references) and return ``None`` rather than guessing when an element is absent or
+malformed. Draft orders — the input the advice is about — are still validated with
+``fhir.resources.R4B`` by the service before they get here.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator
+from datetime import UTC, date, datetime, time
+from typing import Any
+
+from cds_engine.facts.model import Coding
+from cds_engine.vocabulary import Vocabulary
+
+__all__ = [
+    "ResourceIndex",
+    "as_list",
+    "best_coding",
+    "codings",
+    "concept_groups",
+    "concept_text",
+    "parse_date",
+    "parse_datetime",
+    "quantity",
+    "status_code",
+    "to_date",
+]
+
+_DATE = re.compile(r"^(\d{4})(?:-(\d{2})(?:-(\d{2}))?)?$")
+_RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
+
+
+def as_list(value: Any) -> list[Any]:
+    """FHIR repeating elements: tolerate a single object where a list belongs (seen in real payloads)."""
+    if value is None:
+        return []
+    return value if isinstance(value, list) else [value]
+
+
+def codings(concept: Any) -> list[dict[str, Any]]:
+    """The codings of a CodeableConcept (or of a bare Coding), skipping malformed entries."""
+    if not isinstance(concept, dict):
+        return []
+    if "code" in concept and "coding" not in concept:  # a bare Coding
+        return [concept]
+    return [c for c in as_list(concept.get("coding")) if isinstance(c, dict)]
+
+
+def concept_text(concept: Any) -> str | None:
+    if not isinstance(concept, dict):
+        return None
+    text = concept.get("text")
+    if isinstance(text, str) and text.strip():
+        return text
+    for c in codings(concept):
+        if isinstance(c.get("display"), str) and c["display"].strip():
+            return str(c["display"])
+    return None
+
+
+def status_code(value: Any) -> str | None:
+    """A status given as a code (R4 MedicationRequest), a CodeableConcept (R4 Condition) or text (STU3)."""
+    if isinstance(value, str):
+        return value.strip().lower() or None
+    for c in codings(value):
+        if isinstance(c.get("code"), str):
+            return str(c["code"]).strip().lower()
+    return None
+
+
+def _coding(c: dict[str, Any], text: str | None) -> Coding:
+    display = c.get("display") if isinstance(c.get("display"), str) else None
+    return Coding(
+        system=c.get("system") if isinstance(c.get("system"), str) else None,
+        code=str(c["code"]) if c.get("code") is not None else None,
+        display=display or text,
+    )
+
+
+class _Memo:
+    """Classification results per vocabulary, so a code seen in many resources is classified once.
+
+    The term fallback of :meth:`Vocabulary.classify` scans hundreds of patterns; a patient's record
+    repeats the same codes over and over, and batch runs repeat them across patients. Entries are
+    keyed by the vocabulary object (held, so its id cannot be reused) and bounded in number.
+    """
+
+    max_entries = 200_000
+
+    def __init__(self) -> None:
+        self._tables: dict[int, tuple[Vocabulary, dict[tuple[Any, ...], frozenset[str]]]] = {}
+
+    def table(self, vocab: Vocabulary) -> dict[tuple[Any, ...], frozenset[str]]:
+        entry = self._tables.get(id(vocab))
+        if entry is None or entry[0] is not vocab:
+            if len(self._tables) >= 8:
+                self._tables.clear()
+            entry = self._tables[id(vocab)] = (vocab, {})
+        if len(entry[1]) > self.max_entries:
+            entry[1].clear()
+        return entry[1]
+
+
+_MEMO = _Memo()
+
+
+def _key(concept: dict[str, Any]) -> tuple[Any, ...]:
+    return (
+        tuple((c.get("system"), c.get("code"), c.get("display")) for c in codings(concept)),
+        concept.get("text"),
+    )
+
+
+def concept_groups(concept: Any, vocab: Vocabulary, kind: str) -> set[str]:
+    """Every group of ``kind`` that any coding (or the text) of a concept belongs to."""
+    if not isinstance(concept, dict):
+        return set()
+    table = _MEMO.table(vocab)
+    key = (kind, *_key(concept))
+    cached = table.get(key)
+    if cached is None:
+        cached = table[key] = frozenset(_concept_groups(concept, vocab, kind))
+    return set(cached)
+
+
+def _concept_groups(concept: dict[str, Any], vocab: Vocabulary, kind: str) -> set[str]:
+    text = concept_text(concept)
+    groups: set[str] = set()
+    for c in codings(concept):
+        coding = _coding(c, text)
+        groups |= vocab.classify(coding, kind)
+        product = vocab.product(coding) if kind == "drug_class" else None
+        if product is not None:
+            groups.add(product.ingredient_group)
+    if not groups and text:
+        groups |= vocab.classify(Coding(display=text), kind)
+    return groups
+
+
+def _code_groups(coding: Coding, vocab: Vocabulary, kind: str) -> frozenset[str]:
+    table = _MEMO.table(vocab)
+    key = ("code-only", kind, coding.system, coding.code)
+    cached = table.get(key)
+    if cached is None:
+        cached = table[key] = frozenset(vocab.classify(Coding(system=coding.system, code=coding.code), kind))
+    return cached
+
+
+def best_coding(concept: Any, vocab: Vocabulary, kind: str) -> Coding | None:
+    """The coding the engine should see: a known product, a classified code, an RxNorm code, or the first."""
+    text = concept_text(concept)
+    candidates = [_coding(c, text) for c in codings(concept)]
+    if not candidates:
+        return Coding(display=text) if text else None
+    if kind == "drug_class":
+        for coding in candidates:
+            if vocab.product(coding) is not None:
+                return coding
+    for coding in candidates:
+        if coding.code and _code_groups(coding, vocab, kind):
+            return coding
+    for coding in candidates:
+        if coding.system == _RXNORM and kind == "drug_class":
+            return coding
+    return candidates[0]
+
+
+def parse_date(value: Any) -> date | None:
+    """A FHIR date or dateTime as a date; partial dates (``2021``, ``2021-03``) read as their first day."""
+    if not isinstance(value, str) or not value.strip():
+        return None
+    text = value.strip()
+    match = _DATE.match(text)
+    if match:
+        year, month, day = match.groups()
+        try:
+            return date(int(year), int(month or 1), int(day or 1))
+        except ValueError:
+            return None
+    moment = parse_datetime(text)
+    return moment.date() if moment else None
+
+
+def parse_datetime(value: Any) -> datetime | None:
+    """A FHIR dateTime/instant as an aware datetime (UTC assumed when a time has no offset)."""
+    if not isinstance(value, str) or not value.strip():
+        return None
+    text = value.strip()
+    if _DATE.match(text):
+        day = parse_date(text)
+        return datetime.combine(day, time(), UTC) if day else None
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def to_date(value: date | datetime | None) -> date | None:
+    if isinstance(value, datetime):
+        return value.date()
+    return value
+
+
+def quantity(value: Any) -> tuple[float | None, str | None, str | None]:
+    """(value, unit, comparator) of a Quantity; the unit prefers the human unit, then the UCUM code."""
+    if not isinstance(value, dict):
+        return None, None, None
+    number = value.get("value")
+    if isinstance(number, bool) or not isinstance(number, int | float):
+        try:
+            number = float(number) if number is not None else None
+        except (TypeError, ValueError):
+            number = None
+    unit = value.get("unit") or value.get("code")
+    comparator = value.get("comparator")
+    return (
+        float(number) if number is not None else None,
+        str(unit) if unit else None,
+        comparator if comparator in ("<", "<=", ">", ">=") else None,
+    )
+
+
+class ResourceIndex:
+    """Resolve references among the resources of one request: ``Type/id``, ``urn:uuid:…``, absolute URLs."""
+
+    def __init__(self, resources: Iterable[dict[str, Any]]) -> None:
+        self._by_key: dict[str, dict[str, Any]] = {}
+        self._by_id: dict[str, dict[str, Any]] = {}
+        for resource in resources:
+            self.add(resource)
+
+    def add(self, resource: dict[str, Any]) -> None:
+        rtype, rid = resource.get("resourceType"), resource.get("id")
+        if isinstance(rtype, str) and isinstance(rid, str):
+            self._by_key.setdefault(f"{rtype}/{rid}", resource)
+            self._by_id.setdefault(rid, resource)
+
+    def resolve(self, reference: Any, container: dict[str, Any] | None = None) -> dict[str, Any] | None:
+        """The resource a Reference points to, from ``contained``, this index, or None."""
+        ref = reference.get("reference") if isinstance(reference, dict) else reference
+        if not isinstance(ref, str) or not ref:
+            return None
+        if ref.startswith("#"):
+            for item in as_list((container or {}).get("contained")):
+                if isinstance(item, dict) and item.get("id") == ref[1:]:
+                    return item
+            return None
+        if ref.startswith("urn:uuid:") or ref.startswith("urn:oid:"):
+            return self._by_id.get(ref.rsplit(":", 1)[1])
+        parts = ref.split("?", 1)[0].rstrip("/").split("/")
+        if "_history" in parts:
+            parts = parts[: parts.index("_history")]
+        if len(parts) >= 2:
+            return self._by_key.get(f"{parts[-2]}/{parts[-1]}")
+        return self._by_id.get(ref)
+
+    def of_type(self, rtype: str) -> Iterator[dict[str, Any]]:
+        return (r for k, r in self._by_key.items() if k.startswith(rtype + "/"))
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._by_key

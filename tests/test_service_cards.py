@@ -1,0 +1,139 @@
+"""Cards: the validator against the reference responses, and our cards against the validator and policy."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+from tests.service_helpers import REFERENCE, load_reference, medication_request
+
+from cds_engine.service.cards import alert_card, allowed_link
+from cds_engine.service.suggestions import dose_suggestions, plan_dose
+from cds_engine.service.validate import card_problems, response_problems
+from cds_engine.sources.fhir import facts_from_resources
+
+needs_shared = pytest.mark.skipif(not REFERENCE.exists(), reason="../shared is absent")
+AS_OF = datetime(2025, 3, 1, tzinfo=UTC)
+
+
+@needs_shared
+def test_reference_valid_cards_are_valid():
+    cards = load_reference("valid_cards.json")
+    assert len(cards) == 7
+    for card in cards:
+        assert card_problems(card) == [], card.get("summary")
+    assert response_problems(load_reference("crd_authorization_hook_response.json")) == []
+
+
+@needs_shared
+def test_reference_invalid_responses_are_caught():
+    with pytest.raises(UnicodeDecodeError):
+        (REFERENCE / "warfarin-nsaids-cards.json").read_bytes().decode("utf-8")
+    problems = response_problems(load_reference("warfarin-nsaids-cards.json"))
+    assert any("selectionBehavior" in p for p in problems)
+    assert any("resourceId: required for delete" in p for p in problems)
+    assert any("at least one action" in p for p in problems)
+    assert any("resource.status: required" in p for p in problems)
+    rec08 = response_problems(load_reference("response-example-rec-08-on-benzodiazepine.json"))
+    assert rec08 == ["cards[0].summary: 169 characters (must be < 140)"]
+
+
+def test_validator_rejects_nulls_duplicates_and_bad_links():
+    card = {
+        "uuid": "a",
+        "summary": "s",
+        "indicator": "warning",
+        "source": {"label": "x"},
+        "detail": None,
+        "links": [{"label": "l", "url": "https://x.org", "type": "absolute", "appContext": "c"}],
+    }
+    problems = card_problems(card)
+    assert "card.detail: null is not allowed" in problems
+    assert any("appContext" in p for p in problems)
+    twice = {"cards": [{"uuid": "a", "summary": "s", "indicator": "info", "source": {"label": "x"}}] * 2}
+    assert "cards: uuids must be unique" in response_problems(twice)
+
+
+def _alerts(engine, pack, drafts, resources=()):
+    patient = {"resourceType": "Patient", "id": "p1", "birthDate": "1948-01-01", "gender": "male"}
+    egfr = {
+        "resourceType": "Observation",
+        "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "33914-3"}]},
+        "effectiveDateTime": "2025-02-01",
+        "valueQuantity": {"value": 45, "unit": "mL/min/{1.73_m2}"},
+    }
+    facts = facts_from_resources(
+        [patient, egfr, *resources],
+        as_of=AS_OF,
+        vocab=pack.vocabulary,
+        drug_class="baclofen",
+        draft_orders=drafts,
+    )
+    return facts, engine.evaluate(facts)
+
+
+def test_our_cards_conform_and_carry_rule_topic(engine, pack):
+    draft = medication_request(dose=40, per_day="TID")
+    facts, alerts = _alerts(engine, pack, [draft])
+    assert alerts
+    cards = []
+    for alert in alerts:
+        suggestions = dose_suggestions(
+            alert, draft, facts.order, alert.evidence.get("daily_dose_mg"), pack.vocabulary
+        )
+        card = alert_card(alert, pack, suggestions)
+        cards.append(card.model_dump(mode="json", exclude_none=True))
+    assert response_problems({"cards": cards}) == []
+    rule_ids = {r.spec.id for r in pack.rules}
+    for card, alert in zip(cards, alerts, strict=True):
+        topic = card["source"]["topic"]
+        assert topic["system"] == pack.spec.pack.url and topic["code"] == alert.rule_id
+        assert alert.kind == "cannot-assess" or topic["code"] in rule_ids
+        assert {r["code"] for r in card["overrideReasons"]} == {r.code for r in pack.spec.override_reasons}
+        assert "approval pending local clinical validation" in card["detail"]
+        for link in card.get("links", []):
+            assert allowed_link(link["url"]), link["url"]
+        assert len(card["summary"]) < 140
+    # sources that are not regulator/PubMed/DOI addresses never become links
+    linked = {link["url"] for c in cards for link in c.get("links", [])}
+    assert not any("ices.on.ca" in u or "mims.com" in u or "guidelinecentral" in u for u in linked)
+
+
+def test_dose_suggestion_is_delete_plus_create_at_marketed_strength(engine, pack):
+    draft = medication_request(dose=40, per_day="TID")  # 120 mg/day, above the labeled maximum
+    facts, alerts = _alerts(engine, pack, [draft])
+    over = next(
+        a for a in alerts if any(s.action == "reduce-dose" and s.dose_mg_per_day == 80 for s in a.suggestions)
+    )
+    suggestions = dose_suggestions(over, draft, facts.order, over.evidence["daily_dose_mg"], pack.vocabulary)
+    assert len(suggestions) == 1
+    actions = suggestions[0].actions
+    assert [a.type for a in actions] == ["delete", "create"]  # never a plain stop
+    assert actions[0].resourceId == "MedicationRequest/mr-1"
+    created = actions[1].resource
+    strengths = {p.code: p.strength_mg for p in pack.vocabulary.products.values() if p.strength_mg}
+    code = created["medicationCodeableConcept"]["coding"][0]["code"]
+    assert code == "197391"  # the ordered product can do it: no switch
+    dose = created["dosageInstruction"][0]["doseAndRate"][0]["doseQuantity"]["value"]
+    assert dose % strengths[code] == 0 and dose * 3 <= 80 and created["status"] == "draft"
+    assert created["dosageInstruction"][0]["timing"] == draft["dosageInstruction"][0]["timing"]
+    card = alert_card(over, pack, suggestions).model_dump(mode="json", exclude_none=True)
+    assert card["selectionBehavior"] == "at-most-one" and card_problems(card) == []
+
+
+def test_no_suggestion_when_no_marketed_strength_fits(pack):
+    order = facts_from_resources(
+        [],
+        as_of=AS_OF,
+        vocab=pack.vocabulary,
+        drug_class="baclofen",
+        draft_orders=[medication_request(code="197392", dose=20, per_day=3)],
+    ).order
+    assert plan_dose(15, order, 60, pack.vocabulary) is None  # 5 mg per dose: no such tablet in products.csv
+    assert plan_dose(80, order, 60, pack.vocabulary) is None  # not a reduction
+    assert (
+        plan_dose(45, order, 60, pack.vocabulary).daily_mg == 30
+    )  # 10 mg tablets: 1 × 10 mg three times daily
+    prn = order.model_copy(update={"prn": True})
+    assert plan_dose(45, prn, 60, pack.vocabulary) is None
