@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["Alert", "AlertSource", "AlertSuggestion", "SEVERITY_ORDER"]
+__all__ = ["SEVERITY_ORDER", "Alert", "AlertSource", "AlertSuggestion"]
 
 SEVERITY_ORDER = {"critical": 3, "warning": 2, "info": 1}
 
@@ -30,7 +30,9 @@ class Alert(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     kind: Literal["finding", "cannot-assess"] = "finding"
-    rule_id: str = Field(..., description="Rule id, e.g. from the pack; 'missing-data' for cannot-assess reports")
+    rule_id: str = Field(
+        ..., description="Rule id, e.g. from the pack; 'missing-data' for cannot-assess reports"
+    )
     tier_id: str = Field(..., description="The tier that matched, e.g. RULE.daily")
     title: str
     category: str
@@ -50,6 +52,9 @@ class Alert(BaseModel):
     pack_url: str
     pack_status: str
     approval: str = Field(..., description="approved | pending-local-clinical-validation")
+    site_hash: str | None = Field(
+        None, description="sha256 of the site settings file the pack ran under (None: no site settings)"
+    )
 
     def sort_key(self) -> tuple[int, int, str]:
         return (-SEVERITY_ORDER[self.severity], 0 if self.kind == "finding" else 1, self.rule_id)

@@ -12,6 +12,7 @@ Two evaluators give identical outcomes: ``rete`` (durable_rules, the default) an
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 from collections.abc import Iterable, Mapping
@@ -33,6 +34,7 @@ __all__ = ["Engine", "EvaluatorName", "OracleEvaluator", "project"]
 
 EvaluatorName = Literal["rete", "oracle"]
 log = logging.getLogger(__name__)
+_slots = itertools.count()
 
 
 class TierEvaluator(Protocol):
@@ -121,7 +123,8 @@ class Engine:
         key = f"{pack.id}:{pack.content_hash}"
         if key not in cache:
             if self.evaluator_name == "rete":
-                cache[key] = ReteEvaluator(pack, slot=f"slot-{threading.get_ident() % 1000}")
+                # one ruleset per thread and pack, so threads never share a durable session
+                cache[key] = ReteEvaluator(pack, slot=f"slot-{next(_slots)}")
             else:
                 cache[key] = OracleEvaluator(pack)
         return cache[key]

@@ -1,4 +1,4 @@
-"""``cds-engine check FACTS.json`` and ``cds-engine rules lint``: the engine core's commands."""
+"""``cds-engine check FACTS.json``: the engine core's command (rule tools are in :mod:`.rules_tools`)."""
 
 from __future__ import annotations
 
@@ -76,7 +76,9 @@ def register(app: typer.Typer, rules_app: typer.Typer) -> None:
         as_of: Annotated[str | None, typer.Option(help="Evaluate as of this ISO date/time")] = None,
         rules: Annotated[Path, typer.Option(help="Rule directory")] = Path("rules"),
         as_json: Annotated[bool, typer.Option("--json", help="Print alerts as JSON")] = False,
-        evaluator: Annotated[str, typer.Option(help="rete (durable_rules) or oracle (plain Python)")] = "rete",
+        evaluator: Annotated[
+            str, typer.Option(help="rete (durable_rules) or oracle (plain Python)")
+        ] = "rete",
     ) -> None:
         """Evaluate one patient's facts and print the alerts."""
         facts = load_facts_file(facts_file, as_of)
@@ -91,17 +93,3 @@ def register(app: typer.Typer, rules_app: typer.Typer) -> None:
         else:
             Console().print(_table(alerts))
 
-    @rules_app.command("lint")
-    def lint(directory: Annotated[Path, typer.Argument(help="Rule directory")] = Path("rules")) -> None:
-        """Validate every pack: schema, facts, types, parameters. Exit 1 on any error."""
-        try:
-            engine = Engine.from_dir(directory, statuses=("draft", "active", "retired"))
-        except PackLoadError as exc:
-            for finding in exc.findings:
-                typer.echo(str(finding), err=finding.severity == "error")
-            raise typer.Exit(1) from exc
-        for pack in engine.packs:
-            for finding in pack.findings:
-                typer.echo(str(finding))
-            typer.echo(f"{pack.file}: ok — pack {pack.id} {pack.version} ({pack.spec.pack.status}), "
-                       f"{len(pack.rules)} rules, {len(pack.tiers)} tiers, hash {pack.content_hash[:12]}")

@@ -1,0 +1,205 @@
+"""Hot reload: swap in edited rule packs without a restart, never serving a broken one.
+
+:class:`EngineHolder` owns the current :class:`~cds_engine.engine.Engine`. Calling it returns
+that engine — it is the zero-argument ``engine_provider`` the service's ``create_app`` takes.
+It reloads when a watched file changes (a polling thread compares modification times and
+sizes of ``DIR/*/pack.yaml``, ``DIR/vocabulary/*`` and the site file) or on SIGHUP. A reload
+runs the full verifier (:func:`cds_engine.rules.verify.verify_dir`); only a directory without
+errors is compiled into a new engine, which then replaces the old one in a single assignment
+(requests already running finish on the engine they started with). An invalid new version is
+rejected: the last good engine keeps serving and :attr:`EngineHolder.last_error` holds the
+findings (file:line: rule: message) until a good version arrives.
+
+By default the holder runs ``active`` and ``draft`` packs: draft alerts carry
+``pack_status="draft"`` and must be stored, not shown (:func:`cds_engine.rules.governance.is_shown`).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from cds_engine.engine import Engine, EvaluatorName
+from cds_engine.rules.errors import Finding, PackLoadError
+from cds_engine.rules.governance import RUNNING_STATUSES
+from cds_engine.rules.site import SITE_FILE
+from cds_engine.rules.verify import verify_dir
+
+__all__ = ["EngineHolder", "ReloadEvent"]
+
+log = logging.getLogger(__name__)
+Fingerprint = tuple[tuple[str, int, int], ...]
+
+
+@dataclass(frozen=True)
+class ReloadEvent:
+    """What one reload attempt did (kept in :attr:`EngineHolder.history`)."""
+
+    at: float
+    accepted: bool
+    reason: str
+    packs: tuple[str, ...]  # "id version hash12" of the engine now serving
+    findings: tuple[Finding, ...] = ()
+
+
+class EngineHolder:
+    """The current engine, reloaded atomically on file change or SIGHUP."""
+
+    def __init__(self, directory: str | Path = "rules", *, evaluator: EvaluatorName = "rete",
+                 statuses: tuple[str, ...] = RUNNING_STATUSES, site: str | Path | bool | None = True,
+                 poll_seconds: float = 2.0, on_reload: Callable[[ReloadEvent], None] | None = None) -> None:
+        """Load the directory now; raise :class:`PackLoadError` if there is no good version to start from."""
+        self.directory = Path(directory)
+        self.evaluator: EvaluatorName = evaluator
+        self.statuses = statuses
+        self.site = site
+        self.poll_seconds = poll_seconds
+        self.on_reload = on_reload
+        self.last_error: list[Finding] | None = None
+        self.history: list[ReloadEvent] = []
+        self.generation = 0
+        self._lock = threading.Lock()  # one reload at a time; readers never wait
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._previous_handler: Any = None
+        self._fingerprint = self._scan()
+        engine, findings = self._build()
+        if engine is None:
+            raise PackLoadError(findings)
+        self._engine: Engine = engine
+        self._record(True, "initial load", ())
+
+    # the provider interface
+    def __call__(self) -> Engine:
+        return self._engine
+
+    @property
+    def engine(self) -> Engine:
+        return self._engine
+
+    # loading
+    def _watched(self) -> list[Path]:
+        files = list(self.directory.glob("*/pack.yaml"))
+        vocab = self.directory / "vocabulary"
+        if vocab.is_dir():
+            files.extend(p for p in vocab.iterdir() if p.is_file())
+        site = self.directory / SITE_FILE if self.site is True else (Path(self.site) if self.site else None)
+        if site is not None:
+            files.append(site)
+        return sorted(files)
+
+    def _scan(self) -> Fingerprint:
+        out = []
+        for path in self._watched():
+            try:
+                st = path.stat()
+            except OSError:
+                continue  # absent (optional site file) or just removed
+            out.append((str(path), st.st_mtime_ns, st.st_size))
+        return tuple(out)
+
+    def _build(self) -> tuple[Engine | None, list[Finding]]:
+        try:
+            report = verify_dir(self.directory, self.site)
+        except (OSError, ValueError) as exc:  # unreadable files mid-write, a vanished directory
+            return None, [Finding(str(self.directory), None, None, f"cannot load rules: {exc}")]
+        if not report.ok:
+            return None, report.errors or report.findings
+        engine = Engine(report.compiled(), self.evaluator, self.statuses, report.site.sha256)
+        return engine, [f for f in report.findings if f.severity != "error"]
+
+    def _record(self, accepted: bool, reason: str, findings: tuple[Finding, ...]) -> ReloadEvent:
+        packs = tuple(f"{p.id} {p.version} {p.content_hash[:12]}" for p in self._engine.packs)
+        event = ReloadEvent(time.time(), accepted, reason, packs, findings)
+        self.history = [*self.history[-49:], event]
+        if self.on_reload is not None:
+            try:
+                self.on_reload(event)
+            except Exception:  # a listener must not break reloading
+                log.exception("on_reload listener failed")
+        return event
+
+    def reload(self, reason: str = "requested") -> bool:
+        """Verify and load the directory now; swap only if it has no errors. True if swapped."""
+        with self._lock:
+            self._fingerprint = self._scan()
+            engine, findings = self._build()
+            if engine is None:
+                self.last_error = findings
+                log.error("rule reload rejected (%s); still serving the last good packs:\n%s", reason,
+                          "\n".join(str(f) for f in findings))
+                self._record(False, reason, tuple(findings))
+                return False
+            self._engine = engine  # the swap: a single reference assignment
+            self.generation += 1
+            self.last_error = None
+            names = ", ".join(f"{p.id} {p.version}" for p in engine.packs)
+            log.info("rules reloaded (%s): %s", reason, names)
+            self._record(True, reason, tuple(findings))
+            return True
+
+    def check(self) -> bool:
+        """Reload if a watched file changed since the last attempt. True if a new engine was swapped in."""
+        if self._scan() == self._fingerprint:
+            return False
+        return self.reload("file change")
+
+    # watching
+    def start(self) -> EngineHolder:
+        """Start the polling thread (daemon). Idempotent."""
+        if self._thread is None or not self._thread.is_alive():
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._run, name="rules-reload", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=max(5.0, self.poll_seconds * 2))
+            self._thread = None
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            signalled = self._wake.wait(self.poll_seconds)
+            self._wake.clear()
+            if self._stop.is_set():
+                break
+            try:
+                if signalled:
+                    self.reload("SIGHUP")
+                else:
+                    self.check()
+            except Exception:  # keep watching whatever happens; the last good engine stays
+                log.exception("rule reload failed unexpectedly")
+
+    def install_sighup(self) -> None:
+        """Reload on SIGHUP (main thread only). With the watcher running, the reload happens there."""
+        def handler(signum: int, frame: FrameType | None) -> None:
+            if self._thread is not None and self._thread.is_alive():
+                self._wake.set()
+            else:
+                self.reload("SIGHUP")
+
+        self._previous_handler = signal.signal(signal.SIGHUP, handler)
+
+    def uninstall_sighup(self) -> None:
+        if self._previous_handler is not None:
+            signal.signal(signal.SIGHUP, self._previous_handler)
+            self._previous_handler = None
+
+    def __enter__(self) -> EngineHolder:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+        self.uninstall_sighup()
