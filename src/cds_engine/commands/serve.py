@@ -16,8 +16,8 @@ from typing import Annotated, Any
 
 import typer
 
-from cds_engine.engine import Engine
 from cds_engine.rules.errors import PackLoadError
+from cds_engine.rules.reload import EngineHolder
 
 __all__ = ["open_sink", "register"]
 
@@ -93,10 +93,12 @@ def register(app: typer.Typer, rules_app: typer.Typer) -> None:
 
         logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         try:
-            engine = Engine.from_dir(rules)
+            # hot reload: file changes and SIGHUP swap in a verified new engine; a broken pack is refused
+            holder = EngineHolder(rules).start()
         except PackLoadError as exc:
             typer.echo(str(exc), err=True)
             raise typer.Exit(2) from exc
+        holder.install_sighup()
 
         auth = None
         issuers = trusted_issuers or (
@@ -122,8 +124,7 @@ def register(app: typer.Typer, rules_app: typer.Typer) -> None:
                     "set it to the URL the EHR calls in production"
                 )
 
-        def provider() -> Engine:
-            return engine
+        provider = holder
 
         url = db or os.environ.get("CDS_DATABASE_URL") or DEFAULT_DB
         sink, routers, store = open_sink(url, provider)
@@ -142,6 +143,7 @@ def register(app: typer.Typer, rules_app: typer.Typer) -> None:
                 proxy_headers=public_url is not None,
             )
         finally:
+            holder.stop()
             close = getattr(store, "close", None)
             if close is not None:
                 close()

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from cds_engine.engine import Engine
 from cds_engine.rules.compile import CompiledPack
+from cds_engine.rules.governance import SHOWN_STATUSES
 from cds_engine.service.models import CdsService, DiscoveryResponse
 from cds_engine.sources.fhir import GROUPS
 from cds_engine.vocabulary import Vocabulary
@@ -90,7 +91,7 @@ def _services(engine: Engine) -> list[ServiceRef]:
     return [
         ServiceRef(service_id(pack, hook), hook, pack)
         for pack in engine.packs
-        if pack.spec.pack.status in engine.statuses
+        if pack.spec.pack.status in SHOWN_STATUSES  # draft packs run silently: no service, no cards
         for hook in HOOKS
     ]
 

@@ -26,6 +26,7 @@ from cds_engine.alerts import Alert
 from cds_engine.engine import Engine
 from cds_engine.facts.model import PatientFacts
 from cds_engine.rules.compile import CompiledPack
+from cds_engine.rules.governance import SHOWN_STATUSES
 from cds_engine.service.cards import LINK_HOSTS, alert_card
 from cds_engine.service.coverage import unavailable_alert
 from cds_engine.service.discovery import ServiceRef, prefetch_templates
@@ -168,6 +169,7 @@ class HookHandler:
         ordered = sorted((pair for _, _, pairs in issued for pair in pairs), key=lambda p: p[0].sort_key())
         cards = [card for _, card in ordered]
         await self._record(ref, request, pack, as_of, issued)
+        await self._silent(ref, request, engine, pool, drafts, relevant, as_of)
         clock.lap("store")
         return HookResult(CardsResponse(cards=cards), [a.rule_id for a, _ in ordered], clock.timings)
 
@@ -229,13 +231,46 @@ class HookHandler:
             current = engine.flat_facts(pack, facts).get("daily_dose_mg")
         return dose_suggestions(alert, draft, facts.order, current, pack.vocabulary)
 
+    async def _silent(
+        self,
+        ref: ServiceRef,
+        request: HookRequest,
+        engine: Engine,
+        pool: list[dict[str, Any]],
+        drafts: DraftOrders,
+        relevant: list[dict[str, Any]],
+        as_of: datetime,
+    ) -> None:
+        """Silent mode: packs that may run but not be shown (draft) are evaluated and stored, no cards."""
+        if isinstance(self.sink, NullSink):
+            return
+        for quiet in engine.packs:
+            if quiet.spec.pack.status in SHOWN_STATUSES or quiet.spec.pack.status not in engine.statuses:
+                continue
+            triggers = quiet.spec.pack.triggers
+            wanted = set(triggers.drug_classes) | set(triggers.partner_classes)
+            issued = []
+            for draft in drafts.reviewed:
+                classes = medication_classes(draft, [*pool, draft], quiet.vocabulary) or set()
+                if not classes & wanted:
+                    continue
+                facts = facts_from_resources(
+                    pool, as_of=as_of, vocab=quiet.vocabulary, drug_class=quiet.context.drug_class,
+                    draft_orders=[draft, *(d for d in drafts.medication_requests if d is not draft)],
+                )
+                if quiet in engine.applicable(facts):
+                    issued.append((draft, facts, [(a, None) for a in engine.evaluate_pack(quiet, facts)]))
+            if issued:
+                await self._record(ref, request, quiet, as_of, issued, shown=False)
+
     async def _record(
         self,
         ref: ServiceRef,
         request: HookRequest,
         pack: CompiledPack,
         as_of: datetime,
-        issued: list[tuple[dict[str, Any], PatientFacts, list[tuple[Alert, Card]]]],
+        issued: list[tuple[dict[str, Any], PatientFacts, list[tuple[Alert, Card | None]]]],
+        shown: bool = True,
     ) -> None:
         if isinstance(self.sink, NullSink):
             return  # nothing to keep: skip the thread hop
@@ -257,7 +292,9 @@ class HookHandler:
                 pack_id=info.id,
                 pack_version=info.version,
                 pack_hash=pack.content_hash,
-                alerts=[IssuedAlert(alert=a, card_uuid=c.uuid) for a, c in pairs],
+                alerts=[
+                    IssuedAlert(alert=a, card_uuid=c.uuid if c else None, shown=shown) for a, c in pairs
+                ],
             )
             try:
                 await anyio.to_thread.run_sync(
