@@ -206,6 +206,9 @@ def leaf_clauses(
 
 def _leaf_truth(leaf: Leaf, facts: Mapping[str, Any]) -> Truth:
     value = facts.get(leaf.fact, leaf.default)
+    if value is None and leaf.always:
+        # derive() always sets these; if a caller omits one anyway, read it as the compilers do
+        return TRUE if leaf.op == "exists" and leaf.value else FALSE
     if leaf.op == "exists":
         present = value is not None or (leaf.bounded and any(leaf.fact + s in facts for s in BOUND_SUFFIXES))
         return TRUE if present == leaf.value else FALSE

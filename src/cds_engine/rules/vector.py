@@ -11,11 +11,16 @@ is_true, UNKNOWN = maybe_true and not is_true. The input frame has one column pe
 (``meds.opioid_agonist`` and the bound columns ``egfr__gt`` … included); a missing fact is a
 null, family facts are filled with their default (0 opioids is not "missing").
 
-:func:`vector_alerts` then reproduces :func:`cds_engine.results.build_alerts` column-wise: one
-alert per rule at its highest TRUE tier, the undecided higher tiers listed on it, and the
-grouped "cannot assess" alerts with the same covering-rule suppression. Text that depends on
-the patient's values (summaries) is rendered by the shared :func:`cds_engine.messages.render`
-once per distinct combination of values and joined back, so it is identical by construction.
+:func:`vector_alerts` reproduces :func:`cds_engine.results.build_alerts` column-wise: one alert
+per rule at its highest TRUE tier with the undecided higher tiers listed on it, and the grouped
+"cannot assess" alerts (missing facts traced to their root inputs, only inside undecided
+branches, severity capped by the checks they stand for, suppressed by a covering rule). Text
+that depends on the patient's values is rendered by the shared renderer once per distinct
+combination of values and joined back, so it is identical by construction.
+
+Performance notes (polars 2.1, measured): every distinct clause is computed once as a column;
+list operations (``concat_list``, ``list.unique``) are an order of magnitude slower than string
+building, so list-valued outputs (missing facts, tiers not assessed) are ";"-joined strings.
 """
 
 from __future__ import annotations
@@ -31,13 +36,30 @@ from cds_engine.alerts import SEVERITY_ORDER
 from cds_engine.facts import catalog
 from cds_engine.messages import render
 from cds_engine.results import MISSING_DATA_RULE
+from cds_engine.results import _missing_data_alerts as missing_data_alerts  # shared: one wording
+from cds_engine.results import _short as short_text
 from cds_engine.rules.compile import CompiledPack, CompiledTier, placeholders
-from cds_engine.rules.conditions import BOUND_SUFFIXES, FALSE, TRUE, UNKNOWN, Clause, Leaf, facts_of, leaf_clauses
+from cds_engine.rules.conditions import (
+    BOUND_SUFFIXES,
+    FALSE,
+    TRUE,
+    UNKNOWN,
+    And,
+    AtLeastNode,
+    Clause,
+    Leaf,
+    Node,
+    NotNode,
+    Or,
+    facts_of,
+)
 from cds_engine.rules.projection import Projection, project_node
 
 __all__ = [
     "ALERT_SCHEMA",
     "VectorPack",
+    "alerts_to_rows",
+    "canonical_evidence",
     "fact_dtype",
     "frame_from_flats",
     "vector_alerts",
@@ -46,22 +68,24 @@ __all__ = [
 # The batch alert table; the Rete path of the batch command produces exactly these columns.
 ALERT_SCHEMA: dict[str, pl.DataType] = {
     "patient_id": pl.String(),
-    "kind": pl.String(),
+    "kind": pl.String(),  # finding | cannot-assess
     "rule_id": pl.String(),
     "tier_id": pl.String(),
     "category": pl.String(),
     "severity": pl.String(),
     "title": pl.String(),
     "summary": pl.String(),
-    "missing": pl.List(pl.String()),
-    "not_assessed": pl.List(pl.String()),
-    "evidence": pl.String(),
+    "missing": pl.String(),  # ";"-separated fact names, sorted
+    "not_assessed": pl.String(),  # ";"-separated tier ids
+    "evidence": pl.String(),  # JSON object of the fact values the tier read
     "pack_id": pl.String(),
     "pack_version": pl.String(),
     "pack_hash": pl.String(),
+    "site_hash": pl.String(),
 }
 
 _DTYPES: dict[str, pl.DataType] = {"number": pl.Float64(), "bool": pl.Boolean(), "string": pl.String()}
+_SEVERITY_NAME = {rank: name for name, rank in SEVERITY_ORDER.items()}
 
 
 def fact_dtype(name: str) -> pl.DataType:
@@ -77,8 +101,8 @@ def fact_dtype(name: str) -> pl.DataType:
     raise KeyError(f"unknown fact {name!r}")
 
 
-def _lit_list(values: Any) -> list[Any]:
-    return list(values) if isinstance(values, tuple | list) else [values]
+def _values(value: Any) -> list[Any]:
+    return list(value) if isinstance(value, tuple | list) else [value]
 
 
 def _clause(c: Clause) -> pl.Expr:
@@ -88,39 +112,44 @@ def _clause(c: Clause) -> pl.Expr:
     if c.kind == "present":
         return col.is_not_null()
     if c.op == "in":
-        return col.is_in(_lit_list(c.value)).fill_null(False)
+        return col.is_in(_values(c.value)).fill_null(False)
     if c.op == "not_in":
-        return (~col.is_in(_lit_list(c.value))).fill_null(False)
+        return (~col.is_in(_values(c.value))).fill_null(False)
     value = pl.lit(c.value)
     expr = {
-        "eq": col == value, "ne": col != value, "lt": col < value,
-        "lte": col <= value, "gt": col > value, "gte": col >= value,
+        "eq": col == value,
+        "ne": col != value,
+        "lt": col < value,
+        "lte": col <= value,
+        "gt": col > value,
+        "gte": col >= value,
     }[c.op]
     return expr.fill_null(False)
-
-
-_POLARS: Projection[pl.Expr] = Projection(
-    clause=_clause,
-    conj=lambda items: pl.all_horizontal(list(items)),
-    disj=lambda items: pl.any_horizontal(list(items)),
-)
 
 
 def _as_expr(value: pl.Expr | bool) -> pl.Expr:
     return pl.lit(value) if isinstance(value, bool) else value
 
 
-def _leaf_unknown(leaf: Leaf) -> pl.Expr | bool:
-    """Kleene UNKNOWN of one leaf: neither decided true nor decided false."""
-    maybe_true = project_node(leaf, "maybe_true", _POLARS)
-    maybe_false = project_node(leaf, "maybe_false", _POLARS)
-    if maybe_true is False or maybe_false is False:
-        return False
-    if maybe_true is True:
-        return maybe_false
-    if maybe_false is True:
-        return maybe_true
-    return maybe_true & maybe_false
+class _Columns:
+    """Named intermediate boolean columns, each computed once.
+
+    Rules share most of their tests (the order is active, the route is oral …): computing a
+    clause or a sub-tree's "undecided" flag once, instead of once per tier and projection, is
+    most of the vector path's speed.
+    """
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.exprs: dict[Any, tuple[str, pl.Expr]] = {}
+
+    def ref(self, key: Any, build: Any) -> pl.Expr:
+        if key not in self.exprs:
+            self.exprs[key] = (f"{self.prefix}{len(self.exprs)}", build())
+        return pl.col(self.exprs[key][0])
+
+    def columns(self) -> list[pl.Expr]:
+        return [expr.alias(name) for name, expr in self.exprs.values()]
 
 
 @dataclass
@@ -139,81 +168,150 @@ class VectorPack:
     columns: dict[str, pl.DataType] = field(default_factory=dict)
     defaults: dict[str, Any] = field(default_factory=dict)
     rules: list[_Rule] = field(default_factory=list)
+    site_hash: str | None = None
+    _clauses: _Columns = field(default_factory=lambda: _Columns("__c:"))
+    _nodes: _Columns = field(default_factory=lambda: _Columns("__n:"))
     _outcome: dict[str, pl.Expr] = field(default_factory=dict)
-    _unknown: dict[Leaf, pl.Expr] = field(default_factory=dict)
-    _leaves: dict[str, list[Leaf]] = field(default_factory=dict)  # tier id -> leaves that can be UNKNOWN
+    # tier id -> [(root fact, condition that the root is reported missing for this tier)]
+    _reports: dict[str, list[tuple[str, pl.Expr]]] = field(default_factory=dict)
 
     @classmethod
-    def compile(cls, pack: CompiledPack) -> VectorPack:
-        vp = cls(pack)
+    def compile(cls, pack: CompiledPack, site_hash: str | None = None) -> VectorPack:
+        vp = cls(pack, site_hash=site_hash)
+        proj: Projection[pl.Expr] = Projection(
+            clause=lambda c: vp._clauses.ref(c, lambda: _clause(c)),
+            conj=lambda items: pl.all_horizontal(list(items)),
+            disj=lambda items: pl.any_horizontal(list(items)),
+        )
         for name, default in pack.referenced_facts().items():
-            vp.columns[name] = fact_dtype(name)
+            vp._add_column(name)
             if default is not None:
                 vp.defaults[name] = default
         for tier in pack.tiers:
             for name in placeholders(tier.summary):
                 if not name.startswith("param.") and name not in ("rule_id", "tier_id", "severity"):
-                    vp.columns.setdefault(name, fact_dtype(name))
-                    spec, family, _ = catalog.lookup(name)
-                    if family is not None and family.default is not None:
-                        vp.defaults.setdefault(name, family.default)
-                    if spec is not None and spec.bounded:
-                        for suffix in BOUND_SUFFIXES:
-                            vp.columns.setdefault(name + suffix, pl.Float64())
+                    vp._add_column(name)
         for rule in pack.rules:
-            ranked = sorted(rule.tiers, key=lambda t: (-SEVERITY_ORDER[t.severity], t.order))
+            ranked = list(
+                getattr(rule, "ranked_tiers", ())
+                or sorted(rule.tiers, key=lambda t: (-SEVERITY_ORDER[t.severity], t.order))
+            )
             vp.rules.append(_Rule(rule.spec.id, rule.spec.title, rule.spec.category, ranked))
         for tier in pack.tiers:
-            is_true = project_node(tier.node, "is_true", _POLARS)
-            maybe_true = project_node(tier.node, "maybe_true", _POLARS)
+            is_true = project_node(tier.node, "is_true", proj)
+            maybe_true = project_node(tier.node, "maybe_true", proj)
             vp._outcome[tier.id] = (
-                pl.when(_as_expr(is_true)).then(pl.lit(TRUE, pl.UInt8))
-                .when(_as_expr(maybe_true)).then(pl.lit(UNKNOWN, pl.UInt8))
+                pl.when(_as_expr(is_true))
+                .then(pl.lit(TRUE, pl.UInt8))
+                .when(_as_expr(maybe_true))
+                .then(pl.lit(UNKNOWN, pl.UInt8))
                 .otherwise(pl.lit(FALSE, pl.UInt8))
             )
-            leaves: list[Leaf] = []
-            for leaf in dict.fromkeys(facts_of(tier.node)):
-                if leaf not in vp._unknown:
-                    unknown = _leaf_unknown(leaf)
-                    if unknown is False:
-                        continue
-                    vp._unknown[leaf] = _as_expr(unknown)
-                leaves.append(leaf)
-            vp._leaves[tier.id] = leaves
+            reports: list[tuple[str, pl.Expr]] = []
+            for leaf, path in _occurrences(tier.node, ()):
+                conds = [vp._undecided(n, proj) for n in (*path, leaf)]
+                if any(c is False for c in conds):
+                    continue
+                reached = pl.all_horizontal([c for c in conds if c is not True] or [pl.lit(True)])
+                for root, cond in _roots(leaf.fact):
+                    for name in _input_names(leaf.fact):
+                        vp._add_column(name)
+                    reports.append((root, reached if cond is None else reached & cond))
+            vp._reports[tier.id] = reports
         return vp
+
+    def _add_column(self, name: str) -> None:
+        self.columns.setdefault(name, fact_dtype(name))
+        spec, family, _ = catalog.lookup(name)
+        if family is not None and family.default is not None:
+            self.defaults.setdefault(name, family.default)
+        if spec is not None and spec.bounded:
+            for suffix in BOUND_SUFFIXES:
+                self.columns.setdefault(name + suffix, pl.Float64())
+
+    def _undecided(self, node: Node, proj: Projection[pl.Expr]) -> pl.Expr | bool:
+        """Kleene UNKNOWN of a sub-tree (a leaf included) as a cached column, or a constant."""
+        is_true = project_node(node, "is_true", proj)
+        maybe_true = project_node(node, "maybe_true", proj)
+        if maybe_true is False or is_true is True:
+            return False
+
+        def build() -> pl.Expr:
+            return _as_expr(maybe_true) & ~_as_expr(is_true)
+
+        return self._nodes.ref(node, build)
 
     # ── evaluation ──────────────────────────────────────────────────────────────────────
 
-    def prepare(self, frame: pl.DataFrame) -> pl.DataFrame:
+    def prepare(self, frame: pl.DataFrame | pl.LazyFrame) -> pl.LazyFrame:
         """Add missing fact columns as nulls, cast to the catalog types, fill family defaults."""
+        lf = frame.lazy() if isinstance(frame, pl.DataFrame) else frame
+        present = set(lf.collect_schema().names())
         exprs = []
         for name, dtype in self.columns.items():
-            col = pl.col(name).cast(dtype) if name in frame.columns else pl.lit(None, dtype).alias(name)
+            col = pl.col(name).cast(dtype) if name in present else pl.lit(None, dtype)
             if name in self.defaults:
                 col = col.fill_null(pl.lit(self.defaults[name], dtype))
             exprs.append(col.alias(name))
-        return frame.with_columns(exprs)
+        return lf.with_columns(exprs)
 
     def outcomes(self, frame: pl.DataFrame) -> pl.DataFrame:
         """One UInt8 column per tier id: 0 FALSE, 1 UNKNOWN, 2 TRUE (same codes as the oracle)."""
-        prepared = self.prepare(frame)
-        return prepared.lazy().select([e.alias(t) for t, e in self._outcome.items()]).collect()
+        lf = self.prepare(frame).with_columns(self._clauses.columns())
+        return lf.select([e.alias(t) for t, e in self._outcome.items()]).collect()
 
     def outcome_dicts(self, frame: pl.DataFrame) -> list[dict[str, int]]:
         """Per-row outcome dicts, for comparison with the per-patient evaluators."""
         return self.outcomes(frame).to_dicts()
 
 
-def frame_from_flats(vp: VectorPack, flats: Sequence[Mapping[str, Any]],
-                     extra: Mapping[str, Sequence[Any]] | None = None) -> pl.DataFrame:
+def _occurrences(node: Node, path: tuple[Node, ...]) -> Iterable[tuple[Leaf, tuple[Node, ...]]]:
+    """Each leaf occurrence with the sub-trees between the tier root (excluded) and the leaf.
+
+    :func:`cds_engine.rules.conditions.unknown_leaves` reports a leaf only when every node on
+    that path is itself undecided.
+    """
+    if isinstance(node, Leaf):
+        yield node, path
+    elif isinstance(node, And | Or | AtLeastNode):
+        for child in node.children:
+            yield from _occurrences(child, (*path, child) if not isinstance(child, Leaf) else path)
+    elif isinstance(node, NotNode):
+        child = node.child
+        yield from _occurrences(child, (*path, child) if not isinstance(child, Leaf) else path)
+
+
+def _roots(name: str) -> list[tuple[str, pl.Expr | None]]:
+    """:func:`cds_engine.facts.catalog.root_missing` as (root, condition on present facts) pairs."""
+    spec = catalog.FACTS.get(name)
+    inputs = getattr(spec, "inputs", ()) if spec is not None else ()
+    if not inputs:
+        return [(name, None)]
+    out: list[tuple[str, pl.Expr | None]] = []
+    for i in inputs:
+        for root, cond in _roots(i):
+            missing = pl.col(i).is_null()
+            out.append((root, missing if cond is None else missing & cond))
+    out.append((name, pl.all_horizontal([pl.col(i).is_not_null() for i in inputs])))
+    return out
+
+
+def _input_names(name: str) -> list[str]:
+    spec = catalog.FACTS.get(name)
+    inputs = getattr(spec, "inputs", ()) if spec is not None else ()
+    return [n for i in inputs for n in (i, *_input_names(i))]
+
+
+def frame_from_flats(
+    vp: VectorPack, flats: Sequence[Mapping[str, Any]], extra: Mapping[str, Sequence[Any]] | None = None
+) -> pl.DataFrame:
     """A fact frame from flat fact dicts (as :func:`cds_engine.facts.derive.derive` returns).
 
     Only the columns the pack reads are kept; ``extra`` adds columns such as ``patient_id``.
     """
     data: dict[str, pl.Series] = {}
     for name, dtype in vp.columns.items():
-        values = [f.get(name) for f in flats]
-        data[name] = pl.Series(name, values, dtype=dtype, strict=False)
+        data[name] = pl.Series(name, [f.get(name) for f in flats], dtype=dtype, strict=False)
     for name, values in (extra or {}).items():
         data[name] = pl.Series(name, list(values))
     return pl.DataFrame(data, height=len(flats))
@@ -221,233 +319,355 @@ def frame_from_flats(vp: VectorPack, flats: Sequence[Mapping[str, Any]],
 
 # ── alerts ──────────────────────────────────────────────────────────────────────────────
 
-_O = "__o:"   # outcome column prefix
+_O = "__o:"  # tier outcome
 _OPEN = "__open:"  # tier left UNKNOWN above the rule's fired severity
-_U = "__u:"  # leaf UNKNOWN
-_CHOSEN = "__chosen:"
+_CHOSEN = "__chosen:"  # the rule's fired tier: 0 none, i the i-th of its ranked tiers
+_MISS = "__miss:"  # the rule's missing root facts, ";"-joined
+_OUT = [
+    "__patient",
+    "__row",
+    "__kind",
+    "kind",
+    "rule_id",
+    "tier_id",
+    "category",
+    "severity",
+    "title",
+    "summary",
+    "missing",
+    "not_assessed",
+    "evidence",
+]
 
 
-def _json_piece(name: str) -> pl.Expr:
-    """``"name":value`` as JSON text, or null when the fact is missing."""
-    encoded = pl.struct(pl.col(name).alias(name)).struct.json_encode()
-    return pl.when(pl.col(name).is_not_null()).then(encoded.str.slice(1, encoded.str.len_chars() - 2))
+def _json_value(name: str, dtype: pl.DataType) -> pl.Expr:
+    """A column's values as JSON text (numbers as polars prints them, which is valid JSON)."""
+    col = pl.col(name)
+    if dtype == pl.Boolean():
+        return pl.when(col).then(pl.lit("true")).when(~col).then(pl.lit("false"))  # null stays null
+    if dtype == pl.String():
+        escaped = col
+        for raw, esc in (("\\", "\\\\"), ('"', '\\"'), ("\n", "\\n"), ("\r", "\\r"), ("\t", "\\t")):
+            escaped = escaped.str.replace_all(raw, esc, literal=True)
+        return pl.lit('"') + escaped + pl.lit('"')
+    return col.cast(pl.String)
 
 
-def _evidence_expr(tier: CompiledTier, columns: Iterable[str]) -> pl.Expr:
-    """The evidence JSON of :func:`cds_engine.results.evidence_of` for one tier."""
-    available = set(columns)
+def _evidence_names(tier: CompiledTier, columns: Mapping[str, pl.DataType]) -> list[str]:
     names: list[str] = []
     for leaf in facts_of(tier.node):
         candidates = [leaf.fact, *(leaf.fact + s for s in BOUND_SUFFIXES)] if leaf.bounded else [leaf.fact]
-        names.extend(n for n in candidates if n in available and n not in names)
+        names.extend(n for n in candidates if n in columns and n not in names)
+    return names
+
+
+def _evidence_expr(tier: CompiledTier, columns: Mapping[str, pl.DataType]) -> pl.Expr:
+    """The evidence JSON of :func:`cds_engine.results.evidence_of` for one tier (missing facts left out)."""
+    names = _evidence_names(tier, columns)
     if not names:
         return pl.lit("{}")
-    joined = pl.concat_list([_json_piece(n) for n in names]).list.drop_nulls().list.join(",")
-    return pl.lit("{") + joined + pl.lit("}")
+    pieces = [pl.lit(json.dumps(n) + ":") + _json_value(n, columns[n]) for n in names]
+    return pl.lit("{") + pl.concat_str(pieces, separator=",", ignore_nulls=True) + pl.lit("}")
+
+
+def _joined(parts: Sequence[pl.Expr]) -> pl.Expr:
+    """Non-null parts joined with ";" (string building: polars list operations are far slower)."""
+    if not parts:
+        return pl.lit("")
+    return pl.concat_str(list(parts), separator=";", ignore_nulls=True).fill_null("")
 
 
 def _render_unique(frame: pl.DataFrame, key_cols: list[str], render_row: Any, out: str) -> pl.DataFrame:
     """Render text once per distinct key and join it back (exact reuse of the shared renderer)."""
     if frame.height == 0:
         return frame.with_columns(pl.lit(None, pl.String).alias(out))
+    if not key_cols:
+        return frame.with_columns(pl.lit(render_row({})).alias(out))
     keys = frame.select(key_cols).unique(maintain_order=True)
     rendered = [render_row(row) for row in keys.iter_rows(named=True)]
     keys = keys.with_columns(pl.Series(out, rendered, dtype=pl.String))
     return frame.join(keys, on=key_cols, how="left", nulls_equal=True, maintain_order="left")
 
 
-def _short(text: str, limit: int = 139) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
-
-
-def vector_alerts(vp: VectorPack, frame: pl.DataFrame, patient_col: str = "patient_id",
-                  mask: pl.Series | None = None) -> pl.DataFrame:
+def vector_alerts(
+    vp: VectorPack,
+    frame: pl.DataFrame,
+    patient_col: str = "patient_id",
+    mask: pl.Series | pl.Expr | None = None,
+    carry: Sequence[str] = (),
+) -> pl.DataFrame:
     """The batch alert table of every row of ``frame`` (rows where ``mask`` is False get none).
 
     Rows appear grouped by patient in frame order, each patient's alerts most severe first
     (the order of :meth:`cds_engine.alerts.Alert.sort_key`).
+
+    Two passes: every row gets its tier outcomes, fired tier per rule and "left undecided"
+    flags; only rows with an undecided tier then pay for tracing which facts were missing.
     """
     pack = vp.pack
     info = pack.spec.pack
-    base = vp.prepare(frame).with_columns(
-        pl.col(patient_col).cast(pl.String).alias("__patient"), pl.int_range(pl.len()).alias("__row"))
+    lf = vp.prepare(frame).with_columns(
+        pl.col(patient_col).cast(pl.String).alias("__patient"), pl.int_range(pl.len()).alias("__row")
+    )
     if mask is not None:
-        base = base.filter(mask)
-    lf = base.lazy().with_columns([e.alias(_O + t) for t, e in vp._outcome.items()])
-    leaf_names = {leaf: f"{_U}{i}" for i, leaf in enumerate(vp._unknown)}
-    lf = lf.with_columns([e.alias(leaf_names[leaf]) for leaf, e in vp._unknown.items()])
+        lf = lf.filter(mask)
+    lf = lf.with_columns(vp._clauses.columns())
+    lf = lf.with_columns([e.alias(_O + t) for t, e in vp._outcome.items()])
     chosen_exprs, open_exprs = [], []
     for rule in vp.rules:
-        chosen: Any = pl.lit(None, pl.String)
-        for tier in reversed(rule.ranked):
-            chosen = pl.when(pl.col(_O + tier.id) == TRUE).then(pl.lit(tier.id)).otherwise(chosen)
+        chosen: Any = pl.lit(0, pl.UInt8)  # 0: nothing fired, i: rule.ranked[i - 1]
+        for i, tier in reversed(list(enumerate(rule.ranked, start=1))):
+            chosen = pl.when(pl.col(_O + tier.id) == TRUE).then(pl.lit(i, pl.UInt8)).otherwise(chosen)
         chosen_exprs.append(chosen.alias(_CHOSEN + rule.id))
         for tier in rule.ranked:
             level = SEVERITY_ORDER[tier.severity]
             blockers = [pl.col(_O + u.id) == TRUE for u in rule.ranked if SEVERITY_ORDER[u.severity] >= level]
-            open_exprs.append(((pl.col(_O + tier.id) == UNKNOWN) & ~pl.any_horizontal(blockers)).alias(_OPEN + tier.id))
-    wide = lf.with_columns(chosen_exprs + open_exprs).collect()
+            open_exprs.append(
+                ((pl.col(_O + tier.id) == UNKNOWN) & ~pl.any_horizontal(blockers)).alias(_OPEN + tier.id)
+            )
+    lf = lf.with_columns(chosen_exprs + open_exprs)
+    flags = [e.meta.output_name() for e in chosen_exprs + open_exprs]
+    any_open = pl.any_horizontal([pl.col(_OPEN + t) for t in vp._outcome]).alias("__any_open")
+    ids = ["__patient", "__row", *carry]
+    wide = lf.select([*ids, *vp.columns, *flags, any_open]).collect().rechunk()
 
-    common = {"pack_id": info.id, "pack_version": info.version, "pack_hash": pack.content_hash}
-    parts: list[pl.DataFrame] = []
-    for rule in vp.rules:
-        parts.append(_finding_rows(vp, wide, rule, leaf_names))
-    parts.append(_missing_rows(vp, wide, leaf_names))
-    alerts = pl.concat([p for p in parts if p.height], how="vertical") if any(p.height for p in parts) else None
-    if alerts is None:
-        return pl.DataFrame(schema=ALERT_SCHEMA)
-    alerts = alerts.with_columns(
-        [pl.lit(v).alias(k) for k, v in common.items()]
-        + [pl.col("severity").replace_strict(SEVERITY_ORDER, return_dtype=pl.Int8).alias("__sev")]
+    # second pass: which root facts each open tier lacked, one flag column per (tier, root)
+    report_cols: dict[str, list[tuple[str, str]]] = {}
+    report_exprs = []
+    for tier_id, reports in vp._reports.items():
+        by_root: dict[str, list[pl.Expr]] = {}
+        for root, cond in reports:
+            by_root.setdefault(root, []).append(cond)
+        report_cols[tier_id] = []
+        for j, (root, conds) in enumerate(by_root.items()):
+            name = f"__r:{tier_id}:{j}"
+            report_exprs.append((pl.col(_OPEN + tier_id) & pl.any_horizontal(conds)).alias(name))
+            report_cols[tier_id].append((root, name))
+    deep_lf = (
+        wide.lazy()
+        .filter(pl.col("__any_open"))
+        .with_columns(vp._clauses.columns())
+        .with_columns(vp._nodes.columns())
+        .with_columns(report_exprs)
     )
-    alerts = alerts.sort(["__row", "__sev", "__kind", "rule_id"], descending=[False, True, False, False],
-                         maintain_order=True)
-    return alerts.rename({"__patient": "patient_id"}).select(list(ALERT_SCHEMA))
+    miss_exprs = []
+    for rule in vp.rules:
+        by_root_cols: dict[str, list[str]] = {}
+        for t in rule.ranked:
+            for root, col in report_cols[t.id]:
+                by_root_cols.setdefault(root, []).append(col)
+        if by_root_cols:
+            miss_exprs.append(
+                _joined(
+                    [
+                        pl.when(pl.any_horizontal([pl.col(c) for c in cols])).then(pl.lit(root))
+                        for root, cols in sorted(by_root_cols.items())
+                    ]
+                ).alias(_MISS + rule.id)
+            )
+    deep_lf = deep_lf.with_columns(miss_exprs)
+    deep_keep = [
+        "__row",
+        *(c for cols in report_cols.values() for _, c in cols),
+        *(e.meta.output_name() for e in miss_exprs),
+    ]
+    deep = (
+        wide.filter(pl.col("__any_open")).hstack(deep_lf.select(deep_keep).collect().drop("__row")).rechunk()
+    )
+
+    parts = [_finding_rows(vp, wide, deep, rule, ids) for rule in sorted(vp.rules, key=lambda r: r.id)]
+    parts.extend(_missing_rows(vp, deep, report_cols, ids))
+    parts = [p for p in parts if p.height]
+    if not parts:
+        schema = frame.collect_schema() if isinstance(frame, pl.LazyFrame) else frame.schema
+        return pl.DataFrame(schema={**ALERT_SCHEMA, **{c: schema[c] for c in carry}})
+    alerts = pl.concat(parts, how="vertical")
+    # one integer sort key: patient row, then most severe first, findings before reports; parts are
+    # concatenated in rule-id order and the sort is stable, which gives Alert.sort_key's order
+    rank = pl.col("severity").replace_strict(SEVERITY_ORDER, return_dtype=pl.Int64)
+    key = pl.col("__row") * 8 + (3 - rank) * 2 + pl.col("__kind").cast(pl.Int64)
+    alerts = alerts.sort(key, maintain_order=True)
+    return alerts.select(
+        pl.col("__patient").alias("patient_id"),
+        *_OUT[3:],
+        *carry,
+        pl.lit(info.id).alias("pack_id"),
+        pl.lit(info.version).alias("pack_version"),
+        pl.lit(pack.content_hash).alias("pack_hash"),
+        pl.lit(vp.site_hash, pl.String).alias("site_hash"),
+    )
 
 
-def _finding_rows(vp: VectorPack, wide: pl.DataFrame, rule: _Rule, leaf_names: Mapping[Leaf, str]) -> pl.DataFrame:
+def _finding_rows(
+    vp: VectorPack, wide: pl.DataFrame, deep: pl.DataFrame, rule: _Rule, ids: list[str]
+) -> pl.DataFrame:
     pack = vp.pack
     chosen_col = _CHOSEN + rule.id
-    sub = wide.filter(pl.col(chosen_col).is_not_null())
+    needed = [*ids, chosen_col, *(_OPEN + t.id for t in rule.ranked)]
+    for tier in rule.ranked:
+        needed += _evidence_names(tier, vp.columns)
+        for name in placeholders(tier.summary):
+            needed.extend([name, *(name + s for s in BOUND_SUFFIXES)])
+    needed = [c for c in dict.fromkeys(needed) if c in wide.columns]
+    sub = wide.select(needed).filter(pl.col(chosen_col) > 0)
     if sub.height == 0:
         return sub
-    tiers = {t.id: t for t in rule.ranked}
+    if _MISS + rule.id in deep.columns:
+        missed = deep.select("__row", pl.col(_MISS + rule.id).alias("missing"))
+        missed = missed.filter(pl.col("missing") != "")
+        sub = sub.join(missed, on="__row", how="left", maintain_order="left").with_columns(
+            pl.col("missing").fill_null("")
+        )
+    else:
+        sub = sub.with_columns(pl.lit("").alias("missing"))
     evidence: Any = pl.lit(None, pl.String)
-    severity: Any = pl.lit(None, pl.String)
-    for tier in rule.ranked:
-        hit = pl.col(chosen_col) == tier.id
-        evidence = pl.when(hit).then(_evidence_expr(tier, sub.columns)).otherwise(evidence)
-        severity = pl.when(hit).then(pl.lit(tier.severity)).otherwise(severity)
-    open_cols = [pl.when(pl.col(_OPEN + t.id)).then(pl.lit(t.id)) for t in rule.ranked]
-    missing = [
-        pl.when(pl.col(_OPEN + t.id) & pl.col(leaf_names[leaf])).then(pl.lit(leaf.fact))
-        for t in rule.ranked for leaf in vp._leaves[t.id]
-    ]
+    for i, tier in enumerate(rule.ranked, start=1):
+        evidence = pl.when(pl.col(chosen_col) == i).then(_evidence_expr(tier, vp.columns)).otherwise(evidence)
+    index = {i: t for i, t in enumerate(rule.ranked, start=1)}
     sub = sub.with_columns(
+        pl.lit(0, pl.Int8).alias("__kind"),
         pl.lit("finding").alias("kind"),
         pl.lit(rule.id).alias("rule_id"),
-        pl.col(chosen_col).alias("tier_id"),
+        pl.col(chosen_col)
+        .replace_strict({i: t.id for i, t in index.items()}, return_dtype=pl.String)
+        .alias("tier_id"),
         pl.lit(rule.category).alias("category"),
-        severity.alias("severity"),
+        pl.col(chosen_col)
+        .replace_strict({i: t.severity for i, t in index.items()}, return_dtype=pl.String)
+        .alias("severity"),
         pl.lit(rule.title).alias("title"),
         evidence.alias("evidence"),
-        pl.concat_list(open_cols).list.drop_nulls().alias("not_assessed"),
-        (pl.concat_list(missing).list.drop_nulls().list.unique().list.sort() if missing
-         else pl.lit([], pl.List(pl.String))).alias("missing"),
-        pl.lit(0, pl.Int8).alias("__kind"),
+        _joined([pl.when(pl.col(_OPEN + t.id)).then(pl.lit(t.id)) for t in rule.ranked]).alias(
+            "not_assessed"
+        ),
     )
-    # summaries: render once per distinct (tier, values of the placeholders)
     out = []
-    for tier_id, group in sub.group_by("tier_id", maintain_order=True):
-        tier = tiers[str(tier_id[0])]
+    tiers = {t.id: t for t in rule.ranked}
+    for (tier_id,), group in sub.group_by("tier_id", maintain_order=True):
+        tier = tiers[str(tier_id)]
         names = [n for n in dict.fromkeys(placeholders(tier.summary)) if not n.startswith("param.")]
-        cols = []
-        for n in names:
-            cols.extend(c for c in [n, *(n + s for s in BOUND_SUFFIXES)] if c in group.columns)
-        cols = list(dict.fromkeys(cols))
+        cols = list(
+            dict.fromkeys(
+                c for n in names for c in [n, *(n + s for s in BOUND_SUFFIXES)] if c in group.columns
+            )
+        )
 
         def render_row(row: Mapping[str, Any], tier: CompiledTier = tier) -> str:
             flat = {k: v for k, v in row.items() if v is not None}
             extra = {"rule_id": tier.rule_id, "tier_id": tier.id, "severity": tier.severity}
-            return _short(render(tier.summary, flat, pack.params, extra))
+            return short_text(render(tier.summary, flat, pack.params, extra))
 
-        if cols:
-            group = _render_unique(group, cols, render_row, "summary")
-        else:
-            group = group.with_columns(pl.lit(render_row({})).alias("summary"))
-        out.append(group)
-    return pl.concat(out, how="vertical").select(
-        ["__patient", "__row", "__kind", "kind", "rule_id", "tier_id", "category", "severity", "title", "summary",
-         "missing", "not_assessed", "evidence"])
+        out.append(_render_unique(group, cols, render_row, "summary"))
+    return pl.concat(out, how="vertical").select([*_OUT, *ids[2:]])
 
 
-def _missing_rows(vp: VectorPack, wide: pl.DataFrame, leaf_names: Mapping[Leaf, str]) -> pl.DataFrame:
-    """The grouped 'cannot assess' alerts of :func:`cds_engine.results._missing_data_alerts`."""
+def _missing_rows(
+    vp: VectorPack, deep: pl.DataFrame, report_cols: Mapping[str, list[tuple[str, str]]], ids: list[str]
+) -> list[pl.DataFrame]:
+    """The grouped 'cannot assess' alerts of :func:`cds_engine.results.build_alerts`."""
     pack = vp.pack
     items = {fact: item for item in pack.spec.missing_data for fact in item.facts}
     order = [t for rule in vp.rules for t in rule.ranked]  # the order build_alerts collects undecided tiers
-    keys: dict[str, list[tuple[CompiledTier, list[Leaf]]]] = {}
+    keys: dict[str, tuple[Any, list[tuple[CompiledTier, list[tuple[str, str]]]]]] = {}
     for tier in order:
-        by_key: dict[str, list[Leaf]] = {}
-        for leaf in vp._leaves[tier.id]:
-            item = items.get(leaf.fact)
-            by_key.setdefault(item.item if item else leaf.fact, []).append(leaf)
-        for key, leaves in by_key.items():
-            keys.setdefault(key, []).append((tier, leaves))
+        grouped: dict[str, tuple[Any, list[tuple[str, str]]]] = {}
+        for root, col in report_cols[tier.id]:
+            item = items.get(root)
+            grouped.setdefault(item.item if item else root, (item, []))[1].append((root, col))
+        for key, (item, cols) in grouped.items():
+            keys.setdefault(key, (item, []))[1].append((tier, cols))
+    rule_ids = {r.id for r in vp.rules}
     frames = []
-    titles = {r.id: r.title for r in vp.rules}
-    for key, entries in keys.items():
-        item = next((items[f] for f in items if (items[f].item == key)), None)
-        contributes = [
-            pl.col(_OPEN + t.id) & pl.any_horizontal([pl.col(leaf_names[leaf]) for leaf in leaves])
-            for t, leaves in entries
-        ]
+    for key, (item, entries) in keys.items():
+        contributes = [pl.any_horizontal([pl.col(c) for _, c in cols]) for _, cols in entries]
         present = pl.any_horizontal(contributes)
-        if item is not None and item.covered_by:
-            fired = [pl.col(_CHOSEN + r).is_not_null() for r in item.covered_by if _CHOSEN + r in wide.columns]
-            if fired:
-                present = present & ~pl.any_horizontal(fired)
-        sub = wide.filter(present)
+        if item is not None:
+            covering = [pl.col(_CHOSEN + r) > 0 for r in item.covered_by if r in rule_ids]
+            if covering:
+                present = present & ~pl.any_horizontal(covering)
+        roots: dict[str, list[str]] = {}
+        for _, cols in entries:
+            for root, col in cols:
+                roots.setdefault(root, []).append(col)
+        bound_cols = [r + s for r in roots for s in BOUND_SUFFIXES if r + s in deep.columns]
+        needed = [*ids, *(c for _, cols in entries for _, c in cols), *bound_cols]
+        if item is not None:
+            needed += [_CHOSEN + r for r in item.covered_by if r in rule_ids]
+        sub = deep.select(list(dict.fromkeys(needed))).filter(present)
         if sub.height == 0:
             continue
-        tiers_list = pl.concat_list(
-            [pl.when(c).then(pl.lit(t.id)) for c, (t, _) in zip(contributes, entries, strict=True)]
-        ).list.drop_nulls()
-        facts_list = pl.concat_list([
-            pl.when(pl.col(_OPEN + t.id) & pl.col(leaf_names[leaf])).then(pl.lit(leaf.fact))
-            for t, leaves in entries for leaf in leaves
-        ]).list.drop_nulls().list.unique().list.sort()
+        item_rank = SEVERITY_ORDER[item.severity] if item else 1
+        rank = pl.max_horizontal(
+            [
+                pl.when(c).then(pl.lit(SEVERITY_ORDER[t.severity], pl.Int8))
+                for c, (t, _) in zip(contributes, entries, strict=True)
+            ]
+        )
         label = item.label if item else key.replace("_", " ")
-        sub = sub.select(
-            "__patient", "__row",
+        tiers_by_id = {t.id: t for t, _ in entries}
+        sub = sub.with_columns(
             pl.lit(1, pl.Int8).alias("__kind"),
             pl.lit("cannot-assess").alias("kind"),
             pl.lit(MISSING_DATA_RULE).alias("rule_id"),
             pl.lit(f"{MISSING_DATA_RULE}.{key}").alias("tier_id"),
             pl.lit("missing-data").alias("category"),
-            pl.lit(item.severity if item else "info").alias("severity"),
+            pl.min_horizontal(rank, pl.lit(item_rank, pl.Int8))
+            .replace_strict(_SEVERITY_NAME, return_dtype=pl.String)
+            .alias("severity"),
             pl.lit(f"Cannot assess: {label}").alias("title"),
-            facts_list.alias("missing"),
-            tiers_list.alias("not_assessed"),
+            _joined(
+                [
+                    pl.when(pl.any_horizontal([pl.col(c) for c in cols])).then(pl.lit(root))
+                    for root, cols in sorted(roots.items())
+                ]
+            ).alias("missing"),
+            _joined(
+                [pl.when(c).then(pl.lit(t.id)) for c, (t, _) in zip(contributes, entries, strict=True)]
+            ).alias("not_assessed"),
             pl.lit("{}").alias("evidence"),
         )
 
-        def render_row(row: Mapping[str, Any], item: Any = item, label: str = label) -> str:
-            tiers: list[str] = row["not_assessed"]
-            rules_text = ", ".join(dict.fromkeys(t.split(".")[0] for t in tiers))
-            text = (render(item.summary, {}, pack.params, {"rules": rules_text}) if item
-                    else f"{label} unknown: {rules_text} not checked — document it to complete the review")
-            return _short(text)
+        def render_row(row: Mapping[str, Any], tiers_by_id: Mapping[str, CompiledTier] = tiers_by_id) -> str:
+            # the wording is the shared one: build this one report with results' own code
+            facts = row["missing"].split(";")
+            undecided = [(tiers_by_id[t], facts) for t in row["not_assessed"].split(";")]
+            flat = {k: v for k, v in row.items() if v is not None and k not in ("missing", "not_assessed")}
+            (alert,) = missing_data_alerts(pack, flat, undecided, set(), "")
+            return alert.summary
 
-        sub = _render_unique(sub.with_columns(pl.col("not_assessed").list.join("\x1f").alias("__tiers")),
-                             ["__tiers"], lambda row, f=render_row: f({"not_assessed": row["__tiers"].split("\x1f")}),
-                             "summary").drop("__tiers")
-        frames.append(sub.select(
-            ["__patient", "__row", "__kind", "kind", "rule_id", "tier_id", "category", "severity", "title", "summary",
-             "missing", "not_assessed", "evidence"]))
-    _ = titles
-    if not frames:
-        return pl.DataFrame()
-    return pl.concat(frames, how="vertical")
+        sub = _render_unique(sub, ["not_assessed", "missing", *bound_cols], render_row, "summary")
+        frames.append(sub.select([*_OUT, *ids[2:]]))
+    return frames
 
 
 def alerts_to_rows(patient_id: str, alerts: Iterable[Any]) -> list[dict[str, Any]]:
     """Rows of the batch alert table from :class:`cds_engine.alerts.Alert` objects (the Rete path)."""
-    rows = []
-    for a in alerts:
-        rows.append({
-            "patient_id": patient_id, "kind": a.kind, "rule_id": a.rule_id, "tier_id": a.tier_id,
-            "category": a.category, "severity": a.severity, "title": a.title, "summary": a.summary,
-            "missing": list(a.missing), "not_assessed": list(a.not_assessed),
+    return [
+        {
+            "patient_id": patient_id,
+            "kind": a.kind,
+            "rule_id": a.rule_id,
+            "tier_id": a.tier_id,
+            "category": a.category,
+            "severity": a.severity,
+            "title": a.title,
+            "summary": a.summary,
+            "missing": ";".join(a.missing),
+            "not_assessed": ";".join(a.not_assessed),
             "evidence": canonical_evidence(a.evidence),
-            "pack_id": a.pack_id, "pack_version": a.pack_version, "pack_hash": a.pack_hash,
-        })
-    return rows
+            "pack_id": a.pack_id,
+            "pack_version": a.pack_version,
+            "pack_hash": a.pack_hash,
+            "site_hash": getattr(a, "site_hash", None),
+        }
+        for a in alerts
+    ]
 
 
 def canonical_evidence(evidence: Mapping[str, Any]) -> str:
     """Evidence as compact JSON with numbers as floats, the form the vector path writes."""
+
     def norm(v: Any) -> Any:
         return float(v) if isinstance(v, int) and not isinstance(v, bool) else v
+
     return json.dumps({k: norm(v) for k, v in evidence.items()}, separators=(",", ":"), ensure_ascii=False)

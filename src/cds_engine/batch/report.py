@@ -1,0 +1,185 @@
+"""``report.html``: one self-contained page a pharmacist can open offline.
+
+Counts by rule and severity, the patients with the most serious alerts, a bar chart drawn as
+inline SVG (no script, no external asset), what was skipped or rejected and why, and the
+reconciliation "read = screened + rejected + deceased-excluded" stated with its numbers.
+"""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+__all__ = ["render_report", "rule_counts", "top_patients"]
+
+_COLORS = {"critical": "#b3261e", "warning": "#b26a00", "info": "#1f6fb2"}
+_SEVERITIES = ("critical", "warning", "info")
+
+
+def rule_counts(alerts: Path) -> pl.DataFrame:
+    """Alerts per (rule, tier kind) with one column per severity, most alerts first."""
+    counts = (
+        pl.scan_parquet(alerts)
+        .group_by("rule_id", "title", "severity")
+        .agg(pl.len().alias("n"), pl.col("patient_id").n_unique().alias("patients"))
+        .collect()
+    )
+    if counts.height == 0:
+        return pl.DataFrame(
+            schema={
+                "rule_id": pl.String,
+                "title": pl.String,
+                **dict.fromkeys(_SEVERITIES, pl.UInt32),
+                "total": pl.UInt32,
+            }
+        )
+    wide = counts.pivot(on="severity", index=["rule_id", "title"], values="n", aggregate_function="sum")
+    for s in _SEVERITIES:
+        if s not in wide.columns:
+            wide = wide.with_columns(pl.lit(0, pl.UInt32).alias(s))
+    wide = wide.with_columns([pl.col(s).fill_null(0) for s in _SEVERITIES])
+    return wide.with_columns(pl.sum_horizontal(_SEVERITIES).alias("total")).sort(
+        ["critical", "warning", "total", "rule_id"], descending=[True, True, True, False]
+    )
+
+
+def top_patients(patients: Path, n: int = 20) -> pl.DataFrame:
+    return (
+        pl.scan_parquet(patients)
+        .filter(pl.col("alerts") > 0)
+        .sort(["critical", "warning", "alerts", "patient_id"], descending=[True, True, True, False])
+        .head(n)
+        .collect()
+    )
+
+
+def _svg_chart(counts: pl.DataFrame, limit: int = 20) -> str:
+    rows = counts.head(limit).to_dicts()
+    if not rows:
+        return "<p>No alerts.</p>"
+    bar_h, gap, label_w, width = 18, 6, 170, 520
+    top = max(r["total"] for r in rows) or 1
+    height = len(rows) * (bar_h + gap) + 30
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" role="img" width="{label_w + width + 60}" '
+        f'height="{height}" aria-label="Alerts by rule and severity">'
+    ]
+    for i, r in enumerate(rows):
+        y = i * (bar_h + gap) + 4
+        parts.append(
+            f'<text x="{label_w - 6}" y="{y + bar_h - 5}" text-anchor="end" font-size="12">'
+            f"{html.escape(r['rule_id'])}</text>"
+        )
+        x = float(label_w)
+        for s in _SEVERITIES:
+            w = width * r[s] / top
+            if w > 0:
+                parts.append(
+                    f'<rect x="{x:.1f}" y="{y}" width="{w:.1f}" height="{bar_h}" fill="{_COLORS[s]}">'
+                    f"<title>{html.escape(r['rule_id'])} {s}: {r[s]}</title></rect>"
+                )
+                x += w
+        parts.append(f'<text x="{x + 4:.1f}" y="{y + bar_h - 5}" font-size="12">{r["total"]}</text>')
+    legend_y = len(rows) * (bar_h + gap) + 20
+    for j, s in enumerate(_SEVERITIES):
+        parts.append(
+            f'<rect x="{label_w + j * 110}" y="{legend_y - 10}" width="12" height="12" fill="{_COLORS[s]}"/>'
+            f'<text x="{label_w + j * 110 + 16}" y="{legend_y}" font-size="12">{s}</text>'
+        )
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def _table(frame: pl.DataFrame, columns: list[str]) -> str:
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    body = []
+    for row in frame.select(columns).iter_rows():
+        body.append(
+            "<tr>" + "".join(f"<td>{html.escape('' if v is None else str(v))}</td>" for v in row) + "</tr>"
+        )
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def render_report(out: Path, summary: dict[str, Any]) -> str:
+    """The HTML page for a finished run in ``out`` (reads the merged outputs)."""
+    c = summary["counts"]
+    counts = rule_counts(out / "alerts.parquet")
+    top = top_patients(out / "patients.parquet")
+    errors = (
+        pl.read_csv(out / "errors.csv", infer_schema=False)
+        if (out / "errors.csv").exists()
+        else pl.DataFrame()
+    )
+    balanced = c["read"] == c["screened"] + c["rejected"] + c["deceased"]
+    severity_totals = {s: int(counts[s].sum()) if counts.height else 0 for s in _SEVERITIES}
+    e = html.escape
+    skipped = summary.get("skipped", [])
+    ignored = summary.get("ignored_columns", {})
+    sections = [
+        f"<h1>Batch screening report</h1><p class=meta>{e(summary['finished'])}"
+        f" · engine <b>{e(summary['engine'])}</b> ({e(summary['executor'])})"
+        f" · as of <b>{e(summary['as_of'])}</b> · {summary['seconds']:.1f} s"
+        f" ({summary['rate']:.0f} records/s)</p>",
+        "<h2>Packs</h2><ul>"
+        + "".join(
+            f"<li>{e(p['id'])} {e(p['version'])} ({e(p['status'])}, "
+            f"hash <code>{e(p['hash'][:12])}</code>)</li>"
+            for p in summary["packs"]
+        )
+        + "</ul>",
+        f"<p>Assumed order: <b>{e(summary['assumed_order'] or 'none — current orders screened')}</b></p>",
+        "<h2>Reconciliation</h2>"
+        f"<p class={'ok' if balanced else 'bad'}>Records read <b>{c['read']}</b>"
+        f" = screened <b>{c['screened']}</b>"
+        f" + rejected <b>{c['rejected']}</b> + deceased (excluded) <b>{c['deceased']}</b>"
+        f" — {'balanced' if balanced else 'DOES NOT BALANCE'}.</p>"
+        f"<p>{c['skipped']} file(s) skipped (not patient data). Alerts: <b>{c['alerts']}</b> "
+        + " · ".join(f"{s} {severity_totals[s]}" for s in _SEVERITIES)
+        + ".</p>",
+        "<h2>Alerts by rule and severity</h2>"
+        + _svg_chart(counts)
+        + (
+            _table(counts, ["rule_id", "title", "critical", "warning", "info", "total"])
+            if counts.height
+            else ""
+        ),
+        "<h2>Patients with the most serious alerts</h2>"
+        + (
+            _table(top, ["patient_id", "critical", "warning", "info", "cannot_assess", "alerts", "source"])
+            if top.height
+            else "<p>None.</p>"
+        ),
+        "<h2>Rejected records</h2>"
+        + (
+            _table(errors.head(200), ["source", "row", "patient_id", "reason"])
+            if errors.height
+            else "<p>None.</p>"
+        )
+        + (f"<p>… {errors.height - 200} more in errors.csv.</p>" if errors.height > 200 else ""),
+    ]
+    if skipped:
+        sections.append(
+            "<h2>Skipped files</h2><ul>"
+            + "".join(f"<li><code>{e(p)}</code>: {e(r)}</li>" for p, r in skipped[:200])
+            + "</ul>"
+        )
+    if ignored:
+        sections.append(
+            "<h2>Ignored columns</h2><ul>"
+            + "".join(f"<li><code>{e(p)}</code>: {e(', '.join(cols))}</li>" for p, cols in ignored.items())
+            + "</ul>"
+        )
+    style = (
+        "body{font-family:system-ui,sans-serif;margin:2rem;max-width:70rem;color:#222}"
+        "table{border-collapse:collapse;margin:.5rem 0 1.5rem}"
+        "td,th{border:1px solid #ccc;padding:.2rem .5rem;font-size:.9rem;text-align:left}"
+        "th{background:#f3f3f3}.ok{color:#1b5e20}.bad{color:#b3261e;"
+        "font-weight:bold}.meta{color:#555}code{font-size:.85rem}"
+    )
+    return (
+        f"<!doctype html><html lang=en><head><meta charset=utf-8><title>Batch screening report</title>"
+        f"<style>{style}</style></head><body>{''.join(sections)}</body></html>"
+    )

@@ -1,0 +1,395 @@
+"""``cds-engine screen``: plan the chunks, run them (here, on a process pool or on Dask), write the outputs.
+
+The runner owns everything that is not per-chunk work: classifying the inputs, partitioning
+Bulk NDJSON exports, skipping chunks a killed run already finished, bounding the number of
+chunks in flight (memory stays flat however large the input), the progress bar, merging the
+parts, the report, the optional store record and the exit code.
+
+Exit codes: 0 every record read was screened (or excluded as deceased); 1 some records were
+rejected (see errors.csv; all other outputs are complete); 2 the command could not start
+(no rules, an unreadable ``--assume-order``, no screenable input, a Dask scheduler that does
+not answer); 3 the run failed part way (finished chunks are kept: rerun to resume).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from cds_engine.batch.inputs import Chunk, InputPlan, bundle_chunks, csv_chunks, parquet_chunks, plan_inputs
+from cds_engine.batch.parts import PartStore
+from cds_engine.batch.report import render_report
+from cds_engine.batch.work import ChunkResult, RunConfig, _context, process_chunk
+from cds_engine.sources.ndjson import partition_export
+
+__all__ = [
+    "EXIT_FAILED",
+    "EXIT_OK",
+    "EXIT_REJECTED",
+    "EXIT_USAGE",
+    "ScreenError",
+    "ScreenOptions",
+    "run_screen",
+]
+
+EXIT_OK, EXIT_REJECTED, EXIT_USAGE, EXIT_FAILED = 0, 1, 2, 3
+_NDJSON_PART_BYTES = 64 * 1024 * 1024
+
+
+class ScreenError(RuntimeError):
+    """The run cannot start (exit code 2) — the message says why."""
+
+
+@dataclass
+class ScreenOptions:
+    inputs: list[Path]
+    out: Path
+    engine: str = "vector"
+    assume_order: str | None = None
+    as_of: str | None = None
+    workers: int = 1
+    dask: str | None = None
+    store: bool = False
+    store_url: str | None = None
+    rules: Path = Path("rules")
+    bundles_per_chunk: int = 50
+    rows_per_chunk: int = 50_000
+    progress: bool | None = None  # None: on a terminal only
+    keep_parts: bool = False
+
+
+@dataclass
+class ScreenResult:
+    exit_code: int
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+def parse_as_of(text: str | None) -> str:
+    """ISO date/time → aware UTC ISO string (a date means midnight UTC; no value means now)."""
+    if text is None:
+        return datetime.now(UTC).replace(microsecond=0).isoformat()
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise ScreenError(f"--as-of {text!r} is not an ISO date or date-time") from exc
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).isoformat()
+
+
+def _fingerprint(plan: InputPlan, cfg: RunConfig, opts: ScreenOptions, pack_hashes: list[str]) -> str:
+    digest = hashlib.sha256()
+    digest.update(plan.fingerprint().encode())
+    digest.update(
+        json.dumps(
+            [
+                cfg.engine,
+                cfg.as_of,
+                cfg.assume_order,
+                opts.bundles_per_chunk,
+                opts.rows_per_chunk,
+                pack_hashes,
+            ]
+        ).encode()
+    )
+    return digest.hexdigest()
+
+
+def _chunks(plan: InputPlan, opts: ScreenOptions, parts: PartStore) -> Iterator[Chunk]:
+    """Every chunk, in a deterministic order (CSV chunks are read as they are reached)."""
+    yield from bundle_chunks(plan.bundles, opts.bundles_per_chunk)
+    for i, path in enumerate(plan.parquet):
+        yield from parquet_chunks(path, opts.rows_per_chunk, i)
+    for i, (folder, files) in enumerate(sorted(plan.ndjson_dirs.items())):
+        yield from _ndjson_chunks(i, folder, files, parts)
+    for i, path in enumerate(plan.csv):
+        yield from csv_chunks(path, opts.rows_per_chunk, i)
+
+
+def _ndjson_chunks(index: int, folder: Path, files: list[Path], parts: PartStore) -> Iterator[Chunk]:
+    work = parts.dir / f"ndjson{index:03d}"
+    marker = work / "partitioned.json"
+    if marker.exists():
+        meta = json.loads(marker.read_text(encoding="utf-8"))
+    else:
+        size = sum(f.stat().st_size * (8 if f.name.endswith(".gz") else 1) for f in files)
+        count = max(1, -(-size // _NDJSON_PART_BYTES))
+        result = partition_export(files, work, count)
+        meta = {
+            "parts": [str(p) for p in result.parts],
+            "shared": str(result.shared) if result.shared else None,
+            "errors": [[e.file, e.line, e.reason] for e in result.errors],
+            "patients": result.patients,
+        }
+        tmp = marker.with_suffix(".tmp")
+        tmp.write_text(json.dumps(meta), encoding="utf-8")
+        os.replace(tmp, marker)
+    if meta["errors"]:
+        yield Chunk(
+            id=f"ndjson{index:03d}-lines",
+            kind="ndjson",
+            files=(str(folder),),
+            payload=meta["errors"],
+            records=len(meta["errors"]),
+        )
+    per_part = max(1, meta["patients"] // max(1, len(meta["parts"])))
+    for j, part in enumerate(meta["parts"]):
+        files_ = (part, meta["shared"]) if meta["shared"] else (part,)
+        yield Chunk(id=f"ndjson{index:03d}-{j:04d}", kind="ndjson", files=files_, records=per_part)
+
+
+def _total_records(plan: InputPlan, opts: ScreenOptions) -> int | None:
+    if plan.csv or plan.ndjson_dirs:
+        return None
+    import pyarrow.parquet as pq
+
+    total = len(plan.bundles)
+    for path in plan.parquet:
+        try:
+            total += pq.ParquetFile(path).metadata.num_rows
+        except Exception:  # counted when the worker reports it
+            total += 1
+    return total
+
+
+# ── executors: each calls on_result for every finished chunk, at most `limit` chunks in flight ──
+
+
+def _run_serial(chunks: Iterator[Chunk], cfg: RunConfig, on_result: Callable[[ChunkResult], None]) -> None:
+    for chunk in chunks:
+        on_result(process_chunk(chunk, cfg))
+
+
+def _run_pool(
+    chunks: Iterator[Chunk], cfg: RunConfig, workers: int, on_result: Callable[[ChunkResult], None]
+) -> None:
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+
+    # spawned workers (fork after polars has started threads can deadlock); share the cores
+    previous = os.environ.get("POLARS_MAX_THREADS")
+    os.environ["POLARS_MAX_THREADS"] = str(max(1, (os.cpu_count() or 1) // workers))
+    try:
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(
+            max_workers=workers, mp_context=ctx, initializer=_context, initargs=(cfg,)
+        ) as pool:
+            pending: set[Future[ChunkResult]] = set()
+            for chunk in chunks:
+                pending.add(pool.submit(process_chunk, chunk, cfg))
+                if len(pending) >= workers * 2:
+                    finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+                    for f in finished:
+                        on_result(f.result())
+            for f in wait(pending).done:
+                on_result(f.result())
+    finally:
+        if previous is None:
+            os.environ.pop("POLARS_MAX_THREADS", None)
+        else:
+            os.environ["POLARS_MAX_THREADS"] = previous
+
+
+def _run_dask(
+    chunks: Iterator[Chunk], cfg: RunConfig, address: str, on_result: Callable[[ChunkResult], None]
+) -> None:
+    from distributed import Client, LocalCluster, as_completed
+
+    cluster = None
+    if address == "local" or address.startswith("local:"):
+        n = int(address.split(":", 1)[1]) if ":" in address else (os.cpu_count() or 1)
+        cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None)
+        address = cluster.scheduler_address
+    try:
+        client = Client(address, timeout="20s")
+    except OSError as exc:
+        if cluster is not None:
+            cluster.close()
+        raise ScreenError(f"--dask {address}: no scheduler answers ({exc})") from exc
+    try:
+        limit = max(2, 2 * len(client.scheduler_info().get("workers", {})))
+        queue = as_completed()
+        inflight = 0
+        for chunk in chunks:
+            queue.add(client.submit(process_chunk, chunk, cfg, pure=False))
+            inflight += 1
+            while inflight >= limit:
+                future = next(queue)
+                on_result(future.result())
+                future.release()
+                inflight -= 1
+        for future in queue:
+            on_result(future.result())
+            future.release()
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+class _Progress:
+    """A rich progress bar (rate and ETA) on a terminal; silent in CI logs and pipes."""
+
+    def __init__(self, enabled: bool, total: int | None) -> None:
+        self.bar = None
+        if not enabled:
+            return
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self.bar = Progress(
+            TextColumn("screening"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]:>8.0f} records/s"),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            transient=False,
+        )
+        self.task = self.bar.add_task("screen", total=total, rate=0.0)
+        self.started = time.perf_counter()
+        self.done = 0
+        self.bar.start()
+
+    def advance(self, records: int) -> None:
+        if self.bar is None:
+            return
+        self.done += records
+        rate = self.done / max(1e-9, time.perf_counter() - self.started)
+        self.bar.update(self.task, advance=records, rate=rate)
+
+    def stop(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def _progress_enabled(opts: ScreenOptions) -> bool:
+    if opts.progress is not None:
+        return opts.progress
+    return sys.stderr.isatty() and not os.environ.get("CI")
+
+
+def run_screen(opts: ScreenOptions) -> ScreenResult:
+    """Screen ``opts.inputs`` into ``opts.out``; raises :class:`ScreenError` when it cannot start."""
+    started = time.perf_counter()
+    as_of = parse_as_of(opts.as_of)
+    if opts.engine not in ("vector", "rete"):
+        raise ScreenError(f"--engine must be vector or rete, not {opts.engine!r}")
+    if not (opts.rules / "vocabulary").is_dir():
+        raise ScreenError(f"--rules {opts.rules}: no rule directory (expected {opts.rules}/vocabulary)")
+    cfg = RunConfig(
+        rules=str(opts.rules.resolve()), engine=opts.engine, as_of=as_of, assume_order=opts.assume_order
+    )
+    try:
+        ctx = _context(cfg)  # loads the packs and parses the order once, here, so errors are usage errors
+    except Exception as exc:
+        raise ScreenError(str(exc)) from exc
+    plan = plan_inputs(opts.inputs)
+    if not (plan.bundles or plan.csv or plan.parquet or plan.ndjson_dirs):
+        raise ScreenError(
+            "no screenable input (FHIR bundles, Bulk NDJSON, CSV or Parquet patient tables) in "
+            + ", ".join(map(str, opts.inputs))
+        )
+    opts.out.mkdir(parents=True, exist_ok=True)
+    packs = [
+        {"id": p.id, "version": p.version, "hash": p.content_hash, "status": p.spec.pack.status}
+        for p in ctx.engine.packs
+    ]
+    fingerprint = _fingerprint(plan, cfg, opts, [p["hash"] for p in packs])
+    parts = PartStore(
+        opts.out,
+        fingerprint,
+        {
+            "engine": cfg.engine,
+            "as_of": as_of,
+            "assume_order": cfg.assume_order,
+            "inputs": [str(p) for p in opts.inputs],
+        },
+    )
+    order: list[str] = []
+    totals = {"read": 0, "screened": 0, "rejected": 0, "deceased": 0, "skipped": 0, "alerts": 0}
+    skipped: list[tuple[str, str]] = [(s.path, s.reason) for s in plan.skipped]
+    progress = _Progress(_progress_enabled(opts), _total_records(plan, opts))
+
+    def account(manifest: dict[str, Any]) -> None:
+        for k in totals:
+            totals[k] += int(manifest["counts"].get(k, 0))
+        skipped.extend(tuple(s) for s in manifest.get("skipped", []))
+        progress.advance(int(manifest["counts"].get("read", 0)))
+
+    def on_result(result: ChunkResult) -> None:
+        parts.write(result)
+        account(parts.manifest(result.chunk_id))
+
+    def todo() -> Iterator[Chunk]:
+        for chunk in _chunks(plan, opts, parts):
+            order.append(chunk.id)
+            if parts.done(chunk.id):
+                parts.resumed += 1
+                account(parts.manifest(chunk.id))
+                continue
+            yield chunk
+
+    try:
+        if opts.dask:
+            _run_dask(todo(), cfg, opts.dask, on_result)
+        elif opts.workers > 1:
+            _run_pool(todo(), cfg, opts.workers, on_result)
+        else:
+            _run_serial(todo(), cfg, on_result)
+    finally:
+        progress.stop()
+    parts.merge(order)
+    seconds = time.perf_counter() - started
+    summary: dict[str, Any] = {
+        "finished": datetime.now(UTC).replace(microsecond=0).isoformat(),
+        "engine": cfg.engine,
+        "as_of": as_of,
+        "assumed_order": ctx.assumed.describe() if ctx.assumed else None,
+        "assumed_order_notes": list(ctx.assumed.notes) if ctx.assumed else [],
+        "inputs": [str(p) for p in opts.inputs],
+        "packs": packs,
+        "counts": totals,
+        "reconciled": totals["read"] == totals["screened"] + totals["rejected"] + totals["deceased"],
+        "chunks": len(order),
+        "chunks_resumed": parts.resumed,
+        "seconds": round(seconds, 3),
+        "rate": totals["read"] / seconds if seconds > 0 else 0.0,
+        "executor": f"dask {opts.dask}"
+        if opts.dask
+        else (f"{opts.workers} processes" if opts.workers > 1 else "serial"),
+        "skipped": skipped,
+        "ignored_columns": plan.ignored_columns,
+    }
+    if opts.store:
+        summary["store"] = _record_in_store(opts, summary, ctx)
+    parts.write_text("report.html", render_report(opts.out, summary))
+    parts.write_text("summary.json", json.dumps(summary, indent=2, default=str))
+    if not opts.keep_parts:
+        parts.cleanup()
+    code = EXIT_REJECTED if totals["rejected"] else EXIT_OK
+    return ScreenResult(code, summary)
+
+
+def _record_in_store(opts: ScreenOptions, summary: dict[str, Any], ctx: Any) -> str:
+    """Record the run in the alert store when the store is part of this installation."""
+    try:
+        from cds_engine.batch.store import record_run
+    except ImportError as exc:  # pragma: no cover - the store module ships with the package
+        return f"not available: {exc}"
+    return record_run(opts.out, summary, ctx.engine, opts.store_url)

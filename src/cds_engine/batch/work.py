@@ -1,0 +1,412 @@
+"""One chunk of input → its alerts, patient rows and rejected records (runs in any worker).
+
+This is the only code a worker runs, whether the chunk is processed in the main process, a
+local process pool or on a Dask cluster: :func:`process_chunk` takes a picklable
+:class:`~cds_engine.batch.inputs.Chunk` and :class:`RunConfig` and returns a
+:class:`ChunkResult` of small polars frames, so every executor gives the same outputs.
+
+Each worker process builds its engine once (:func:`_context`), which for ``--engine rete``
+means one durable_rules ruleset per worker process, used the safe way (rule-engines.md §A).
+
+Per patient, per pack: FHIR resources are mapped with the pack's drug class by
+:mod:`cds_engine.sources.fhir` (the shared mapping), tables by
+:func:`cds_engine.sources.table.row_to_facts`; deceased patients are counted and left out;
+the pack runs when :meth:`Engine.applicable` says so. The ``vector`` engine derives each
+patient's flat facts and evaluates the whole chunk column-wise; ``rete`` evaluates patient by
+patient through :meth:`Engine.evaluate_pack`. Both produce rows of
+:data:`cds_engine.rules.vector.ALERT_SCHEMA`.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import time
+import zlib
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+from pydantic import ValidationError
+
+from cds_engine.alerts import SEVERITY_ORDER
+from cds_engine.batch.inputs import Chunk
+from cds_engine.batch.order_text import AssumedOrder, parse_order_text
+from cds_engine.engine import Engine
+from cds_engine.facts.derive import derive
+from cds_engine.facts.model import PatientFacts
+from cds_engine.rules.vector import ALERT_SCHEMA, VectorPack, alerts_to_rows, frame_from_flats, vector_alerts
+from cds_engine.sources.fhir import bundle_resources, facts_from_resources, medication_classes
+from cds_engine.sources.ndjson import read_partition
+from cds_engine.sources.table import clean_table, frame_from_cells, row_to_facts
+
+__all__ = ["ERROR_SCHEMA", "PATIENT_SCHEMA", "ChunkResult", "RunConfig", "process_chunk"]
+
+PATIENT_SCHEMA: dict[str, pl.DataType] = {
+    "patient_id": pl.String(),
+    "source": pl.String(),
+    "row": pl.Int64(),
+    "status": pl.String(),  # screened | deceased-excluded
+    "packs": pl.String(),  # packs that reviewed the patient (";"), empty when none applied
+    "alerts": pl.Int64(),
+    "critical": pl.Int64(),
+    "warning": pl.Int64(),
+    "info": pl.Int64(),
+    "cannot_assess": pl.Int64(),
+    "notes": pl.String(),
+}
+ERROR_SCHEMA: dict[str, pl.DataType] = {
+    "source": pl.String(),
+    "row": pl.Int64(),
+    "patient_id": pl.String(),
+    "reason": pl.String(),
+}
+BATCH_ALERT_SCHEMA: dict[str, pl.DataType] = {**ALERT_SCHEMA, "source": pl.String(), "row": pl.Int64()}
+_CLINICAL_TYPES = frozenset(
+    {
+        "Condition",
+        "Observation",
+        "MedicationRequest",
+        "MedicationStatement",
+        "Encounter",
+        "AllergyIntolerance",
+        "Procedure",
+        "MedicationAdministration",
+        "Immunization",
+    }
+)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything a worker needs to evaluate a chunk the same way as every other worker."""
+
+    rules: str
+    engine: str  # vector | rete
+    as_of: str  # ISO date-time with offset
+    assume_order: str | None = None
+
+    @property
+    def moment(self) -> datetime:
+        return datetime.fromisoformat(self.as_of)
+
+
+@dataclass
+class ChunkResult:
+    chunk_id: str
+    alerts: pl.DataFrame
+    patients: pl.DataFrame
+    errors: pl.DataFrame
+    counts: dict[str, int] = field(default_factory=dict)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+@dataclass
+class _Context:
+    engine: Engine
+    vectors: dict[str, VectorPack]
+    assumed: AssumedOrder | None
+
+
+_CONTEXTS: dict[RunConfig, _Context] = {}
+
+
+def _context(cfg: RunConfig) -> _Context:
+    """The engine of this process for ``cfg`` (built once per worker process)."""
+    if cfg not in _CONTEXTS:
+        engine = Engine.from_dir(cfg.rules, evaluator="rete" if cfg.engine == "rete" else "oracle")
+        vectors = {p.id: VectorPack.compile(p, site_hash=engine.site_hash) for p in engine.packs}
+        assumed = None
+        if cfg.assume_order:
+            vocab = engine.packs[0].vocabulary if engine.packs else None
+            if vocab is None:
+                raise ValueError("no rule pack loaded")
+            assumed = parse_order_text(cfg.assume_order, vocab)
+        _CONTEXTS.clear()  # one configuration per worker process at a time
+        _CONTEXTS[cfg] = _Context(engine, vectors, assumed)
+    return _CONTEXTS[cfg]
+
+
+@dataclass
+class _Unit:
+    """One patient record that could be read: where from, and its facts per pack."""
+
+    source: str
+    row: int | None
+    patient_id: str | None
+    facts: dict[str, PatientFacts]  # pack id -> facts
+    notes: str | None = None
+
+
+class _Collector:
+    def __init__(self) -> None:
+        self.units: list[_Unit] = []
+        self.errors: list[dict[str, Any]] = []
+        self.skipped: list[tuple[str, str]] = []
+
+    def reject(self, source: str, row: int | None, patient_id: str | None, reason: str) -> None:
+        self.errors.append({"source": source, "row": row, "patient_id": patient_id, "reason": reason[:500]})
+
+
+def process_chunk(chunk: Chunk, cfg: RunConfig) -> ChunkResult:
+    """Read, map and evaluate one chunk. Never raises for bad input: that becomes error rows."""
+    started = time.perf_counter()
+    ctx = _context(cfg)
+    out = _Collector()
+    if chunk.kind == "bundles":
+        _read_bundles(chunk, cfg, ctx, out)
+    elif chunk.kind == "ndjson":
+        _read_ndjson(chunk, cfg, ctx, out)
+    else:
+        _read_table(chunk, cfg, ctx, out)
+    alerts, patients = _evaluate(out.units, cfg, ctx)
+    errors = pl.DataFrame(out.errors, schema=ERROR_SCHEMA)
+    deceased = patients.filter(pl.col("status") == "deceased-excluded").height
+    counts = {
+        "read": len(out.units) + len(out.errors),
+        "screened": patients.height - deceased,
+        "rejected": len(out.errors),
+        "deceased": deceased,
+        "skipped": len(out.skipped),
+        "alerts": alerts.height,
+    }
+    return ChunkResult(chunk.id, alerts, patients, errors, counts, out.skipped, time.perf_counter() - started)
+
+
+# ── FHIR ─────────────────────────────────────────────────────────────────────────────────────
+
+
+def _load_json(path: Path) -> Any:
+    data = path.read_bytes()
+    if data[:2] == b"\x1f\x8b":
+        data = gzip.decompress(data)
+    return json.loads(data)
+
+
+def _read_bundles(chunk: Chunk, cfg: RunConfig, ctx: _Context, out: _Collector) -> None:
+    for name in chunk.files:
+        try:
+            bundle = _load_json(Path(name))
+        except (OSError, EOFError, zlib.error, gzip.BadGzipFile) as exc:
+            out.reject(name, None, None, f"corrupt bundle: cannot decompress/read ({exc})")
+            continue
+        except (ValueError, UnicodeDecodeError) as exc:
+            out.reject(name, None, None, f"corrupt bundle: not valid JSON ({exc})")
+            continue
+        if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
+            kind = bundle.get("resourceType") if isinstance(bundle, dict) else type(bundle).__name__
+            out.reject(name, None, None, f"not a FHIR Bundle (resourceType {kind!r})")
+            continue
+        resources = bundle_resources(bundle)
+        patients = [r for r in resources if r.get("resourceType") == "Patient"]
+        if not patients:
+            if any(r.get("resourceType") in _CLINICAL_TYPES for r in resources):
+                out.reject(
+                    name,
+                    None,
+                    None,
+                    "record with no patient: the bundle holds clinical resources but no Patient",
+                )
+            else:
+                out.skipped.append(
+                    (name, "no Patient: not a patient bundle (e.g. hospital/practitioner information)")
+                )
+            continue
+        if len(patients) > 1:
+            out.reject(
+                name,
+                None,
+                None,
+                f"{len(patients)} Patient resources in one bundle (one per patient expected)",
+            )
+            continue
+        _add_fhir_unit(name, None, resources, cfg, ctx, out)
+
+
+def _read_ndjson(chunk: Chunk, cfg: RunConfig, ctx: _Context, out: _Collector) -> None:
+    if chunk.payload is not None:  # the lines the partitioning could not attribute to a patient
+        for file, line, reason in chunk.payload:
+            out.reject(file, line or None, None, reason)
+        return
+    part = Path(chunk.files[0])
+    shared = Path(chunk.files[1]) if len(chunk.files) > 1 else None
+    for key, source, line, resources in read_partition(part, shared):
+        if line < 0:
+            out.reject(
+                source, None, key or None, f"record with no patient: no Patient record for Patient/{key}"
+            )
+            continue
+        _add_fhir_unit(source, line, resources, cfg, ctx, out)
+
+
+def _current_order(resources: list[dict[str, Any]], ctx: _Context, drug_class: str) -> list[dict[str, Any]]:
+    """Without --assume-order: the patient's latest active order of the pack's drug, reviewed as continued."""
+    vocab = ctx.engine.packs[0].vocabulary
+    active = [
+        r
+        for r in resources
+        if r.get("resourceType") == "MedicationRequest"
+        and r.get("status") == "active"
+        and drug_class in (medication_classes(r, resources, vocab) or set())
+    ]
+    if not active:
+        return []
+    latest = max(active, key=lambda r: str(r.get("authoredOn") or ""))
+    return [latest]
+
+
+def _add_fhir_unit(
+    source: str,
+    row: int | None,
+    resources: list[dict[str, Any]],
+    cfg: RunConfig,
+    ctx: _Context,
+    out: _Collector,
+) -> None:
+    facts: dict[str, PatientFacts] = {}
+    patient_id = next((str(r.get("id")) for r in resources if r.get("resourceType") == "Patient"), None)
+    try:
+        for pack in ctx.engine.packs:
+            drug = pack.context.drug_class
+            drafts = (
+                [ctx.assumed.to_fhir()] if ctx.assumed is not None else _current_order(resources, ctx, drug)
+            )
+            facts[pack.id] = facts_from_resources(
+                resources, as_of=cfg.moment, vocab=pack.vocabulary, drug_class=drug, draft_orders=drafts
+            )
+    except (ValidationError, ValueError, TypeError, KeyError, AttributeError) as exc:
+        out.reject(
+            source, row, patient_id, f"patient record cannot be mapped: {exc.__class__.__name__}: {exc}"
+        )
+        return
+    out.units.append(_Unit(source, row, patient_id, facts))
+
+
+# ── tables ───────────────────────────────────────────────────────────────────────────────────
+
+
+def _table_frame(chunk: Chunk, out: _Collector) -> pl.DataFrame | None:
+    source = chunk.files[0]
+    if chunk.kind == "csv":
+        header, rows, errors = chunk.payload
+        for line, reason in errors:
+            out.reject(source, line, None, reason)
+        return frame_from_cells(header, rows) if header else None
+    try:
+        if chunk.stop < 0:
+            raise ValueError("the Parquet footer cannot be read")
+        frame = pl.scan_parquet(source).slice(chunk.start, chunk.stop - chunk.start).collect()
+    except Exception as exc:  # polars/pyarrow raise many types for a damaged file
+        out.reject(source, None, None, f"Parquet file cannot be read: {exc.__class__.__name__}: {exc}"[:300])
+        return None
+    return frame.with_columns((pl.int_range(pl.len()) + chunk.start + 1).alias("__line"))
+
+
+def _read_table(chunk: Chunk, cfg: RunConfig, ctx: _Context, out: _Collector) -> None:
+    frame = _table_frame(chunk, out)
+    if frame is None or frame.height == 0:
+        return
+    typed, rejected, _ignored = clean_table(frame, cfg.moment)
+    source = chunk.files[0]
+    for r in rejected.iter_rows(named=True):
+        out.reject(source, r["__line"], r["patient_id"], r["__error"])
+    order = ctx.assumed.to_order() if ctx.assumed is not None else None
+    for row in typed.iter_rows(named=True):
+        try:
+            patient = row_to_facts(row, cfg.moment, order)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            out.reject(
+                source, row["__line"], row.get("patient_id"), f"row cannot be read: {where}: {first['msg']}"
+            )
+            continue
+        out.units.append(
+            _Unit(
+                source,
+                row["__line"],
+                row.get("patient_id"),
+                dict.fromkeys((p.id for p in ctx.engine.packs), patient),
+                row.get("__notes"),
+            )
+        )
+
+
+# ── evaluation ───────────────────────────────────────────────────────────────────────────────
+
+
+def _evaluate(units: list[_Unit], cfg: RunConfig, ctx: _Context) -> tuple[pl.DataFrame, pl.DataFrame]:
+    engine = ctx.engine
+    alert_frames: list[pl.DataFrame] = []
+    rete_rows: list[dict[str, Any]] = []
+    packs_of: list[list[str]] = [[] for _ in units]
+    status = ["deceased-excluded" if any(f.deceased for f in u.facts.values()) else "screened" for u in units]
+    applicable: dict[int, set[str]] = {}  # id(facts) -> packs that apply (tables share one facts object)
+    for pack in engine.packs:
+        flats: list[dict[str, Any]] = []
+        keys: list[int] = []
+        for i, unit in enumerate(units):
+            if status[i] != "screened":
+                continue
+            facts = unit.facts[pack.id]
+            if id(facts) not in applicable:
+                applicable[id(facts)] = {p.id for p in engine.applicable(facts)}
+            if pack.id not in applicable[id(facts)]:
+                continue
+            packs_of[i].append(pack.id)
+            if cfg.engine == "rete":
+                for r in alerts_to_rows(unit.patient_id or "", engine.evaluate_pack(pack, facts)):
+                    rete_rows.append({**r, "__unit": i})
+            else:
+                flats.append(derive(facts, pack.vocabulary, pack.context))
+                keys.append(i)
+        if flats:
+            vp = ctx.vectors[pack.id]
+            frame = frame_from_flats(
+                vp, flats, {"__unit": keys, "patient_id": [units[i].patient_id or "" for i in keys]}
+            )
+            alert_frames.append(vector_alerts(vp, frame, "patient_id", carry=("__unit",)))
+    if rete_rows:
+        alert_frames.append(pl.DataFrame(rete_rows, schema={**ALERT_SCHEMA, "__unit": pl.Int64}))
+    alerts = (
+        pl.concat(alert_frames, how="vertical")
+        if alert_frames
+        else pl.DataFrame(schema={**ALERT_SCHEMA, "__unit": pl.Int64})
+    )
+    alerts = alerts.with_columns(pl.col("__unit").cast(pl.Int64))
+    counts = alerts.group_by("__unit").agg(
+        pl.len().alias("alerts"),
+        *[(pl.col("severity") == s).sum().cast(pl.Int64).alias(s) for s in SEVERITY_ORDER],
+        (pl.col("kind") == "cannot-assess").sum().cast(pl.Int64).alias("cannot_assess"),
+    )
+    patients = pl.DataFrame(
+        {
+            "__unit": list(range(len(units))),
+            "patient_id": [u.patient_id for u in units],
+            "source": [u.source for u in units],
+            "row": [u.row for u in units],
+            "status": status,
+            "packs": [";".join(p) for p in packs_of],
+            "notes": [u.notes for u in units],
+        },
+        schema={
+            "__unit": pl.Int64,
+            "patient_id": pl.String,
+            "source": pl.String,
+            "row": pl.Int64,
+            "status": pl.String,
+            "packs": pl.String,
+            "notes": pl.String,
+        },
+    )
+    patients = patients.join(counts, on="__unit", how="left", maintain_order="left").with_columns(
+        [pl.col(c).fill_null(0) for c in ("alerts", "critical", "warning", "info", "cannot_assess")]
+    )
+    sources = patients.select("__unit", "source", "row")
+    alerts = alerts.join(sources, on="__unit", how="left", maintain_order="left").sort(
+        "__unit", maintain_order=True
+    )
+    return alerts.select(list(BATCH_ALERT_SCHEMA)), patients.select(list(PATIENT_SCHEMA))

@@ -1,0 +1,85 @@
+"""End to end on the shared Synthea sample: the issue's command, and vector = rete on every patient."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from cds_engine.batch.runner import ScreenOptions, run_screen
+from conftest import REPO, RULES
+
+SYNTHEA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "synthea"
+AS_OF = "2026-01-15T00:00:00+00:00"
+pytestmark = pytest.mark.skipif(not SYNTHEA.is_dir(), reason="shared Synthea sample not present")
+
+
+@pytest.fixture(scope="module")
+def vector_run(tmp_path_factory) -> Path:
+    """The issue's command, run from the repository root as a user would."""
+    out = tmp_path_factory.mktemp("synthea") / "out"
+    cmd = [
+        sys.executable,
+        "-m",
+        "cds_engine.cli",
+        "screen",
+        "../shared/data/synthea",
+        "--assume-order",
+        "baclofen 5 mg PO TID",
+        "--out",
+        str(out),
+        "--as-of",
+        AS_OF,
+    ]
+    done = subprocess.run(
+        cmd, cwd=REPO, capture_output=True, text=True, timeout=600, env={**os.environ, "CI": "1"}
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "balanced" in done.stdout
+    return out
+
+
+def test_synthea_end_to_end_outputs(vector_run):
+    out = vector_run
+    summary = json.loads((out / "summary.json").read_text())
+    c = summary["counts"]
+    assert c["read"] == 300 and c["rejected"] == 0 and c["deceased"] == 67 and c["screened"] == 233
+    assert c["read"] == c["screened"] + c["rejected"] + c["deceased"]
+    assert c["skipped"] >= 4  # hospital/practitioner bundles, Synthea's own CSVs, the manifest, the README
+    patients = pl.read_parquet(out / "patients.parquet")
+    assert patients.height == 300
+    alerts = pl.read_parquet(out / "alerts.parquet")
+    assert alerts.height == c["alerts"] > 233
+    # every screened patient gets the hypothetical order: each has at least one alert or a pack ran
+    assert patients.filter(pl.col("status") == "screened")["packs"].str.contains("baclofen").all()
+    html = (out / "report.html").read_text()
+    assert "Records read <b>300</b>" in html and "balanced" in html
+
+
+def test_synthea_vector_and_rete_identical(vector_run, tmp_path):
+    run_screen(
+        ScreenOptions(
+            inputs=[SYNTHEA],
+            out=tmp_path / "rete",
+            rules=RULES,
+            as_of=AS_OF,
+            engine="rete",
+            assume_order="baclofen 5 mg PO TID",
+            workers=2,
+            progress=False,
+        )
+    )
+
+    def read(path: Path) -> pl.DataFrame:  # the two runs name the folder differently (relative, absolute)
+        return pl.read_parquet(path).with_columns(pl.col("source").str.replace(r"^.*/synthea/", ""))
+
+    vector, rete = read(vector_run / "alerts.parquet"), read(tmp_path / "rete" / "alerts.parquet")
+    assert vector.height == rete.height
+    differing = [c for c in vector.columns if not vector[c].equals(rete[c])]
+    assert not differing, {c: (vector[c].head(3).to_list(), rete[c].head(3).to_list()) for c in differing}
+    assert read(vector_run / "patients.parquet").equals(read(tmp_path / "rete" / "patients.parquet"))
