@@ -27,48 +27,24 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cds_engine.facts.model import Coding, Order
-from cds_engine.facts.normalize import normalize_form, normalize_route, normalize_unit
+from cds_engine.facts.normalize import (
+    FREQUENCY_CODES,
+    KNOWN_ROUTES,
+    normalize_form,
+    normalize_route,
+    normalize_unit,
+)
 from cds_engine.vocabulary import Vocabulary
 
 __all__ = ["AssumedOrder", "OrderTextError", "parse_order_text"]
 
 _RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
-_FREQ = {
-    "QD": 1.0,
-    "OD": 1.0,
-    "DAILY": 1.0,
-    "QDAY": 1.0,
-    "ONCE-DAILY": 1.0,
-    "QAM": 1.0,
-    "QPM": 1.0,
-    "QHS": 1.0,
-    "HS": 1.0,
-    "NOCTE": 1.0,
-    "BID": 2.0,
-    "BD": 2.0,
-    "TID": 3.0,
-    "TDS": 3.0,
-    "QID": 4.0,
-    "QDS": 4.0,
-    "QOD": 0.5,
-}
+_FREQ = FREQUENCY_CODES
 _QH = re.compile(r"^Q(\d+)H$")
 _NUMBER = re.compile(r"^\d+(?:\.\d+)?$")
 _AMOUNT_UNIT = re.compile(r"^(\d+(?:\.\d+)?)([a-zA-Zµμ]+)$")  # "5mg"
 _UNITS = {"mg", "mcg", "g", "mL", "tablet", "capsule", "packet"}
-_KNOWN_ROUTES = {
-    "oral",
-    "enteral",
-    "intrathecal",
-    "iv",
-    "im",
-    "sc",
-    "epidural",
-    "transdermal",
-    "topical",
-    "rectal",
-    "sublingual",
-}
+_KNOWN_ROUTES = KNOWN_ROUTES
 
 
 class OrderTextError(ValueError):

@@ -8,7 +8,15 @@ rather than a guess, and a unit the engine does not know never becomes a number.
 
 from __future__ import annotations
 
-__all__ = ["LIQUID_FORMS", "MASS_UNITS_TO_MG", "normalize_form", "normalize_route", "normalize_unit"]
+__all__ = [
+    "FREQUENCY_CODES",
+    "KNOWN_ROUTES",
+    "LIQUID_FORMS",
+    "MASS_UNITS_TO_MG",
+    "normalize_form",
+    "normalize_route",
+    "normalize_unit",
+]
 
 _ROUTES = {
     "oral": "oral",
@@ -93,6 +101,40 @@ _FORMS = {
 }
 
 LIQUID_FORMS = frozenset({"solution", "suspension"})
+KNOWN_ROUTES = frozenset(_ROUTES.values())
+
+# Administrations per day: HL7 v3 GTSAbbreviation timing codes and common prescriber shorthand.
+FREQUENCY_CODES: dict[str, float] = {
+    "QD": 1.0,
+    "OD": 1.0,
+    "DAILY": 1.0,
+    "QDAY": 1.0,
+    "ONCE-DAILY": 1.0,
+    "AM": 1.0,
+    "PM": 1.0,
+    "QAM": 1.0,
+    "QPM": 1.0,
+    "QHS": 1.0,
+    "HS": 1.0,
+    "BED": 1.0,
+    "NOCTE": 1.0,
+    "BID": 2.0,
+    "BD": 2.0,
+    "TID": 3.0,
+    "TDS": 3.0,
+    "QID": 4.0,
+    "QDS": 4.0,
+    "QOD": 0.5,
+    "Q1H": 24.0,
+    "Q2H": 12.0,
+    "Q3H": 8.0,
+    "Q4H": 6.0,
+    "Q6H": 4.0,
+    "Q8H": 3.0,
+    "Q12H": 2.0,
+    "WK": 1 / 7,
+    "MO": 1 / 30,
+}
 
 _UNITS = {
     "mg": "mg",

@@ -29,6 +29,7 @@ from cds_engine.service.auth import AuthSettings, JwtVerifier
 from cds_engine.service.cards import LINK_HOSTS
 from cds_engine.service.discovery import discovery, find_service
 from cds_engine.service.errors import HookError, install_error_handlers
+from cds_engine.service.finite import require_finite
 from cds_engine.service.hook import HookHandler
 from cds_engine.service.middleware import AuthMiddleware, BodyLimitMiddleware, RequestLogMiddleware
 from cds_engine.service.models import CardsResponse, DiscoveryResponse, FeedbackRequest, HookRequest
@@ -131,6 +132,8 @@ def create_app(
         if ref is None:
             raise HookError(404, None, f"no service {service_id}")
         request.state.log = {"hookInstance": body.hookInstance, "service": service_id}
+        require_finite(body.context.draftOrders, "context.draftOrders")
+        require_finite(body.prefetch, "prefetch")
         result = await handler(ref, body, engine)
         request.state.log["rules"] = result.rule_ids or "-"
         response.headers["Server-Timing"] = ", ".join(f"{k};dur={v:.2f}" for k, v in result.timings.items())
@@ -179,6 +182,7 @@ def create_app(
         summary="Evaluate patient facts (no FHIR): alerts of every applicable pack",
     )
     async def evaluate(facts: PatientFacts, request: Request) -> list[Alert]:
+        require_finite(facts.model_dump(), "")
         engine = engine_provider()
         alerts: list[Alert] = []
         records = []

@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import anyio
+from pydantic import ValidationError
 
 from cds_engine.alerts import Alert
 from cds_engine.engine import Engine
@@ -82,6 +83,26 @@ def order_key(request: HookRequest, draft: dict[str, Any]) -> str:
     return hashlib.sha256(raw.encode()).hexdigest()[:32]
 
 
+def _map_facts(
+    pool: list[dict[str, Any]], as_of: datetime, pack: CompiledPack, drafts: list[dict[str, Any]]
+) -> PatientFacts:
+    """Facts for one draft; data the fact model refuses is the caller's error (400), never a 500.
+
+    The message names the fact and the rule it broke, never the submitted value (no PHI echoed).
+    """
+    try:
+        return facts_from_resources(
+            pool, as_of=as_of, vocab=pack.vocabulary, drug_class=pack.context.drug_class, draft_orders=drafts
+        )
+    except ValidationError as exc:
+        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid"}
+        where = ".".join(str(p) for p in first.get("loc", ())) or "record"
+        message = f"the record could not be read as facts ({where}: {first['msg']})"
+        raise HookError(400, None, message) from exc
+    except ValueError as exc:
+        raise HookError(400, None, f"the record could not be read as facts ({type(exc).__name__})") from exc
+
+
 class HookHandler:
     def __init__(
         self,
@@ -134,13 +155,7 @@ class HookHandler:
         extra = [unavailable_alert(pack, prefetched.unavailable)] if prefetched.unavailable else []
         for draft in relevant:
             others = [d for d in drafts.medication_requests if d is not draft]
-            facts = facts_from_resources(
-                pool,
-                as_of=as_of,
-                vocab=pack.vocabulary,
-                drug_class=pack.context.drug_class,
-                draft_orders=[draft, *others],
-            )
+            facts = _map_facts(pool, as_of, pack, [draft, *others])
             clock.lap("facts")
             if self._applies(engine, pack, draft, pool, facts):
                 alerts = engine.evaluate_pack(pack, facts)
@@ -254,10 +269,12 @@ class HookHandler:
                 classes = medication_classes(draft, [*pool, draft], quiet.vocabulary) or set()
                 if not classes & wanted:
                     continue
-                facts = facts_from_resources(
-                    pool, as_of=as_of, vocab=quiet.vocabulary, drug_class=quiet.context.drug_class,
-                    draft_orders=[draft, *(d for d in drafts.medication_requests if d is not draft)],
-                )
+                try:  # a silent pack must never cost the clinician the shown answer
+                    others = [d for d in drafts.medication_requests if d is not draft]
+                    facts = _map_facts(pool, as_of, quiet, [draft, *others])
+                except HookError as exc:
+                    log.warning("silent pack %s not evaluated: %s", quiet.id, exc.message)
+                    continue
                 if quiet in engine.applicable(facts):
                     issued.append((draft, facts, [(a, None) for a in engine.evaluate_pack(quiet, facts)]))
             if issued:

@@ -159,19 +159,27 @@ class BodyLimitMiddleware:
             await _json(send, 413, _too_large(self.max_bytes))
             return
         received = 0
-        started = False
+        started = tripped = False
 
         async def limited() -> Message:
-            nonlocal received
+            nonlocal received, tripped
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
+                    tripped = True
                     raise _TooLarge
             return message
 
         async def tracking(message: Message) -> None:
+            # FastAPI turns any error while reading the body into its own 400: once the limit has
+            # tripped, whatever the app answers is replaced by the 413 (bodies sent chunked).
             nonlocal started
+            if tripped:
+                if message["type"] == "http.response.start" and not started:
+                    started = True
+                    await _json(send, 413, _too_large(self.max_bytes))
+                return
             if message["type"] == "http.response.start":
                 started = True
             await send(message)

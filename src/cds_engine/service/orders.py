@@ -62,7 +62,33 @@ def _validate(resource: dict[str, Any], where: str) -> dict[str, Any]:
         err = exc.errors()[0]
         loc = tuple(p for p in err["loc"] if p != "__root__")
         raise HookError(400, f"{where}{_path(loc)}", str(err["msg"])) from exc
+    negative = _negative_amount(resource)
+    if negative is not None:
+        raise HookError(400, f"{where}{negative}", "a dose amount cannot be negative")
     return resource
+
+
+def _negative_amount(resource: dict[str, Any]) -> str | None:
+    """The path of the first negative dose quantity, if any.
+
+    R4 Quantity allows negative values, but a negative dose is always an entry error; mapping it
+    would fail deep in the fact model (a 500), and flagging it needs the field's name.
+    """
+    for i, instruction in enumerate(resource.get("dosageInstruction") or []):
+        if not isinstance(instruction, dict):
+            continue
+        rates = instruction.get("doseAndRate") or []
+        for j, rate in enumerate([rates] if isinstance(rates, dict) else rates):
+            if not isinstance(rate, dict):
+                continue
+            quantities = [("doseQuantity", rate.get("doseQuantity"))]
+            dose_range = rate.get("doseRange") if isinstance(rate.get("doseRange"), dict) else {}
+            quantities += [(f"doseRange.{end}", dose_range.get(end)) for end in ("low", "high")]
+            for name, quantity in quantities:
+                value = quantity.get("value") if isinstance(quantity, dict) else None
+                if isinstance(value, int | float) and value < 0:
+                    return f".dosageInstruction[{i}].doseAndRate[{j}].{name}.value"
+    return None
 
 
 def read_draft_orders(request: HookRequest) -> DraftOrders:

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
-from cds_engine.facts.normalize import normalize_route, normalize_unit
+from cds_engine.facts.normalize import FREQUENCY_CODES, KNOWN_ROUTES, normalize_route, normalize_unit
 from cds_engine.sources.fhir_read import as_list, codings, concept_text, parse_date, quantity
 
 __all__ = ["Dosage", "DosePhase", "read_dosage"]
@@ -51,29 +51,7 @@ _UNIT_DAYS = {
     "year": 365.0,
 }
 
-# HL7 v3 GTSAbbreviation timing codes → administrations per day.
-_TIMING_CODES = {
-    "QD": 1.0,
-    "QOD": 0.5,
-    "BID": 2.0,
-    "TID": 3.0,
-    "QID": 4.0,
-    "AM": 1.0,
-    "PM": 1.0,
-    "BED": 1.0,
-    "HS": 1.0,
-    "Q4H": 6.0,
-    "Q6H": 4.0,
-    "Q8H": 3.0,
-    "Q12H": 2.0,
-    "Q3H": 8.0,
-    "Q2H": 12.0,
-    "Q1H": 24.0,
-    "WK": 1 / 7,
-    "MO": 1 / 30,
-    "DAILY": 1.0,
-    "OD": 1.0,
-}
+_TIMING_CODES = FREQUENCY_CODES
 
 _COUNT_UNITS = frozenset(
     {
@@ -90,22 +68,7 @@ _COUNT_UNITS = frozenset(
     }
 )
 
-_KNOWN_ROUTES = frozenset(
-    normalize_route(r)
-    for r in (
-        "oral",
-        "enteral",
-        "intrathecal",
-        "iv",
-        "im",
-        "sc",
-        "epidural",
-        "transdermal",
-        "topical",
-        "rectal",
-        "sublingual",
-    )
-)
+_KNOWN_ROUTES = KNOWN_ROUTES
 
 
 @dataclass(slots=True)
