@@ -82,8 +82,11 @@ def test_reload_swaps_good_and_keeps_last_good_across_broken(gaba_dir):
 
     # 2. valid YAML but a verifier error (a tier that can never fire): rejected too
     edit(pack, "  title: [Gabapentinoid\n", "  title: Gabapentinoid medication safety\n")
-    edit(pack, "when: {fact: daily_dose_mg, gt: {param: class_max_daily_mg}}",
-         "when: {all: [{fact: daily_dose_mg, gt: 5000}, {fact: daily_dose_mg, lt: 10}]}")
+    edit(
+        pack,
+        "when: {fact: daily_dose_mg, gt: {param: class_max_daily_mg}}",
+        "when: {all: [{fact: daily_dose_mg, gt: 5000}, {fact: daily_dose_mg, lt: 10}]}",
+    )
     assert holder.check() is False and holder() is second
     assert any(f.rule_id == "GAB-D01" and "can never fire" in f.message for f in holder.last_error)
 
@@ -92,8 +95,11 @@ def test_reload_swaps_good_and_keeps_last_good_across_broken(gaba_dir):
     assert {a.rule_id for a in alerts} == {"GAB-D01"}
 
     # 3. fixed: accepted, error cleared
-    edit(pack, "when: {all: [{fact: daily_dose_mg, gt: 5000}, {fact: daily_dose_mg, lt: 10}]}",
-         "when: {fact: daily_dose_mg, gt: {param: class_max_daily_mg}}")
+    edit(
+        pack,
+        "when: {all: [{fact: daily_dose_mg, gt: 5000}, {fact: daily_dose_mg, lt: 10}]}",
+        "when: {fact: daily_dose_mg, gt: {param: class_max_daily_mg}}",
+    )
     assert holder.check() is True and holder.last_error is None and max_param(holder) == 3000
 
 
@@ -107,8 +113,11 @@ def test_start_fails_without_a_good_version(gaba_dir):
 def test_watcher_thread_reloads_on_file_change(gaba_dir):
     events = []
     with EngineHolder(gaba_dir, evaluator="oracle", poll_seconds=0.05, on_reload=events.append) as holder:
-        edit(gaba_dir / "gabapentinoid" / "pack.yaml", "class_max_daily_mg: {value: 3600,",
-             "class_max_daily_mg: {value: 3200,")
+        edit(
+            gaba_dir / "gabapentinoid" / "pack.yaml",
+            "class_max_daily_mg: {value: 3600,",
+            "class_max_daily_mg: {value: 3200,",
+        )
         deadline = time.monotonic() + 20
         while holder.generation == 0 and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -123,8 +132,11 @@ def test_sighup_reloads(gaba_dir):
     holder = EngineHolder(gaba_dir, evaluator="oracle")
     holder.install_sighup()
     try:
-        edit(gaba_dir / "gabapentinoid" / "pack.yaml", "class_max_daily_mg: {value: 3600,",
-             "class_max_daily_mg: {value: 3100,")
+        edit(
+            gaba_dir / "gabapentinoid" / "pack.yaml",
+            "class_max_daily_mg: {value: 3600,",
+            "class_max_daily_mg: {value: 3100,",
+        )
         os.kill(os.getpid(), signal.SIGHUP)
         deadline = time.monotonic() + 10
         while holder.generation == 0 and time.monotonic() < deadline:
@@ -156,8 +168,11 @@ def test_concurrent_readers_always_see_a_whole_engine(gaba_dir):
         t.start()
     pack = gaba_dir / "gabapentinoid" / "pack.yaml"
     for value in (3500, 3400):
-        edit(pack, "class_max_daily_mg: {value: " + str(value + 100) + ",",
-             "class_max_daily_mg: {value: " + str(value) + ",")
+        edit(
+            pack,
+            "class_max_daily_mg: {value: " + str(value + 100) + ",",
+            "class_max_daily_mg: {value: " + str(value) + ",",
+        )
         assert holder.check()
     stop.set()
     for t in threads:
@@ -167,10 +182,14 @@ def test_concurrent_readers_always_see_a_whole_engine(gaba_dir):
 
 # ───────────────────────── site settings: overlay, hash on alerts, lint ─────────────────────────
 
+
 def test_site_settings_overlay_and_hash_on_every_alert(gaba_dir):
     site = gaba_dir / "site.yaml"
-    site.write_text("site: {name: Test General}\npacks:\n  gabapentinoid:\n"
-                    "    class_max_daily_mg: {value: 3000, note: 'P&T 2026-01'}\n", encoding="utf-8")
+    site.write_text(
+        "site: {name: Test General}\npacks:\n  gabapentinoid:\n"
+        "    class_max_daily_mg: {value: 3000, note: 'P&T 2026-01'}\n",
+        encoding="utf-8",
+    )
     digest = hashlib.sha256(site.read_bytes()).hexdigest()
     holder = EngineHolder(gaba_dir, evaluator="oracle")
     engine = holder()
@@ -199,6 +218,7 @@ def test_without_site_file_alerts_have_no_site_hash():
 
 # ───────────────────────── draft packs run silently ─────────────────────────
 
+
 def test_draft_pack_alerts_are_stored_not_shown(tmp_path):
     root = make_rules(tmp_path, ("baclofen", "gabapentinoid"))
     holder = EngineHolder(root, evaluator="oracle")
@@ -213,5 +233,45 @@ def test_draft_pack_alerts_are_stored_not_shown(tmp_path):
         assert is_shown(alert) == (alert.pack_status == "active")
     assert not any(is_shown(a) for a in alerts if a.pack_id == "gabapentinoid")
     # the default engine (what `check` and the cards use) does not run drafts at all
-    assert not [a for a in Engine.from_dir(root, evaluator="oracle").evaluate(patient)
-                if a.pack_id == "gabapentinoid"]
+    assert not [
+        a for a in Engine.from_dir(root, evaluator="oracle").evaluate(patient) if a.pack_id == "gabapentinoid"
+    ]
+
+
+def test_swapped_out_engine_is_freed_and_never_silent(tmp_path):
+    """After a reload the old engine's rulesets are freed; a late request on it still gets alerts."""
+    import shutil
+
+    from cds_engine.facts.model import PatientFacts
+    from cds_engine.rules.reload import EngineHolder
+
+    rules = tmp_path / "rules"
+    shutil.copytree(RULES, rules)
+    holder = EngineHolder(rules, site=False)
+    holder.grace_seconds = 0.0
+    old = holder()
+    facts = PatientFacts.model_validate(
+        {
+            "as_of": "2026-01-15T12:00:00+00:00",
+            "birth_date": "1980-01-01",
+            "renal": {"egfr": {"value": 95, "date": "2026-01-10"}},
+            "order": {
+                "product": {"display": "baclofen 10 mg tablet"},
+                "route": "oral",
+                "dose_amount": 10,
+                "dose_unit": "mg",
+                "doses_per_day": 3,
+                "action": "new",
+                "indication_group": "spasticity",
+            },
+        }
+    )
+    before = {a.rule_id for a in old.evaluate(facts)}
+    assert "BAC-D02" in before
+    assert holder.reload("test")
+    deadline = time.monotonic() + 5
+    while old._created and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert old._created == []  # rulesets freed
+    assert {a.rule_id for a in old.evaluate(facts)} == before  # answered by the oracle
+    assert old.fallbacks >= 1

@@ -78,6 +78,8 @@ class Engine:
         self._referenced = {p.id: p.referenced_facts() for p in self.packs}
         self._local = threading.local()
         self.fallbacks = 0  # Rete failures answered by the oracle instead (must stay 0; see health)
+        self._created: list[ReteEvaluator] = []  # every thread's rulesets, so close() can free them
+        self._created_lock = threading.Lock()
 
     @classmethod
     def from_dir(
@@ -124,10 +126,23 @@ class Engine:
         if key not in cache:
             if self.evaluator_name == "rete":
                 # one ruleset per thread and pack, so threads never share a durable session
-                cache[key] = ReteEvaluator(pack, slot=f"slot-{next(_slots)}")
+                evaluator = ReteEvaluator(pack, slot=f"slot-{next(_slots)}")
+                with self._created_lock:
+                    self._created.append(evaluator)
+                cache[key] = evaluator
             else:
                 cache[key] = OracleEvaluator(pack)
         return cache[key]
+
+    def close(self) -> None:
+        """Free the durable rulesets of every thread (after a hot reload swapped this engine out).
+
+        A request still running on a closed engine is answered by the oracle, never with "no alerts".
+        """
+        with self._created_lock:
+            created, self._created = self._created, []
+        for evaluator in created:
+            evaluator.close()
 
     def applicable(self, facts: PatientFacts) -> list[CompiledPack]:
         """Packs that should review this patient (see module docstring)."""

@@ -56,6 +56,7 @@ class EngineHolder:
                  statuses: tuple[str, ...] = RUNNING_STATUSES, site: str | Path | bool | None = True,
                  poll_seconds: float = 2.0, on_reload: Callable[[ReloadEvent], None] | None = None) -> None:
         """Load the directory now; raise :class:`PackLoadError` if there is no good version to start from."""
+        self.grace_seconds = 30.0  # how long a swapped-out engine stays usable before its rulesets are freed
         self.directory = Path(directory)
         self.evaluator: EvaluatorName = evaluator
         self.statuses = statuses
@@ -138,7 +139,11 @@ class EngineHolder:
                           "\n".join(str(f) for f in findings))
                 self._record(False, reason, tuple(findings))
                 return False
-            self._engine = engine  # the swap: a single reference assignment
+            old, self._engine = self._engine, engine  # the swap: a single reference assignment
+            # free the old engine's durable rulesets once requests started on it have surely finished
+            closer = threading.Timer(self.grace_seconds, old.close)
+            closer.daemon = True
+            closer.start()
             self.generation += 1
             self.last_error = None
             names = ", ".join(f"{p.id} {p.version}" for p in engine.packs)

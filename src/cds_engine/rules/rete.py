@@ -179,6 +179,8 @@ class ReteEvaluator:
         fact.update(sid=self.slot, id=fact_id, kind="patient")
         fired: set[str] = set()
         with self._lock:
+            if self._handle is None:
+                raise EngineFailure("ruleset closed (engine swapped out by a reload)")
             try:
                 code, state = dre.assert_fact(self._handle, json.dumps(fact))
                 if code == 2:
