@@ -42,6 +42,13 @@ __all__ = ["ServiceSettings", "create_app"]
 log = logging.getLogger("cds_engine.service")
 
 _PROTECTED = ("/cds-services", "/evaluate")
+# invalid bodies are 400 with an OperationOutcome (errors.py turns FastAPI's 422 into 400)
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"description": "Malformed request (OperationOutcome names the field)"},
+    401: {"description": "Missing or invalid client JWT"},
+    413: {"description": "Request body too large"},
+    415: {"description": "The body is not application/json"},
+}
 _bearer = HTTPBearer(auto_error=False, description="Client JWT (ES384/RS384), aud = the called URL")
 
 
@@ -69,6 +76,8 @@ def create_app(
     """Build the service. ``fhir_transport`` replaces the network for FHIR call-backs (tests)."""
     settings = settings or ServiceSettings()
     sink = sink if sink is not None else NullSink()
+    # httpx logs every request URL at INFO; FHIR call-back URLs carry patient ids and search terms
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger("httpx").level))
     client = httpx.AsyncClient(
         transport=fhir_transport, timeout=settings.fhir_timeout_seconds, follow_redirects=False
     )
@@ -96,7 +105,7 @@ def create_app(
         lifespan=lifespan,
     )
     install_error_handlers(app)
-    secured = [Security(_bearer)]
+    secured = [Security(_bearer)] if auth is not None else []  # the OpenAPI says what is enforced
 
     @app.get(
         "/cds-services",
@@ -105,6 +114,7 @@ def create_app(
         dependencies=secured,
         tags=["CDS Hooks"],
         summary="Discovery",
+        responses={401: _ERRORS[401]},
     )
     def get_discovery() -> DiscoveryResponse:
         return discovery(engine_provider())
@@ -117,11 +127,9 @@ def create_app(
         tags=["CDS Hooks"],
         summary="Call a hook service",
         responses={
-            400: {"description": "Malformed request (OperationOutcome names the field)"},
-            401: {"description": "Missing or invalid client JWT"},
+            **_ERRORS,
             404: {"description": "Unknown service"},
             412: {"description": "The patient or the draft order cannot be read"},
-            413: {"description": "Request body too large"},
         },
     )
     async def call_service(
@@ -144,6 +152,7 @@ def create_app(
         dependencies=secured,
         tags=["CDS Hooks"],
         summary="Feedback on cards (accepted / overridden)",
+        responses={**_ERRORS, 404: {"description": "Unknown service"}},
     )
     async def post_feedback(service_id: str, body: FeedbackRequest, request: Request) -> dict[str, Any]:
         if find_service(engine_provider(), service_id) is None:
@@ -179,6 +188,7 @@ def create_app(
         response_model=list[Alert],
         dependencies=secured,
         tags=["Plain JSON"],
+        responses=_ERRORS,
         summary="Evaluate patient facts (no FHIR): alerts of every applicable pack",
     )
     async def evaluate(facts: PatientFacts, request: Request) -> list[Alert]:

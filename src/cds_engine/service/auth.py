@@ -77,6 +77,8 @@ class AuthSettings:
     max_lifetime_seconds: float = 3600.0
     public_base_url: str | None = None  # when behind a proxy: the base URL clients call (aud)
     jwks_cache_seconds: float = 3600.0
+    # an unknown kid re-fetches an issuer's JWK Set URL (key rotation without restart), at most this often
+    jwks_refresh_seconds: float = 60.0
 
     @classmethod
     def from_file(cls, path: str | Path, **options: Any) -> AuthSettings:
@@ -90,7 +92,8 @@ class AuthSettings:
                 jwks_path = (
                     issuer.jwks_file if issuer.jwks_file.is_absolute() else path.parent / issuer.jwks_file
                 )
-                issuer = TrustedIssuer(jwks=json.loads(jwks_path.read_text(encoding="utf-8")))
+                json.loads(jwks_path.read_text(encoding="utf-8"))  # unreadable at start: refuse to start
+                issuer = TrustedIssuer(jwks_file=jwks_path.resolve())  # re-read on an unknown kid
             issuers[iss] = issuer
         return cls(issuers=issuers, **options)
 
@@ -133,10 +136,38 @@ class JwtVerifier:
         self.clock = clock
         self.replays = ReplayCache()
         self._remote: dict[str, tuple[float, dict[str, Any]]] = {}  # url -> (fetched at, jwks)
+        self._files: dict[Path, tuple[tuple[int, int], dict[str, Any]]] = {}  # path -> ((mtime, size), jwks)
+
+    def _file_jwks(self, path: Path) -> dict[str, Any]:
+        """The JWK Set file, re-read whenever it changed (mtime or size) since it was last read.
+
+        Key rotation and revocation take effect on the next token, without a restart: a new
+        ``kid`` written into the file is found, a removed one is refused. The cost is one ``stat``
+        per token, small beside the signature check. A file that is missing or half-written keeps
+        the last good set.
+        """
+        cached = self._files.get(path)
+        try:
+            stat = path.stat()
+            signature = (stat.st_mtime_ns, stat.st_size)
+            if cached is not None and cached[0] == signature:
+                return cached[1]
+            jwks = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            if cached is None:
+                raise AuthError(f"JWK Set file unreadable: {type(exc).__name__}") from exc
+            log.warning("JWK Set file %s unreadable (%s): last good keys kept", path, type(exc).__name__)
+            return cached[1]
+        if cached is not None:
+            log.info("JWK Set file %s changed: re-read (key rotation)", path)
+        self._files[path] = (signature, jwks)
+        return jwks
 
     async def _jwks(self, issuer: TrustedIssuer, jku: str | None, refresh: bool) -> dict[str, Any]:
         if issuer.jwks is not None:
             return issuer.jwks
+        if issuer.jwks_file is not None:  # a local file: a jku header is never followed
+            return self._file_jwks(issuer.jwks_file)
         url = issuer.jwks_url
         if jku is not None and jku != url:
             raise AuthError("jku not allow-listed for this issuer")
@@ -144,13 +175,19 @@ class JwtVerifier:
         cached = self._remote.get(url)
         now = self.clock()
         stale = cached is None or now - cached[0] > self.settings.jwks_cache_seconds
-        recently = cached is not None and now - cached[0] < 60
+        recently = cached is not None and now - cached[0] < self.settings.jwks_refresh_seconds
         if stale or (refresh and not recently):
             if self.client is None:
                 raise AuthError("no HTTP client to fetch the JWK Set")
-            response = await self.client.get(url, timeout=3.0)
-            response.raise_for_status()
-            cached = (now, response.json())
+            try:
+                response = await self.client.get(url, timeout=3.0)
+                response.raise_for_status()
+                cached = (now, response.json())
+            except (httpx.HTTPError, ValueError):
+                if cached is None:
+                    raise
+                log.warning("JWK Set %s could not be fetched: last good keys kept", url)
+                cached = (now, cached[1])  # rate-limits retries: a kid flood must not hammer the issuer
             self._remote[url] = cached
         assert cached is not None
         return cached[1]

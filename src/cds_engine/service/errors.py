@@ -12,14 +12,29 @@ from __future__ import annotations
 import logging
 
 from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 __all__ = ["HookError", "install_error_handlers", "outcome"]
 
 log = logging.getLogger("cds_engine.service")
 
-_CODES = {400: "invalid", 401: "security", 404: "not-found", 412: "not-found", 413: "too-costly"}
+_CODES = {400: "invalid", 401: "security", 404: "not-found", 412: "not-found", 413: "too-costly",
+          415: "not-supported"}
+# the JSON API (CDS Hooks and /evaluate); the review pages keep FastAPI's own error answers
+API_PREFIXES = ("/cds-services", "/evaluate")
+
+
+def _is_api(request: Request) -> bool:
+    path = request.url.path
+    return any(path == p or path.startswith(p + "/") for p in API_PREFIXES)
+
+
+def _is_json(content_type: str) -> bool:
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
 
 
 class HookError(Exception):
@@ -57,8 +72,24 @@ def install_error_handlers(app: FastAPI) -> None:
         request.state.error_field = exc.field
         return outcome(exc.status, exc.field, exc.message)
 
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> Response:
+        # e.g. FastAPI's 400 for a body it could not parse (JSON nested deeper than the parser's
+        # recursion limit): an OperationOutcome on the API like every other error there
+        if _is_api(request) and 400 <= exc.status_code < 500 and exc.status_code != 401:
+            answer = outcome(exc.status_code, None, str(exc.detail))
+            answer.headers.update(exc.headers or {})  # e.g. Allow on a 405
+            return answer
+        return await http_exception_handler(request, exc)
+
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        if (
+            _is_api(request)
+            and request.method == "POST"
+            and not _is_json(request.headers.get("content-type", ""))
+        ):
+            return outcome(415, None, "send the request body as application/json")
         errors = exc.errors()
         first = errors[0] if errors else {"loc": ("body",), "msg": "invalid request"}
         loc = tuple(first.get("loc", ("body",)))

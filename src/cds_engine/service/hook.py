@@ -135,12 +135,14 @@ class HookHandler:
         if not relevant:
             return HookResult(CardsResponse(cards=[]), timings=clock.timings)
 
+        # one FHIR time budget per hook call, shared by the prefetch reads and the Medication reads
+        deadline = time.monotonic() + (self.fetcher.budget if self.fetcher is not None else 0.0)
         prefetched = await gather_prefetch(request, prefetch_templates(pack), self.fetcher)
         pool = [
             *prefetched.resources,
             *(r for r in drafts.resources if r.get("resourceType") != "MedicationRequest"),
         ]
-        await self._resolve_medications(request, relevant, pool)
+        await self._resolve_medications(request, relevant, pool, deadline)
         if not any(
             r.get("resourceType") == "Patient" and r.get("id") == request.context.patientId for r in pool
         ):
@@ -214,7 +216,7 @@ class HookHandler:
         return bool(classes & set(pack.spec.pack.triggers.drug_classes)) or pack in engine.applicable(facts)
 
     async def _resolve_medications(
-        self, request: HookRequest, drafts: list[dict[str, Any]], pool: list[dict[str, Any]]
+        self, request: HookRequest, drafts: list[dict[str, Any]], pool: list[dict[str, Any]], deadline: float
     ) -> None:
         """Read referenced Medications the request did not carry; 412 if a draft's product stays unknown."""
         missing: dict[str, str] = {}
@@ -230,7 +232,7 @@ class HookHandler:
         if self.fetcher is None or request.fhirServer is None:
             raise HookError(412, "context.draftOrders", "the ordered medication cannot be resolved")
         token = request.fhirAuthorization.access_token if request.fhirAuthorization else None
-        fetched = await self.fetcher.get_many(request.fhirServer, missing, token)
+        fetched = await self.fetcher.get_many(request.fhirServer, missing, token, deadline - time.monotonic())
         for resources in fetched.values():
             if not resources:
                 raise HookError(412, "context.draftOrders", "the ordered medication cannot be resolved")

@@ -110,9 +110,13 @@ class FhirFetcher:
         return out
 
     async def get_many(
-        self, base: str, relatives: dict[str, str], token: str | None
+        self, base: str, relatives: dict[str, str], token: str | None, budget: float | None = None
     ) -> dict[str, list[dict[str, Any]] | None]:
-        """key -> resources, or None where the call failed or ran out of time."""
+        """key -> resources, or None where the call failed or ran out of time.
+
+        ``budget``: what is left of the hook's time budget (default: all of it).
+        """
+        budget = self.budget if budget is None else max(0.0, budget)
 
         async def one(key: str, relative: str) -> tuple[str, list[dict[str, Any]] | None]:
             try:
@@ -122,7 +126,7 @@ class FhirFetcher:
                 return key, None
 
         tasks = [asyncio.ensure_future(one(k, r)) for k, r in relatives.items()]
-        done, pending = await asyncio.wait(tasks, timeout=self.budget) if tasks else (set(), set())
+        done, pending = await asyncio.wait(tasks, timeout=budget) if tasks else (set(), set())
         for task in pending:
             task.cancel()
         results: dict[str, list[dict[str, Any]] | None] = dict.fromkeys(relatives)
@@ -130,12 +134,12 @@ class FhirFetcher:
             key, value = task.result()
             results[key] = value
         if pending:
-            log.warning("FHIR call-back budget of %.1fs exceeded for %d key(s)", self.budget, len(pending))
+            log.warning("FHIR call-back budget of %.1fs exceeded for %d key(s)", budget, len(pending))
         return results
 
 
 async def gather_prefetch(
-    request: HookRequest, templates: dict[str, str], fetcher: FhirFetcher | None
+    request: HookRequest, templates: dict[str, str], fetcher: FhirFetcher | None, budget: float | None = None
 ) -> Prefetched:
     """All resources of the request's prefetch, plus what had to be fetched; unavailable keys listed."""
     result = Prefetched()
@@ -164,7 +168,7 @@ async def gather_prefetch(
                 result.unavailable[key] = "not prefetched and no FHIR server to read it from"
         else:
             token = request.fhirAuthorization.access_token if request.fhirAuthorization else None
-            fetched = await fetcher.get_many(request.fhirServer, to_fetch, token)
+            fetched = await fetcher.get_many(request.fhirServer, to_fetch, token, budget)
             for key, resources in fetched.items():
                 if resources is None:
                     result.unavailable[key] = "the FHIR server could not be read in time"
