@@ -13,9 +13,14 @@ from __future__ import annotations
 import copy
 import gzip
 import json
+import os
+import socket
+import subprocess
+import sys
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -345,3 +350,61 @@ def hook_request(
     if prefetch is not None:
         body["prefetch"] = prefetch
     return body
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def serve_process(
+    args: list[str], workdir: Path, *, env: dict[str, str] | None = None, timeout: float = 60.0
+) -> Iterator[tuple[str, subprocess.Popen[bytes], Path]]:
+    """Run a real ``cds-engine serve ARGS`` on a free loopback port until the block ends.
+
+    Yields (base URL, process, log path). The log is ``workdir/server.log``; the server is stopped
+    (SIGTERM, then SIGKILL) on exit, and a start that fails raises with the log's text.
+    """
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    environment = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    environment.pop("CDS_DATABASE_URL", None)
+    log_path = workdir / "server.log"
+    with log_path.open("w") as log:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "cds_engine.cli",
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                *args,
+            ],
+            cwd=workdir,
+            env=environment,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("server did not start:\n" + log_path.read_text())
+                time.sleep(0.2)
+            yield base, process, log_path
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import re
-import time
 
 from fastapi.testclient import TestClient
 from tests.service_helpers import LocalFhir, hook_request, medication_request
@@ -78,8 +77,12 @@ def test_whole_flow_logs_no_phi(tmp_path, engine, pack, caplog):
         fhir_transport=fhir.transport(FHIR),
     )
     draft = medication_request(
-        id="draft-phi", patient="phi-1", dose=20, per_day=4,
-        reasonCode=[{"text": FREE_TEXT}], note=[{"text": FREE_TEXT}],
+        id="draft-phi",
+        patient="phi-1",
+        dose=20,
+        per_day=4,
+        reasonCode=[{"text": FREE_TEXT}],
+        note=[{"text": FREE_TEXT}],
     )
     prefetch = fhir.prefetch(prefetch_templates(pack), {"patientId": "phi-1"})
     with TestClient(app) as client:
@@ -94,26 +97,44 @@ def test_whole_flow_logs_no_phi(tmp_path, engine, pack, caplog):
         bad = hook_request("order-sign", "phi-1", [{**draft, "authoredOn": FREE_TEXT}], prefetch=prefetch)
         assert client.post(f"/cds-services/{pack.id}-order-sign", json=bad).status_code == 400
         assert cards
-        feedback = {"feedback": [{
-            "card": cards[0]["uuid"], "outcome": "overridden",
-            "overrideReason": {"reason": cards[0]["overrideReasons"][0], "userComment": COMMENT},
-            "outcomeTimestamp": NOW_ISO,
-        }]}
+        feedback = {
+            "feedback": [
+                {
+                    "card": cards[0]["uuid"],
+                    "outcome": "overridden",
+                    "overrideReason": {"reason": cards[0]["overrideReasons"][0], "userComment": COMMENT},
+                    "outcomeTimestamp": NOW_ISO,
+                }
+            ]
+        }
         assert client.post(f"/cds-services/{pack.id}-order-sign/feedback", json=feedback).status_code == 200
         facts = {
-            "as_of": NOW_ISO, "birth_date": BIRTH, "patient_id": "phi-1",
+            "as_of": NOW_ISO,
+            "birth_date": BIRTH,
+            "patient_id": "phi-1",
             "renal": {"egfr": {"value": 25, "date": "2025-02-01"}},
-            "order": {"product": {"system": "http://www.nlm.nih.gov/research/umls/rxnorm", "code": "197391"},
-                      "route": "oral", "dose_amount": 20, "dose_unit": "mg", "doses_per_day": 4},
+            "order": {
+                "product": {"system": "http://www.nlm.nih.gov/research/umls/rxnorm", "code": "197391"},
+                "route": "oral",
+                "dose_amount": 20,
+                "dose_unit": "mg",
+                "doses_per_day": 4,
+            },
         }
         assert client.post("/evaluate", json=facts).status_code == 200
         assert client.post("/evaluate", json={**facts, "birth_date": f"{BIRTH}x"}).status_code == 400
 
         form = client.get("/review/login")
-        signed = client.post("/review/login", follow_redirects=False, data={
-            "username": "rita", "password": PASSWORD, "csrf_token": csrf_of(form.text),
-            "next": "/review/alerts",
-        })
+        signed = client.post(
+            "/review/login",
+            follow_redirects=False,
+            data={
+                "username": "rita",
+                "password": PASSWORD,
+                "csrf_token": csrf_of(form.text),
+                "next": "/review/alerts",
+            },
+        )
         assert signed.status_code == 303
         listing = client.get("/review/alerts").text
         for link in sorted(set(re.findall(r'href="(/review/alerts/[^"?#]+)"', listing)))[:3]:
@@ -135,52 +156,33 @@ def test_whole_flow_logs_no_phi(tmp_path, engine, pack, caplog):
 
 def test_served_process_log_at_debug_has_no_phi(tmp_path, pack):
     """The real ``cds-engine serve`` at ``--log-level debug``: uvicorn's and every library's lines."""
-    import os
-    import subprocess
-    import sys
-
     import httpx
-    from tests.service_helpers import REPO
+    from tests.service_helpers import REPO, serve_process
 
-    from store_helpers import free_port
-
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "CDS_SPOOL_DIR": str(tmp_path / "spool")}
-    env.pop("CDS_DATABASE_URL", None)
-    log_path = tmp_path / "server.log"
-    with log_path.open("w") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "cds_engine.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
-             "--rules", str(REPO / "rules"), "--db", f"sqlite:///{tmp_path}/cds.db", "--no-auth",
-             "--log-level", "debug"],
-            cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT,
+    args = [
+        "--rules",
+        str(REPO / "rules"),
+        "--db",
+        f"sqlite:///{tmp_path}/cds.db",
+        "--no-auth",
+        "--log-level",
+        "debug",
+    ]
+    with serve_process(args, tmp_path, env={"CDS_SPOOL_DIR": str(tmp_path / "spool")}) as (base, _, log_path):
+        fhir = LocalFhir(record())
+        prefetch = fhir.prefetch(prefetch_templates(pack), {"patientId": "phi-1"})
+        draft = medication_request(
+            id="d1", patient="phi-1", dose=20, per_day=4, reasonCode=[{"text": FREE_TEXT}]
         )
-        try:
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                assert process.poll() is None and time.monotonic() < deadline, log_path.read_text()
-                time.sleep(0.2)
-            fhir = LocalFhir(record())
-            prefetch = fhir.prefetch(prefetch_templates(pack), {"patientId": "phi-1"})
-            draft = medication_request(id="d1", patient="phi-1", dose=20, per_day=4,
-                                       reasonCode=[{"text": FREE_TEXT}])
-            url = f"{base}/cds-services/{pack.id}-order-sign"
-            good = httpx.post(url, json=hook_request("order-sign", "phi-1", [draft], prefetch=prefetch),
-                              timeout=30)
-            assert good.status_code == 200, good.text
-            bad = hook_request("order-sign", "phi-1", [{**draft, "authoredOn": FREE_TEXT}], prefetch=prefetch)
-            assert httpx.post(url, json=bad, timeout=30).status_code == 400
-            facts = {"as_of": NOW_ISO, "birth_date": BIRTH, "patient_id": "phi-1"}
-            assert httpx.post(f"{base}/evaluate", json=facts, timeout=30).status_code == 200
-        finally:
-            process.terminate()
-            process.wait(timeout=20)
+        url = f"{base}/cds-services/{pack.id}-order-sign"
+        good = httpx.post(
+            url, json=hook_request("order-sign", "phi-1", [draft], prefetch=prefetch), timeout=30
+        )
+        assert good.status_code == 200, good.text
+        bad = hook_request("order-sign", "phi-1", [{**draft, "authoredOn": FREE_TEXT}], prefetch=prefetch)
+        assert httpx.post(url, json=bad, timeout=30).status_code == 400
+        facts = {"as_of": NOW_ISO, "birth_date": BIRTH, "patient_id": "phi-1"}
+        assert httpx.post(f"{base}/evaluate", json=facts, timeout=30).status_code == 200
     text = log_path.read_text()
     assert "hookInstance=" in text and "Traceback" not in text
     assert not [s for s in SECRETS if s in text], [s for s in SECRETS if s in text]

@@ -8,11 +8,6 @@ a replayed ``jti``, and none at all.
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,6 +21,7 @@ from tests.service_helpers import (
     Signer,
     hook_request,
     medication_request,
+    serve_process,
     synthea_files,
     synthea_resources,
 )
@@ -35,65 +31,16 @@ from cds_engine.service.validate import response_problems
 pytestmark = pytest.mark.skipif(not SYNTHEA.exists(), reason="../shared is absent")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory) -> Iterator[tuple[str, Signer]]:
     workdir: Path = tmp_path_factory.mktemp("serve")
     signer = Signer(issuer="https://ehr.test.example")
     issuers = signer.issuers_file(workdir)
-    port = _free_port()
-    base = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    env.pop("CDS_DATABASE_URL", None)
-    log = (workdir / "server.log").open("w")
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "cds_engine.cli",
-            "serve",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--rules",
-            str(REPO / "rules"),
-            "--db",
-            "none",
-            "--trusted-issuers",
-            str(issuers),
-        ],
-        cwd=workdir,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("server did not start:\n" + (workdir / "server.log").read_text())
-            time.sleep(0.2)
+    args = ["--rules", str(REPO / "rules"), "--db", "none", "--trusted-issuers", str(issuers)]
+    with serve_process(args, workdir) as (base, _process, log_path):
         yield base, signer
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        log.close()
-        server_log = (workdir / "server.log").read_text()
-        assert "Traceback" not in server_log, server_log
+    server_log = log_path.read_text()
+    assert "Traceback" not in server_log, server_log
 
 
 @pytest.fixture(scope="module")

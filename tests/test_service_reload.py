@@ -6,24 +6,15 @@ service for it.
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
-import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import httpx
+from tests.service_helpers import serve_process
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait(predicate, timeout: float = 30.0) -> bool:
@@ -43,35 +34,8 @@ def test_sighup_reload_keeps_last_good_pack(tmp_path):
     shutil.copytree(REPO / "rules", rules)
     pack_file = rules / "baclofen" / "pack.yaml"
     good = pack_file.read_text(encoding="utf-8")
-    port = _free_port()
-    base = f"http://127.0.0.1:{port}"
-    env = {k: v for k, v in os.environ.items() if k != "CDS_DATABASE_URL"}
-    log = (tmp_path / "server.log").open("w")
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "cds_engine.cli",
-            "serve",
-            "--no-auth",
-            "--db",
-            "none",
-            "--rules",
-            str(rules),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ],
-        cwd=tmp_path,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        assert _wait(lambda: httpx.get(f"{base}/healthz", timeout=2).status_code == 200), (
-            "server did not start"
-        )
+    args = ["--no-auth", "--db", "none", "--rules", str(rules)]
+    with serve_process(args, tmp_path) as (base, process, _log):
 
         def versions() -> dict[str, str]:
             return {p["id"]: p["version"] for p in httpx.get(f"{base}/healthz", timeout=5).json()["packs"]}
@@ -93,12 +57,5 @@ def test_sighup_reload_keeps_last_good_pack(tmp_path):
         pack_file.write_text(good.replace("  version: 1.0.0", "  version: 1.0.1"), encoding="utf-8")
         process.send_signal(signal.SIGHUP)
         assert _wait(lambda: versions()["baclofen"] == "1.0.1"), "good pack was not swapped in"
-    finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        log.close()
     text = (tmp_path / "server.log").read_text()
     assert "pack.yaml" in text  # the refused reload was logged with its findings
