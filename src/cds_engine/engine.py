@@ -144,7 +144,9 @@ class Engine:
         for evaluator in created:
             evaluator.close()
 
-    def applicable(self, facts: PatientFacts) -> list[CompiledPack]:
+    def applicable(
+        self, facts: PatientFacts, flats: dict[str, dict[str, Any]] | None = None
+    ) -> list[CompiledPack]:
         """Packs that should review this patient (see module docstring)."""
         out = []
         for pack in self.packs:
@@ -161,6 +163,8 @@ class Engine:
                         active_classes.add(product.ingredient_group)
             if triggers.facts:
                 flat = derive(facts, vocab, pack.context)
+                if flats is not None:
+                    flats[pack.id] = flat  # evaluate() reuses it: derive once per patient and pack
                 if any(flat.get(name) is True for name in triggers.facts):
                     out.append(pack)
                     continue
@@ -184,8 +188,11 @@ class Engine:
     def flat_facts(self, pack: CompiledPack, facts: PatientFacts) -> dict[str, Any]:
         return derive(facts, pack.vocabulary, pack.context)
 
-    def evaluate_pack(self, pack: CompiledPack, facts: PatientFacts) -> list[Alert]:
-        flat = self.flat_facts(pack, facts)
+    def evaluate_pack(
+        self, pack: CompiledPack, facts: PatientFacts, flat: Mapping[str, Any] | None = None
+    ) -> list[Alert]:
+        if flat is None:
+            flat = self.flat_facts(pack, facts)
         projected = project(flat, self._referenced[pack.id])
         try:
             outcomes = self._evaluator(pack).outcomes(projected)
@@ -201,6 +208,7 @@ class Engine:
         if not isinstance(facts, PatientFacts):
             facts = PatientFacts.model_validate(facts)
         alerts: list[Alert] = []
-        for pack in self.applicable(facts):
-            alerts.extend(self.evaluate_pack(pack, facts))
+        flats: dict[str, dict[str, Any]] = {}
+        for pack in self.applicable(facts, flats):
+            alerts.extend(self.evaluate_pack(pack, facts, flats.get(pack.id)))
         return sorted(alerts, key=Alert.sort_key)
