@@ -134,6 +134,11 @@ class Engine:
                 cache[key] = OracleEvaluator(pack)
         return cache[key]
 
+    @property
+    def running_packs(self) -> list[CompiledPack]:
+        """Packs whose status this engine evaluates (by default only ``active`` ones)."""
+        return [p for p in self.packs if p.spec.pack.status in self.statuses]
+
     def close(self) -> None:
         """Free the durable rulesets of every thread (after a hot reload swapped this engine out).
 

@@ -308,7 +308,7 @@ def run_screen(opts: ScreenOptions) -> ScreenResult:
     opts.out.mkdir(parents=True, exist_ok=True)
     packs = [
         {"id": p.id, "version": p.version, "hash": p.content_hash, "status": p.spec.pack.status}
-        for p in ctx.engine.packs
+        for p in ctx.engine.running_packs
     ]
     fingerprint = _fingerprint(plan, cfg, opts, [p["hash"] for p in packs])
     parts = PartStore(

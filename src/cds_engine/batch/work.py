@@ -118,7 +118,7 @@ def _context(cfg: RunConfig) -> _Context:
     """The engine of this process for ``cfg`` (built once per worker process)."""
     if cfg not in _CONTEXTS:
         engine = Engine.from_dir(cfg.rules, evaluator="rete" if cfg.engine == "rete" else "oracle")
-        vectors = {p.id: VectorPack.compile(p, site_hash=engine.site_hash) for p in engine.packs}
+        vectors = {p.id: VectorPack.compile(p, site_hash=engine.site_hash) for p in engine.running_packs}
         assumed = None
         if cfg.assume_order:
             vocab = engine.packs[0].vocabulary if engine.packs else None
@@ -269,7 +269,7 @@ def _add_fhir_unit(
     facts: dict[str, PatientFacts] = {}
     patient_id = next((str(r.get("id")) for r in resources if r.get("resourceType") == "Patient"), None)
     try:
-        for pack in ctx.engine.packs:
+        for pack in ctx.engine.running_packs:  # a draft pack does not run in a screening
             drug = pack.context.drug_class
             drafts = (
                 [ctx.assumed.to_fhir()] if ctx.assumed is not None else _current_order(resources, ctx, drug)
@@ -329,7 +329,7 @@ def _read_table(chunk: Chunk, cfg: RunConfig, ctx: _Context, out: _Collector) ->
                 source,
                 row["__line"],
                 row.get("patient_id"),
-                dict.fromkeys((p.id for p in ctx.engine.packs), patient),
+                dict.fromkeys((p.id for p in ctx.engine.running_packs), patient),
                 row.get("__notes"),
             )
         )
@@ -345,7 +345,7 @@ def _evaluate(units: list[_Unit], cfg: RunConfig, ctx: _Context) -> tuple[pl.Dat
     packs_of: list[list[str]] = [[] for _ in units]
     status = ["deceased-excluded" if any(f.deceased for f in u.facts.values()) else "screened" for u in units]
     applicable: dict[int, set[str]] = {}  # id(facts) -> packs that apply (tables share one facts object)
-    for pack in engine.packs:
+    for pack in engine.running_packs:
         flats: list[dict[str, Any]] = []
         keys: list[int] = []
         for i, unit in enumerate(units):

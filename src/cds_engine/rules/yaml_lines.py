@@ -50,7 +50,8 @@ _ALLOWED_TAGS = frozenset(
 
 def load_with_lines(text: str) -> tuple[Any, LineMap]:
     """Parse YAML text into plain Python data and a map from paths to 1-based line numbers."""
-    loader = yaml.SafeLoader(text)
+    # libyaml's parser when present (same nodes and marks, ~10x faster); PyYAML's pure-Python one otherwise
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)(text)
     try:
         node = loader.get_single_node()
     except yaml.YAMLError as exc:
@@ -64,6 +65,7 @@ def load_with_lines(text: str) -> tuple[Any, LineMap]:
     if node is None:
         return None, lines
     seen: set[int] = set()
+    constructor = yaml.constructor.SafeConstructor()  # scalars only: one instance serves every node
 
     def walk(n: yaml.Node, path: Path) -> Any:
         if id(n) in seen:
@@ -94,10 +96,6 @@ def load_with_lines(text: str) -> tuple[Any, LineMap]:
             raise YamlError("mapping keys must be plain scalars", n.start_mark.line + 1)
         if n.tag not in _ALLOWED_TAGS:
             raise YamlError(f"YAML tag {n.tag!r} is not allowed in rule packs", n.start_mark.line + 1)
-        constructor = yaml.SafeLoader("")
-        try:
-            return constructor.construct_object(n)
-        finally:
-            constructor.dispose()
+        return constructor.construct_object(n)
 
     return walk(node, ()), lines
