@@ -14,7 +14,6 @@ import copy
 import gzip
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -28,6 +27,8 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec
+
+from store_helpers import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -350,12 +351,6 @@ def hook_request(
     if prefetch is not None:
         body["prefetch"] = prefetch
     return body
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextmanager

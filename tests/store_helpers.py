@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import closing, contextmanager, suppress
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -22,47 +23,89 @@ IN_CI = os.environ.get("CI", "").lower() == "true"
 NOW = datetime(2025, 3, 1, 10, 0, tzinfo=UTC)
 
 
-def make_alert(rule_id: str = "TST-R01", severity: str = "warning", *, summary: str = "Check the dose",
-               suggestions: bool = True, category: str = "dose-range") -> Alert:
+def make_alert(
+    rule_id: str = "TST-R01",
+    severity: str = "warning",
+    *,
+    summary: str = "Check the dose",
+    suggestions: bool = True,
+    category: str = "dose-range",
+) -> Alert:
     return Alert(
-        rule_id=rule_id, tier_id=f"{rule_id}.main", title=f"Test rule {rule_id}", category=category,
-        severity=severity, summary=summary, detail="Detail with **markdown** and the patient's values.",
+        rule_id=rule_id,
+        tier_id=f"{rule_id}.main",
+        title=f"Test rule {rule_id}",
+        category=category,
+        severity=severity,
+        summary=summary,
+        detail="Detail with **markdown** and the patient's values.",
         evidence={"daily_dose_mg": 60.0, "egfr": 25, "since": "2025-01-01"},
         suggestions=[AlertSuggestion(label="Lower the dose", action="reduce-dose", dose_mg_per_day=15.0)]
-        if suggestions else [],
+        if suggestions
+        else [],
         sources=[AlertSource(id="S1", title="A label", url="https://example.org/label")],
-        pack_id="test-pack", pack_version="1.0.0", pack_hash="f" * 64, pack_url="https://example.org/pack",
-        pack_status="active", approval="approved",
+        pack_id="test-pack",
+        pack_version="1.0.0",
+        pack_hash="f" * 64,
+        pack_url="https://example.org/pack",
+        pack_status="active",
+        approval="approved",
     )
 
 
-def make_record(*, hook_instance: str | None = None, source: str = "hook", hook: str = "order-sign",
-                patient: str = "Patient/1", order_key: str | None = "order-1",
-                alerts: list[Alert] | None = None,
-                as_of: datetime = NOW, pack_id: str = "test-pack", batch_run_id: str | None = None,
-                pack_hash: str = "f" * 64, pack_version: str = "1.0.0") -> EvaluationRecord:
+def make_record(
+    *,
+    hook_instance: str | None = None,
+    source: str = "hook",
+    hook: str = "order-sign",
+    patient: str = "Patient/1",
+    order_key: str | None = "order-1",
+    alerts: list[Alert] | None = None,
+    as_of: datetime = NOW,
+    pack_id: str = "test-pack",
+    batch_run_id: str | None = None,
+    pack_hash: str = "f" * 64,
+    pack_version: str = "1.0.0",
+) -> EvaluationRecord:
     alerts = [make_alert()] if alerts is None else alerts
     return EvaluationRecord(
-        source=source, hook_instance=hook_instance or str(uuid.uuid4()), hook=hook, service_id=f"test-{hook}",
-        patient_ref=patient, order_key=order_key,
-        order={"resourceType": "MedicationRequest", "id": order_key}, as_of=as_of, pack_id=pack_id,
-        pack_version=pack_version, pack_hash=pack_hash, batch_run_id=batch_run_id,
+        source=source,
+        hook_instance=hook_instance or str(uuid.uuid4()),
+        hook=hook,
+        service_id=f"test-{hook}",
+        patient_ref=patient,
+        order_key=order_key,
+        order={"resourceType": "MedicationRequest", "id": order_key},
+        as_of=as_of,
+        pack_id=pack_id,
+        pack_version=pack_version,
+        pack_hash=pack_hash,
+        batch_run_id=batch_run_id,
         alerts=[IssuedAlert(alert=a, card_uuid=str(uuid.uuid4())) for a in alerts],
     )
 
 
-def feedback(card_uuid: str, outcome: str = "overridden", *, at: datetime | None = None,
-             accepted: list[str] | None = None) -> FeedbackRecord:
+def feedback(
+    card_uuid: str,
+    outcome: str = "overridden",
+    *,
+    at: datetime | None = None,
+    accepted: list[str] | None = None,
+) -> FeedbackRecord:
     return FeedbackRecord(
-        service_id="test-order-sign", card_uuid=card_uuid, outcome=outcome,  # type: ignore[arg-type]
+        service_id="test-order-sign",
+        card_uuid=card_uuid,
+        outcome=outcome,  # type: ignore[arg-type]
         accepted_suggestions=accepted or [],
         override_reason_code="tolerated-before" if outcome == "overridden" else None,
-        comment="prescriber comment", user_id="Practitioner/7",
+        comment="prescriber comment",
+        user_id="Practitioner/7",
         outcome_timestamp=at or NOW + timedelta(minutes=1),
     )
 
 
 # -- PostgreSQL ------------------------------------------------------------------------------
+
 
 def _port_open(host: str, port: int) -> bool:
     with closing(socket.socket()) as s:
@@ -77,8 +120,9 @@ def _admin_connect():
     for user in ("postgres", "root", os.environ.get("USER", "postgres")):
         for dbname in ("postgres", "test"):
             try:
-                return psycopg.connect(host=PG_HOST, port=PG_PORT, user=user, dbname=dbname, autocommit=True,
-                                       connect_timeout=3), user
+                return psycopg.connect(
+                    host=PG_HOST, port=PG_PORT, user=user, dbname=dbname, autocommit=True, connect_timeout=3
+                ), user
             except psycopg.Error as exc:
                 last = exc
     raise RuntimeError(f"cannot connect to PostgreSQL at {PG_HOST}:{PG_PORT}: {last}")
@@ -178,3 +222,20 @@ def csrf_of(html: str) -> str:
     found = CSRF_RE.search(html)
     assert found, "no CSRF token in the page"
     return found.group(1)
+
+
+def sign_in(client: Any, username: str, password: str) -> str:
+    """Sign in through the review page's form (CSRF token included); returns the alert list's token."""
+    form = client.get("/review/login")
+    response = client.post(
+        "/review/login",
+        follow_redirects=False,
+        data={
+            "username": username,
+            "password": password,
+            "csrf_token": csrf_of(form.text),
+            "next": "/review/alerts",
+        },
+    )
+    assert response.status_code == 303, response.text
+    return csrf_of(client.get("/review/alerts").text)

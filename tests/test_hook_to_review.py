@@ -13,7 +13,7 @@ from cds_engine.service.discovery import prefetch_templates
 from cds_engine.store import open_store
 from cds_engine.store import users as user_admin
 from cds_engine.store.models import AlertRow
-from store_helpers import csrf_of
+from store_helpers import sign_in
 
 PASSWORD = "correct-horse-battery"
 
@@ -52,18 +52,7 @@ def test_hook_alerts_reach_the_review_page(tmp_path, engine, pack):
         }
         assert client.post(f"/cds-services/{pack.id}-order-sign/feedback", json=feedback).status_code == 200
 
-        form = client.get("/review/login")
-        signed = client.post(
-            "/review/login",
-            follow_redirects=False,
-            data={
-                "username": "rita",
-                "password": PASSWORD,
-                "csrf_token": csrf_of(form.text),
-                "next": "/review/alerts",
-            },
-        )
-        assert signed.status_code == 303
+        sign_in(client, "rita", PASSWORD)
         listing = client.get("/review/alerts").text
         assert "BAC-R02" in listing and "Patient/p1" in listing
         analytics = client.get("/review/analytics").text

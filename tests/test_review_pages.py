@@ -18,6 +18,7 @@ from cds_engine.store import users as user_admin
 from cds_engine.store.api import EvaluationRecord, IssuedAlert
 from cds_engine.store.models import AlertRow, AuditEntry, Evaluation, ReviewDecision, User
 from store_helpers import csrf_of
+from store_helpers import sign_in as shared_sign_in
 
 PASSWORD = "correct-horse-battery"
 XSS_PATIENT = '<script>alert("p")</script>'
@@ -68,13 +69,7 @@ def client(store: Store, engine: Engine) -> TestClient:
 
 
 def sign_in(client: TestClient, username: str, password: str = PASSWORD) -> str:
-    form = client.get("/review/login")
-    response = client.post("/review/login", data={"username": username, "password": password,
-                                                  "csrf_token": csrf_of(form.text), "next": "/review/alerts"},
-                           follow_redirects=False)
-    assert response.status_code == 303, response.text
-    page = client.get("/review/alerts")
-    return csrf_of(page.text)
+    return shared_sign_in(client, username, password)
 
 
 def first_alert_id(store: Store, patient: str = "Patient/1") -> str:

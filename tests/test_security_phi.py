@@ -20,7 +20,7 @@ from cds_engine.service.app import create_app
 from cds_engine.service.discovery import prefetch_templates
 from cds_engine.store import open_store
 from cds_engine.store import users as user_admin
-from store_helpers import csrf_of
+from store_helpers import sign_in
 
 NOW_ISO = "2025-03-01T12:00:00+00:00"
 FHIR = "https://ehr.example/fhir"
@@ -124,18 +124,7 @@ def test_whole_flow_logs_no_phi(tmp_path, engine, pack, caplog):
         assert client.post("/evaluate", json=facts).status_code == 200
         assert client.post("/evaluate", json={**facts, "birth_date": f"{BIRTH}x"}).status_code == 400
 
-        form = client.get("/review/login")
-        signed = client.post(
-            "/review/login",
-            follow_redirects=False,
-            data={
-                "username": "rita",
-                "password": PASSWORD,
-                "csrf_token": csrf_of(form.text),
-                "next": "/review/alerts",
-            },
-        )
-        assert signed.status_code == 303
+        sign_in(client, "rita", PASSWORD)
         listing = client.get("/review/alerts").text
         for link in sorted(set(re.findall(r'href="(/review/alerts/[^"?#]+)"', listing)))[:3]:
             assert client.get(link).status_code == 200
