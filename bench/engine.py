@@ -1,6 +1,6 @@
 """Engine core benchmark: durable_rules (Rete) vs the plain-Python oracle on the same patients.
 
-Run: ``python bench/engine.py [--patients 10000] [--repeat 3]``. Both evaluators get the same
+Run: ``python bench/engine.py [--patients 10000] [--repeat 3] [--smoke]``. Both evaluators get the same
 pre-derived, projected facts and build alerts through the same code, so the ratio isolates the
 evaluation strategy. Prints a markdown table; the figures of record live in bench/RESULTS.md.
 Not a test: timings on a shared 2-core VM vary ±15 %; compare ratios from one run.
@@ -13,15 +13,18 @@ import platform
 import random
 import statistics
 import time
-from pathlib import Path
 
-from cds_engine.engine import Engine, OracleEvaluator, project
-from cds_engine.facts.model import PatientFacts
-from cds_engine.results import build_alerts
-from cds_engine.rules.rete import ReteEvaluator, durable_ruleset
-from cds_engine.synthetic import PatientGenerator
+from bench_common import REPO, machine_header, use_repo_paths
 
-RULES = Path(__file__).resolve().parents[1] / "rules"
+use_repo_paths()
+
+from cds_engine.engine import Engine, OracleEvaluator, project  # noqa: E402
+from cds_engine.facts.model import PatientFacts  # noqa: E402
+from cds_engine.results import build_alerts  # noqa: E402
+from cds_engine.rules.rete import ReteEvaluator, durable_ruleset  # noqa: E402
+from cds_engine.synthetic import PatientGenerator  # noqa: E402
+
+RULES = REPO / "rules"
 
 
 def _run(name: str, evaluator, pack, flats, projected, alerts: bool = True) -> dict[str, float]:
@@ -47,7 +50,11 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--patients", type=int, default=10_000)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--smoke", action="store_true", help="a few seconds: 200 patients, one repeat")
     args = parser.parse_args()
+    if args.smoke:
+        args.patients, args.repeat = 200, 1
+    print(machine_header("bench/engine.py", args.smoke))
     engine = Engine.from_dir(RULES)
     pack = engine.packs[0]
     gen = PatientGenerator(pack.vocabulary, pack.context.drug_class)

@@ -1,6 +1,6 @@
 """CDS Hooks service benchmark: order-sign with a realistic prefetch vs a parse-only baseline endpoint.
 
-Run: ``python bench/hook.py [--requests 600] [--db none|sqlite]``. Starts one uvicorn process on
+Run: ``python bench/hook.py [--requests 600] [--db none|sqlite] [--smoke]``. Starts one uvicorn process on
 loopback serving the real service plus a baseline endpoint (``POST /baseline``) that parses the
 *same* body into the same ``fhir.resources.R4B`` models — every draft order and every prefetched
 resource — and returns nothing. Both are driven side by side in one run by an httpx client at
@@ -27,14 +27,13 @@ import sys
 import tempfile
 import time
 import uuid
-from pathlib import Path
 from typing import Any
 
 import httpx
+from bench_common import REPO, machine_header, subprocess_env, use_repo_paths
 from fastapi import APIRouter, Request, Response
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+use_repo_paths()
 
 from tests.service_helpers import (  # noqa: E402  (the test helpers build realistic requests)
     LocalFhir,
@@ -82,8 +81,19 @@ def serve(port: int, db: str) -> None:
 
     import uvicorn
 
+    from cds_engine.service.http_limits import KEEP_ALIVE_SECONDS, bounded_protocol
+
     logging.getLogger("cds_engine.service").setLevel(logging.WARNING)
-    uvicorn.run(build_app(db), host="127.0.0.1", port=port, access_log=False, log_level="warning")
+    # the parser `serve` ships: httptools with the 64 KiB / 10 s header bounds, 5 s keep-alive
+    uvicorn.run(
+        build_app(db),
+        host="127.0.0.1",
+        port=port,
+        access_log=False,
+        log_level="warning",
+        http=bounded_protocol(),
+        timeout_keep_alive=KEEP_ALIVE_SECONDS,
+    )
 
 
 # ── the client side ────────────────────────────────────────────────────────────────────────
@@ -140,6 +150,21 @@ async def drive(
     return latencies, elapsed, timings
 
 
+def many_drafts(base: str, body: dict[str, Any]) -> list[tuple[int, int, float]]:
+    """(drafts, status, seconds) for one order-sign with 250 and with 251 draft orders (the cap)."""
+    draft = body["context"]["draftOrders"]["entry"][0]["resource"]
+    out = []
+    for count in (250, 251):
+        big = json.loads(json.dumps(body))
+        big["hookInstance"] = str(uuid.uuid4())
+        entries = [{"resource": {**draft, "id": f"mr-{i}"}} for i in range(count)]
+        big["context"]["draftOrders"]["entry"] = entries
+        start = time.perf_counter()
+        response = httpx.post(base + SIGN, json=big, timeout=120)
+        out.append((count, response.status_code, time.perf_counter() - start))
+    return out
+
+
 def _pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(len(ordered) * q))] * 1000
@@ -179,10 +204,14 @@ def main() -> None:
     parser.add_argument("--db", default="none", help="none, or sqlite (a temporary SQLite store)")
     parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--serve-db", default="none", help=argparse.SUPPRESS)
+    parser.add_argument("--smoke", action="store_true", help="a few seconds: 20 requests per cell")
     args = parser.parse_args()
     if args.serve:
         serve(args.serve, args.serve_db)
         return
+    if args.smoke:
+        args.requests = 20
+    print(machine_header("bench/hook.py", args.smoke))
 
     body, count = realistic_body()
     body["hookInstance"] = "__HOOK_INSTANCE__"
@@ -195,20 +224,23 @@ def main() -> None:
     server = subprocess.Popen(
         [sys.executable, __file__, "--serve", str(port), "--serve-db", db],
         cwd=tmp,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
+        env=subprocess_env(),
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(300):
+        deadline = time.monotonic() + 300  # a deadline, not a timing: a busy machine starts slowly
+        while True:
             try:
                 if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
                     break
             except httpx.HTTPError:
                 time.sleep(0.2)
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("the benchmark server did not start")
         rows = []
         splits = {}
         for path in (SIGN, "/baseline"):
-            asyncio.run(drive(base, path, payload, 60, 4))  # warm-up
+            asyncio.run(drive(base, path, payload, 8 if args.smoke else 60, 4))  # warm-up
         for concurrency in (1, 16):
             for path in (SIGN, "/baseline"):
                 latencies, elapsed, timings = asyncio.run(
@@ -225,6 +257,7 @@ def main() -> None:
                 )
                 if timings:
                     splits[concurrency] = _split(timings)
+        scale = many_drafts(base, body)
     finally:
         server.terminate()
         server.wait(timeout=10)
@@ -252,7 +285,11 @@ def main() -> None:
         total = sum(split.values())
         parts = ", ".join(f"{k} {v:.2f}" for k, v in split.items())
         print(f"\nServer time split at concurrency {concurrency} (mean ms, {total:.2f} in handler): {parts}")
-    print(f"\nES384 client JWT verification (auth off in the runs above): {jwt_cost():.2f} ms per call")
+    print("\nMany draft orders in one call (security issue 15; goals: 250 drafts < 2 s, 251 → 413 < 1 s):")
+    for drafts, status, seconds in scale:
+        print(f"- {drafts} drafts: {status} in {seconds:.2f} s")
+    cost = jwt_cost(10 if args.smoke else 200)
+    print(f"\nES384 client JWT verification (auth off in the runs above): {cost:.2f} ms per call")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Sustained load on a real ``cds-engine serve`` with client authentication on (issue 7, item 1).
 
-Run: ``python bench/load.py [--seconds 60] [--concurrency 32] [--db sqlite,postgresql]``.
+Run: ``python bench/load.py [--seconds 60] [--concurrency 32] [--db sqlite,postgresql] [--smoke]``.
 
 For each store it starts ``cds-engine serve`` (the real command, uvicorn, default INFO request
 log) with a trusted-issuers file this script writes (one ES384 key), then drives order-sign calls
@@ -11,7 +11,8 @@ Synthea patient with a template-filled prefetch (the same body as ``bench/hook.p
 Afterwards the server is stopped and the store is read directly: every hookInstance that got a
 200 must have exactly one evaluation row for the baclofen pack, and no other hookInstance may
 appear (nothing lost, nothing duplicated); the spool must be empty. PostgreSQL uses a fresh
-database on 127.0.0.1:5432, dropped after the run.
+database on the server named by ``CDS_TEST_DATABASE_URL`` (as the tests do), dropped after the run;
+``--smoke`` (2 s, concurrency 4) runs SQLite, and PostgreSQL too when that variable is set.
 
 Goals: zero errors, p99 ≤ 500 ms. The load generator shares the machine's cores with the server,
 so the figures understate what a dedicated server does. Not a test.
@@ -36,11 +37,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+from bench_common import REPO, machine_header, subprocess_env, use_repo_paths
 
-BENCH = Path(__file__).resolve().parent
-REPO = BENCH.parent
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(BENCH))
+use_repo_paths()
 
 from hook import realistic_body  # noqa: E402  (same body as the service benchmark)
 from tests.service_helpers import Signer  # noqa: E402
@@ -72,9 +71,12 @@ def _free_port() -> int:
 
 @contextmanager
 def postgres_database() -> Iterator[str]:
-    """A fresh database on the shared local server, dropped afterwards."""
-    from store_helpers import postgres_database as fresh  # tests/store_helpers.py
+    """A fresh database on the server named by CDS_TEST_DATABASE_URL, dropped afterwards."""
+    from store_helpers import postgres_admin_url  # tests/store_helpers.py
+    from store_helpers import postgres_database as fresh
 
+    if postgres_admin_url() is None:
+        raise SystemExit("bench/load.py: set CDS_TEST_DATABASE_URL for the PostgreSQL run (or --db sqlite)")
     with fresh() as url:
         yield url
 
@@ -84,16 +86,17 @@ def serve(db_url: str, workdir: Path, signer: Signer) -> Iterator[str]:
     issuers = signer.issuers_file(workdir)
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "CDS_SPOOL_DIR": str(workdir / "spool"), "PYTHONUNBUFFERED": "1"}
+    env = subprocess_env(CDS_SPOOL_DIR=str(workdir / "spool"), PYTHONUNBUFFERED="1")
     env.pop("CDS_DATABASE_URL", None)
     log = (workdir / "server.log").open("w")
     process = subprocess.Popen(
         [sys.executable, "-m", "cds_engine.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
-         "--rules", str(REPO / "rules"), "--db", db_url, "--trusted-issuers", str(issuers)],
+         "--rules", str(REPO / "rules"), "--db", db_url, "--trusted-issuers", str(issuers),
+         "--public-url", base],
         cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT,
     )
     try:
-        deadline = time.monotonic() + 90
+        deadline = time.monotonic() + 300  # a deadline, not a timing: a busy machine starts slowly
         while True:
             try:
                 if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
@@ -172,7 +175,7 @@ def _pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(len(ordered) * q))] * 1000 if ordered else float("nan")
 
 
-def one_run(store: str, payload: str, seconds: float, concurrency: int) -> Run:
+def one_run(store: str, payload: str, seconds: float, concurrency: int, warm_seconds: float = 3) -> Run:
     run = Run(store=store, seconds=seconds, concurrency=concurrency)
     signer = Signer(issuer="https://ehr.load.example")
     with tempfile.TemporaryDirectory(prefix="cds-load-") as tmp:
@@ -180,7 +183,7 @@ def one_run(store: str, payload: str, seconds: float, concurrency: int) -> Run:
 
         def go(db_url: str) -> None:
             with serve(db_url, workdir, signer) as base:
-                warm = Run(store=store, seconds=3, concurrency=4)
+                warm = Run(store=store, seconds=warm_seconds, concurrency=4)
                 asyncio.run(drive(base, payload, signer, warm))
                 asyncio.run(drive(base, payload, signer, run))
                 time.sleep(1)
@@ -235,14 +238,20 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=60)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--db", default="sqlite,postgresql", help="comma list: sqlite, postgresql")
+    parser.add_argument("--smoke", action="store_true", help="2 s, concurrency 4 (PostgreSQL if configured)")
     args = parser.parse_args()
-    sys.path.insert(0, str(REPO / "tests"))
+    if args.smoke:
+        from store_helpers import postgres_admin_url
+
+        args.seconds, args.concurrency = 2, 4
+        args.db = "sqlite,postgresql" if postgres_admin_url() else "sqlite"
+    print(machine_header("bench/load.py", args.smoke))
     body, resources = realistic_body()
     body["hookInstance"] = "__HOOK_INSTANCE__"
     payload = json.dumps(body)
     runs = []
     for store in args.db.split(","):
-        run = one_run(store.strip(), payload, args.seconds, args.concurrency)
+        run = one_run(store.strip(), payload, args.seconds, args.concurrency, 0.5 if args.smoke else 3)
         print(f"{store}: {len(run.latencies)} requests, errors {run.errors}", file=sys.stderr)
         runs.append(run)
     print(report(runs, len(payload) // 1024, resources))

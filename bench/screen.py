@@ -2,7 +2,8 @@
 
     .venv/bin/python bench/screen.py                 # default sizes (1M vector; 2M for the memory pair)
     .venv/bin/python bench/screen.py --full          # the issue's sizes: memory at 1M and 5M
-    .venv/bin/python bench/screen.py --quick         # smoke run (small sizes)
+    .venv/bin/python bench/screen.py --quick         # small sizes
+    .venv/bin/python bench/screen.py --smoke         # a few seconds (CI: tests/test_bench_smoke.py)
 
 Items (each prints one line; ``--json FILE`` saves them):
   (a) N patients from Parquet through the vector path: read + evaluate (tier outcomes), and
@@ -12,7 +13,8 @@ Items (each prints one line; ``--json FILE`` saves them):
       through ``cds-engine screen`` end to end, which derives facts patient by patient.
   (b) the Rete (durable_rules) path on a sample of the same patients, (c) the plain-Python oracle
       on the same sample — both per patient, alerts built with ``build_alerts``.
-  (d) the shared Synthea bundles end to end (``cds-engine screen``) vs ``json.loads`` of the same files.
+  (d) the shipped Synthea bundles (``examples/synthea``) end to end (``cds-engine screen``) vs
+      ``json.loads`` of the same files.
   (e) peak RSS of a streamed vector screening at two sizes (separate processes).
   (f) ``cds-engine screen --dask`` on a LocalCluster with 1 and 2 workers (record table).
 """
@@ -32,10 +34,9 @@ import time
 from pathlib import Path
 
 import polars as pl
+from bench_common import REPO, machine_header, use_repo_paths
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-sys.path.insert(0, str(REPO / "src"))
+use_repo_paths()
 
 from cds_engine.engine import Engine, OracleEvaluator, project  # noqa: E402
 from cds_engine.facts import catalog  # noqa: E402
@@ -185,16 +186,15 @@ def bench_per_patient(pack, sample: list[dict], kind: str) -> dict:
 
 
 def bench_bundles() -> dict | None:
-    synthea = SHARED / "data" / "synthea"
-    if not synthea.is_dir():
-        return None
+    synthea = REPO / "examples" / "synthea"
     from cds_engine.batch.inputs import plan_inputs
     from cds_engine.batch.runner import ScreenOptions, run_screen
 
     files = plan_inputs([synthea]).bundles
     t = time.perf_counter()
     for f in files:
-        json.loads(gzip.decompress(f.read_bytes()))
+        raw = f.read_bytes()
+        json.loads(gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw)  # the hand-made ones are plain
     parse_s = time.perf_counter() - t
     with tempfile.TemporaryDirectory() as tmp:
         result, screen_s = timed(
@@ -327,7 +327,8 @@ def main() -> None:
     ap.add_argument("--patients", type=int, default=1_000_000)
     ap.add_argument("--sample", type=int, default=10_000, help="patients for the Rete and oracle paths")
     ap.add_argument("--full", action="store_true", help="memory at 1M and 5M patients (the issue's sizes)")
-    ap.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    ap.add_argument("--quick", action="store_true", help="small sizes")
+    ap.add_argument("--smoke", action="store_true", help="a few seconds: tiny sizes, every item once")
     ap.add_argument(
         "--records", type=int, default=20_000, help="record-table patients through the CLI and Dask"
     )
@@ -338,6 +339,11 @@ def main() -> None:
     mem_sizes = (
         [1_000_000, 5_000_000] if args.full else ([50_000, 100_000] if args.quick else [1_000_000, 2_000_000])
     )
+    mem_chunk = 100_000
+    if args.smoke:
+        args.patients, args.sample, args.records = 2_000, 100, 300
+        mem_sizes, mem_chunk = [2_000, 4_000], 1_000
+    print(machine_header("bench/screen.py", args.smoke))
     engine = Engine.from_dir(REPO / "rules")
     pack = next(p for p in engine.packs if p.id == "baclofen")
     vp = VectorPack.compile(pack)
@@ -378,13 +384,13 @@ def main() -> None:
         )
         d = bench_bundles()
         results["d_bundles"] = d
-        if d:
+        if d:  # the same files through both paths; tiny sample (15 files): read the ratio, not the rate
             print(
                 f"(d) {d['files']} Synthea bundles: json.loads {d['parse_rate']:.0f} files/s, "
                 f"screen end to end "
                 f"{d['screen_rate']:.0f} files/s → {d['ratio']:.2f}x of the raw parse rate"
             )
-        m = bench_memory(pack, mem_sizes, 100_000, tmp)
+        m = bench_memory(pack, mem_sizes, mem_chunk, tmp)
         results["e_memory"] = m
         print(
             "(e) peak RSS, streamed vector screening: "

@@ -1,4 +1,4 @@
-"""Shared test fixtures: the engine on the repository's rules, and the shared data folder."""
+"""Shared test fixtures: the engine on the repository's rules, and the shipped example patients."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from cds_engine.engine import Engine
 
 REPO = Path(__file__).resolve().parents[1]
 RULES = REPO / "rules"
-SHARED = REPO.parent / "shared"
+EXAMPLES = REPO / "examples"  # everything the tests read ships with the repository
 
 
 @pytest.fixture(scope="session")
@@ -30,7 +30,7 @@ def pack(engine: Engine):
 # ── no PHI in any log line of the whole suite ─────────────────────────────────────────────────
 # Every log record emitted in this process (INFO and up) is kept; when the session ends, they are
 # scanned for the names and birth dates of the patients the tests use (the Synthea bundles in
-# ../shared and the fixtures). A hit fails the run. Subprocess logs are checked by their own tests.
+# examples/synthea and the fixtures). A hit fails the run. Subprocess logs are checked by their own tests.
 class _Collect(logging.Handler):
     def __init__(self) -> None:
         super().__init__(logging.INFO)
@@ -62,7 +62,7 @@ def _patient_identifiers() -> set[str]:
         birth = json.loads(path.read_text(encoding="utf-8")).get("facts", {}).get("birth_date")
         if birth and birth < "2000-01-01":  # recent dates collide with clinical dates in messages
             found.add(birth)
-    synthea = SHARED / "data" / "synthea"
+    synthea = EXAMPLES / "synthea"
     for path in sorted(synthea.rglob("*.json.gz")) if synthea.exists() else []:
         with gzip.open(path, "rt", encoding="utf-8") as fh:
             bundle = json.load(fh)

@@ -31,9 +31,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from store_helpers import free_port
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-REFERENCE = SHARED / "reference" / "cds-hooks"
-SYNTHEA = SHARED / "data" / "synthea"
+EXAMPLES = REPO / "examples"  # shipped with the repository: tests never need anything outside it
+REFERENCE = EXAMPLES / "cds-hooks"
+SYNTHEA = EXAMPLES / "synthea"
 RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
 BACLOFEN = {
     "197391": "Baclofen 10 MG Oral Tablet",
@@ -203,6 +203,8 @@ class LocalFhir:
             relative = request.url.path[len(prefix) :]
             if request.url.query:
                 relative += "?" + request.url.query.decode()
+            if request.method == "POST" and relative.endswith("/_search"):  # FHIR search by POST
+                relative = relative[: -len("/_search")] + "?" + request.content.decode()
             self.calls.append(relative)
             body = self.get(relative)
             if body is None:
@@ -360,10 +362,12 @@ def serve_process(
     """Run a real ``cds-engine serve ARGS`` on a free loopback port until the block ends.
 
     Yields (base URL, process, log path). The log is ``workdir/server.log``; the server is stopped
-    (SIGTERM, then SIGKILL) on exit, and a start that fails raises with the log's text.
+    (SIGTERM, then SIGKILL) on exit, and a start that fails raises with the log's text. ``{base}``
+    in an argument becomes the base URL (e.g. ``--public-url {base}``).
     """
     port = free_port()
     base = f"http://127.0.0.1:{port}"
+    args = [arg.replace("{base}", base) for arg in args]
     environment = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     environment.pop("CDS_DATABASE_URL", None)
     log_path = workdir / "server.log"

@@ -18,7 +18,10 @@ import pytest
 from cds_engine.alerts import Alert, AlertSource, AlertSuggestion
 from cds_engine.store.api import EvaluationRecord, FeedbackRecord, IssuedAlert
 
-PG_HOST, PG_PORT = "127.0.0.1", 5432
+# The one way tests find PostgreSQL: an admin URL (any database on the server; trust or password in the
+# URL). scripts/test.sh sets it to a throwaway cluster it starts and removes; an existing server is used
+# only when the caller sets it. Never a guessed host or port.
+PG_URL_ENV = "CDS_TEST_DATABASE_URL"
 IN_CI = os.environ.get("CI", "").lower() == "true"
 NOW = datetime(2025, 3, 1, 10, 0, tzinfo=UTC)
 
@@ -113,41 +116,47 @@ def _port_open(host: str, port: int) -> bool:
         return s.connect_ex((host, port)) == 0
 
 
-def _admin_connect():
-    import psycopg
+def postgres_admin_url() -> str | None:
+    """The admin URL from ``CDS_TEST_DATABASE_URL`` (``postgresql://user@host:port/db``), or None."""
+    return os.environ.get(PG_URL_ENV) or None
 
-    last: Exception | None = None
-    for user in ("postgres", "root", os.environ.get("USER", "postgres")):
-        for dbname in ("postgres", "test"):
-            try:
-                return psycopg.connect(
-                    host=PG_HOST, port=PG_PORT, user=user, dbname=dbname, autocommit=True, connect_timeout=3
-                ), user
-            except psycopg.Error as exc:
-                last = exc
-    raise RuntimeError(f"cannot connect to PostgreSQL at {PG_HOST}:{PG_PORT}: {last}")
+
+def _admin_connect(admin_url: str):
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    url = make_url(admin_url)
+    return psycopg.connect(
+        host=url.host, port=url.port or 5432, user=url.username, password=url.password,
+        dbname=url.database or "postgres", autocommit=True, connect_timeout=5,
+    )
 
 
 @contextmanager
 def postgres_database() -> Iterator[str]:
-    """A fresh database on the local server for this run, dropped afterwards.
+    """A fresh database on the server named by ``CDS_TEST_DATABASE_URL``, dropped afterwards.
 
-    No server: skip — except in CI, where skipping PostgreSQL is not allowed.
+    Not set: skip — except in CI, where skipping PostgreSQL is not allowed (``scripts/test.sh``
+    always sets it, to a cluster it owns).
     """
-    if not _port_open(PG_HOST, PG_PORT):
-        message = f"no PostgreSQL server on {PG_HOST}:{PG_PORT}"
+    from sqlalchemy.engine import make_url
+
+    admin_url = postgres_admin_url()
+    if admin_url is None:
+        message = f"{PG_URL_ENV} is not set (scripts/test.sh starts a throwaway PostgreSQL and sets it)"
         if IN_CI:
             pytest.fail(message + " (CI=true: PostgreSQL tests may not be skipped)")
         pytest.skip(message)
-    conn, user = _admin_connect()
+    url = make_url(admin_url)
+    if not _port_open(url.host or "127.0.0.1", url.port or 5432):
+        pytest.fail(f"{PG_URL_ENV} names a PostgreSQL server that does not answer ({url.host}:{url.port})")
     name = f"cds_test_{secrets.token_hex(6)}"
-    with conn:
+    with _admin_connect(admin_url) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     try:
-        yield f"postgresql+psycopg://{user}@{PG_HOST}:{PG_PORT}/{name}"
+        yield url.set(drivername="postgresql+psycopg", database=name).render_as_string(hide_password=False)
     finally:
-        conn, _ = _admin_connect()
-        with conn:
+        with _admin_connect(admin_url) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
@@ -160,7 +169,7 @@ def free_port() -> int:
 class TcpProxy:
     """Forwards 127.0.0.1:port → target while started: lets a test take a database away and back."""
 
-    def __init__(self, target_port: int, port: int | None = None, target_host: str = PG_HOST) -> None:
+    def __init__(self, target_port: int, port: int | None = None, target_host: str = "127.0.0.1") -> None:
         self.port = port or free_port()
         self.target = (target_host, target_port)
         self._server: socket.socket | None = None

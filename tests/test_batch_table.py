@@ -191,7 +191,8 @@ def test_order_text_parser_is_generic(engine):
     assert parse_order_text("baclofen 10mg po q8h prn", vocab).doses_per_day == 3.0
     assert parse_order_text("baclofen 10 mg tablet PO BID", vocab).product.code  # a listed product
     assert parse_order_text("oxycodone 5 mg PO Q6H", vocab).doses_per_day == 4.0
-    assert parse_order_text("unknowndrug 5 mg PO daily", vocab).notes
+    with pytest.raises(OrderTextError, match="not in the vocabulary"):  # a typo must not screen as "0 alerts"
+        parse_order_text("unknowndrug 5 mg PO daily", vocab)
     fhir = order.to_fhir()
     assert fhir["resourceType"] == "MedicationRequest" and fhir["status"] == "draft"
     for bad in ("", "5 mg", "baclofen PO TID", "baclofen 5 mg sideways"):

@@ -131,7 +131,7 @@ def test_parity_on_arbitrary_flat_facts(pack):
     for _ in range(5000):
         density = rng.choice([0.1, 0.5, 0.9, 1.0])
         flat = {k: value(k) for k in refs if k in always or rng.random() < density}
-        for bounded in ("egfr", "crcl"):
+        for bounded in [n for n, spec in catalog.FACTS.items() if spec.bounded]:  # egfr, crcl, renal_fn
             for extra in [k for k in flat if k == bounded or k.startswith(bounded + "__")][1:]:
                 del flat[extra]
         projected = project(flat, refs)

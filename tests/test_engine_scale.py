@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import random
 import resource
 
 from cds_engine.engine import OracleEvaluator, project
 from cds_engine.facts.model import PatientFacts
-from cds_engine.rules.rete import ReteEvaluator
+from cds_engine.rules.rete import ReteEvaluator, durable_ruleset
 from cds_engine.synthetic import PatientGenerator
 
 
@@ -40,3 +41,15 @@ def test_hundred_thousand_evaluations(engine, pack):
     assert rete.leftover_facts() == []
     assert growth < 20, f"RSS grew by {growth:.1f} MB over 90,000 evaluations"
     rete.close()
+
+
+def test_durable_ruleset_stays_small(pack):
+    """A condition too large for one durable rule is packed into a few, never distributed.
+
+    Distributing the renal-band negations once turned 77 tiers into 1,062 durable rules (1.3 MB of
+    JSON, ~120 MB and ~1.3 s per evaluator, one evaluator per thread). Bounds are counts, not times.
+    """
+    rules, formulas = durable_ruleset(pack)
+    assert len(formulas) == len(pack.tiers)
+    assert len(rules) <= 200, f"{len(rules)} durable rules for {len(pack.tiers)} tiers"
+    assert len(json.dumps(rules)) <= 200_000

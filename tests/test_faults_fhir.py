@@ -70,7 +70,11 @@ class FhirServer:
 
 @pytest.fixture
 def app(engine):
-    return create_app(lambda: engine, auth=None, settings=ServiceSettings(fhir_timeout_seconds=BUDGET))
+    return create_app(
+        lambda: engine,
+        auth=None,
+        settings=ServiceSettings(fhir_timeout_seconds=BUDGET, allow_loopback_fhir=True),
+    )
 
 
 @pytest.fixture
@@ -125,7 +129,11 @@ def test_fhir_server_down_gives_412_quickly(app):
 def test_one_budget_covers_prefetch_and_medication_reads(engine, serve):
     # the prefetch reads use up the budget; the Medication read must not get a second one
     budget = 2.0  # two budgets (4 s) would clearly exceed budget + slack
-    app = create_app(lambda: engine, auth=None, settings=ServiceSettings(fhir_timeout_seconds=budget))
+    app = create_app(
+        lambda: engine,
+        auth=None,
+        settings=ServiceSettings(fhir_timeout_seconds=budget, allow_loopback_fhir=True),
+    )
     server = serve(lambda path: 0 if path.startswith("/fhir/Patient/") else 30)
     draft = medication_request()
     draft.pop("medicationCodeableConcept")

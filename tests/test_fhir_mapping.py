@@ -6,7 +6,6 @@ from datetime import UTC, date, datetime
 
 import pytest
 from tests.service_helpers import (
-    SHARED,
     baclofen_concept,
     load_reference,
     medication_request,
@@ -23,7 +22,6 @@ AS_OF = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 PATIENT = {"resourceType": "Patient", "id": "p1", "birthDate": "1960-05-01", "gender": "female"}
 LOINC = "http://loinc.org"
 SNOMED = "http://snomed.info/sct"
-needs_shared = pytest.mark.skipif(not SHARED.exists(), reason="../shared is absent")
 
 
 def facts(pack, resources, drafts=None, as_of=AS_OF) -> PatientFacts:
@@ -204,7 +202,6 @@ def test_sequenced_phases_are_a_taper(pack):
 
 
 # ── real MedicationRequest shapes ──────────────────────────────────────────────────────────
-@needs_shared
 def test_inferno_order_select_shape(pack):
     request = swap_to_baclofen(load_reference("order_select_hook_request.json"))
     drafts = [e["resource"] for e in request["context"]["draftOrders"]["entry"]]
@@ -216,7 +213,6 @@ def test_inferno_order_select_shape(pack):
     assert order.action == "new"
 
 
-@needs_shared
 def test_epic_shape_with_several_dose_rates(pack):
     request = swap_to_baclofen(load_reference("noPrefetch.json"))
     mr = request["context"]["draftOrders"]["entry"][0]["resource"]
@@ -226,7 +222,6 @@ def test_epic_shape_with_several_dose_rates(pack):
     assert order.date is not None
 
 
-@needs_shared
 def test_medication_reference_from_prefetch(pack):
     request = swap_to_baclofen(load_reference("order-sign-request_complete-prefetch.json"))
     pool = [r for v in request["prefetch"].values() if isinstance(v, dict) for r in bundle_resources(v)]
@@ -462,7 +457,6 @@ def test_other_drafts_and_statements_are_medicines(pack):
 
 
 # ── Synthea bundles (both dialects) ────────────────────────────────────────────────────────
-@needs_shared
 def test_synthea_bundles_map(pack, engine):
     for path in synthea_files(6):
         resources = synthea_resources(path)

@@ -1,7 +1,7 @@
 """The baclofen fixtures (``fixtures/baclofen/*.json``) against both evaluators and the CLI.
 
-Each fixture holds PatientFacts and what the knowledge file (shared/clinical/baclofen-knowledge.md
-§4.3 rules, §5 scenarios) says must happen:
+Each fixture holds PatientFacts and what the pack's clinical basis (docs/clinical/baclofen.md; the
+review's rule table and 25 scenarios) says must happen:
 
 * ``expect.fire``: the COMPLETE set of rules that raise a finding, each at its severity;
 * ``expect.silent``: rules (``BAC-D01``) or single tiers (``BAC-D01.single``) that must not fire;
@@ -169,7 +169,11 @@ def test_every_rule_fires_and_stays_silent_somewhere():
         fire |= set(expect["fire"])
         silent |= {s for s in expect["silent"] if "." not in s}
     rule_ids = {r.spec.id for r in pack.rules}
-    assert len(rule_ids) == 35
+    # the knowledge file's 35 rules; every rule added or changed locally (BAC-F04, BAC-F05 …) is
+    # marked as a local addition and awaits sign-off
+    added = {r.spec.id for r in pack.rules if r.spec.local_addition is not None}
+    assert 35 <= len(rule_ids) <= 35 + len(added)
+    assert all(r.spec.local_addition.signoff == "pending" for r in pack.rules if r.spec.local_addition)
     assert not rule_ids - fire, f"rules never expected to fire: {sorted(rule_ids - fire)}"
     assert not rule_ids - silent, f"rules never expected silent: {sorted(rule_ids - silent)}"
 

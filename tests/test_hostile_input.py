@@ -151,6 +151,12 @@ def test_unicode_and_control_characters_in_free_text(client, text):
     body = hook_request("order-sign", "p1", [draft], prefetch={"patient": patient})
     body["fhirServer"] = FHIR
     response = client.post(SIGN, json=body)
+    if "\x00" in text:  # a NUL in the context cannot be stored: 400 naming the field, nothing echoed
+        assert response.status_code == 400, response.text
+        field = response.json()["issue"][0]["expression"][0]
+        assert field.startswith("context.draftOrders.entry[0].resource.")
+        assert "nul" not in response.text
+        return
     assert response.status_code == 200, response.text
     assert text not in response.text  # free text is never echoed into cards
 
@@ -172,13 +178,13 @@ def test_known_units_convert_and_unknown_units_cannot_be_assessed(client):
         assert "BAC-F03" in codes(sign(client, medication_request(dose=10, unit=unit))), unit
     big = codes(sign(client, medication_request(dose=1, unit="g")))  # 3 g/day: converted, not ignored
     assert big.get("BAC-D01") == "critical"
-    for unit in ("mL", "drop", "puff", "mmol", "mg/kg", "tsp", "\x00"):
+    # "" / " mg" / "m g\n" are not valid FHIR at all: that dose cannot be read — cannot-assess, not a 400
+    for unit in ("mL", "drop", "puff", "mmol", "mg/kg", "tsp", "", " mg", "m g\n"):
         found = codes(sign(client, medication_request(dose=10, unit=unit)))
         assert "missing-data" in found, unit  # "dose cannot be converted to mg" — never silently accepted
         assert "BAC-D01" not in found
-    for unit in ("", " mg", "m g\n"):  # not a valid FHIR code at all: 400 naming the element
-        response = sign(client, medication_request(dose=10, unit=unit))
-        assert response.status_code == 400 and "doseQuantity" in problem(response)
+    response = sign(client, medication_request(dose=10, unit="\x00"))  # a NUL: 400 naming the element
+    assert response.status_code == 400 and "doseQuantity.unit" in problem(response)
 
 
 @pytest.mark.parametrize("where", ["doseQuantity", "doseRange.low", "doseRange.high"])
@@ -324,6 +330,13 @@ def _bundle(resources: Any) -> dict[str, Any]:
 
 
 # ── generated PatientFacts-like JSON through /evaluate ─────────────────────────────────────
+# Finite numbers only: the body is strict JSON (allow_nan=False), which has no NaN/Infinity — an
+# infinite float here made the test's own json.dumps raise (the flaky failure). Non-finite values
+# as raw literals are refused by test_non_finite_numbers_are_refused_naming_the_field.
+_finite_scalar = st.one_of(
+    st.none(), st.booleans(), st.integers(-10**6, 10**6), st.floats(allow_nan=False, allow_infinity=False),
+    _text,
+)
 _num = st.one_of(
     st.floats(allow_nan=False, allow_infinity=False), st.integers(-10**9, 10**9), _text, st.none()
 )
@@ -337,9 +350,9 @@ _order = st.fixed_dictionaries({}, optional={
 })
 facts_json = st.fixed_dictionaries({}, optional={
     "as_of": _date, "birth_date": _date, "sex": st.sampled_from(["female", "male", "x"]),
-    "renal": st.fixed_dictionaries({}, optional={"egfr": _lab, "dialysis_dependent": _scalar}),
-    "order": _order, "medications": st.lists(st.dictionaries(_text, _scalar, max_size=3), max_size=2),
-    "unknown_key": _scalar,
+    "renal": st.fixed_dictionaries({}, optional={"egfr": _lab, "dialysis_dependent": _finite_scalar}),
+    "order": _order, "medications": st.lists(st.dictionaries(_text, _finite_scalar, max_size=3), max_size=2),
+    "unknown_key": _finite_scalar,
 })
 
 

@@ -57,7 +57,7 @@ def gaba_dir(tmp_path: Path) -> Path:
 
 
 def max_param(holder: EngineHolder) -> float:
-    return holder().packs[0].params["class_max_daily_mg"]
+    return holder().packs[0].params["gabapentin_max_daily_mg"]
 
 
 def test_reload_swaps_good_and_keeps_last_good_across_broken(gaba_dir):
@@ -67,7 +67,7 @@ def test_reload_swaps_good_and_keeps_last_good_across_broken(gaba_dir):
     assert holder.check() is False  # nothing changed
 
     pack = gaba_dir / "gabapentinoid" / "pack.yaml"
-    edit(pack, "class_max_daily_mg: {value: 3600,", "class_max_daily_mg: {value: 3000,")
+    edit(pack, "gabapentin_max_daily_mg: {value: 3600,", "gabapentin_max_daily_mg: {value: 3000,")
     assert holder.check() is True
     second = holder()
     assert second is not first and max_param(holder) == 3000 and holder.generation == 1
@@ -84,8 +84,8 @@ def test_reload_swaps_good_and_keeps_last_good_across_broken(gaba_dir):
     edit(pack, "  title: [Gabapentinoid\n", "  title: Gabapentinoid medication safety\n")
     edit(
         pack,
-        "when: {fact: daily_dose_mg, gt: {param: class_max_daily_mg}}",
-        "when: {all: [{fact: daily_dose_mg, gt: 5000}, {fact: daily_dose_mg, lt: 10}]}",
+        "- {fact: daily_dose_mg, gt: {param: gabapentin_max_daily_mg}}",
+        "- {all: [{fact: daily_dose_mg, gt: 5000}, {fact: daily_dose_mg, lt: 10}]}",
     )
     assert holder.check() is False and holder() is second
     assert any(f.rule_id == "GAB-D01" and "can never fire" in f.message for f in holder.last_error)
@@ -97,8 +97,8 @@ def test_reload_swaps_good_and_keeps_last_good_across_broken(gaba_dir):
     # 3. fixed: accepted, error cleared
     edit(
         pack,
-        "when: {all: [{fact: daily_dose_mg, gt: 5000}, {fact: daily_dose_mg, lt: 10}]}",
-        "when: {fact: daily_dose_mg, gt: {param: class_max_daily_mg}}",
+        "- {all: [{fact: daily_dose_mg, gt: 5000}, {fact: daily_dose_mg, lt: 10}]}",
+        "- {fact: daily_dose_mg, gt: {param: gabapentin_max_daily_mg}}",
     )
     assert holder.check() is True and holder.last_error is None and max_param(holder) == 3000
 
@@ -115,8 +115,8 @@ def test_watcher_thread_reloads_on_file_change(gaba_dir):
     with EngineHolder(gaba_dir, evaluator="oracle", poll_seconds=0.05, on_reload=events.append) as holder:
         edit(
             gaba_dir / "gabapentinoid" / "pack.yaml",
-            "class_max_daily_mg: {value: 3600,",
-            "class_max_daily_mg: {value: 3200,",
+            "gabapentin_max_daily_mg: {value: 3600,",
+            "gabapentin_max_daily_mg: {value: 3200,",
         )
         deadline = time.monotonic() + 20
         while holder.generation == 0 and time.monotonic() < deadline:
@@ -134,8 +134,8 @@ def test_sighup_reloads(gaba_dir):
     try:
         edit(
             gaba_dir / "gabapentinoid" / "pack.yaml",
-            "class_max_daily_mg: {value: 3600,",
-            "class_max_daily_mg: {value: 3100,",
+            "gabapentin_max_daily_mg: {value: 3600,",
+            "gabapentin_max_daily_mg: {value: 3100,",
         )
         os.kill(os.getpid(), signal.SIGHUP)
         deadline = time.monotonic() + 10
@@ -170,8 +170,8 @@ def test_concurrent_readers_always_see_a_whole_engine(gaba_dir):
     for value in (3500, 3400):
         edit(
             pack,
-            "class_max_daily_mg: {value: " + str(value + 100) + ",",
-            "class_max_daily_mg: {value: " + str(value) + ",",
+            "gabapentin_max_daily_mg: {value: " + str(value + 100) + ",",
+            "gabapentin_max_daily_mg: {value: " + str(value) + ",",
         )
         assert holder.check()
     stop.set()
@@ -187,7 +187,7 @@ def test_site_settings_overlay_and_hash_on_every_alert(gaba_dir):
     site = gaba_dir / "site.yaml"
     site.write_text(
         "site: {name: Test General}\npacks:\n  gabapentinoid:\n"
-        "    class_max_daily_mg: {value: 3000, note: 'P&T 2026-01'}\n",
+        "    gabapentin_max_daily_mg: {value: 3000, note: 'P&T 2026-01'}\n",
         encoding="utf-8",
     )
     digest = hashlib.sha256(site.read_bytes()).hexdigest()

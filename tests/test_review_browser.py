@@ -31,6 +31,7 @@ pytestmark = pytest.mark.browser
 CHROMIUM = Path("/usr/bin/chromium")
 REPO = Path(__file__).resolve().parents[1]
 PASSWORD = "browser-test-password"
+SHOTS = REPO / "docs" / "screenshots"  # docs/review.md shows these; each test run retakes them
 BASE_FACTS = {
     "age_years": 70, "weight_kg": 70,
     "renal": {"egfr": {"value": 25, "unit": "mL/min/{1.73_m2}", "date": "2025-02-20"}, "dialysis": "none"},
@@ -39,6 +40,10 @@ BASE_FACTS = {
               "form": "tablet", "route": "oral", "dose_amount": 20, "dose_unit": "mg", "doses_per_day": 3,
               "action": "new"},
 }
+
+XSS_TEXT = '<img src=x onerror="document.title=\'pwned\'"><script>document.title="pwned"</script>'
+XSS_DETAIL = ("**Bold** and _pack note_.\n\n" + XSS_TEXT + "\n\n[click](javascript:document.title='pwned')"
+              "\n\n<iframe src=\"javascript:document.title='pwned'\"></iframe>")
 
 
 def _seed(url: str, spool: Path, engine: Engine) -> None:
@@ -58,6 +63,14 @@ def _seed(url: str, spool: Path, engine: Engine) -> None:
                     order=BASE_FACTS["order"],
                     as_of=as_of, pack_id=pack.id, pack_version=pack.version, pack_hash=pack.content_hash,
                     alerts=[IssuedAlert(alert=a, card_uuid=str(uuid.uuid4())) for a in alerts]))
+        # the red team's stored-XSS payloads, in the card detail, the evidence and the order
+        hostile = alerts[0].model_copy(update={"rule_id": "XSS-T01", "detail": XSS_DETAIL,
+                                               "evidence": {"egfr": XSS_TEXT}})
+        store.sink.record_evaluation(EvaluationRecord(
+            source="hook", hook_instance=str(uuid.uuid4()), hook="order-sign", patient_ref=XSS_TEXT,
+            order={"resourceType": "MedicationRequest", "note": [{"text": XSS_TEXT}]}, as_of=now,
+            pack_id=pack.id, pack_version=pack.version, pack_hash=pack.content_hash,
+            alerts=[IssuedAlert(alert=hostile, card_uuid=str(uuid.uuid4()))]))
     finally:
         store.close()
 
@@ -128,7 +141,7 @@ def test_sign_in_filter_open_override_in_a_real_browser(server: tuple[str, str])
             page.locator("input[name=patient]").fill("Patient/2")
             page.get_by_role("button", name="Filter").click()
             expect(page).to_have_url(f"{base}/review/alerts?severity=critical&rule=&category=&status=&outcome="
-                                     f"&patient=Patient%2F2&from=&to=")
+                                     f"&source=&patient=Patient%2F2&from=&to=")
             rows = page.locator("tbody tr")
             assert rows.count() >= 1
             for sev in page.locator("tbody td.sev-critical, tbody td.sev-warning, tbody td.sev-info").all():
@@ -136,6 +149,7 @@ def test_sign_in_filter_open_override_in_a_real_browser(server: tuple[str, str])
 
             page.locator("tbody tr td a").first.click()
             expect(page.get_by_role("heading", name="Evidence")).to_be_visible()
+            page.screenshot(path=str(SHOTS / "review-detail.png"), full_page=True)
             alert_id = page.url.rsplit("/", 1)[-1]
             page.get_by_label("Override reason").select_option("tolerated-before")
             page.locator("form:has(input[value=override]) textarea[name=comment]").fill("tolerated for years")
@@ -175,3 +189,85 @@ def test_sign_in_filter_open_override_in_a_real_browser(server: tuple[str, str])
     row = analytics.split(f'data-rule="{overridden_rule}"')[1].split("</tr>")[0]
     assert "1 (100%)" in row
     assert '<td>4</td><td>8</td>' in row  # 4 orders fired (seen twice each: 8 alert rows)
+
+
+def test_alert_detail_renders_markdown_and_stored_xss_stays_inert(server: tuple[str, str]) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    base, url = server
+    store = open_store(url, start_drainer=False)
+    try:
+        with store.session() as db:
+            alert_id = db.scalars(select(AlertRow.id).where(AlertRow.rule_id == "XSS-T01")).one()
+    finally:
+        store.close()
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run"])
+        try:
+            page = browser.new_page()
+            page.set_default_timeout(20_000)
+            dialogs: list[str] = []
+            page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+            page.goto(f"{base}/review/login?next=%2Freview%2Falerts%2F{alert_id}")
+            page.get_by_label("User name").fill("rita")
+            page.get_by_label("Password").fill(PASSWORD)
+            page.get_by_role("button", name="Sign in").click()
+            expect(page.get_by_role("heading", name="Evidence")).to_be_visible()
+            detail = page.locator(".card-detail")
+            expect(detail.locator("strong")).to_have_text("Bold")  # markdown rendered
+            assert "**" not in detail.inner_text()
+            assert page.locator("main img, main script, main iframe, body img, body iframe").count() == 0
+            assert page.locator(".card-detail a").count() == 0  # the javascript: link is not a link
+            assert page.locator("details pre").is_hidden()  # the raw FHIR is folded away
+            page.locator("details summary").click()
+            expect(page.locator("details pre")).to_contain_text("MedicationRequest")
+            page.goto(f"{base}/review/alerts?source=all")
+            expect(page.get_by_role("heading", name="Alerts")).to_be_visible()
+            assert page.title() != "pwned" and not dialogs
+        finally:
+            browser.close()
+
+
+def test_work_queue_and_analytics_windows_in_a_real_browser(server: tuple[str, str]) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    base, _ = server
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run"])
+        try:
+            page = browser.new_page()
+            page.set_default_timeout(20_000)
+            page.goto(f"{base}/review/queue")
+            page.get_by_label("User name").fill("rita")
+            page.get_by_label("Password").fill(PASSWORD)
+            page.get_by_role("button", name="Sign in").click()
+            expect(page.get_by_role("heading", name="Work queue")).to_be_visible()
+            groups = page.locator("section.queue-group")
+            assert groups.count() >= 4
+            severities = [g.locator("h2 span").first.inner_text() for g in groups.all()]
+            ranks = {"critical": 3, "warning": 2, "info": 1}
+            assert [ranks[s] for s in severities] == sorted((ranks[s] for s in severities), reverse=True)
+            # order-select and order-sign of one order are one item: two alerts folded into it
+            folded = {int(t) for t in page.locator("section.queue-group td:nth-child(5)").all_inner_texts()
+                      if t.strip().isdigit()}
+            assert 2 in folded
+            page.screenshot(path=str(SHOTS / "review-queue.png"), full_page=True)
+            page.locator("section.queue-group a").first.click()
+            expect(page.get_by_role("heading", name="Evidence")).to_be_visible()
+
+            page.get_by_role("link", name="Rule analytics").click()
+            page.locator("select[name=window]").select_option("30")
+            page.get_by_role("button", name="Show").click()
+            expect(page.locator("#analytics-range")).to_contain_text("last 30 days")
+            year = str(datetime.now(UTC).year)
+            expect(page.locator("#analytics-range")).to_contain_text(year)
+            assert year in page.locator("svg").first.inner_html()  # full dates on the chart's axis
+            page.screenshot(path=str(SHOTS / "review-analytics.png"), full_page=True)
+        finally:
+            browser.close()

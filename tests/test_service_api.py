@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 import httpx
 import pytest
 from fastapi.testclient import TestClient
-from tests.service_helpers import SHARED, LocalFhir, Signer, hook_request, medication_request
+from tests.service_helpers import REPO, LocalFhir, Signer, hook_request, medication_request
 
 from cds_engine.service import AuthSettings, ServiceSettings, create_app
 from cds_engine.service.discovery import prefetch_templates
@@ -94,21 +94,23 @@ def test_discovery_services_and_prefetch(client, pack):
     assert {s["hook"] for s in services.values()} == {"order-select", "order-sign"}
     prefetch = services["baclofen-order-sign"]["prefetch"]
     assert prefetch["patient"] == "Patient/{{context.patientId}}"
-    assert prefetch["medicationRequests"] == "MedicationRequest?patient={{context.patientId}}"  # every status
+    # every status, newest first, one bounded page (security issue 15, item 1)
+    assert prefetch["medicationRequests"] == (
+        "MedicationRequest?patient={{context.patientId}}&_sort=-authoredon&_count=1000"
+    )
     for key in ("medicationStatements", "conditions", "allergies", "encounter", "dialysisProcedures"):
         assert key in prefetch
     assert "approval pending" in services["baclofen-order-sign"]["description"].lower()
 
 
-@pytest.mark.skipif(not SHARED.exists(), reason="../shared is absent")
-def test_observation_template_has_every_shared_egfr_code(client):
+def test_observation_template_has_every_vocabulary_egfr_code(client):
     template = client.get("/cds-services").json()["services"][0]["prefetch"]["observations"]
-    rows = list(csv.DictReader((SHARED / "data" / "codes.csv").open(encoding="utf-8")))
-    egfr = {r["code"] for r in rows if r["concept"] == "egfr"}
+    rows = list(csv.DictReader((REPO / "rules" / "vocabulary" / "codes.csv").open(encoding="utf-8")))
+    egfr = {r["code"] for r in rows if r["group"] == "egfr"}
     assert {"33914-3", "98979-8"} <= egfr
     for concept in ("egfr", "pregnancy_test"):
         for row in rows:
-            if row["concept"] == concept:
+            if row["group"] == concept and row["system"] == "http://loinc.org":
                 assert f"http://loinc.org|{row['code']}" in template, row["code"]
     assert "http://loinc.org|2160-0" in template and "http://loinc.org|38483-4" in template  # creatinine
 
@@ -264,22 +266,20 @@ def test_tolerated_deviations(client, pack, fhir):
     [
         (lambda b: b.pop("hookInstance"), "hookInstance"),
         (lambda b: b.update(hookInstance="not-a-uuid"), "hookInstance"),
-        (lambda b: b["context"].pop("userId"), "context.userId"),
         (lambda b: b["context"].update(userId="example"), "context.userId"),
+        (lambda b: b["context"].update(patientId="p\x001"), "context.patientId"),
         (lambda b: b.update(hook="order-select"), "hook"),
         (
             lambda b: b["context"]["draftOrders"].update(resourceType="List"),
             "context.draftOrders.resourceType",
         ),
         (
-            lambda b: b["context"]["draftOrders"]["entry"][0]["resource"].update(
-                dosageInstruction=[{"timing": "BID"}]
-            ),
-            "context.draftOrders.entry[0].resource.dosageInstruction[0].timing",
+            lambda b: b["context"]["draftOrders"]["entry"][0]["resource"].update(authoredOn="0001-01-01"),
+            "context.draftOrders.entry[0].resource.authoredOn",
         ),
         (
-            lambda b: b["context"]["draftOrders"]["entry"][0]["resource"].pop("intent"),
-            "context.draftOrders.entry[0].resource.intent",
+            lambda b: b["context"]["draftOrders"]["entry"][0]["resource"].update(subject="Patient/p1"),
+            "context.draftOrders.entry[0].resource.subject",
         ),
         (lambda b: b.update(fhirAuthorization={"access_token": "x"}), "fhirAuthorization.token_type"),
     ],

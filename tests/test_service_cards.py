@@ -7,16 +7,15 @@ from datetime import UTC, datetime
 import pytest
 from tests.service_helpers import REFERENCE, load_reference, medication_request
 
+from cds_engine.rules.overrides import reasons_for
 from cds_engine.service.cards import alert_card, allowed_link
-from cds_engine.service.suggestions import dose_suggestions, plan_dose
+from cds_engine.service.suggestions import order_one_click
 from cds_engine.service.validate import card_problems, response_problems
 from cds_engine.sources.fhir import facts_from_resources
 
-needs_shared = pytest.mark.skipif(not REFERENCE.exists(), reason="../shared is absent")
 AS_OF = datetime(2025, 3, 1, tzinfo=UTC)
 
 
-@needs_shared
 def test_reference_valid_cards_are_valid():
     cards = load_reference("valid_cards.json")
     assert len(cards) == 7
@@ -25,7 +24,6 @@ def test_reference_valid_cards_are_valid():
     assert response_problems(load_reference("crd_authorization_hook_response.json")) == []
 
 
-@needs_shared
 def test_reference_invalid_responses_are_caught():
     with pytest.raises(UnicodeDecodeError):
         (REFERENCE / "warfarin-nsaids-cards.json").read_bytes().decode("utf-8")
@@ -78,10 +76,9 @@ def test_our_cards_conform_and_carry_rule_topic(engine, pack):
     facts, alerts = _alerts(engine, pack, [draft])
     assert alerts
     cards = []
+    offer = order_one_click(pack, alerts, draft, facts.order, lambda: engine.flat_facts(pack, facts))
     for alert in alerts:
-        suggestions = dose_suggestions(
-            alert, draft, facts.order, alert.evidence.get("daily_dose_mg"), pack.vocabulary
-        )
+        alert, suggestions = offer.for_card(alert)
         card = alert_card(alert, pack, suggestions)
         cards.append(card.model_dump(mode="json", exclude_none=True))
     assert response_problems({"cards": cards}) == []
@@ -90,7 +87,8 @@ def test_our_cards_conform_and_carry_rule_topic(engine, pack):
         topic = card["source"]["topic"]
         assert topic["system"] == pack.spec.pack.url and topic["code"] == alert.rule_id
         assert alert.kind == "cannot-assess" or topic["code"] in rule_ids
-        assert {r["code"] for r in card["overrideReasons"]} == {r.code for r in pack.spec.override_reasons}
+        offered = [r.code for r in reasons_for(pack.spec, alert.rule_id)]
+        assert [r["code"] for r in card["overrideReasons"]] == offered  # the rule's own, else the defaults
         assert "approval pending local clinical validation" in card["detail"]
         for link in card.get("links", []):
             assert allowed_link(link["url"]), link["url"]
@@ -98,42 +96,3 @@ def test_our_cards_conform_and_carry_rule_topic(engine, pack):
     # sources that are not regulator/PubMed/DOI addresses never become links
     linked = {link["url"] for c in cards for link in c.get("links", [])}
     assert not any("ices.on.ca" in u or "mims.com" in u or "guidelinecentral" in u for u in linked)
-
-
-def test_dose_suggestion_is_delete_plus_create_at_marketed_strength(engine, pack):
-    draft = medication_request(dose=40, per_day="TID")  # 120 mg/day, above the labeled maximum
-    facts, alerts = _alerts(engine, pack, [draft])
-    over = next(
-        a for a in alerts if any(s.action == "reduce-dose" and s.dose_mg_per_day == 80 for s in a.suggestions)
-    )
-    suggestions = dose_suggestions(over, draft, facts.order, over.evidence["daily_dose_mg"], pack.vocabulary)
-    assert len(suggestions) == 1
-    actions = suggestions[0].actions
-    assert [a.type for a in actions] == ["delete", "create"]  # never a plain stop
-    assert actions[0].resourceId == "MedicationRequest/mr-1"
-    created = actions[1].resource
-    strengths = {p.code: p.strength_mg for p in pack.vocabulary.products.values() if p.strength_mg}
-    code = created["medicationCodeableConcept"]["coding"][0]["code"]
-    assert code == "197391"  # the ordered product can do it: no switch
-    dose = created["dosageInstruction"][0]["doseAndRate"][0]["doseQuantity"]["value"]
-    assert dose % strengths[code] == 0 and dose * 3 <= 80 and created["status"] == "draft"
-    assert created["dosageInstruction"][0]["timing"] == draft["dosageInstruction"][0]["timing"]
-    card = alert_card(over, pack, suggestions).model_dump(mode="json", exclude_none=True)
-    assert card["selectionBehavior"] == "at-most-one" and card_problems(card) == []
-
-
-def test_no_suggestion_when_no_marketed_strength_fits(pack):
-    order = facts_from_resources(
-        [],
-        as_of=AS_OF,
-        vocab=pack.vocabulary,
-        drug_class="baclofen",
-        draft_orders=[medication_request(code="197392", dose=20, per_day=3)],
-    ).order
-    assert plan_dose(15, order, 60, pack.vocabulary) is None  # 5 mg per dose: no such tablet in products.csv
-    assert plan_dose(80, order, 60, pack.vocabulary) is None  # not a reduction
-    assert (
-        plan_dose(45, order, 60, pack.vocabulary).daily_mg == 30
-    )  # 10 mg tablets: 1 × 10 mg three times daily
-    prn = order.model_copy(update={"prn": True})
-    assert plan_dose(45, prn, 60, pack.vocabulary) is None

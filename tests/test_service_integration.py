@@ -15,7 +15,6 @@ import httpx
 import pytest
 from tests.service_helpers import (
     REPO,
-    SYNTHEA,
     CdsClient,
     LocalFhir,
     Signer,
@@ -28,8 +27,6 @@ from tests.service_helpers import (
 
 from cds_engine.service.validate import response_problems
 
-pytestmark = pytest.mark.skipif(not SYNTHEA.exists(), reason="../shared is absent")
-
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory) -> Iterator[tuple[str, Signer]]:
@@ -37,6 +34,7 @@ def server(tmp_path_factory) -> Iterator[tuple[str, Signer]]:
     signer = Signer(issuer="https://ehr.test.example")
     issuers = signer.issuers_file(workdir)
     args = ["--rules", str(REPO / "rules"), "--db", "none", "--trusted-issuers", str(issuers)]
+    args += ["--public-url", "{base}"]  # required with authentication on (security issue 15, item 7)
     with serve_process(args, workdir) as (base, _process, log_path):
         yield base, signer
     server_log = log_path.read_text()

@@ -1,7 +1,7 @@
 """The alert store on SQLite and on a real PostgreSQL server (a fresh database per test).
 
-PostgreSQL: the server on 127.0.0.1:5432 (trust auth); without one the PostgreSQL cases skip,
-except under CI=true where they fail (skipping PostgreSQL is not allowed in CI).
+PostgreSQL: the server named by ``CDS_TEST_DATABASE_URL`` (``scripts/test.sh`` starts a throwaway
+cluster and sets it); unset, the PostgreSQL cases skip, except under CI=true where they fail.
 """
 
 from __future__ import annotations

@@ -4,6 +4,12 @@ Two generators: whole patients (PatientFacts through derive, as the batch comman
 and raw flat fact dicts covering every fact the pack reads — missing values, eGFR bounds and
 values outside what derive would produce included — so the compiled expressions are checked
 against the condition trees themselves, not only on realistic patients.
+
+Kidney function (issue #12): the generated patients carry CrCl, race-stratified eGFR pairs,
+the AKI flag and dated/encounter diagnoses. The record table (CSV/Parquet) carries CrCl
+(``crcl``, ``crcl_unit``, ``crcl_date``) and the current-AKI flag (``aki``), but not condition
+dates (a coded AKI in ``conditions`` is undated and so counts as recent) nor eGFR pairs (one
+``egfr`` column: the pair must be resolved before the extract).
 """
 
 from __future__ import annotations

@@ -60,7 +60,7 @@ LOINC = "http://loinc.org"
 ICD10CM = "http://hl7.org/fhir/sid/icd-10-cm"
 CPT = "http://www.ama-assn.org/go/cpt"
 
-KINDS = ("drug_class", "condition_group", "allergy_group", "observation", "indication")
+KINDS = ("drug_class", "condition_group", "allergy_group", "observation", "indication", "condition_history")
 
 DRUG_CLASS_GROUPS = (
     "baclofen",
@@ -69,6 +69,12 @@ DRUG_CLASS_GROUPS = (
     "z_drug",
     "barbiturate",
     "gabapentinoid",
+    # product classes of the gabapentinoid parent (issue #23): every gabapentinoid code gets exactly one
+    "gabapentin",
+    "gabapentin_er",
+    "gabapentin_enacarbil",
+    "pregabalin",
+    "pregabalin_cr",
     "sedating_antihistamine",
     "antipsychotic",
     "tca",
@@ -78,6 +84,7 @@ DRUG_CLASS_GROUPS = (
     "levodopa",
     "lithium",
     "naltrexone",
+    "strong_cns_depressant",
 )
 CONDITION_GROUPS = (
     "epilepsy",
@@ -100,6 +107,7 @@ CONDITION_GROUPS = (
     "depression_suicidality",
     "stroke",
     "autonomic_dysreflexia",
+    "sci_t6_or_above",
     "peptic_ulcer",
     "urinary_retention",
     "parkinson",
@@ -108,8 +116,19 @@ CONDITION_GROUPS = (
     "tbi",
     "rheumatic_disorder",
 )
-ALLERGY_GROUPS = ("baclofen", "wheat")
-OBSERVATION_GROUPS = ("egfr", "creatinine", "pregnancy_test", "lft", "glucose")
+ALLERGY_GROUPS = ("baclofen", "wheat", "gabapentinoid", "gabapentin", "pregabalin")
+OBSERVATION_GROUPS = (
+    "egfr",
+    "egfr_among_blacks",
+    "egfr_among_non_blacks",
+    "crcl",
+    "creatinine",
+    "pregnancy_test",
+    "lft",
+    "glucose",
+    "gestational_age",
+    "delivery_date_estimated",
+)
 INDICATION_GROUPS = (
     "spasticity",
     "spasticity_stroke",
@@ -123,7 +142,12 @@ INDICATION_GROUPS = (
     "vertigo",
     "musculoskeletal_pain",
 )
+# Groups whose *history* is a different clinical fact (the pack reads ``cond_history.<group>``):
+# history codes and "history of ..." texts go to kind ``condition_history``, never to the active
+# group. Every other group keeps history in the active group (the caution covers past events).
+CONDITION_HISTORY_GROUPS = ("peptic_ulcer",)
 ALLOWED_GROUPS: dict[str, tuple[str, ...]] = {
+    "condition_history": CONDITION_HISTORY_GROUPS,
     "drug_class": DRUG_CLASS_GROUPS,
     "condition_group": CONDITION_GROUPS,
     "allergy_group": ALLERGY_GROUPS,
@@ -138,19 +162,21 @@ UNVERIFIED_TERM_SOURCE = "unverified term list (researcher background knowledge;
 UNVERIFIED_CODE_SOURCE = "unverified (background knowledge)"
 
 # --------------------------------------------------------------------------------------------
-# Matching: identical to the runtime (cds_engine.vocabulary): case-insensitive, and the term
-# may not touch a letter, digit, underscore or hyphen on either side.
+# Build-time display tagging: case-insensitive, and the term may not touch a letter, digit,
+# underscore or hyphen on either side (RxNorm/VSAC displays never glue ingredients with hyphens).
+# The runtime fallback is deliberately looser on hyphens for free text ("hydrocodone-acetaminophen")
+# and uses context.csv instead (cds_engine.vocabulary.TERM_REGEX; README "How matching works").
 # --------------------------------------------------------------------------------------------
 
 
 @functools.lru_cache(maxsize=4096)
 def term_pattern(term: str) -> re.Pattern[str]:
-    """Compile a term the way the runtime does, so build-time tagging and run-time fallback agree."""
+    """Compile a term for build-time tagging of value-set displays (hyphen-strict)."""
     return re.compile(r"(?<![\w-])" + re.escape(term) + r"(?![\w-])", re.IGNORECASE)
 
 
 def matches(term: str, text: str) -> bool:
-    """Whole-word, case-insensitive match of ``term`` in ``text`` (runtime semantics)."""
+    """Whole-word, case-insensitive match of ``term`` in ``text`` (build-time tagging)."""
     return term_pattern(term).search(text) is not None
 
 
@@ -159,6 +185,8 @@ LOCAL_FORM = re.compile(
     r"(?<![\w-])(topical|ophthalmic|otic|shampoo|medicated pad|soap|mouthwash|vaginal)(?![\w-])",
     re.IGNORECASE,
 )
+# "(For Patients Taking ...)" / "(for Patients Not Taking ...)" in a kit name: audience, not content.
+PACK_AUDIENCE_TEXT = re.compile(r"\(\s*for patients\b[^)\]]*[)\]]?", re.IGNORECASE)
 
 # --------------------------------------------------------------------------------------------
 # Drug classes: ingredient names. A code joins a class when its display names one of these.
@@ -219,6 +247,7 @@ class DrugClass:
     terms: tuple[str, ...]
     class_sets: tuple[str, ...] = ()
     codes_csv_concept: str | None = None
+    unverified_source: str = UNVERIFIED_DRUG_SOURCE  # source of terms no shared file confirms
 
 
 DRUG_CLASSES: tuple[DrugClass, ...] = (
@@ -514,7 +543,213 @@ DRUG_CLASSES: tuple[DrugClass, ...] = (
     DrugClass("levodopa", ("levodopa", "foslevodopa")),
     DrugClass("lithium", ("lithium",)),
     DrugClass("naltrexone", ("naltrexone",)),
+    DrugClass(
+        "strong_cns_depressant",
+        # Strong CNS depressants outside the other classes (issue #16; UNVERIFIED, pharmacist sign-off
+        # pending): oxybates (boxed CNS/respiratory-depression warning), meprobamate, chloral hydrate,
+        # clomethiazole, general/procedural sedatives. Reading it in BAC-C04 changes that rule (see the
+        # pack's BAC-C04 local_addition). Orexin antagonists, trazodone, mirtazapine, ketamine and
+        # cannabinoids are deliberately NOT in it (README "Needs pharmacist / clinical review").
+        (
+            "oxybate",
+            "oxybates",
+            "meprobamate",
+            "chloral hydrate",
+            "clomethiazole",
+            "chlormethiazole",
+            "dexmedetomidine",
+            "propofol",
+            "fospropofol",
+            "paraldehyde",
+            "ethchlorvynol",
+            "glutethimide",
+            "methyprylon",
+        ),
+        unverified_source=UNVERIFIED_DRUG_SOURCE[:-1] + "; pharmacist sign-off pending, issue #16)",
+    ),
 )
+
+# Term context (rules/vocabulary/context.csv): what the runtime term fallback does with the words
+# around a matched term (issue #16). Codes never go through this; only displays/free text do.
+# (rule, cue, kinds, groups). kinds/groups are ";"-separated, "*" = all groups.
+#   boundary   a clause ends here (cues never reach across it)
+#   scope      how many words a cue reaches (the cue column holds the number)
+#   pseudo     a phrase that looks like a cue but is not one ("not elsewhere classified")
+#   negation   cue before the term in its clause: no match ("no history of", "without", "denies",
+#              "family history of" -- someone else's condition)
+#   negation_after  cue after the term in its clause ("ruled out")
+#   prefix     word glued before the term ("non-psychotic", "pre-diabetes"): no match
+#   history    cue before the term: the match goes to kind condition_history for the listed groups
+#              (groups whose history is its own fact); for every other group history stays active
+#   local_form a word anywhere in a drug text that makes it a local-only product: no drug class
+# The drug class of every pack (rules/*/pack.yaml ``drug: class:``): a local-only form of a pack's own
+# drug is still that drug (the pack's product/route rules flag a topical baclofen order), so the
+# local_form rows apply to every other class only.
+PACK_DRUG_CLASSES = tuple(
+    sorted(
+        {
+            m.group(1)
+            for pack in (Path(__file__).resolve().parents[1] / "rules").glob("*/pack.yaml")
+            for m in re.finditer(
+                r"^  drug:\n    class: (\w+)", pack.read_text(encoding="utf-8"), re.MULTILINE
+            )
+        }
+    )
+)
+CONTEXT_SOURCE = "matching policy, issue #16 (NegEx-style cue lists; researcher background knowledge)"
+_COND = "condition_group;condition_history;indication"
+TERM_CONTEXT: tuple[tuple[str, str, str, str], ...] = (
+    *((("boundary", b, "*", "*")) for b in (".", ";", ":", "(", ")", "[", "]", "\n", "but", "however",
+                                              "although", "except", "apart from", "aside from")),
+    ("boundary", ",", _COND, "*"),
+    ("scope", "6", "*", "*"),
+    *(("pseudo", p, "*", "*") for p in (
+        "not elsewhere classified",
+        "not otherwise specified",
+        "not due to",
+        "not ruled out",
+        "not excluded",
+        "no longer in remission",
+        "without mention of remission",
+        "gram negative",
+        "no change in",
+        "no increase in",
+        "not only",
+        "not necessarily",
+    )),
+    *(("negation", n, _COND, "*") for n in (
+        "no",
+        "not",
+        "without",
+        "denies",
+        "denied",
+        "deny",
+        "negative for",
+        "neg for",
+        "no history of",
+        "no hx of",
+        "no h/o",
+        "no evidence of",
+        "no signs of",
+        "no sign of",
+        "free of",
+        "absence of",
+        "never had",
+        "never diagnosed with",
+        "ruled out for",
+        "family history of",
+        "family history",
+        "family hx of",
+        "fh of",
+        "fhx of",
+    )),
+    *(("negation_after", n, _COND, "*") for n in (
+        "ruled out",
+        "was ruled out",
+        "excluded",
+        "denied",
+        "not present",
+        "absent",
+        "unlikely",
+    )),
+    *(("prefix", p, _COND, "*") for p in ("non", "pre", "anti", "pseudo")),
+    # heat stroke is not a stroke
+    *(("prefix", p, _COND, "stroke;spasticity_stroke") for p in ("heat", "sun")),
+    *(("history", h, _COND, ";".join(CONDITION_HISTORY_GROUPS)) for h in (
+        "history of",
+        "hx of",
+        "h/o",
+        "personal history of",
+        "past history of",
+        "previous",
+        "prior",
+        "past",
+        "old",
+        "healed",
+        "remote",
+    )),
+    *(("negation", a, "drug_class", "*") for a in ("for patients taking", "for patients not taking")),
+    *(("local_form", f, "drug_class", ";".join(g for g in DRUG_CLASS_GROUPS if g not in PACK_DRUG_CLASSES))
+      for f in (
+        "topical",
+        "ophthalmic",
+        "otic",
+        "shampoo",
+        "medicated pad",
+        "soap",
+        "mouthwash",
+        "vaginal",
+        "cream",
+        "ointment",
+        "lotion",
+        "eye drops",
+        "ear drops",
+    )),
+)
+
+# Examples rendered into the README's "How matching works" and executed by a test against the runtime:
+# (kind, system, code, display or free text, expected groups).
+MATCHING_EXAMPLES: tuple[tuple[str, str, str, str, tuple[str, ...]], ...] = (
+    # code not in the vocabulary (value set not in shared/): the display text decides
+    ("condition_group", SNOMED, "58214004", "Schizophrenia", ("psychosis",)),
+    ("condition_group", ICD10CM, "I61.9", "Intracerebral haemorrhage", ("stroke",)),
+    ("condition_group", "", "", "Major depressive disorder, severe without psychotic features", ()),
+    ("condition_group", "", "", "non-psychotic depression", ()),
+    ("condition_group", "", "", "No history of suicidal ideation", ()),
+    ("condition_group", "", "", "Family history of epilepsy", ()),
+    ("condition_group", "", "", "Epilepsy; no history of status epilepticus", ("epilepsy",)),
+    ("condition_group", "", "", "Psychosis ruled out", ()),
+    ("condition_group", "", "", "Schizophrenia, not elsewhere classified", ("psychosis",)),
+    ("condition_group", "", "", "denies psychosis, suicidal ideation", ("depression_suicidality",)),
+    ("condition_group", "", "", "Heat stroke", ()),
+    ("condition_group", "", "", "History of stroke", ("stroke",)),
+    ("condition_group", "", "", "pre-diabetes", ()),
+    ("condition_group", "", "", "Personal history of peptic ulcer disease", ()),
+    ("condition_history", "", "", "Personal history of peptic ulcer disease", ("peptic_ulcer",)),
+    ("condition_history", ICD10CM, "Z87.11", "", ("peptic_ulcer",)),
+    ("condition_group", "", "", "Gastric ulcer", ("peptic_ulcer",)),
+    ("drug_class", "", "", "HYDROcodone-acetaminophen 5-325", ("opioid_agonist",)),
+    ("drug_class", "", "", "carbidopa-levodopa 25/100", ("levodopa",)),
+    ("drug_class", "", "", "apomorphine 2 mg", ()),
+    ("drug_class", "", "", "Xanax 0.5 mg", ("benzodiazepine",)),
+    ("drug_class", "", "", "Norco 5/325", ("opioid_agonist",)),
+    ("drug_class", "", "", "Lyrica 75 mg", ("gabapentinoid", "pregabalin")),
+    ("drug_class", "", "", "Xyrem 4.5 g at bedtime", ("strong_cns_depressant",)),
+    ("drug_class", "", "", "minoxidil 5% topical solution", ()),
+    ("drug_class", "", "", "diphenhydramine 2% topical cream", ()),
+    ("drug_class", RXNORM, "795774", "", ()),
+)
+
+# Brand names of common CNS depressants for free text (e.g. a home-medication list saying
+# "Xanax 0.5 mg"). Background knowledge, verified=no, pharmacist sign-off pending. Only brands
+# whose every ingredient of the class is obvious from the brand are listed; combination brands
+# get only the classes of their CNS-depressant ingredients (Norco -> opioid_agonist).
+BRAND_TERMS_SOURCE = "unverified brand list (researcher background knowledge; pharmacist sign-off pending)"
+CNS_BRAND_TERMS: dict[str, tuple[str, ...]] = {
+    "benzodiazepine": ("Xanax", "Valium", "Ativan", "Klonopin", "Restoril", "Halcion", "Librium"),
+    "z_drug": ("Ambien", "Lunesta", "Sonata", "Edluar", "Intermezzo"),
+    "gabapentinoid": ("Neurontin", "Gralise", "Horizant", "Lyrica"),
+    "opioid_agonist": (
+        "Norco",
+        "Vicodin",
+        "Lortab",
+        "Percocet",
+        "OxyContin",
+        "Roxicodone",
+        "Dilaudid",
+        "MS Contin",
+        "Duragesic",
+        "Ultram",
+        "Nucynta",
+        "Suboxone",
+        "Subutex",
+        "Tylenol with Codeine",
+    ),
+    "barbiturate": ("Fioricet", "Fiorinal"),
+    "other_central_muscle_relaxant": ("Soma", "Flexeril", "Zanaflex", "Robaxin", "Skelaxin"),
+    "sedating_antihistamine": ("Phenergan", "Benadryl", "Vistaril", "Atarax"),
+    "strong_cns_depressant": ("Xyrem", "Xywav", "Lumryz", "Precedex", "Diprivan"),
+}
 
 # Baclofen brand names (for free text / brand-level displays). Kemstro and Lioresal appear in
 # codes.csv product displays; the others only in the shared clinical knowledge pack.
@@ -606,8 +841,18 @@ SUD_EXCLUDE = (
 )
 ALCOHOL = r"\balcohol|\bethanol\b"
 RESP_INCLUDE = r"apnea|apnoea|hypoventilation|hypoxemia|breathing|cheyne"
-RESP_EXCLUDE = r"narcolepsy|circadian|induced sleep disorder|tachypnea"
-SEIZURE_EXCLUDE = r"dissociative convulsions|psychogenic|non-?epileptic|convulsive syncope|^history of"
+RESP_EXCLUDE = r"narcolepsy|circadian|induced sleep disorder|tachypnea|high altitude"
+# Epilepsy vs single/provoked seizures (issue #16 choice): a first/single seizure and seizures due to
+# substance withdrawal or fever are not epilepsy and leave the group; "Unspecified convulsions" (R56.9)
+# and post-traumatic seizures stay, because a code that cannot tell is read conservatively (README).
+SEIZURE_EXCLUDE = (
+    r"dissociative convulsions|psychogenic|non-?epileptic|convulsive syncope|^history of"
+    r"|^first .*seizure|seizures? co-occurrent and due to .*withdrawal|febrile convulsions"
+)
+SEIZURE_WHY = (
+    "non-epileptic events, seizure history, or a single (first) or provoked (withdrawal, febrile) "
+    "seizure: not epilepsy"
+)
 LACTATION_EXCLUDE = r"suppressed lactation|feeding intention|antenatal"
 DIALYSIS_PROC_EXCLUDE = (
     r"^removal of|^aspiration of|^flushing of|^measurement of|hemoperfusion|albumin hemodialysis"
@@ -636,6 +881,7 @@ class SetRule:
     require: str | None = None  # codes NOT matching are left out and recorded in excluded.csv
     code_filter: Callable[[str], bool] | None = None
     why: str = ""
+    systems: tuple[str, ...] | None = None  # when given, codes of other systems are not candidates
 
 
 def _g20(code: str) -> bool:
@@ -648,9 +894,15 @@ SET_RULES: tuple[SetRule, ...] = (
         "epilepsy",
         vsac("2.16.840.1.113883.3.464.1003.105.12.1206"),
         exclude=SEIZURE_EXCLUDE,
-        why="non-epileptic events / history",
+        why=SEIZURE_WHY,
     ),
-    SetRule("condition_group", "epilepsy", vsac("2.16.840.1.113762.1.4.1248.171"), exclude=SEIZURE_EXCLUDE),
+    SetRule(
+        "condition_group",
+        "epilepsy",
+        vsac("2.16.840.1.113762.1.4.1248.171"),
+        exclude=SEIZURE_EXCLUDE,
+        why=SEIZURE_WHY,
+    ),
     SetRule(
         "condition_group",
         "pregnancy",
@@ -735,7 +987,8 @@ SET_RULES: tuple[SetRule, ...] = (
         f"{CDC}/conditions-documenting-sleep-disordered-breathing.json",
         include=RESP_INCLUDE,
         exclude=RESP_EXCLUDE,
-        why="narcolepsy, circadian and substance-induced sleep disorders are not respiratory impairment",
+        why="narcolepsy, circadian and substance-induced sleep disorders and high-altitude periodic "
+        "breathing are not respiratory impairment",
     ),
     SetRule(
         "condition_group",
@@ -754,6 +1007,15 @@ SET_RULES: tuple[SetRule, ...] = (
         "spinal_cord_injury",
         vsac("2.16.840.1.113762.1.4.1248.239"),
         include=r"spinal cord lesion|^quadriplegia, c\d",
+    ),
+    # BAC-S04 (knowledge file §4.3): spinal cord injury at T6 or above — the cervical-level codes of the
+    # set (tetraplegia C1-C4 / C5-C7, cord lesion between the 1st-4th / 5th-7th cervical vertebrae);
+    # "Quadriplegia, unspecified" is left out (not necessarily a cord injury)
+    SetRule(
+        "condition_group",
+        "sci_t6_or_above",
+        vsac("2.16.840.1.113762.1.4.1248.239"),
+        include=r"spinal cord lesion between (first|fifth) and (fourth|seventh) cervical|^quadriplegia, c\d",
     ),
     SetRule(
         "condition_group", "cerebral_palsy", vsac("2.16.840.1.113762.1.4.1248.239"), include=r"cerebral palsy"
@@ -931,6 +1193,194 @@ SYNTHEA_DENY: tuple[tuple[str, str, str, str, str], ...] = (
     ),
 )
 
+# Creatinine clearance (mL/min, NOT per 1.73 m2): no shared file holds these LOINC codes; each display
+# below is the LOINC long common name as published in the public source named with it.
+CRCL_CODES: tuple[tuple[str, str, str], ...] = (
+    (
+        "35591-7",
+        "Creatinine renal clearance predicted by Cockcroft-Gault formula",
+        "LOINC long common name, verified by the clinical audit (shared/audits/clinical-2026-12.md §5, "
+        "'verified name') and in a public LOINC table export",
+    ),
+    (
+        "2164-2",
+        "Creatinine renal clearance in 24 hour Urine and Serum or Plasma",
+        "LOINC long common name as used in the HL7 Switzerland lab-order IG "
+        "(hl7ch/ch-lab-order input/fsh: ObservationDefinition creatinine clearance, unit mL/min)",
+    ),
+)
+# Gestational age (issue #11 item 4; BAC-P01's late-pregnancy tier) and the estimated delivery date.
+_GA_SOURCE = (
+    "VSAC Estimated Gestational Age at Delivery 2.16.840.1.113762.1.4.1045.26 (eCQM update 2025-05-08), "
+    "LOINC long common names as listed there"
+)
+_EDD_SOURCE = (
+    "LOINC long common name as listed in the HL7 IPS pregnancy EDD profile value set and the German "
+    "ISiK 'Schwangerschaft Erwarteter Entbindungstermin Methode' value set"
+)
+GESTATION_CODES: tuple[tuple[str, str, str, str], ...] = (
+    ("gestational_age", "11884-4", "Gestational age Estimated", _GA_SOURCE),
+    ("gestational_age", "11885-1", "Gestational age Estimated from last menstrual period", _GA_SOURCE),
+    ("gestational_age", "18185-9", "Gestational age", _GA_SOURCE),
+    ("gestational_age", "49051-6", "Gestational age in weeks", _GA_SOURCE),
+    ("delivery_date_estimated", "11778-8", "Delivery date Estimated", _EDD_SOURCE),
+    ("delivery_date_estimated", "11779-6", "Delivery date Estimated from last menstrual period", _EDD_SOURCE),
+    ("delivery_date_estimated", "11780-4", "Delivery date Estimated from ovulation date", _EDD_SOURCE),
+)
+# Race-stratified eGFR equations: derived from the displays of the egfr rows (VSAC eGFR set).
+EGFR_STRATA: tuple[tuple[str, str], ...] = (
+    ("egfr_among_non_blacks", "among non-blacks"),
+    ("egfr_among_blacks", "among blacks"),
+)
+
+# Condition value sets read by OID from shared/data/valuesets/** when the file is there (issue #16:
+# every condition group a rule reads needs ICD-10-CM and SNOMED CT codes). Only value sets that
+# reach the project through the read-only shared/ folder may feed the vocabulary; today none of
+# these is there, so the groups fall back to term matching and are known gaps in
+# tests/test_vocabulary_coverage.py. When the project lead copies a set into shared/, its codes flow
+# in on the next build (and the gap test then asks for the gap list to be updated). The OIDs and
+# titles are references only; the display filters below are this project's own.
+@dataclass(frozen=True)
+class WantedSet:
+    """A condition value set wanted in shared/, and how its codes map to one engine group."""
+
+    kind: str
+    group: str
+    oid: str
+    title: str
+    include: str | None = None  # candidate filter on the display (codes not matching are not about the group)
+    exclude: str | None = None  # matching codes are left out and recorded in excluded.csv
+    why: str = ""
+
+
+PSYCHOSIS_INCLUDE = r"psychot|psychosis|schizo|delusion|hallucinat|paranoi"
+PSYCHOSIS_EXCLUDE = (
+    r"without (psychotic|behavioral)|nonpsychotic|psychotropic|personality|schizotypal|poisoning|family"
+)
+SUICIDALITY_EXCLUDE = r"poisoning|toxic effect|intentional self-harm|history|family"
+STROKE_EXCLUDE = (
+    r"heat stroke|sun ?stroke|^(other )?transient"
+    r"|(vertebro-basilar|carotid|precerebral) arter(y|ies) syndrome"
+    r"|late effects? of cerebrovascular disease|cerebrovascular disease \(disorder\)$"
+    r"|chronic cerebral ischemia|^occlusion of cerebral artery \(disorder\)$"
+)
+HISTORY_FAMILY_EXCLUDE = r"\bhistory\b|family"
+DIABETES_EXCLUDE = r"prediabetes|pre-diabetes|\bhistory\b|family"
+PSYCHOSIS_WHY = (
+    "schizotypal/personality disorders, 'without psychotic features' and family codes are not psychosis"
+)
+_MHD = ("2.16.840.1.113883.3.464.1003.105.12.1004", "Mental Health Diagnoses")
+CONDITION_VALUESETS: tuple[WantedSet, ...] = (
+    WantedSet(
+        "condition_group",
+        "psychosis",
+        "2.16.840.1.113883.3.464.1003.105.12.1104",
+        "Schizophrenia or Psychotic Disorder",
+        exclude=PSYCHOSIS_EXCLUDE,
+        why=PSYCHOSIS_WHY,
+    ),
+    WantedSet(
+        "condition_group",
+        "psychosis",
+        *_MHD,
+        include=PSYCHOSIS_INCLUDE,
+        exclude=PSYCHOSIS_EXCLUDE,
+        why=PSYCHOSIS_WHY,
+    ),
+    WantedSet(
+        "condition_group",
+        "delirium",
+        "2.16.840.1.113762.1.4.1248.168",
+        "Delirium or Dementia and Other Psychoses",
+        include=r"delirium",
+    ),
+    WantedSet("condition_group", "delirium", *_MHD, include=r"delirium"),
+    WantedSet(
+        "condition_group", "depression_suicidality", "2.16.840.1.113762.1.4.1248.130", "Suicide Attempt"
+    ),
+    WantedSet(
+        "condition_group",
+        "depression_suicidality",
+        *_MHD,
+        include=r"suicid|self harm",
+        exclude=SUICIDALITY_EXCLUDE,
+        why="self-harm poisonings/injuries and history/family codes are not current suicidality",
+    ),
+    *(
+        WantedSet(
+            "condition_group",
+            "stroke",
+            oid,
+            title,
+            exclude=STROKE_EXCLUDE,
+            why="heat stroke, TIA-only and precerebral-artery syndromes and unspecified cerebrovascular "
+            "disease are not a stroke",
+        )
+        for oid, title in (
+            ("2.16.840.1.113762.1.4.1248.176", "Stroke"),
+            ("2.16.840.1.113762.1.4.1047.44", "Cerebrovascular Disease Stroke or TIA"),
+            ("2.16.840.1.113883.3.117.1.7.1.212", "Hemorrhagic Stroke"),
+            ("2.16.840.1.113883.3.117.1.7.1.247", "Ischemic Stroke"),
+            ("2.16.840.1.113883.3.464.1003.104.12.1024", "Ischemic Stroke"),
+        )
+    ),
+    WantedSet(
+        "condition_group",
+        "peptic_ulcer",
+        "2.16.840.1.113883.3.3157.4031",
+        "Acute Peptic Ulcer",
+        exclude=HISTORY_FAMILY_EXCLUDE,
+        why="history codes are read as condition_history",
+    ),
+    WantedSet("condition_group", "urinary_retention", "2.16.840.1.113762.1.4.1164.52", "Urinary retention"),
+    WantedSet(
+        "condition_group",
+        "liver_disease",
+        "2.16.840.1.113762.1.4.1047.42",
+        "Liver Disease",
+        exclude=HISTORY_FAMILY_EXCLUDE,
+    ),
+    WantedSet(
+        "condition_group",
+        "liver_disease",
+        "2.16.840.1.113883.3.464.1003.199.12.1035",
+        "Chronic Liver Disease",
+        exclude=HISTORY_FAMILY_EXCLUDE,
+    ),
+    WantedSet(
+        "condition_group",
+        "diabetes",
+        "2.16.840.1.113883.3.464.1003.103.12.1001",
+        "Diabetes",
+        exclude=DIABETES_EXCLUDE,
+        why="prediabetes and history/family codes are not diabetes",
+    ),
+    WantedSet(
+        "condition_group",
+        "tbi",
+        "2.16.840.1.113883.3.3157.4026",
+        "Closed Head and Facial Trauma",
+        include=r"traumatic brain injury",
+    ),
+)
+# Groups a rule reads for which no value set is known at all (README: what shared/ would need).
+CONDITION_GAPS_WITHOUT_SET: dict[tuple[str, str], str] = {
+    ("condition_group", "autonomic_dysreflexia"): "no VSAC value set known: an ICD-10-CM and SNOMED CT "
+    "code list for autonomic dysreflexia is needed in shared/",
+}
+
+# History codes routed to kind condition_history (never to the active group): (group, system, code,
+# display, source).
+HISTORY_CODES: tuple[tuple[str, str, str, str, str], ...] = (
+    (
+        "peptic_ulcer",
+        ICD10CM,
+        "Z87.11",
+        "Personal history of peptic ulcer disease",
+        UNVERIFIED_CODE_SOURCE + "; ICD-10-CM Z87.11 (not in shared/)",
+    ),
+)
+
 # Dialysis dependence: no shared file holds ICD-10-CM Z99.2; added as an unverified code.
 UNVERIFIED_CODES: tuple[tuple[str, str, str, str, str], ...] = (
     ("condition_group", "dialysis", ICD10CM, "Z99.2", "Dependence on renal dialysis"),
@@ -1011,8 +1461,15 @@ CONDITION_TERMS: dict[str, tuple[str, ...]] = {
         "self-harm",
         "self harm",
     ),
-    "stroke": ("stroke", "cerebrovascular accident", "cerebral infarction"),
+    "stroke": (
+        "stroke",
+        "cerebrovascular accident",
+        "cerebral infarction",
+        "intracerebral hemorrhage",
+        "intracerebral haemorrhage",
+    ),
     "autonomic_dysreflexia": ("autonomic dysreflexia", "autonomic hyperreflexia"),
+    "sci_t6_or_above": ("cervical spinal cord injury", "cervical cord injury", "cervical spinal cord lesion"),
     "peptic_ulcer": ("peptic ulcer", "gastric ulcer", "duodenal ulcer", "gastroduodenal ulcer"),
     "urinary_retention": (
         "urinary retention",
@@ -1078,7 +1535,45 @@ OBSERVATION_TERMS: dict[str, tuple[str, ...]] = {
     "lft": ("alanine aminotransferase", "aspartate aminotransferase"),
     "glucose": ("hemoglobin a1c", "haemoglobin a1c", "HbA1c"),
 }
-ALLERGY_TERMS: dict[str, tuple[str, ...]] = {"wheat": ("wheat",)}
+ALLERGY_TERMS: dict[str, tuple[str, ...]] = {
+    "wheat": ("wheat",),
+    # issue #23: gabapentin enacarbil is a gabapentin prodrug (same allergen); unverified brand list
+    "gabapentinoid": (
+        "gabapentinoid", "gabapentin", "pregabalin", "Neurontin", "Gralise", "Horizant", "Lyrica",
+    ),
+    "gabapentin": ("gabapentin", "Neurontin", "Gralise", "Horizant"),
+    "pregabalin": ("pregabalin", "Lyrica"),
+}
+
+# Product classes inside a parent drug class (issue #23): the first display pattern that matches a
+# parent code names its product class; a parent code matching none stops the build. Patterns read
+# the RxNorm displays of the shared value sets ("Once-Daily gabapentin" = Gralise, "24 HR pregabalin" =
+# Lyrica CR, "gabapentin enacarbil" = Horizant). The same words are term-fallback rows for free text,
+# where a text naming two products gets both classes (the pack then applies the lower ceiling).
+# Ingredient-level codes: (allergy groups they also document).
+SUBCLASS_SOURCE = (
+    "product class by RxNorm display within the parent class (issue #23; pharmacist sign-off pending)"
+)
+SUBCLASSES: dict[str, tuple[tuple[str, str, tuple[str, ...]], ...]] = {
+    # parent: ((product class, display regex, free-text terms), ...) in matching order
+    "gabapentinoid": (
+        (
+            "gabapentin_enacarbil",
+            r"\bgabapentin enacarbil\b|\bHorizant\b",
+            ("gabapentin enacarbil", "Horizant"),
+        ),
+        ("gabapentin_er", r"\bOnce-Daily gabapentin\b|\bGralise\b", ("Once-Daily gabapentin", "Gralise")),
+        ("pregabalin_cr", r"\b24 HR pregabalin\b|\bLyrica CR\b", ("24 HR pregabalin", "Lyrica CR")),
+        ("pregabalin", r"\bpregabalin\b|\bLyrica\b", ("pregabalin", "Lyrica")),
+        ("gabapentin", r"\bgabapentin\b|\bNeurontin\b", ("gabapentin", "Neurontin")),
+    ),
+}
+# allergy groups documented by an allergy coded with an ingredient-level code of a product class
+SUBCLASS_ALLERGY: dict[str, tuple[str, ...]] = {
+    "gabapentin": ("gabapentinoid", "gabapentin"),
+    "pregabalin": ("gabapentinoid", "pregabalin"),
+}
+SUBCLASS_INGREDIENT_CONCEPT = "codes.csv:cns_depressant_ingredient_gabapentinoid"
 
 # --------------------------------------------------------------------------------------------
 # Loading
@@ -1101,6 +1596,7 @@ class ValueSet:
     file: str
     title: str
     concepts: list[Concept]
+    url: str = ""
 
     @property
     def label(self) -> str:
@@ -1137,7 +1633,9 @@ def load_valuesets(root: Path) -> dict[str, ValueSet]:
                 for item in include.get("concept", []) or []:
                     concepts.append(Concept(include["system"], item["code"], item.get("display", "")))
         rel = path.relative_to(root).as_posix()
-        out[rel] = ValueSet(rel, str(data.get("title") or data.get("name") or rel), concepts)
+        out[rel] = ValueSet(
+            rel, str(data.get("title") or data.get("name") or rel), concepts, str(data.get("url") or "")
+        )
     return out
 
 
@@ -1253,6 +1751,7 @@ class Builder:
         self.used_sets: set[str] = set()
         self.broad_excluded: dict[str, Counter[str]] = defaultdict(Counter)
         self.broad_taken: dict[str, Counter[str]] = defaultdict(Counter)
+        self.missing_sets: list[WantedSet] = []  # CONDITION_VALUESETS not (yet) in shared/
 
     # -- primitives ----------------------------------------------------------------------
     def add(self, kind: str, group: str, system: str, code: str, display: str, source: str) -> None:
@@ -1286,7 +1785,12 @@ class Builder:
     # -- drug classes ----------------------------------------------------------------------
     @staticmethod
     def classify_display(display: str) -> set[str]:
-        """Engine drug classes named by a product display (whole-word ingredient match)."""
+        """Engine drug classes named by a product display (whole-word ingredient match).
+
+        Pack audience text such as "(For Patients Taking Carbamazepine, Phenytoin, Phenobarbital ...)"
+        on lamotrigine starter kits names drugs the pack does NOT contain; it is removed first.
+        """
+        display = PACK_AUDIENCE_TEXT.sub(" ", display)
         found = {c.group for c in DRUG_CLASSES if any(matches(t, display) for t in c.terms)}
         if "naltrexone" in found and "opioid_agonist" in found:
             # abuse-deterrent morphine/naltrexone: the naltrexone is sequestered.
@@ -1327,6 +1831,21 @@ class Builder:
                         self.broad_excluded[f][_first_ingredient(c.display)] += 1
                     continue
                 classes = self.classify_display(c.display)
+                if PACK_AUDIENCE_TEXT.search(c.display):
+                    audience_text = " ".join(m.group(0) for m in PACK_AUDIENCE_TEXT.finditer(c.display))
+                    audience = {d.group for d in DRUG_CLASSES
+                                if any(matches(t, audience_text) for t in d.terms)}
+                    for group in sorted(audience - classes):
+                        self.exclude(
+                            "drug_class",
+                            group,
+                            c.system,
+                            c.code,
+                            c.display,
+                            vs.label,
+                            "named only in the kit's audience text ('for patients taking ...'), "
+                            "not its content",
+                        )
                 for group in sorted(classes):
                     self.add("drug_class", group, c.system, c.code, c.display, vs.label)
                     if broad:
@@ -1365,6 +1884,24 @@ class Builder:
                         "naltrexone sequestered in an abuse-deterrent opioid (not released as directed)",
                     )
 
+    def build_subclasses(self) -> None:
+        """Give every code of a parent class (SUBCLASSES) exactly one product class, and its terms."""
+        for parent, subclasses in SUBCLASSES.items():
+            parent_rows = [(k, r) for k, r in self.rows.items() if k[0] == "drug_class" and k[1] == parent]
+            for (_kind, _group, system, code), row in parent_rows:
+                display = row.display
+                group = next((g for g, rx, _ in subclasses if re.search(rx, display, re.IGNORECASE)), None)
+                if group is None:
+                    raise ValueError(f"{parent} code {code} ({row.display!r}) names no product class")
+                source = f"{SUBCLASS_SOURCE}; {row.sources[0]}"
+                self.add("drug_class", group, system, code, display, source)
+                if any(s.startswith(SUBCLASS_INGREDIENT_CONCEPT) for s in row.sources):
+                    for allergy in SUBCLASS_ALLERGY.get(group, ()):
+                        self.add("allergy_group", allergy, system, code, row.display, row.sources[0])
+            for group, _rx, terms in subclasses:
+                for term in terms:
+                    self.terms.append(TermRow(group, "drug_class", term, "", "no", SUBCLASS_SOURCE))
+
     # -- codes.csv -------------------------------------------------------------------------
     def build_from_codes_csv(self) -> None:
         """Map every codes.csv concept to its engine groups; unknown concepts stop the build."""
@@ -1393,35 +1930,41 @@ class Builder:
     def build_from_set_rules(self) -> None:
         """Apply SET_RULES: take a set's codes into a group, filtered by display where needed."""
         for rule in SET_RULES:
-            vs = self.valueset(rule.file)
-            for c in vs.concepts:
-                if rule.code_filter is not None and not rule.code_filter(c.code):
-                    continue
-                if rule.include and not re.search(rule.include, c.display, re.IGNORECASE):
-                    continue  # not a candidate for this group at all (e.g. non-alcohol SUD codes)
-                if rule.exclude and re.search(rule.exclude, c.display, re.IGNORECASE):
-                    self.exclude(
-                        rule.kind,
-                        rule.group,
-                        c.system,
-                        c.code,
-                        c.display,
-                        vs.label,
-                        rule.why or "display matches the exclusion filter for this group",
-                    )
-                    continue
-                if rule.require and not re.search(rule.require, c.display, re.IGNORECASE):
-                    self.exclude(
-                        rule.kind,
-                        rule.group,
-                        c.system,
-                        c.code,
-                        c.display,
-                        vs.label,
-                        rule.why or "display does not name abuse/dependence/use/misuse",
-                    )
-                    continue
-                self.add(rule.kind, rule.group, c.system, c.code, c.display, vs.label)
+            self.apply_set_rule(rule)
+
+    def apply_set_rule(self, rule: SetRule) -> None:
+        """Take the codes of ``rule.file`` into ``rule.group``, filtered by system, code and display."""
+        vs = self.valueset(rule.file)
+        for c in vs.concepts:
+            if rule.systems is not None and c.system not in rule.systems:
+                continue
+            if rule.code_filter is not None and not rule.code_filter(c.code):
+                continue
+            if rule.include and not re.search(rule.include, c.display, re.IGNORECASE):
+                continue  # not a candidate for this group at all (e.g. non-alcohol SUD codes)
+            if rule.exclude and re.search(rule.exclude, c.display, re.IGNORECASE):
+                self.exclude(
+                    rule.kind,
+                    rule.group,
+                    c.system,
+                    c.code,
+                    c.display,
+                    vs.label,
+                    rule.why or "display matches the exclusion filter for this group",
+                )
+                continue
+            if rule.require and not re.search(rule.require, c.display, re.IGNORECASE):
+                self.exclude(
+                    rule.kind,
+                    rule.group,
+                    c.system,
+                    c.code,
+                    c.display,
+                    vs.label,
+                    rule.why or "display does not name abuse/dependence/use/misuse",
+                )
+                continue
+            self.add(rule.kind, rule.group, c.system, c.code, c.display, vs.label)
 
     # -- Synthea-verified and unverified extra codes ----------------------------------------
     def build_extras(self) -> None:
@@ -1447,6 +1990,53 @@ class Builder:
             )
         for kind, group, system, code, display in UNVERIFIED_CODES:
             self.add(kind, group, system, code, display, UNVERIFIED_CODE_SOURCE)
+        for code, display, source in CRCL_CODES:
+            self.add("observation", "crcl", LOINC, code, display, source)
+        for group, code, display, source in GESTATION_CODES:
+            self.add("observation", group, LOINC, code, display, source)
+        egfr_rows = [(k, r) for k, r in self.rows.items() if k[0] == "observation" and k[1] == "egfr"]
+        for (_kind, _group, system, code), row in egfr_rows:
+            for group, phrase in EGFR_STRATA:
+                if phrase in row.display.lower():
+                    source = f"egfr row display names the race stratum ({phrase!r}); " + row.sources[0]
+                    self.add("observation", group, system, code, row.display, source)
+                    break
+
+    def find_valueset(self, oid: str) -> str | None:
+        """Relative path of the shared value set with this OID (file name or canonical url), if any."""
+        for rel, vs in sorted(self.valuesets.items()):
+            if Path(rel).name in (f"valueset-{oid}.json", f"{oid}.json") or vs.url.endswith(f"/{oid}"):
+                return rel
+        return None
+
+    def build_condition_valuesets(self) -> None:
+        """CONDITION_VALUESETS found in shared/ (by OID) feed their groups; the rest stay known gaps."""
+        for w in CONDITION_VALUESETS:
+            rel = self.find_valueset(w.oid)
+            if rel is None:
+                self.missing_sets.append(w)
+                continue
+            rule = SetRule(
+                w.kind,
+                w.group,
+                rel,
+                include=w.include,
+                exclude=w.exclude,
+                why=w.why,
+                systems=(ICD10CM, SNOMED),
+            )
+            self.apply_set_rule(rule)
+        for group, system, code, display, source in HISTORY_CODES:
+            self.add("condition_history", group, system, code, display, source)
+            self.exclude(
+                "condition_group",
+                group,
+                system,
+                code,
+                display,
+                source,
+                "history code: read as condition_history (cond_history.*), never as the active group",
+            )
 
     # -- products ---------------------------------------------------------------------------
     def build_products(self) -> None:
@@ -1522,7 +2112,7 @@ class Builder:
                     )
                 else:
                     self.terms.append(
-                        TermRow(cls.group, "drug_class", term, "", "no", UNVERIFIED_DRUG_SOURCE)
+                        TermRow(cls.group, "drug_class", term, "", "no", cls.unverified_source)
                     )
         for kind, table in (
             ("condition_group", CONDITION_TERMS),
@@ -1533,6 +2123,9 @@ class Builder:
             for group, terms in table.items():
                 for term in terms:
                     self.terms.append(TermRow(group, kind, term, "", "no", UNVERIFIED_TERM_SOURCE))
+        for group, brands in CNS_BRAND_TERMS.items():
+            for brand in brands:
+                self.terms.append(TermRow(group, "drug_class", brand, "", "no", BRAND_TERMS_SOURCE))
         for t in self.terms:
             if t.group not in ALLOWED_GROUPS[t.kind]:
                 raise ValueError(f"term group {t.group!r} not allowed for {t.kind!r}")
@@ -1607,6 +2200,39 @@ PRODUCT_CAVEATS: dict[str, str] = {
 }
 
 
+# Marketing and scoring status of each product code: (value, cited source). Only "yes" products are
+# ever proposed by a one-click dose suggestion; "no" raises BAC-F04 on a new or modified order.
+# "no" needs a source; what no offline source settles stays "unverified" (RxNorm and DailyMed could
+# not be reached when this was built: sources are the knowledge file section 2.1 and its S31 listing).
+_KF21 = "knowledge file section 2.1"
+PRODUCT_MARKETED: dict[str, tuple[str, str]] = {
+    "197391": ("yes", f"{_KF21}: generic baclofen tablets 5, 10, 15, 20 mg, oral (S1, S31 openFDA NDC)"),
+    "197392": ("yes", f"{_KF21}: generic baclofen tablets 5, 10, 15, 20 mg, oral (S1, S31 openFDA NDC)"),
+    "199280": ("no", f"{_KF21}: US tablets are 5, 10, 15, 20 mg only (S1, S31); no 25 mg tablet listed"),
+    "664144": ("no", f"{_KF21}: Kemstro orally disintegrating tablet no longer marketed (secondary listing)"),
+    "666857": ("no", f"{_KF21}: Kemstro orally disintegrating tablet no longer marketed (secondary listing)"),
+    "1300890": ("yes", f"{_KF21}: intrathecal 1000 mcg/mL in NDC records (S6, S31)"),
+    "1666613": ("yes", f"{_KF21}: intrathecal 2000 mcg/mL in NDC records (S6, S31)"),
+}
+PRODUCT_UNVERIFIED = "not settled by an offline source (RxNorm/DailyMed not reachable at build time)"
+LIQUID_NOT_SCORED = "not a solid dose form (RxNorm name): no part units"
+
+
+def product_status(code: str, form: str) -> dict[str, str]:
+    """marketed / scored columns with their sources (granules stay unverified: distribution ended?)."""
+    marketed, marketed_source = PRODUCT_MARKETED.get(code, ("unverified", PRODUCT_UNVERIFIED))
+    if form in ("solution", "suspension", "injection"):
+        scored, scored_source = "no", LIQUID_NOT_SCORED
+    else:
+        scored, scored_source = "unverified", PRODUCT_UNVERIFIED
+    return {
+        "marketed": marketed,
+        "marketed_source": marketed_source,
+        "scored": scored,
+        "scored_source": scored_source,
+    }
+
+
 def parse_baclofen_product(r: CodesCsvRow) -> dict[str, str]:
     """Derive form, route, strength and concentration from an RxNorm SCD/SBD name.
 
@@ -1654,6 +2280,7 @@ def parse_baclofen_product(r: CodesCsvRow) -> dict[str, str]:
         "strength_mg": "" if liquid or strength is None else _num(strength.group(1)),
         "concentration_mg_per_ml": _num(conc.group(1)) if liquid and conc else "",
         "source": "; ".join(caveats),
+        **product_status(r.code, form),
     }
 
 
@@ -1708,6 +2335,10 @@ def write_outputs(b: Builder, out: Path) -> dict[str, int]:
         "strength_mg",
         "concentration_mg_per_ml",
         "source",
+        "marketed",
+        "marketed_source",
+        "scored",
+        "scored_source",
     ]
     counts["products.csv"] = write_csv(
         out / "products.csv",
@@ -1722,6 +2353,11 @@ def write_outputs(b: Builder, out: Path) -> dict[str, int]:
         out / "excluded.csv",
         ["considered_for_group", "kind", "system", "code", "display", "reason", "source"],
         ([g, k, s, c, e.display, "; ".join(e.reasons), " | ".join(e.sources)] for (k, g, s, c), e in ex_rows),
+    )
+    counts["context.csv"] = write_csv(
+        out / "context.csv",
+        ["rule", "cue", "kinds", "groups", "source"],
+        ([rule, cue, kinds, groups, CONTEXT_SOURCE] for rule, cue, kinds, groups in TERM_CONTEXT),
     )
     return counts
 
@@ -1747,6 +2383,8 @@ def main(argv: list[str] | None = None) -> int:
     b.build_drug_classes()
     b.build_from_set_rules()
     b.build_extras()
+    b.build_subclasses()
+    b.build_condition_valuesets()
     b.build_products()
     b.build_terms()
     for f in UNUSED_SETS:
@@ -1782,6 +2420,17 @@ GROUP_NOTES: dict[tuple[str, str], str] = {
     "from the broad CNS sets",
     ("drug_class", "barbiturate"): "CDC barbiturate + Beers barbiturates (primidone included as CDC does)",
     ("drug_class", "gabapentinoid"): "by ingredient (gabapentin, pregabalin) from the broad CNS sets",
+    ("drug_class", "gabapentin"): "gabapentinoid codes whose display names immediate-release gabapentin "
+    "(or the ingredient alone)",
+    ("drug_class", "gabapentin_er"): "gabapentinoid codes displayed 'Once-Daily gabapentin' (Gralise)",
+    ("drug_class", "gabapentin_enacarbil"): "gabapentinoid codes displayed 'gabapentin enacarbil' (Horizant)",
+    ("drug_class", "pregabalin"): "gabapentinoid codes whose display names immediate-release pregabalin "
+    "(or the ingredient alone)",
+    ("drug_class", "pregabalin_cr"): "gabapentinoid codes displayed '24 HR pregabalin' (Lyrica CR)",
+    ("allergy_group", "gabapentinoid"): "RxNorm ingredients gabapentin and pregabalin (US Core allergy "
+    "substances)",
+    ("allergy_group", "gabapentin"): "RxNorm ingredient gabapentin (gabapentin enacarbil: by term)",
+    ("allergy_group", "pregabalin"): "RxNorm ingredient pregabalin",
     ("drug_class", "sedating_antihistamine"): "first-generation H1 antihistamines by display from the Beers "
     "antihistamine set and other sets",
     (
@@ -1798,11 +2447,14 @@ GROUP_NOTES: dict[tuple[str, str], str] = {
     ("drug_class", "levodopa"): "no public set: unverified ingredient list",
     ("drug_class", "lithium"): "no public set: unverified ingredient list",
     ("drug_class", "naltrexone"): "naltrexone products (MOUD set); sequestered naltrexone (Embeda) excluded",
+    ("drug_class", "strong_cns_depressant"): "oxybates, meprobamate, chloral hydrate ... by ingredient from "
+    "the broad CNS sets; unverified list, sign-off pending",
+    ("condition_history", "peptic_ulcer"): "history of peptic ulcer (Z87.11, unverified) + history-cue texts",
     (
         "condition_group",
         "epilepsy",
-    ): "VSAC Seizure Disorder + Epilepsy + codes.csv seizure_disorder; no single-seizure "
-    "history, no psychogenic/syncopal events",
+    ): "VSAC Seizure Disorder + Epilepsy + codes.csv seizure_disorder; no single/first or provoked "
+    "(withdrawal, febrile) seizures, no seizure history, no psychogenic/syncopal events",
     (
         "condition_group",
         "pregnancy",
@@ -1838,12 +2490,24 @@ GROUP_NOTES: dict[tuple[str, str], str] = {
         "condition_group",
         "parkinson",
     ): "ICD-10-CM G20.* from VSAC Neurologic Movement (no G21 secondary parkinsonism)",
-    ("condition_group", "stroke"): "Synthea stroke code + unverified terms",
+    ("condition_group", "stroke"): "VSAC Stroke, Hemorrhagic/Ischemic Stroke, Cerebrovascular Disease "
+    "(no TIA-only syndromes, no heat stroke) + Synthea code + terms",
+    ("condition_group", "psychosis"): "VSAC Schizophrenia or Psychotic Disorder + psychotic codes of VSAC "
+    "Mental Health Diagnoses + terms",
+    ("condition_group", "delirium"): "delirium codes of VSAC Delirium/Dementia/Psychoses and Mental Health "
+    "Diagnoses + terms",
+    ("condition_group", "depression_suicidality"): "VSAC Suicide Attempt + suicidal/self-harm "
+    "findings of VSAC Mental Health Diagnoses + terms",
+    ("condition_group", "peptic_ulcer"): "VSAC Acute Peptic Ulcer + terms; history goes to "
+    "condition_history",
+    ("condition_group", "urinary_retention"): "VSAC Urinary retention + terms",
+    ("condition_group", "liver_disease"): "VSAC Liver Disease + Chronic Liver Disease + terms",
+    ("condition_group", "autonomic_dysreflexia"): "terms only (no code source in shared/)",
     (
         "condition_group",
         "diabetes",
-    ): "Synthea type 2 diabetes code + unverified terms (never bare `diabetes`)",
-    ("condition_group", "tbi"): "Synthea TBI codes + unverified terms",
+    ): "VSAC Diabetes (no prediabetes) + Synthea code + terms (never bare `diabetes`)",
+    ("condition_group", "tbi"): "Synthea TBI codes + TBI codes of VSAC Closed Head and Facial Trauma + terms",
     ("condition_group", "rheumatic_disorder"): "Synthea rheumatoid arthritis code + unverified terms",
     ("allergy_group", "baclofen"): "RxNorm 1292 + baclofen product codes; brand names as terms",
     ("allergy_group", "wheat"): "Synthea wheat substance/allergy SNOMED codes + term `wheat`",
@@ -1858,8 +2522,16 @@ GROUP_NOTES: dict[tuple[str, str], str] = {
     ("indication", "musculoskeletal_pain"): "Synthea chronic low back / neck pain codes + terms",
     ("indication", "aud"): "same codes as condition_group alcohol_use_disorder",
     ("observation", "egfr"): "all LOINC of codes.csv concept egfr (incl. 33914-3 and 98979-8)",
+    ("observation", "egfr_among_blacks"): "egfr rows whose display says 'among blacks' (used only "
+    "when no race-free or non-black value was taken at the same time)",
+    ("observation", "egfr_among_non_blacks"): "egfr rows whose display says 'among non-blacks'",
+    ("observation", "crcl"): "creatinine clearance in mL/min: Cockcroft-Gault 35591-7 and measured "
+    "24-hour clearance 2164-2 (not in shared/; displays verified from the public sources named per row)",
     ("observation", "lft"): "ALT, AST, ALP, total bilirubin (LOINC as emitted by Synthea)",
     ("observation", "glucose"): "glucose in blood / serum-plasma, HbA1c (LOINC as emitted by Synthea)",
+    ("observation", "gestational_age"): "gestational age LOINC of VSAC Estimated Gestational Age at "
+    "Delivery (11884-4, 11885-1, 18185-9, 49051-6)",
+    ("observation", "delivery_date_estimated"): "estimated delivery date LOINC 11778-8, 11779-6, 11780-4",
 }
 
 REVIEW_ITEMS = (
@@ -1890,11 +2562,27 @@ REVIEW_ITEMS = (
     "doxepin cream is excluded as a local form although systemic drowsiness is labelled.",
     "**Antihypertensive**: loop diuretics, nitrates, potassium-sparing diuretics alone and ophthalmic "
     "timolol are "
-    "not included; minoxidil is (topical minoxidil will match the term fallback).",
-    "**Other CNS depressants with no engine class** (excluded from the broad sets): sodium/mixed oxybates, "
-    "suvorexant/lemborexant, meprobamate, chloral hydrate, clomethiazole, trazodone, mirtazapine, "
-    "dexmedetomidine, "
-    "inhaled and IV anaesthetics, nabilone, cannabidiol. Decide whether BAC-C04 needs a class for them.",
+    "not included; minoxidil is (topical minoxidil text gets no class: local-only form, context.csv).",
+    "**strong_cns_depressant** (issue #16, unverified, sign-off pending): sodium/mixed oxybates, "
+    "meprobamate, chloral hydrate, clomethiazole, dexmedetomidine, propofol/fospropofol, paraldehyde and "
+    "obsolete sedative-hypnotics; BAC-C04 reads it (the pack records this as a local addition). "
+    "Still **no class**: "
+    "suvorexant/lemborexant/daridorexant, trazodone, mirtazapine, ketamine/esketamine, inhaled anaesthetics, "
+    "nabilone, dronabinol, cannabidiol. The VSAC/CDC codes include a veterinary dexmedetomidine gel (Sileo).",
+    "**Brand names** (issue #16, `verified=no`, sign-off pending): Xanax, Valium, Ativan, Klonopin, "
+    "Restoril, Halcion, Librium, Ambien, Lunesta, Sonata, Edluar, Intermezzo, Neurontin, Gralise, Horizant, "
+    "Lyrica, Norco, Vicodin, Lortab, Percocet, OxyContin, Roxicodone, Dilaudid, MS Contin, Duragesic, "
+    "Ultram, Nucynta, Suboxone, Subutex, Tylenol with Codeine, Fioricet, Fiorinal, Soma, Flexeril, "
+    "Zanaflex, Robaxin, "
+    "Skelaxin, Phenergan, Benadryl, Vistaril, Atarax, Xyrem, Xywav, Lumryz, Precedex, Diprivan. Add the "
+    "local formulary's brands here.",
+    "**Epilepsy vs single/provoked seizures** (issue #16 choice): first/single seizures, seizures due to "
+    "substance withdrawal and febrile convulsions are left out of `epilepsy` (in `excluded.csv`); "
+    "`Unspecified convulsions` (R56.9), post-traumatic seizures (R56.1), and epilepsy named as induced "
+    "(e.g. narcotic withdrawal epilepsy) stay, because a code that cannot tell is read conservatively.",
+    "**Condition value sets not in shared/** (see *Condition value sets wanted in shared/*): the groups "
+    "listed there have no verified ICD-10-CM / SNOMED CT code from them and rely on term matching of the "
+    "display text (a code-only record is missed); peptic-ulcer history has only the unverified Z87.11.",
     "**Sedating antihistamine**: meclizine, cyclizine and dimenhydrinate (antiemetic/antivertigo use) are "
     "included.",
     "**ESRD** includes `End stage renal failure with renal transplant`; a transplant patient may have "
@@ -1915,10 +2603,15 @@ REVIEW_ITEMS = (
     "be "
     "obsolete; the intrathecal codes come from a secondary web crosswalk. None of the other current baclofen "
     "products (5/15 mg tablets, oral solutions/suspension, granules, other IT strengths) has a verified "
-    "code.",
-    "**Term fallback** cannot see negation or context: `not pregnant`, `family history of suicide`, `heat "
-    "stroke`, "
-    "`pre-eclampsia` (no match) vs `preeclampsia` (coded). Condition terms are for uncoded text only.",
+    "code. "
+    "`marketed` and `scored` (yes | no | unverified) each cite a source in `marketed_source` / "
+    "`scored_source` (knowledge file section 2.1 and its S31 listing; RxNorm and DailyMed were not "
+    "reachable offline): 199280 and Kemstro are `no`, what no source settles is `unverified`. Only "
+    "`marketed: yes` products are ever proposed by a one-click dose suggestion, half units only when "
+    "`scored: yes`; a new or modified order of a `no` product raises BAC-F04.",
+    "**Term context** (`context.csv`) is a short NegEx-style cue list, not a parser: review the cues; "
+    "uncertainty words (*possible*, *rule out*, *suspected*) are deliberately not negations (they keep "
+    "the caution). Condition terms are for uncoded text only.",
 )
 
 
@@ -1979,41 +2672,50 @@ def render_readme(b: Builder, counts: dict[str, int], valuesets: dict[str, Value
         "every code that was considered for a group and deliberately left out, with the reason. Use it as a "
         "**deny list**: a code listed here for group G must not be put into G by the term fallback. |"
     )
+    add(
+        f"| `context.csv` | {counts['context.csv']} | `rule,cue,kinds,groups,source`: what the words "
+        "around a matched term mean (clause boundaries, negation, pseudo-negation, glued prefixes, "
+        "history routing, local-only drug forms); see *How matching works* 3. |"
+    )
     add("| `README.md` | | this file |")
     add("")
     add("## How matching works (runtime contract)")
     add("")
     add(
         "1. **Code first.** Look up (system, code) in `codes.csv` for the kind asked (`drug_class`, "
-        "`condition_group`, "
-        "`allergy_group`, `observation`, `indication`). If the code is there, its groups are the answer and "
-        "the "
-        "term fallback is **not** used (the code was curated; terms would only add errors)."
+        "`condition_group`, `condition_history`, `allergy_group`, `observation`, `indication`). If the code "
+        "is there, its groups are the answer and the term fallback is **not** used (the code was curated; "
+        "terms would only add errors). A code listed in `excluded.csv` for a group is a **deny list** entry: "
+        "the term fallback never puts it back into that group (`(any drug class)`: no drug class at all)."
     )
     add(
         "2. **Term fallback** only for codings not in `codes.csv` for that kind: a term of "
-        "`ingredients.csv` matches "
-        "the coding display or free text **case-insensitively as a whole word**: the term may not touch a "
-        "letter, "
-        "digit, underscore or hyphen on either side (regex `(?<![\\w-])term(?![\\w-])`, the same as "
-        "`cds_engine.vocabulary`). So `prediabetes` and `pre-diabetes` do not match `diabetes mellitus`, "
-        "`Parkinson's` matches `parkinson`, `HYDROcodone` matches `hydrocodone`, but `carbidopa-levodopa` "
-        "does "
-        "**not** match `levodopa` (hyphen), and `apomorphine` does not match `morphine`."
+        "`ingredients.csv` matches the coding display or free text **case-insensitively as a whole word**, "
+        "regex `(?<!\\w)TERM(?!\\w)` (`cds_engine.vocabulary.TERM_REGEX`). A hyphen is a word boundary, "
+        "so free text such as `hydrocodone-acetaminophen` and `carbidopa-levodopa` still names its "
+        "ingredients; `apomorphine` does not match `morphine`, `Parkinson's` matches `parkinson`."
     )
     add(
-        "3. **Deny list.** Codes in `excluded.csv` should not be re-admitted to the same group by terms "
-        "(e.g. `Fetal disorder caused by maternal alcohol dependence in pregnancy` contains the AUD term "
-        "`alcohol dependence`); rows whose group is `(any drug class)` (mostly local-only forms such as "
-        "diphenhydramine cream) should get no drug class from terms. The current `cds_engine.vocabulary` "
-        "loader does not read `excluded.csv` yet."
+        "3. **Context** (`context.csv`, `cds_engine.term_context`): each occurrence of a term is judged by "
+        "the words around it, within its clause (a clause ends at `. ; : ( ) [ ]`, a line break, *but*, "
+        "*however* ...; for conditions also at a comma) and at most `scope` words away. **Negated** "
+        "mentions never match (*no*, *not*, *without*, *denies*, *no history of*, *negative for*, "
+        "*family history of* (someone else's condition) before the term; *ruled out*, *absent* after it); "
+        "pseudo-cues such as *not elsewhere classified* are not negations. A **glued prefix** (*non-*, "
+        "*pre-*, *anti-*; *heat*/*sun* before `stroke`) means another concept. A **history** cue (*history "
+        "of*, *h/o*, *previous*, *healed* ...) moves the mention to kind `condition_history` for the groups "
+        "whose history is its own fact (`peptic_ulcer`: the pack reads `cond_history.peptic_ulcer`); for "
+        "every other group history stays in the active group (stroke, psychosis, epilepsy: the caution "
+        "covers past events). When in doubt a term matches: a comma ends a negation's reach, so `denies "
+        "psychosis, suicidal ideation` still counts suicidality (an extra caution, never a hidden one)."
     )
     add(
-        "4. **Local-only dose forms** (topical, ophthalmic, otic, shampoo, medicated pad, soap, mouthwash, "
-        "vaginal) "
-        "were dropped from every drug class at build time; the term fallback cannot tell, so a runtime that "
-        "matches "
-        "terms on product names should skip these forms too (e.g. diphenhydramine cream)."
+        "4. **Local-only dose forms**: a drug text naming a local-only form (topical, ophthalmic, otic, "
+        "cream, ointment, lotion, eye/ear drops, shampoo, soap, mouthwash, vaginal, medicated pad) gets no "
+        "drug class from terms (e.g. `diphenhydramine 2% topical cream`); such product codes were already "
+        "dropped from every drug class at build time. A pack's own drug (`drug: class:` of any pack) is "
+        "exempt: a topical baclofen text is still baclofen, so the pack's product/route rules can flag it. "
+        "Kit names saying *for patients taking ...* do not name the kit's content."
     )
     add(
         "5. **Indications**: when several indication groups match free text, prefer the specific one "
@@ -2026,6 +2728,13 @@ def render_readme(b: Builder, counts: dict[str, int], valuesets: dict[str, Value
         "are for free-text monitoring entries."
     )
     add("")
+    add("### Matching examples (executed by `tests/test_vocabulary_readme.py`)")
+    add("")
+    add("| kind | system | code | display or free text | groups |")
+    add("|---|---|---|---|---|")
+    for kind, system, code, display, groups in MATCHING_EXAMPLES:
+        add(f"| {kind} | {system or ''} | {code or ''} | {display or ''} | {', '.join(groups) or '(none)'} |")
+    add("")
     add("## Groups")
     add("")
     add("| kind | group | code rows | term rows (verified) | content |")
@@ -2035,6 +2744,9 @@ def render_readme(b: Builder, counts: dict[str, int], valuesets: dict[str, Value
             note = GROUP_NOTES.get((kind, group), "")
             if not note and term_counts[(kind, group)] and not code_counts[(kind, group)]:
                 note = "no code source in shared/: term rows only (unverified)"
+            missing = sorted({w.oid for w in b.missing_sets if (w.kind, w.group) == (kind, group)})
+            if missing:
+                note += f" — **gap**: {len(missing)} VSAC set(s) not in shared/ (see below)"
             add(
                 f"| {kind} | `{group}` | {code_counts[(kind, group)]} | {term_counts[(kind, group)]} "
                 f"({verified_terms[(kind, group)]}) | {note} |"
@@ -2101,6 +2813,30 @@ def render_readme(b: Builder, counts: dict[str, int], valuesets: dict[str, Value
     add("")
     for f, why in sorted(UNUSED_SETS.items()):
         add(f"* `{f}` ({valuesets[f].title}): {why}.")
+    add("")
+    add("## Condition value sets wanted in shared/")
+    add("")
+    add(
+        "Condition groups a rule reads take their codes from these VSAC value sets, read by OID from "
+        "`shared/data/valuesets/**` when the file is there (`CONDITION_VALUESETS` in "
+        "`tools/build_vocabulary.py`, with the display filters applied). Only data in the read-only "
+        "`shared/` folder may feed the vocabulary. A set marked *missing* is a known gap "
+        "(`tests/test_vocabulary_coverage.py`): the group falls back to term matching of the display "
+        "text until the project lead adds the set to shared/ and the vocabulary is rebuilt (then also add "
+        "its gzip copy under `tools/vocabulary-sources/valuesets/`, which the provenance test reads, and "
+        "drop the gap from `KNOWN_GAPS`)."
+    )
+    add("")
+    add("| group | value set OID | title | in shared/ |")
+    add("|---|---|---|---|")
+    missing_oids = {w.oid for w in b.missing_sets}
+    for w in CONDITION_VALUESETS:
+        add(
+            f"| `{w.group}` | `{w.oid}` | {w.title} | "
+            f"{'**missing**' if w.oid in missing_oids else 'yes'} |"
+        )
+    for (kind, group), why in sorted(CONDITION_GAPS_WITHOUT_SET.items()):
+        add(f"| `{group}` ({kind}) | — | {why} | **missing** |")
     add("")
     add("## Upstream sources")
     add("")

@@ -1601,6 +1601,179 @@ def rules() -> None:
         ["BAC-C04"],
     )
 
+    # issue #16: what the vocabulary means changes when these rules fire
+    icd10 = "http://hl7.org/fhir/sid/icd-10-cm"
+    rule_fx(
+        "R-BAC-C04-fire-info-oxybate",
+        "Ongoing 30 mg/day; sodium oxybate (strong_cns_depressant class, sign-off pending)",
+        ongoing(
+            30,
+            10,
+            alcohol_use_current=False,
+            extra_meds=[
+                med({"system": RXNORM, "code": "349482", "display": "sodium oxybate 500 MG/ML Oral Solution"})
+            ],
+        ),
+        {"BAC-C04": "info"},
+        ["BAC-C04.several"],
+    )
+    rule_fx(
+        "R-BAC-C04-fire-info-brand-xyrem-text",
+        "Ongoing 30 mg/day; home medication written as the brand 'Xyrem 4.5 g at bedtime' (no code)",
+        ongoing(30, 10, alcohol_use_current=False, extra_meds=[med(text("Xyrem 4.5 g at bedtime"))]),
+        {"BAC-C04": "info"},
+        ["BAC-C04.several"],
+    )
+    rule_fx(
+        "R-BAC-C02-fire-brand-xanax-text",
+        "Ongoing 30 mg/day; home medication written as the brand 'Xanax 0.5 mg' (no code)",
+        ongoing(30, 10, extra_meds=[med(text("Xanax 0.5 mg tablet"))]),
+        {"BAC-C02": "warning"},
+        ["BAC-C01"],
+    )
+    rule_fx(
+        "R-BAC-C02-silent-lamotrigine-kit",
+        "Ongoing 30 mg/day; lamotrigine kit named 'for patients not taking ... phenobarbital'",
+        ongoing(
+            30,
+            10,
+            extra_meds=[
+                med(
+                    {
+                        "system": RXNORM,
+                        "code": "795774",
+                        "display": "{7 (lamotrigine 100 MG Oral Tablet [Lamictal]) / 42 (lamotrigine 25 MG "
+                        "Oral Tablet [Lamictal]) } Pack [Lamictal Orange (For Patients Not Taking "
+                        "Carbamazepine, Phenytoin, Phenobarbital, Primidone, or Rifampin)]",
+                    }
+                )
+            ],
+        ),
+        {},
+        ["BAC-C02", "BAC-C01"],
+    )
+    rule_fx(
+        "R-BAC-C04-silent-topical-diphenhydramine-text",
+        "Ongoing 30 mg/day; 'diphenhydramine 2% topical cream' (local-only form, no code)",
+        ongoing(
+            30, 10, alcohol_use_current=False, extra_meds=[med(text("diphenhydramine 2% topical cream"))]
+        ),
+        {},
+        ["BAC-C04"],
+    )
+    rule_fx(
+        "R-BAC-S01-fire-epilepsy-negated-status",
+        "New start 5 mg TID; 'Epilepsy; no history of status epilepticus' (negation reaches only its clause)",
+        ns(5, 3, conditions=[cond(MS), cond(text("Epilepsy; no history of status epilepticus"))]),
+        {"BAC-S01": "warning"},
+        [],
+    )
+    rule_fx(
+        "R-BAC-S01-silent-provoked-seizure",
+        "New start 5 mg TID; seizure due to drug withdrawal (provoked, not epilepsy)",
+        ns(
+            5,
+            3,
+            conditions=[
+                cond(MS),
+                cond(
+                    {
+                        "system": SNOMED,
+                        "code": "735235000",
+                        "display": "Seizure co-occurrent and due to drug withdrawal (disorder)",
+                    }
+                ),
+            ],
+        ),
+        {},
+        ["BAC-S01"],
+    )
+    rule_fx(
+        "R-BAC-S02-silent-without-psychotic-features",
+        "New start 5 mg TID; 'Major depressive disorder, single episode, severe without psychotic features'",
+        ns(
+            5,
+            3,
+            conditions=[
+                cond(MS),
+                cond(text("Major depressive disorder, single episode, severe without psychotic features")),
+            ],
+        ),
+        {},
+        ["BAC-S02"],
+    )
+    rule_fx(
+        "R-BAC-S02-silent-no-history-suicidal",
+        "New start 5 mg TID; 'No history of suicidal ideation'",
+        ns(5, 3, conditions=[cond(MS), cond(text("No history of suicidal ideation"))]),
+        {},
+        ["BAC-S02"],
+    )
+    rule_fx(
+        "R-BAC-S02-fire-warning-schizophrenia-display",
+        "New start 5 mg TID; schizophrenia SNOMED 58214004 with display 'Schizophrenia' (the code is a known "
+        "gap until the VSAC set is in shared/: the term fallback decides)",
+        ns(
+            5,
+            3,
+            conditions=[cond(MS), cond({"system": SNOMED, "code": "58214004", "display": "Schizophrenia"})],
+        ),
+        {"BAC-S02": "warning"},
+        [],
+    )
+    rule_fx(
+        "R-BAC-S03-silent-high-altitude-breathing",
+        "New start 5 mg TID; G47.32 high altitude periodic breathing (not respiratory impairment)",
+        ns(
+            5,
+            3,
+            conditions=[
+                cond(MS),
+                cond({"system": icd10, "code": "G47.32", "display": "High altitude periodic breathing"}),
+            ],
+        ),
+        {},
+        ["BAC-S03"],
+    )
+    rule_fx(
+        "R-BAC-S04-fire-info-ulcer-history-z8711",
+        "New start 5 mg TID; active problem-list entry Z87.11 'Personal history of peptic ulcer disease'",
+        ns(
+            5,
+            3,
+            conditions=[
+                cond(MS),
+                cond(
+                    {"system": icd10, "code": "Z87.11", "display": "Personal history of peptic ulcer disease"}
+                ),
+            ],
+        ),
+        {"BAC-S04": "info"},
+        ["BAC-S04.ulcer"],
+    )
+    rule_fx(
+        "R-BAC-S04-fire-info-haemorrhagic-stroke-display",
+        "MS spasticity, new start 5 mg TID; I61.9 with display 'Intracerebral haemorrhage' (the code is a "
+        "known gap until the VSAC set is in shared/: the term fallback decides)",
+        ns(
+            5,
+            3,
+            conditions=[
+                cond(MS),
+                cond({"system": icd10, "code": "I61.9", "display": "Intracerebral haemorrhage"}),
+            ],
+        ),
+        {"BAC-S04": "info"},
+        ["BAC-I01"],
+    )
+    rule_fx(
+        "R-BAC-S04-silent-heat-stroke",
+        "New start 5 mg TID; 'Heat stroke' (not a stroke)",
+        ns(5, 3, conditions=[cond(MS), cond(text("Heat stroke"))]),
+        {},
+        ["BAC-S04"],
+    )
+
     # C05
     rule_fx(
         "R-BAC-C05-fire-levodopa",
@@ -1814,6 +1987,36 @@ def rules() -> None:
         it_new_start(100, conditions=[cond(MS), cond(text("Autonomic dysreflexia"))]),
         {"BAC-S04": "info"},
         [],
+    )
+    # S04: spinal cord injury at T6 or above (knowledge file §4.3), coded only (issue #17 item 5)
+    rule_fx(
+        "R-BAC-S04-fire-info-sci-c5-c7-icd10",
+        "New start 5 mg TID; 'Quadriplegia, C5-C7 complete' (ICD-10-CM G82.53) as a bare code",
+        ns(
+            5,
+            3,
+            conditions=[cond(MS), cond({"system": "http://hl7.org/fhir/sid/icd-10-cm", "code": "G82.53"})],
+        ),
+        {"BAC-S04": "info"},
+        [],
+    )
+    rule_fx(
+        "R-BAC-S04-fire-info-sci-c1-c4-snomed",
+        "New start 5 mg TID; SNOMED 441705005 complete quadriplegia, cord lesion C1-C4, as a bare code",
+        ns(5, 3, conditions=[cond(MS), cond({"system": SNOMED, "code": "441705005"})]),
+        {"BAC-S04": "info"},
+        [],
+    )
+    rule_fx(
+        "R-BAC-S04-silent-quadriplegia-unspecified",
+        "New start 5 mg TID; 'Quadriplegia, unspecified' (G82.50): level and cause unknown, not SCI >= T6",
+        ns(
+            5,
+            3,
+            conditions=[cond(MS), cond({"system": "http://hl7.org/fhir/sid/icd-10-cm", "code": "G82.50"})],
+        ),
+        {},
+        ["BAC-S04"],
     )
     rule_fx(
         "R-BAC-S04-fire-info-stroke-oral",
@@ -2268,11 +2471,38 @@ def cannot_assess() -> None:
     )
 
 
+def _odd_inputs() -> None:
+    """Issue #11 fixtures (routes, forms, unreadable eGFR, tapers, several orders)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from fixtures_odd_inputs import odd_inputs
+
+    odd_inputs(sys.modules[__name__])
+
+
+def _renal_function() -> None:
+    """Issue #12 fixtures (CrCl, AKI, ESRD without a current eGFR, race-stratified pairs)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from fixtures_renal import renal_function
+
+    renal_function(sys.modules[__name__])
+
+
+def _suggestions() -> None:
+    """Issue #10 fixtures (products not marketed: BAC-F04; D02's start limit per renal band)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from fixtures_suggestions import suggestion_fixtures
+
+    suggestion_fixtures(sys.modules[__name__])
+
+
 def build() -> list[dict[str, Any]]:
     FIXTURES.clear()
     scenarios()
     rules()
     cannot_assess()
+    _odd_inputs()
+    _renal_function()
+    _suggestions()
     ids = [f["id"] for f in FIXTURES]
     dupes = {i for i in ids if ids.count(i) > 1}
     if dupes:

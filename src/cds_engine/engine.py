@@ -20,19 +20,21 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from cds_engine.alerts import Alert
+from cds_engine.evaluation import EvaluationResult, NotApplicable, PackRef
 from cds_engine.facts.derive import ACTIVE_ACTIONS, derive
 from cds_engine.facts.model import PatientFacts
 from cds_engine.results import build_alerts
 from cds_engine.rules.compile import CompiledPack, load_pack
 from cds_engine.rules.conditions import evaluate
-from cds_engine.rules.errors import PackLoadError
+from cds_engine.rules.errors import Finding, PackLoadError
 from cds_engine.rules.rete import EngineFailure, ReteEvaluator
 from cds_engine.rules.site import declared_parameters, resolve_site
 from cds_engine.vocabulary import Vocabulary
 
-__all__ = ["Engine", "EvaluatorName", "OracleEvaluator", "project"]
+__all__ = ["Engine", "EvaluationResult", "EvaluatorName", "OracleEvaluator", "project"]
 
 EvaluatorName = Literal["rete", "oracle"]
+EVALUATORS: tuple[str, ...] = ("rete", "oracle")
 log = logging.getLogger(__name__)
 _slots = itertools.count()
 
@@ -71,6 +73,8 @@ class Engine:
         statuses: tuple[str, ...] = ("active",),
         site_hash: str | None = None,
     ) -> None:
+        if evaluator not in EVALUATORS:
+            raise ValueError(f"evaluator must be one of {', '.join(EVALUATORS)}, not {evaluator!r}")
         self.packs = list(packs)
         self.evaluator_name = evaluator
         self.statuses = statuses
@@ -95,13 +99,19 @@ class Engine:
         ``site``: the site settings file laid over the packs (local policy; ``True`` = use
         ``directory/site.yaml`` when it exists, ``None``/``False`` = none); its hash is recorded on
         every alert. ``overrides`` maps a pack id to further parameter values (they win over the site
-        file). Raises :class:`PackLoadError` listing every error of every invalid pack.
+        file). Raises :class:`PackLoadError` listing every error of every invalid pack, and when the
+        directory does not exist or holds no pack (an engine with no pack would answer "no alerts").
         """
         directory = Path(directory)
+        if not directory.is_dir():
+            raise PackLoadError([Finding(str(directory), None, None, "rules directory not found")])
+        paths = sorted(directory.glob("*/pack.yaml"))
+        if not paths:
+            message = "no rule packs found: expected DIR/<pack>/pack.yaml files"
+            raise PackLoadError([Finding(str(directory), None, None, message)])
         settings = resolve_site(directory, site)
         vocab = Vocabulary.from_dir(directory / "vocabulary")
         packs, findings = [], []
-        paths = sorted(directory.glob("*/pack.yaml"))
         findings.extend(settings.unknown_packs(p.parent.name for p in paths))
         for path in paths:
             declared = declared_parameters(path.read_text(encoding="utf-8", errors="replace"))
@@ -153,9 +163,18 @@ class Engine:
         self, facts: PatientFacts, flats: dict[str, dict[str, Any]] | None = None
     ) -> list[CompiledPack]:
         """Packs that should review this patient (see module docstring)."""
-        out = []
+        return self.applicability(facts, flats)[0]
+
+    def applicability(
+        self, facts: PatientFacts, flats: dict[str, dict[str, Any]] | None = None
+    ) -> tuple[list[CompiledPack], list[NotApplicable]]:
+        """Packs that should review this patient, and every other pack with the reason it does not."""
+        out: list[CompiledPack] = []
+        skipped: list[NotApplicable] = []
         for pack in self.packs:
             if pack.spec.pack.status not in self.statuses:
+                reason = f"pack status {pack.spec.pack.status} is not evaluated here"
+                skipped.append(NotApplicable(pack.id, pack.version, reason))
                 continue
             vocab, triggers = pack.vocabulary, pack.spec.pack.triggers
             drug = pack.context.drug_class
@@ -177,6 +196,8 @@ class Engine:
             if order is None:
                 if drug in active_classes:
                     out.append(pack)
+                else:
+                    skipped.append(NotApplicable(pack.id, pack.version, f"no {drug} order and none active"))
                 continue
             order_classes = vocab.classify(order.product, "drug_class")
             product = vocab.product(order.product)
@@ -188,7 +209,10 @@ class Engine:
                 and order.action in ACTIVE_ACTIONS
             ):
                 out.append(pack)
-        return out
+            else:
+                skipped.append(NotApplicable(pack.id, pack.version, _why_not(drug, order_classes, triggers,
+                                                                             active_classes, order.action)))
+        return out, skipped
 
     def flat_facts(self, pack: CompiledPack, facts: PatientFacts) -> dict[str, Any]:
         return derive(facts, pack.vocabulary, pack.context)
@@ -208,12 +232,29 @@ class Engine:
             outcomes = OracleEvaluator(pack).outcomes(projected)
         return build_alerts(pack, flat, outcomes, site_hash=self.site_hash)
 
-    def evaluate(self, facts: PatientFacts | Mapping[str, Any]) -> list[Alert]:
-        """Alerts of every applicable pack, most severe first."""
+    def evaluate(self, facts: PatientFacts | Mapping[str, Any]) -> EvaluationResult:
+        """Alerts of every applicable pack, most severe first — with the packs evaluated and not applicable.
+
+        The result is a list of alerts; ``.evaluated`` and ``.not_applicable`` say what it covers
+        (an empty list with nothing evaluated is not an all-clear).
+        """
         if not isinstance(facts, PatientFacts):
             facts = PatientFacts.model_validate(facts)
         alerts: list[Alert] = []
         flats: dict[str, dict[str, Any]] = {}
-        for pack in self.applicable(facts, flats):
+        packs, skipped = self.applicability(facts, flats)
+        for pack in packs:
             alerts.extend(self.evaluate_pack(pack, facts, flats.get(pack.id)))
-        return sorted(alerts, key=Alert.sort_key)
+        evaluated = [PackRef(p.id, p.version, p.content_hash) for p in packs]
+        return EvaluationResult(sorted(alerts, key=Alert.sort_key), evaluated, skipped)
+
+
+def _why_not(drug: str, order_classes: set[str], triggers: Any, active: set[str], action: str | None) -> str:
+    partners = order_classes & set(triggers.partner_classes)
+    if partners and drug not in active:
+        return f"the order is a partner drug ({', '.join(sorted(partners))}) and no {drug} is active"
+    if partners:
+        return f"the partner-drug order's action is {action}, not a new or continued order"
+    if not order_classes:
+        return f"the ordered product is not in the vocabulary, so it is not recognised as {drug}"
+    return f"the order is neither {drug} nor one of its partner drugs, and no {drug} order is present"

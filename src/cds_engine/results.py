@@ -12,10 +12,11 @@ from collections.abc import Mapping
 from typing import Any
 
 from cds_engine.alerts import SEVERITY_ORDER, Alert, AlertSource, AlertSuggestion
-from cds_engine.facts.catalog import root_missing
+from cds_engine.facts.catalog import companions, root_missing
 from cds_engine.messages import fmt_value, render
 from cds_engine.rules.compile import CompiledPack, CompiledTier
 from cds_engine.rules.conditions import BOUND_SUFFIXES, TRUE, UNKNOWN, facts_of, unknown_leaves
+from cds_engine.rules.governance import approval_state
 
 __all__ = ["MISSING_DATA_RULE", "build_alerts", "evidence_of"]
 
@@ -39,17 +40,15 @@ def evidence_of(tier: CompiledTier, flat: Mapping[str, Any]) -> dict[str, Any]:
             for suffix in BOUND_SUFFIXES:
                 if leaf.fact + suffix in flat:
                     out[leaf.fact + suffix] = flat[leaf.fact + suffix]
+        for name in companions(leaf.fact):  # the medicines behind a class count
+            if name in flat:
+                out[name] = flat[name]
     return out
 
 
 def _approval_note(pack: CompiledPack) -> str:
-    info = pack.spec.pack
-    if info.approval.status == "approved":
-        return f"Knowledge pack {info.id} {info.version} (approved {info.approval.date or ''})."
-    return (
-        f"Knowledge pack {info.id} {info.version}: approval pending local clinical validation — "
-        "thresholds marked design choice/derived await sign-off."
-    )
+    """The card footer: the pack's approval and how many thresholds carry a named sign-off."""
+    return approval_state(pack.spec).sentence()
 
 
 def _common(pack: CompiledPack) -> dict[str, Any]:
@@ -95,7 +94,11 @@ def build_alerts(
             continue
         fired_rules.add(rule.spec.id)
         extra = {"rule_id": rule.spec.id, "tier_id": chosen.id, "severity": chosen.severity}
-        detail = render(chosen.detail, flat, pack.params, extra).strip()
+        detail = render(chosen.detail, flat, pack.params, extra, pack.spec.labels).strip()
+        evidence = evidence_of(chosen, flat)
+        assumed = _route_assumption(evidence, flat)
+        if assumed:
+            detail += f"\n\nRoute {assumed}."
         if open_tiers:
             detail += "\n\nNot assessed for lack of data: " + ", ".join(
                 f"{t.id} (missing {', '.join(m) or 'data'})" for t, m in missing_by_tier
@@ -107,12 +110,17 @@ def build_alerts(
                 title=rule.spec.title,
                 category=rule.spec.category,
                 severity=chosen.severity,  # type: ignore[arg-type]
-                summary=_short(render(chosen.summary, flat, pack.params, extra)),
+                summary=_short(render(chosen.summary, flat, pack.params, extra, pack.spec.labels)),
                 detail=f"{detail}\n\n_{note}_",
-                evidence=evidence_of(chosen, flat),
+                evidence=evidence,
                 missing=sorted({m for _, ms in missing_by_tier for m in ms}),
                 not_assessed=[t.id for t in open_tiers],
-                suggestions=[AlertSuggestion(**sg.model_dump()) for sg in rule.spec.suggestions],
+                suggestions=[
+                    AlertSuggestion(**{**sg.model_dump(),
+                                       "label": render(sg.label, flat, pack.params, extra,
+                                                       pack.spec.labels)})
+                    for sg in rule.spec.suggestions
+                ],
                 sources=[
                     AlertSource(id=sid, title=pack.spec.sources[sid].title, url=pack.spec.sources[sid].url)
                     for sid in rule.spec.sources
@@ -124,6 +132,16 @@ def build_alerts(
     if site_hash is not None:
         alerts = [a.model_copy(update={"site_hash": site_hash}) for a in alerts]
     return sorted(alerts, key=Alert.sort_key)
+
+
+def _route_assumption(evidence: Mapping[str, Any], flat: Mapping[str, Any]) -> str | None:
+    """'not stated — checked as oral' when a check read a route the order did not state as written."""
+    if "order_route_checked" not in evidence:
+        return None
+    if flat.get("order_route_stated") and flat.get("order_route_recognised"):
+        return None
+    shown = flat.get("order_route_shown")
+    return shown if isinstance(shown, str) else None
 
 
 def _bound_of(facts: list[str], flat: Mapping[str, Any]) -> str | None:

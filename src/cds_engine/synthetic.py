@@ -19,6 +19,7 @@ __all__ = ["PatientGenerator"]
 
 _AS_OF = datetime(2026, 1, 15, 12, 0, tzinfo=UTC)
 _ROUTES = ["oral", "oral", "oral", "PO", "enteral", "intrathecal", "iv", "transdermal", "topical", None]
+_ODD_ROUTES = ["rectal", "37839007", "per G tube", "127492001", "via banana", "PO/NG", None]
 _FORMS = ["tablet", "tablet", "solution", "suspension", "granules", "capsule", "injection", "patch", None]
 _UNITS = ["mg", "mg", "mg", "mcg", "mL", "g", "tablet", "drop", None]
 _ACTIONS = ["new", "new", "modify", "continue", "continue", "discontinue", "hold"]
@@ -178,7 +179,49 @@ class PatientGenerator:
                     rng, 0.2, (self.as_of - timedelta(hours=rng.uniform(1, 72))).isoformat()
                 ),
             }
+        self._kidney_extras(random.Random(rng.getrandbits(32)), facts)
+        self._odd_extras(random.Random(rng.getrandbits(32)), facts)
         return facts
+
+    def _odd_extras(self, rng: random.Random, facts: dict[str, Any]) -> None:
+        """Odd inputs (own stream): unrecognised or no-product routes, an unreadable newest eGFR,
+        presumed replacements, PRN home orders."""
+        order = facts.get("order")
+        if order is not None and rng.random() < 0.2:
+            order["route"] = rng.choice(_ODD_ROUTES)
+        if order is not None and order.get("action") in ("modify", "continue") and rng.random() < 0.3:
+            order.pop("replaces", None)
+            order["replaces_presumed"] = True
+        if rng.random() < 0.1:
+            facts["renal"]["egfr_unreadable"] = {
+                "date": self._day(rng, 0, 30),
+                "problem": rng.choice(["no-value", "unit"]),
+            }
+        for med in facts["medications"]:
+            if "id" in med and rng.random() < 0.3:
+                med["prn"] = rng.choice([True, False])
+
+    def _kidney_extras(self, rng: random.Random, facts: dict[str, Any]) -> None:
+        """CrCl, race-stratified eGFR pairs, AKI flag and dated/encounter diagnoses (own stream)."""
+        renal = facts["renal"]
+        if rng.random() < 0.3:
+            renal["crcl"] = {
+                "value": float(rng.choice([10, 25, 29, 30, 45, 50, 65, 80, 81, 110])),
+                "date": self._day(rng, 0, 400),
+                "unit": rng.choice(["mL/min", None, "mL/min/{1.73_m2}", "mL/s"]),
+            }
+        egfr = renal.get("egfr")
+        if egfr is not None and rng.random() < 0.25:
+            pair = {**egfr, "value": float(rng.choice([20, 35, 55, 70])), "race_stratum": "black"}
+            mate = {**egfr, "race_stratum": rng.choice(["non-black", None])}
+            renal["egfr_results"] = rng.sample([pair, mate], k=2)
+        if rng.random() < 0.15:
+            renal["aki"] = True
+        for condition in facts["conditions"]:
+            if rng.random() < 0.3:
+                condition["recorded"] = self._day(rng, 0, 400)
+            if rng.random() < 0.1:
+                condition["encounter_diagnosis"] = True
 
     def _order(self, rng: random.Random) -> dict[str, Any]:
         if self._drug_products and rng.random() < 0.85:

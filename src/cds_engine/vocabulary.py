@@ -15,8 +15,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cds_engine.facts.model import Coding
+from cds_engine.term_context import TermContext
 
-__all__ = ["Product", "Vocabulary", "normalize_system"]
+__all__ = ["HISTORY_KIND", "TERM_REGEX", "Product", "Vocabulary", "normalize_system", "term_regex"]
+
+# The whole-word rule of the term fallback (rules/vocabulary/README.md quotes it; a test checks that
+# the README and this pattern agree). A hyphen IS a word boundary, so free text such as
+# "hydrocodone-acetaminophen" or "carbidopa-levodopa" still names its ingredients; glued negating
+# prefixes ("non-psychotic", "pre-diabetes") are handled by the context rules instead.
+TERM_REGEX = r"(?<!\w)TERM(?!\w)"
+# Occurrences of one term judged in one text; beyond, the term counts (fail safe, bounded time).
+_MAX_JUDGED = 50
+# Kind whose groups are answered from history codes and "history of ..." texts (cond_history.*).
+HISTORY_KIND = "condition_history"
+
+
+def term_regex(term: str) -> re.Pattern[str]:
+    """Compile one term with the runtime whole-word rule (case-insensitive)."""
+    before, after = TERM_REGEX.split("TERM")
+    return re.compile(before + re.escape(term) + after, re.IGNORECASE)
+
 
 _SYSTEM_ALIASES = {
     "rxnorm": "http://www.nlm.nih.gov/research/umls/rxnorm",
@@ -52,6 +70,14 @@ class Product:
     route: str | None
     strength_mg: float | None
     concentration_mg_per_ml: float | None
+    marketed: str = "unverified"  # yes | no | unverified (products.csv, each with a cited source)
+    scored: str = "unverified"  # yes | no | unverified: whether half units may be given
+
+
+def _status(text: str | None) -> str:
+    """yes | no | unverified; anything else (or a file without the column) is unverified."""
+    value = (text or "").strip().lower()
+    return value if value in ("yes", "no") else "unverified"
 
 
 def _float_or_none(text: str | None) -> float | None:
@@ -74,6 +100,7 @@ class Vocabulary:
         default_factory=dict
     )  # reviewed-out codes -> groups
     files: list[Path] = field(default_factory=list)
+    context: TermContext = field(default_factory=TermContext.empty)  # negation/history/local-form rules
     _memo: dict[tuple[str, str | None, str | None, str | None], frozenset[str]] = field(default_factory=dict)
 
     @classmethod
@@ -84,7 +111,7 @@ class Vocabulary:
         codes: dict[tuple[str, str, str], set[str]] = defaultdict(set)
         groups: dict[str, set[str]] = defaultdict(set)
         codes_file = directory / "codes.csv"
-        if codes_file.exists():
+        if _readable(codes_file, directory):
             vocab.files.append(codes_file)
             with codes_file.open(newline="", encoding="utf-8") as fh:
                 for row in csv.DictReader(fh):
@@ -94,20 +121,20 @@ class Vocabulary:
         terms: dict[str, list[tuple[re.Pattern[str], str]]] = defaultdict(list)
         term_texts: dict[tuple[str, str], list[str]] = defaultdict(list)
         terms_file = directory / "ingredients.csv"
-        if terms_file.exists():
+        if _readable(terms_file, directory):
             vocab.files.append(terms_file)
             with terms_file.open(newline="", encoding="utf-8") as fh:
                 for row in csv.DictReader(fh):
                     term = row["term"].strip()
                     if not term:
                         continue
-                    pattern = re.compile(r"(?<!\w)" + re.escape(term) + r"(?!\w)", re.IGNORECASE)
+                    pattern = term_regex(term)
                     terms[row["kind"]].append((pattern, row["group"]))
                     term_texts[(row["kind"], row["group"])].append(term)
                     groups[row["kind"]].add(row["group"])
         excluded: dict[tuple[str, str, str], set[str]] = defaultdict(set)
         excluded_file = directory / "excluded.csv"
-        if excluded_file.exists():
+        if _readable(excluded_file, directory):
             vocab.files.append(excluded_file)
             with excluded_file.open(newline="", encoding="utf-8") as fh:
                 for row in csv.DictReader(fh):
@@ -117,8 +144,12 @@ class Vocabulary:
                         "*" if group.startswith("(") else group
                     )
         vocab.excluded = dict(excluded)
+        context_file = directory / "context.csv"
+        if _readable(context_file, directory):
+            vocab.files.append(context_file)
+            vocab.context = TermContext.from_csv(context_file)
         products_file = directory / "products.csv"
-        if products_file.exists():
+        if _readable(products_file, directory):
             vocab.files.append(products_file)
             with products_file.open(newline="", encoding="utf-8") as fh:
                 for row in csv.DictReader(fh):
@@ -132,6 +163,8 @@ class Vocabulary:
                         route=row["route"] or None,
                         strength_mg=_float_or_none(row.get("strength_mg")),
                         concentration_mg_per_ml=_float_or_none(row.get("concentration_mg_per_ml")),
+                        marketed=_status(row.get("marketed")),
+                        scored=_status(row.get("scored")),
                     )
         vocab.codes = dict(codes)
         vocab.terms = dict(terms)
@@ -163,12 +196,35 @@ class Vocabulary:
             key = (kind, system, coding.code.strip())
             found |= self.codes.get(key, set())
             denied = self.excluded.get(key, set())
+            active_code = ("condition_group", system, coding.code.strip()) in self.codes
+            if kind == HISTORY_KIND and not found and active_code:
+                return found  # a curated active-condition code is not history, whatever its display says
         if not found and coding.display and "*" not in denied:
             # a code reviewed out of a group (e.g. a topical product) is not let back in by its name
-            text = coding.display
-            for pattern, group in self.terms.get(kind, ()):
-                if group not in denied and pattern.search(text):
+            found |= self._term_groups(coding.display, kind, denied)
+        return found
+
+    def _term_groups(self, text: str, kind: str, denied: set[str]) -> set[str]:
+        """Groups named by terms in ``text``, each occurrence judged by the context rules.
+
+        ``condition_group`` keeps plain mentions (history too, except for groups whose history is
+        its own fact); ``condition_history`` keeps only the history mentions of those groups;
+        negated, family-history and prefixed mentions ("non-psychotic") count for neither.
+        """
+        term_kind = "condition_group" if kind == HISTORY_KIND else kind
+        wanted = "history" if kind == HISTORY_KIND else "match"
+        found: set[str] = set()
+        for pattern, group in self.terms.get(term_kind, ()):
+            if group in denied or group in found or self.context.local_form(text, kind, group):
+                continue  # e.g. "diphenhydramine 2% cream": not a systemic exposure
+            for n, m in enumerate(pattern.finditer(text)):
+                if n >= _MAX_JUDGED:  # hostile text repeating a negated term: over-match, never hide
+                    if wanted == "match":
+                        found.add(group)
+                    break
+                if self.context.verdict(text, m.start(), m.end(), kind, group) == wanted:
                     found.add(group)
+                    break
         return found
 
     def product(self, coding: Coding | None) -> Product | None:
@@ -179,3 +235,14 @@ class Vocabulary:
 
     def known_groups(self, kind: str) -> set[str]:
         return set(self.groups.get(kind, set()))
+
+
+def _readable(file: Path, directory: Path) -> bool:
+    """The file exists and really lies inside the rules directory (a symlink leaving it is refused
+    before anything is read, so no other file's content can reach a finding or a log line)."""
+    if not file.exists():
+        return False
+    root = directory.parent.resolve()
+    if not file.resolve().is_relative_to(root):
+        raise ValueError(f"{file}: links to a file outside the rules directory: refused, not read")
+    return True

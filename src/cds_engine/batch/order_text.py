@@ -193,10 +193,9 @@ def _product(
     hit = ingredients.get(drug.lower())
     if hit is not None:
         return Coding(system=_RXNORM, code=hit[1], display=drug), notes
-    if not classes:
-        notes.append(f"'{drug}' is not in the vocabulary: no pack will recognise it")
-    else:
-        notes.append(f"'{drug}' has no ingredient code in the vocabulary: matched by name")
+    if not classes:  # a misspelling would otherwise screen everyone and report "0 alerts"
+        raise OrderTextError(f"'{drug}' is not in the vocabulary: no pack would recognise it (misspelled?)")
+    notes.append(f"'{drug}' has no ingredient code in the vocabulary: matched by name")
     return Coding(display=drug), notes
 
 

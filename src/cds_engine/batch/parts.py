@@ -20,6 +20,7 @@ from typing import Any
 import polars as pl
 
 from cds_engine.batch.work import BATCH_ALERT_SCHEMA, ERROR_SCHEMA, PATIENT_SCHEMA, ChunkResult
+from cds_engine.files import FILE_MODE, private_dir
 
 __all__ = ["OUTPUT_FILES", "PartStore"]
 
@@ -38,9 +39,26 @@ def _safe(chunk_id: str) -> str:
 
 
 def _replace(tmp: Path, final: Path) -> None:
+    tmp.chmod(FILE_MODE)  # outputs hold PHI: 0600, whatever wrote them (polars follows the umask)
     with tmp.open("rb") as fh:
         os.fsync(fh.fileno())
     os.replace(tmp, final)
+
+
+_FORMULA_START = r"^[=+\-@\t\r]"
+
+
+def _neutralised(frame: pl.LazyFrame) -> pl.LazyFrame:
+    """CSV cells that a spreadsheet would run as a formula (``= + - @``, tab, CR first) get a
+    leading ``'`` (red-team L7). Parquet stays raw."""
+    strings = [name for name, dtype in frame.collect_schema().items() if dtype == pl.String]
+    return frame.with_columns(
+        pl.when(pl.col(name).str.contains(_FORMULA_START))
+        .then(pl.lit("'") + pl.col(name))
+        .otherwise(pl.col(name))
+        .alias(name)
+        for name in strings
+    )
 
 
 class PartStore:
@@ -59,7 +77,8 @@ class PartStore:
                 previous = {}
             if previous.get("fingerprint") != fingerprint:
                 shutil.rmtree(self.dir)
-        self.dir.mkdir(parents=True, exist_ok=True)
+        private_dir(out)
+        private_dir(self.dir)
         if not state.exists():
             tmp = state.with_suffix(".tmp")
             tmp.write_text(
@@ -116,7 +135,7 @@ class PartStore:
         final = self.out / name
         tmp = self.out / f".{name}.tmp"
         if name.endswith(".csv"):
-            frame.sink_csv(tmp)
+            _neutralised(frame).sink_csv(tmp)
         else:
             frame.sink_parquet(tmp)
         _replace(tmp, final)

@@ -7,13 +7,14 @@ reconciliation "read = screened + rejected + deceased-excluded" stated with its 
 
 from __future__ import annotations
 
+import hashlib
 import html
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 
-__all__ = ["render_report", "rule_counts", "top_patients"]
+__all__ = ["errors_total", "file_label", "render_report", "rule_counts", "top_patients"]
 
 _COLORS = {"critical": "#b3261e", "warning": "#b26a00", "info": "#1f6fb2"}
 _SEVERITIES = ("critical", "warning", "info")
@@ -54,6 +55,11 @@ def top_patients(patients: Path, n: int = 20) -> pl.DataFrame:
         .head(n)
         .collect()
     )
+
+
+def errors_total(out: Path) -> int:
+    path = out / "errors.csv"
+    return pl.scan_csv(path, infer_schema=False).select(pl.len()).collect().item() if path.exists() else 0
 
 
 def _svg_chart(counts: pl.DataFrame, limit: int = 20) -> str:
@@ -103,16 +109,31 @@ def _table(frame: pl.DataFrame, columns: list[str]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
+def file_label(path: str) -> str:
+    """A file as the report names it: a short hash, never its path (Synthea file names are patient
+    names). ``summary.json`` (0600, beside the report) keeps the paths for the operator."""
+    return "file " + hashlib.sha256(str(path).encode()).hexdigest()[:12]
+
+
+def _without_paths(frame: pl.DataFrame) -> pl.DataFrame:
+    if "source" not in frame.columns or frame.height == 0:
+        return frame
+    return frame.with_columns(
+        pl.col("source").map_elements(file_label, return_dtype=pl.String, skip_nulls=True)
+    )
+
+
 def render_report(out: Path, summary: dict[str, Any]) -> str:
-    """The HTML page for a finished run in ``out`` (reads the merged outputs)."""
+    """The HTML page for a finished run in ``out`` (reads the merged outputs); no file paths."""
     c = summary["counts"]
     counts = rule_counts(out / "alerts.parquet")
-    top = top_patients(out / "patients.parquet")
-    errors = (
-        pl.read_csv(out / "errors.csv", infer_schema=False)
+    top = _without_paths(top_patients(out / "patients.parquet"))
+    errors = _without_paths(
+        pl.read_csv(out / "errors.csv", infer_schema=False).head(200)
         if (out / "errors.csv").exists()
         else pl.DataFrame()
     )
+    rejected = errors_total(out)
     balanced = c["read"] == c["screened"] + c["rejected"] + c["deceased"]
     severity_totals = {s: int(counts[s].sum()) if counts.height else 0 for s in _SEVERITIES}
     e = html.escape
@@ -136,7 +157,11 @@ def render_report(out: Path, summary: dict[str, Any]) -> str:
         f" = screened <b>{c['screened']}</b>"
         f" + rejected <b>{c['rejected']}</b> + deceased (excluded) <b>{c['deceased']}</b>"
         f" — {'balanced' if balanced else 'DOES NOT BALANCE'}.</p>"
-        f"<p>{c['skipped']} file(s) skipped (not patient data). Alerts: <b>{c['alerts']}</b> "
+        f"<p>{c['skipped']} file(s) skipped (not patient data). Patients a pack reviewed: "
+        f"<b>{summary.get('evaluated_patients', 0)}</b> of {c['screened']} screened"
+        + ("" if summary.get("evaluated_patients", 0) else
+           " — <b class=bad>nothing was evaluated</b>: no alert here is not an all-clear")
+        + f". Alerts: <b>{c['alerts']}</b> "
         + " · ".join(f"{s} {severity_totals[s]}" for s in _SEVERITIES)
         + ".</p>",
         "<h2>Alerts by rule and severity</h2>"
@@ -158,18 +183,21 @@ def render_report(out: Path, summary: dict[str, Any]) -> str:
             if errors.height
             else "<p>None.</p>"
         )
-        + (f"<p>… {errors.height - 200} more in errors.csv.</p>" if errors.height > 200 else ""),
+        + (f"<p>… {rejected - 200} more in errors.csv.</p>" if rejected > 200 else ""),
     ]
     if skipped:
         sections.append(
             "<h2>Skipped files</h2><ul>"
-            + "".join(f"<li><code>{e(p)}</code>: {e(r)}</li>" for p, r in skipped[:200])
+            + "".join(f"<li><code>{e(file_label(p))}</code>: {e(r)}</li>" for p, r in skipped[:200])
             + "</ul>"
         )
     if ignored:
         sections.append(
             "<h2>Ignored columns</h2><ul>"
-            + "".join(f"<li><code>{e(p)}</code>: {e(', '.join(cols))}</li>" for p, cols in ignored.items())
+            + "".join(
+                f"<li><code>{e(file_label(p))}</code>: {e(', '.join(cols))}</li>"
+                for p, cols in ignored.items()
+            )
             + "</ul>"
         )
     style = (

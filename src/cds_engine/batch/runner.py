@@ -28,6 +28,8 @@ from cds_engine.batch.inputs import Chunk, InputPlan, bundle_chunks, csv_chunks,
 from cds_engine.batch.parts import PartStore
 from cds_engine.batch.report import render_report
 from cds_engine.batch.work import ChunkResult, RunConfig, _context, process_chunk
+from cds_engine.engine import Engine
+from cds_engine.facts.model import Order
 from cds_engine.sources.ndjson import partition_export
 
 __all__ = [
@@ -284,6 +286,32 @@ def _progress_enabled(opts: ScreenOptions) -> bool:
     return sys.stderr.isatty() and not os.environ.get("CI")
 
 
+def _evaluated_patients(patients_file: Path) -> int:
+    """Screened patients that at least one pack reviewed (the rest had nothing applicable)."""
+    import polars as pl
+
+    if not patients_file.exists():
+        return 0
+    frame = pl.scan_parquet(patients_file).filter(
+        (pl.col("status") == "screened") & (pl.col("packs").fill_null("") != "")
+    )
+    return int(frame.select(pl.len()).collect().item())
+
+
+def assumed_order_packs(engine: Engine, order: Order) -> list[str]:
+    """Ids of the running packs whose drug (or a partner drug) the assumed order is."""
+    out = []
+    for pack in engine.running_packs:
+        triggers, vocab = pack.spec.pack.triggers, pack.vocabulary
+        classes = vocab.classify(order.product, "drug_class")
+        product = vocab.product(order.product)
+        if product is not None:
+            classes.add(product.ingredient_group)
+        if classes & (set(triggers.drug_classes) | set(triggers.partner_classes)):
+            out.append(pack.id)
+    return out
+
+
 def run_screen(opts: ScreenOptions) -> ScreenResult:
     """Screen ``opts.inputs`` into ``opts.out``; raises :class:`ScreenError` when it cannot start."""
     started = time.perf_counter()
@@ -295,10 +323,22 @@ def run_screen(opts: ScreenOptions) -> ScreenResult:
     cfg = RunConfig(
         rules=str(opts.rules.resolve()), engine=opts.engine, as_of=as_of, assume_order=opts.assume_order
     )
+    if opts.out.exists() and not opts.out.is_dir():
+        raise ScreenError(f"--out {opts.out}: is a file; give a directory (created if absent)")
+    missing = [str(p) for p in opts.inputs if not p.exists()]
+    if missing:
+        raise ScreenError(f"input not found: {', '.join(missing)}")
     try:
         ctx = _context(cfg)  # loads the packs and parses the order once, here, so errors are usage errors
     except Exception as exc:
         raise ScreenError(str(exc)) from exc
+    if ctx.assumed is not None:
+        reviewed_by = assumed_order_packs(ctx.engine, ctx.assumed.to_order())
+        if not reviewed_by:
+            raise ScreenError(
+                f"--assume-order {opts.assume_order!r}: no active pack reviews an order for "
+                f"{ctx.assumed.product.display or ctx.assumed.product.code} — nothing would be evaluated"
+            )
     plan = plan_inputs(opts.inputs)
     if not (plan.bundles or plan.csv or plan.parquet or plan.ndjson_dirs):
         raise ScreenError(
@@ -355,6 +395,8 @@ def run_screen(opts: ScreenOptions) -> ScreenResult:
     finally:
         progress.stop()
     parts.merge(order)
+    totals["skipped"] = len(skipped)  # the count is the list: files left out + bundles without a Patient
+    evaluated = _evaluated_patients(opts.out / "patients.parquet")
     seconds = time.perf_counter() - started
     summary: dict[str, Any] = {
         "finished": datetime.now(UTC).replace(microsecond=0).isoformat(),
@@ -365,6 +407,7 @@ def run_screen(opts: ScreenOptions) -> ScreenResult:
         "inputs": [str(p) for p in opts.inputs],
         "packs": packs,
         "counts": totals,
+        "evaluated_patients": evaluated,  # screened patients a pack reviewed: what "N alerts" is about
         "reconciled": totals["read"] == totals["screened"] + totals["rejected"] + totals["deceased"],
         "chunks": len(order),
         "chunks_resumed": parts.resumed,

@@ -18,6 +18,7 @@ import polars as pl
 
 from cds_engine.alerts import Alert, AlertSource, AlertSuggestion
 from cds_engine.engine import Engine
+from cds_engine.messages import render
 
 __all__ = ["record_run"]
 
@@ -40,7 +41,8 @@ def _alert(row: dict[str, Any], engine: Engine) -> Alert:
         evidence=json.loads(row["evidence"] or "{}"),
         missing=[m for m in (row["missing"] or "").split(";") if m],
         not_assessed=[t for t in (row["not_assessed"] or "").split(";") if t],
-        suggestions=[AlertSuggestion(**s.model_dump()) for s in rule.spec.suggestions] if rule else [],
+        suggestions=[AlertSuggestion(**{**s.model_dump(), "label": render(s.label, {}, pack.params, {})})
+                     for s in rule.spec.suggestions] if rule else [],
         sources=[
             AlertSource(id=s, title=pack.spec.sources[s].title, url=pack.spec.sources[s].url)
             for s in rule.spec.sources
@@ -93,6 +95,7 @@ def record_run(out: Path, summary: dict[str, Any], engine: Engine, url: str | No
                         pack_hash=pack.content_hash,
                         site_hash=engine.site_hash,
                         batch_run_id=run_id,
+                        hypothetical=summary["assumed_order"] is not None,
                         alerts=[IssuedAlert(alert=_alert(r, engine)) for r in rows],
                     )
                 )

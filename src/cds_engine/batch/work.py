@@ -38,6 +38,7 @@ from cds_engine.engine import Engine
 from cds_engine.facts.derive import derive
 from cds_engine.facts.model import PatientFacts
 from cds_engine.rules.vector import ALERT_SCHEMA, VectorPack, alerts_to_rows, frame_from_flats, vector_alerts
+from cds_engine.sources.compressed import read_bundle_bytes
 from cds_engine.sources.fhir import bundle_resources, facts_from_resources, medication_classes
 from cds_engine.sources.ndjson import read_partition
 from cds_engine.sources.table import clean_table, frame_from_cells, row_to_facts
@@ -180,10 +181,8 @@ def process_chunk(chunk: Chunk, cfg: RunConfig) -> ChunkResult:
 
 
 def _load_json(path: Path) -> Any:
-    data = path.read_bytes()
-    if data[:2] == b"\x1f\x8b":
-        data = gzip.decompress(data)
-    return json.loads(data)
+    """One Bundle, gzip streamed with caps (200 MiB decompressed, 100:1): never a bomb in memory."""
+    return json.loads(read_bundle_bytes(path))
 
 
 def _read_bundles(chunk: Chunk, cfg: RunConfig, ctx: _Context, out: _Collector) -> None:

@@ -1,4 +1,10 @@
-"""``cds-engine check FACTS.json``: the engine core's command (rule tools are in :mod:`.rules_tools`)."""
+"""``cds-engine check FACTS.json``: the engine core's command (rule tools are in :mod:`.rules_tools`).
+
+Exit codes: 0 evaluated (alerts or not); 2 usage or configuration error (unreadable facts, no rules
+directory, no pack, an unknown ``--evaluator``), with one line on stderr; 4 nothing evaluated because
+no pack applies to this patient (the reason is printed: an empty alert list is then not an all-clear).
+It always says which packs it evaluated (on stderr with ``--json``, so stdout stays the alert list).
+"""
 
 from __future__ import annotations
 
@@ -13,11 +19,14 @@ from rich.console import Console
 from rich.table import Table
 
 from cds_engine.alerts import Alert
-from cds_engine.engine import Engine
+from cds_engine.engine import EVALUATORS, Engine
 from cds_engine.facts.model import PatientFacts
 from cds_engine.rules.errors import PackLoadError
 
-__all__ = ["load_facts_file", "register"]
+__all__ = ["EXIT_NOTHING_EVALUATED", "load_facts_file", "register"]
+
+EXIT_USAGE = 2
+EXIT_NOTHING_EVALUATED = 4
 
 _SEVERITY_STYLE = {"critical": "bold red", "warning": "yellow", "info": "cyan"}
 
@@ -69,6 +78,15 @@ def _table(alerts: list[Alert]) -> Table:
     return table
 
 
+def _rules_error(rules: Path, exc: PackLoadError) -> str:
+    """One clear line for a missing or empty rules directory; the authoring findings otherwise."""
+    if all(f.line is None and f.file == str(rules) for f in exc.findings):
+        problems = "; ".join(f.message for f in exc.findings)
+        hint = "the default is ./rules: run from the repository root or give --rules DIR"
+        return f"error: --rules {rules}: {problems} ({hint})"
+    return str(exc)
+
+
 def register(app: typer.Typer, rules_app: typer.Typer) -> None:
     @app.command()
     def check(
@@ -80,16 +98,26 @@ def register(app: typer.Typer, rules_app: typer.Typer) -> None:
             str, typer.Option(help="rete (durable_rules) or oracle (plain Python)")
         ] = "rete",
     ) -> None:
-        """Evaluate one patient's facts and print the alerts."""
+        """Evaluate one patient's facts and print the alerts (exit 4 when no pack applies)."""
+        if evaluator not in EVALUATORS:
+            choices = ", ".join(EVALUATORS)
+            typer.echo(f"error: --evaluator must be one of {choices}, not {evaluator!r}", err=True)
+            raise typer.Exit(EXIT_USAGE)
         facts = load_facts_file(facts_file, as_of)
         try:
             engine = Engine.from_dir(rules, evaluator=evaluator)  # type: ignore[arg-type]
         except PackLoadError as exc:
-            typer.echo(str(exc), err=True)
-            raise typer.Exit(2) from exc
-        alerts = engine.evaluate(facts)
+            typer.echo(_rules_error(rules, exc), err=True)
+            raise typer.Exit(EXIT_USAGE) from exc
+        result = engine.evaluate(facts)
+        if result.nothing_evaluated:
+            reasons = "; ".join(str(n) for n in result.not_applicable) or "no pack loaded"
+            typer.echo(f"nothing evaluated: no pack applies to this patient ({reasons})", err=True)
+            raise typer.Exit(EXIT_NOTHING_EVALUATED)
         if as_json:
-            typer.echo(json.dumps([a.model_dump(mode="json") for a in alerts], indent=2))
+            typer.echo(json.dumps([a.model_dump(mode="json") for a in result], indent=2))
+            typer.echo(result.coverage(), err=True)
         else:
-            Console().print(_table(alerts))
+            Console().print(_table(list(result)))
+            typer.echo(result.coverage())
 

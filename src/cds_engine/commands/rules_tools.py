@@ -17,6 +17,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from cds_engine.engine import EVALUATORS
 from cds_engine.facts.catalog import FACTS, FAMILIES
 from cds_engine.rules.catalog import write_catalog
 from cds_engine.rules.errors import Finding, PackLoadError
@@ -43,6 +44,13 @@ def _verify(directory: Path, site: Path | None) -> DirReport:
     return verify_dir(directory, site if site is not None else True)
 
 
+def _check_evaluator(evaluator: str) -> None:
+    """An unknown --evaluator is a usage error (exit 2), never silently some evaluator."""
+    if evaluator not in EVALUATORS:
+        typer.echo(f"error: --evaluator must be one of {', '.join(EVALUATORS)}, not {evaluator!r}", err=True)
+        raise typer.Exit(2)
+
+
 def _parse_when(text: str | None) -> datetime:
     if text is None:
         return datetime.now(UTC)
@@ -56,7 +64,8 @@ def _parse_when(text: str | None) -> datetime:
 def _print_diff(report: DiffReport, console: Console) -> None:
     old = ", ".join(f"{p} {v} ({h})" for p, v, h in report.old)
     new = ", ".join(f"{p} {v} ({h})" for p, v, h in report.new)
-    console.print(f"OLD: {old}\nNEW: {new}\npatients screened: {report.patients}")
+    left_out = f" ({report.deceased} deceased left out, as screen does)" if report.deceased else ""
+    console.print(f"OLD: {old}\nNEW: {new}\npatients screened: {report.patients}{left_out}")
     totals = report.totals()
     console.print(f"alerts appearing: {totals['appear']}, disappearing: {totals['disappear']}, "
                   f"changing severity: {totals['severity_changed']}")
@@ -86,8 +95,9 @@ def register(app: typer.Typer, rules_app: typer.Typer) -> None:
     @rules_app.command("lint")
     def lint(directory: RulesDir = Path("rules"), site: SiteOpt = None) -> None:
         """Verify every pack: schema, facts, types, contradictions, band gaps/overlaps, dead or duplicate
-        tiers and rules, unused parameters, messages, summary length, approval, site settings.
-        Exit 1 on any error."""
+        tiers and rules, unused parameters, messages, summary length, clinician text (authoring notes,
+        raw codes, unrendered placeholders, thresholds written as literal numbers), approvals and
+        parameter sign-offs (approved_by, approved_on), site settings. Exit 1 on any error."""
         report = _verify(directory, site)
         _echo_findings(report.findings)
         for pr in report.packs:
@@ -117,6 +127,7 @@ def register(app: typer.Typer, rules_app: typer.Typer) -> None:
     ) -> None:
         """Run each pack's fixtures (fixtures/<pack id>/*.json) and print per-rule coverage: fired, asserted
         silent, tiers reached. Failures, and missing coverage of an active pack, exit 1."""
+        _check_evaluator(evaluator)
         report = _verify(directory, site)
         if not report.ok:
             _echo_findings(report.errors)
@@ -183,6 +194,7 @@ def register(app: typer.Typer, rules_app: typer.Typer) -> None:
     ) -> None:
         """Shadow mode: screen a population with both versions and report per rule how many alerts
         appear, disappear or change severity, with example patients."""
+        _check_evaluator(evaluator)
         when = _parse_when(as_of)
         try:
             old_engine = load_version(old, evaluator, vocabulary)  # type: ignore[arg-type]

@@ -83,11 +83,20 @@ def register(app: typer.Typer, rules_app: typer.Typer) -> None:
             )
             raise typer.Exit(EXIT_FAILED) from exc
         c = result.summary["counts"]
+        evaluated = result.summary.get("evaluated_patients", 0)
         typer.echo(
             f"read {c['read']} = screened {c['screened']} + rejected {c['rejected']} + deceased "
             f"{c['deceased']} ({'balanced' if result.summary['reconciled'] else 'NOT BALANCED'}); "
-            f"{c['alerts']} alerts; {c['skipped']} files skipped; {result.summary['seconds']:.1f} s"
+            f"{c['alerts']} alerts for the {evaluated} patient(s) a pack reviewed; "
+            f"{c['skipped']} files skipped; {result.summary['seconds']:.1f} s"
         )
+        if c["screened"] and not evaluated:  # "0 alerts" must not read as an all-clear
+            typer.echo(
+                "note: no pack applied to any screened patient (none has an order or active therapy a "
+                "pack reviews): nothing was evaluated — to ask 'what if they were started on it', use "
+                "--assume-order",
+                err=True,
+            )
         for note in result.summary.get("assumed_order_notes", []):
             typer.echo(f"note: {note}", err=True)
         if result.summary.get("store"):

@@ -54,6 +54,19 @@ def open_sink(db: str, engine_provider: Any) -> tuple[Any, list[Any], Any]:
     return store.sink, routers, store
 
 
+def replay_clock(instant: str | None) -> dict[str, Any]:
+    """``{"clock": ...}`` fixed at ``instant`` (replaying captured requests at their date), else ``{}``."""
+    if instant is None:
+        return {}
+    from datetime import datetime
+
+    fixed = datetime.fromisoformat(instant)
+    if fixed.tzinfo is None:
+        raise typer.BadParameter("--fixed-clock needs a timezone, e.g. 2026-12-05T21:00:00+00:00")
+    log.warning("FIXED CLOCK: every evaluation is as of %s (replay/tests only)", fixed.isoformat())
+    return {"clock": lambda: fixed}
+
+
 def register(app: typer.Typer, rules_app: typer.Typer) -> None:
     @app.command()
     def serve(
@@ -77,19 +90,44 @@ def register(app: typer.Typer, rules_app: typer.Typer) -> None:
         ] = False,
         public_url: Annotated[
             str | None,
-            typer.Option(help="Base URL clients call, when behind a proxy (JWT aud is checked against it)"),
+            typer.Option(
+                help="The exact base URL clients call (JWT aud must equal it + the path); "
+                "required with authentication on"
+            ),
+        ] = None,
+        forwarded_allow_ips: Annotated[
+            str | None,
+            typer.Option(
+                help="Comma-separated proxy addresses whose X-Forwarded-For/-Proto are trusted "
+                "(env FORWARDED_ALLOW_IPS; default 127.0.0.1); the client address of others is the peer"
+            ),
         ] = None,
         cors_origin: Annotated[
             list[str] | None, typer.Option(help="Allowed browser origin (repeatable)")
         ] = None,
         max_body_mb: Annotated[float, typer.Option(help="Largest accepted request body")] = 10.0,
         log_level: Annotated[str, typer.Option(help="debug, info, warning")] = "info",
+        allow_loopback_fhir: Annotated[
+            bool,
+            typer.Option(
+                "--allow-loopback-fhir",
+                help="Allow plain-http FHIR call-backs to http://127.0.0.1:<port> (local trials only)",
+            ),
+        ] = False,
+        fixed_clock: Annotated[
+            str | None,
+            typer.Option(hidden=True, help="Evaluate at this ISO instant (replaying captured requests)"),
+        ] = None,
     ) -> None:
         """Serve CDS Hooks discovery, order-select/order-sign services, feedback and /evaluate."""
         import uvicorn
 
+        from cds_engine.files import restrict_umask
         from cds_engine.service.app import ServiceSettings, create_app
         from cds_engine.service.auth import AuthSettings
+        from cds_engine.service.http_limits import KEEP_ALIVE_SECONDS, bounded_protocol
+
+        restrict_umask()  # database, spool and rejected rows: 0600 files in 0700 directories
 
         logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         try:
@@ -118,11 +156,13 @@ def register(app: typer.Typer, rules_app: typer.Typer) -> None:
             except (OSError, ValueError) as exc:
                 typer.echo(f"{issuers}: {exc}", err=True)
                 raise typer.Exit(2) from exc
-            if public_url is None:
-                log.warning(
-                    "--public-url not set: JWT aud is checked against each request's Host header; "
-                    "set it to the URL the EHR calls in production"
+            if public_url is None:  # aud bound to a Host header the caller chooses (red-team L8)
+                typer.echo(
+                    "Give --public-url URL (the exact base URL the EHR calls): with authentication on, "
+                    "every token's aud is checked against it.",
+                    err=True,
                 )
+                raise typer.Exit(2)
 
         provider = holder
 
@@ -131,8 +171,13 @@ def register(app: typer.Typer, rules_app: typer.Typer) -> None:
         settings = ServiceSettings(
             max_body_bytes=int(max_body_mb * 1024 * 1024),
             cors_origins=tuple(cors_origin) if cors_origin else ("*",),
+            allow_loopback_fhir=allow_loopback_fhir,
         )
-        service = create_app(provider, sink=sink, auth=auth, extra_routers=routers, settings=settings)
+        clock = replay_clock(fixed_clock)
+        service = create_app(
+            provider, sink=sink, auth=auth, extra_routers=routers, settings=settings, **clock
+        )
+        proxies = forwarded_allow_ips or os.environ.get("FORWARDED_ALLOW_IPS") or "127.0.0.1"
         try:
             uvicorn.run(
                 service,
@@ -141,6 +186,10 @@ def register(app: typer.Typer, rules_app: typer.Typer) -> None:
                 access_log=False,
                 log_level=log_level.lower(),
                 proxy_headers=public_url is not None,
+                # X-Forwarded-For/-Proto only from these peers (the review sign-in throttle keys on it)
+                forwarded_allow_ips=proxies,
+                http=bounded_protocol(),  # httptools with 64 KiB / 10 s header bounds (431 / 408)
+                timeout_keep_alive=KEEP_ALIVE_SECONDS,
             )
         finally:
             holder.stop()

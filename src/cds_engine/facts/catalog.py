@@ -16,7 +16,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-__all__ = ["FACTS", "FAMILIES", "FactSpec", "FactType", "FamilySpec", "lookup", "root_missing"]
+__all__ = [
+    "FACTS",
+    "FAMILIES",
+    "MEDICATION_FAMILIES",
+    "FactSpec",
+    "FactType",
+    "FamilySpec",
+    "companions",
+    "lookup",
+    "root_missing",
+]
 
 FactType = Literal["number", "bool", "string"]
 
@@ -70,6 +80,28 @@ FACTS: dict[str, FactSpec] = {
         _f("egfr_method", "string", "Equation or LOINC code of the eGFR"),
         _f("crcl", "number", "Creatinine clearance (Cockcroft-Gault)", bounded=True, unit="mL/min"),
         _f("crcl_days_old", "number", "Days between the CrCl result and as_of", unit="days"),
+        _f("egfr_age", "string", "How old the eGFR is, as shown on cards ('19 months ago')"),
+        _f("crcl_age", "string", "How old the CrCl is, as shown on cards"),
+        _f(
+            "egfr_unreadable",
+            "bool",
+            "The newest eGFR has no readable value or a non-renal unit: no eGFR is used (never an older one)",
+        ),
+        _f("egfr_unreadable_date", "string", "Date of the unreadable newest eGFR (YYYY-MM-DD)"),
+        _f("egfr_unreadable_problem", "string", "What is wrong with it, as a card says it"),
+        _f(
+            "renal_fn",
+            "number",
+            "The result that bands kidney function: a current eGFR, else a current CrCl, "
+            "else the newer of the two (facts/renal.py)",
+            bounded=True,
+            unit="mL/min/1.73 m2 (eGFR) or mL/min (CrCl)",
+        ),
+        _f("renal_fn_measure", "string", "eGFR | CrCl: which measure renal_fn is"),
+        _f("renal_fn_days_old", "number", "Days between the renal_fn result and as_of", unit="days"),
+        _f("renal_fn_age", "string", "How old the renal_fn result is ('19 months ago')"),
+        _f("renal_fn_current", "bool", "renal_fn is within the pack's freshness window"),
+        _f("renal_fn_text", "string", "Card text: the result used, its age, and the other measure"),
         _f(
             "dialysis",
             "bool",
@@ -93,6 +125,12 @@ FACTS: dict[str, FactSpec] = {
             "Neonate: maternal exposure to the pack's drug through delivery",
         ),
         _f("alcohol_use_current", "bool", "Current alcohol use documented"),
+        _f(
+            "medication_lists_complete",
+            "bool",
+            "Every medication list was read completely (cards say 'none' for an absent class only then)",
+            always=True,
+        ),
         # encounter, device
         _f("inpatient", "bool", "Current encounter is an inpatient stay", always=True),
         _f("hours_since_admission", "number", "Hours since admission", unit="h"),
@@ -113,8 +151,23 @@ FACTS: dict[str, FactSpec] = {
             "string",
             "Route of the order (normalised): oral, intrathecal, iv, im, sc, epidural …",
         ),
+        _f(
+            "order_route_checked",
+            "string",
+            "Route the checks use: the recognised route; an unrecognised one as oral; none written: "
+            "the product's route or the route its form implies",
+        ),
+        _f("order_route_stated", "bool", "A route is written on the order"),
+        _f("order_route_recognised", "bool", "The written route is one the engine recognises"),
+        _f("order_route_text", "string", "The route as written (escaped, shortened) for cards"),
+        _f("order_route_shown", "string", "The route as a card names it, with any assumption made"),
         _f("order_form", "string", "Dose form (normalised): tablet, capsule, solution, suspension, patch …"),
         _f("order_product_route", "string", "Route the ordered product is labeled for (from the vocabulary)"),
+        _f(
+            "order_product_marketed",
+            "string",
+            "yes | no | unverified: the ordered product is marketed (vocabulary products.csv, cited source)",
+        ),
         _f("order_is_liquid", "bool", "The ordered form is a liquid"),
         _f("order_dose_unit", "string", "Dose unit (normalised): mg, mcg, g, mL, or as written"),
         _f("order_dose_amount", "number", "Amount per administration, in order_dose_unit"),
@@ -137,6 +190,24 @@ FACTS: dict[str, FactSpec] = {
             unit="mcg/day",
             inputs=("daily_dose_mg",),
         ),
+        _f(
+            "combined_oral_daily_mg",
+            "number",
+            "The draft's daily dose plus every active oral/enteral order of the drug it does not replace "
+            "(facts/combined.py); known parts only as a lower bound when a part is unknown",
+            bounded=True,
+            unit="mg/day",
+            inputs=("daily_dose_mg",),
+        ),
+        _f("active_oral_orders", "number", "Orders summed in combined_oral_daily_mg, the draft included"),
+        _f("presumed_replaced_order", "string", "The active order the draft presumably replaces (card text)"),
+        _f(
+            "total_if_additional_mg",
+            "number",
+            "combined_oral_daily_mg plus the presumably replaced order: the total if both are taken",
+            unit="mg/day",
+        ),
+        _f("order_additive_to", "string", "The active order the draft is taken beside (PRN or another form)"),
         _f("max_single_dose_mg", "number", "Largest single dose", unit="mg"),
         _f("previous_daily_dose_mg", "number", "Daily dose before this order", unit="mg/day"),
         _f("previous_max_single_dose_mg", "number", "Largest single dose before this order", unit="mg"),
@@ -205,8 +276,22 @@ FAMILIES: dict[str, FamilySpec] = {
         FamilySpec(
             "meds", "number", "Active medicines of a drug class (the order included)", "drug_class", 0
         ),
+        FamilySpec(
+            "meds_named",
+            "string",
+            "Names of the active medicines of a drug class, for card text (the order included)",
+            "drug_class",
+            None,
+        ),
         FamilySpec("inpatient_meds", "number", "Active inpatient orders of a drug class", "drug_class", 0),
         FamilySpec("cond", "bool", "An active, non-refuted condition of a group", "condition_group", False),
+        FamilySpec(
+            "cond_named",
+            "string",
+            "Names of the active conditions of a group as recorded, for card text",
+            "condition_group",
+            None,
+        ),
         FamilySpec(
             "cond_history", "bool", "A resolved/inactive condition of a group", "condition_group", False
         ),
@@ -217,7 +302,30 @@ FAMILIES: dict[str, FamilySpec] = {
             "condition_group",
             None,
         ),
+        FamilySpec(
+            "cond_days",
+            "number",
+            "Days since the later of onset/recording of the most recent active entry of a group "
+            "(missing when an active entry is undated)",
+            "condition_group",
+            None,
+        ),
+        FamilySpec(
+            "cond_encounter",
+            "bool",
+            "An active entry of a group is a diagnosis of the current encounter",
+            "condition_group",
+            False,
+        ),
         FamilySpec("allergy", "bool", "An active, non-refuted allergy of a group", "allergy_group", False),
+        FamilySpec(
+            "order_class",
+            "bool",
+            "The order under review is of a drug class (its product's vocabulary classes, e.g. a product "
+            "class inside the pack's class)",
+            "drug_class",
+            False,
+        ),
         FamilySpec("days_since", "number", "Days since a monitoring item was last done", "monitoring", None),
         FamilySpec("drug_active_by_route", "number", "Active orders of the pack's drug by route", "route", 0),
     ]
@@ -245,3 +353,15 @@ def lookup(name: str) -> tuple[FactSpec | None, FamilySpec | None, str | None]:
     if key and prefix in FAMILIES:
         return None, FAMILIES[prefix], key
     return None, None, None
+
+
+# Families that count or name entries of the medication lists: an absent key is "none" only when
+# every list was read completely (``medication_lists_complete``).
+MEDICATION_FAMILIES = frozenset({"meds", "meds_named", "inpatient_meds", "drug_active_by_route"})
+
+
+def companions(name: str) -> tuple[str, ...]:
+    """Facts shown beside ``name`` in an alert's evidence: the names behind a count or a condition."""
+    prefix, _, key = name.partition(".")
+    named = {"meds": "meds_named", "cond": "cond_named"}.get(prefix)
+    return (f"{named}.{key}",) if named and key else ()

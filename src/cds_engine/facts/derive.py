@@ -11,19 +11,28 @@ no daily dose in mg.
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
 
-from cds_engine.facts.model import Medication, Order, PatientFacts
+from cds_engine.facts.combined import ORAL_FAMILY, combined_facts, compare_regimen, same_regimen_kind
+from cds_engine.facts.lab_units import unreadable_egfr_facts
+from cds_engine.facts.model import Coding, Medication, Order, PatientFacts
+from cds_engine.facts.names import class_names
 from cds_engine.facts.normalize import (
+    KNOWN_ROUTES,
     LIQUID_FORMS,
     MASS_UNITS_TO_MG,
+    checked_route,
+    display_text,
+    form_from_text,
     normalize_form,
     normalize_route,
     normalize_unit,
+    route_shown,
 )
-from cds_engine.vocabulary import Vocabulary
+from cds_engine.facts.renal import RenalWindows, renal_facts
+from cds_engine.vocabulary import HISTORY_KIND, Vocabulary
 
 __all__ = ["ACTIVE_ACTIONS", "DrugContext", "derive"]
 
@@ -43,6 +52,8 @@ class DrugContext:
     dialysis_condition_group: str = "dialysis"
     pregnancy_condition_group: str = "pregnancy"
     lactation_condition_group: str = "lactation"
+    renal: RenalWindows = field(default_factory=RenalWindows)
+    sum_active_oral_orders: bool = True  # combined_oral_daily_mg adds the other active oral orders
 
 
 @dataclass(slots=True)
@@ -53,6 +64,8 @@ class _ActiveDrug:
     classes: set[str]
     inpatient: bool
     daily_dose_mg: float | None
+    prn: bool | None = None
+    label: str | None = None  # how a card names this order (escaped)
 
 
 def _to_date(value: date | datetime, as_of: datetime) -> date:
@@ -90,13 +103,16 @@ def _age(facts: PatientFacts) -> tuple[float | None, float | None]:
     return None, None
 
 
-def _bounded(out: dict[str, Any], name: str, value: float, comparator: str | None) -> None:
-    suffix = {None: "", ">": "__gt", ">=": "__ge", "<": "__lt", "<=": "__le"}[comparator]
-    out[name + suffix] = value
-
-
-def _renal_unit_ok(unit: str | None) -> bool:
-    return unit is None or "ml/min" in unit.lower().replace(" ", "")
+def _latest_entry(latest: dict[str, int | None], group: str, condition: Any, as_of: datetime) -> None:
+    """Days since the most recent dated entry of a group; an undated entry leaves it unknown."""
+    dates = [d for d in (condition.onset, condition.recorded) if d is not None]
+    days = min(_days(d, as_of) for d in dates) if dates else None  # type: ignore[type-var]
+    if group not in latest:
+        latest[group] = days
+    elif days is None or latest[group] is None:
+        latest[group] = None
+    else:
+        latest[group] = min(latest[group], days)  # type: ignore[type-var]
 
 
 def _round(value: float | None) -> float | None:
@@ -156,12 +172,8 @@ def derive(facts: PatientFacts, vocab: Vocabulary, ctx: DrugContext) -> dict[str
     out["weight_kg"] = facts.weight_kg
 
     renal = facts.renal
-    for name, result in (("egfr", renal.egfr), ("crcl", renal.crcl)):
-        if result is not None and _renal_unit_ok(result.unit):
-            _bounded(out, name, result.value, result.comparator)
-            out[f"{name}_days_old"] = _days(result.date, as_of)
-            if name == "egfr":
-                out["egfr_method"] = result.method
+    out.update(renal_facts(renal, as_of, ctx.renal))  # eGFR/CrCl choice: facts/renal.py
+    out.update(unreadable_egfr_facts(renal))  # newest eGFR unreadable: facts/lab_units.py
     modality = renal.dialysis
     procedure_days = _days(renal.last_dialysis_procedure, as_of)
     recent_procedure = (
@@ -179,21 +191,34 @@ def derive(facts: PatientFacts, vocab: Vocabulary, ctx: DrugContext) -> dict[str
 
     # conditions: only active, non-refuted entries count; resolved ones are history
     cond_onset: dict[str, int] = {}
+    cond_latest: dict[str, int | None] = {}  # days since the later of onset/recording (None: undated)
+    cond_names: list[tuple[Coding | None, set[str]]] = []
     for condition in facts.conditions:
         if condition.verification_status in _NOT_TRUE:
             continue
         groups = set(condition.groups) | vocab.classify(condition.code, "condition_group")
+        # "Personal history of peptic ulcer disease" (Z87.11, or such a text) is history whatever the
+        # entry's status; which groups route history this way is vocabulary data (issue #16)
+        for group in vocab.classify(condition.code, HISTORY_KIND) - groups:
+            out[f"cond_history.{group}"] = True
         status = condition.clinical_status or "active"
         for group in groups:
             if status in _ACTIVE_CONDITION:
                 out[f"cond.{group}"] = True
+                cond_names.append((condition.code, {group}))  # card text only: cond_named.*
                 onset = _days(condition.onset, as_of)
                 if onset is not None and (group not in cond_onset or onset < cond_onset[group]):
                     cond_onset[group] = onset
+                _latest_entry(cond_latest, group, condition, as_of)
+                if condition.encounter_diagnosis:
+                    out[f"cond_encounter.{group}"] = True
             elif status in _PAST_CONDITION:
                 out[f"cond_history.{group}"] = True
     for group, days in cond_onset.items():
         out[f"cond_onset_days.{group}"] = days
+    out.update(class_names(cond_names, vocab, "cond_named"))
+    for group, latest in cond_latest.items():
+        out[f"cond_days.{group}"] = latest
     # an active, coded pregnancy/lactation diagnosis documents the state (an hCG result alone never does)
     if out["pregnant"] is None and out.get(f"cond.{ctx.pregnancy_condition_group}"):
         out["pregnant"] = True
@@ -226,26 +251,35 @@ def derive(facts: PatientFacts, vocab: Vocabulary, ctx: DrugContext) -> dict[str
             continue
         classes = _drug_classes(med, vocab)
         product = vocab.product(med.product)
+        med_form = _form_of(med, product)
         active.append(
             (
                 med,
                 _ActiveDrug(
-                    route=normalize_route(med.route) or (product.route if product else None),
-                    form=normalize_form(med.form) or (product.form if product else None),
+                    route=checked_route(
+                        normalize_route(med.route), product.route if product else None, med_form
+                    ),
+                    form=med_form,
                     concentration=med.concentration_mg_per_ml
                     or (product.concentration_mg_per_ml if product else None),
                     classes=classes,
                     inpatient=med.setting == "inpatient",
                     daily_dose_mg=med.daily_dose_mg,
+                    prn=med.prn,
+                    label=_label(med),
                 ),
             )
         )
 
     replaced: _ActiveDrug | None = None
+    presumed_replaced: _ActiveDrug | None = None
+    additive_to: _ActiveDrug | None = None
     if order is not None:
         order_product = vocab.product(order.product)
-        order_route = normalize_route(order.route) or (order_product.route if order_product else None)
-        order_form = normalize_form(order.form) or (order_product.form if order_product else None)
+        order_form = _form_of(order, order_product)
+        order_route = checked_route(
+            normalize_route(order.route), order_product.route if order_product else None, order_form
+        )
         if order.action != "new":
             target_classes = {ctx.drug_class} if focus is not None else order_classes
             candidates = [
@@ -257,8 +291,16 @@ def derive(facts: PatientFacts, vocab: Vocabulary, ctx: DrugContext) -> dict[str
             if order.replaces is None:
                 candidates.sort(key=lambda ia: ia[1].route != order_route)
             if candidates:
-                index, replaced = candidates[0]
-                del active[index]
+                index, candidate = candidates[0]
+                presumed = order.replaces is None or order.replaces_presumed
+                if presumed and not same_regimen_kind(
+                    order_form, order_route, order.prn, candidate.form, candidate.route, candidate.prn
+                ):
+                    additive_to = candidate  # a PRN beside a scheduled order, or another form: both taken
+                else:
+                    replaced = candidate
+                    presumed_replaced = candidate if presumed else None
+                    del active[index]
         if order.action in ACTIVE_ACTIONS:
             unit = normalize_unit(order.dose_unit)
             factor, concentration = _dose_mg_per_unit(order, unit, vocab)
@@ -273,6 +315,7 @@ def derive(facts: PatientFacts, vocab: Vocabulary, ctx: DrugContext) -> dict[str
                         classes=order_classes,
                         inpatient=facts.encounter.inpatient,
                         daily_dose_mg=daily,
+                        prn=order.prn,
                     ),
                 )
             )
@@ -301,6 +344,9 @@ def derive(facts: PatientFacts, vocab: Vocabulary, ctx: DrugContext) -> dict[str
         out[f"meds.{cls}"] = n
     for cls, n in inpatient_counts.items():
         out[f"inpatient_meds.{cls}"] = n
+    # card text only (meds_named.*): which medicines make up each class count
+    out.update(class_names(((m.product, a.classes) for m, a in active), vocab))
+    out["medication_lists_complete"] = facts.medication_lists_complete is True
     for route, n in drug_routes.items():
         out[f"drug_active_by_route.{route}"] = n
     out["drug_active_count"] = sum(drug_routes.values())
@@ -309,8 +355,30 @@ def derive(facts: PatientFacts, vocab: Vocabulary, ctx: DrugContext) -> dict[str
     history = facts.history
     other_drug_active = any(ctx.drug_class in a.classes for m, a in active if m is not order)
     out["order_present"] = focus is not None
+    if focus is not None:  # which product classes the order is (per-product ceilings)
+        for cls in order_classes:
+            out[f"order_class.{cls}"] = True
     if focus is not None:
         _order_facts(out, focus, vocab, allergy_groups, replaced, facts)
+        if focus.action in ACTIVE_ACTIONS:
+            others = [
+                a.daily_dose_mg
+                for m, a in active
+                if m is not focus and ctx.drug_class in a.classes and a.route in (*ORAL_FAMILY, None)
+            ]
+            out.update(
+                combined_facts(
+                    out.get("daily_dose_mg"),
+                    others,
+                    sum_orders=ctx.sum_active_oral_orders,
+                    presumed=(presumed_replaced.label or "the active order", presumed_replaced.daily_dose_mg)
+                    if presumed_replaced is not None
+                    else None,
+                    additive_beside=(additive_to.label or "the active order") if additive_to else None,
+                )
+            )
+            if additive_to is not None:
+                compare_regimen(out)
         if other_drug_active or replaced is not None or focus.action != "new":
             out["days_since_last_exposure"] = 0
     elif other_drug_active:
@@ -340,6 +408,23 @@ def derive(facts: PatientFacts, vocab: Vocabulary, ctx: DrugContext) -> dict[str
     return {k: v for k, v in out.items() if v is not None}
 
 
+def _label(med: Medication) -> str | None:
+    """An active order as a card names it: product text and daily dose (escaped, shortened)."""
+    name = display_text(med.product.display or med.product.code, 60)
+    if name is None:
+        return None
+    return name if med.daily_dose_mg is None else f"{name} ({med.daily_dose_mg:g} mg/day)"
+
+
+def _form_of(med: Medication | Order, product: Any) -> str | None:
+    """Form as written, else the product's form, else the form named in a text-only product."""
+    return (
+        normalize_form(med.form)
+        or (product.form if product is not None else None)
+        or (form_from_text(med.product.display) if product is None else None)
+    )
+
+
 def _order_facts(
     out: dict[str, Any],
     order: Order,
@@ -349,16 +434,27 @@ def _order_facts(
     facts: PatientFacts,
 ) -> None:
     product = vocab.product(order.product)
-    route = normalize_route(order.route) or (product.route if product else None)
-    form = normalize_form(order.form) or (product.form if product else None)
+    written = normalize_route(order.route)
+    if written is not None and written not in KNOWN_ROUTES:
+        written = display_text(written)  # free text reaches cards: escaped, shortened
+    route = written or (product.route if product else None)
+    form = _form_of(order, product)
     unit = normalize_unit(order.dose_unit)
     factor, concentration = _dose_mg_per_unit(order, unit, vocab)
     daily, single = _order_doses(order, factor)
 
     out["order_action"] = order.action
     out["order_route"] = route
+    checked = checked_route(written, product.route if product else None, form)
+    out["order_route_checked"] = checked
+    out["order_route_stated"] = written is not None
+    if written is not None:
+        out["order_route_recognised"] = checked == written
+        out["order_route_text"] = display_text(order.route)
+    out["order_route_shown"] = route_shown(written, checked, out.get("order_route_text"))
     out["order_form"] = form
     out["order_product_route"] = product.route if product else None
+    out["order_product_marketed"] = product.marketed if product else None
     out["order_is_liquid"] = None if form is None else form in LIQUID_FORMS
     out["order_dose_unit"] = unit
     out["order_dose_amount"] = order.dose_amount

@@ -41,6 +41,7 @@ __all__ = [
     "Reproductive",
     "TaperPlan",
     "TherapyHistory",
+    "UnreadableResult",
 ]
 
 OrderAction = Literal["new", "modify", "continue", "discontinue", "hold"]
@@ -76,6 +77,21 @@ class LabResult(_Model):
     method: str | None = Field(
         None, description="E.g. CKD-EPI 2021, MDRD, Cockcroft-Gault, or the LOINC code"
     )
+    specimen: str | None = Field(
+        None, description="Specimen reference: results of one specimen were taken at the same time"
+    )
+    race_stratum: Literal["black", "non-black"] | None = Field(
+        None, description="Race-stratified eGFR equation ('among blacks'/'among non-blacks'); None: race-free"
+    )
+
+
+class UnreadableResult(_Model):
+    """The newest result of a lab test that could not be read: never replaced by an older one."""
+
+    date: DateTime | Date = Field(..., description="Effective date/time of the unreadable result")
+    problem: Literal["no-value", "unit"] = Field(
+        ..., description="no-value: no readable number (text, absent); unit: not a unit of this test"
+    )
 
 
 class Renal(_Model):
@@ -92,7 +108,19 @@ class Renal(_Model):
     last_dialysis_procedure: Date | None = Field(
         None, description="Date of the most recent dialysis procedure"
     )
-    aki: bool | None = Field(None, description="Acute kidney injury documented (creatinine unstable)")
+    aki: bool | None = Field(
+        None,
+        description="Acute kidney injury asserted as current by the source (creatinine unstable); "
+        "coded AKI diagnoses are read from ``conditions`` with their dates",
+    )
+    egfr_results: list[LabResult] = Field(
+        default_factory=list,
+        max_length=50,
+        description="Readable eGFR results, newest first (race-stratified pairs are chosen from these)",
+    )
+    egfr_unreadable: UnreadableResult | None = Field(
+        None, description="The newest eGFR had no readable value or a non-renal unit (then egfr is empty)"
+    )
 
 
 class Reproductive(_Model):
@@ -137,6 +165,10 @@ class Condition(_Model):
         | None
     ) = None
     onset: Date | None = None
+    recorded: Date | None = Field(None, description="Date the entry was recorded")
+    encounter_diagnosis: bool | None = Field(
+        None, description="A diagnosis of the current encounter"
+    )
 
 
 class Medication(_Model):
@@ -154,6 +186,7 @@ class Medication(_Model):
     daily_dose_mg: float | None = Field(None, ge=0)
     setting: Literal["home", "inpatient", "outpatient"] = "outpatient"
     start: Date | None = None
+    prn: bool | None = Field(None, description="As needed (None: not stated; counted as scheduled)")
 
 
 class TaperPlan(_Model):
@@ -195,6 +228,11 @@ class Order(_Model):
     )
     taper: TaperPlan | None = None
     replaces: str | None = Field(None, description="Medication.id this order modifies, continues or stops")
+    replaces_presumed: bool = Field(
+        False,
+        description="The source only presumed the replacement (same drug and route, no priorPrescription, "
+        "not the same id, not stopped by the same request); derive() confirms it or counts both orders",
+    )
     date: DateTime | Date | None = None
 
     @model_validator(mode="after")
@@ -245,6 +283,11 @@ class PatientFacts(_Model):
     allergies: list[Allergy] = Field(default_factory=list)
     conditions: list[Condition] = Field(default_factory=list)
     medications: list[Medication] = Field(default_factory=list)
+    medication_lists_complete: bool | None = Field(
+        None,
+        description="True only when every medication list (requests, statements, administrations) was "
+        "read completely; None = not known. Cards call a class absent 'none' only when True.",
+    )
     alcohol_use_current: bool | None = None
     order: Order | None = None
     history: TherapyHistory = Field(default_factory=TherapyHistory)

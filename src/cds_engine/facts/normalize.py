@@ -8,63 +8,25 @@ rather than a guess, and a unit the engine does not know never becomes a number.
 
 from __future__ import annotations
 
+import functools
+import re
+
+from cds_engine.facts.routes import ROUTE_FAMILIES, route_family
+
 __all__ = [
+    "FORM_ROUTES",
     "FREQUENCY_CODES",
     "KNOWN_ROUTES",
     "LIQUID_FORMS",
     "MASS_UNITS_TO_MG",
+    "checked_route",
+    "display_text",
+    "form_from_text",
     "normalize_form",
     "normalize_route",
     "normalize_unit",
+    "route_shown",
 ]
-
-_ROUTES = {
-    "oral": "oral",
-    "po": "oral",
-    "by mouth": "oral",
-    "oral route": "oral",
-    "orally": "oral",
-    "26643006": "oral",
-    "enteral": "enteral",
-    "ng": "enteral",
-    "nasogastric": "enteral",
-    "gastrostomy": "enteral",
-    "peg": "enteral",
-    "g-tube": "enteral",
-    "enteral route": "enteral",
-    "intrathecal": "intrathecal",
-    "it": "intrathecal",
-    "intrathecal route": "intrathecal",
-    "72607000": "intrathecal",
-    "iv": "iv",
-    "intravenous": "iv",
-    "intravenous route": "iv",
-    "47625008": "iv",
-    "im": "im",
-    "intramuscular": "im",
-    "intramuscular route": "im",
-    "78421000": "im",
-    "sc": "sc",
-    "subcutaneous": "sc",
-    "subcut": "sc",
-    "sq": "sc",
-    "subcutaneous route": "sc",
-    "34206005": "sc",
-    "epidural": "epidural",
-    "epidural route": "epidural",
-    "404820008": "epidural",
-    "transdermal": "transdermal",
-    "transdermal route": "transdermal",
-    "45890007": "transdermal",
-    "topical": "topical",
-    "topical route": "topical",
-    "6064005": "topical",
-    "cutaneous": "topical",
-    "rectal": "rectal",
-    "pr": "rectal",
-    "sublingual": "sublingual",
-    "sl": "sublingual",
-}
 
 _FORMS = {
     "tablet": "tablet",
@@ -98,10 +60,65 @@ _FORMS = {
     "ointment": "ointment",
     "topical cream": "cream",
     "topical gel": "gel",
+    "lotion": "lotion",
+    "topical lotion": "lotion",
+    "foam": "foam",
+    "topical foam": "foam",
+    "spray": "spray",
+    "topical spray": "spray",
+    "topical solution": "topical-solution",
+    "cutaneous solution": "topical-solution",
+    "solution for skin": "topical-solution",
 }
 
 LIQUID_FORMS = frozenset({"solution", "suspension"})
-KNOWN_ROUTES = frozenset(_ROUTES.values())
+
+# The route a dose form implies when none is written (generic: tablets are swallowed, creams go on
+# skin). Injections imply none: intrathecal and intravenous products share the form.
+FORM_ROUTES: dict[str, str] = {
+    "tablet": "oral",
+    "odt": "oral",
+    "capsule": "oral",
+    "solution": "oral",
+    "suspension": "oral",
+    "granules": "oral",
+    "patch": "transdermal",
+    "cream": "topical",
+    "gel": "topical",
+    "ointment": "topical",
+    "lotion": "topical",
+    "foam": "topical",
+    "spray": "topical",
+    "topical-solution": "topical",
+}
+
+# Words that name a form inside free text ("drug 10 mg/5 mL oral solution"), most specific first:
+# a skin form is recognised before the generic "solution".
+_FORM_WORDS = (
+    ("topical solution", "topical-solution"),
+    ("cutaneous solution", "topical-solution"),
+    ("transdermal", "patch"),
+    ("patch", "patch"),
+    ("cream", "cream"),
+    ("ointment", "ointment"),
+    ("lotion", "lotion"),
+    ("foam", "foam"),
+    ("spray", "spray"),
+    ("gel", "gel"),
+    ("injection", "injection"),
+    ("injectable", "injection"),
+    ("intrathecal", "injection"),
+    ("disintegrating", "odt"),
+    ("suspension", "suspension"),
+    ("granules", "granules"),
+    ("solution", "solution"),
+    ("syrup", "solution"),
+    ("elixir", "solution"),
+    ("liquid", "solution"),
+    ("capsule", "capsule"),
+    ("tablet", "tablet"),
+)
+KNOWN_ROUTES = ROUTE_FAMILIES
 
 # Administrations per day: HL7 v3 GTSAbbreviation timing codes and common prescriber shorthand.
 FREQUENCY_CODES: dict[str, float] = {
@@ -171,10 +188,13 @@ def _key(text: str) -> str:
     return " ".join(text.strip().lower().replace("_", " ").split())
 
 
+@functools.lru_cache(maxsize=4096)  # pure; many drafts repeat the same co-medicines
 def normalize_route(route: str | None) -> str | None:
+    """The route family (:mod:`cds_engine.facts.routes`), or the text as written (lower-cased) if unknown."""
     if route is None or not route.strip():
         return None
-    return _ROUTES.get(_key(route), _key(route))
+    key = _key(route)
+    return route_family(key) or key
 
 
 def normalize_form(form: str | None) -> str | None:
@@ -183,10 +203,48 @@ def normalize_form(form: str | None) -> str | None:
     key = _key(form)
     if key in _FORMS:
         return _FORMS[key]
-    for word in ("suspension", "solution", "granules", "capsule", "patch", "injection", "tablet"):
-        if word in key:
-            return _FORMS[word]
-    return key
+    return form_from_text(key) or key
+
+
+def form_from_text(text: str | None) -> str | None:
+    """The dose form named in free text (a product name or order line); None when none is named."""
+    if text is None or not text.strip():
+        return None
+    key = _key(text)
+    for word, form in _FORM_WORDS:
+        if re.search(r"(?<![a-z])" + re.escape(word) + r"(?![a-z])", key):
+            return form
+    return None
+
+
+def checked_route(route: str | None, product_route: str | None, form: str | None) -> str | None:
+    """The route checks are run for: a recognised route as written; an unrecognised one as oral;
+    with no route, the product's labeled route or the route its form implies (None if neither)."""
+    if route is not None:
+        return route if route in KNOWN_ROUTES else "oral"
+    return product_route or (FORM_ROUTES.get(form) if form else None)
+
+
+def route_shown(written: str | None, checked: str | None, text: str | None) -> str | None:
+    """How a card names the route, saying when the checks assumed it."""
+    if written is not None and checked == written:
+        return written
+    if written is not None:
+        return f"{text} (not recognised) — checked as {checked}"
+    if checked is not None:
+        return f"not stated — checked as {checked}"
+    return None
+
+
+@functools.lru_cache(maxsize=4096)  # pure; many drafts repeat the same co-medicines
+def display_text(text: str | None, limit: int = 40) -> str | None:
+    """Free text fit for a card: markdown/HTML characters escaped, one line, at most ``limit`` chars."""
+    if text is None or not text.strip():
+        return None
+    one_line = " ".join(text.split())
+    if len(one_line) > limit:
+        one_line = one_line[: limit - 1] + "…"
+    return re.sub(r"([\\`*_{}\[\]()<>#+!|~&\"'])", r"\\\1", one_line)
 
 
 def normalize_unit(unit: str | None) -> str | None:

@@ -58,6 +58,7 @@ class _RuleView:
     seed_statements: list[str]
     seed_note: str
     findings: list[Finding]
+    local_addition: Any = None  # rules/schema.LocalAddition when the rule is not in the knowledge source
 
 
 def _pack_view(pack: CompiledPack, findings: list[Finding], site_notes: Mapping[str, str],
@@ -81,15 +82,18 @@ def _pack_view(pack: CompiledPack, findings: list[Finding], site_notes: Mapping[
                      for sid in rule.sources if sid in spec.sources],
             seed_statements=rule.seed.statements, seed_note=rule.seed.note,
             findings=by_rule.get(rule.id, []),
+            local_addition=rule.local_addition,
         ))
     register_ids = {e.id for e in spec.seed_register}
     params = []
     for name, p in spec.parameters.items():
+        who = f" ({p.approved_by}, {p.approved_on})" if p.approved_by else ""
         current = pack.params.get(name)
         overridden = name in site_notes or current != defaults.get(name, p.value)
         params.append({"name": name, "value": fmt_value(current), "default": fmt_value(p.value),
                        "overridden": overridden, "site_note": site_notes.get(name, ""), "unit": p.unit or "",
-                       "basis": p.basis, "signoff": p.signoff, "note": p.note, "sources": p.sources,
+                       "basis": p.basis, "note": p.note, "sources": p.sources,
+                       "signoff": p.signoff + who,
                        "needs_signoff": p.basis in ("design-choice", "derived") and p.signoff != "approved"})
     info = spec.pack
     return {

@@ -19,9 +19,12 @@ from pydantic import ValidationError
 
 from cds_engine.facts import catalog
 from cds_engine.facts.derive import DrugContext
+from cds_engine.facts.renal import RenalWindows
 from cds_engine.rules import schema as s
 from cds_engine.rules.conditions import And, AtLeastNode, Const, Leaf, Node, NotNode, Or, facts_of
 from cds_engine.rules.errors import Finding, PackLoadError
+from cds_engine.rules.one_click import STEP_PARAMETER, CompiledCap, CompiledOneClick
+from cds_engine.rules.safe_paths import require_inside, shown_key
 from cds_engine.rules.yaml_lines import LineMap, YamlError, load_with_lines
 from cds_engine.vocabulary import Vocabulary
 
@@ -67,6 +70,8 @@ class CompiledPack:
     vocabulary: Vocabulary
     context: DrugContext
     findings: list[Finding] = field(default_factory=list)  # warnings that did not stop loading
+    one_click: dict[str, CompiledOneClick] = field(default_factory=dict)  # tier id -> one-click declaration
+    dose_dependent: frozenset[str] = frozenset()  # tiers a one-click suggestion must never trigger
 
     @property
     def id(self) -> str:
@@ -251,7 +256,7 @@ def _pydantic_findings(exc: ValidationError, raw: Any, lines: LineMap, file: str
                 rule_id = raw["rules"][path[1]].get("id")
             except (AttributeError, IndexError, KeyError, TypeError):
                 rule_id = None
-        where = ".".join(str(p) for p in err["loc"])
+        where = ".".join(shown_key(p) for p in err["loc"])  # an unknown key is file content: not echoed
         findings.append(Finding(file, lines.line_of(tuple(path)), rule_id, f"{where}: {err['msg']}"))
     return findings
 
@@ -294,6 +299,8 @@ def compile_pack(
         compiler.definition(name, ("definitions", name), None)
 
     rules: list[CompiledRule] = []
+    one_click: dict[str, CompiledOneClick] = {}
+    dose_dependent: set[str] = set()
     order = 0
     rule_ids = {r.id for r in pack.rules}
     for ri, rule in enumerate(pack.rules):
@@ -317,9 +324,21 @@ def compile_pack(
                 )
             )
             order += 1
+            if tier.one_click is not None:
+                one_click[tier.id] = _one_click(compiler, tier, (*base, "tiers", ti, "one_click"), rule.id)
+            if tier.dose_dependent:
+                dose_dependent.add(tier.id)
         for src in rule.sources:
             if src not in pack.sources:
                 compiler.error((*base, "sources"), rule.id, f"source {src!r} is not in the pack's sources")
+        reason_codes = {r.code for r in pack.override_reasons}
+        for code in rule.override_reasons or []:
+            if code not in reason_codes:
+                compiler.error((*base, "override_reasons"), rule.id,
+                               f"override reason {code!r} is not in the pack's override_reasons")
+        for si, suggestion in enumerate(rule.suggestions):
+            for name in placeholders(suggestion.label):
+                _check_placeholder(compiler, name, (*base, "suggestions", si), rule.id)
         for ti, tier in enumerate(tiers):
             for name in placeholders(tier.summary) + placeholders(tier.detail):
                 _check_placeholder(compiler, name, (*base, "tiers", ti), rule.id)
@@ -350,12 +369,18 @@ def compile_pack(
         if cls not in vocab.known_groups("drug_class"):
             compiler.error(("pack", "triggers"), None, f"drug class {cls!r} is not in the vocabulary")
 
+    _check_step_limit(compiler, params)
     errors = [f for f in compiler.findings if f.severity == "error"]
     if errors:
         raise PackLoadError(compiler.findings)
     ctx = DrugContext(
         drug_class=pack.pack.drug.drug_class,
         dialysis_procedure_lookback_days=float(params.get("dialysis_procedure_lookback_days", 30)),
+        renal=RenalWindows(
+            current_days=float(params.get("egfr_max_age_days", 90)),
+            pair_window_minutes=float(params.get("egfr_pair_window_minutes", 60)),
+        ),
+        sum_active_oral_orders=params.get("sum_active_oral_orders", True) is not False,
     )
     return CompiledPack(
         pack,
@@ -366,7 +391,54 @@ def compile_pack(
         vocab,
         ctx,
         [f for f in compiler.findings if f.severity != "error"],
+        one_click,
+        frozenset(dose_dependent),
     )
+
+
+def _one_click(
+    compiler: _Compiler, tier: s.Tier, path: tuple[str | int, ...], rule_id: str
+) -> CompiledOneClick:
+    spec = tier.one_click
+    assert spec is not None
+    caps = []
+    for ci, cap in enumerate(spec.caps):
+        where = (*path, "caps", ci)
+        bound = cap.bound
+        plus = 0.0
+        if cap.plus is not None:
+            plus = float(compiler.value(cap.plus, (*where, "plus"), rule_id) or 0.0)
+        when = compiler.node(cap.when, (*where, "when"), rule_id) if cap.when is not None else None
+        if isinstance(bound, s.FactValue):
+            fact_spec, _, _ = catalog.lookup(bound.fact)
+            if fact_spec is None or fact_spec.type != "number":
+                compiler.error(where, rule_id, f"cap fact {bound.fact!r} must be a number fact")
+            value, fact, label = None, bound.fact, bound.fact
+        else:
+            resolved = compiler.value(bound, where, rule_id)
+            if resolved is not None and not isinstance(resolved, int | float):
+                compiler.error(where, rule_id, f"cap parameter {bound.param!r} must be a number")
+                resolved = None
+            value, fact, label = resolved, None, bound.param
+        if cap.plus is not None:
+            label += f" + {cap.plus.param}"
+        caps.append(CompiledCap(cap.dose, cap.below is not None, value, fact, plus, when, label))
+    return CompiledOneClick(tier.id, spec.offer, spec.block, tuple(caps))
+
+
+def _check_step_limit(compiler: _Compiler, params: Mapping[str, Any]) -> None:
+    """A one-click step must stay below what the pack itself calls an abrupt reduction."""
+    step, abrupt = params.get(STEP_PARAMETER), params.get("abrupt_reduction_pct")
+    if step is None:
+        return
+    if not isinstance(step, int | float) or not 0 <= step < 100:
+        compiler.error(("parameters", STEP_PARAMETER), None, "must be a percentage 0-99")
+    elif isinstance(abrupt, int | float) and step >= abrupt:
+        compiler.error(
+            ("parameters", STEP_PARAMETER),
+            None,
+            f"{STEP_PARAMETER} ({step}) must be below abrupt_reduction_pct ({abrupt})",
+        )
 
 
 def _check_placeholder(compiler: _Compiler, name: str, path: tuple[str | int, ...], rule_id: str) -> None:
@@ -390,7 +462,7 @@ def load_pack(
     path: str | Path, vocab: Vocabulary, overrides: Mapping[str, Any] | None = None
 ) -> CompiledPack:
     path = Path(path)
-    content = path.read_bytes()
+    content = require_inside(path, path.parent.parent).read_bytes()
     try:
         text = content.decode("utf-8")
     except UnicodeDecodeError as exc:

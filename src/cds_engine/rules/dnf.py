@@ -14,6 +14,7 @@ and raises :class:`TooComplex`; the verifier then skips that check rather than g
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from typing import Literal
 
@@ -30,7 +31,7 @@ from cds_engine.rules.conditions import (
     at_least_groups,
     leaf_clauses,
 )
-from cds_engine.rules.intervals import base_fact, conjunction_possible
+from cds_engine.rules.intervals import Interval, base_fact, conjunction_possible, projection, union
 
 __all__ = ["DNF", "MAX_TERMS", "Expander", "TooComplex", "Want", "fact_kind"]
 
@@ -75,6 +76,8 @@ class Expander:
         self._cache: dict[tuple[int, str], DNF] = {}
         self._keep: list[Node] = []  # cached ids stay valid while the nodes live
         self._possible: dict[Conj, bool] = {}
+        self.pairs_examined = 0  # pairs of conjunctions tried by :meth:`joint_projection` (a work count)
+        self._bases: dict[str, str] = {}
 
     def possible(self, conj: Conj) -> bool:
         known = self._possible.get(conj)
@@ -105,6 +108,66 @@ class Expander:
             if not result:
                 return []
         return result
+
+    def joint_projection(self, a: DNF, b: DNF, fact: str) -> list[Interval]:
+        """``projection(conj([a, b]), fact)`` without building the product.
+
+        A conjunction is possible when each fact's clauses are (facts are independent; see
+        :func:`~cds_engine.rules.intervals.conjunction_possible`) and every term of a DNF is
+        possible on its own, so whether ``x | y`` is possible depends only on the base facts both
+        ``a`` and ``b`` mention, and its projection only on the clauses about ``fact``. Terms are
+        cut down to those facts and grouped by their clauses about ``fact``; for each pair of
+        groups whose range would add to the answer, one compatible pair is searched for (the
+        first witness ends the search). :attr:`pairs_examined` counts the pairs tried; past
+        ``max_terms * 50`` of them the question is given up (:class:`TooComplex`).
+        """
+        target = base_fact(fact)[0]
+        base = self._base
+
+        def bases(d: DNF) -> set[str]:
+            return {base(f) for f in {c.fact for conj in d for c in conj}}
+
+        on = (bases(a) & bases(b)) | {target}
+
+        def groups(d: DNF) -> dict[Conj, list[Conj]]:
+            kept = frozenset(c for c in frozenset().union(*d) if base(c.fact) in on)
+            about = frozenset(c for c in kept if base(c.fact) == target)
+            out: dict[Conj, dict[Conj, None]] = defaultdict(dict)
+            for conj in d:
+                cut = conj & kept
+                out[cut & about][cut] = None
+            return {k: list(v) for k, v in out.items()}
+
+        budget = self.pairs_examined + self.max_terms * 50  # per call
+        covered: list[Interval] = []
+        gb = groups(b)
+        for fa, xs in groups(a).items():
+            for fb, ys in gb.items():
+                on_fact = fa | fb
+                if not self.possible(on_fact):
+                    continue
+                adds = projection([on_fact], fact)
+                if union([*covered, *adds]) == covered:
+                    continue  # nothing new to learn from this pair of groups
+                if self._witness(xs, ys, budget):
+                    covered = union([*covered, *adds])
+        return covered
+
+    def _witness(self, xs: list[Conj], ys: list[Conj], budget: int) -> bool:
+        for x in xs:
+            for y in ys:
+                self.pairs_examined += 1
+                if self.pairs_examined > budget:
+                    raise TooComplex
+                if self.possible(x | y):
+                    return True
+        return False
+
+    def _base(self, fact: str) -> str:
+        known = self._bases.get(fact)
+        if known is None:
+            known = self._bases[fact] = base_fact(fact)[0]
+        return known
 
     def disj(self, parts: Sequence[DNF]) -> DNF:
         out: dict[Conj, None] = {}

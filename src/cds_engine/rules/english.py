@@ -26,14 +26,17 @@ MISSING_WORDS = {
     "cannot-assess": "if unknown: cannot assess (reported as missing data)",
 }
 _UNIT_TOKENS = {"mg", "mcg", "days", "day", "years", "pct", "kg", "h", "weeks", "ml", "per"}
-_ACRONYMS = {"egfr": "eGFR", "crcl": "CrCl", "aki": "AKI", "npo": "NPO"}
+_ACRONYMS = {"egfr": "eGFR", "crcl": "CrCl", "aki": "AKI", "npo": "NPO", "fn": "function"}
 _FAMILY_WORDS = {
     "meds": "active {key} medicines (count)",
     "inpatient_meds": "inpatient {key} orders (count)",
     "cond": "active condition: {key}",
     "cond_history": "past condition: {key}",
     "cond_onset_days": "days since onset of {key}",
+    "cond_days": "days since {key} was last dated (onset or recorded)",
+    "cond_encounter": "{key} is a diagnosis of this encounter",
     "allergy": "allergy: {key}",
+    "order_class": "the order is {key}",
     "days_since": "days since last {key}",
     "drug_active_by_route": "active orders of the drug by route {key} (count)",
 }

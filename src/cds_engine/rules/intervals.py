@@ -31,6 +31,7 @@ __all__ = [
     "holes",
     "intersect_sets",
     "projection",
+    "projections",
     "union",
 ]
 
@@ -239,9 +240,20 @@ def conjunction_possible(conj: Iterable[Clause], kind_of: Callable[[str], str]) 
 
 def projection(conjunctions: Iterable[Sequence[Clause]], fact: str) -> list[Interval]:
     """Values of ``fact`` (exact representation) that some conjunction allows; FULL if unconstrained."""
+    return _project((_group(conj) for conj in conjunctions), fact)
+
+
+def projections(conjunctions: Iterable[Iterable[Clause]], facts: Iterable[str]) -> dict[str, list[Interval]]:
+    """For each fact, :func:`projection` of the conjunctions that compare it (``cmp`` on that exact
+    name), each conjunction grouped once rather than once per fact."""
+    grouped = [({c.fact for c in conj if c.kind == "cmp"}, _group(conj)) for conj in conjunctions]
+    return {fact: _project((g for compared, g in grouped if fact in compared), fact) for fact in facts}
+
+
+def _project(groups: Iterable[dict[str, dict[str, _Values]]], fact: str) -> list[Interval]:
     out: list[Interval] = []
-    for conj in conjunctions:
-        reps = _group(conj).get(fact)
+    for by_fact in groups:
+        reps = by_fact.get(fact)
         if reps is None:
             out.append(FULL)
             continue

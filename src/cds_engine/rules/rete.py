@@ -7,8 +7,10 @@
 * The C module is driven directly: no ``Host``, so no background dispatcher thread.
 * Actions are not Python callbacks: the engine reports rule names, we map them to tiers.
 
-Each tier compiles to a rule ``t<i>`` (condition TRUE) and, where missing data can leave it
-undecided, ``p<i>`` (condition possibly TRUE). TRUE = t fired; UNKNOWN = p fired but not t.
+Each tier compiles to a formula over rule names for "condition TRUE" and, where missing data can
+leave it undecided, one for "condition possibly TRUE". TRUE = the first holds; UNKNOWN = only the
+second. A condition that fits one durable rule is one rule; a larger one is several rules joined
+by AND/OR here, never distributed into a product of rules (see :meth:`_Rules.formula`).
 """
 
 from __future__ import annotations
@@ -17,16 +19,19 @@ import contextlib
 import itertools
 import json
 import threading
-from collections.abc import Mapping, Sequence
+import weakref
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import durable_rules_engine as dre
 
 from cds_engine.rules.compile import CompiledPack
-from cds_engine.rules.conditions import FALSE, TRUE, UNKNOWN, Clause
-from cds_engine.rules.projection import Projection, project_node
+from cds_engine.rules.conditions import FALSE, TRUE, UNKNOWN, Clause, Node
+from cds_engine.rules.dnf import Expander, fact_kind
+from cds_engine.rules.projection import Want, project_node
+from cds_engine.rules.simplify import TREE, Tree, simplify
 
-__all__ = ["EngineFailure", "ReteEvaluator", "durable_ruleset", "nest"]
+__all__ = ["EngineFailure", "Formula", "ReteEvaluator", "durable_ruleset", "holds", "nest"]
 
 _GUARD = {"kind": "patient"}
 _ruleset_ids = itertools.count()
@@ -62,15 +67,13 @@ def _flatten(op: str, items: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return {op: out}
 
 
-_DURABLE: Projection[dict[str, Any]] = Projection(
-    clause=_clause,
-    conj=lambda items: _flatten("$and", items),
-    disj=lambda items: _flatten("$or", items),
-)
+# durable_rules keeps at most 32 entries in a rule's expression sequence (MAX_SEQUENCE_EXPRESSIONS,
+# error 113 when the 32nd is added); each $and/$or costs two (operator + end) and plain comparisons
+# cost none. So a rule holds at most 15 operators, the guard's $and included.
+_MAX_OPERATORS = 15
 
-# durable_rules keeps at most 32 entries in a rule's expression sequence (MAX_SEQUENCE_EXPRESSIONS);
-# each $and/$or costs two (operator + end). Larger conditions are split into several rules.
-_MAX_OPERATORS = 14
+# How a tier's outcome follows from the rules that fired: a rule name, or ("and"|"or", parts).
+Formula = str | tuple[str, tuple[Any, ...]]
 
 
 def _operators(expr: Any) -> int:
@@ -81,45 +84,127 @@ def _operators(expr: Any) -> int:
     return 0
 
 
-def _split(expr: dict[str, Any]) -> list[dict[str, Any]]:
-    """Rewrite a too-large condition as a disjunction of conditions that each fit one rule.
+def _conjuncts(expr: dict[str, Any]) -> list[dict[str, Any]]:
+    return list(expr["$and"]) if set(expr) == {"$and"} else [expr]
 
-    A top-level ``$or`` becomes one rule per branch; an ``$and`` with an ``$or`` inside is
-    distributed over that ``$or``'s branches. Both preserve meaning exactly.
+
+class _Rules:
+    """Durable rules deduplicated by content: identical conditions (across tiers too) are one rule."""
+
+    def __init__(self) -> None:
+        self.conjuncts: dict[str, list[dict[str, Any]]] = {}
+        self._by_key: dict[str, str] = {}
+        self._keys: dict[int, tuple[dict[str, Any], str]] = {}
+
+    def key(self, item: dict[str, Any]) -> str:
+        """A canonical text of one conjunct (cached: the same objects recur in many rules)."""
+        known = self._keys.get(id(item))
+        if known is None:
+            known = self._keys[id(item)] = (item, json.dumps(item, sort_keys=True))
+        return known[1]
+
+    def rule(self, items: list[dict[str, Any]]) -> str:
+        key = "\n".join(sorted(self.key(i) for i in items))
+        name = self._by_key.get(key)
+        if name is None:
+            name = self._by_key[key] = f"r{len(self._by_key)}"
+            self.conjuncts[name] = items
+        return name
+
+    def formula(self, expr: dict[str, Any]) -> Formula:
+        """``expr`` as rules that each fit durable's limit, combined by AND/OR in Python.
+
+        A condition that fits is one rule. A larger ``$and`` is packed into several rules whose
+        conjunction is the condition: each takes some of the ``$or`` items and repeats every plain
+        test (plain tests cost no operator and keep each rule as selective as the whole). Only an
+        ``$or`` too large for a rule of its own is split into its branches. Meaning is preserved
+        exactly, and nothing is distributed, so the rule count grows with the size of a condition,
+        not with the product of its disjunctions.
+        """
+        items = _conjuncts(expr)
+        costs = [_operators(i) for i in items]
+        if 1 + sum(costs) <= _MAX_OPERATORS:
+            return self.rule(items)
+        if set(expr) == {"$or"}:
+            return ("or", tuple(self.formula(b) for b in expr["$or"]))
+        plain = [i for i, c in zip(items, costs, strict=True) if c == 0]
+        compound = sorted(((c, i) for i, c in zip(items, costs, strict=True) if c > 0), key=lambda ci: -ci[0])
+        parts: list[Formula] = []
+        groups: list[tuple[list[int], list[dict[str, Any]]]] = []  # ([operators used], items)
+        for cost, item in compound:
+            if 1 + cost > _MAX_OPERATORS:  # an $or too large for one rule: one formula per branch
+                if set(item) != {"$or"}:
+                    raise ValueError(f"condition too large for durable_rules: {json.dumps(item)[:200]}")
+                parts.append(("or", tuple(self.formula(_flatten("$and", [*plain, b])) for b in item["$or"])))
+                continue
+            for used, group in groups:  # first fit
+                if 1 + used[0] + cost <= _MAX_OPERATORS:
+                    used[0] += cost
+                    group.append(item)
+                    break
+            else:
+                groups.append(([cost], [item]))
+        parts.extend(self.rule([*plain, *group]) for _, group in groups)
+        return parts[0] if len(parts) == 1 else ("and", tuple(parts))
+
+
+def holds(formula: Formula, fired: set[str]) -> bool:
+    """Does ``formula`` hold when exactly the rules ``fired`` matched?"""
+    if isinstance(formula, str):
+        return formula in fired
+    op, parts = formula
+    return all(holds(p, fired) for p in parts) if op == "and" else any(holds(p, fired) for p in parts)
+
+
+def _kind(fact: str) -> str:
+    """Value kinds for pruning impossible branches: numbers as numbers, anything else as free text.
+
+    Deliberately weaker than the catalog's types (no "a boolean is true or false", no "a count is
+    whole"): a branch is dropped only for a contradiction in the tests themselves.
     """
-    if _operators(expr) + 1 <= _MAX_OPERATORS:  # +1 for the guard's $and
-        return [expr]
-    if "$or" in expr and len(expr) == 1:
-        return [part for branch in expr["$or"] for part in _split(branch)]
-    if "$and" in expr and len(expr) == 1:
-        items = expr["$and"]
-        ors = [i for i, item in enumerate(items) if set(item) == {"$or"}]
-        if ors:
-            k = max(ors, key=lambda i: _operators(items[i]))
-            rest = items[:k] + items[k + 1 :]
-            return [part for branch in items[k]["$or"] for part in _split(_flatten("$and", [*rest, branch]))]
-    raise ValueError(f"condition too large for durable_rules and cannot be split: {json.dumps(expr)[:200]}")
+    return "number" if fact_kind(fact) in ("number", "integer") else "string"
 
 
-def durable_ruleset(pack: CompiledPack) -> tuple[dict[str, Any], dict[str, tuple[str, str]]]:
-    """The durable JSON ruleset of a pack and a map rule-name -> (tier id, 't'|'p')."""
-    rules: dict[str, Any] = {}
-    names: dict[str, tuple[str, str]] = {}
-    for i, tier in enumerate(pack.tiers):
-        is_true = project_node(tier.node, "is_true", _DURABLE)
-        maybe_true = project_node(tier.node, "maybe_true", _DURABLE)
+def _render(tree: Tree) -> dict[str, Any]:
+    if isinstance(tree, Clause):
+        return _clause(tree)
+    op, items = tree
+    return _flatten(f"${op}", [_render(i) for i in items])
+
+
+def _condition(node: Node, want: Want, expander: Expander) -> dict[str, Any] | bool:
+    """A projection of ``node`` in durable JSON, simplified (:mod:`cds_engine.rules.simplify`)."""
+    tree = project_node(node, want, TREE)
+    if not isinstance(tree, bool):
+        tree = simplify(tree, expander.possible)
+    return tree if isinstance(tree, bool) else _render(tree)
+
+
+def durable_ruleset(pack: CompiledPack) -> tuple[dict[str, Any], list[tuple[Formula | None, Formula | None]]]:
+    """The durable JSON ruleset of a pack and, per tier, the formulas for TRUE and possibly TRUE.
+
+    A tier is TRUE when its first formula holds, UNKNOWN when only the second does (``None``:
+    never holds; for "possibly TRUE", ``None`` also when it is the same as TRUE).
+    """
+    built = _Rules()
+    expander = Expander(kind_of=_kind)
+    formulas: list[tuple[Formula | None, Formula | None]] = []
+    for tier in pack.tiers:
+        is_true = _condition(tier.node, "is_true", expander)
+        maybe_true = _condition(tier.node, "maybe_true", expander)
+        pair: list[Formula | None] = []
         for prefix, expr in (("t", is_true), ("p", maybe_true)):
             if expr is False or (prefix == "p" and expr == is_true):
-                continue
-            parts: list[Any] = [True] if expr is True else _split(expr)
-            for j, part in enumerate(parts):
-                name = f"{prefix}{i}_{j}"
-                rules[name] = [] if part is True else list(_flatten("$and", [part])["$and"])
-                names[name] = (tier.id, prefix)
-    return _shared_prefix_order(rules), names
+                pair.append(None)
+            else:
+                pair.append(built.rule([]) if expr is True else built.formula(expr))
+        formulas.append((pair[0], pair[1]))
+    return _shared_prefix_order(built.conjuncts, built.key), formulas
 
 
-def _shared_prefix_order(conjuncts: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+def _shared_prefix_order(
+    conjuncts: dict[str, list[dict[str, Any]]], key: Callable[[dict[str, Any]], str]
+) -> dict[str, Any]:
     """Order each rule's conjuncts by how many rules share them, most shared first.
 
     durable_rules builds an alpha network in which rules with the same leading tests share
@@ -127,16 +212,22 @@ def _shared_prefix_order(conjuncts: dict[str, list[dict[str, Any]]]) -> dict[str
     Leading with the widely shared tests turns the network into a trie, so the number of
     simultaneously matching nodes stays small however many rules the pack has. ``$or`` tests go
     last: each one hangs a private "forward" node under the shared branch nodes, and a branch
-    node shared by many rules would push all their forward nodes at once.
+    node shared by many rules would push all their forward nodes at once. Among the ``$or``
+    tests the largest goes first: only the first one's branch nodes can be shared with other
+    rules (everything after a forward node is private), so that keeps the network smallest.
     """
-    key = lambda item: json.dumps(item, sort_keys=True)  # noqa: E731
     counts: dict[str, int] = {}
     for items in conjuncts.values():
         for k in {key(i) for i in items}:
             counts[k] = counts.get(k, 0) + 1
+
+    def rank(item: dict[str, Any]) -> tuple[bool, int, str]:
+        k = key(item)
+        return ("$or" in item, -len(k) if "$or" in item else -counts[k], k)
+
     rules: dict[str, Any] = {}
     for name, items in conjuncts.items():
-        ordered = sorted(items, key=lambda i: ("$or" in i, -counts[key(i)], key(i)))
+        ordered = sorted(items, key=rank)
         rules[name] = {"all": [{"m": {"$and": [_GUARD, *ordered]} if ordered else _GUARD}]}
     return rules
 
@@ -153,16 +244,38 @@ def nest(flat: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+_Built = tuple[str, int, list[tuple[Formula | None, Formula | None]]]
+_BUILT: dict[int, tuple[weakref.ref[CompiledPack], _Built]] = {}
+_BUILT_LOCK = threading.Lock()
+
+
+def _built(pack: CompiledPack) -> _Built:
+    """The ruleset JSON, rule count and formulas of a pack, built once per pack object.
+
+    Every thread has its own evaluator (and durable ruleset); they share this compiled text.
+    """
+    with _BUILT_LOCK:
+        entry = _BUILT.get(id(pack))
+        if entry is not None and entry[0]() is pack:
+            return entry[1]
+    rules, formulas = durable_ruleset(pack)
+    built = (json.dumps(rules), len(rules), formulas)
+    with _BUILT_LOCK:
+        for key in [k for k, (ref, _) in _BUILT.items() if ref() is None]:
+            del _BUILT[key]
+        _BUILT[id(pack)] = (weakref.ref(pack), built)
+    return built
+
+
 class ReteEvaluator:
     """Tier outcomes of one pack by durable_rules. One instance per thread (a lock guards misuse)."""
 
     def __init__(self, pack: CompiledPack, slot: str = "slot-0") -> None:
         self.pack = pack
         self.slot = slot
-        rules, self._names = durable_ruleset(pack)
-        self.rule_count = len(rules)
+        text, self.rule_count, self._formulas = _built(pack)
         self._tier_ids: Sequence[str] = [t.id for t in pack.tiers]
-        self._handle = dre.create_ruleset(f"{pack.id}-{next(_ruleset_ids)}", json.dumps(rules))
+        self._handle = dre.create_ruleset(f"{pack.id}-{next(_ruleset_ids)}", text)
         self._ids = itertools.count()
         self._lock = threading.Lock()
 
@@ -203,11 +316,10 @@ class ReteEvaluator:
     def outcomes(self, projected: Mapping[str, Any]) -> dict[str, int]:
         fired = self.fired(projected)
         result = dict.fromkeys(self._tier_ids, FALSE)
-        for name in fired:
-            tier_id, kind = self._names[name]
-            if kind == "t":
+        for tier_id, (is_true, maybe_true) in zip(self._tier_ids, self._formulas, strict=True):
+            if is_true is not None and holds(is_true, fired):
                 result[tier_id] = TRUE
-            elif result[tier_id] != TRUE:
+            elif maybe_true is not None and holds(maybe_true, fired):
                 result[tier_id] = UNKNOWN
         return result
 

@@ -10,6 +10,10 @@ A pack is one YAML file (``rules/<pack>/pack.yaml``). Conditions are a small tre
   decided when the pack loads.
 * ``{all: [...]}``, ``{any: [...]}``, ``{not: {...}}``, ``{at_least: N, of: [...]}``.
 * ``{ref: NAME}`` — a named condition from the pack's ``definitions`` (e.g. a renal band).
+
+A tier may also say what it means for one-click dose suggestions (``one_click``: ``offer``,
+``block``, ``caps`` — see :class:`OneClick`) and whether a suggestion must never produce an order
+on which it fires (``dose_dependent: true``; proved by ``tests/test_suggestion_closure.py``).
 """
 
 from __future__ import annotations
@@ -32,9 +36,13 @@ __all__ = [
     "AtLeast",
     "Category",
     "ConditionSpec",
+    "DoseCap",
     "FactTest",
+    "FactValue",
+    "LocalAddition",
     "MissingDataItem",
     "NotOf",
+    "OneClick",
     "Pack",
     "PackInfo",
     "ParamRef",
@@ -200,6 +208,8 @@ class Parameter(_Strict):
         ..., description="Where the value comes from; design-choice and derived values need sign-off"
     )
     signoff: Literal["approved", "pending"] = "pending"
+    approved_by: str | None = Field(None, description="Who signed the value off (required when approved)")
+    approved_on: str | None = Field(None, description="ISO date of the sign-off (required when approved)")
     note: str = ""
     sources: list[str] = Field(default_factory=list)
 
@@ -223,8 +233,64 @@ class Suggestion(_Strict):
     action: Literal[
         "reduce-dose", "taper", "order-lab", "review", "change-product", "cancel-order", "monitor"
     ]
-    dose_mg_per_day: float | None = Field(None, description="Target daily dose for reduce-dose suggestions")
+    dose_mg_per_day: float | None = Field(
+        None,
+        description="Daily dose named in the advice text (one-click regimens come from tier one_click caps)",
+    )
     note: str | None = None
+
+
+class FactValue(_Strict):
+    """``{fact: NAME}`` — the value of a derived fact (e.g. the previous daily dose)."""
+
+    fact: str
+
+
+class DoseCap(_Strict):
+    """A limit a one-click dose suggestion must respect while its tier fires.
+
+    ``max`` (at most) or ``below`` (strictly less than) a parameter or a fact, plus an optional
+    parameter (``previous dose + allowed step``); ``when`` restricts it (e.g. to new starts) —
+    a ``when`` that cannot be decided counts as true (the cap applies). A cap on a fact that is
+    missing means no one-click suggestion at all.
+    """
+
+    dose: Literal["daily", "single"]
+    max: ParamRef | FactValue | None = None
+    below: ParamRef | FactValue | None = None
+    plus: ParamRef | None = None
+    when: ConditionSpec | None = None
+
+    @model_validator(mode="after")
+    def _one_bound(self) -> DoseCap:
+        if (self.max is None) == (self.below is None):
+            raise ValueError("a dose cap needs exactly one of max, below")
+        return self
+
+    @property
+    def bound(self) -> ParamRef | FactValue:
+        return self.max if self.max is not None else self.below  # type: ignore[return-value]
+
+
+class OneClick(_Strict):
+    """What a tier means for one-click dose suggestions (the card text always stays).
+
+    ``offer``: the tier's card may carry the order's one regimen suggestion. ``block``: when the
+    tier fires, the order gets no one-click suggestion at all (text advice only). ``caps``: limits
+    every suggestion for the order respects while the tier fires (whether or not it offers).
+    """
+
+    offer: bool = False
+    block: bool = False
+    caps: list[DoseCap] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _offer_or_block(self) -> OneClick:
+        if self.offer and self.block:
+            raise ValueError("a tier cannot both offer and block one-click suggestions")
+        if self.offer and not self.caps:
+            raise ValueError("a tier that offers a one-click suggestion declares its caps")
+        return self
 
 
 class Tier(_Strict):
@@ -233,6 +299,10 @@ class Tier(_Strict):
     when: ConditionSpec
     summary: str | None = Field(None, description="Overrides the rule summary for this tier")
     detail: str | None = None
+    dose_dependent: bool = Field(
+        False, description="A one-click suggestion must never produce an order on which this tier fires"
+    )
+    one_click: OneClick | None = None
 
 
 class SeedLink(_Strict):
@@ -240,6 +310,21 @@ class SeedLink(_Strict):
         default_factory=list, description="Seed discrepancy-register ids, e.g. SD-31"
     )
     note: str
+
+
+class LocalAddition(_Strict):
+    """Marks a rule that is not in the pack's knowledge source (a local addition awaiting sign-off)."""
+
+    reason: str = Field(..., min_length=1, description="Why the rule was added beyond the knowledge source")
+    signoff: Literal["approved", "pending"] = "pending"
+    approved_by: str | None = None
+    approved_on: str | None = None
+
+    @model_validator(mode="after")
+    def _approval_named(self) -> LocalAddition:
+        if self.signoff == "approved" and not (self.approved_by and self.approved_on):
+            raise ValueError("an approved local addition names approved_by and approved_on")
+        return self
 
 
 class RuleSpec(_Strict):
@@ -253,6 +338,14 @@ class RuleSpec(_Strict):
     suggestions: list[Suggestion] = Field(default_factory=list)
     sources: list[str] = Field(..., min_length=1)
     seed: SeedLink
+    local_addition: LocalAddition | None = Field(
+        None, description="Set when the rule is a local addition to the knowledge source"
+    )
+    override_reasons: list[str] | None = Field(
+        None,
+        description="Codes of the pack's override_reasons offered on this rule's cards, in order "
+        "(default: every reason marked default)",
+    )
 
     @model_validator(mode="after")
     def _tier_ids(self) -> RuleSpec:
@@ -293,6 +386,9 @@ class Triggers(_Strict):
 class OverrideReason(_Strict):
     code: str
     display: str
+    default: bool = Field(
+        True, description="Offered on every rule that does not list its own override_reasons"
+    )
 
 
 class MissingDataItem(_Strict):
@@ -335,9 +431,26 @@ class Pack(_Strict):
     definitions: dict[str, ConditionSpec] = Field(default_factory=dict)
     sources: dict[str, Source]
     override_reasons: list[OverrideReason] = Field(..., min_length=1)
+    labels: dict[str, str] = Field(
+        default_factory=dict,
+        description="Card text for coded values a message shows (an indication group id -> its words)",
+    )
     missing_data: list[MissingDataItem] = Field(default_factory=list)
     seed_register: list[SeedRegisterEntry] = Field(default_factory=list)
     rules: list[RuleSpec] = Field(..., min_length=1)
+    bulk_acknowledge: list[str] = Field(
+        default_factory=list,
+        description="Rule ids whose non-critical alerts a reviewer may acknowledge in bulk, one tier at a "
+        "time (default: none — every alert is decided one by one)",
+    )
+
+    @model_validator(mode="after")
+    def _bulk_rules_exist(self) -> Pack:
+        known = {r.id for r in self.rules}
+        unknown = sorted(set(self.bulk_acknowledge) - known)
+        if unknown:
+            raise ValueError(f"bulk_acknowledge names unknown rule(s): {', '.join(unknown)}")
+        return self
 
     @field_validator("rules")
     @classmethod
@@ -350,5 +463,5 @@ class Pack(_Strict):
         return rules
 
 
-for _model in (AllOf, AnyOf, NotOf, AtLeast, Tier, RuleSpec, Pack):
+for _model in (AllOf, AnyOf, NotOf, AtLeast, DoseCap, OneClick, Tier, RuleSpec, Pack):
     _model.model_rebuild()

@@ -90,6 +90,7 @@ class DiffReport:
     patients: int
     deltas: dict[tuple[str, str], RuleDelta]
     skipped: list[str] = field(default_factory=list)
+    deceased: int = 0  # left out, as ``screen`` leaves them out (so the two give the same counts)
 
     def changed(self) -> list[RuleDelta]:
         return [d for _, d in sorted(self.deltas.items()) if d.touched]
@@ -102,7 +103,7 @@ class DiffReport:
     def as_dict(self) -> dict[str, Any]:
         return {"old": [dict(zip(("pack", "version", "hash"), o, strict=True)) for o in self.old],
                 "new": [dict(zip(("pack", "version", "hash"), n, strict=True)) for n in self.new],
-                "patients": self.patients, "totals": self.totals(),
+                "patients": self.patients, "deceased_left_out": self.deceased, "totals": self.totals(),
                 "rules": [d.as_dict() for _, d in sorted(self.deltas.items())], "skipped": self.skipped}
 
 
@@ -239,7 +240,7 @@ def diff_engines(old: Engine, new: Engine, patients: Iterator[Patient], *, as_of
     deltas: dict[tuple[str, str], RuleDelta] = {}
     cache_old: dict[tuple[str, str], PatientFacts] = {}
     cache_new: dict[tuple[str, str], PatientFacts] = {}
-    count = 0
+    count = deceased = 0
 
     def delta(key: tuple[str, str]) -> RuleDelta:
         if key not in deltas:
@@ -247,6 +248,10 @@ def diff_engines(old: Engine, new: Engine, patients: Iterator[Patient], *, as_of
         return deltas[key]
 
     for patient in patients:
+        if _is_deceased(old, patient, as_of, cache_old):
+            deceased += 1
+            cache_old.clear()
+            continue
         try:
             before = _keyed(_evaluate(old, patient, as_of, assumed_order, cache_old, pack_ids))
             after = _keyed(_evaluate(new, patient, as_of, assumed_order, cache_new, pack_ids))
@@ -274,7 +279,17 @@ def diff_engines(old: Engine, new: Engine, patients: Iterator[Patient], *, as_of
                 if pack_ids is None or pack.id in pack_ids:
                     delta((pack.id, rule.spec.id))
     return DiffReport([_describe(p) for p in old.packs], [_describe(p) for p in new.packs], count,
-                      deltas, skipped)
+                      deltas, skipped, deceased)
+
+
+def _is_deceased(engine: Engine, patient: Patient, as_of: datetime,
+                 cache: dict[tuple[str, str], PatientFacts]) -> bool:
+    for pack in engine.packs[:1]:
+        try:
+            return patient.facts_for(pack.context.drug_class, pack.vocabulary, as_of, cache).deceased
+        except (ValueError, KeyError, TypeError):
+            return False  # reported as "cannot evaluate" by the comparison itself
+    return False
 
 
 def group_counts(report: DiffReport) -> dict[str, dict[str, int]]:

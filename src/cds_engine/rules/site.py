@@ -28,6 +28,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from cds_engine.rules.errors import Finding, PackLoadError
+from cds_engine.rules.safe_paths import require_inside
 from cds_engine.rules.yaml_lines import LineMap, YamlError, load_with_lines
 
 __all__ = ["SITE_FILE", "SiteSettings", "load_site", "resolve_site"]
@@ -116,7 +117,7 @@ class SiteSettings:
 def load_site(path: str | Path) -> SiteSettings:
     """Parse a site file; raise :class:`PackLoadError` (file:line findings) if it is malformed."""
     path = Path(path)
-    content = path.read_bytes()
+    content = require_inside(path, path.parent).read_bytes()
     file = str(path)
     try:
         raw, lines = load_with_lines(content.decode("utf-8"))

@@ -187,6 +187,8 @@ class VectorPack:
             vp._add_column(name)
             if default is not None:
                 vp.defaults[name] = default
+            for companion in catalog.companions(name):  # evidence only; a table without it leaves it out
+                vp._add_column(companion)
         for tier in pack.tiers:
             for name in placeholders(tier.summary):
                 if not name.startswith("param.") and name not in ("rule_id", "tier_id", "severity"):
@@ -357,6 +359,7 @@ def _evidence_names(tier: CompiledTier, columns: Mapping[str, pl.DataType]) -> l
     names: list[str] = []
     for leaf in facts_of(tier.node):
         candidates = [leaf.fact, *(leaf.fact + s for s in BOUND_SUFFIXES)] if leaf.bounded else [leaf.fact]
+        candidates += catalog.companions(leaf.fact)  # as results.evidence_of: medicine names of a count
         names.extend(n for n in candidates if n in columns and n not in names)
     return names
 
@@ -555,7 +558,7 @@ def _finding_rows(
         def render_row(row: Mapping[str, Any], tier: CompiledTier = tier) -> str:
             flat = {k: v for k, v in row.items() if v is not None}
             extra = {"rule_id": tier.rule_id, "tier_id": tier.id, "severity": tier.severity}
-            return short_text(render(tier.summary, flat, pack.params, extra))
+            return short_text(render(tier.summary, flat, pack.params, extra, pack.spec.labels))
 
         out.append(_render_unique(group, cols, render_row, "summary"))
     return pl.concat(out, how="vertical").select([*_OUT, *ids[2:]])

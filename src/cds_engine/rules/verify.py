@@ -13,6 +13,8 @@ rule id and a sentence saying what to change:
 * **dead, duplicate and subsumed** tiers and rules — a tier that is never raised because a
   higher tier always matches with it, two rules that always fire together;
 * **parameters** defined but never used; **messages** that show facts the rule does not read;
+  clinician text with authoring notes, raw codes, unrendered placeholders or literal thresholds
+  (see :mod:`text_lint`);
   **summaries** that can outgrow a card (140 characters) once real values are filled in;
 * **governance** — approvals without approver and date (see :mod:`governance`), and
   **site settings** that name unknown parameters (see :mod:`site`).
@@ -49,10 +51,12 @@ from cds_engine.rules.intervals import (
     holes,
     integers,
     intersect_sets,
-    projection,
+    projections,
     union,
 )
+from cds_engine.rules.one_click import PARAMETERS as ONE_CLICK_PARAMETERS
 from cds_engine.rules.site import SiteSettings, declared_parameters, resolve_site
+from cds_engine.rules.text_lint import text_findings
 from cds_engine.rules.yaml_lines import LineMap, YamlError, load_with_lines
 from cds_engine.vocabulary import Vocabulary
 
@@ -67,7 +71,7 @@ __all__ = [
 ]
 
 # Parameters the engine itself reads by name (compile.py builds the DrugContext from it).
-ENGINE_PARAMETERS = frozenset({"dialysis_procedure_lookback_days"})
+ENGINE_PARAMETERS = frozenset({"dialysis_procedure_lookback_days"}) | ONE_CLICK_PARAMETERS
 SUMMARY_LIMIT = 139  # Alert.summary max_length; longer summaries are cut with an ellipsis
 _STRING_WIDTH = 20  # assumed width of a text fact in a summary when the pack lists no longer value
 _NUMBER_WIDTH = 8
@@ -134,7 +138,8 @@ def verify_text(text: str, file: str, vocab: Vocabulary, overrides: dict[str, An
     except YamlError:  # pragma: no cover - compile_pack parsed it already
         raw, lines = None, LineMap()
     verifier = _Verifier(pack, vocab, file, lines, raw)
-    findings = [*pack.findings, *verifier.run(), *approval_findings(pack.spec, lines, file, directory_name)]
+    findings = [*pack.findings, *verifier.run(), *approval_findings(pack.spec, lines, file, directory_name),
+                *text_findings(pack, vocab, lines, file)]
     findings.sort(key=lambda f: (f.line or 0, f.rule_id or "", f.message))
     return PackReport(Path(file), pack, _dedupe(findings), verifier.skipped)
 
@@ -255,8 +260,7 @@ class _Verifier:
     def run(self) -> list[Finding]:
         checks: list[Callable[[], None]] = [
             self.contradictions, self.dead_tiers, self.duplicate_rules, self.definition_bands,
-            self.tier_bands, self.unused_parameters, self.message_facts, self.message_numbers,
-            self.summary_lengths,
+            self.tier_bands, self.unused_parameters, self.message_facts, self.summary_lengths,
         ]
         for check in checks:
             check()
@@ -353,11 +357,8 @@ class _Verifier:
         out: dict[str, list[Interval]] = {}
         ordering = ("lt", "lte", "gt", "gte")
         facts = {c.fact for conj in dnf for c in conj if c.kind == "cmp" and c.op in ordering}
-        for fact in facts:
-            if fact_kind(fact) not in ("number", "integer") or "__" in fact:
-                continue
-            constrained = [conj for conj in dnf if any(c.fact == fact and c.kind == "cmp" for c in conj)]
-            rng = projection(constrained, fact)
+        numeric = [f for f in facts if fact_kind(f) in ("number", "integer") and "__" not in f]
+        for fact, rng in projections(dnf, numeric).items():  # each over the conjunctions comparing it
             if rng and rng != [FULL]:
                 out[fact] = rng
         return out
@@ -369,6 +370,7 @@ class _Verifier:
         for name, by_fact in ranges.items():
             for fact in by_fact:
                 facts[fact].append(name)
+        together: dict[tuple[str, str], bool] = {}
         for fact, names in sorted(facts.items()):
             if len(names) < 2:
                 continue
@@ -395,13 +397,19 @@ class _Verifier:
                 if overlap_ok(a, b):
                     continue
                 common = intersect_sets(ranges[a][fact], ranges[b][fact])
-                if not common or not self.possible(members[a][0], members[b][0]):
+                if not common:
+                    continue
+                if (a, b) not in together:  # asked once per pair, not once per fact
+                    together[a, b] = self.possible(members[a][0], members[b][0])
+                if not together[a, b]:
                     continue
                 try:
-                    both = self.x.conj([self.x.dnf(members[n][0], "is_true") for n in (a, b)])
+                    joint = self.x.joint_projection(self.x.dnf(members[a][0], "is_true"),
+                                                    self.x.dnf(members[b][0], "is_true"), fact)
                 except TooComplex:
+                    self.skipped.append(f"overlap of {a} and {b} over {fact}")
                     continue
-                shared = union(iv for iv in projection(both, fact)) or common
+                shared = joint or common
                 _, path, rule_id = members[b]
                 text = "; ".join(fmt_interval(iv) for iv in shared)
                 self.add(path, rule_id,
@@ -454,6 +462,8 @@ class _Verifier:
     def message_facts(self) -> None:
         for ri, rule in enumerate(self.pack.rules):
             read = {leaf.fact for t in rule.tiers for leaf in facts_of(t.node)}
+            read |= {c for f in list(read) for c in catalog.companions(f)}  # names shown with a class count
+            read.add("medication_lists_complete")
             for path, where, text in self._texts(ri, rule):
                 unread = [n for n in dict.fromkeys(placeholders(text))
                           if not n.startswith("param.") and n not in _SPECIAL_PLACEHOLDERS and n not in read]
@@ -476,27 +486,6 @@ class _Verifier:
                     seen.add(value.ref)
                     stack.append(self.spec.definitions[value.ref])
         return names
-
-    def message_numbers(self) -> None:
-        """A threshold written as a literal number in a message goes stale when a site overrides it."""
-        for ri, rule in enumerate(self.pack.rules):
-            values = {name: self.pack.params[name] for name in self._rule_parameters(rule)
-                      if name in self.pack.params}
-            numeric = {name: float(v) for name, v in values.items()
-                       if isinstance(v, int | float) and not isinstance(v, bool) and v not in (0, 1)}
-            if not numeric:
-                continue
-            for path, where, text in self._texts(ri, rule):
-                literal = _PLACEHOLDER.sub(" ", text)
-                found = {float(m) for m in _NUMBER.findall(literal)}
-                hits = sorted(name for name, v in numeric.items() if v in found)
-                if hits:
-                    shown = ", ".join(f"{fmt_value(numeric[h])} ({h})" for h in hits)
-                    fix = ", ".join("{param." + h + "}" for h in hits)
-                    what = "a literal number" if len(hits) == 1 else "literal numbers"
-                    self.add(path, rule.spec.id,
-                             f"{where} writes {shown} as {what}: a site that overrides the parameter gets a "
-                             f"message that contradicts the rule — write {fix}", "warning")
 
     def _texts(self, ri: int, rule: CompiledRule) -> list[tuple[Path_, str, str]]:
         texts: list[tuple[Path_, str, str]] = [(("rules", ri, "summary"), "summary", rule.spec.summary),

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -25,17 +25,23 @@ from fastapi.security import HTTPBearer
 from cds_engine.alerts import Alert
 from cds_engine.engine import Engine
 from cds_engine.facts.model import PatientFacts
+from cds_engine.rules.governance import approval_state
 from cds_engine.service.auth import AuthSettings, JwtVerifier
+from cds_engine.service.bounds import require_clean_context, scrub_resources
+from cds_engine.service.callbacks import CallbackLimits, CallbackPolicy, begin_hook, end_hook
 from cds_engine.service.cards import LINK_HOSTS
+from cds_engine.service.deviations import deviation_counts
 from cds_engine.service.discovery import discovery, find_service
 from cds_engine.service.errors import HookError, install_error_handlers
 from cds_engine.service.finite import require_finite
 from cds_engine.service.hook import HookHandler
+from cds_engine.service.limits import HookLimits, refusal_counts
 from cds_engine.service.middleware import AuthMiddleware, BodyLimitMiddleware, RequestLogMiddleware
 from cds_engine.service.models import CardsResponse, DiscoveryResponse, FeedbackRequest, HookRequest
 from cds_engine.service.orders import warm_up
 from cds_engine.service.prefetch import FhirFetcher
 from cds_engine.store.api import EvaluationRecord, EvaluationSink, FeedbackRecord, IssuedAlert, NullSink
+from cds_engine.store.failures import count_not_stored, not_stored_counts
 
 __all__ = ["ServiceSettings", "create_app"]
 
@@ -61,6 +67,9 @@ class ServiceSettings:
     cors_origins: tuple[str, ...] = ("*",)
     link_hosts: tuple[str, ...] = LINK_HOSTS
     store_threads: int = 2  # concurrent sink writes (more only contend for the database's write lock)
+    limits: HookLimits = field(default_factory=HookLimits)  # drafts, resources per key, evaluation time
+    callbacks: CallbackLimits = field(default_factory=CallbackLimits)  # calls, bytes, pages per hook
+    allow_loopback_fhir: bool = False  # plain-http loopback fhirServer (local trials only)
 
 
 def create_app(
@@ -82,7 +91,15 @@ def create_app(
         transport=fhir_transport, timeout=settings.fhir_timeout_seconds, follow_redirects=False
     )
     fetcher = FhirFetcher(client, settings.fhir_timeout_seconds)
-    handler = HookHandler(sink, fetcher, clock, settings.link_hosts, settings.store_threads)
+    callback_policy = CallbackPolicy(
+        servers_by_issuer={iss: tuple(i.fhir_servers) for iss, i in auth.issuers.items()} if auth else None,
+        allow_loopback=settings.allow_loopback_fhir,
+    )
+    if settings.allow_loopback_fhir:
+        log.warning("ALLOW-LOOPBACK-FHIR: plain-http FHIR call-backs to this machine (local trials only)")
+    handler = HookHandler(
+        sink, fetcher, clock, settings.link_hosts, settings.store_threads, limits=settings.limits
+    )
     jwks_client = httpx.AsyncClient(timeout=3.0) if auth is not None else None
     verifier = JwtVerifier(auth, client=jwks_client) if auth is not None else None
 
@@ -92,7 +109,9 @@ def create_app(
         engine = engine_provider()  # fail at start-up, not on the first order, if packs do not load
         for pack in engine.packs:  # build each pack's evaluator in the thread that serves hooks
             engine.evaluate_pack(pack, PatientFacts(as_of=clock()))
+        await anyio.to_thread.run_sync(handler.warm, engine, clock())  # and in each hook worker thread
         yield
+        handler.close()
         await client.aclose()
         if jwks_client is not None:
             await jwks_client.aclose()
@@ -138,11 +157,18 @@ def create_app(
         engine = engine_provider()
         ref = find_service(engine, service_id)
         if ref is None:
-            raise HookError(404, None, f"no service {service_id}")
+            raise HookError(404, None, "no such service (see GET /cds-services)")
         request.state.log = {"hookInstance": body.hookInstance, "service": service_id}
         require_finite(body.context.draftOrders, "context.draftOrders")
-        require_finite(body.prefetch, "prefetch")
-        result = await handler(ref, body, engine)
+        require_clean_context(body.model_dump(exclude={"prefetch"}))
+        scrub_resources(body.prefetch, "prefetch")  # the record's odd values become unknown, counted
+        issuer = (getattr(request.state, "client", None) or {}).get("iss")
+        body = callback_policy.apply(body, issuer)  # fhirServer/token dropped when they must not be used
+        calls = begin_hook(settings.callbacks)
+        try:
+            result = await handler(ref, body, engine)
+        finally:
+            end_hook(calls)
         request.state.log["rules"] = result.rule_ids or "-"
         response.headers["Server-Timing"] = ", ".join(f"{k};dur={v:.2f}" for k, v in result.timings.items())
         return result.response
@@ -156,7 +182,8 @@ def create_app(
     )
     async def post_feedback(service_id: str, body: FeedbackRequest, request: Request) -> dict[str, Any]:
         if find_service(engine_provider(), service_id) is None:
-            raise HookError(404, None, f"no service {service_id}")
+            raise HookError(404, None, "no such service (see GET /cds-services)")
+        require_clean_context(body.model_dump(mode="json"))  # a NUL could not be stored
         unknown: list[str] = []
         for item in body.feedback:
             reason = item.overrideReason.reason if item.overrideReason else None
@@ -191,12 +218,18 @@ def create_app(
         responses=_ERRORS,
         summary="Evaluate patient facts (no FHIR): alerts of every applicable pack",
     )
-    async def evaluate(facts: PatientFacts, request: Request) -> list[Alert]:
+    async def evaluate(facts: PatientFacts, request: Request, response: Response) -> list[Alert]:
         require_finite(facts.model_dump(), "")
+        require_clean_context({"facts": facts.model_dump(mode="json")})  # NUL, surrogates, dates 1900-2200
         engine = engine_provider()
         alerts: list[Alert] = []
         records = []
-        for pack in engine.applicable(facts):
+        applicable, not_applicable = engine.applicability(facts)
+        # [] is only an all-clear when a pack was evaluated: the headers say which ran, and why others did not
+        response.headers["X-Packs-Evaluated"] = ", ".join(f"{p.id} {p.version}" for p in applicable) or "none"
+        if not_applicable:
+            response.headers["X-Packs-Not-Applicable"] = "; ".join(str(n) for n in not_applicable)
+        for pack in applicable:
             found = engine.evaluate_pack(pack, facts)
             alerts.extend(found)
             info = pack.spec.pack
@@ -216,6 +249,7 @@ def create_app(
             try:
                 await anyio.to_thread.run_sync(sink.record_evaluation, record)
             except Exception as exc:
+                count_not_stored("sink-error")
                 log.error("evaluation not recorded: %s", type(exc).__name__)
         alerts.sort(key=Alert.sort_key)
         request.state.log = {"rules": [a.rule_id for a in alerts] or "-"}
@@ -227,8 +261,17 @@ def create_app(
         return {
             "status": "ok",
             "auth": auth is not None,
+            "request_deviation_total": deviation_counts(),
+            "evaluation_not_stored_total": not_stored_counts(),
+            "request_limited_total": refusal_counts(),
             "packs": [
-                {"id": p.id, "version": p.version, "status": p.spec.pack.status, "hash": p.content_hash}
+                {
+                    "id": p.id,
+                    "version": p.version,
+                    "status": p.spec.pack.status,
+                    "hash": p.content_hash,
+                    "approval": approval_state(p.spec).as_dict(),
+                }
                 for p in engine.packs
             ],
         }

@@ -13,7 +13,11 @@ Trusted issuers file (JSON or YAML)::
 
     {"issuers": {
        "https://sandbox.cds-hooks.org": {"jwks_file": "sandbox-jwks.json"},
-       "https://ehr.example.org": {"jwks_url": "https://ehr.example.org/.well-known/jwks.json"}}}
+       "https://ehr.example.org": {"jwks_url": "https://ehr.example.org/.well-known/jwks.json",
+                                   "fhir_servers": ["https://ehr.example.org/fhir/r4"]}}}
+
+``fhir_servers`` is the allow-list of ``fhirServer`` bases for that issuer's call-backs
+(:mod:`cds_engine.service.callbacks`); an issuer without it gets no call-backs.
 
 Relative ``jwks_file`` paths are read relative to the issuers file.
 """
@@ -51,6 +55,10 @@ class TrustedIssuer(BaseModel):
     jwks_file: Path | None = None
     jwks_url: str | None = Field(None, description="Allow-listed JWK Set URL (https)")
     jwks: dict[str, Any] | None = Field(None, description="The JWK Set itself, inline")
+    fhir_servers: list[str] = Field(
+        default_factory=list,
+        description="fhirServer bases this issuer may name for call-backs (none listed: no call-backs)",
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> TrustedIssuer:
@@ -93,7 +101,8 @@ class AuthSettings:
                     issuer.jwks_file if issuer.jwks_file.is_absolute() else path.parent / issuer.jwks_file
                 )
                 json.loads(jwks_path.read_text(encoding="utf-8"))  # unreadable at start: refuse to start
-                issuer = TrustedIssuer(jwks_file=jwks_path.resolve())  # re-read on an unknown kid
+                # re-read on an unknown kid
+                issuer = issuer.model_copy(update={"jwks_file": jwks_path.resolve()})
             issuers[iss] = issuer
         return cls(issuers=issuers, **options)
 
@@ -136,6 +145,7 @@ class JwtVerifier:
         self.clock = clock
         self.replays = ReplayCache()
         self._remote: dict[str, tuple[float, dict[str, Any]]] = {}  # url -> (fetched at, jwks)
+        self._failed: dict[str, float] = {}  # url -> when a first fetch failed (backs off)
         self._files: dict[Path, tuple[tuple[int, int], dict[str, Any]]] = {}  # path -> ((mtime, size), jwks)
 
     def _file_jwks(self, path: Path) -> dict[str, Any]:
@@ -179,12 +189,19 @@ class JwtVerifier:
         if stale or (refresh and not recently):
             if self.client is None:
                 raise AuthError("no HTTP client to fetch the JWK Set")
+            failed = self._failed.get(url)
+            if cached is None and failed is not None and now - failed < self.settings.jwks_refresh_seconds:
+                # never fetched: a failure backs off too, so unsigned tokens naming this issuer
+                # cannot make us hammer its JWK Set URL (red-team L6)
+                raise AuthError("JWK Set unavailable (backing off after a failed fetch)")
             try:
                 response = await self.client.get(url, timeout=3.0)
                 response.raise_for_status()
                 cached = (now, response.json())
+                self._failed.pop(url, None)
             except (httpx.HTTPError, ValueError):
                 if cached is None:
+                    self._failed[url] = now
                     raise
                 log.warning("JWK Set %s could not be fetched: last good keys kept", url)
                 cached = (now, cached[1])  # rate-limits retries: a kid flood must not hammer the issuer
@@ -254,6 +271,5 @@ class JwtVerifier:
 
 
 def _audiences(url: str) -> list[str]:
-    """The called URL, with and without a trailing slash (proxies disagree about it)."""
-    base = url.rstrip("/")
-    return [base, base + "/"]
+    """Exactly the called URL: no trailing-slash or other variant (security issue 15, item 7)."""
+    return [url]

@@ -18,6 +18,8 @@ from urllib.parse import urlsplit
 
 from cds_engine.alerts import Alert
 from cds_engine.rules.compile import CompiledPack
+from cds_engine.rules.governance import approval_state
+from cds_engine.rules.overrides import reasons_for
 from cds_engine.service.models import Card, CdsCoding, Link, Source, Suggestion
 
 __all__ = ["LINK_HOSTS", "alert_card", "allowed_link", "override_reasons"]
@@ -48,16 +50,14 @@ def _source(pack: CompiledPack, code: str, display: str) -> Source:
     )
 
 
-def override_reasons(pack: CompiledPack) -> list[CdsCoding]:
+def override_reasons(pack: CompiledPack, rule_id: str | None = None) -> list[CdsCoding]:
+    """The coded reasons offered on a card of ``rule_id`` (the rule's own list, else the pack's defaults)."""
     system = f"{pack.spec.pack.url}/override-reason"
-    return [CdsCoding(system=system, code=r.code, display=r.display) for r in pack.spec.override_reasons]
+    return [CdsCoding(system=system, code=r.code, display=r.display) for r in reasons_for(pack.spec, rule_id)]
 
 
 def _approval_line(pack: CompiledPack) -> str:
-    info = pack.spec.pack
-    if info.approval.status == "approved":
-        return ""
-    return f"_Knowledge pack {info.id} {info.version}: approval pending local clinical validation._"
+    return approval_state(pack.spec).sentence()
 
 
 def alert_card(
@@ -75,8 +75,8 @@ def alert_card(
             links.append(Link(label=_short(source.title, 120), url=source.url, type="absolute"))
     detail = alert.detail.strip()
     approval = _approval_line(pack)
-    if approval and "approval pending" not in detail:
-        detail = f"{detail}\n\n{approval}"
+    if approval not in detail:
+        detail = f"{detail}\n\n_{approval}_"
     return Card(
         uuid=str(uuid.uuid4()),
         summary=_short(alert.summary, 139),
@@ -85,6 +85,6 @@ def alert_card(
         source=_source(pack, alert.rule_id, alert.title),
         suggestions=suggestions or None,
         selectionBehavior="at-most-one" if suggestions else None,
-        overrideReasons=override_reasons(pack) or None,
+        overrideReasons=override_reasons(pack, alert.rule_id) or None,
         links=links or None,
     )

@@ -36,6 +36,11 @@ _MEDICINES = frozenset(
         "dose_increase",
         "efficacy_assessed_since_stable",
         "order_action",
+        "combined_oral_daily_mg",
+        "active_oral_orders",
+        "presumed_replaced_order",
+        "total_if_additional_mg",
+        "order_additive_to",
     }
 )
 
@@ -50,6 +55,8 @@ KEY_FACTS: dict[str, frozenset[str]] = {
             "cond.*",
             "cond_history.*",
             "cond_onset_days.*",
+            "cond_days.*",
+            "cond_encounter.*",
             "pregnant",
             "lactating",
             "dialysis",
@@ -67,6 +74,15 @@ KEY_FACTS: dict[str, frozenset[str]] = {
             "egfr_method",
             "crcl",
             "crcl_days_old",
+            "renal_fn",
+            "renal_fn_days_old",
+            "renal_fn_measure",
+            "renal_fn_current",
+            "egfr_unreadable",
+            "egfr_unreadable_date",
+            "egfr_unreadable_problem",
+            "gestational_age_weeks",
+            "pregnant",
             "days_since.*",
             "efficacy_assessed_since_stable",
         }

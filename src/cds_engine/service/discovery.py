@@ -6,7 +6,9 @@ no call back to its FHIR server: the patient, the current encounter, medication 
 dialysis procedures and the observations of every vocabulary ``observation`` group (eGFR by
 each of its LOINC codes, creatinine, pregnancy tests, monitoring labs). Codes come from the
 vocabulary, so a new LOINC code in ``rules/vocabulary`` reaches the template without a code
-change. Templates stay inside the 2.0 query subset: reads, ``patient=`` searches and token lists.
+change. Templates stay inside the 2.0 query subset: reads, ``patient=`` searches and token lists,
+each search sorted newest first by its type's own date parameter with ``_count`` set to the
+per-key cap (:mod:`cds_engine.service.limits`), so a long record arrives newest first and bounded.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from dataclasses import dataclass
 from cds_engine.engine import Engine
 from cds_engine.rules.compile import CompiledPack
 from cds_engine.rules.governance import SHOWN_STATUSES
+from cds_engine.service.limits import DEFAULT_MAX_RESOURCES
 from cds_engine.service.models import CdsService, DiscoveryResponse
 from cds_engine.sources.fhir import GROUPS
 from cds_engine.vocabulary import Vocabulary
@@ -72,19 +75,30 @@ def _build_templates(pack: CompiledPack) -> dict[str, str]:
     templates = {
         "patient": f"Patient/{PATIENT}",
         "encounter": "Encounter/{{context.encounterId}}",
-        "medicationRequests": f"MedicationRequest?patient={PATIENT}",
-        "medicationStatements": f"MedicationStatement?patient={PATIENT}",
-        "medicationAdministrations": f"MedicationAdministration?patient={PATIENT}",
-        "conditions": f"Condition?patient={PATIENT}",
-        "allergies": f"AllergyIntolerance?patient={PATIENT}",
+        "medicationRequests": f"MedicationRequest?patient={PATIENT}{_newest('-authoredon')}",
+        "medicationStatements": f"MedicationStatement?patient={PATIENT}{_newest('-effective')}",
+        "medicationAdministrations": (
+            f"MedicationAdministration?patient={PATIENT}{_newest('-effective-time')}"
+        ),
+        "conditions": f"Condition?patient={PATIENT}{_newest('-recorded-date')}",
+        "allergies": f"AllergyIntolerance?patient={PATIENT}{_newest('-date')}",
     }
     procedures = _codes(vocab, "condition_group", {GROUPS.dialysis_procedure})
     if procedures:
-        templates["dialysisProcedures"] = f"Procedure?patient={PATIENT}&code={','.join(procedures)}"
+        templates["dialysisProcedures"] = (
+            f"Procedure?patient={PATIENT}&code={','.join(procedures)}{_newest('-date')}"
+        )
     observations = _codes(vocab, "observation")
     if observations:
-        templates["observations"] = f"Observation?patient={PATIENT}&code={','.join(observations)}"
+        templates["observations"] = (
+            f"Observation?patient={PATIENT}&code={','.join(observations)}{_newest('-date')}"
+        )
     return templates
+
+
+def _newest(sort: str) -> str:
+    """Newest first, one page of at most the per-key cap (each type's own date search parameter)."""
+    return f"&_sort={sort}&_count={DEFAULT_MAX_RESOURCES}"
 
 
 def _services(engine: Engine) -> list[ServiceRef]:

@@ -28,27 +28,35 @@ from cds_engine.engine import Engine
 from cds_engine.facts.model import PatientFacts
 from cds_engine.rules.compile import CompiledPack
 from cds_engine.rules.governance import SHOWN_STATUSES
+from cds_engine.service.callbacks import fhir_id_ok
 from cds_engine.service.cards import LINK_HOSTS, alert_card
 from cds_engine.service.coverage import unavailable_alert
 from cds_engine.service.discovery import ServiceRef, prefetch_templates
 from cds_engine.service.errors import HookError
+from cds_engine.service.limits import HookLimits, cap_resources, check_draft_count, count_refusal
 from cds_engine.service.models import Card, CardsResponse, HookRequest
+from cds_engine.service.order_label import PATIENT_LEVEL_RULES, name_orders, order_label
 from cds_engine.service.orders import DraftOrders, read_draft_orders
-from cds_engine.service.prefetch import FhirFetcher, gather_prefetch
-from cds_engine.service.suggestions import dose_suggestions
+from cds_engine.service.prefetch import FhirFetcher, Prefetched, gather_prefetch
+from cds_engine.service.suggestions import order_one_click
+from cds_engine.service.workers import WorkerPool
 from cds_engine.sources.fhir import (
     bundle_resources,
-    facts_from_resources,
+    facts_for_drafts,
     medication_classes,
     medication_concept,
 )
+from cds_engine.sources.fhir_read import concept_groups
 from cds_engine.store.api import EvaluationRecord, EvaluationSink, IssuedAlert, NullSink
+from cds_engine.store.failures import count_not_stored
 
 __all__ = ["HookHandler", "HookResult", "order_key"]
 
 log = logging.getLogger("cds_engine.service")
 
 _MEDICINE_KEYS = frozenset({"medicationRequests", "medicationStatements"})
+# per evaluated draft: the draft, its facts, and each alert with its card (None when not shown)
+_Issued = list[tuple[dict[str, Any], PatientFacts, list[tuple[Alert, Card | None]]]]
 
 
 @dataclass(slots=True)
@@ -84,15 +92,20 @@ def order_key(request: HookRequest, draft: dict[str, Any]) -> str:
 
 
 def _map_facts(
-    pool: list[dict[str, Any]], as_of: datetime, pack: CompiledPack, drafts: list[dict[str, Any]]
-) -> PatientFacts:
-    """Facts for one draft; data the fact model refuses is the caller's error (400), never a 500.
+    pool: list[dict[str, Any]],
+    as_of: datetime,
+    pack: CompiledPack,
+    drafts: list[dict[str, Any]],
+    reviewed: list[dict[str, Any]],
+) -> list[PatientFacts]:
+    """Facts per reviewed draft (the others co-medication), the record mapped once: linear in drafts.
 
-    The message names the fact and the rule it broke, never the submitted value (no PHI echoed).
+    Data the fact model refuses is the caller's error (400), never a 500. The message names the
+    fact and the rule it broke, never the submitted value (no PHI echoed).
     """
     try:
-        return facts_from_resources(
-            pool, as_of=as_of, vocab=pack.vocabulary, drug_class=pack.context.drug_class, draft_orders=drafts
+        return facts_for_drafts(
+            pool, drafts, reviewed, as_of=as_of, vocab=pack.vocabulary, drug_class=pack.context.drug_class
         )
     except ValidationError as exc:
         first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid"}
@@ -111,6 +124,7 @@ class HookHandler:
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         link_hosts: tuple[str, ...] = LINK_HOSTS,
         store_threads: int = 2,
+        limits: HookLimits | None = None,
     ) -> None:
         self.sink = sink
         self.fetcher = fetcher
@@ -119,25 +133,34 @@ class HookHandler:
         # Writes go through a few threads at most: many concurrent writers only fight over the
         # database's write lock (SQLite serialises them anyway).
         self.store_limiter = anyio.CapacityLimiter(store_threads)
+        self.limits = limits or HookLimits()
+        # parsing, fact mapping and evaluation: CPU work off the event loop, on long-lived threads
+        # of its own (sync endpoints such as /healthz keep the default pool)
+        self.workers = WorkerPool(self.limits.eval_threads)
+
+    def warm(self, engine: Engine, as_of: datetime) -> None:
+        """Build every worker thread's rulesets before the first order (start-up, not a clinician)."""
+        self.workers.warm(lambda: [engine.evaluate_pack(p, PatientFacts(as_of=as_of)) for p in engine.packs])
+
+    def close(self) -> None:
+        self.workers.close()
 
     async def __call__(self, ref: ServiceRef, request: HookRequest, engine: Engine) -> HookResult:
         clock = _Clock()
+        check_draft_count(request.context.draftOrders, self.limits.max_drafts)
         if request.hook != ref.hook:
-            raise HookError(400, "hook", f"service {ref.id} answers {ref.hook}, not {request.hook}")
-        drafts = read_draft_orders(request)
+            raise HookError(400, "hook", f"service {ref.id} answers {ref.hook} only")  # input not echoed
         pack = ref.pack
-        given = [
-            r for v in (request.prefetch or {}).values() if isinstance(v, dict) for r in bundle_resources(v)
-        ]
-        local = [*drafts.resources, *given]
-        relevant = self._relevant(pack, drafts, local)
+        drafts, relevant = await self.workers.run(self._parse, request, pack)
         clock.lap("parse")
         if not relevant:
             return HookResult(CardsResponse(cards=[]), timings=clock.timings)
 
         # one FHIR time budget per hook call, shared by the prefetch reads and the Medication reads
         deadline = time.monotonic() + (self.fetcher.budget if self.fetcher is not None else 0.0)
-        prefetched = await gather_prefetch(request, prefetch_templates(pack), self.fetcher)
+        prefetched = await gather_prefetch(
+            request, prefetch_templates(pack), self.fetcher, cap=self._cap(pack)
+        )
         pool = [
             *prefetched.resources,
             *(r for r in drafts.resources if r.get("resourceType") != "MedicationRequest"),
@@ -146,21 +169,89 @@ class HookHandler:
         if not any(
             r.get("resourceType") == "Patient" and r.get("id") == request.context.patientId for r in pool
         ):
-            raise HookError(
-                412, "context.patientId", "the patient could not be read (no prefetch, no FHIR access)"
-            )
+            if request.fhirServer is None or self.fetcher is None:
+                why = "not prefetched, and no fhirServer to read it from"
+            else:  # the server was given: say so (never its address), not "no FHIR access"
+                why = "not prefetched, and the FHIR server in fhirServer could not be read"
+            raise HookError(412, "context.patientId", f"the patient could not be read ({why})")
         clock.lap("prefetch")
 
         as_of = self.clock()
-        issued: list[tuple[dict[str, Any], PatientFacts, list[tuple[Alert, Card]]]] = []
+        issued, quiet = await self.workers.run(
+            self._evaluate, engine, pack, drafts, relevant, pool, prefetched, as_of, clock
+        )
+        ordered = sorted((pair for _, _, pairs in issued for pair in pairs), key=lambda p: p[0].sort_key())
+        cards = [card for _, card in ordered]
+        await self._record(ref, request, pack, as_of, issued)
+        for silent_pack, silent_issued in quiet:
+            await self._record(ref, request, silent_pack, as_of, silent_issued, shown=False)
+        clock.lap("store")
+        return HookResult(CardsResponse(cards=cards), [a.rule_id for a, _ in ordered], clock.timings)
+
+    def _parse(self, request: HookRequest, pack: CompiledPack) -> tuple[DraftOrders, list[dict[str, Any]]]:
+        drafts = read_draft_orders(request)
+        given = [
+            r for v in (request.prefetch or {}).values() if isinstance(v, dict) for r in bundle_resources(v)
+        ]
+        return drafts, self._relevant(pack, drafts, [*drafts.resources, *given])
+
+    def _cap(
+        self, pack: CompiledPack
+    ) -> Callable[[str, list[dict[str, Any]]], tuple[list[dict[str, Any]], str | None]]:
+        """Per prefetch key: observations the newest N per group (no card), others active-first (card)."""
+        limit = self.limits.max_resources_per_key
+        vocab = pack.vocabulary
+
+        def groups_of(resource: dict[str, Any]) -> set[str]:
+            concept = resource.get("code")
+            return concept_groups(concept, vocab, "observation") if isinstance(concept, dict) else set()
+
+        def cap(key: str, resources: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], str | None]:
+            observations = bool(resources) and all(r.get("resourceType") == "Observation" for r in resources)
+            kept, dropped = cap_resources(resources, limit, groups_of if observations else None)
+            if not dropped:
+                return kept, None
+            count_refusal("observations-trimmed" if observations else "prefetch-key-trimmed")
+            if observations:
+                return kept, None  # an older result never changes a newest-value fact
+            return kept, f"more than {limit} entries: the active ones and then the newest were read"
+
+        return cap
+
+    def _evaluate(
+        self,
+        engine: Engine,
+        pack: CompiledPack,
+        drafts: DraftOrders,
+        relevant: list[dict[str, Any]],
+        pool: list[dict[str, Any]],
+        prefetched: Prefetched,
+        as_of: datetime,
+        clock: _Clock,
+    ) -> tuple[_Issued, list[tuple[CompiledPack, _Issued]]]:
+        """Facts, evaluation and cards of every relevant draft (runs in a worker thread).
+
+        Stops with a 503 at the hook deadline rather than answer from a partial evaluation.
+        """
+        deadline = time.monotonic() + self.limits.deadline_seconds
+        issued: _Issued = []
         shown: set[str] = set()
+        named: dict[str, tuple[list[tuple[Alert, Card | None]], int, list[str]]] = {}  # key -> card's place
         extra = [unavailable_alert(pack, prefetched.unavailable)] if prefetched.unavailable else []
-        for draft in relevant:
-            others = [d for d in drafts.medication_requests if d is not draft]
-            facts = _map_facts(pool, as_of, pack, [draft, *others])
-            clock.lap("facts")
+        all_facts = _map_facts(pool, as_of, pack, drafts.medication_requests, relevant)
+        complete = prefetched.medication_lists_complete()  # cards say "none" for a class only then
+        all_facts = [f.model_copy(update={"medication_lists_complete": complete}) for f in all_facts]
+        clock.lap("facts")
+        for draft, facts in zip(relevant, all_facts, strict=True):
+            if time.monotonic() > deadline:
+                count_refusal("evaluation-deadline")
+                raise HookError(
+                    503, None, "the checks did not finish in time: no advice computed, review manually"
+                )
+            flat: dict[str, Any] | None = None
             if self._applies(engine, pack, draft, pool, facts):
-                alerts = engine.evaluate_pack(pack, facts)
+                flat = engine.flat_facts(pack, facts)  # derived once: for the checks and the one-click offer
+                alerts = engine.evaluate_pack(pack, facts, flat)
             elif _MEDICINE_KEYS & set(prefetched.unavailable):
                 alerts = []  # a partner drug, and we cannot tell whether the pack's drug is taken
             else:
@@ -170,25 +261,37 @@ class HookHandler:
             extra = []
             clock.lap("evaluation")
             pairs = []
+            offer = order_one_click(  # at most one suggestion per order, on the card that offers it
+                pack,
+                alerts,
+                draft,
+                facts.order,
+                lambda facts=facts, flat=flat: flat if flat is not None else engine.flat_facts(pack, facts),
+                facts,
+            )
+            label = order_label(draft, pack.vocabulary)
             for alert in alerts:
-                suggestions = self._suggestions(engine, pack, alert, draft, facts)
+                alert, suggestions = offer.for_card(alert)
                 key = (
                     alert.tier_id
                     if alert.kind == "cannot-assess"
                     else f"{alert.tier_id}|{alert.summary}|{alert.detail}"
                 )
                 if not suggestions and key in shown:
-                    continue  # the same advice for a second order of the same request: one card
+                    # the same advice for a second order of the same request: one card naming both
+                    where, index, labels = named[key]
+                    if labels and label not in labels:
+                        labels.append(label)
+                        where[index] = (where[index][0], name_orders(where[index][1], labels))
+                    continue
                 shown.add(key)
-                pairs.append((alert, alert_card(alert, pack, suggestions, self.link_hosts)))
+                labels = [] if alert.rule_id in PATIENT_LEVEL_RULES else [label]
+                card = name_orders(alert_card(alert, pack, suggestions, self.link_hosts), labels)
+                named[key] = (pairs, len(pairs), labels)
+                pairs.append((alert, card))
             issued.append((draft, facts, pairs))
             clock.lap("cards")
-        ordered = sorted((pair for _, _, pairs in issued for pair in pairs), key=lambda p: p[0].sort_key())
-        cards = [card for _, card in ordered]
-        await self._record(ref, request, pack, as_of, issued)
-        await self._silent(ref, request, engine, pool, drafts, relevant, as_of)
-        clock.lap("store")
-        return HookResult(CardsResponse(cards=cards), [a.rule_id for a, _ in ordered], clock.timings)
+        return issued, self._silent(engine, pool, drafts, as_of)
 
     def _relevant(
         self, pack: CompiledPack, drafts: DraftOrders, local: list[dict[str, Any]]
@@ -223,8 +326,8 @@ class HookHandler:
         for i, draft in enumerate(drafts):
             if medication_concept(draft, pool) is None:
                 ref = (draft.get("medicationReference") or {}).get("reference")
-                if isinstance(ref, str) and ref.startswith("Medication/"):
-                    missing[f"medication{i}"] = ref
+                if isinstance(ref, str) and ref.startswith("Medication/") and fhir_id_ok(ref[11:]):
+                    missing[f"medication{i}"] = ref  # a FHIR id: nothing else goes into a call-back URL
                 else:
                     raise HookError(412, "context.draftOrders", "the ordered medication cannot be resolved")
         if not missing:
@@ -238,49 +341,35 @@ class HookHandler:
                 raise HookError(412, "context.draftOrders", "the ordered medication cannot be resolved")
             pool.extend(resources)
 
-    def _suggestions(
-        self, engine: Engine, pack: CompiledPack, alert: Alert, draft: dict[str, Any], facts: PatientFacts
-    ) -> list[Any]:
-        if not any(s.action == "reduce-dose" and s.dose_mg_per_day for s in alert.suggestions):
-            return []
-        current = alert.evidence.get("daily_dose_mg")
-        if current is None:
-            current = engine.flat_facts(pack, facts).get("daily_dose_mg")
-        return dose_suggestions(alert, draft, facts.order, current, pack.vocabulary)
-
-    async def _silent(
-        self,
-        ref: ServiceRef,
-        request: HookRequest,
-        engine: Engine,
-        pool: list[dict[str, Any]],
-        drafts: DraftOrders,
-        relevant: list[dict[str, Any]],
-        as_of: datetime,
-    ) -> None:
+    def _silent(
+        self, engine: Engine, pool: list[dict[str, Any]], drafts: DraftOrders, as_of: datetime
+    ) -> list[tuple[CompiledPack, _Issued]]:
         """Silent mode: packs that may run but not be shown (draft) are evaluated and stored, no cards."""
+        out: list[tuple[CompiledPack, _Issued]] = []
         if isinstance(self.sink, NullSink):
-            return
+            return out
         for quiet in engine.packs:
             if quiet.spec.pack.status in SHOWN_STATUSES or quiet.spec.pack.status not in engine.statuses:
                 continue
             triggers = quiet.spec.pack.triggers
             wanted = set(triggers.drug_classes) | set(triggers.partner_classes)
-            issued = []
-            for draft in drafts.reviewed:
-                classes = medication_classes(draft, [*pool, draft], quiet.vocabulary) or set()
-                if not classes & wanted:
-                    continue
-                try:  # a silent pack must never cost the clinician the shown answer
-                    others = [d for d in drafts.medication_requests if d is not draft]
-                    facts = _map_facts(pool, as_of, quiet, [draft, *others])
-                except HookError as exc:
-                    log.warning("silent pack %s not evaluated: %s", quiet.id, exc.message)
-                    continue
+            issued: _Issued = []
+            reviewed = [
+                draft
+                for draft in drafts.reviewed
+                if (medication_classes(draft, [*pool, draft], quiet.vocabulary) or set()) & wanted
+            ]
+            try:  # a silent pack must never cost the clinician the shown answer
+                all_facts = _map_facts(pool, as_of, quiet, drafts.medication_requests, reviewed)
+            except HookError as exc:
+                log.warning("silent pack %s not evaluated: %s", quiet.id, exc.message)
+                continue
+            for draft, facts in zip(reviewed, all_facts, strict=True):
                 if quiet in engine.applicable(facts):
                     issued.append((draft, facts, [(a, None) for a in engine.evaluate_pack(quiet, facts)]))
             if issued:
-                await self._record(ref, request, quiet, as_of, issued, shown=False)
+                out.append((quiet, issued))
+        return out
 
     async def _record(
         self,
@@ -288,7 +377,7 @@ class HookHandler:
         request: HookRequest,
         pack: CompiledPack,
         as_of: datetime,
-        issued: list[tuple[dict[str, Any], PatientFacts, list[tuple[Alert, Card | None]]]],
+        issued: _Issued,
         shown: bool = True,
     ) -> None:
         if isinstance(self.sink, NullSink):
@@ -304,7 +393,7 @@ class HookHandler:
                 encounter_ref=f"Encounter/{request.context.encounterId}"
                 if request.context.encounterId
                 else None,
-                user_ref=request.context.userId,
+                user_ref=request.context.userId or "unknown",
                 order_key=order_key(request, draft),
                 order=draft,
                 as_of=as_of,
@@ -312,7 +401,9 @@ class HookHandler:
                 pack_version=info.version,
                 pack_hash=pack.content_hash,
                 alerts=[
-                    IssuedAlert(alert=a, card_uuid=c.uuid if c else None, shown=shown) for a, c in pairs
+                    IssuedAlert(alert=a, card_uuid=c.uuid if c else None, shown=shown,
+                                card_suggestions=len(c.suggestions or []) if c else None)
+                    for a, c in pairs
                 ],
             )
             try:
@@ -320,6 +411,7 @@ class HookHandler:
                     self.sink.record_evaluation, record, limiter=self.store_limiter
                 )
             except Exception as exc:  # the sink must spool, but a hook never fails for the audit trail
+                count_not_stored("sink-error")
                 log.error(
                     "evaluation not recorded: hookInstance=%s error=%s",
                     request.hookInstance,

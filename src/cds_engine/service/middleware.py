@@ -15,7 +15,7 @@ from typing import Any
 
 from cds_engine.service.auth import AuthError, JwtVerifier
 
-__all__ = ["AuthMiddleware", "BodyLimitMiddleware", "RequestLogMiddleware"]
+__all__ = ["MAX_AUTHORIZATION_BYTES", "AuthMiddleware", "BodyLimitMiddleware", "RequestLogMiddleware"]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -23,6 +23,8 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
+# a signed ES384/RS384 client JWT is well under 2 KiB; anything near this is not one of ours
+MAX_AUTHORIZATION_BYTES = 8 * 1024
 log = logging.getLogger("cds_engine.service")
 auth_log = logging.getLogger("cds_engine.service.auth")
 
@@ -117,9 +119,12 @@ class AuthMiddleware:
         ):
             await self.app(scope, receive, send)
             return
-        header = dict(scope.get("headers") or []).get(b"authorization", b"").decode("latin-1")
+        raw = dict(scope.get("headers") or []).get(b"authorization", b"")
+        header = raw[: MAX_AUTHORIZATION_BYTES + 1].decode("latin-1")
         scheme, _, token = header.partition(" ")
         try:
+            if len(raw) > MAX_AUTHORIZATION_BYTES:  # refused before any decoding (red-team M1)
+                raise AuthError("authorization header too long")
             if scheme.lower() != "bearer" or not token.strip():
                 raise AuthError("no bearer token")
             claims = await self.verifier.verify(token.strip(), self._audience(scope))

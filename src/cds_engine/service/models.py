@@ -1,8 +1,8 @@
 """CDS Hooks 2.0 wire models: what the EHR sends and what we answer.
 
 There is no official JSON Schema for 2.0, so these pydantic models *are* our reading of the spec
-(``shared/reference/cds-hooks/SPEC-NOTES.md`` §2–6); they also document the endpoints in the
-OpenAPI schema. Requests are lenient only where real EHRs deviate in known, harmless ways
+(https://cds-hooks.hl7.org/2.0/; real requests in ``examples/cds-hooks``); they also document the
+endpoints in the OpenAPI schema. Requests are lenient only where real EHRs deviate in known, harmless ways
 (``Patient/``-prefixed ``patientId``, an empty ``prefetch`` object); anything else that breaks
 the spec is a 400 naming the field. Responses are strict: optional elements are omitted, never
 ``null`` or empty.
@@ -16,6 +16,8 @@ from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from cds_engine.service.deviations import note_deviation
 
 __all__ = [
     "Action",
@@ -59,18 +61,23 @@ class FhirAuthorization(_In):
 
 
 def _bare_id(value: str | None, resource_type: str) -> str | None:
-    """Tolerated deviation: ``Patient/123`` where the spec wants ``123``."""
+    """Tolerated deviation: ``Patient/123`` where the spec wants ``123`` (counted)."""
     if value is None:
         return None
     value = value.strip()
     prefix = resource_type + "/"
-    return value[len(prefix) :] if value.startswith(prefix) else value
+    if value.startswith(prefix):
+        note_deviation(f"context.{resource_type.lower()}Id", f"{resource_type.lower()}-id-prefixed")
+        return value[len(prefix) :]
+    return value
 
 
 class OrderContext(_In):
     """Context of ``order-select`` (with ``selections``) and ``order-sign`` (without)."""
 
-    userId: str = Field(..., description="Practitioner/… or PractitionerRole/… of the ordering user")
+    userId: str | None = Field(
+        None, description="Practitioner/… or PractitionerRole/… of the ordering user (missing: unknown)"
+    )
     patientId: str = Field(
         ..., min_length=1, description="FHIR Patient.id (a 'Patient/' prefix is tolerated)"
     )
@@ -82,7 +89,9 @@ class OrderContext(_In):
 
     @field_validator("userId")
     @classmethod
-    def _user_reference(cls, value: str) -> str:
+    def _user_reference(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
         if not _TYPE_ID.match(value.strip()):
             raise ValueError("must be a Type/id reference such as Practitioner/123")
         return value.strip()
@@ -97,12 +106,18 @@ class OrderContext(_In):
     def _encounter(cls, value: str | None) -> str | None:
         return _bare_id(value, "Encounter")
 
+    @model_validator(mode="after")
+    def _count_missing_user(self) -> OrderContext:
+        if self.userId is None:
+            note_deviation("context.userId", "user-id-missing")
+        return self
+
     @field_validator("selections")
     @classmethod
     def _selections(cls, value: list[str] | None) -> list[str] | None:
         for item in value or []:
             if not _TYPE_ID.match(item):
-                raise ValueError(f"{item!r} is not a Type/id reference")
+                raise ValueError("every selection must be a Type/id reference")
         return value
 
 

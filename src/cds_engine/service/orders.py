@@ -6,10 +6,15 @@ is not a valid R4 MedicationRequest is a 400 naming the element, e.g.
 ``context.draftOrders.entry[0].resource.dosageInstruction[0].timing``. Other request types
 (NutritionOrder, ServiceRequest …) are context only and are not validated here.
 
-Tolerated deviations, each seen in real payloads (``shared/reference/cds-hooks/README.md``):
-a Bundle without ``type`` (or of type ``transaction``), drafts without ``id``, status ``active``
-on order-sign (re-signed orders), and ``doseAndRate`` sent as one object instead of a list (the
-Inferno/CRD rendering of the hook library's R4 example).
+Tolerated deviations, each seen in real payloads (``examples/cds-hooks/README.md``, the sandbox
+captures in ``examples/cds-hooks/sandbox/``), each counted and logged by field path and kind
+(:mod:`cds_engine.service.deviations`): a Bundle without ``type`` (or of type ``transaction``),
+drafts without ``id``, status ``active`` on order-sign (re-signed orders), ``doseAndRate`` or
+``category`` sent as one object instead of a list (Inferno/CRD; the CDS Hooks Sandbox), no
+``intent`` (read as an order), a draft with no medication yet (the sandbox, before one is picked:
+nothing to check, no card), a medication named by text only. A dose that cannot be read (an
+invalid ``doseAndRate`` or ``timing``) costs that draft its dose checks (cannot-assess), not the
+request a 400; a negative dose stays a 400.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from typing import Any
 from fhir.resources.R4B.medicationrequest import MedicationRequest
 from pydantic import ValidationError
 
+from cds_engine.service.deviations import note_deviation
 from cds_engine.service.errors import HookError
 from cds_engine.service.models import HookRequest
 
@@ -44,28 +50,69 @@ def _path(loc: tuple[int | str, ...]) -> str:
     return out
 
 
-def _tolerate(resource: dict[str, Any]) -> dict[str, Any]:
-    fixed = resource
-    for i, dosage in enumerate(resource.get("dosageInstruction") or []):
+def _tolerate(resource: dict[str, Any], where: str) -> dict[str, Any]:
+    """A copy with the known harmless deviations read the R4 way (each one counted)."""
+    fixed = copy.deepcopy(resource)
+    if isinstance(fixed.get("category"), dict):
+        fixed["category"] = [fixed["category"]]
+        note_deviation(f"{where}.category", "category-object")
+    for i, dosage in enumerate(fixed.get("dosageInstruction") or []):
         if isinstance(dosage, dict) and isinstance(dosage.get("doseAndRate"), dict):
-            if fixed is resource:
-                fixed = copy.deepcopy(resource)
-            fixed["dosageInstruction"][i]["doseAndRate"] = [dosage["doseAndRate"]]
+            dosage["doseAndRate"] = [dosage["doseAndRate"]]
+            note_deviation(f"{where}.dosageInstruction[{i}].doseAndRate", "dose-and-rate-object")
+    if "intent" not in fixed:
+        fixed["intent"] = "order"
+        note_deviation(f"{where}.intent", "intent-missing")
+    concept = fixed.get("medicationCodeableConcept")
+    if isinstance(concept, dict) and not any(
+        isinstance(c, dict) and c.get("code") for c in concept.get("coding") or []
+    ):
+        note_deviation(f"{where}.medicationCodeableConcept", "medication-text-only")
     return fixed
 
 
+def _has_medication(resource: dict[str, Any]) -> bool:
+    return "medicationCodeableConcept" in resource or "medicationReference" in resource
+
+
 def _validate(resource: dict[str, Any], where: str) -> dict[str, Any]:
-    resource = _tolerate(resource)
-    try:
-        MedicationRequest.model_validate(resource)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = tuple(p for p in err["loc"] if p != "__root__")
-        raise HookError(400, f"{where}{_path(loc)}", str(err["msg"])) from exc
     negative = _negative_amount(resource)
     if negative is not None:
         raise HookError(400, f"{where}{negative}", "a dose amount cannot be negative")
-    return resource
+    resource = _tolerate(resource, where)
+    for _ in range(8):  # each round drops one unreadable dose element; a draft has few of them
+        try:
+            MedicationRequest.model_validate(resource)
+            return resource
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            loc = tuple(p for p in err["loc"] if p != "__root__")
+            if not _drop_unreadable_dose(resource, loc, where):
+                raise HookError(400, f"{where}{_path(loc)}", str(err["msg"])) from exc
+    raise HookError(400, f"{where}.dosageInstruction", "the dose instructions cannot be read")
+
+
+def _drop_unreadable_dose(resource: dict[str, Any], loc: tuple[int | str, ...], where: str) -> bool:
+    """Forget the unreadable dose part of one instruction (its dose checks become cannot-assess).
+
+    An invalid ``doseAndRate`` loses the amount; an invalid ``timing`` the frequency; anything
+    else invalid inside the instruction loses the instruction. False when ``loc`` is no dose.
+    """
+    if len(loc) < 2 or loc[0] != "dosageInstruction" or not isinstance(loc[1], int):
+        return False
+    instructions = resource.get("dosageInstruction")
+    if not isinstance(instructions, list) or not 0 <= loc[1] < len(instructions):
+        return False
+    instruction = instructions[loc[1]]
+    part = loc[2] if len(loc) > 2 else None
+    if isinstance(instruction, dict) and part in ("doseAndRate", "timing") and part in instruction:
+        del instruction[part]
+    else:
+        del instructions[loc[1]]
+        if not instructions:
+            del resource["dosageInstruction"]
+    note_deviation(f"{where}.dosageInstruction[{loc[1]}]" + (f".{part}" if part else ""), "dose-unreadable")
+    return True
 
 
 def _negative_amount(resource: dict[str, Any]) -> str | None:
@@ -98,16 +145,24 @@ def read_draft_orders(request: HookRequest) -> DraftOrders:
     entries = bundle.get("entry")
     if not isinstance(entries, list) or not entries:
         raise HookError(400, f"{_PREFIX}.entry", "draftOrders has no entries")
+    if "type" not in bundle:
+        note_deviation(f"{_PREFIX}.type", "bundle-type-missing")
     resources: list[dict[str, Any]] = []
     requests: list[dict[str, Any]] = []
     for i, entry in enumerate(entries):
         resource = entry.get("resource") if isinstance(entry, dict) else None
+        where = f"{_PREFIX}.entry[{i}].resource"
         if not isinstance(resource, dict) or not isinstance(resource.get("resourceType"), str):
-            raise HookError(
-                400, f"{_PREFIX}.entry[{i}].resource", "every entry needs a resource with a resourceType"
-            )
+            raise HookError(400, where, "every entry needs a resource with a resourceType")
         if resource["resourceType"] == "MedicationRequest":
-            resource = _validate(resource, f"{_PREFIX}.entry[{i}].resource")
+            if not _has_medication(resource):
+                # the sandbox's form before a medication is picked: nothing to check yet
+                note_deviation(f"{where}.medication[x]", "medication-missing")
+                resources.append(resource)
+                continue
+            resource = _validate(resource, where)
+            if request.hook == "order-sign" and resource.get("status") != "draft":
+                note_deviation(f"{where}.status", "status-not-draft")
             if resource.get("status") not in _SKIPPED_STATUS:
                 requests.append(resource)
         resources.append(resource)

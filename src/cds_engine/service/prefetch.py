@@ -17,23 +17,39 @@ The access token is used for these calls only: never stored, never logged.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
 
+from cds_engine.service.callbacks import (
+    CallbackRefused,
+    HookCalls,
+    PartialRead,
+    current_calls,
+    encode_id,
+    read_json,
+    same_origin,
+    search_request,
+)
 from cds_engine.service.models import HookRequest
 from cds_engine.sources.fhir import bundle_resources
 
-__all__ = ["FhirFetcher", "Prefetched", "fill_template", "gather_prefetch"]
+__all__ = ["MEDICATION_LIST_KEYS", "FhirFetcher", "Prefetched", "fill_template", "gather_prefetch"]
 
 log = logging.getLogger("cds_engine.service")
+_PARTIAL = "partial: only some pages of this list could be read"
 _TOKEN = re.compile(r"\{\{\s*context\.(\w+)\s*\}\}")
-_MAX_PAGES = 5
 _LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+# The keys whose lists must all be read completely before a card may say a medicine class is "none".
+MEDICATION_LIST_KEYS = ("medicationRequests", "medicationStatements", "medicationAdministrations")
 
 
 @dataclass(slots=True)
@@ -41,6 +57,15 @@ class Prefetched:
     resources: list[dict[str, Any]] = field(default_factory=list)
     unavailable: dict[str, str] = field(default_factory=dict)  # key -> why (no detail from the EHR)
     fetched: list[str] = field(default_factory=list)
+    read: set[str] = field(default_factory=set)  # keys given (a null included) or fetched
+    incomplete: dict[str, str] = field(default_factory=dict)  # key -> why only part of it was read
+
+    def medication_lists_complete(self) -> bool:
+        """Every medication list was read, none failed, none was cut short (paging, caps)."""
+        return all(
+            key in self.read and key not in self.unavailable and key not in self.incomplete
+            for key in MEDICATION_LIST_KEYS
+        )
 
 
 def fill_template(template: str, request: HookRequest) -> str | None:
@@ -55,7 +80,7 @@ def fill_template(template: str, request: HookRequest) -> str | None:
         if not value:
             missing = True
             return ""
-        return str(value)
+        return encode_id(str(value))  # ids checked against the FHIR grammar before, encoded here
 
     filled = _TOKEN.sub(sub, template)
     return None if missing or "{{" in filled else filled
@@ -67,8 +92,25 @@ def _secure(base: str) -> bool:
     return parts.scheme == "https" or (parts.scheme == "http" and parts.hostname in _LOOPBACK)
 
 
+def next_link(bundle: Any) -> str | None:
+    """The ``next`` paging link of a Bundle, if any."""
+    links = bundle.get("link") if isinstance(bundle, dict) else None
+    for link in links if isinstance(links, list) else []:
+        if isinstance(link, dict) and link.get("relation") == "next" and isinstance(link.get("url"), str):
+            return str(link["url"])
+    return None
+
+
 def _is_outcome(value: Any) -> bool:
     return isinstance(value, dict) and value.get("resourceType") == "OperationOutcome"
+
+
+def _has_next(value: Any) -> bool:
+    """A searchset Bundle with a ``next`` link: only its first page is here."""
+    links = value.get("link") if isinstance(value, dict) else None
+    return isinstance(links, list) and any(
+        isinstance(link, dict) and link.get("relation") == "next" for link in links
+    )
 
 
 class FhirFetcher:
@@ -78,36 +120,51 @@ class FhirFetcher:
         self.client = client
         self.budget = budget_seconds
 
-    async def get(self, base: str, relative: str, token: str | None) -> list[dict[str, Any]]:
+    async def get(
+        self, base: str, relative: str, token: str | None, calls: HookCalls | None = None
+    ) -> list[dict[str, Any]]:
+        """Every page of a read or search (``relative`` may be an absolute paging link of ``base``'s origin).
+
+        Call-backs are bounded by this hook's :class:`HookCalls` (:mod:`cds_engine.service.callbacks`):
+        count, bytes, pages, same origin for paging links (the token goes nowhere else), and a long
+        search goes as ``POST _search``. Raises :class:`PartialRead` when only some pages were read.
+        """
         if not _secure(base):
             raise ValueError("fhirServer is not https (plain http is accepted on loopback only)")
-        headers = {"Accept": "application/fhir+json, application/json"}
+        calls = calls or current_calls()
+        headers = {"Accept": "application/fhir+json, application/json", "Accept-Encoding": "gzip, deflate"}
         if token:
             headers["Authorization"] = f"Bearer {token}"
-        url: str | None = f"{base.rstrip('/')}/{relative.lstrip('/')}"
-        out: list[dict[str, Any]] = []
         pages = 0
-        while url and pages < _MAX_PAGES:
-            response = await self.client.get(url, headers=headers)
-            if response.status_code == 404 and "?" not in relative:
+        if relative.startswith(("https://", "http://")):  # the next page of a prefetched Bundle
+            if not same_origin(relative, base):
+                raise CallbackRefused("paging link to another origin")
+            method, url, form = "GET", relative, None
+            pages = 1
+        else:
+            method, url, form = search_request(base, relative, calls.limits.max_url_chars)
+        out: list[dict[str, Any]] = []
+        while True:
+            if pages >= calls.limits.max_pages:
+                raise PartialRead(out, f"more than {calls.limits.max_pages} pages")
+            status, body = await read_json(self.client, method, url, headers, form, calls)
+            if status == 414 and method == "GET" and pages == 0 and "?" in relative:
+                method, url, form = search_request(base, relative, 0)  # too long for this server
+                continue
+            if status == 404 and "?" not in relative and pages == 0:
                 return out  # a read that found nothing: no data
-            response.raise_for_status()
-            body = response.json()
+            if status >= 400 or not isinstance(body, dict):
+                raise ValueError(f"HTTP {status}")
             if _is_outcome(body):
                 raise ValueError("OperationOutcome")
             out.extend(bundle_resources(body))
             pages += 1
-            url = next(
-                (
-                    link.get("url")
-                    for link in body.get("link", []) or []
-                    if isinstance(link, dict) and link.get("relation") == "next"
-                ),
-                None,
-            )
-            if url and not url.startswith(base.rstrip("/")):
-                break  # never follow a paging link to another server
-        return out
+            link = next_link(body)
+            if link is None:
+                return out
+            if not same_origin(link, base):
+                raise PartialRead(out, "a paging link to another server was not followed")
+            method, url, form = "GET", link, None
 
     async def get_many(
         self, base: str, relatives: dict[str, str], token: str | None, budget: float | None = None
@@ -118,10 +175,16 @@ class FhirFetcher:
         """
         budget = self.budget if budget is None else max(0.0, budget)
 
+        calls = current_calls()  # one counter for every task of this hook call
+
         async def one(key: str, relative: str) -> tuple[str, list[dict[str, Any]] | None]:
             try:
-                return key, await self.get(base, relative, token)
-            except (httpx.HTTPError, ValueError) as exc:
+                return key, await self.get(base, relative, token, calls)
+            except PartialRead as exc:
+                calls.partial[key] = exc.why
+                log.warning("FHIR call-back partial: key=%s", key)
+                return key, exc.resources
+            except (httpx.HTTPError, ValueError, CallbackRefused, json.JSONDecodeError) as exc:
                 log.warning("FHIR call-back failed: key=%s error=%s", key, type(exc).__name__)
                 return key, None
 
@@ -139,21 +202,50 @@ class FhirFetcher:
 
 
 async def gather_prefetch(
-    request: HookRequest, templates: dict[str, str], fetcher: FhirFetcher | None, budget: float | None = None
+    request: HookRequest,
+    templates: dict[str, str],
+    fetcher: FhirFetcher | None,
+    budget: float | None = None,
+    cap: Callable[[str, list[dict[str, Any]]], tuple[list[dict[str, Any]], str | None]] | None = None,
 ) -> Prefetched:
-    """All resources of the request's prefetch, plus what had to be fetched; unavailable keys listed."""
+    """All resources of the request's prefetch, plus what had to be fetched; unavailable keys listed.
+
+    ``cap(key, resources)`` bounds each key (:mod:`cds_engine.service.limits`): the resources
+    kept, and why the key is incomplete when that must be said on the data-unavailable card.
+    """
     result = Prefetched()
     given = request.prefetch or {}
+
+    def take(key: str, resources: list[dict[str, Any]]) -> None:
+        if cap is not None:
+            resources, why = cap(key, resources)
+            if why:
+                result.unavailable[key] = why
+        result.resources.extend(resources)
+
     to_fetch: dict[str, str] = {}
+    paged: dict[str, str] = {}  # key -> next page link of a prefetched Bundle
+    first_pages: dict[str, list[dict[str, Any]]] = {}
     for key, template in templates.items():
         if key in given:
             value = given[key]
+            result.read.add(key)
             if value is None:
                 continue
+            if _has_next(value):
+                result.incomplete[key] = "the EHR sent one page of a longer list"
             if _is_outcome(value):
                 result.unavailable[key] = "the EHR reported an error for this prefetch"
                 continue
-            result.resources.extend(bundle_resources(value) if isinstance(value, dict) else [])
+            link = next_link(value)
+            if link is not None:  # a paged prefetch: the next pages are read through fhirServer
+                server = request.fhirServer
+                if server is not None and fetcher is not None and same_origin(link, server):
+                    paged[key] = link
+                    first_pages[key] = bundle_resources(value)
+                    continue
+                result.unavailable[key] = _PARTIAL
+            take(key, bundle_resources(value) if isinstance(value, dict) else [])
             continue
         relative = fill_template(template, request)
         if relative is None:
@@ -161,18 +253,29 @@ async def gather_prefetch(
         to_fetch[key] = relative
     for key, value in given.items():  # keys of other templates still carry data
         if key not in templates and isinstance(value, dict) and not _is_outcome(value):
-            result.resources.extend(bundle_resources(value))
-    if to_fetch:
+            take(key, bundle_resources(value))
+    if to_fetch or paged:
         if request.fhirServer is None or fetcher is None:
             for key in to_fetch:
                 result.unavailable[key] = "not prefetched and no FHIR server to read it from"
         else:
             token = request.fhirAuthorization.access_token if request.fhirAuthorization else None
-            fetched = await fetcher.get_many(request.fhirServer, to_fetch, token, budget)
+            calls = current_calls()
+            fetched = await fetcher.get_many(request.fhirServer, {**to_fetch, **paged}, token, budget)
             for key, resources in fetched.items():
-                if resources is None:
-                    result.unavailable[key] = "the FHIR server could not be read in time"
+                if key in paged:
+                    take(key, [*first_pages[key], *(resources or [])])
+                    if resources is None or key in calls.partial:
+                        result.unavailable[key] = _PARTIAL
+                    else:
+                        result.incomplete.pop(key, None)  # every page was read
+                elif resources is None:
+                    result.unavailable[key] = "the FHIR server could not be read (timeout or error)"
                 else:
-                    result.resources.extend(resources)
+                    take(key, resources)
                     result.fetched.append(key)
+                    result.read.add(key)
+                    if key in calls.partial:
+                        result.unavailable[key] = _PARTIAL
+                        result.incomplete[key] = calls.partial[key]
     return result

@@ -8,9 +8,13 @@ What counts (the rules of the fact model, applied here):
 * **Observations** count when ``final``, ``amended`` or ``corrected`` and dated on or before
   ``as_of``. The eGFR is the latest result whose LOINC code is in the vocabulary's
   ``observation`` group ``egfr`` (codes, never displays); a ``valueQuantity.comparator`` (or a
-  ``valueString`` such as ">60") stays a bound. Every other observation group only records the
-  date it was last done (monitoring). An hCG result never makes anyone pregnant: pregnancy and
-  lactation come from conditions of those groups only.
+  ``valueString`` such as ">60") stays a bound. The readable eGFR results also go to
+  ``renal.egfr_results`` with their specimen and race stratum (groups ``egfr_among_blacks`` /
+  ``egfr_among_non_blacks``) so that :mod:`cds_engine.facts.renal` resolves race-stratified
+  pairs; the CrCl is the latest result of group ``crcl``. A coded AKI stays a condition with its
+  onset, recording date and encounter-diagnosis flag (never a life-long ``aki`` flag). Every
+  other observation group only records the date it was last done (monitoring). An hCG result
+  never makes anyone pregnant: pregnancy and lactation come from conditions of those groups only.
 * **Dialysis** is a dependence condition (derived from the ``dialysis`` condition group) or the
   date of the latest procedure of the ``dialysis_procedure`` group — the pack's look-back is
   applied by :mod:`cds_engine.facts.derive`; ESRD alone is never dialysis.
@@ -31,6 +35,7 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
+from cds_engine.facts.lab_units import egfr_unit_ok
 from cds_engine.facts.model import (
     Allergy,
     Coding,
@@ -40,6 +45,7 @@ from cds_engine.facts.model import (
     PatientFacts,
     Renal,
     Reproductive,
+    UnreadableResult,
 )
 from cds_engine.sources.fhir_meds import MedicineReader
 from cds_engine.sources.fhir_read import (
@@ -53,6 +59,7 @@ from cds_engine.sources.fhir_read import (
     quantity,
     status_code,
 )
+from cds_engine.sources.gestation import gestational_age_weeks
 from cds_engine.sources.history import therapy_history
 from cds_engine.vocabulary import Vocabulary
 
@@ -60,6 +67,7 @@ __all__ = [
     "GROUPS",
     "FhirGroups",
     "bundle_resources",
+    "facts_for_drafts",
     "facts_from_resources",
     "medication_classes",
     "medication_concept",
@@ -77,6 +85,8 @@ class FhirGroups:
     dialysis: str = "dialysis"
     dialysis_procedure: str = "dialysis_procedure"
     aki: str = "aki"
+    egfr_black: str = "egfr_among_blacks"
+    egfr_non_black: str = "egfr_among_non_blacks"
 
 
 GROUPS = FhirGroups()
@@ -140,6 +150,26 @@ def facts_from_resources(
     return _Mapper(resources, drafts, as_of, vocab, drug_class).facts()
 
 
+def facts_for_drafts(
+    resources: list[dict[str, Any]],
+    drafts: list[dict[str, Any]],
+    reviewed: list[dict[str, Any]],
+    *,
+    as_of: datetime,
+    vocab: Vocabulary,
+    drug_class: str,
+) -> list[PatientFacts]:
+    """Facts for each of ``reviewed`` (every other draft a co-medicine), the record mapped once.
+
+    Same facts as :func:`facts_from_resources` with ``[draft, *other drafts]`` per reviewed draft,
+    but linear in the number of drafts: the record and every draft are read once and shared.
+    """
+    if as_of.tzinfo is None:
+        raise ValueError("as_of must carry a timezone")
+    mapper = _Mapper(resources, [d for d in drafts if isinstance(d, dict)], as_of, vocab, drug_class)
+    return [mapper.facts(mapper.meds.focus_for(draft)) for draft in reviewed]
+
+
 def medication_concept(resource: dict[str, Any], resources: list[dict[str, Any]]) -> dict[str, Any] | None:
     """The medication CodeableConcept of a request: inline, from a resolved reference, or its display."""
     concept = resource.get("medicationCodeableConcept")
@@ -183,35 +213,52 @@ class _Mapper:
                 self.by_type[resource["resourceType"]].append(resource)
         self.observations = self._observations()
         self.meds = MedicineReader(self.index, self.by_type, drafts, vocab, drug_class, as_of)
+        self._record: tuple[Any, ...] | None = None  # what no draft changes, read once
+
+    def _shared(self) -> tuple[Any, ...]:
+        if self._record is None:
+            conditions = self._conditions()
+            self._record = (
+                conditions,
+                self._renal(conditions),
+                self._reproductive(conditions),
+                self._allergies(),
+                self._monitoring(),
+                self.meds.administrations(),
+            )
+        return self._record
 
     # ── top level ──────────────────────────────────────────────────────────────────────────
-    def facts(self) -> PatientFacts:
-        focus = self.meds.focus()
-        conditions = self._conditions()
+    def facts(self, focus: dict[str, Any] | None = None) -> PatientFacts:
+        focus = focus if focus is not None else self.meds.focus()
+        conditions, renal, reproductive, allergies, monitoring, administrations = self._shared()
         encounter = self._encounter(focus)
         medications, episodes = self.meds.medications(focus, encounter.inpatient)
-        history, current = therapy_history(episodes, self.meds.administrations(), self.as_of)
+        history, current = therapy_history(episodes, administrations, self.as_of)
         order = self.meds.order(focus, episodes, current) if focus is not None else None
         patient = self._patient(focus)
         birth = parse_date(patient.get("birthDate")) if patient else None
         if birth is not None and birth > self.today:
             birth = None
-        return PatientFacts(
+        facts = PatientFacts(
             as_of=self.as_of,
             patient_id=patient.get("id") if patient else None,
             birth_date=birth,
             sex=_sex(patient.get("gender")) if patient else None,
             deceased=_deceased(patient, self.as_of) if patient else False,
-            renal=self._renal(conditions),
-            reproductive=self._reproductive(conditions),
-            allergies=self._allergies(),
+            renal=renal,
+            reproductive=reproductive,
+            allergies=allergies,
             conditions=conditions,
-            medications=medications,
             order=order,
             history=history,
-            monitoring=self._monitoring(),
+            monitoring=monitoring,
             encounter=encounter,
         )
+        # each Medication was validated when it was made; re-checking the list per reviewed draft
+        # would make many drafts quadratic (every draft is every other draft's co-medicine)
+        facts.medications = medications
+        return facts
 
     # ── patient ────────────────────────────────────────────────────────────────────────────
     def _patient(self, focus: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -251,9 +298,28 @@ class _Mapper:
                     else ("active" if clinical is None else None),  # type: ignore[arg-type]
                     verification_status=verification if verification in _CONDITION_VERIFICATION else None,  # type: ignore[arg-type]
                     onset=onset,
+                    recorded=parse_date(resource.get("recordedDate")),
+                    encounter_diagnosis=self._encounter_diagnosis(resource),
                 )
             )
         return out
+
+    def _encounter_diagnosis(self, resource: dict[str, Any]) -> bool | None:
+        """True for an encounter-diagnosis of an encounter that is current at ``as_of``."""
+        categories = {
+            str(c.get("code")) for cat in as_list(resource.get("category")) for c in codings(cat)
+        }
+        if "encounter-diagnosis" not in categories:
+            return None
+        encounter = self.index.resolve(resource.get("encounter"))
+        if encounter is None or encounter.get("resourceType") != "Encounter":
+            return None
+        status = status_code(encounter.get("status"))
+        period = encounter.get("period") if isinstance(encounter.get("period"), dict) else {}
+        start, end = parse_datetime(period.get("start")), parse_datetime(period.get("end"))
+        if status in ("cancelled", "entered-in-error", "planned") or (start and start > self.as_of):
+            return False
+        return status in _CURRENT_ENCOUNTER if end is None else end >= self.as_of
 
     def _allergies(self) -> list[Allergy]:
         out: list[Allergy] = []
@@ -320,6 +386,33 @@ class _Mapper:
             return LabResult(value=value, comparator=comparator, unit=unit, date=when, method=code)  # type: ignore[arg-type]
         return None
 
+    def _lab_results(self, group: str, limit: int = 20) -> list[LabResult]:
+        """Readable coded results of a group, newest first, with specimen and race stratum."""
+        out: list[LabResult] = []
+        for groups, resource, when, coded in self.observations:
+            if group not in groups or not coded:
+                continue
+            value, unit, comparator = _observation_value(resource)
+            if value is None:
+                continue
+            code = next((str(c["code"]) for c in codings(resource.get("code")) if c.get("code")), None)
+            specimen = resource.get("specimen") if isinstance(resource.get("specimen"), dict) else {}
+            reference = specimen.get("reference")
+            out.append(
+                LabResult(
+                    value=value,
+                    comparator=comparator,  # type: ignore[arg-type]
+                    unit=unit,
+                    date=when,
+                    method=code,
+                    specimen=reference if isinstance(reference, str) else None,
+                    race_stratum=_race_stratum(groups),
+                )
+            )
+            if len(out) >= limit:
+                break
+        return out
+
     def _monitoring(self) -> dict[str, date]:
         out: dict[str, date] = {}
         for groups, _resource, when, _coded in self.observations:
@@ -343,19 +436,45 @@ class _Mapper:
                 latest = when
         return latest
 
+    def _unreadable_newest_egfr(self) -> UnreadableResult | None:
+        """The newest eGFR when nothing taken at its time can be read (no value, or a non-renal unit)."""
+        newest: datetime | None = None
+        problem: str | None = None
+        for groups, resource, when, coded in self.observations:
+            if GROUPS.egfr not in groups or not coded:
+                continue
+            if newest is None:
+                newest = when
+            elif when < newest:
+                break
+            value, unit, _ = _observation_value(resource)
+            if value is not None and egfr_unit_ok(unit):
+                return None
+            problem = problem or ("no-value" if value is None else "unit")
+        if newest is None or problem is None:
+            return None
+        return UnreadableResult(date=newest, problem=problem)  # type: ignore[arg-type]
+
     def _renal(self, conditions: list[Condition]) -> Renal:
+        unreadable = self._unreadable_newest_egfr()  # then no older eGFR is used in its place
         return Renal(
-            egfr=self._lab(GROUPS.egfr),
+            egfr=None if unreadable else self._lab(GROUPS.egfr),
+            egfr_results=[] if unreadable else self._lab_results(GROUPS.egfr),
+            egfr_unreadable=unreadable,
             crcl=self._lab(GROUPS.crcl),
             dialysis_dependent=True if _has_active(conditions, GROUPS.dialysis) else None,
             last_dialysis_procedure=self._last_procedure(GROUPS.dialysis_procedure),
-            aki=True if _has_active(conditions, GROUPS.aki) else None,
+            # coded AKI stays a condition (its dates decide whether it is current); never a flag for life
         )
 
     def _reproductive(self, conditions: list[Condition]) -> Reproductive:
-        # Never from an hCG result: only a documented pregnancy/lactation condition counts.
+        # Never from an hCG result: a documented pregnancy condition, or a current gestational age
+        # (a GA or estimated-delivery-date observation, sources/gestation.py) documents a pregnancy.
+        weeks = gestational_age_weeks(self.observations, self.as_of)
+        pregnant = _has_active(conditions, GROUPS.pregnancy) or weeks is not None
         return Reproductive(
-            pregnant=True if _has_active(conditions, GROUPS.pregnancy) else None,
+            pregnant=True if pregnant else None,
+            gestational_age_weeks=weeks,
             lactating=True if _has_active(conditions, GROUPS.lactation) else None,
         )
 
@@ -397,6 +516,14 @@ def _has_active(conditions: list[Condition], group: str) -> bool:
         and c.verification_status not in ("refuted", "entered-in-error")
         for c in conditions
     )
+
+
+def _race_stratum(groups: set[str]) -> str | None:
+    if GROUPS.egfr_black in groups:
+        return "black"
+    if GROUPS.egfr_non_black in groups:
+        return "non-black"
+    return None
 
 
 def _sex(gender: Any) -> str | None:

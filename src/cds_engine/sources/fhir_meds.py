@@ -13,12 +13,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import date, datetime, timedelta
-from itertools import pairwise
 from typing import Any
 
 from cds_engine.facts.model import Coding, Medication, Order, TaperPlan
 from cds_engine.facts.normalize import MASS_UNITS_TO_MG, normalize_route
 from cds_engine.sources.dosage import Dosage, DosePhase, read_dosage
+from cds_engine.sources.dose_counts import counted_dosage
 from cds_engine.sources.fhir_read import (
     ResourceIndex,
     as_list,
@@ -32,6 +32,7 @@ from cds_engine.sources.fhir_read import (
     status_code,
 )
 from cds_engine.sources.history import ACTIVE_STATUSES, Episode
+from cds_engine.sources.taper import read_taper
 from cds_engine.vocabulary import Product, Vocabulary
 
 __all__ = ["MedicineReader"]
@@ -69,6 +70,12 @@ class MedicineReader:
         self.drug_class = drug_class
         self.as_of = as_of
         self.today = as_of.date()
+        # one reading per (resource, status, setting): the facts of many drafts share their co-medicines
+        self._read: dict[tuple[int, str, str], tuple[Medication | None, Episode | None]] = {}
+        self._drafts_read: dict[bool, tuple[dict[int, int], list[Medication]]] = {}
+        self._stopping: list[tuple[dict[str, Any], set[str]]] | None = None  # drafts that stop orders
+        self._stopped_all: set[str] = set()
+        self._own: dict[str, Any] | bool | None = False  # the pack's drug's first draft (False: not looked)
 
     def _product(self, resource: dict[str, Any]) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
         """(medication concept, Medication resource) of a request/statement/administration."""
@@ -92,6 +99,14 @@ class MedicineReader:
             if self.drug_class in self.classes_of(draft):
                 return draft
         return self.drafts[0] if self.drafts else None
+
+    def focus_for(self, draft: dict[str, Any]) -> dict[str, Any]:
+        """The order a reviewed draft is judged as: itself, or for a partner drug the pack's drug draft."""
+        if self.drug_class in self.classes_of(draft):
+            return draft
+        if self._own is False:
+            self._own = next((d for d in self.drafts if self.drug_class in self.classes_of(d)), None)
+        return self._own if isinstance(self._own, dict) else draft
 
     def _strength(
         self, coding: Coding | None, medication: dict[str, Any] | None
@@ -197,21 +212,42 @@ class MedicineReader:
             meds.append(med)
             if episode is not None:
                 episodes.append(episode)
+        positions, co_medicines = self._draft_medicines(inpatient)
+        at = positions.get(id(focus)) if focus is not None else None
+        meds.extend(co_medicines if at is None else co_medicines[:at] + co_medicines[at + 1 :])
+        return meds, episodes
+
+    def _draft_medicines(self, inpatient: bool) -> tuple[dict[int, int], list[Medication]]:
+        """The drafts as active co-medicines, and where each draft is in that list.
+
+        Each draft is read once, however many are reviewed: the facts of n drafts cost O(n) reads.
+        """
+        cached = self._drafts_read.get(inpatient)
+        if cached is not None:
+            return cached
+        positions: dict[int, int] = {}
+        out: list[Medication] = []
         for draft in self.drafts:
-            if draft is focus or status_code(draft.get("status")) in (
-                "entered-in-error",
-                "cancelled",
-                "stopped",
-            ):
+            if status_code(draft.get("status")) in ("entered-in-error", "cancelled", "stopped"):
                 continue
             med, _ = self._medicine(
                 draft, "active", _setting(draft, default="inpatient" if inpatient else "outpatient")
             )
             if med is not None:
-                meds.append(med)
-        return meds, episodes
+                positions[id(draft)] = len(out)
+                out.append(med)
+        self._drafts_read[inpatient] = (positions, out)
+        return positions, out
 
     def _medicine(
+        self, resource: dict[str, Any], status: str, setting: str
+    ) -> tuple[Medication | None, Episode | None]:
+        key = (id(resource), status, setting)
+        if key not in self._read:
+            self._read[key] = self._read_medicine(resource, status, setting)
+        return self._read[key]
+
+    def _read_medicine(
         self, resource: dict[str, Any], status: str, setting: str
     ) -> tuple[Medication | None, Episode | None]:
         concept, medication = self._product(resource)
@@ -240,6 +276,7 @@ class MedicineReader:
             daily_dose_mg=daily,
             setting=setting,  # type: ignore[arg-type]
             start=start,
+            prn=dosage.prn,
         )
         episode = None
         if self.drug_class in classes:
@@ -278,13 +315,17 @@ class MedicineReader:
         coding = best_coding(concept, self.vocab, "drug_class") if concept else None
         if coding is None:
             return None
-        dosage = read_dosage(draft.get("dosageInstruction"))
         product, concentration = self._strength(coding, medication)
+        # a count of tablets/capsules: mg only through one strength source (else cannot-assess)
+        dosage = counted_dosage(read_dosage(draft.get("dosageInstruction")), product, medication)
         daily, _single = self._mg(
             dosage, dosage.unit, product, concentration, dosage.prn_max_doses_per_day if dosage.prn else None
         )
         route = normalize_route(dosage.route) or (product.route if product else None)
-        action, replaces = self._action(draft, episodes, daily, route)
+        action, replaces, presumed = self._action(draft, episodes, daily, route)
+        taper, taper_stops = self._taper(dosage, product, concentration)
+        if taper_stops and action in ("new", "modify", "continue"):
+            action = "discontinue"  # every phase bounded: the drug stops after the last one
         status_reason = draft.get("statusReason")
         reason = next(
             (str(c["code"]) for c in codings(status_reason) if c.get("code")), None
@@ -304,14 +345,16 @@ class MedicineReader:
             indication=self._indication(draft),
             action=action,  # type: ignore[arg-type]
             reason=reason.strip().lower().replace(" ", "-") if reason else None,
-            taper=self._taper(dosage, product, concentration),
+            taper=taper,
             replaces=replaces,
+            replaces_presumed=presumed,
             date=parse_datetime(draft.get("authoredOn")),
         )
 
     def _action(
         self, draft: dict[str, Any], episodes: list[Episode], daily: float | None, route: str | None
-    ) -> tuple[str, str | None]:
+    ) -> tuple[str, str | None, bool]:
+        """(action, replaced order id, whether the replacement is only presumed)."""
         status = status_code(draft.get("status"))
         draft_id = draft.get("id") if isinstance(draft.get("id"), str) else None
         prior_id = _reference_id(draft.get("priorPrescription"))
@@ -324,20 +367,46 @@ class MedicineReader:
             and (route is None or e.route is None or e.route == route)
         ]
         same = next((e for e in active if draft_id is not None and e.id == draft_id), None)
-        match = same or (active[-1] if active else None)
+        stopped = self._stopped_by_request(draft)
+        stopped_match = next((e for e in reversed(active) if e.id in stopped), None)
+        match = same or stopped_match or (active[-1] if active else None)
         replaces = prior_id or (match.id if match else None)
+        # presumed: only the same drug and route say so (not priorPrescription, the same id re-signed,
+        # or an order the same request stops); derive() keeps it only for the same form, both scheduled
+        presumed = prior_id is None and same is None and stopped_match is None and match is not None
         if status in ("stopped", "cancelled"):
-            return "discontinue", replaces or draft_id
+            return "discontinue", replaces or draft_id, False
         if status == "on-hold":
-            return "hold", replaces or draft_id
+            return "hold", replaces or draft_id, False
         if prior_id is not None:
-            return "modify", prior_id
+            return "modify", prior_id, False
         if match is not None:
             unchanged = (
                 daily is not None and match.daily_mg is not None and abs(daily - match.daily_mg) < 1e-9
             )
-            return ("continue" if unchanged else "modify"), match.id
-        return "new", None
+            return ("continue" if unchanged else "modify"), match.id, presumed
+        return "new", None, False
+
+    def _stopped_by_request(self, draft: dict[str, Any]) -> set[str]:
+        """Ids of the orders the other drafts of this request stop or cancel.
+
+        The stopping drafts are found once per request (many reviewed drafts stay linear).
+        """
+        if self._stopping is None:
+            self._stopping = [
+                (other, {r for r in (_reference_id(other.get("priorPrescription")), other.get("id"))
+                         if isinstance(r, str)})
+                for other in self.drafts
+                if status_code(other.get("status")) in ("stopped", "cancelled")
+            ]
+            self._stopped_all = set().union(*(refs for _, refs in self._stopping))
+        if not any(other is draft for other, _ in self._stopping):
+            return self._stopped_all
+        out: set[str] = set()
+        for other, refs in self._stopping:
+            if other is not draft:
+                out |= refs
+        return out
 
     def _indication(self, draft: dict[str, Any]) -> Coding | None:
         concepts = [c for c in as_list(draft.get("reasonCode")) if isinstance(c, dict)]
@@ -359,22 +428,24 @@ class MedicineReader:
 
     def _taper(
         self, dosage: Dosage, product: Product | None, concentration: float | None
-    ) -> TaperPlan | None:
-        if len(dosage.phases) < 2:
-            return None
-        steps = [self._mg(p, p.unit, product, concentration)[0] for p in dosage.phases]
-        if None in steps:
-            return None
-        known = [s for s in steps if s is not None]
-        if not all(b <= a for a, b in pairwise(known)) or known[-1] >= known[0]:
-            return None  # rising or flat phases: a titration plan, not a taper
-        days = [p.days for p in dosage.phases]
-        ends = [p.end for p in dosage.phases if p.end]
-        return TaperPlan(
-            duration_days=sum(d or 0.0 for d in days) if None not in days else None,
-            steps=known,
-            end_date=max(ends) if ends else None,
+    ) -> tuple[TaperPlan | None, bool]:
+        """(taper plan, whether the order stops the drug after it): sources/taper.py decides."""
+        phases = dosage.phases
+        reading = read_taper(
+            [self._mg(p, p.unit, product, concentration)[0] for p in phases],
+            [p.days for p in phases],
+            [p.days is not None or p.end is not None for p in phases],
         )
+        if reading is None:
+            return None, False
+        ends = [p.end for p in phases if p.end]
+        stops = reading.kind == "taper-to-stop"
+        plan = TaperPlan(
+            duration_days=reading.days,
+            steps=reading.steps,
+            end_date=max(ends) if ends and stops else None,
+        )
+        return plan, stops
 
 
 def _concentration(medication: dict[str, Any] | None) -> float | None:

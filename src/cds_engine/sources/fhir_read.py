@@ -17,7 +17,7 @@ from datetime import UTC, date, datetime, time
 from typing import Any
 
 from cds_engine.facts.model import Coding
-from cds_engine.vocabulary import Vocabulary
+from cds_engine.vocabulary import HISTORY_KIND, Vocabulary
 
 __all__ = [
     "ResourceIndex",
@@ -166,6 +166,10 @@ def best_coding(concept: Any, vocab: Vocabulary, kind: str) -> Coding | None:
     for coding in candidates:
         if coding.code and _code_groups(coding, vocab, kind):
             return coding
+    if kind == "condition_group":  # [local code, Z87.11]: the history code is the one with a meaning
+        for coding in candidates:
+            if coding.code and _code_groups(coding, vocab, HISTORY_KIND):
+                return coding
     for coding in candidates:
         if coding.system == _RXNORM and kind == "drug_class":
             return coding

@@ -145,7 +145,13 @@ COLUMNS: dict[str, TableColumn] = {
             "renal.last_dialysis_procedure",
             "Date of the latest dialysis session",
         ),
-        _c("aki", "bool", "renal.aki", "Acute kidney injury documented"),
+        _c(
+            "aki",
+            "bool",
+            "renal.aki",
+            "Acute kidney injury now (lifts the renal band to at least moderate); a coded AKI in "
+            "conditions has no date here and also counts",
+        ),
         _c("pregnant", "bool", "reproductive.pregnant", "Pregnancy documented (never inferred from hCG)"),
         _c(
             "gestational_age_weeks",

@@ -20,6 +20,8 @@ class IssuedAlert(BaseModel):
     alert: Alert
     card_uuid: str | None = Field(None, description="uuid of the CDS Hooks card that showed it")
     shown: bool = Field(True, description="False for silent-mode (draft pack) alerts")
+    card_suggestions: int | None = Field(
+        None, description="Suggestions on the card as sent (None: no card, or not known)")
 
 
 class EvaluationRecord(BaseModel):
@@ -40,6 +42,7 @@ class EvaluationRecord(BaseModel):
     pack_hash: str
     site_hash: str | None = None
     batch_run_id: str | None = None
+    hypothetical: bool = Field(False, description="A screening of an assumed order, not an order written")
     alerts: list[IssuedAlert] = Field(default_factory=list)
 
 

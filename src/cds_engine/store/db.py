@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import os
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.types import DateTime, TypeDecorator
+
+from cds_engine.files import private_open
 
 __all__ = ["DEFAULT_URL", "UTCDateTime", "create_db_engine", "redact", "resolve_url", "utcnow"]
 
@@ -47,7 +50,9 @@ def redact(url: str | URL) -> str:
 
 def create_db_engine(url: str) -> Engine:
     parsed = make_url(url)
-    kwargs: dict[str, Any] = {"pool_pre_ping": True, "future": True}
+    # hide_parameters: a failing statement's message (logged, raised) never carries the bound values,
+    # which are patient data
+    kwargs: dict[str, Any] = {"pool_pre_ping": True, "future": True, "hide_parameters": True}
     if parsed.get_backend_name() == "postgresql":
         connect_args: dict[str, Any] = {}
         if "connect_timeout" not in parsed.query:
@@ -59,8 +64,18 @@ def create_db_engine(url: str) -> Engine:
         kwargs["connect_args"] = {"timeout": _SQLITE_BUSY_TIMEOUT_MS / 1000}
     engine = create_engine(parsed, **kwargs)
     if parsed.get_backend_name() == "sqlite":
+        _private_sqlite_file(parsed.database)
         event.listen(engine, "connect", _sqlite_pragmas)
     return engine
+
+
+def _private_sqlite_file(database: str | None) -> None:
+    """Create the SQLite file 0600 before SQLite does (its -wal and -shm files take the same mode)."""
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return
+    path = Path(database)
+    if path.parent.is_dir():
+        private_open(path, "a").close()
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

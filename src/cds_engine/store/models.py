@@ -20,6 +20,7 @@ from sqlalchemy import (
     Integer,
     String,
     Text,
+    false,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -78,6 +79,7 @@ class Evaluation(Base):
     __tablename__ = "evaluations"
     __table_args__ = (
         CheckConstraint(_in("source", SOURCES), name="ck_evaluations_source"),
+        Index("ix_evaluations_hypothetical_as_of", "hypothetical", "as_of"),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
@@ -99,6 +101,9 @@ class Evaluation(Base):
     pack_hash: Mapped[str] = mapped_column(String(128))
     site_hash: Mapped[str | None] = mapped_column(String(128))
     batch_run_id: Mapped[str | None] = mapped_column(ForeignKey("batch_runs.id"), index=True)
+    # A screening of an assumed order (``screen --assume-order``): "what would fire", not an event.
+    # Left out of the default queue and analytics (migration 0002).
+    hypothetical: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class OrderRow(Base):
@@ -147,6 +152,8 @@ class AlertRow(Base):
     approval: Mapped[str | None] = mapped_column(String(48))
     card_uuid: Mapped[str | None] = mapped_column(String(64), index=True)
     shown: Mapped[bool] = mapped_column(Boolean, default=True)
+    # Suggestions on the card as sent (may be fewer than the rule's); None: not known (migration 0003).
+    card_suggestions: Mapped[int | None] = mapped_column(Integer)
     # Latest prescriber outcome (from feedback) — the history is in prescriber_feedback.
     prescriber_outcome: Mapped[str | None] = mapped_column(String(16))
     prescriber_outcome_at: Mapped[datetime | None]

@@ -7,14 +7,14 @@ passed on.
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
-from sqlalchemy import Select, func, select
+from sqlalchemy import ColumnElement, Select, func, select
 from sqlalchemy.orm import Session
 
+from cds_engine.results import MISSING_DATA_RULE
 from cds_engine.store import audit
 from cds_engine.store.db import utcnow
 from cds_engine.store.models import (
@@ -28,11 +28,27 @@ from cds_engine.store.models import (
     ReviewDecision,
     User,
 )
+from cds_engine.store.rule_stats import RuleStats, rule_stats
 
-__all__ = ["AlertFilter", "AlertPage", "RuleStats", "alert_detail", "analytics", "decide", "list_alerts",
-           "parse_filter"]
+__all__ = ["SOURCE_CHOICES", "SOURCE_LABELS", "AlertFilter", "AlertPage", "RuleStats", "alert_detail",
+           "analytics", "decide", "list_alerts", "parse_filter", "source_kind"]
 
 MAX_FILTER_TEXT = 256
+
+# What the page can filter on. Without a choice, hypothetical screenings (``--assume-order``)
+# are left out: they are "what would fire", not orders anybody wrote.
+SOURCE_CHOICES = ("hook", "evaluate", "batch", "hypothetical", "all")
+SOURCE_LABELS = {
+    "hook": "CDS Hooks call",
+    "evaluate": "/evaluate API",
+    "batch": "Batch screening of current therapy",
+    "hypothetical": "Hypothetical screening (assumed order)",
+}
+
+
+def source_kind(evaluation: Evaluation) -> str:
+    """hook / evaluate / batch / hypothetical: the four kinds the page labels and filters."""
+    return "hypothetical" if evaluation.hypothetical else evaluation.source
 
 
 @dataclass
@@ -43,6 +59,7 @@ class AlertFilter:
     status: str | None = None
     outcome: str | None = None
     patient: str | None = None
+    source: str | None = None
     date_from: date | None = None
     date_to: date | None = None
     errors: list[str] = field(default_factory=list)
@@ -50,7 +67,7 @@ class AlertFilter:
     def as_params(self) -> dict[str, str]:
         """The filter as query parameters (for paging links and the audit log)."""
         out = {"severity": self.severity, "rule": self.rule, "category": self.category, "status": self.status,
-               "outcome": self.outcome, "patient": self.patient,
+               "outcome": self.outcome, "patient": self.patient, "source": self.source,
                "from": self.date_from.isoformat() if self.date_from else None,
                "to": self.date_to.isoformat() if self.date_to else None}
         return {k: v for k, v in out.items() if v}
@@ -94,6 +111,7 @@ def parse_filter(params: dict[str, str | None]) -> AlertFilter:
         status=_choice(params.get("status"), REVIEW_STATUSES, "status", errors),
         outcome=_choice(params.get("outcome"), (*PRESCRIBER_OUTCOMES, "none"), "prescriber outcome", errors),
         patient=_text(params.get("patient"), "patient", errors),
+        source=_choice(params.get("source"), SOURCE_CHOICES, "source", errors),
         date_from=_day(params.get("from"), "from", errors),
         date_to=_day(params.get("to"), "to", errors),
         errors=errors,
@@ -107,7 +125,9 @@ def _start(day: date) -> datetime:
 def _apply(query: Select[Any], f: AlertFilter) -> Select[Any]:
     if f.severity:
         query = query.where(AlertRow.severity == f.severity)
-    if f.rule:
+    if f.rule and f.rule.startswith(f"{MISSING_DATA_RULE}."):  # one missing-data item (its tier)
+        query = query.where(AlertRow.rule_id == MISSING_DATA_RULE, AlertRow.tier_id == f.rule)
+    elif f.rule:
         query = query.where(AlertRow.rule_id == f.rule)
     if f.category:
         query = query.where(AlertRow.category == f.category)
@@ -119,6 +139,12 @@ def _apply(query: Select[Any], f: AlertFilter) -> Select[Any]:
         query = query.where(AlertRow.prescriber_outcome == f.outcome)
     if f.patient:
         query = query.where(Evaluation.patient_ref == f.patient)
+    if f.source == "hypothetical":
+        query = query.where(Evaluation.hypothetical.is_(True))
+    elif f.source != "all":
+        query = query.where(Evaluation.hypothetical.is_(False))
+        if f.source:
+            query = query.where(Evaluation.source == f.source)
     if f.date_from:
         query = query.where(Evaluation.as_of >= _start(f.date_from))
     if f.date_to:
@@ -182,7 +208,8 @@ def alert_detail(session: Session, alert_id: str) -> AlertDetail | None:
 
 
 def decide(session: Session, alert: AlertRow, user: User, decision: str, *, reason_code: str | None,
-           reason_display: str | None, comment: str | None, remote_addr: str | None) -> ReviewDecision:
+           reason_display: str | None, comment: str | None, remote_addr: str | None,
+           bulk: str | None = None) -> ReviewDecision:
     """A reviewer's acknowledgement or override: history row, alert status and audit in one transaction."""
     if decision not in ("acknowledged", "overridden"):
         raise ValueError(f"unknown decision {decision!r}")
@@ -194,100 +221,26 @@ def decide(session: Session, alert: AlertRow, user: User, decision: str, *, reas
     session.flush()
     audit.record(session, actor=user.username, role=user.role, action=f"alert.{decision}",
                  target_type="alert", target_id=alert.id, remote_addr=remote_addr,
-                 detail={"reason": reason_code, "comment": comment, "decision_id": row.id})
+                 detail={"reason": reason_code, "comment": comment, "decision_id": row.id,
+                         **({"bulk_action": bulk} if bulk else {})})
     return row
 
 
 # -- analytics ---------------------------------------------------------------------------------
 
-@dataclass
-class RuleStats:
-    rule_id: str
-    title: str
-    alert_rows: int = 0  # every stored alert (order-select and order-sign of one order: two rows)
-    fired: int = 0  # distinct orders (episodes) the rule fired on
-    silent: int = 0  # episodes never shown (draft pack, silent mode)
-    prescriber_decided: int = 0
-    prescriber_overridden: int = 0
-    suggestions_decided: int = 0
-    suggestions_accepted: int = 0
-    reviewer_decided: int = 0
-    reviewer_overridden: int = 0
-    per_day: Counter[date] = field(default_factory=Counter)
-    severities: Counter[str] = field(default_factory=Counter)
-
-    @staticmethod
-    def _rate(part: int, whole: int) -> float | None:
-        return part / whole if whole else None
-
-    @property
-    def override_rate(self) -> float | None:
-        return self._rate(self.prescriber_overridden, self.prescriber_decided)
-
-    @property
-    def acceptance_rate(self) -> float | None:
-        return self._rate(self.suggestions_accepted, self.suggestions_decided)
-
-    @property
-    def reviewer_override_rate(self) -> float | None:
-        return self._rate(self.reviewer_overridden, self.reviewer_decided)
-
-
-@dataclass
-class _Episode:
-    first_seen: datetime
-    severity: str
-    shown: bool = False
-    suggestions: bool = False
-    outcome: tuple[datetime, str, bool] | None = None
-    review: tuple[datetime, str] | None = None
-
-
 def analytics(session: Session, *, date_from: date | None = None, date_to: date | None = None,
-              rule: str | None = None) -> list[RuleStats]:
+              rule: str | None = None, source: str | None = None) -> list[RuleStats]:
     """Per rule: fired (each order counted once), override and acceptance rates, alerts per day.
 
-    An *episode* is one rule on one order of one patient (``order_key``): the order seen at
-    order-select and again at order-sign counts once, and its latest outcome is the one counted.
-    Alerts without an order key count one each.
+    Aggregated in SQL (:mod:`cds_engine.store.rule_stats`); the same filter as the alert list, so
+    hypothetical screenings are left out unless ``source`` asks for them.
     """
-    f = AlertFilter(rule=rule, date_from=date_from, date_to=date_to)
-    query = _apply(select(
-        AlertRow.id, AlertRow.rule_id, AlertRow.title, AlertRow.severity, AlertRow.shown,
-        AlertRow.suggestions,
-        AlertRow.prescriber_outcome, AlertRow.prescriber_outcome_at, AlertRow.suggestion_accepted,
-        AlertRow.review_status, AlertRow.reviewed_at, Evaluation.patient_ref, Evaluation.order_key,
-        Evaluation.as_of,
-    ).join(Evaluation, AlertRow.evaluation_id == Evaluation.id), f)
-    stats: dict[str, RuleStats] = {}
-    episodes: dict[tuple[str, ...], _Episode] = {}
-    for row in session.execute(query):
-        rs = stats.setdefault(row.rule_id, RuleStats(row.rule_id, row.title))
-        rs.alert_rows += 1
-        key = (row.rule_id, row.patient_ref or "", row.order_key) if row.order_key else (row.rule_id, row.id)
-        ep = episodes.get(key)
-        if ep is None:
-            ep = episodes[key] = _Episode(first_seen=row.as_of, severity=row.severity)
-        ep.first_seen = min(ep.first_seen, row.as_of)
-        ep.shown |= bool(row.shown)
-        ep.suggestions |= bool(row.suggestions)
-        if row.prescriber_outcome and (ep.outcome is None or row.prescriber_outcome_at >= ep.outcome[0]):
-            ep.outcome = (row.prescriber_outcome_at, row.prescriber_outcome, bool(row.suggestion_accepted))
-        if row.review_status != "open" and (ep.review is None or row.reviewed_at >= ep.review[0]):
-            ep.review = (row.reviewed_at, row.review_status)
-    for key, ep in episodes.items():
-        rs = stats[key[0]]
-        rs.fired += 1
-        rs.silent += not ep.shown
-        rs.per_day[ep.first_seen.date()] += 1
-        rs.severities[ep.severity] += 1
-        if ep.outcome is not None:
-            rs.prescriber_decided += 1
-            rs.prescriber_overridden += ep.outcome[1] == "overridden"
-            if ep.suggestions:
-                rs.suggestions_decided += 1
-                rs.suggestions_accepted += ep.outcome[2]
-        if ep.review is not None:
-            rs.reviewer_decided += 1
-            rs.reviewer_overridden += ep.review[1] == "overridden"
-    return sorted(stats.values(), key=lambda s: (-s.fired, s.rule_id))
+    f = AlertFilter(rule=rule, date_from=date_from, date_to=date_to, source=source)
+    return rule_stats(session, where(f))
+
+
+def where(f: AlertFilter) -> list[ColumnElement[bool]]:
+    """The filter as WHERE conditions on alerts joined to evaluations (for the aggregating queries)."""
+    joined = select(AlertRow.id).join(Evaluation, AlertRow.evaluation_id == Evaluation.id)
+    clause = _apply(joined, f).whereclause
+    return [clause] if clause is not None else []

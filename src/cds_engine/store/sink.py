@@ -20,6 +20,7 @@ from sqlalchemy import exc as sa_exc
 
 from cds_engine.store.api import EvaluationRecord, FeedbackRecord
 from cds_engine.store.db import redact, utcnow
+from cds_engine.store.failures import count_not_stored
 from cds_engine.store.spool import Spool, SpoolEntry, TransientError
 from cds_engine.store.writer import apply_feedback, insert_evaluation, known_card
 
@@ -86,6 +87,7 @@ class StoreSink:
                 if is_transient(exc):
                     self.mark_down(exc)
                 else:  # never raise into the hook; the spool keeps it and the drainer rejects it visibly
+                    count_not_stored("spooled-after-error")
                     log.error("evaluation not stored (%s); kept in the spool", type(exc).__name__)
         self._spool_evaluation(record, evaluation_id, recorded_at)
 

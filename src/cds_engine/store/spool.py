@@ -28,6 +28,9 @@ try:
 except ImportError:  # pragma: no cover - non-POSIX
     fcntl = None  # type: ignore[assignment]
 
+from cds_engine.files import private_dir, private_open
+from cds_engine.store.failures import count_not_stored
+
 __all__ = ["Spool", "SpoolEntry", "TransientError"]
 
 log = logging.getLogger("cds_engine.store.spool")
@@ -66,8 +69,8 @@ class Spool:
         line = json.dumps(entry, separators=(",", ":"), default=str) + "\n"
         with self._lock:
             if self._handle is None:
-                self.directory.mkdir(parents=True, exist_ok=True)
-                self._handle = open(self.own_path, "a", encoding="utf-8")  # noqa: SIM115 - held open
+                private_dir(self.directory)  # evaluations wait here: 0600 files in a 0700 directory
+                self._handle = private_open(self.own_path, "a", encoding="utf-8")
                 _lock(self._handle, blocking=True)
             self._handle.write(line)
             self._handle.flush()
@@ -146,9 +149,12 @@ class Spool:
                 self._reject({"file": path.name, "line": number, "raw": raw}, exc)
 
     def _reject(self, entry: SpoolEntry, exc: BaseException) -> None:
-        with open(self.directory / "rejected.jsonl", "a", encoding="utf-8") as out:
-            error = f"{type(exc).__name__}: {exc}"[:2000]
-            out.write(json.dumps({"error": error, "entry": entry}, default=str) + "\n")
+        """Keep what identifies the lost line, never its content (patient data) nor the error text."""
+        count_not_stored("rejected")
+        names = ("type", "id", "recorded_at", "received_at", "file", "line")
+        kept = {k: entry.get(k) for k in names if k in entry}
+        with private_open(self.directory / "rejected.jsonl", "a", encoding="utf-8") as out:
+            out.write(json.dumps({"error": type(exc).__name__, "entry": kept}, default=str) + "\n")
             out.flush()
             os.fsync(out.fileno())
 

@@ -60,6 +60,7 @@ def insert_evaluation(conn: Connection, record: EvaluationRecord, evaluation_id:
             user_ref=record.user_ref, order_key=record.order_key, as_of=record.as_of, recorded_at=recorded_at,
             pack_id=record.pack_id, pack_version=record.pack_version, pack_hash=record.pack_hash,
             site_hash=record.site_hash, batch_run_id=record.batch_run_id,
+            hypothetical=record.hypothetical,
         ).returning(_evaluations.c.id)
     ).first()
     if inserted is None:
@@ -86,7 +87,7 @@ def _alert_rows(record: EvaluationRecord, evaluation_id: str) -> Iterable[dict[s
             "sources": [s.model_dump(mode="json") for s in a.sources],
             "pack_id": a.pack_id, "pack_version": a.pack_version, "pack_hash": a.pack_hash,
             "pack_url": a.pack_url, "approval": a.approval, "card_uuid": issued.card_uuid,
-            "shown": issued.shown, "review_status": "open",
+            "shown": issued.shown, "card_suggestions": issued.card_suggestions, "review_status": "open",
         }
 
 

@@ -23,8 +23,8 @@ from sqlalchemy.orm import Session
 from cds_engine.store.db import utcnow
 from cds_engine.store.models import ReviewSession, User
 
-__all__ = ["COOKIE", "Visitor", "check_csrf", "clear_cookie", "csrf_of", "end_session", "load_visitor",
-           "new_session", "set_cookie"]
+__all__ = ["COOKIE", "LoginTokens", "Visitor", "check_csrf", "clear_cookie", "csrf_of", "end_session",
+           "load_visitor", "new_session", "set_cookie"]
 
 COOKIE = "cds_review_session"
 COOKIE_PATH = "/review"
@@ -94,6 +94,37 @@ def end_session(db: Session, row: ReviewSession) -> None:
 def csrf_of(db: Session, token: str) -> str:
     row = db.get(ReviewSession, _digest(token))
     return row.csrf_token if row else ""
+
+
+class LoginTokens:
+    """The sign-in form's CSRF token without a server-side session (red-team L5).
+
+    An anonymous visitor gets a signed random nonce in the session cookie; the form carries an
+    HMAC of it under a per-process key (double submit). Nothing is written to the database until
+    a sign-in succeeds, and that issues a brand-new session id (no fixation).
+    """
+
+    def __init__(self) -> None:
+        self._key = secrets.token_bytes(32)
+
+    def _mac(self, purpose: str, value: str) -> str:
+        return hmac.new(self._key, f"{purpose}:{value}".encode(), hashlib.sha256).hexdigest()
+
+    def new_nonce(self) -> str:
+        random = secrets.token_urlsafe(24)
+        return f"{random}.{self._mac('nonce', random)[:32]}"
+
+    def valid_nonce(self, nonce: str) -> bool:
+        random, _, mac = nonce.partition(".")
+        if not random or len(nonce) > 128:
+            return False
+        return hmac.compare_digest(mac, self._mac("nonce", random)[:32])
+
+    def csrf(self, nonce: str) -> str:
+        return self._mac("login", nonce)
+
+    def check(self, nonce: str, submitted: str | None) -> bool:
+        return bool(submitted) and hmac.compare_digest(self.csrf(nonce), submitted or "")
 
 
 def check_csrf(visitor: Visitor, submitted: str | None) -> bool:

@@ -71,7 +71,7 @@ def day_chart(per_day: Mapping[date, int], start: date, end: date, *, width: int
         chart.total += n
     for value in sorted({scale_max * k // 4 for k in range(5)}):
         chart.y_ticks.append((round(bottom - plot_h * value / scale_max, 2), value))
-    every = max(1, len(days) // 8)
+    every = max(1, -(-len(days) // 5))  # at most 5 full-date labels (YYYY-MM-DD)
     for i in range(0, len(days), every):
-        chart.x_labels.append((round(left + i * slot + slot / 2, 2), days[i].strftime("%m-%d")))
+        chart.x_labels.append((round(left + i * slot + slot / 2, 2), days[i].isoformat()))
     return chart

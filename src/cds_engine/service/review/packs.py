@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from cds_engine.rules.overrides import reasons_for
 from cds_engine.store.models import AlertRow
 
 if TYPE_CHECKING:
@@ -55,6 +56,10 @@ class PackLookup:
         pack = self.pack(pack_id)
         return {r.code: r.display for r in pack.spec.override_reasons} if pack else {}
 
+    def bulk_rules(self) -> set[str]:
+        """Rule ids the loaded packs allow to be acknowledged in bulk (``bulk_acknowledge``)."""
+        return {rule_id for pack in self._packs() for rule_id in pack.spec.bulk_acknowledge}
+
     def rule_title(self, rule_id: str) -> str | None:
         for pack in self._packs():
             for rule in pack.rules:
@@ -70,7 +75,7 @@ class PackLookup:
         info.pack_loaded, info.pack_title = True, pack.spec.pack.title
         info.loaded_version = f"{pack.version} ({pack.content_hash[:12]})"
         info.same_version = pack.content_hash == alert.pack_hash
-        info.override_reasons = [(r.code, r.display) for r in pack.spec.override_reasons]
+        info.override_reasons = [(r.code, r.display) for r in reasons_for(pack.spec, alert.rule_id)]
         rule = next((r for r in pack.rules if r.spec.id == alert.rule_id), None)
         if rule is not None:
             info.rule_title = rule.spec.title

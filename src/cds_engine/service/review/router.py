@@ -6,10 +6,11 @@ synchronous SQLAlchemy; a slow page never blocks the hook's event loop.
 
 from __future__ import annotations
 
-import json
+import math
+import uuid
 from collections import Counter
 from collections.abc import Callable, Coroutine
-from datetime import date
+from datetime import date, timedelta
 from typing import Annotated, Any
 from urllib.parse import urlencode, urlsplit
 
@@ -19,19 +20,24 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.routing import APIRoute
 from sqlalchemy import exc as sa_exc
 
-from cds_engine.service.review import auth
+from cds_engine.service.review import alert_view, auth
 from cds_engine.service.review.charts import day_chart
+from cds_engine.service.review.csv_export import analytics_csv
 from cds_engine.service.review.packs import PackLookup
 from cds_engine.service.review.rendering import render
+from cds_engine.service.review.throttle import Busy, PasswordPool, SignInThrottle
 from cds_engine.store import audit, queries
 from cds_engine.store import users as user_admin
 from cds_engine.store.db import utcnow
 from cds_engine.store.models import ROLES, SEVERITIES, AlertRow
 from cds_engine.store.store import EngineProvider, Store
+from cds_engine.store.work_queue import bulk_candidates, work_queue
 
 __all__ = ["PageError", "build_router"]
 
 PAGE_SIZE = 50
+QUEUE_GROUPS = 25  # patients/encounters per queue page
+WINDOWS = ("30", "90", "365", "all")  # analytics windows in days, ending today (UTC)
 MAX_COMMENT = 2000
 
 _SECURITY_HEADERS = {
@@ -95,13 +101,31 @@ def _safe_next(target: str | None) -> str:
     return "/review/alerts"
 
 
+def _analytics_filter(request: Request) -> tuple[queries.AlertFilter, str, bool]:
+    """(filter, window, dates chosen explicitly): a window of days ends today (UTC); dates win."""
+    flt = queries.parse_filter({k: request.query_params.get(k) for k in ("rule", "source", "from", "to")})
+    request_dates = bool(flt.date_from or flt.date_to)
+    window = request.query_params.get("window") or "all"
+    if window not in WINDOWS:
+        flt.errors.append("unknown window ignored; showing all")
+        window = "all"
+    if window != "all" and not request_dates:
+        today = utcnow().date()
+        flt.date_from, flt.date_to = today - timedelta(days=int(window) - 1), today
+    return flt, window, request_dates
+
+
 def _pct(value: float | None) -> str:
     return "–" if value is None else f"{100 * value:.0f}%"
 
 
 def build_router(store: Store, engine_provider: EngineProvider | Any = None, *,
-                 secure_cookies: bool | None = None) -> APIRouter:
+                 secure_cookies: bool | None = None,
+                 sign_in_throttle: SignInThrottle | None = None) -> APIRouter:
     packs = PackLookup(engine_provider)
+    throttle = sign_in_throttle or SignInThrottle()
+    passwords = PasswordPool(threads=2, queue=8)
+    login_tokens = auth.LoginTokens()
     router = APIRouter(prefix="/review", route_class=_PageRoute, include_in_schema=False)
 
     def secure(request: Request) -> bool:
@@ -159,39 +183,61 @@ def build_router(store: Store, engine_provider: EngineProvider | Any = None, *,
             visitor = auth.load_visitor(db, request)
             if visitor.user is not None:
                 return RedirectResponse(_safe_next(next), status_code=303)
-            token = None
-            if visitor.session is None:
-                token = auth.new_session(db, None)
-                csrf = auth.csrf_of(db, token)
-            else:
-                csrf = visitor.csrf
-            response = HTMLResponse(render("login.html", user=None, csrf=csrf, next=_safe_next(next),
-                                           error=None, path=request.url.path))
-        if token:
-            auth.set_cookie(response, token, secure=secure(request))
+        # No server-side session and no audit row for an anonymous visitor (red-team L5): the
+        # form's CSRF token is bound to a signed cookie nonce instead (double submit).
+        nonce = request.cookies.get(auth.COOKIE) or ""
+        fresh = not login_tokens.valid_nonce(nonce)
+        if fresh:
+            nonce = login_tokens.new_nonce()
+        response = HTMLResponse(render("login.html", user=None, csrf=login_tokens.csrf(nonce),
+                                       next=_safe_next(next), error=None, path=request.url.path))
+        if fresh:
+            auth.set_cookie(response, nonce, secure=secure(request))
+        return response
+
+    def refused_sign_in(request: Request, csrf: str, target: str, wait: float, message: str) -> Response:
+        response = HTMLResponse(render("login.html", user=None, csrf=csrf, next=target, error=message,
+                                       path=request.url.path), status_code=429)
+        response.headers["Retry-After"] = str(max(1, math.ceil(wait)))
         return response
 
     @router.post("/login", response_class=HTMLResponse)
     def login(request: Request, username: Annotated[str, Form()] = "", password: Annotated[str, Form()] = "",
               csrf_token: Annotated[str, Form()] = "", next: Annotated[str, Form()] = "") -> Response:
         target = _safe_next(next)
+        nonce = request.cookies.get(auth.COOKIE) or ""
+        if not login_tokens.valid_nonce(nonce) or not login_tokens.check(nonce, csrf_token):
+            raise PageError(403, "The sign-in form had expired. Reload the page and try again.")
+        csrf = login_tokens.csrf(nonce)
+        name = username.strip()[:64]
+        address = _client(request) or "unknown"
+        wait = throttle.wait_seconds(name, address)
+        if wait > 0:  # no password check at all while a delay runs (and no lockout: it ends)
+            return refused_sign_in(request, csrf, target, wait,
+                                   f"Too many sign-in attempts. Try again in {math.ceil(wait)} seconds.")
         with store.session() as db:
             visitor = auth.load_visitor(db, request)
-            if visitor.session is None or not auth.check_csrf(visitor, csrf_token):
-                raise PageError(403, "The sign-in form had expired. Reload the page and try again.")
-            user = user_admin.authenticate(db, username.strip(), password)
+            try:
+                user = user_admin.authenticate(db, name, password, run=passwords.run)
+            except Busy:
+                return refused_sign_in(request, csrf, target, 5, "The service is busy. Try again shortly.")
             if user is None:
-                name = username.strip()[:64]
-                audit.record(db, actor=name or "anonymous", action="login.failed", target_type="user",
-                             target_id=name, remote_addr=_client(request))
-                return HTMLResponse(render("login.html", user=None, csrf=visitor.csrf, next=target,
+                failures = throttle.failure(name, address)
+                if failures:  # in aggregate: the first of a window at once, the rest as one count
+                    audit.record(db, actor=name or "anonymous", action="login.failed", target_type="user",
+                                 target_id=name, detail={"failures": failures}, remote_addr=address)
+                return HTMLResponse(render("login.html", user=None, csrf=csrf, next=target,
                                            error="Unknown user or wrong password.", path=request.url.path),
                                     status_code=401)
+            pending = throttle.success(name, address)
+            if pending:
+                audit.record(db, actor=name, action="login.failed", target_type="user", target_id=name,
+                             detail={"failures": pending}, remote_addr=address)
             # New session id at sign-in: whatever id the browser had before is dead now.
             token = auth.new_session(db, user, replace=visitor.session)
             user.last_login_at = utcnow()
             audit.record(db, actor=user.username, role=user.role, action="login", target_type="user",
-                         target_id=user.username, remote_addr=_client(request))
+                         target_id=user.username, remote_addr=address)
         response = RedirectResponse(target, status_code=303)
         auth.set_cookie(response, token, secure=secure(request))
         return response
@@ -212,7 +258,7 @@ def build_router(store: Store, engine_provider: EngineProvider | Any = None, *,
     @router.get("/alerts", response_class=HTMLResponse)
     def alert_list(request: Request) -> Response:
         params = {k: request.query_params.get(k) for k in
-                  ("severity", "rule", "category", "status", "outcome", "patient", "from", "to")}
+                  ("severity", "rule", "category", "status", "outcome", "patient", "source", "from", "to")}
         flt = queries.parse_filter(params)
         try:
             page_no = max(1, min(int(request.query_params.get("page") or 1), 1_000_000))
@@ -231,6 +277,7 @@ def build_router(store: Store, engine_provider: EngineProvider | Any = None, *,
             filter_params = flt.as_params()
             return page(request, "alerts.html", visitor, result=result, flt=flt, choices=choices,
                         severities=SEVERITIES, statuses=("open", "acknowledged", "overridden"),
+                        sources=queries.SOURCE_LABELS, source_kind=queries.source_kind,
                         page_link=lambda n: "/review/alerts?" + urlencode({**filter_params, "page": n}))
 
     @router.get("/alerts/{alert_id}", response_class=HTMLResponse)
@@ -245,10 +292,15 @@ def build_router(store: Store, engine_provider: EngineProvider | Any = None, *,
             if detail is None:
                 return page(request, "error.html", visitor, status=404, message="No such alert.")
             info = packs.describe(detail.alert)
+            kind = queries.source_kind(detail.evaluation)
             return page(request, "alert.html", visitor, d=detail, info=info, saved=saved,
-                        evidence=[(k, _show(v)) for k, v in sorted(detail.alert.evidence.items())],
-                        order_json=json.dumps(detail.order.body, indent=2, sort_keys=True, default=str)
-                        if detail.order else None)
+                        source_kind=kind, source_label=queries.SOURCE_LABELS[kind],
+                        detail_html=alert_view.render_markdown(detail.alert.detail),
+                        evidence=alert_view.evidence_rows(detail.alert.evidence or {}),
+                        order_sentence=alert_view.order_sentence(
+                            detail.order.body if detail.order else None, detail.alert.evidence or {},
+                            loaded.vocabulary if (loaded := packs.pack(detail.alert.pack_id)) else None),
+                        order_json=alert_view.order_json(detail.order.body if detail.order else None))
 
     @router.post("/alerts/{alert_id}/decision", response_class=HTMLResponse)
     def alert_decision(request: Request, alert_id: str, csrf_token: Annotated[str, Form()] = "",
@@ -277,16 +329,83 @@ def build_router(store: Store, engine_provider: EngineProvider | Any = None, *,
                 raise PageError(400, "Unknown action.")
         return RedirectResponse(f"/review/alerts/{alert.id}?saved=1", status_code=303)
 
-    # -- analytics -------------------------------------------------------------------------
-    @router.get("/analytics", response_class=HTMLResponse)
-    def analytics_page(request: Request) -> Response:
-        flt = queries.parse_filter({k: request.query_params.get(k) for k in ("rule", "from", "to")})
+    @router.get("/queue", response_class=HTMLResponse)
+    def queue_page(request: Request) -> Response:
+        flt = queries.parse_filter({k: request.query_params.get(k) for k in ("severity", "rule", "source")})
+        try:
+            page_no = max(1, min(int(request.query_params.get("page") or 1), 1_000_000))
+        except ValueError:
+            page_no, _ = 1, flt.errors.append("page is not a number; showing the first page")
         visitor = signed_in(request)
         with store.session() as db:
             assert visitor.user is not None
-            stats = queries.analytics(db, date_from=flt.date_from, date_to=flt.date_to, rule=flt.rule)
+            groups, total = work_queue(db, queries.where(flt), page=page_no, page_size=QUEUE_GROUPS)
+            audit.record(db, actor=visitor.user.username, role=visitor.user.role, action="view.queue",
+                         target_type="queue", detail={"filter": flt.as_params(), "page": page_no,
+                                                      "groups": len(groups)},
+                         remote_addr=_client(request))
+            filter_params = flt.as_params()
+            return page(request, "queue.html", visitor, groups=groups, total=total, page_no=page_no,
+                        bulk_rules=packs.bulk_rules(), done=request.query_params.get("done", "")[:8],
+                        pages=max(1, -(-total // QUEUE_GROUPS)), flt=flt, sources=queries.SOURCE_LABELS,
+                        severities=SEVERITIES,
+                        page_link=lambda n: "/review/queue?" + urlencode({**filter_params, "page": n}))
+
+    @router.post("/queue/bulk-acknowledge", response_class=HTMLResponse)
+    def queue_bulk(request: Request, csrf_token: Annotated[str, Form()] = "",
+                   tier_id: Annotated[str, Form()] = "", comment: Annotated[str, Form()] = "") -> Response:
+        """Acknowledge the open alerts of ONE rule tier: only rules the pack lists in
+        ``bulk_acknowledge``, never a critical or hypothetical alert; one audit row per alert."""
+        visitor = signed_in(request, csrf=csrf_token, what="bulk-acknowledge")
+        tier_id, comment = tier_id.strip()[:96], comment.strip()
+        if len(comment) > MAX_COMMENT:
+            raise PageError(400, f"The comment is longer than {MAX_COMMENT} characters.")
+        with store.session() as db:
+            assert visitor.user is not None
+            alerts = bulk_candidates(db, tier_id)
+            if not alerts:
+                raise PageError(400, "Nothing open to acknowledge in bulk for this rule tier.")
+            if {a.rule_id for a in alerts} - packs.bulk_rules():
+                raise PageError(403, "This rule's alerts must be decided one by one.")
+            bulk_id = f"bulk-{uuid.uuid4()}"
+            for alert in alerts:
+                queries.decide(db, alert, visitor.user, "acknowledged", reason_code=None, reason_display=None,
+                               comment=comment or None, remote_addr=_client(request), bulk=bulk_id)
+            audit.record(db, actor=visitor.user.username, role=visitor.user.role,
+                         action="alert.bulk_acknowledged", target_type="tier", target_id=tier_id,
+                         remote_addr=_client(request),
+                         detail={"bulk_action": bulk_id, "alerts": len(alerts)})
+        return RedirectResponse(f"/review/queue?done={len(alerts)}", status_code=303)
+
+    # -- analytics -------------------------------------------------------------------------
+    @router.get("/analytics.csv")
+    def analytics_export(request: Request) -> Response:
+        flt, window, _ = _analytics_filter(request)
+        visitor = signed_in(request, what="analytics.csv")
+        with store.session() as db:
+            assert visitor.user is not None
+            stats = queries.analytics(db, date_from=flt.date_from, date_to=flt.date_to, rule=flt.rule,
+                                      source=flt.source)
+            audit.record(db, actor=visitor.user.username, role=visitor.user.role, action="export.analytics",
+                         target_type="analytics", detail={"filter": flt.as_params(), "window": window,
+                                                          "rows": len(stats)},
+                         remote_addr=_client(request))
+        titles = {s.rule_id: packs.rule_title(s.rule_id) or s.title for s in stats}
+        body = analytics_csv(stats, titles, date_from=flt.date_from, date_to=flt.date_to,
+                             source=flt.source or "real orders")
+        return Response(body, media_type="text/csv; charset=utf-8",
+                        headers={"Content-Disposition": 'attachment; filename="rule-analytics.csv"'})
+
+    @router.get("/analytics", response_class=HTMLResponse)
+    def analytics_page(request: Request) -> Response:
+        flt, window, request_dates = _analytics_filter(request)
+        visitor = signed_in(request)
+        with store.session() as db:
+            assert visitor.user is not None
+            stats = queries.analytics(db, date_from=flt.date_from, date_to=flt.date_to, rule=flt.rule,
+                                      source=flt.source)
             audit.record(db, actor=visitor.user.username, role=visitor.user.role, action="view.analytics",
-                         target_type="analytics", detail={"filter": flt.as_params()},
+                         target_type="analytics", detail={"filter": flt.as_params(), "window": window},
                          remote_addr=_client(request))
             choices = queries.distinct_values(db)
         total: Counter[date] = Counter()
@@ -300,7 +419,14 @@ def build_router(store: Store, engine_provider: EngineProvider | Any = None, *,
             charts = {s.rule_id: day_chart(s.per_day, start, end, height=120) for s in stats}
         titles = {s.rule_id: packs.rule_title(s.rule_id) or s.title for s in stats}
         return page(request, "analytics.html", visitor, stats=stats, charts=charts, overall=overall, flt=flt,
-                    titles=titles, pct=_pct, choices=choices)
+                    window=window, windows=WINDOWS, request_dates=request_dates,
+                    export_query=urlencode({k: v for k, v in {
+                        "rule": flt.rule, "source": flt.source, "window": window,
+                        "from": flt.date_from.isoformat() if request_dates and flt.date_from else None,
+                        "to": flt.date_to.isoformat() if request_dates and flt.date_to else None,
+                    }.items() if v}),
+                    first_day=min(total) if total else None, last_day=max(total) if total else None,
+                    titles=titles, pct=_pct, choices=choices, sources=queries.SOURCE_LABELS)
 
     # -- users and audit (admin) -------------------------------------------------------------
     @router.get("/users", response_class=HTMLResponse)
@@ -353,11 +479,3 @@ def build_router(store: Store, engine_provider: EngineProvider | Any = None, *,
             return page(request, "audit.html", visitor, entries=entries)
 
     return router
-
-
-def _show(value: Any) -> str:
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, dict | list):
-        return json.dumps(value, sort_keys=True, default=str)
-    return str(value)

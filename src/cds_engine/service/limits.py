@@ -1,0 +1,142 @@
+"""Bounded work per hook call, without refusing the sickest patients.
+
+* **Drafts**: at most :attr:`HookLimits.max_drafts` entries in ``draftOrders`` (default 250);
+  more is a 413 OperationOutcome naming ``context.draftOrders.entry``, and counted. Only drafts
+  of the pack's drug or a partner class are reviewed; the others are co-medication.
+* **Resources per prefetch key** (given in the request or read by a call-back): at most
+  :attr:`HookLimits.max_resources_per_key` (default 1,000). Observations keep the newest N *per
+  observation group* with no card — an older result never changes a newest-value fact. Every
+  other key keeps active resources first, then the newest; when anything is dropped the
+  data-unavailable card names the key. So a dialysis patient with years of labs is never refused.
+* **Time**: fact mapping and evaluation run in worker threads (a limiter of their own, so sync
+  endpoints such as ``/healthz`` keep their threads) and stop at the hook deadline with a 503
+  rather than answer from a partial evaluation.
+
+Refusals are counted (``refusal_counts``, shown by ``/healthz``); the log names the kind only.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from cds_engine.service.errors import HookError
+
+__all__ = [
+    "DEFAULT_MAX_RESOURCES",
+    "HookLimits",
+    "cap_resources",
+    "check_draft_count",
+    "count_refusal",
+    "refusal_counts",
+]
+
+log = logging.getLogger("cds_engine.service.limits")
+
+DEFAULT_MAX_RESOURCES = 1000  # per prefetch key; also the templates' _count
+_lock = threading.Lock()
+_counts: Counter[str] = Counter()
+
+_ACTIVE = frozenset({"active", "on-hold", "in-progress", "recurrence", "relapse", "draft", "intended"})
+# the element each type is sorted by (newest first) — the same as the template's _sort parameter
+_EFFECTIVE = ("effectiveDateTime", "effectivePeriod.end", "effectivePeriod.start")
+_DATE_ELEMENTS: dict[str, tuple[str, ...]] = {
+    "Observation": (*_EFFECTIVE, "effectiveInstant", "issued"),
+    "Procedure": ("performedDateTime", "performedPeriod.end", "performedPeriod.start"),
+    "AllergyIntolerance": ("recordedDate", "onsetDateTime"),
+    "MedicationRequest": ("authoredOn",),
+    "Condition": ("recordedDate", "onsetDateTime", "onsetPeriod.start"),
+    "MedicationStatement": (*_EFFECTIVE, "dateAsserted"),
+    "MedicationAdministration": _EFFECTIVE,
+}
+
+
+@dataclass(frozen=True)
+class HookLimits:
+    """Per-call bounds (operational, not clinical: they live with the service settings)."""
+
+    max_drafts: int = 250
+    max_resources_per_key: int = DEFAULT_MAX_RESOURCES
+    deadline_seconds: float = 10.0  # fact mapping + evaluation of one call
+    eval_threads: int = 2  # concurrent evaluations (CPU bound: more only share the same cores)
+
+
+def count_refusal(kind: str) -> None:
+    """Count one refused or trimmed request by kind (never a value) and log it."""
+    with _lock:
+        _counts[kind] += 1
+    log.warning("request limited: kind=%s", kind)
+
+
+def refusal_counts() -> dict[str, int]:
+    with _lock:
+        return dict(sorted(_counts.items()))
+
+
+def check_draft_count(bundle: Any, max_drafts: int) -> None:
+    """413 (counted) when ``draftOrders`` has more entries than we review in one call."""
+    entries = bundle.get("entry") if isinstance(bundle, dict) else None
+    if isinstance(entries, list) and len(entries) > max_drafts:
+        count_refusal("drafts-over-limit")
+        raise HookError(
+            413,
+            "context.draftOrders.entry",
+            f"more than {max_drafts} draft orders in one call: split the order set",
+        )
+
+
+def _element(resource: dict[str, Any], path: str) -> str:
+    node: Any = resource
+    for part in path.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node if isinstance(node, str) else ""
+
+
+def _when(resource: dict[str, Any]) -> str:
+    """The resource's date as written (ISO 8601 strings sort by time); '' when it has none."""
+    for path in _DATE_ELEMENTS.get(str(resource.get("resourceType")), ()):
+        value = _element(resource, path)
+        if value:
+            return value
+    return ""
+
+
+def _status(resource: dict[str, Any]) -> str | None:
+    clinical = resource.get("clinicalStatus")
+    if isinstance(clinical, dict):
+        codes = [c.get("code") for c in clinical.get("coding") or [] if isinstance(c, dict)]
+        return next((c for c in codes if isinstance(c, str)), None)
+    status = resource.get("status")
+    return status if isinstance(status, str) else None
+
+
+def cap_resources(
+    resources: list[dict[str, Any]],
+    limit: int,
+    groups_of: Callable[[dict[str, Any]], Iterable[str]] | None = None,
+) -> tuple[list[dict[str, Any]], int]:
+    """(kept, how many dropped) for one prefetch key.
+
+    With ``groups_of`` (observations): the newest ``limit`` of each group are kept, and a result
+    is kept when it is among the newest of any of its groups. Otherwise: active first, then newest.
+    """
+    if len(resources) <= limit:
+        return resources, 0
+    newest = sorted(resources, key=_when, reverse=True)
+    if groups_of is not None:
+        taken: dict[str, int] = defaultdict(int)
+        kept = []
+        for resource in newest:
+            groups = list(groups_of(resource)) or [""]
+            room = [g for g in groups if taken[g] < limit]
+            for group in room:
+                taken[group] += 1
+            if room:
+                kept.append(resource)
+        return kept, len(resources) - len(kept)
+    ordered = sorted(newest, key=lambda r: _status(r) not in _ACTIVE)  # stable: newest within each
+    return ordered[:limit], len(resources) - limit

@@ -1,0 +1,136 @@
+"""Reading possibly-gzipped input files with caps (security issue 15, item 6; red-team L10).
+
+A 500 KB ``bomb.json.gz`` that expands to 500 MB of whitespace took 1.17 GB of memory when it was
+decompressed in one call. Here everything is streamed:
+
+* a single JSON Bundle: at most :data:`MAX_BUNDLE_BYTES` (200 MiB) after decompression;
+* NDJSON: line by line, each line at most :data:`MAX_LINE_BYTES`, no total cap (Bulk Data
+  exports run to gigabytes);
+* both: decompressed output may not exceed :data:`MAX_RATIO` (100) times the compressed input
+  read so far (checked once more than :data:`RATIO_GRACE_BYTES` came out; real FHIR JSON
+  compresses about 10–20:1).
+
+A breach raises :class:`InputTooLarge` (an ``OSError``: the file is reported as unreadable and
+skipped, the run goes on).
+"""
+
+from __future__ import annotations
+
+import io
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+__all__ = [
+    "MAX_BUNDLE_BYTES",
+    "MAX_LINE_BYTES",
+    "MAX_RATIO",
+    "InputTooLarge",
+    "capped_lines",
+    "open_text",
+    "read_bundle_bytes",
+]
+
+MAX_BUNDLE_BYTES = 200 * 1024 * 1024
+MAX_LINE_BYTES = 32 * 1024 * 1024
+MAX_RATIO = 100
+RATIO_GRACE_BYTES = 1024 * 1024
+_CHUNK = 64 * 1024
+_GZIP_MAGIC = b"\x1f\x8b"
+
+
+class InputTooLarge(OSError):
+    """A capped input: too large after decompression, or compressed more than MAX_RATIO:1."""
+
+
+class _GunzipStream(io.RawIOBase):
+    """A gzip file as a raw stream, decompressed chunk by chunk with a ratio check (multi-member)."""
+
+    def __init__(self, raw: IO[bytes], ratio: int) -> None:
+        self._raw = raw
+        self._ratio = ratio
+        self._inflate = zlib.decompressobj(wbits=31)
+        self._pending = b""  # compressed bytes not yet fed
+        self._out = b""  # decompressed bytes not yet returned
+        self.consumed = 0
+        self.produced = 0
+        self._eof = False
+        self._in_member = False
+
+    def readable(self) -> bool:
+        return True
+
+    def _fill(self) -> None:
+        while not self._out and not self._eof:
+            if self._inflate.unconsumed_tail:
+                data = self._inflate.unconsumed_tail
+            else:
+                if not self._pending:
+                    self._pending = self._raw.read(_CHUNK)
+                    self.consumed += len(self._pending)
+                if not self._pending:  # no more input
+                    if self._in_member:
+                        raise EOFError("compressed file ended before the end-of-stream marker")
+                    self._eof = True
+                    return
+                data, self._pending = self._pending, b""
+                self._in_member = True
+            self._out = self._inflate.decompress(data, _CHUNK)
+            if self._inflate.eof:  # a member ended: another may follow
+                self._pending = self._inflate.unused_data + self._pending
+                self._inflate = zlib.decompressobj(wbits=31)
+                self._in_member = False
+            self.produced += len(self._out)
+            if self.produced > RATIO_GRACE_BYTES and self.produced > self._ratio * max(self.consumed, 1):
+                raise InputTooLarge(f"compressed more than {self._ratio}:1 (a decompression bomb?): not read")
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        self._fill()
+        n = min(len(buffer), len(self._out))
+        buffer[:n] = self._out[:n]
+        self._out = self._out[n:]
+        return n
+
+    def close(self) -> None:
+        self._raw.close()
+        super().close()
+
+
+def _binary(path: Path, ratio: int) -> IO[bytes]:
+    raw = path.open("rb")
+    if raw.read(2) == _GZIP_MAGIC:
+        raw.seek(0)
+        return io.BufferedReader(_GunzipStream(raw, ratio), _CHUNK)
+    raw.seek(0)
+    return raw
+
+
+def read_bundle_bytes(path: Path, limit: int = MAX_BUNDLE_BYTES, ratio: int = MAX_RATIO) -> bytes:
+    """The whole (decompressed) file, refused past ``limit`` bytes or ``ratio``:1 compression."""
+    with _binary(path, ratio) as stream:
+        data = stream.read(limit + 1)
+    if len(data) > limit:
+        raise InputTooLarge(f"over {limit // (1024 * 1024)} MiB as JSON: not read")
+    return data
+
+
+def open_text(path: Path, ratio: int = MAX_RATIO) -> IO[str]:
+    """A text stream of a (possibly gzipped) file, decompressed as it is read."""
+    return io.TextIOWrapper(_binary(path, ratio), encoding="utf-8")
+
+
+def capped_lines(stream: IO[str], limit: int = MAX_LINE_BYTES) -> Iterator[str | None]:
+    """The lines of ``stream``; None in place of a line longer than ``limit`` (skipped, not held)."""
+    while True:
+        line = stream.readline(limit)
+        if not line:
+            return
+        if len(line) >= limit and not line.endswith("\n"):
+            while True:  # the rest of the overlong line, in bounded pieces
+                rest = stream.readline(limit)
+                if not rest or rest.endswith("\n"):
+                    break
+            yield None
+            continue
+        yield line

@@ -1,0 +1,125 @@
+"""Rule analytics aggregated in the database (GROUP BY), not row by row in Python.
+
+An *episode* is one rule (one missing-data item for cannot-assess reports) on one order of one
+patient (``order_key``): the order seen at order-select and again at order-sign counts once, and
+its latest prescriber outcome and latest reviewer decision are the ones counted. Alerts without
+an order key count one each. Three levels of SQL: alert rows ranked within their episode (window
+functions), episodes, then per rule and per rule and day.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import date
+from typing import Any
+
+from sqlalchemy import ColumnElement, and_, case, func, or_, select
+from sqlalchemy.orm import Session
+
+from cds_engine.results import MISSING_DATA_RULE
+from cds_engine.store.models import SEVERITIES, AlertRow, Evaluation
+
+__all__ = ["RuleStats", "rule_stats"]
+
+_RANK = {name: rank for rank, name in enumerate(SEVERITIES, start=1)}
+
+
+@dataclass
+class RuleStats:
+    rule_id: str  # a rule id, or ``missing-data.<item>`` (one row per missing-data item)
+    title: str
+    alert_rows: int = 0  # every stored alert (order-select and order-sign of one order: two rows)
+    fired: int = 0  # distinct orders (episodes) the rule fired on
+    silent: int = 0  # episodes never shown (draft pack, silent mode)
+    prescriber_decided: int = 0
+    prescriber_overridden: int = 0
+    suggestions_decided: int = 0  # decided episodes whose shown card carried a suggestion
+    suggestions_accepted: int = 0
+    reviewer_decided: int = 0
+    reviewer_overridden: int = 0
+    per_day: Counter[date] = field(default_factory=Counter)
+    severities: Counter[str] = field(default_factory=Counter)
+
+    @staticmethod
+    def _rate(part: int, whole: int) -> float | None:
+        return part / whole if whole else None
+
+    @property
+    def override_rate(self) -> float | None:
+        return self._rate(self.prescriber_overridden, self.prescriber_decided)
+
+    @property
+    def acceptance_rate(self) -> float | None:
+        return self._rate(self.suggestions_accepted, self.suggestions_decided)
+
+    @property
+    def reviewer_override_rate(self) -> float | None:
+        return self._rate(self.reviewer_overridden, self.reviewer_decided)
+
+
+def _flag(condition: ColumnElement[bool]) -> ColumnElement[int]:
+    return case((condition, 1), else_=0)
+
+
+def _day(column: Any, dialect: str) -> Any:
+    if dialect == "postgresql":
+        return func.date(func.timezone("UTC", column))
+    return func.date(column)  # SQLite keeps UTC text
+
+
+def rule_stats(session: Session, where: list[ColumnElement[bool]]) -> list[RuleStats]:
+    """Per rule (per missing-data item): fired, shown, outcomes and per-day counts; ``where`` filters rows."""
+    dialect = session.get_bind().dialect.name
+    array_length = func.jsonb_array_length if dialect == "postgresql" else func.json_array_length
+    key = case((AlertRow.rule_id == MISSING_DATA_RULE, AlertRow.tier_id), else_=AlertRow.rule_id)
+    patient = func.coalesce(Evaluation.patient_ref, "")
+    order = func.coalesce(Evaluation.order_key, AlertRow.id)
+    episode = [key, patient, order]
+    shown = AlertRow.shown.is_(True)
+    # a shown card that carried a suggestion: the card's own count; the rule's list when not known
+    unknown = AlertRow.card_suggestions.is_(None)
+    carried = and_(shown, or_(AlertRow.card_suggestions > 0,
+                              and_(unknown, array_length(AlertRow.suggestions) > 0)))
+    rows = select(
+        key.label("k"), patient.label("p"), order.label("o"), AlertRow.title.label("title"),
+        Evaluation.as_of.label("as_of"), _flag(shown).label("shown"), _flag(carried).label("carried"),
+        case(_RANK, value=AlertRow.severity, else_=0).label("sev"),
+        AlertRow.prescriber_outcome.label("outcome"),
+        _flag(AlertRow.suggestion_accepted.is_(True)).label("accepted"),
+        case((AlertRow.review_status != "open", AlertRow.review_status)).label("review"),
+        func.row_number().over(partition_by=episode,
+                               order_by=AlertRow.prescriber_outcome_at.desc().nulls_last()).label("orank"),
+        func.row_number().over(partition_by=episode, order_by=(
+            _flag(AlertRow.review_status != "open").desc(), AlertRow.reviewed_at.desc().nulls_last(),
+        )).label("rrank"),
+    ).join(Evaluation, AlertRow.evaluation_id == Evaluation.id).where(*where).subquery()
+    latest_outcome = case((rows.c.orank == 1, rows.c.outcome))
+    episodes = select(
+        rows.c.k, func.count().label("n"), func.max(rows.c.title).label("title"),
+        func.min(rows.c.as_of).label("first_seen"), func.max(rows.c.shown).label("shown"),
+        func.max(rows.c.carried).label("carried"), func.max(rows.c.sev).label("sev"),
+        func.max(latest_outcome).label("outcome"),
+        func.max(case((rows.c.orank == 1, rows.c.accepted), else_=0)).label("accepted"),
+        func.max(case((rows.c.rrank == 1, rows.c.review))).label("review"),
+    ).group_by(rows.c.k, rows.c.p, rows.c.o).subquery()
+    e = episodes.c
+    decided = e.outcome.is_not(None)
+    per_rule = select(
+        e.k, func.max(e.title), func.sum(e.n), func.count(), func.sum(1 - e.shown), func.sum(_flag(decided)),
+        func.sum(_flag(e.outcome == "overridden")), func.sum(_flag(and_(decided, e.carried == 1))),
+        func.sum(_flag(and_(decided, e.carried == 1, e.accepted == 1))),
+        func.sum(_flag(e.review.is_not(None))),
+        func.sum(_flag(e.review == "overridden")),
+    ).group_by(e.k)
+    stats: dict[str, RuleStats] = {}
+    for k, title, n, fired, silent, p_dec, p_over, s_dec, s_acc, r_dec, r_over in session.execute(per_rule):
+        stats[k] = RuleStats(k, title, int(n), int(fired), int(silent), int(p_dec), int(p_over), int(s_dec),
+                             int(s_acc), int(r_dec), int(r_over))
+    day = _day(e.first_seen, dialect)
+    names = {rank: name for name, rank in _RANK.items()}
+    by_day = select(e.k, day, e.sev, func.count()).group_by(e.k, day, e.sev)
+    for k, when, sev, count in session.execute(by_day):
+        stats[k].per_day[date.fromisoformat(str(when)[:10])] += count
+        stats[k].severities[names.get(sev, "unknown")] += count
+    return sorted(stats.values(), key=lambda s: (-s.fired, s.rule_id))

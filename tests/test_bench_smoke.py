@@ -1,0 +1,42 @@
+"""Every benchmark runs (``--smoke``: tiny sizes, a few seconds), so ``bench/`` cannot rot unnoticed.
+
+Each script is started the way a user would (``python bench/X.py``) from a directory outside the
+repository, so it must find everything it needs from its own location; its output must carry the
+machine/load-average header that bench/RESULTS.md figures are read against. Timings are not checked:
+on a busy CI machine they mean nothing (goals are ratios from quiet runs, see bench/RESULTS.md).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+BENCHES = sorted(p.name for p in (REPO / "bench").glob("*.py") if p.name != "bench_common.py")
+
+pytestmark = pytest.mark.slow
+
+
+def test_every_bench_is_covered():
+    assert BENCHES == ["engine.py", "hook.py", "load.py", "screen.py"]
+
+
+@pytest.mark.parametrize("name", BENCHES)
+def test_bench_smoke(name: str, tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run(
+        [sys.executable, str(REPO / "bench" / name), "--smoke"],
+        cwd=tmp_path,
+        env={**env, "PYTHONUNBUFFERED": "1"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, (done.stdout[-2000:], done.stderr[-4000:])
+    assert "Traceback" not in done.stderr, done.stderr[-4000:]
+    assert f"bench/{name}:" in done.stdout and "load average at start" in done.stdout
+    assert "SMOKE RUN" in done.stdout
