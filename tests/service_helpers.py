@@ -28,6 +28,7 @@ import httpx
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from cds_engine.store.api import EvaluationRecord, FeedbackRecord
 from store_helpers import free_port
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,6 +40,26 @@ BACLOFEN = {
     "197391": "Baclofen 10 MG Oral Tablet",
     "197392": "Baclofen 20 MG Oral Tablet",
 }
+
+
+class RecordingSink:
+    """An in-memory evaluation sink. ``known_cards_only``: feedback is accepted only for a card it
+    recorded (as the store does); otherwise every feedback is accepted (captures from real clients
+    name cards this process never issued)."""
+
+    def __init__(self, known_cards_only: bool = True) -> None:
+        self.known_cards_only = known_cards_only
+        self.evaluations: list[EvaluationRecord] = []
+        self.feedback: list[FeedbackRecord] = []
+
+    def record_evaluation(self, record: EvaluationRecord) -> None:
+        self.evaluations.append(record)
+
+    def record_feedback(self, feedback: FeedbackRecord) -> bool:
+        self.feedback.append(feedback)
+        if not self.known_cards_only:
+            return True
+        return any(a.card_uuid == feedback.card_uuid for r in self.evaluations for a in r.alerts)
 
 
 def baclofen_concept(code: str = "197391") -> dict[str, Any]:

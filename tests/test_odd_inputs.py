@@ -1,6 +1,6 @@
 """Issue #11 — never silent on odd inputs: routes, forms, unreadable labs, tapers, several orders.
 
-Audit finding (``../shared/audits/clinical-2026-12.md``) → fixtures (``fixtures/baclofen/``, built
+Audit finding (the clinical audit of 2026-12) → fixtures (``fixtures/baclofen/``, built
 by ``tools/fixtures_odd_inputs.py``) → tests here:
 
 | Finding | Fixtures | Tests |

@@ -79,7 +79,7 @@ def test_the_readme_has_runnable_commands_and_skips_only_by_rule():
     assert len(RUN) >= 8, RUN
     skipped = [c for c in COMMANDS if c not in RUN]
     assert all(any(key in c for key in SKIP) for c in skipped)
-    assert any("screen examples/synthea" in c for c in RUN)  # the shipped examples, not ../shared
+    assert any("screen examples/synthea" in c for c in RUN)  # the shipped examples
     assert not any("../" in c for c in COMMANDS)
 
 

@@ -11,30 +11,16 @@ from datetime import UTC, datetime
 import httpx
 import pytest
 from fastapi.testclient import TestClient
-from tests.service_helpers import REPO, LocalFhir, Signer, hook_request, medication_request
+from tests.service_helpers import REPO, LocalFhir, RecordingSink, Signer, hook_request, medication_request
 
 from cds_engine.service import AuthSettings, ServiceSettings, create_app
 from cds_engine.service.discovery import prefetch_templates
 from cds_engine.service.validate import response_problems
-from cds_engine.store.api import EvaluationRecord, FeedbackRecord
 
 NOW = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 FHIR = "https://ehr.example/fhir"
 SIGN = "/cds-services/baclofen-order-sign"
 SELECT = "/cds-services/baclofen-order-select"
-
-
-class RecordingSink:
-    def __init__(self) -> None:
-        self.evaluations: list[EvaluationRecord] = []
-        self.feedback: list[FeedbackRecord] = []
-
-    def record_evaluation(self, record: EvaluationRecord) -> None:
-        self.evaluations.append(record)
-
-    def record_feedback(self, feedback: FeedbackRecord) -> bool:
-        self.feedback.append(feedback)
-        return any(a.card_uuid == feedback.card_uuid for r in self.evaluations for a in r.alerts)
 
 
 def patient_record(patient: str = "p1", egfr: float = 45) -> list[dict]:

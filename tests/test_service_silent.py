@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from fastapi.testclient import TestClient
-from tests.service_helpers import LocalFhir, hook_request
-from tests.test_service_api import FHIR, NOW, RecordingSink, patient_record
+from tests.service_helpers import LocalFhir, RecordingSink, hook_request
+from tests.test_service_api import FHIR, NOW, patient_record
 
 from cds_engine.engine import Engine
 from cds_engine.service.app import create_app

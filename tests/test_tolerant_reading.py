@@ -16,12 +16,11 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from tests.service_helpers import LocalFhir, hook_request, medication_request
+from tests.service_helpers import LocalFhir, RecordingSink, hook_request, medication_request
 
 from cds_engine.service import create_app
 from cds_engine.service.discovery import prefetch_templates
 from cds_engine.service.validate import response_problems
-from cds_engine.store.api import EvaluationRecord, FeedbackRecord
 
 REPO = Path(__file__).resolve().parents[1]
 SANDBOX = REPO / "examples" / "cds-hooks" / "sandbox"
@@ -30,26 +29,13 @@ SIGN = "/cds-services/baclofen-order-sign"
 SELECT = "/cds-services/baclofen-order-select"
 
 
-class RecordingSink:
-    def __init__(self) -> None:
-        self.evaluations: list[EvaluationRecord] = []
-        self.feedback: list[FeedbackRecord] = []
-
-    def record_evaluation(self, record: EvaluationRecord) -> None:
-        self.evaluations.append(record)
-
-    def record_feedback(self, feedback: FeedbackRecord) -> bool:
-        self.feedback.append(feedback)
-        return True
-
-
 def capture(name: str) -> dict[str, Any]:
     return json.loads((SANDBOX / name).read_text(encoding="utf-8"))
 
 
 @pytest.fixture
 def sink() -> RecordingSink:
-    return RecordingSink()
+    return RecordingSink(known_cards_only=False)
 
 
 @pytest.fixture
