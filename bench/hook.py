@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
+import signal
 import socket
 import statistics
 import subprocess
@@ -165,6 +167,25 @@ def many_drafts(base: str, body: dict[str, Any]) -> list[tuple[int, int, float]]
     return out
 
 
+PATIENT_VIEW = "/cds-services/baclofen-patient-view"
+
+
+def patient_view_body() -> str:
+    """Issue 21: a chart open of a patient not on baclofen, with the minimal prefetch (active medicines)."""
+    coding = {"system": "http://www.nlm.nih.gov/research/umls/rxnorm", "code": "314076",
+              "display": "lisinopril 10 MG Oral Tablet"}
+    other = {"resourceType": "MedicationRequest", "id": "mr-other", "status": "active", "intent": "order",
+             "subject": {"reference": "Patient/pv1"}, "medicationCodeableConcept": {"coding": [coding]}}
+
+    def bundle(*resources: dict[str, Any]) -> dict[str, Any]:
+        return {"resourceType": "Bundle", "type": "searchset", "entry": [{"resource": r} for r in resources]}
+
+    body = {"hook": "patient-view", "hookInstance": "__HOOK_INSTANCE__",
+            "context": {"userId": "Practitioner/doc", "patientId": "pv1", "encounterId": "e1"},
+            "prefetch": {"activeMedicationRequests": bundle(other), "activeMedicationStatements": bundle()}}
+    return json.dumps(body)
+
+
 def _pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(len(ordered) * q))] * 1000
@@ -198,6 +219,267 @@ def jwt_cost(samples: int = 200) -> float:
     return asyncio.run(run())
 
 
+# ── issue 19: the answer never waits for the store ─────────────────────────────────────────
+def start_server(db: str, workdir: str) -> tuple[subprocess.Popen[bytes], str]:
+    """This script's server (``--serve``) on a free port with store ``db``; (process, base URL)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([sys.executable, __file__, "--serve", str(port), "--serve-db", db], cwd=workdir,
+                              env=subprocess_env(CDS_SPOOL_DIR=os.path.join(workdir, "spool")))
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 300  # a deadline, not a timing: a busy machine starts slowly
+    while True:
+        try:
+            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                return server, base
+        except httpx.HTTPError:
+            time.sleep(0.2)
+        if server.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError("the benchmark server did not start")
+
+
+def stop_server(server: subprocess.Popen[bytes]) -> None:
+    server.terminate()
+    try:
+        server.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        server.kill()
+
+
+def alternate(payload: str, requests: int, rounds: int, stores: list[str]) -> None:
+    """Goal (a): store-off and store-on servers in turn; c1 p99 on ≤ off + 2 ms, c16 req/s on ≥ 0.85× off."""
+    from contextlib import ExitStack
+
+    from store_helpers import postgres_database
+
+    results: dict[str, list[tuple[float, float]]] = {}  # store → [(c1 p99 ms, c16 req/s)] per round
+    with ExitStack() as stack:
+        urls = {"none": "none"}
+        for store in stores:
+            if store == "sqlite":
+                urls[store] = f"sqlite:///{stack.enter_context(tempfile.TemporaryDirectory())}/bench.db"
+            elif store == "postgresql":
+                urls[store] = stack.enter_context(postgres_database())
+        for _ in range(rounds):
+            for store, url in urls.items():
+                workdir = stack.enter_context(tempfile.TemporaryDirectory(prefix="cds-bench-"))
+                server, base = start_server(url, workdir)
+                try:
+                    asyncio.run(drive(base, SIGN, payload, max(8, requests // 10), 4))  # warm-up
+                    c1, _, _ = asyncio.run(drive(base, SIGN, payload, requests, 1))
+                    c16, elapsed, _ = asyncio.run(drive(base, SIGN, payload, requests, 16))
+                finally:
+                    stop_server(server)
+                results.setdefault(store, []).append((_pct(c1, 0.99), len(c16) / elapsed))
+    print("## The answer never waits for the store (bench/hook.py --alternate, issue 19 goal a)\n")
+    print(f"{rounds} rounds alternating servers; {requests} requests per cell; goals: c1 p99 store-on ≤ "
+          "store-off + 2 ms, c16 throughput store-on ≥ 0.85× store-off (medians over the rounds).\n")
+    print("| store | c1 p99 ms per round | c16 req/s per round | c1 p99 − off (median) | c16 ratio (median) "
+          "| goal |")
+    print("|---|---|---|---:|---:|---|")
+    off = results["none"]
+    for store, values in results.items():
+        p99s = " / ".join(f"{v[0]:.1f}" for v in values)
+        rates = " / ".join(f"{v[1]:.0f}" for v in values)
+        if store == "none":
+            print(f"| none (off) | {p99s} | {rates} | – | – | – |")
+            continue
+        delta = statistics.median(v[0] - o[0] for v, o in zip(values, off, strict=True))
+        ratio = statistics.median(v[1] / o[1] for v, o in zip(values, off, strict=True))
+        met = "met" if delta <= 2.0 and ratio >= 0.85 else "MISSED"
+        print(f"| {store} | {p99s} | {rates} | {delta:+.1f} ms | {ratio:.2f} | {met} |")
+
+
+class _PausedSqlite:
+    """SQLite paused by an exclusive lock held from this process (no writer gets in, readers do)."""
+
+    def __init__(self, workdir: str) -> None:
+        self.path = os.path.join(workdir, "bench.db")
+        self.url = f"sqlite:///{self.path}"
+        self.what = "SQLite held by an exclusive lock"
+
+    def __enter__(self) -> _PausedSqlite:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def open(self) -> None:
+        import sqlite3
+
+        self._reader = sqlite3.connect(self.path, timeout=30)
+        self._locker = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+
+    def count(self) -> int:
+        return int(self._reader.execute("SELECT count(*) FROM evaluations").fetchone()[0])
+
+    def pause(self) -> None:
+        self._locker.execute("BEGIN EXCLUSIVE")
+
+    def resume(self) -> None:
+        self._locker.execute("ROLLBACK")
+
+    def close(self) -> None:
+        self._reader.close()
+        self._locker.close()
+
+
+class _PausedPostgres:
+    """A throwaway PostgreSQL cluster of our own (as scripts/test.sh starts), its backends SIGSTOPped.
+
+    Never the shared server: initdb in a temporary directory, a free port, removed at exit."""
+
+    def __init__(self, workdir: str) -> None:
+        import glob
+        import shutil
+
+        bins = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
+        if not bins and not shutil.which("initdb"):
+            raise SystemExit("--pause-db postgresql needs the PostgreSQL server binaries (initdb, pg_ctl)")
+        self.bin = bins[-1] if bins else os.path.dirname(shutil.which("initdb") or "")
+        self.dir = tempfile.mkdtemp(prefix="cds-bench-pg-")
+        self.what = "PostgreSQL (a throwaway cluster) with the service's backends SIGSTOPped"
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        self._stopped: list[int] = []
+
+    def _as_owner(self, *command: str) -> None:
+        prefix = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        subprocess.run([*prefix, *command], check=True, capture_output=True)
+
+    def __enter__(self) -> _PausedPostgres:
+        if os.geteuid() == 0:
+            import shutil
+
+            shutil.chown(self.dir, "postgres")
+        data = os.path.join(self.dir, "data")
+        self._as_owner(f"{self.bin}/initdb", "-D", data, "-U", "postgres", "-A", "trust", "-E", "UTF8",
+                       "--locale=C.UTF-8", "--no-sync")
+        options = f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1"
+        self._as_owner(f"{self.bin}/pg_ctl", "-D", data, "-l", os.path.join(self.dir, "server.log"), "-w",
+                       "-t", "60", "-o", options, "start")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        import shutil
+
+        self.resume()
+        with contextlib.suppress(subprocess.CalledProcessError):
+            self._as_owner(f"{self.bin}/pg_ctl", "-D", os.path.join(self.dir, "data"), "-m", "immediate",
+                           "-w", "stop")
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def open(self) -> None:
+        import psycopg
+
+        self._reader = psycopg.connect(self.url, autocommit=True)
+
+    def count(self) -> int:
+        row = self._reader.execute("SELECT count(*) FROM evaluations").fetchone()
+        return int(row[0]) if row else 0
+
+    def pause(self) -> None:
+        rows = self._reader.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() "
+            "AND backend_type = 'client backend'").fetchall()
+        self._stopped = [int(r[0]) for r in rows]
+        for pid in self._stopped:
+            os.kill(pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        for pid in self._stopped:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+        self._stopped = []
+
+    def close(self) -> None:
+        self._reader.close()
+
+
+def pause(payload: str, seconds: float, db: str = "sqlite", concurrency: int = 8) -> None:
+    """Goal (b): the database paused for ``seconds`` under c8; p99 vs unpaused, the backlog and its drain."""
+    import threading
+
+    with tempfile.TemporaryDirectory(prefix="cds-bench-") as workdir, (
+            _PausedSqlite(workdir) if db == "sqlite" else _PausedPostgres(workdir)) as paused:
+        server, base = start_server(paused.url, workdir)
+        answered: list[str] = []
+        samples: list[tuple[float, int, int]] = []  # (t since pause, answered, stored)
+        phases: dict[str, list[float]] = {"before": [], "paused": [], "after": []}
+        t_pause = t_resume = t_end = 0.0
+
+        def phase() -> str:
+            now = time.monotonic()
+            return "before" if now < t_pause else "paused" if now < t_resume else "after"
+
+        async def load() -> None:
+            limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+            async with httpx.AsyncClient(base_url=base, limits=limits, timeout=60) as client:
+                async def worker() -> None:
+                    while time.monotonic() < t_end:
+                        hook_instance = str(uuid.uuid4())
+                        body = payload.replace("__HOOK_INSTANCE__", hook_instance)
+                        t0, when = time.perf_counter(), phase()
+                        response = await client.post(SIGN, content=body,
+                                                     headers={"content-type": "application/json"})
+                        phases[when].append(time.perf_counter() - t0)
+                        if response.status_code == 200:
+                            answered.append(hook_instance)
+                await asyncio.gather(*(worker() for _ in range(concurrency)))
+
+        def watch() -> None:
+            paused.open()
+            is_paused = False
+            base_count = paused.count()  # the warm-up's rows
+            try:
+                while time.monotonic() < t_end + 3 * seconds:
+                    now = time.monotonic()
+                    if not is_paused and t_pause <= now < t_resume:
+                        paused.pause()
+                        is_paused = True
+                    elif is_paused and now >= t_resume:
+                        paused.resume()
+                        is_paused = False
+                    count = paused.count() - base_count
+                    samples.append((now - t_pause, len(answered), count))
+                    if now > t_end and count >= len(answered):
+                        return
+                    time.sleep(0.25)
+            finally:
+                if is_paused:
+                    paused.resume()
+                paused.close()
+
+        watcher = threading.Thread(target=watch)
+        try:
+            asyncio.run(drive(base, SIGN, payload, 40, 4))  # warm-up
+            time.sleep(1)  # its evaluations are written before the baseline count
+            answered.clear()
+            t_pause = time.monotonic() + seconds  # unpaused, paused, resumed: `seconds` each
+            t_resume = t_pause + seconds
+            t_end = t_resume + seconds
+            watcher.start()
+            asyncio.run(load())
+            watcher.join()
+        finally:
+            stop_server(server)
+    before, during = _pct(phases["before"], 0.99), _pct(phases["paused"], 0.99)
+    peak = max(a - s for _, a, s in samples)
+    drained = next((t - seconds for t, a, s in samples if t >= seconds and a - s <= 2 * concurrency), None)
+    print(f"## Database paused (bench/hook.py --pause {seconds:g} --pause-db {db}, issue 19 goal b)\n")
+    print(f"{paused.what} for {seconds:g} s under c{concurrency} (goal: 10 s); goals: hook p99 while paused "
+          "≤ 1.2× unpaused, the backlog grows and drains within 10 s of resume.\n")
+    after = _pct(phases["after"], 0.99)
+    print(f"- p99 unpaused {before:.1f} ms, paused {during:.1f} ms, after {after:.1f} ms "
+          f"(ratio {during / before:.2f}: {'met' if during <= 1.2 * before else 'MISSED'})")
+    print(f"- backlog (answered − stored) peaked at {peak} evaluations; drained "
+          + (f"{drained:.1f} s after resume ({'met' if drained <= 10 else 'MISSED'})" if drained is not None
+             else "NOT within the watch window (MISSED)"))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--requests", type=int, default=600, help="requests per endpoint and concurrency")
@@ -205,6 +487,12 @@ def main() -> None:
     parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--serve-db", default="none", help=argparse.SUPPRESS)
     parser.add_argument("--smoke", action="store_true", help="a few seconds: 20 requests per cell")
+    parser.add_argument("--alternate", metavar="STORES", help="goal (a): e.g. sqlite,postgresql vs no store")
+    parser.add_argument("--rounds", type=int, default=3, help="--alternate rounds")
+    parser.add_argument("--pause", type=float, metavar="SECONDS",
+                        help="goal (b): pause the database this long under c8")
+    parser.add_argument("--pause-db", choices=("sqlite", "postgresql"), default="sqlite",
+                        help="--pause: an exclusive SQLite lock, or SIGSTOP on a throwaway PostgreSQL")
     args = parser.parse_args()
     if args.serve:
         serve(args.serve, args.serve_db)
@@ -216,6 +504,12 @@ def main() -> None:
     body, count = realistic_body()
     body["hookInstance"] = "__HOOK_INSTANCE__"
     payload = json.dumps(body)
+    if args.alternate:
+        alternate(payload, args.requests, 1 if args.smoke else args.rounds, args.alternate.split(","))
+        return
+    if args.pause:
+        pause(payload, 1.0 if args.smoke else args.pause, args.pause_db)
+        return
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -258,6 +552,9 @@ def main() -> None:
                 if timings:
                     splits[concurrency] = _split(timings)
         scale = many_drafts(base, body)
+        view = patient_view_body()
+        asyncio.run(drive(base, PATIENT_VIEW, view, 8 if args.smoke else 60, 1))  # warm-up
+        view_latencies, _, _ = asyncio.run(drive(base, PATIENT_VIEW, view, args.requests, 1))
     finally:
         server.terminate()
         server.wait(timeout=10)
@@ -288,6 +585,9 @@ def main() -> None:
     print("\nMany draft orders in one call (security issue 15; goals: 250 drafts < 2 s, 251 → 413 < 1 s):")
     for drafts, status, seconds in scale:
         print(f"- {drafts} drafts: {status} in {seconds:.2f} s")
+    print("\npatient-view, patient not on baclofen, minimal prefetch, concurrency 1 "
+          f"(issue 21; goal p99 ≤ 20 ms): p50 {_pct(view_latencies, 0.50):.1f} ms, "
+          f"p99 {_pct(view_latencies, 0.99):.1f} ms")
     cost = jwt_cost(10 if args.smoke else 200)
     print(f"\nES384 client JWT verification (auth off in the runs above): {cost:.2f} ms per call")
 

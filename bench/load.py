@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import psutil
 from bench_common import REPO, machine_header, subprocess_env, use_repo_paths
 
 use_repo_paths()
@@ -61,6 +62,14 @@ class Run:
     duplicated: int = 0
     unexpected: int = 0
     spool_left: int = 0
+    mode: str = "closed"  # closed loop at `concurrency`, or open loop at `rate` req/s
+    rate: float = 0.0
+    workers: int = 1
+    cpu: dict[str, float] = field(default_factory=dict)  # CPU seconds in the timed window, by part
+    connections: list[int] = field(default_factory=list)  # established client connections per worker
+    writer: list[str] = field(default_factory=list)  # each worker's "store writer at stop" line
+    killed_at: float | None = None  # seconds into the run a worker was SIGKILLed
+    errors_after_kill: dict[str, int] = field(default_factory=dict)  # errors > 5 s after the kill
 
 
 def _free_port() -> int:
@@ -82,7 +91,8 @@ def postgres_database() -> Iterator[str]:
 
 
 @contextmanager
-def serve(db_url: str, workdir: Path, signer: Signer) -> Iterator[str]:
+def serve(db_url: str, workdir: Path, signer: Signer,
+          workers: int = 1) -> Iterator[tuple[str, subprocess.Popen]]:
     issuers = signer.issuers_file(workdir)
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
@@ -92,7 +102,7 @@ def serve(db_url: str, workdir: Path, signer: Signer) -> Iterator[str]:
     process = subprocess.Popen(
         [sys.executable, "-m", "cds_engine.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
          "--rules", str(REPO / "rules"), "--db", db_url, "--trusted-issuers", str(issuers),
-         "--public-url", base],
+         "--public-url", base, *(["--workers", str(workers)] if workers > 1 else [])],
         cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT,
     )
     try:
@@ -106,7 +116,9 @@ def serve(db_url: str, workdir: Path, signer: Signer) -> Iterator[str]:
             if process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError("server did not start:\n" + (workdir / "server.log").read_text())
             time.sleep(0.3)
-        yield base
+        while workers > 1 and len(service_workers(process)) < workers:
+            time.sleep(0.3)
+        yield base, process
     finally:
         process.terminate()
         try:
@@ -116,32 +128,132 @@ def serve(db_url: str, workdir: Path, signer: Signer) -> Iterator[str]:
         log.close()
 
 
-async def drive(base: str, payload: str, signer: Signer, run: Run) -> None:
-    url = base + SIGN
+class Tokens:
+    """Client JWTs: signed per call, or pre-signed before the timed window (``--presign``, reported)."""
+
+    def __init__(self, signer: Signer, url: str, presign: int = 0) -> None:
+        self.signer, self.url = signer, url
+        self.presigned = [signer.token(url, exp_in=900) for _ in range(presign)]
+
+    def next(self) -> str:
+        return self.presigned.pop() if self.presigned else self.signer.token(self.url)
+
+
+async def drive(base: str, payload: str, tokens: Tokens, run: Run, path: str = SIGN) -> None:
+    """Closed loop (``run.concurrency`` callers) or open loop (``run.rate`` calls/s on as many connections).
+
+    Open-loop latency counts from the moment a call was due, so a stalled server cannot hide its
+    queue (no coordinated omission)."""
+    url = base + path
     limits = httpx.Limits(max_connections=run.concurrency, max_keepalive_connections=run.concurrency)
-    stop_at = time.perf_counter() + run.seconds
+    start = time.perf_counter()
+    stop_at = start + run.seconds
     async with httpx.AsyncClient(limits=limits, timeout=30) as client:
 
-        async def worker() -> None:
-            while time.perf_counter() < stop_at:
-                hook_instance = str(uuid.uuid4())
-                body = payload.replace("__HOOK_INSTANCE__", hook_instance)
-                headers = {"content-type": "application/json", "authorization": f"Bearer {signer.token(url)}"}
-                t0 = time.perf_counter()
-                try:
-                    response = await client.post(url, content=body, headers=headers)
-                    key = str(response.status_code)
-                except httpx.HTTPError as exc:
-                    key = type(exc).__name__
-                run.latencies.append(time.perf_counter() - t0)
-                if key == "200":
-                    run.ok.append(hook_instance)
-                else:
-                    run.errors[key] = run.errors.get(key, 0) + 1
+        async def one(due: float) -> None:
+            hook_instance = str(uuid.uuid4())
+            body = payload.replace("__HOOK_INSTANCE__", hook_instance)
+            headers = {"content-type": "application/json", "authorization": f"Bearer {tokens.next()}"}
+            try:
+                response = await client.post(url, content=body, headers=headers)
+                key = str(response.status_code)
+            except httpx.HTTPError as exc:
+                key = type(exc).__name__
+            now = time.perf_counter()
+            run.latencies.append(now - due)
+            if key == "200":
+                run.ok.append(hook_instance)
+                return
+            run.errors[key] = run.errors.get(key, 0) + 1
+            if run.killed_at is not None and now - start > run.killed_at + 5:  # reconnected by now
+                run.errors_after_kill[key] = run.errors_after_kill.get(key, 0) + 1
 
-        start = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(run.concurrency)))
+        if run.mode == "closed":
+            async def worker() -> None:
+                while time.perf_counter() < stop_at:
+                    await one(time.perf_counter())
+
+            await asyncio.gather(*(worker() for _ in range(run.concurrency)))
+        else:
+            calls = []
+            for n in range(int(run.seconds * run.rate)):
+                due = start + n / run.rate
+                if (delay := due - time.perf_counter()) > 0:
+                    await asyncio.sleep(delay)
+                calls.append(asyncio.create_task(one(due)))
+            await asyncio.gather(*calls)
         run.elapsed = time.perf_counter() - start
+
+
+# ── where the CPU goes (from /proc, via psutil) ────────────────────────────────────────────
+def _thread_cpu(pid: int, name: str) -> float:
+    """CPU seconds of the threads of ``pid`` whose OS name is ``name`` (the writer names its thread)."""
+    total = 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            if (task / "comm").read_text().strip() != name:
+                continue
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+        except (OSError, IndexError, ValueError):
+            continue
+    return total
+
+
+def _cpu_of(process: psutil.Process) -> float:
+    try:
+        times = process.cpu_times()
+        return times.user + times.system
+    except psutil.Error:
+        return 0.0
+
+
+def service_workers(server: subprocess.Popen) -> list[psutil.Process]:
+    """The processes that serve: ``--workers N`` children holding the listening socket, else the server."""
+    parent = psutil.Process(server.pid)
+    found = []
+    for child in parent.children():
+        try:
+            if any(c.status == psutil.CONN_LISTEN for c in child.net_connections(kind="tcp")):
+                found.append(child)  # not helpers such as multiprocessing's resource tracker
+        except psutil.Error:
+            continue
+    return found or [parent]
+
+
+def cpu_snapshot(server: subprocess.Popen, db_name: str | None) -> dict[str, dict[int, float]]:
+    """CPU seconds so far, per process: service workers, their writer threads, PostgreSQL backends."""
+    workers = service_workers(server)
+    out: dict[str, dict[int, float]] = {"workers": {}, "writer": {}, "postgresql": {}}
+    for worker in workers:
+        out["workers"][worker.pid] = _cpu_of(worker)
+        out["writer"][worker.pid] = _thread_cpu(worker.pid, "cds-writer")
+    if db_name:
+        for process in psutil.process_iter(["name", "cmdline"]):
+            cmdline = " ".join(process.info.get("cmdline") or [])
+            if process.info.get("name") == "postgres" and f" {db_name} " in f" {cmdline} ":
+                out["postgresql"][process.pid] = _cpu_of(process)
+    return out
+
+
+def cpu_used(before: dict[str, dict[int, float]], after: dict[str, dict[int, float]]) -> dict[str, float]:
+    """Seconds used between two snapshots (a process that appeared counts from 0)."""
+    used = {k: sum(v - before[k].get(pid, 0.0) for pid, v in after[k].items()) for k in after}
+    used["workers"] -= used["writer"]  # the writer thread is inside the workers: counted on its own
+    return used
+
+
+def connection_split(server: subprocess.Popen, port: int) -> list[int]:
+    """Established client connections on the service port, per worker process."""
+    split = []
+    for worker in service_workers(server):
+        try:
+            conns = worker.net_connections(kind="tcp")
+        except psutil.Error:
+            continue
+        split.append(sum(1 for c in conns if c.status == psutil.CONN_ESTABLISHED and c.laddr.port == port))
+    return split
 
 
 def check_store(db_url: str, workdir: Path, run: Run) -> None:
@@ -175,60 +287,159 @@ def _pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(len(ordered) * q))] * 1000 if ordered else float("nan")
 
 
-def one_run(store: str, payload: str, seconds: float, concurrency: int, warm_seconds: float = 3) -> Run:
-    run = Run(store=store, seconds=seconds, concurrency=concurrency)
+def one_run(store: str, payload: str, run: Run, warm_seconds: float = 3, presign: bool = False,
+            kill: bool = False) -> Run:
+    """One fresh server (``run.workers`` workers) and store; the timed window; then the store checked."""
+    import re
+    import threading
+
     signer = Signer(issuer="https://ehr.load.example")
     with tempfile.TemporaryDirectory(prefix="cds-load-") as tmp:
         workdir = Path(tmp)
 
-        def go(db_url: str) -> None:
-            with serve(db_url, workdir, signer) as base:
+        def go(db_url: str, db_name: str | None) -> None:
+            with serve(db_url, workdir, signer, run.workers) as (base, server):
+                port = int(base.rsplit(":", 1)[1])
                 warm = Run(store=store, seconds=warm_seconds, concurrency=4)
-                asyncio.run(drive(base, payload, signer, warm))
-                asyncio.run(drive(base, payload, signer, run))
+                asyncio.run(drive(base, payload, Tokens(signer, base + SIGN), warm))
+                expected = int(run.seconds * (run.rate or 300) * 1.2) if presign else 0
+                tokens = Tokens(signer, base + SIGN, expected)  # signed before the timed window
+                generator = psutil.Process()
+                before, gen_before = cpu_snapshot(server, db_name), _cpu_of(generator)
+
+                def middle() -> None:  # connection split at mid-run; then the kill, if asked
+                    time.sleep(run.seconds / 2)
+                    run.connections = connection_split(server, port)
+                    if kill:
+                        workers = service_workers(server)  # the busiest: its connections see the kill
+                        victim = workers[run.connections.index(max(run.connections))] if len(
+                            run.connections) == len(workers) else workers[0]
+                        victim.kill()
+                        run.killed_at = run.seconds / 2
+
+                sampler = threading.Thread(target=middle, daemon=True)
+                sampler.start()
+                asyncio.run(drive(base, payload, tokens, run))
+                after, gen_after = cpu_snapshot(server, db_name), _cpu_of(generator)
+                run.cpu = cpu_used(before, after)
+                run.cpu["generator"] = gen_after - gen_before
+                sampler.join()
                 time.sleep(1)
             run.ok.extend(warm.ok)  # warm-up calls are stored too
             check_store(db_url, workdir, run)
-            if "Traceback" in (workdir / "server.log").read_text():
+            text = (workdir / "server.log").read_text()
+            run.writer = re.findall(r"store writer at stop: (\{.*\})", text)
+            if "Traceback" in text:
                 run.errors["server traceback"] = 1
+                first = text.index("Traceback")
+                print(f"{store} {run.mode}: first server traceback:\n{text[first:first + 4000]}",
+                      file=sys.stderr)
 
         if store == "sqlite":
-            go(f"sqlite:///{workdir}/load.db")
+            go(f"sqlite:///{workdir}/load.db", None)
         else:
             with postgres_database() as url:
-                go(url)
+                go(url, url.rsplit("/", 1)[1].split("?")[0])
     return run
 
 
-def report(runs: list[Run], body_kib: int, resources: int) -> str:
+def null_harness(payload: str, seconds: float, concurrency: int) -> float:
+    """Requests/s the load generator reaches against an endpoint that does nothing (same JWTs, body)."""
+    port = _free_port()
+    server = subprocess.Popen([sys.executable, __file__, "--null-serve", str(port)], env=subprocess_env())
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                httpx.get(base + "/", timeout=1)
+                break
+            except httpx.HTTPError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("null endpoint did not start") from None
+                time.sleep(0.2)
+        run = Run(store="null", seconds=seconds, concurrency=concurrency)
+        asyncio.run(drive(base, payload, Tokens(Signer(), base + SIGN), run))
+        return len(run.latencies) / run.elapsed
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+def null_serve(port: int) -> None:
+    """An ASGI app that reads the body and answers ``{"cards": []}``: the harness's ceiling."""
+    import uvicorn
+
+    async def app(scope, receive, send) -> None:  # type: ignore[no-untyped-def]
+        if scope["type"] != "http":
+            return
+        more = True
+        while more:
+            more = (await receive()).get("more_body", False)
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": b'{"cards":[]}'})
+
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+
+
+def _lag_p99(run: Run) -> str:
+    import ast
+
+    values = [ast.literal_eval(line).get("lag_ms_p99") for line in run.writer]
+    values = [v for v in values if v is not None]
+    return f"{max(values):.0f}" if values else "–"
+
+
+def report(runs: list[Run], body_kib: int, resources: int, harness: float | None, presign: bool) -> str:
+    first = runs[0]
     lines = [
         "## Load (bench/load.py)\n",
-        f"Run: `python bench/load.py --seconds {runs[0].seconds:g}`. The real `cds-engine serve` "
-        "(uvicorn, one "
-        "worker, INFO request log) with client authentication on: a trusted-issuers file with one ES384 "
-        "key; every call carries a freshly signed ES384 JWT (aud = the URL, unique jti) and a unique "
-        f"hookInstance. Body: order-sign for a Synthea patient, {resources} prefetched resources + 1 "
-        f"draft baclofen order, {body_kib} KiB. Concurrency {runs[0].concurrency} (httpx, one event loop).\n",
+        f"Run: `python bench/load.py --seconds {first.seconds:g} --workers {first.workers}"
+        f"{' --presign' if presign else ''} ...`. The real `cds-engine serve` ({first.workers} worker(s), "
+        "INFO request log, evaluations through the journal and the group-commit writer) with client "
+        "authentication on: a trusted-issuers file with one ES384 key; every call carries an ES384 JWT "
+        "(aud = the URL, unique jti"
+        + (", **pre-signed before the timed window**" if presign else ", signed during the run")
+        + f") and a unique hookInstance. Body: order-sign for a Synthea patient, {resources} prefetched "
+        f"resources + 1 draft baclofen order, {body_kib} KiB. httpx, one event loop, persistent "
+        "connections.\n",
         f"Machine: `nproc` = {os.cpu_count()}, {platform.machine()}, Python {platform.python_version()}. "
-        "**The load generator (including ES384 signing of every token) shares the 2 cores with the "
-        "server**, and other sessions may have been running tests on the same VM.\n",
-        "| store | seconds | requests | requests/s | p50 ms | p99 ms | p99.9 ms | errors | stored once | "
-        "missing | duplicated | spool left |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "**The load generator shares the cores with the server and PostgreSQL.**\n",
+    ]
+    if harness is not None:
+        lines.append(f"Harness against a null endpoint (same client, JWTs and body): {harness:.0f} req/s.\n")
+    lines += [
+        "| store | mode | req/s | p50 ms | p99 ms | errors | stored once | missing | dup | left | "
+        "CPU ms/answer: workers · writer · PostgreSQL · generator | connections per worker "
+        "| write lag p99 ms |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---:|",
     ]
     for r in runs:
         n = len(r.latencies)
         errors = sum(r.errors.values())
         detail = f" ({', '.join(f'{k}: {v}' for k, v in r.errors.items())})" if errors else ""
+        answered = max(1, len(r.ok))
+        cpu = " · ".join(f"{r.cpu.get(k, 0.0) * 1000 / answered:.1f}"
+                         for k in ("workers", "writer", "postgresql", "generator"))
+        mode = f"closed c{r.concurrency}" if r.mode == "closed" else f"open {r.rate:g}/s"
+        if r.killed_at is not None:
+            after = sum(r.errors_after_kill.values())
+            mode += f", worker SIGKILLed at {r.killed_at:.0f} s ({after} errors > 5 s after)"
         lines.append(
-            f"| {r.store} | {r.elapsed:.0f} | {n} | {n / r.elapsed:.0f} | {_pct(r.latencies, 0.5):.0f} | "
-            f"{_pct(r.latencies, 0.99):.0f} | {_pct(r.latencies, 0.999):.0f} | {errors}{detail} | "
-            f"{r.stored_once}/{len(r.ok)} | {r.missing} | {r.duplicated} | {r.spool_left} |"
+            f"| {r.store} | {mode} | {n / r.elapsed:.0f} | {_pct(r.latencies, 0.5):.0f} | "
+            f"{_pct(r.latencies, 0.99):.0f} | {errors}{detail} | {r.stored_once}/{len(r.ok)} | {r.missing} | "
+            f"{r.duplicated} | {r.spool_left} | {cpu} | {'/'.join(map(str, r.connections)) or '–'} | "
+            f"{_lag_p99(r)} |"
         )
     lines.append(
         "\n'stored once': hookInstances answered 200 (warm-up included) with exactly one evaluation row "
-        "for the pack, counted in the database after the server stopped; rows for hookInstances that "
-        f"were never answered 200: {', '.join(str(r.unexpected) for r in runs)}."
+        "for the pack, counted in the database after the server stopped; 'left': files left in the "
+        "spool/journal directory; rows for hookInstances never answered 200: "
+        f"{', '.join(str(r.unexpected) for r in runs)}. CPU from /proc over the timed window, per "
+        "answered call (the writer thread is named `cds-writer`; PostgreSQL: the backends of the run's "
+        "database). Goals (issue 19): closed c32 ≥ 200 req/s, 0 errors; open 150/s p99 ≤ 250 ms; "
+        "write lag p99 ≤ 2 s."
     )
     return "\n".join(lines)
 
@@ -238,8 +449,18 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=60)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--db", default="sqlite,postgresql", help="comma list: sqlite, postgresql")
+    parser.add_argument("--workers", type=int, default=1, help="serve --workers N")
+    parser.add_argument("--open-rate", type=float, default=0.0, help="also an open-loop run at this req/s")
+    parser.add_argument("--runs", type=int, default=1, help="repeat each run (report them all; take medians)")
+    parser.add_argument("--presign", action="store_true", help="sign the JWTs before the timed window")
+    parser.add_argument("--kill", action="store_true", help="also a closed-loop run that SIGKILLs a worker")
+    parser.add_argument("--null", action="store_true", help="also measure the harness on a null endpoint")
+    parser.add_argument("--null-serve", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--smoke", action="store_true", help="2 s, concurrency 4 (PostgreSQL if configured)")
     args = parser.parse_args()
+    if args.null_serve:
+        null_serve(args.null_serve)
+        return
     if args.smoke:
         from store_helpers import postgres_admin_url
 
@@ -249,12 +470,25 @@ def main() -> None:
     body, resources = realistic_body()
     body["hookInstance"] = "__HOOK_INSTANCE__"
     payload = json.dumps(body)
+    harness = null_harness(payload, args.seconds, args.concurrency) if args.null else None
+    warm = 0.5 if args.smoke else 3
     runs = []
-    for store in args.db.split(","):
-        run = one_run(store.strip(), payload, args.seconds, args.concurrency, 0.5 if args.smoke else 3)
-        print(f"{store}: {len(run.latencies)} requests, errors {run.errors}", file=sys.stderr)
-        runs.append(run)
-    print(report(runs, len(payload) // 1024, resources))
+    for store in [s.strip() for s in args.db.split(",")]:
+        plans = [Run(store=store, seconds=args.seconds, concurrency=args.concurrency, workers=args.workers)]
+        if args.open_rate:
+            plans.append(Run(store=store, seconds=args.seconds, concurrency=args.concurrency,
+                             workers=args.workers, mode="open", rate=args.open_rate))
+        for _ in range(args.runs):
+            for plan in plans:
+                run = Run(**{**plan.__dict__, "latencies": [], "ok": [], "errors": {}})
+                one_run(store, payload, run, warm, args.presign)
+                print(f"{store} {run.mode}: {len(run.latencies)} requests, errors {run.errors}",
+                      file=sys.stderr)
+                runs.append(run)
+        if args.kill and args.workers > 1:
+            run = Run(store=store, seconds=args.seconds, concurrency=args.concurrency, workers=args.workers)
+            runs.append(one_run(store, payload, run, warm, args.presign, kill=True))
+    print(report(runs, len(payload) // 1024, resources, harness, args.presign))
 
 
 if __name__ == "__main__":

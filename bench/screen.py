@@ -10,13 +10,19 @@ Items (each prints one line; ``--json FILE`` saves them):
       read + evaluate + the full alert table (summaries, evidence JSON) — patients/s.
       The Parquet holds *flat facts* (one column per fact the pack reads), generated column-wise
       by :func:`flat_population`. Also: a patient *record* table (the CSV/Parquet input format)
-      through ``cds-engine screen`` end to end, which derives facts patient by patient.
+      through ``cds-engine screen`` end to end (facts derived column-wise: batch/columnar_facts.py).
   (b) the Rete (durable_rules) path on a sample of the same patients, (c) the plain-Python oracle
       on the same sample — both per patient, alerts built with ``build_alerts``.
-  (d) the shipped Synthea bundles (``examples/synthea``) end to end (``cds-engine screen``) vs
-      ``json.loads`` of the same files.
-  (e) peak RSS of a streamed vector screening at two sizes (separate processes).
-  (f) ``cds-engine screen --dask`` on a LocalCluster with 1 and 2 workers (record table).
+  (d) FHIR bundles end to end (``run_screen``, serial, selective decoding) vs ``json.loads`` of the
+      same files (gunzip included), best of 3 each, warm cache: the 16 shipped ``examples/synthea``
+      files, then ``--bundle-copies`` copies of them (each copy its own patient id); (d') a Bulk
+      NDJSON export (gzipped, one file per type) of those patients vs ``json.loads`` of every line.
+  (e) peak RSS of a streamed vector screening at two sizes (separate processes); (e') the same for
+      record tables through ``cds-engine screen``, RSS summed over the process tree every 100 ms.
+  (g) ``--record-table`` patients (Parquet records, ``--assume-order``) → ``--format parquet``,
+      then ``--format csv`` (timed apart), in a child process: interpreter start reported apart.
+  (f) the NDJSON export cut into ``--dask-parts`` partitions, processed on a LocalCluster of 1 and
+      of 2 workers (1 thread each, ``POLARS_MAX_THREADS=1``) and in one process with 2 polars threads.
 """
 
 from __future__ import annotations
@@ -31,19 +37,20 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 import polars as pl
-from bench_common import REPO, machine_header, use_repo_paths
+from bench_common import REPO, machine_header, subprocess_env, use_repo_paths
 
 use_repo_paths()
 
 from cds_engine.engine import Engine, OracleEvaluator, project  # noqa: E402
+from cds_engine.evaluators.vector import VectorPack, vector_alerts  # noqa: E402
 from cds_engine.facts import catalog  # noqa: E402
 from cds_engine.results import build_alerts  # noqa: E402
 from cds_engine.rules.conditions import BOUND_SUFFIXES, facts_of  # noqa: E402
 from cds_engine.rules.rete import ReteEvaluator  # noqa: E402
-from cds_engine.rules.vector import VectorPack, vector_alerts  # noqa: E402
 
 AS_OF = "2026-01-15T00:00:00+00:00"
 
@@ -185,38 +192,223 @@ def bench_per_patient(pack, sample: list[dict], kind: str) -> dict:
     return {"patients": len(sample), "seconds": dt, "rate": len(sample) / dt, "alerts": alerts}
 
 
-def bench_bundles() -> dict | None:
-    synthea = REPO / "examples" / "synthea"
-    from cds_engine.batch.inputs import plan_inputs
-    from cds_engine.batch.runner import ScreenOptions, run_screen
+GZ_MAGIC = b"\x1f\x8b"
 
-    files = plan_inputs([synthea]).bundles
-    t = time.perf_counter()
+
+def _best(fn, repeats: int = 3) -> float:
+    """Best of ``repeats`` wall-clock runs (warm cache: the first run reads the files in)."""
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def synthea_copies(folder: Path, copies: int) -> Path:
+    """The shipped Synthea bundles ``copies`` times over (gzip), each copy with its own patient id."""
+    from cds_engine.batch.inputs import plan_inputs
+    from cds_engine.sources.compressed import read_bundle_bytes
+    from cds_engine.sources.selective import read_bundle
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for f in plan_inputs([REPO / "examples" / "synthea"]).bundles:
+        data = read_bundle_bytes(f)
+        pid = next(
+            (r.get("id") for r in read_bundle(data).resources if r.get("resourceType") == "Patient"), None
+        )
+        for k in range(copies):
+            copy = data.replace(pid.encode(), f"{pid[:-6]}{k:06d}".encode()) if pid and len(pid) > 6 else data
+            name = f.name.removesuffix(".gz").removesuffix(".json")
+            (folder / f"{k:04d}-{name}.json.gz").write_bytes(gzip.compress(copy, 6))
+    return folder
+
+
+def bulk_export(bundles: Path, folder: Path) -> Path:
+    """A Bulk FHIR export (one gzipped NDJSON file per resource type) of the same patients."""
+    from cds_engine.batch.inputs import plan_inputs
+    from cds_engine.sources.compressed import read_bundle_bytes
+    from cds_engine.sources.fhir import bundle_resources
+
+    folder.mkdir(parents=True, exist_ok=True)
+    handles: dict[str, gzip.GzipFile] = {}
+    with ExitStack() as stack:
+        for f in plan_inputs([bundles]).bundles:
+            for r in bundle_resources(json.loads(read_bundle_bytes(f))):
+                rtype = r["resourceType"]
+                if rtype not in handles:
+                    path = folder / f"{rtype}.ndjson.gz"
+                    handles[rtype] = stack.enter_context(gzip.open(path, "wb", compresslevel=6))
+                handles[rtype].write(json.dumps(r, separators=(",", ":")).encode() + b"\n")
+    return folder
+
+
+def _loads_files(files: list[Path]) -> None:
     for f in files:
         raw = f.read_bytes()
-        json.loads(gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw)  # the hand-made ones are plain
-    parse_s = time.perf_counter() - t
-    with tempfile.TemporaryDirectory() as tmp:
-        result, screen_s = timed(
-            run_screen,
-            ScreenOptions(
-                inputs=[synthea],
-                out=Path(tmp) / "o",
-                rules=REPO / "rules",
-                as_of=AS_OF,
-                assume_order="baclofen 5 mg PO TID",
-                progress=False,
-            ),
+        json.loads(gzip.decompress(raw) if raw[:2] == GZ_MAGIC else raw)
+
+
+def _loads_lines(files: list[Path]) -> None:
+    for f in files:
+        with gzip.open(f, "rb") if f.name.endswith(".gz") else f.open("rb") as fh:
+            for line in fh:
+                if line.strip():
+                    json.loads(line)
+
+
+def _screen_serial(inputs: list[Path], out: Path) -> dict:
+    import shutil
+
+    from cds_engine.batch.runner import ScreenOptions, run_screen
+
+    shutil.rmtree(out, ignore_errors=True)
+    result = run_screen(
+        ScreenOptions(
+            inputs=inputs,
+            out=out,
+            rules=REPO / "rules",
+            as_of=AS_OF,
+            assume_order="baclofen 5 mg PO TID",
+            progress=False,
         )
+    )
+    return result.summary
+
+
+def bench_bundles(folder: Path, tmp: Path, repeats: int = 3) -> dict:
+    """(d) bundles end to end (serial ``run_screen``) vs ``json.loads`` of the same files, best of 3 each."""
+    from cds_engine.batch.inputs import plan_inputs
+
+    files = plan_inputs([folder]).bundles
+    parse_s = _best(lambda: _loads_files(files), repeats)
+    summary: dict = {}
+    screen_s = _best(lambda: summary.update(_screen_serial([folder], tmp / "bundles-out")), repeats)
     n = len(files)
     return {
         "files": n,
+        "bytes": sum(f.stat().st_size for f in files),
         "parse_s": parse_s,
         "parse_rate": n / parse_s,
         "screen_s": screen_s,
         "screen_rate": n / screen_s,
         "ratio": parse_s / screen_s,
-        "patients": result.summary["counts"]["read"],
+        "patients": summary["counts"]["read"],
+        "alerts": summary["counts"]["alerts"],
+    }
+
+
+def bench_ndjson(export: Path, tmp: Path, repeats: int = 3) -> dict:
+    """(d') a Bulk NDJSON export end to end vs ``json.loads`` of every line of the same files."""
+    files = sorted(p for p in export.iterdir() if ".ndjson" in p.name)
+    lines = 0
+    for f in files:
+        with gzip.open(f, "rb") as fh:
+            lines += sum(1 for _ in fh)
+    parse_s = _best(lambda: _loads_lines(files), repeats)
+    summary: dict = {}
+    screen_s = _best(lambda: summary.update(_screen_serial([export], tmp / "ndjson-out")), repeats)
+    return {
+        "files": len(files),
+        "lines": lines,
+        "parse_s": parse_s,
+        "screen_s": screen_s,
+        "ratio": parse_s / screen_s,
+        "patients": summary["counts"]["read"],
+        "alerts": summary["counts"]["alerts"],
+    }
+
+
+_THREADS_CHILD = """
+import pickle, sys, time
+sys.path.insert(0, {src!r})
+import polars as pl
+from cds_engine.batch.work import _context, process_chunk
+chunks, cfg = pickle.load(open({chunks!r}, "rb"))
+_context(cfg)
+best = float("inf")
+for _ in range({repeats}):
+    t = time.perf_counter()
+    for c in chunks:
+        process_chunk(c, cfg)
+    best = min(best, time.perf_counter() - t)
+print(pl.thread_pool_size(), best)
+"""
+
+
+def _warm(cfg) -> None:
+    from cds_engine.batch.work import _context
+
+    _context(cfg)
+
+
+def _on_workers(chunks: list, cfg, workers: int, repeats: int) -> float:
+    from distributed import Client, LocalCluster
+
+    from cds_engine.batch.work import process_chunk
+
+    with (
+        LocalCluster(
+            n_workers=workers,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            env={"POLARS_MAX_THREADS": "1"},
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        client.run(_warm, cfg)  # each worker builds its engine once, before the clock starts
+
+        def once() -> None:
+            futures = client.map(process_chunk, chunks, cfg=cfg, pure=False)
+            client.gather(futures)
+            del futures
+
+        return _best(once, repeats)
+
+
+def bench_dask(export: Path, tmp: Path, parts: int, repeats: int = 2) -> dict:
+    """(f) the partitions of a Bulk NDJSON export on a LocalCluster of 1 and 2 workers (1 thread each,
+    ``POLARS_MAX_THREADS=1``), and in one process with 2 polars threads; partitioning (serial, the
+    same for all three) is timed on its own."""
+    import pickle
+
+    from cds_engine.batch.inputs import Chunk
+    from cds_engine.batch.work import RunConfig
+    from cds_engine.sources.ndjson import partition_export
+
+    files = sorted(p for p in export.iterdir() if ".ndjson" in p.name)
+    t = time.perf_counter()
+    result = partition_export(files, tmp / "dask-parts", parts)
+    partition_s = time.perf_counter() - t
+    chunks = [
+        Chunk(id=f"p{i}", kind="ndjson", files=(str(p), str(result.shared)), records=0)
+        for i, p in enumerate(result.parts)
+    ]
+    cfg = RunConfig(
+        rules=str((REPO / "rules").resolve()),
+        engine="vector",
+        as_of=AS_OF,
+        assume_order="baclofen 5 mg PO TID",
+    )
+    one = _on_workers(chunks, cfg, 1, repeats)
+    two = _on_workers(chunks, cfg, 2, repeats)
+    state = tmp / "chunks.pkl"
+    state.write_bytes(pickle.dumps((chunks, cfg)))
+    code = _THREADS_CHILD.format(src=str(REPO / "src"), chunks=str(state), repeats=repeats)
+    env = {**os.environ, "POLARS_MAX_THREADS": "2"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    threads, single = done.stdout.split()
+    return {
+        "patients": result.patients,
+        "partitions": parts,
+        "partition_s": partition_s,
+        "one_worker_s": one,
+        "two_workers_s": two,
+        "one_process_2_threads_s": float(single),
+        "polars_threads": int(threads),
+        "speedup_2_vs_1": one / two,
+        "speedup_2_workers_vs_2_threads": float(single) / two,
     }
 
 
@@ -224,7 +416,7 @@ _MEM_CHILD = """
 import sys, resource, polars as pl
 sys.path.insert(0, {src!r})
 from cds_engine.engine import Engine
-from cds_engine.rules.vector import VectorPack, vector_alerts
+from cds_engine.evaluators.vector import VectorPack, vector_alerts
 pack = next(p for p in Engine.from_dir({rules!r}).packs if p.id == "baclofen")
 vp = VectorPack.compile(pack)
 n, rows = 0, 0
@@ -255,35 +447,6 @@ def bench_memory(pack, sizes: list[int], chunk: int, tmp: Path) -> list[dict]:
             }
         )
         path.unlink()
-    return out
-
-
-def bench_dask(vocab, n: int, tmp: Path) -> list[dict]:
-    from distributed import LocalCluster
-
-    from cds_engine.batch.runner import ScreenOptions, run_screen
-
-    path = tmp / "records.parquet"
-    record_population(vocab, n).write_parquet(path)
-    out = []
-    for workers in (1, 2):
-        with LocalCluster(
-            n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None
-        ) as c:
-            _, dt = timed(
-                run_screen,
-                ScreenOptions(
-                    inputs=[path],
-                    out=tmp / f"dask{workers}",
-                    rules=REPO / "rules",
-                    as_of=AS_OF,
-                    assume_order="baclofen 5 mg PO TID",
-                    dask=c.scheduler_address,
-                    rows_per_chunk=max(1000, n // 8),
-                    progress=False,
-                ),
-            )
-        out.append({"workers": workers, "patients": n, "seconds": dt, "rate": n / dt})
     return out
 
 
@@ -332,17 +495,32 @@ def main() -> None:
     ap.add_argument(
         "--records", type=int, default=20_000, help="record-table patients through the CLI and Dask"
     )
+    ap.add_argument(
+        "--bundle-copies", type=int, default=40, help="copies of the shipped bundles for (d), (f)"
+    )
+    ap.add_argument("--dask-parts", type=int, default=8, help="NDJSON partitions for (f)")
+    ap.add_argument(
+        "--record-table", type=int, default=1_000_000, help="record-table patients for (g): Parquet → alerts"
+    )
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     if args.quick:
         args.patients, args.sample, args.records = 50_000, 1_000, 2_000
+        args.bundle_copies = 3
     mem_sizes = (
         [1_000_000, 5_000_000] if args.full else ([50_000, 100_000] if args.quick else [1_000_000, 2_000_000])
     )
     mem_chunk = 100_000
+    rec_mem_sizes = mem_sizes
+    if args.quick:
+        args.record_table = 100_000
     if args.smoke:
+        args.record_table = 2_000
         args.patients, args.sample, args.records = 2_000, 100, 300
         mem_sizes, mem_chunk = [2_000, 4_000], 1_000
+        rec_mem_sizes = mem_sizes
+        args.bundle_copies, args.dask_parts = 1, 2
+    repeats = 1 if args.smoke else 3
     print(machine_header("bench/screen.py", args.smoke))
     engine = Engine.from_dir(REPO / "rules")
     pack = next(p for p in engine.packs if p.id == "baclofen")
@@ -379,17 +557,51 @@ def main() -> None:
         r = bench_records(engine.packs[0].vocabulary, args.records, tmp)
         results["a_records_cli"] = r
         print(
-            f"(a') record table through `cds-engine screen` (per-patient derive), {r['patients']:,}: "
+            f"(a') record table through `cds-engine screen` (columnar derivation), {r['patients']:,}: "
             f"{r['rate']:,.0f} patients/s"
         )
-        d = bench_bundles()
-        results["d_bundles"] = d
-        if d:  # the same files through both paths; tiny sample (15 files): read the ratio, not the rate
+        # (g) the analyst's path: a record table → alerts through the command (columnar derivation)
+        from screening.record_table import bench_record_table, screen_cli
+
+        rec_path = tmp / "records-g.parquet"
+        record_population(engine.packs[0].vocabulary, args.record_table, seed=5).write_parquet(rec_path)
+        g = bench_record_table(rec_path, args.record_table, tmp, REPO / "rules", AS_OF, subprocess_env())
+        results["g_record_table"] = g
+        gp, gc = g["parquet"], g["parquet"]["columnar"]
+        print(
+            f"(g) record table (Parquet, {g['patients']:,} patients, seed 5: 2 medicines, 1 in 3 a "
+            f"condition, 3 in 4 an eGFR; {g['alerts_per_patient']:.2f} alerts/patient) through "
+            f"`cds-engine screen --assume-order`: --format parquet {g['rate_parquet']:,.0f} patients/s "
+            f"({gp['screen_s']:.2f} s; interpreter start + imports {gp['imports_s']:.2f} s not "
+            f"included, wall {gp['wall_s']:.2f} s); --format csv {g['rate_csv']:,.0f} patients/s; "
+            f"derived column-wise {gc.get('derived_columnwise', 0):,}, "
+            f"per patient {gc.get('derived_per_patient', 0):,}"
+        )
+        if not args.smoke:  # the smoke run's copies are this same set
+            d = bench_bundles(REPO / "examples" / "synthea", tmp, repeats)
+            results["d_bundles_shipped"] = d
             print(
-                f"(d) {d['files']} Synthea bundles: json.loads {d['parse_rate']:.0f} files/s, "
-                f"screen end to end "
-                f"{d['screen_rate']:.0f} files/s → {d['ratio']:.2f}x of the raw parse rate"
+                f"(d) {d['files']} shipped Synthea bundles, serial, best of {repeats}: json.loads "
+                f"{d['parse_s'] * 1000:.0f} ms, screen end to end {d['screen_s'] * 1000:.0f} ms → "
+                f"{d['ratio']:.2f}x of the raw parse rate (tiny set: per-run costs dominate)"
             )
+        copies = synthea_copies(tmp / "synthea-copies", args.bundle_copies)
+        d = bench_bundles(copies, tmp, repeats)
+        results["d_bundles"] = d
+        print(
+            f"(d) {d['files']} Synthea bundles (shipped x{args.bundle_copies}, gz, "
+            f"{d['patients']:,} records, {d['alerts']:,} alerts), serial, best of {repeats}: json.loads "
+            f"{d['parse_rate']:.0f} files/s, screen end to end {d['screen_rate']:.0f} files/s → "
+            f"{d['ratio']:.2f}x of the raw parse rate"
+        )
+        export = bulk_export(copies, tmp / "bulk")
+        n = bench_ndjson(export, tmp, repeats)
+        results["d_ndjson"] = n
+        print(
+            f"(d') Bulk NDJSON export of the same patients ({n['files']} gz files, {n['lines']:,} lines), "
+            f"serial, best of {repeats}: json.loads per line {n['parse_s']:.2f} s, screen end to end "
+            f"{n['screen_s']:.2f} s → {n['ratio']:.2f}x of the raw parse rate"
+        )
         m = bench_memory(pack, mem_sizes, mem_chunk, tmp)
         results["e_memory"] = m
         print(
@@ -397,12 +609,40 @@ def main() -> None:
             + "; ".join(f"{x['patients']:,}: {x['peak_rss_mb']:.0f} MB ({x['seconds']:.0f} s)" for x in m)
             + f" → ratio {m[1]['peak_rss_mb'] / m[0]['peak_rss_mb']:.2f}"
         )
-        f = bench_dask(engine.packs[0].vocabulary, args.records, tmp)
+        em = []
+        for size in rec_mem_sizes:  # (e') issue 20 item 5: record tables, process-tree RSS every 100 ms
+            rp = tmp / f"records-mem-{size}.parquet"
+            record_population(engine.packs[0].vocabulary, size, seed=6).write_parquet(rp)
+            em.append(
+                screen_cli(
+                    rp,
+                    tmp / f"mem-{size}",
+                    REPO / "rules",
+                    AS_OF,
+                    "baclofen 5 mg PO TID",
+                    ("parquet",),
+                    subprocess_env(),
+                    chunk_rows=mem_chunk,
+                )
+            )
+            rp.unlink()
+        results["e_record_memory"] = em
+        print(
+            "(e') peak RSS of the process tree (sampled every 100 ms), record table → alerts.parquet: "
+            + "; ".join(
+                f"{x['patients']:,}: {x['peak_tree_rss_mb']:.0f} MB ({x['screen_s']:.0f} s)" for x in em
+            )
+            + f" → ratio {em[-1]['peak_tree_rss_mb'] / em[0]['peak_tree_rss_mb']:.2f}"
+        )
+        f = bench_dask(export, tmp, args.dask_parts, min(repeats, 2))
         results["f_dask"] = f
         print(
-            "(f) LocalCluster record table: "
-            + "; ".join(f"{x['workers']} worker(s) {x['rate']:,.0f} patients/s" for x in f)
-            + f" → speed-up {f[1]['rate'] / f[0]['rate']:.2f}x"
+            f"(f) {f['partitions']} NDJSON partitions ({f['patients']:,} patients; partitioning "
+            f"{f['partition_s']:.2f} s, serial, not included): LocalCluster 1 worker "
+            f"{f['one_worker_s']:.2f} s, 2 workers {f['two_workers_s']:.2f} s (1 thread each, "
+            f"POLARS_MAX_THREADS=1) → {f['speedup_2_vs_1']:.2f}x; one process with {f['polars_threads']} "
+            f"polars threads {f['one_process_2_threads_s']:.2f} s → 2 workers "
+            f"{f['speedup_2_workers_vs_2_threads']:.2f}x of it"
         )
     _ = resource
     if args.json:

@@ -11,11 +11,13 @@ import uuid
 from collections.abc import Iterator
 from contextlib import closing, contextmanager, suppress
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from cds_engine.alerts import Alert, AlertSource, AlertSuggestion
+from cds_engine.store import Store, open_store
 from cds_engine.store.api import EvaluationRecord, FeedbackRecord, IssuedAlert
 
 # The one way tests find PostgreSQL: an admin URL (any database on the server; trust or password in the
@@ -248,3 +250,25 @@ def sign_in(client: Any, username: str, password: str) -> str:
     )
     assert response.status_code == 303, response.text
     return csrf_of(client.get("/review/alerts").text)
+
+
+STORE_KINDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+
+
+@contextmanager
+def store_for(kind: str, tmp_path: Path) -> Iterator[Store]:
+    """A migrated store without a drainer thread: a SQLite file in ``tmp_path``, or a fresh
+    PostgreSQL database (``kind`` "postgresql"), closed (and dropped) at the end."""
+    if kind == "sqlite":
+        s = open_store(f"sqlite:///{tmp_path}/store.db", spool_dir=tmp_path / "spool", start_drainer=False)
+        try:
+            yield s
+        finally:
+            s.close()
+        return
+    with postgres_database() as url:
+        s = open_store(url, spool_dir=tmp_path / "spool", start_drainer=False)
+        try:
+            yield s
+        finally:
+            s.close()

@@ -16,8 +16,8 @@ import pytest
 from cds_engine.batch.order_text import OrderTextError, parse_order_text
 from cds_engine.batch.runner import ScreenOptions, run_screen
 from cds_engine.engine import Engine
+from cds_engine.evaluators.vector import alerts_to_rows
 from cds_engine.facts.model import PatientFacts
-from cds_engine.rules.vector import alerts_to_rows
 from conftest import RULES
 
 AS_OF = "2026-01-15T12:00:00+00:00"

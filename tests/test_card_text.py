@@ -32,13 +32,13 @@ from typing import Any
 import pytest
 import yaml
 
+from cds_engine.authoring.text_lint import _NOT_A_THRESHOLD, _NUMBER, clinician_texts
+from cds_engine.authoring.verify import verify_text
 from cds_engine.engine import Engine
 from cds_engine.facts.model import PatientFacts
 from cds_engine.messages import INCOMPLETE_MEDICATIONS, fmt_value
 from cds_engine.rules.governance import approval_state
 from cds_engine.rules.overrides import reasons_for
-from cds_engine.rules.text_lint import _NOT_A_THRESHOLD, _NUMBER, clinician_texts
-from cds_engine.rules.verify import verify_text
 from cds_engine.service.cards import alert_card
 from cds_engine.service.models import HookRequest
 from cds_engine.service.prefetch import gather_prefetch

@@ -10,6 +10,7 @@ from tests.test_service_api import FHIR, NOW, patient_record
 
 from cds_engine.service.app import create_app
 from cds_engine.service.discovery import prefetch_templates
+from cds_engine.service.review.router import build_router
 from cds_engine.store import open_store
 from cds_engine.store import users as user_admin
 from cds_engine.store.models import AlertRow
@@ -27,7 +28,7 @@ def test_hook_alerts_reach_the_review_page(tmp_path, engine, pack):
         lambda: engine,
         sink=store.sink,
         auth=None,
-        extra_routers=[store.review_router(lambda: engine)],
+        extra_routers=[build_router(store, lambda: engine)],
         fhir_transport=fhir.transport(FHIR),
         clock=lambda: NOW,
     )

@@ -1,7 +1,7 @@
 """Issue #11 — never silent on odd inputs: routes, forms, unreadable labs, tapers, several orders.
 
-Audit finding (the clinical audit of 2026-12) → fixtures (``fixtures/baclofen/``, built
-by ``tools/fixtures_odd_inputs.py``) → tests here:
+Audit finding (the clinical audit of 2026-12) → fixtures (``fixtures/baclofen/``, generated
+from ``fixtures/source/baclofen/odd_inputs.yaml``) → tests here:
 
 | Finding | Fixtures | Tests |
 |---|---|---|

@@ -22,7 +22,7 @@ from cds_engine.engine import Engine
 from cds_engine.facts.model import PatientFacts
 from cds_engine.rules.errors import PackLoadError
 from cds_engine.rules.governance import RUNNING_STATUSES, is_shown
-from cds_engine.rules.reload import EngineHolder
+from cds_engine.service.reload import EngineHolder
 from conftest import REPO, RULES
 
 FIXTURES = REPO / "fixtures"
@@ -243,7 +243,7 @@ def test_swapped_out_engine_is_freed_and_never_silent(tmp_path):
     import shutil
 
     from cds_engine.facts.model import PatientFacts
-    from cds_engine.rules.reload import EngineHolder
+    from cds_engine.service.reload import EngineHolder
 
     rules = tmp_path / "rules"
     shutil.copytree(RULES, rules)

@@ -12,11 +12,12 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from cds_engine.store import Store, open_store
+from cds_engine.service.review.router import build_router
+from cds_engine.store import Store
 from cds_engine.store import users as user_admin
 from cds_engine.store.api import EvaluationRecord, IssuedAlert
 from cds_engine.store.queries import analytics
-from store_helpers import feedback, make_alert, make_record, postgres_database
+from store_helpers import STORE_KINDS, feedback, make_alert, make_record, store_for
 from store_helpers import sign_in as shared_sign_in
 
 PASSWORD = "correct-horse-battery"
@@ -36,17 +37,10 @@ def _record(alert: object, *, card_suggestions: int | None, shown: bool = True, 
     return base.model_copy(update={"alerts": [issued]})
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+@pytest.fixture(params=STORE_KINDS)
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    if request.param == "sqlite":
-        s = open_store(f"sqlite:///{tmp_path}/a.db", spool_dir=tmp_path / "spool", start_drainer=False)
+    with store_for(request.param, tmp_path) as s:
         yield s
-        s.close()
-        return
-    with postgres_database() as url:
-        s = open_store(url, spool_dir=tmp_path / "spool", start_drainer=False)
-        yield s
-        s.close()
 
 
 def _feedback_all(store: Store, records: list[EvaluationRecord], outcome: str = "overridden") -> None:
@@ -93,7 +87,7 @@ def test_windows_with_full_dates(store: Store, window: str, rules: set[str]) -> 
     with store.session() as db:
         user_admin.add_user(db, "ann", PASSWORD, "reviewer", actor="test")
     app = FastAPI()
-    app.include_router(store.review_router(lambda: None))  # titles from the stored alerts
+    app.include_router(build_router(store, lambda: None))  # titles from the stored alerts
     client = TestClient(app)
     shared_sign_in(client, "ann", PASSWORD)
     page = client.get("/review/analytics", params={"window": window}).text
@@ -122,7 +116,7 @@ def test_csv_export_is_neutralised_filtered_and_audited(store: Store) -> None:
     with store.session() as db:
         user_admin.add_user(db, "ann", PASSWORD, "reviewer", actor="test")
     app = FastAPI()
-    app.include_router(store.review_router(lambda: None))
+    app.include_router(build_router(store, lambda: None))
     client = TestClient(app)
     shared_sign_in(client, "ann", PASSWORD)
     assert 'href="/review/analytics.csv?window=30"' in client.get("/review/analytics?window=30").text

@@ -7,6 +7,7 @@ decision is in the database and in the audit log, and that the rule analytics co
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -20,6 +21,7 @@ import pytest
 from sqlalchemy import select
 
 from cds_engine.engine import Engine
+from cds_engine.sources.demographics import PatientDemographics
 from cds_engine.store import open_store
 from cds_engine.store import users as user_admin
 from cds_engine.store.api import EvaluationRecord, IssuedAlert
@@ -29,6 +31,7 @@ from store_helpers import IN_CI, free_port
 pytestmark = pytest.mark.browser
 
 CHROMIUM = Path("/usr/bin/chromium")
+BULK_RULE = "BAC-D02"  # a warning (dose range) the seeded order raises
 REPO = Path(__file__).resolve().parents[1]
 PASSWORD = "browser-test-password"
 SHOTS = REPO / "docs" / "screenshots"  # docs/review.md shows these; each test run retakes them
@@ -62,7 +65,10 @@ def _seed(url: str, spool: Path, engine: Engine) -> None:
                     patient_ref=f"Patient/{day}", order_key=f"MedicationRequest/{day}",
                     order=BASE_FACTS["order"],
                     as_of=as_of, pack_id=pack.id, pack_version=pack.version, pack_hash=pack.content_hash,
-                    alerts=[IssuedAlert(alert=a, card_uuid=str(uuid.uuid4())) for a in alerts]))
+                    alerts=[IssuedAlert(alert=a, card_uuid=str(uuid.uuid4())) for a in alerts],
+                    demographics=PatientDemographics(  # synthetic, as an EHR would send them
+                        name=f"Test Patient {day}", birth_date=f"195{day}-0{day + 1}-1{day}",
+                        identifiers=[("MRN", f"MRN-000{day}")])))
         # the red team's stored-XSS payloads, in the card detail, the evidence and the order
         hostile = alerts[0].model_copy(update={"rule_id": "XSS-T01", "detail": XSS_DETAIL,
                                                "evidence": {"egfr": XSS_TEXT}})
@@ -86,11 +92,17 @@ def server(tmp_path_factory: pytest.TempPathFactory, engine: Engine) -> Iterator
     url = f"sqlite:///{workdir}/cds.db"
     _seed(url, workdir / "spool", engine)
     port = free_port()
-    env = {**os.environ, "CDS_DATABASE_URL": url, "CDS_RULES_DIR": str(REPO / "rules"),
+    # the shipped packs allow no bulk action: a copy whose baclofen pack allows it for one
+    # non-critical dose-range rule, so the bulk action can be driven in the browser
+    rules = workdir / "rules"
+    shutil.copytree(REPO / "rules", rules)
+    with (rules / "baclofen" / "pack.yaml").open("a") as pack_file:
+        pack_file.write(f"\nbulk_acknowledge: [{BULK_RULE}]\n")
+    env = {**os.environ, "CDS_DATABASE_URL": url, "CDS_RULES_DIR": str(rules),
            "CDS_SPOOL_DIR": str(workdir / "spool")}
     log = open(workdir / "uvicorn.log", "w")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "cds_engine.store.demo_app:create_app", "--factory",
+        [sys.executable, "-m", "uvicorn", "cds_engine.service.review.demo_app:create_app", "--factory",
          "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
         cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
@@ -130,10 +142,14 @@ def test_sign_in_filter_open_override_in_a_real_browser(server: tuple[str, str])
             page.set_default_timeout(20_000)
             page.goto(f"{base}/review/alerts")
             expect(page).to_have_url(f"{base}/review/login?next=%2Freview%2Falerts")
+            page.screenshot(path=str(SHOTS / "review-login.png"), full_page=True)
             page.get_by_label("User name").fill("rita")
             page.get_by_label("Password").fill(PASSWORD)
             page.get_by_role("button", name="Sign in").click()
             expect(page.get_by_role("heading", name="Alerts")).to_be_visible()
+            # who the patient is, as the EHR sent it, beside the reference
+            expect(page.locator("bdi.who-name").first).to_contain_text("Test Patient")
+            page.screenshot(path=str(SHOTS / "review-alerts.png"), full_page=True)
             cookie = next(c for c in page.context.cookies() if c["name"] == "cds_review_session")
             assert cookie["httpOnly"] and cookie["sameSite"] == "Lax"
 
@@ -271,3 +287,49 @@ def test_work_queue_and_analytics_windows_in_a_real_browser(server: tuple[str, s
             page.screenshot(path=str(SHOTS / "review-analytics.png"), full_page=True)
         finally:
             browser.close()
+
+
+def test_bulk_acknowledge_one_tier_in_a_real_browser(server: tuple[str, str]) -> None:
+    """Runs last: it closes the seeded alerts of one tier. The button appears only on that tier's
+    items (never a critical one); each alert gets its own audit row naming the bulk action."""
+    from playwright.sync_api import expect, sync_playwright
+
+    base, url = server
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run"])
+        try:
+            page = browser.new_page()
+            page.set_default_timeout(20_000)
+            page.goto(f"{base}/review/queue")
+            page.get_by_label("User name").fill("rita")
+            page.get_by_label("Password").fill(PASSWORD)
+            page.get_by_role("button", name="Sign in").click()
+            expect(page.get_by_role("heading", name="Work queue")).to_be_visible()
+            buttons = page.get_by_role("button", name="Acknowledge all of this tier")
+            assert buttons.count() >= 1
+            tiers = set()
+            for row in page.locator("tr:has(form.bulk)").all():
+                tiers.add(row.get_attribute("data-tier") or "")
+                assert row.locator("td").first.inner_text() != "critical"
+            (tier,) = tiers  # one tier of the one rule the pack allows
+            assert tier.startswith(f"{BULK_RULE}.")
+            buttons.first.click()
+            expect(page.get_by_role("status")).to_contain_text("alert(s) acknowledged")
+            page.screenshot(path=str(SHOTS / "review-bulk.png"), full_page=True)
+            assert page.get_by_role("button", name="Acknowledge all of this tier").count() == 0
+        finally:
+            browser.close()
+    store = open_store(url, start_drainer=False)
+    try:
+        with store.session() as db:
+            closed = db.scalars(select(AlertRow).where(AlertRow.tier_id == tier)).all()
+            assert closed and all(a.review_status == "acknowledged" for a in closed)
+            rows = db.scalars(select(AuditEntry).where(AuditEntry.action == "alert.acknowledged")).all()
+            per_alert = [r for r in rows if r.detail.get("bulk_action")]
+            assert sorted(r.target_id for r in per_alert) == sorted(a.id for a in closed)
+            assert len({r.detail["bulk_action"] for r in per_alert}) == 1
+    finally:
+        store.close()

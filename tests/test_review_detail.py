@@ -18,6 +18,7 @@ from tests.test_service_api import FHIR, NOW, patient_record
 from cds_engine.service.app import create_app
 from cds_engine.service.discovery import prefetch_templates
 from cds_engine.service.review.alert_view import evidence_rows, order_sentence, render_markdown
+from cds_engine.service.review.router import build_router
 from cds_engine.store import open_store
 from cds_engine.store import users as user_admin
 from cds_engine.store.api import EvaluationRecord, IssuedAlert
@@ -76,7 +77,7 @@ def test_hook_alert_detail_reads_like_the_card(tmp_path, engine, pack) -> None:
         user_admin.add_user(db, "rita", PASSWORD, "reviewer", actor="test")
     fhir = LocalFhir(patient_record(egfr=25))
     app = create_app(lambda: engine, sink=store.sink, auth=None,
-                     extra_routers=[store.review_router(lambda: engine)],
+                     extra_routers=[build_router(store, lambda: engine)],
                      fhir_transport=fhir.transport(FHIR), clock=lambda: NOW)
     prefetch = fhir.prefetch(prefetch_templates(pack), {"patientId": "p1"})
     body = hook_request("order-sign", "p1", [medication_request(dose=10, per_day=3)], prefetch=prefetch)
@@ -111,7 +112,7 @@ def test_hostile_stored_detail_is_inert_on_the_page(tmp_path, engine) -> None:
         order={"resourceType": "MedicationRequest", "note": [{"text": "<script>alert(5)</script>"}]},
         alerts=[IssuedAlert(alert=alert, card_uuid=str(uuid.uuid4()))]))
     app = FastAPI()
-    app.include_router(store.review_router(lambda: engine))
+    app.include_router(build_router(store, lambda: engine))
     client = TestClient(app)
     sign_in(client, "rita", PASSWORD)
     with store.session() as db:

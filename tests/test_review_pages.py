@@ -13,6 +13,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
 from cds_engine.engine import Engine
+from cds_engine.service.review.router import build_router
 from cds_engine.store import Store, open_store
 from cds_engine.store import users as user_admin
 from cds_engine.store.api import EvaluationRecord, IssuedAlert
@@ -59,7 +60,7 @@ def store(tmp_path: Path, engine: Engine) -> Iterator[Store]:
 
 def make_client(store: Store, engine: Engine, **router_options: bool) -> TestClient:
     app = FastAPI()
-    app.include_router(store.review_router(lambda: engine, **router_options))
+    app.include_router(build_router(store, lambda: engine, **router_options))
     return TestClient(app)
 
 

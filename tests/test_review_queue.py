@@ -14,6 +14,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
+from cds_engine.service.review.router import build_router
 from cds_engine.store import Store, open_store
 from cds_engine.store import users as user_admin
 from cds_engine.store.models import AlertRow, AuditEntry, Evaluation, User
@@ -87,7 +88,7 @@ def test_hypothetical_only_when_asked_and_paging(store: Store) -> None:
 
 def test_queue_page(store: Store) -> None:
     app = FastAPI()
-    app.include_router(store.review_router(lambda: None))
+    app.include_router(build_router(store, lambda: None))
     client = TestClient(app)
     shared_sign_in(client, "ann", PASSWORD)
     page = client.get("/review/queue").text
@@ -109,7 +110,7 @@ class _Packs:
 def _client(store: Store, bulk: list[str]) -> tuple[TestClient, str]:
     app = FastAPI()
     packs = _Packs(bulk)
-    app.include_router(store.review_router(lambda: packs))
+    app.include_router(build_router(store, lambda: packs))
     client = TestClient(app)
     shared_sign_in(client, "ann", PASSWORD)
     return client, csrf_of(client.get("/review/queue").text)
@@ -144,7 +145,7 @@ def test_bulk_refused_for_critical_unlisted_and_without_csrf(store: Store) -> No
     client, csrf = _client(store, ["TST-W01", "TST-C01"])
     post = client.post
     assert post("/review/queue/bulk-acknowledge", data={"csrf_token": csrf, "tier_id": "TST-C01.main"},
-                follow_redirects=False).status_code == 400  # critical alerts are never selected
+                follow_redirects=False).status_code == 403  # critical tiers: always one by one
     assert post("/review/queue/bulk-acknowledge", data={"csrf_token": csrf, "tier_id": "TST-W02.main"},
                 follow_redirects=False).status_code == 403  # the pack does not allow it
     assert post("/review/queue/bulk-acknowledge", data={"tier_id": "TST-W01.main"},

@@ -16,6 +16,7 @@ from sqlalchemy import create_engine, select, text
 
 from cds_engine.batch.runner import ScreenOptions, run_screen
 from cds_engine.engine import Engine
+from cds_engine.service.review.router import build_router
 from cds_engine.store import Store, open_store
 from cds_engine.store import users as user_admin
 from cds_engine.store.migrate import upgrade
@@ -76,7 +77,7 @@ def test_pages_label_and_filter_sources(store: Store, engine: Engine) -> None:
     with store.session() as db:
         user_admin.add_user(db, "ann", PASSWORD, "reviewer", actor="test")
     app = FastAPI()
-    app.include_router(store.review_router(lambda: engine))
+    app.include_router(build_router(store, lambda: engine))
     client = TestClient(app)
     shared_sign_in(client, "ann", PASSWORD)
     page = client.get("/review/alerts").text

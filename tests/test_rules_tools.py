@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from cds_engine.authoring.shadow import assumed_order, diff_engines, iter_population, load_version
 from cds_engine.cli import app
 from cds_engine.engine import Engine
 from cds_engine.facts.model import PatientFacts
 from cds_engine.rules.conditions import TRUE, evaluate
-from cds_engine.rules.shadow import assumed_order, diff_engines, iter_population, load_version
 from conftest import EXAMPLES, REPO, RULES
 
 runner = CliRunner()

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from cds_engine.authoring.fixtures import run_pack_fixtures
+from cds_engine.authoring.verify import verify_dir
 from cds_engine.engine import Engine
 from cds_engine.facts.model import PatientFacts
-from cds_engine.rules.fixtures import run_pack_fixtures
 from cds_engine.rules.governance import RUNNING_STATUSES
-from cds_engine.rules.verify import verify_dir
 from conftest import REPO, RULES
 
 PACK_DIR = RULES / "gabapentinoid"

@@ -185,7 +185,8 @@ def test_serve_runs_the_bounded_parser_with_short_keep_alive(serve_options):
 # ── audience ───────────────────────────────────────────────────────────────────────────────
 def test_auth_on_without_public_url_refuses_to_start(serve_options, tmp_path: Path):
     issuers = Signer().issuers_file(tmp_path)
-    args = ["serve", "--db", "none", "--rules", str(REPO / "rules"), "--trusted-issuers", str(issuers)]
+    args = ["serve", "--db", "none", "--rules", str(REPO / "rules"), "--trusted-issuers", str(issuers),
+            "--data-dir", str(tmp_path)]  # the jti replay file goes there, not into the working directory
     refused = CliRunner().invoke(cli, args)
     assert refused.exit_code == 2 and "--public-url" in refused.output
     started = CliRunner().invoke(cli, [*args, "--public-url", BASE])

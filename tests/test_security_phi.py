@@ -18,6 +18,7 @@ from tests.service_helpers import LocalFhir, hook_request, medication_request
 
 from cds_engine.service.app import create_app
 from cds_engine.service.discovery import prefetch_templates
+from cds_engine.service.review.router import build_router
 from cds_engine.store import open_store
 from cds_engine.store import users as user_admin
 from store_helpers import sign_in
@@ -28,7 +29,8 @@ FAMILY, GIVEN = "Qwertyuiopsdottir", "Xanthippe"
 BIRTH = "1937-07-19"
 FREE_TEXT = "Zzphi-reason spasticity after fall at Gloomwood farm"
 COMMENT = "Zzphi-comment patient insists"
-SECRETS = (FAMILY, GIVEN, BIRTH, "19370719", FREE_TEXT, COMMENT, "Zzphi")
+MRN = "Zzmrn-0042-77"  # an MRN-type identifier: stored for the review page (issue #18), never logged
+SECRETS = (FAMILY, GIVEN, BIRTH, "19370719", FREE_TEXT, COMMENT, "Zzphi", MRN)
 PASSWORD = "correct-horse-battery"
 
 
@@ -41,6 +43,8 @@ def record() -> list[dict]:
             "gender": "female",
             "name": [{"use": "official", "family": FAMILY, "given": [GIVEN], "text": f"{GIVEN} {FAMILY}"}],
             "telecom": [{"system": "phone", "value": "555-0199"}],
+            "identifier": [{"type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203",
+                                                 "code": "MR"}], "text": "MRN"}, "value": MRN}],
             "address": [{"line": ["1 Gloomwood Lane"], "city": "Zzphi-town"}],
         },
         {
@@ -73,7 +77,7 @@ def test_whole_flow_logs_no_phi(tmp_path, engine, pack, caplog):
         lambda: engine,
         sink=store.sink,
         auth=None,
-        extra_routers=[store.review_router(lambda: engine)],
+        extra_routers=[build_router(store, lambda: engine)],
         fhir_transport=fhir.transport(FHIR),
     )
     draft = medication_request(
@@ -126,8 +130,14 @@ def test_whole_flow_logs_no_phi(tmp_path, engine, pack, caplog):
 
         sign_in(client, "rita", PASSWORD)
         listing = client.get("/review/alerts").text
+        # the demographics were stored and are shown (so the scan below covers them too)
+        assert f"{GIVEN} {FAMILY}" in listing and MRN in listing and BIRTH in listing
         for link in sorted(set(re.findall(r'href="(/review/alerts/[^"?#]+)"', listing)))[:3]:
             assert client.get(link).status_code == 200
+        assert not [s for s in SECRETS if s in client.get("/healthz").text]  # nor in the metrics
+        from cds_engine.metrics import exposition
+
+        assert not [s for s in SECRETS if s in exposition()[0].decode()]
         assert client.get("/review/analytics").status_code == 200
         assert client.get("/review/alerts", params={"patient": "phi-1", "q": GIVEN}).status_code == 200
     store.close()

@@ -76,8 +76,8 @@ def full_prefetch(pack, fhir: LocalFhir, patient: str = "p1") -> dict:
 def test_discovery_services_and_prefetch(client, pack):
     body = client.get("/cds-services").json()
     services = {s["id"]: s for s in body["services"]}
-    assert set(services) == {"baclofen-order-select", "baclofen-order-sign"}
-    assert {s["hook"] for s in services.values()} == {"order-select", "order-sign"}
+    assert set(services) == {"baclofen-order-select", "baclofen-order-sign", "baclofen-patient-view"}
+    assert {s["hook"] for s in services.values()} == {"order-select", "order-sign", "patient-view"}
     prefetch = services["baclofen-order-sign"]["prefetch"]
     assert prefetch["patient"] == "Patient/{{context.patientId}}"
     # every status, newest first, one bounded page (security issue 15, item 1)

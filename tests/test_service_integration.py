@@ -55,8 +55,12 @@ def services(client) -> dict[str, dict]:
 
 
 def test_discovery(services, pack):
-    assert {s["hook"] for s in services.values()} == {"order-select", "order-sign"}
-    assert all(s["prefetch"]["observations"].count("http://loinc.org|") > 20 for s in services.values())
+    assert {s["hook"] for s in services.values()} == {"order-select", "order-sign", "patient-view"}
+    orders = [s for s in services.values() if s["hook"] != "patient-view"]
+    assert all(s["prefetch"]["observations"].count("http://loinc.org|") > 20 for s in orders)
+    # chart open asks for the active medicines only (issue 21)
+    view = next(s for s in services.values() if s["hook"] == "patient-view")
+    assert set(view["prefetch"]) == {"activeMedicationRequests", "activeMedicationStatements"}
 
 
 def test_synthea_orders_select_sign_and_feedback(client, services, pack):

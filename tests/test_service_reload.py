@@ -44,6 +44,7 @@ def test_sighup_reload_keeps_last_good_pack(tmp_path):
         assert {s["id"] for s in services} == {
             "baclofen-order-select",
             "baclofen-order-sign",
+            "baclofen-patient-view",
         }  # draft: silent
         assert versions()["baclofen"] == "1.0.0"
 

@@ -108,7 +108,7 @@ def test_same_hook_instance_stores_one_evaluation(store: Store) -> None:
         assert stored is not None and stored.evidence["daily_dose_mg"] == 60.0 and stored.suggestions
         evaluation = db.scalars(select(Evaluation).where(Evaluation.pack_id == "test-pack",
                                                          Evaluation.source == "hook",
-                                                         Evaluation.order_key == "order-1")).one()
+                                                         Evaluation.order_base == "order-1")).one()
         assert evaluation.as_of == NOW and evaluation.as_of.tzinfo is not None
 
 

@@ -23,12 +23,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cds_engine.engine import OracleEvaluator, project
+from cds_engine.evaluators.vector import VectorPack, alerts_to_rows, frame_from_flats, vector_alerts
 from cds_engine.facts import catalog
 from cds_engine.facts.model import PatientFacts
 from cds_engine.results import build_alerts
 from cds_engine.rules.conditions import BOUND_SUFFIXES, TRUE, UNKNOWN, facts_of
 from cds_engine.rules.rete import ReteEvaluator
-from cds_engine.rules.vector import VectorPack, alerts_to_rows, frame_from_flats, vector_alerts
 from cds_engine.synthetic import PatientGenerator
 
 

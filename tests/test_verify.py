@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from cds_engine.authoring.verify import PackReport, verify_dir, verify_text
 from cds_engine.rules.errors import Finding
-from cds_engine.rules.verify import PackReport, verify_dir, verify_text
 from cds_engine.vocabulary import Vocabulary
 from conftest import RULES
 

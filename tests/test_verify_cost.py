@@ -12,11 +12,11 @@ import itertools
 
 import pytest
 
+from cds_engine.authoring.verify import verify_dir
 from cds_engine.rules import dnf
 from cds_engine.rules.conditions import Clause
 from cds_engine.rules.dnf import Expander
 from cds_engine.rules.intervals import projection, union
-from cds_engine.rules.verify import verify_dir
 from conftest import RULES
 
 

@@ -25,7 +25,10 @@ rules_app = typer.Typer(help="Validate, test and document rule packs.", no_args_
 app.add_typer(rules_app, name="rules")
 
 for _module in sorted(m.name for m in pkgutil.iter_modules(commands.__path__)):
-    importlib.import_module(f"{commands.__name__}.{_module}").register(app, rules_app)
+    # a command module exposes ``register``; a module without one is a helper of a command
+    _register = getattr(importlib.import_module(f"{commands.__name__}.{_module}"), "register", None)
+    if _register is not None:
+        _register(app, rules_app)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -19,6 +19,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+from cds_engine import metrics
 from cds_engine.alerts import Alert
 from cds_engine.evaluation import EvaluationResult, NotApplicable, PackRef
 from cds_engine.facts.derive import ACTIVE_ACTIONS, derive
@@ -228,6 +229,7 @@ class Engine:
         except EngineFailure as exc:
             # A Rete error must never read as "no alerts": answer from the oracle (same trees) and say so.
             self.fallbacks += 1
+            metrics.EVALUATOR_FALLBACKS.labels(metrics.label(pack.id)).inc()
             log.error("rete evaluation failed for pack %s (%s); oracle used", pack.id, exc)
             outcomes = OracleEvaluator(pack).outcomes(projected)
         return build_alerts(pack, flat, outcomes, site_hash=self.site_hash)

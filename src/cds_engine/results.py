@@ -18,12 +18,15 @@ from cds_engine.rules.compile import CompiledPack, CompiledTier
 from cds_engine.rules.conditions import BOUND_SUFFIXES, TRUE, UNKNOWN, facts_of, unknown_leaves
 from cds_engine.rules.governance import approval_state
 
-__all__ = ["MISSING_DATA_RULE", "build_alerts", "evidence_of"]
+__all__ = ["MISSING_DATA_RULE", "build_alerts", "evidence_of", "missing_data_alerts", "short_text"]
 
 MISSING_DATA_RULE = "missing-data"
 
 
-def _short(text: str, limit: int = 139) -> str:
+def short_text(text: str, limit: int = 139) -> str:
+    """An alert summary on one line, cut to ``limit`` characters.
+
+    Public because the vector evaluator must word its alerts exactly alike."""
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
 
@@ -110,7 +113,7 @@ def build_alerts(
                 title=rule.spec.title,
                 category=rule.spec.category,
                 severity=chosen.severity,  # type: ignore[arg-type]
-                summary=_short(render(chosen.summary, flat, pack.params, extra, pack.spec.labels)),
+                summary=short_text(render(chosen.summary, flat, pack.params, extra, pack.spec.labels)),
                 detail=f"{detail}\n\n_{note}_",
                 evidence=evidence,
                 missing=sorted({m for _, ms in missing_by_tier for m in ms}),
@@ -128,7 +131,7 @@ def build_alerts(
                 **_common(pack),
             )
         )
-    alerts.extend(_missing_data_alerts(pack, flat, undecided, fired_rules, note))
+    alerts.extend(missing_data_alerts(pack, flat, undecided, fired_rules, note))
     if site_hash is not None:
         alerts = [a.model_copy(update={"site_hash": site_hash}) for a in alerts]
     return sorted(alerts, key=Alert.sort_key)
@@ -153,13 +156,16 @@ def _bound_of(facts: list[str], flat: Mapping[str, Any]) -> str | None:
     return None
 
 
-def _missing_data_alerts(
+def missing_data_alerts(
     pack: CompiledPack,
     flat: Mapping[str, Any],
     undecided: list[tuple[CompiledTier, list[str]]],
     fired_rules: set[str],
     note: str,
 ) -> list[Alert]:
+    """The grouped "cannot assess" alerts, one per missing data item.
+
+    Public because every evaluator (engine, vector) must share one wording."""
     items = {fact: item for item in pack.spec.missing_data for fact in item.facts}
     grouped: dict[str, dict[str, Any]] = {}
     for tier, missing in undecided:
@@ -205,7 +211,7 @@ def _missing_data_alerts(
                 title=f"Cannot assess: {label}",
                 category="missing-data",
                 severity=severity,  # type: ignore[arg-type]
-                summary=_short(summary),
+                summary=short_text(summary),
                 detail=detail,
                 evidence={},
                 missing=sorted(entry["facts"]),

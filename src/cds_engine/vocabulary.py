@@ -14,7 +14,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cds_engine.facts.model import Coding
+from cds_engine.codes import Coding
 from cds_engine.term_context import TermContext
 
 __all__ = ["HISTORY_KIND", "TERM_REGEX", "Product", "Vocabulary", "normalize_system", "term_regex"]

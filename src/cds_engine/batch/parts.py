@@ -19,6 +19,7 @@ from typing import Any
 
 import polars as pl
 
+from cds_engine.batch.outputs import write_formats
 from cds_engine.batch.work import BATCH_ALERT_SCHEMA, ERROR_SCHEMA, PATIENT_SCHEMA, ChunkResult
 from cds_engine.files import FILE_MODE, private_dir
 
@@ -121,14 +122,17 @@ class PartStore:
             return pl.LazyFrame(schema=schema)
         return pl.concat([pl.scan_parquet(f) for f in files], how="vertical")
 
-    def merge(self, chunk_ids: list[str]) -> None:
-        """Write the final alerts, patients and errors files (streamed; temp name, then rename)."""
+    def merge(self, chunk_ids: list[str], formats: tuple[str, ...] = ("parquet", "csv")) -> None:
+        """Write the final alerts, patients and errors files (streamed; temp name, then rename).
+
+        ``formats``: the alert tables besides ``alerts.parquet`` (batch/outputs.py).
+        """
         alerts = self._scan(chunk_ids, "alerts", BATCH_ALERT_SCHEMA)
         patients = self._scan(chunk_ids, "patients", PATIENT_SCHEMA)
         errors = self._scan(chunk_ids, "errors", ERROR_SCHEMA)
         self._sink(alerts, "alerts.parquet")
         self._sink(patients, "patients.parquet")
-        self._sink(pl.scan_parquet(self.out / "alerts.parquet"), "alerts.csv")
+        write_formats(self.out, formats, self._sink)
         self._sink(errors, "errors.csv")
 
     def _sink(self, frame: pl.LazyFrame, name: str) -> None:

@@ -20,12 +20,13 @@ from cds_engine.alerts import Alert, AlertSource, AlertSuggestion
 from cds_engine.engine import Engine
 from cds_engine.messages import render
 
-__all__ = ["record_run"]
+__all__ = ["alert_from_row", "record_run"]
 
 _BATCH = 500
 
 
-def _alert(row: dict[str, Any], engine: Engine) -> Alert:
+def alert_from_row(row: dict[str, Any], engine: Engine) -> Alert:
+    """A batch alert-table row as the Alert it stands for (pack metadata from the engine's packs)."""
     pack = next(p for p in engine.packs if p.id == row["pack_id"])
     rule = next((r for r in pack.rules if r.spec.id == row["rule_id"]), None)
     info = pack.spec.pack
@@ -96,7 +97,7 @@ def record_run(out: Path, summary: dict[str, Any], engine: Engine, url: str | No
                         site_hash=engine.site_hash,
                         batch_run_id=run_id,
                         hypothetical=summary["assumed_order"] is not None,
-                        alerts=[IssuedAlert(alert=_alert(r, engine)) for r in rows],
+                        alerts=[IssuedAlert(alert=alert_from_row(r, engine)) for r in rows],
                     )
                 )
                 if len(records) >= _BATCH:

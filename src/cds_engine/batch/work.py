@@ -14,13 +14,12 @@ Per patient, per pack: FHIR resources are mapped with the pack's drug class by
 the pack runs when :meth:`Engine.applicable` says so. The ``vector`` engine derives each
 patient's flat facts and evaluates the whole chunk column-wise; ``rete`` evaluates patient by
 patient through :meth:`Engine.evaluate_pack`. Both produce rows of
-:data:`cds_engine.rules.vector.ALERT_SCHEMA`.
+:data:`cds_engine.evaluators.vector.ALERT_SCHEMA`.
 """
 
 from __future__ import annotations
 
 import gzip
-import json
 import time
 import zlib
 from dataclasses import dataclass, field
@@ -34,13 +33,21 @@ from pydantic import ValidationError
 from cds_engine.alerts import SEVERITY_ORDER
 from cds_engine.batch.inputs import Chunk
 from cds_engine.batch.order_text import AssumedOrder, parse_order_text
+from cds_engine.batch.table_screen import TableScreen, merge_by_row, patient_counts, screen_table
 from cds_engine.engine import Engine
+from cds_engine.evaluators.vector import (
+    ALERT_SCHEMA,
+    VectorPack,
+    alerts_to_rows,
+    frame_from_flats,
+    vector_alerts,
+)
 from cds_engine.facts.derive import derive
 from cds_engine.facts.model import PatientFacts
-from cds_engine.rules.vector import ALERT_SCHEMA, VectorPack, alerts_to_rows, frame_from_flats, vector_alerts
 from cds_engine.sources.compressed import read_bundle_bytes
-from cds_engine.sources.fhir import bundle_resources, facts_from_resources, medication_classes
+from cds_engine.sources.fhir import facts_from_resources, medication_classes
 from cds_engine.sources.ndjson import read_partition
+from cds_engine.sources.selective import BundleRead, read_bundle
 from cds_engine.sources.table import clean_table, frame_from_cells, row_to_facts
 
 __all__ = ["ERROR_SCHEMA", "PATIENT_SCHEMA", "ChunkResult", "RunConfig", "process_chunk"]
@@ -78,6 +85,15 @@ _CLINICAL_TYPES = frozenset(
         "Immunization",
     }
 )
+
+
+# A FHIR chunk of fewer patients than this is evaluated patient by patient with the oracle (the
+# engine of a ``vector`` run), not column-wise: the vector evaluation costs ~0.3 s per chunk however
+# small (hundreds of small polars queries), more than the oracle's ~0.5 ms a patient below ~600
+# patients, and each FHIR patient was mapped one by one in Python anyway. Same rows either way
+# (tests/test_sources_selective.py::test_fhir_chunk_per_patient_equals_vector; vector = oracle = rete:
+# tests/test_vector_parity.py, tests/test_batch_synthea.py). Record tables are always column-wise.
+PER_PATIENT_BELOW = 500
 
 
 @dataclass(frozen=True)
@@ -147,6 +163,8 @@ class _Collector:
         self.units: list[_Unit] = []
         self.errors: list[dict[str, Any]] = []
         self.skipped: list[tuple[str, str]] = []
+        self.table: TableScreen | None = None  # rows a record table screened column-wise
+        self.source: str = ""
 
     def reject(self, source: str, row: int | None, patient_id: str | None, reason: str) -> None:
         self.errors.append({"source": source, "row": row, "patient_id": patient_id, "reason": reason[:500]})
@@ -163,46 +181,56 @@ def process_chunk(chunk: Chunk, cfg: RunConfig) -> ChunkResult:
         _read_ndjson(chunk, cfg, ctx, out)
     else:
         _read_table(chunk, cfg, ctx, out)
-    alerts, patients = _evaluate(out.units, cfg, ctx)
+    fhir = chunk.kind in ("bundles", "ndjson")
+    alerts, patients = _evaluate(out.units, cfg, ctx, per_patient=fhir and len(out.units) < PER_PATIENT_BELOW)
+    if out.table is not None:  # record rows screened column-wise, merged with the per-patient ones by row
+        alerts, patients = _merge_table(out.table, out.source, alerts, patients)
     errors = pl.DataFrame(out.errors, schema=ERROR_SCHEMA)
     deceased = patients.filter(pl.col("status") == "deceased-excluded").height
     counts = {
-        "read": len(out.units) + len(out.errors),
+        "read": len(out.units) + len(out.errors) + (0 if out.table is None else out.table.patients.height),
         "screened": patients.height - deceased,
         "rejected": len(out.errors),
         "deceased": deceased,
         "skipped": len(out.skipped),
         "alerts": alerts.height,
     }
+    if out.table is not None:  # how the record rows were derived (columnar_facts), with the reasons
+        counts["derived_columnwise"] = out.table.patients.height
+        counts["derived_per_patient"] = out.table.fallback.height
+        counts.update({f"per patient: {k}": v for k, v in out.table.reasons.items()})
     return ChunkResult(chunk.id, alerts, patients, errors, counts, out.skipped, time.perf_counter() - started)
 
 
 # ── FHIR ─────────────────────────────────────────────────────────────────────────────────────
 
 
-def _load_json(path: Path) -> Any:
-    """One Bundle, gzip streamed with caps (200 MiB decompressed, 100:1): never a bomb in memory."""
-    return json.loads(read_bundle_bytes(path))
+def _load_bundle(path: Path) -> BundleRead:
+    """One Bundle, gzip streamed with caps (200 MiB decompressed, 100:1): never a bomb in memory.
+
+    Only the resource types the mapping reads are decoded (:mod:`cds_engine.sources.selective`);
+    anything the fast path cannot vouch for is parsed in full, with the same result or error.
+    """
+    return read_bundle(read_bundle_bytes(path))
 
 
 def _read_bundles(chunk: Chunk, cfg: RunConfig, ctx: _Context, out: _Collector) -> None:
     for name in chunk.files:
         try:
-            bundle = _load_json(Path(name))
+            bundle = _load_bundle(Path(name))
         except (OSError, EOFError, zlib.error, gzip.BadGzipFile) as exc:
             out.reject(name, None, None, f"corrupt bundle: cannot decompress/read ({exc})")
             continue
         except (ValueError, UnicodeDecodeError) as exc:
             out.reject(name, None, None, f"corrupt bundle: not valid JSON ({exc})")
             continue
-        if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
-            kind = bundle.get("resourceType") if isinstance(bundle, dict) else type(bundle).__name__
-            out.reject(name, None, None, f"not a FHIR Bundle (resourceType {kind!r})")
+        if bundle.root != "Bundle":
+            out.reject(name, None, None, f"not a FHIR Bundle (resourceType {bundle.root!r})")
             continue
-        resources = bundle_resources(bundle)
+        resources = bundle.resources
         patients = [r for r in resources if r.get("resourceType") == "Patient"]
         if not patients:
-            if any(r.get("resourceType") in _CLINICAL_TYPES for r in resources):
+            if any(t in _CLINICAL_TYPES for t in bundle.types):
                 out.reject(
                     name,
                     None,
@@ -313,6 +341,10 @@ def _read_table(chunk: Chunk, cfg: RunConfig, ctx: _Context, out: _Collector) ->
     for r in rejected.iter_rows(named=True):
         out.reject(source, r["__line"], r["patient_id"], r["__error"])
     order = ctx.assumed.to_order() if ctx.assumed is not None else None
+    if cfg.engine == "vector":  # column-wise; rows it cannot express come back for the loop below
+        out.table = screen_table(typed, ctx.engine.running_packs, ctx.vectors, cfg.moment, order)
+        out.source = source
+        typed = out.table.fallback
     for row in typed.iter_rows(named=True):
         try:
             patient = row_to_facts(row, cfg.moment, order)
@@ -334,10 +366,28 @@ def _read_table(chunk: Chunk, cfg: RunConfig, ctx: _Context, out: _Collector) ->
         )
 
 
+def _merge_table(
+    table: TableScreen, source: str, alerts: pl.DataFrame, patients: pl.DataFrame
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    extra = (pl.lit(source).alias("source"), pl.col("__unit").alias("row"))
+    t_alerts = (
+        table.alerts.with_columns(*extra).select(list(BATCH_ALERT_SCHEMA))
+        if table.alerts.height
+        else pl.DataFrame(schema=BATCH_ALERT_SCHEMA)
+    )
+    t_patients = patient_counts(table.patients, table.alerts).with_columns(*extra)
+    t_patients = t_patients.select(list(PATIENT_SCHEMA))
+    return merge_by_row(t_alerts, alerts, "row"), merge_by_row(t_patients, patients, "row")
+
+
 # ── evaluation ───────────────────────────────────────────────────────────────────────────────
 
 
-def _evaluate(units: list[_Unit], cfg: RunConfig, ctx: _Context) -> tuple[pl.DataFrame, pl.DataFrame]:
+def _evaluate(
+    units: list[_Unit], cfg: RunConfig, ctx: _Context, per_patient: bool = False
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Alert rows and patient rows of a chunk; ``per_patient`` evaluates patient by patient (see
+    :data:`PER_PATIENT_BELOW`) with the engine's own evaluator instead of the vector one."""
     engine = ctx.engine
     alert_frames: list[pl.DataFrame] = []
     rete_rows: list[dict[str, Any]] = []
@@ -356,7 +406,7 @@ def _evaluate(units: list[_Unit], cfg: RunConfig, ctx: _Context) -> tuple[pl.Dat
             if pack.id not in applicable[id(facts)]:
                 continue
             packs_of[i].append(pack.id)
-            if cfg.engine == "rete":
+            if cfg.engine == "rete" or per_patient:
                 for r in alerts_to_rows(unit.patient_id or "", engine.evaluate_pack(pack, facts)):
                     rete_rows.append({**r, "__unit": i})
             else:

@@ -1,8 +1,8 @@
 """``cds-engine rules lint|test|docs|diff|facts``: the rule author's tools.
 
-Each command is wiring only; the work is in :mod:`cds_engine.rules.verify` (lint),
-:mod:`cds_engine.rules.fixtures` (test), :mod:`cds_engine.rules.catalog` (docs) and
-:mod:`cds_engine.rules.shadow` (diff). Exit codes: 0 clean (warnings allowed), 1 errors found,
+Each command is wiring only; the work is in :mod:`cds_engine.authoring.verify` (lint),
+:mod:`cds_engine.authoring.fixtures` (test), :mod:`cds_engine.authoring.catalog` (docs) and
+:mod:`cds_engine.authoring.shadow` (diff). Exit codes: 0 clean (warnings allowed), 1 errors found,
 2 the input could not be read at all.
 """
 
@@ -17,13 +17,13 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from cds_engine.authoring.catalog import write_catalog
+from cds_engine.authoring.fixtures import fixtures_dir_for, run_pack_fixtures
+from cds_engine.authoring.shadow import DiffReport, assumed_order, diff_engines, iter_population, load_version
+from cds_engine.authoring.verify import DirReport, verify_dir
 from cds_engine.engine import EVALUATORS
 from cds_engine.facts.catalog import FACTS, FAMILIES
-from cds_engine.rules.catalog import write_catalog
 from cds_engine.rules.errors import Finding, PackLoadError
-from cds_engine.rules.fixtures import fixtures_dir_for, run_pack_fixtures
-from cds_engine.rules.shadow import DiffReport, assumed_order, diff_engines, iter_population, load_version
-from cds_engine.rules.verify import DirReport, verify_dir
 
 __all__ = ["register"]
 

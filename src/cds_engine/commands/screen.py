@@ -13,6 +13,7 @@ from typing import Annotated
 
 import typer
 
+from cds_engine.batch.outputs import FILES
 from cds_engine.batch.runner import EXIT_FAILED, EXIT_USAGE, ScreenError, ScreenOptions, run_screen
 
 __all__ = ["register"]
@@ -47,10 +48,18 @@ def register(app: typer.Typer, rules_app: typer.Typer) -> None:
         ] = None,
         rules: Annotated[Path, typer.Option(help="Rule directory")] = Path("rules"),
         chunk_rows: Annotated[int, typer.Option(min=1, help="Table rows per chunk")] = 50_000,
-        chunk_bundles: Annotated[int, typer.Option(min=1, help="Bundles per chunk")] = 50,
+        chunk_bundles: Annotated[int, typer.Option(min=1, help="Bundles per chunk")] = 500,
         progress: Annotated[
             bool | None,
             typer.Option("--progress/--no-progress", help="Progress bar (default: on a terminal only)"),
+        ] = None,
+        formats: Annotated[
+            list[str] | None,
+            typer.Option(
+                "--format",
+                help="Alert table to write, repeatable: parquet, csv (default both), "
+                "fhir-ndjson (FHIR DetectedIssue; refused with --assume-order)",
+            ),
         ] = None,
     ) -> None:
         """Screen patient lists against the rule packs; alerts, patients, errors and a report go to --out."""
@@ -68,6 +77,7 @@ def register(app: typer.Typer, rules_app: typer.Typer) -> None:
             rows_per_chunk=chunk_rows,
             bundles_per_chunk=chunk_bundles,
             progress=progress,
+            formats=tuple(formats or ("parquet", "csv")),
         )
         try:
             result = run_screen(options)
@@ -101,7 +111,6 @@ def register(app: typer.Typer, rules_app: typer.Typer) -> None:
             typer.echo(f"note: {note}", err=True)
         if result.summary.get("store"):
             typer.echo(f"store: {result.summary['store']}")
-        typer.echo(
-            f"outputs in {out}/ (report.html, alerts.parquet, alerts.csv, patients.parquet, errors.csv)"
-        )
+        tables = ", ".join(FILES[f] for f in options.formats)
+        typer.echo(f"outputs in {out}/ (report.html, {tables}, patients.parquet, errors.csv)")
         raise typer.Exit(result.exit_code)

@@ -4,22 +4,24 @@ Storage: ``--db URL`` (else ``CDS_DATABASE_URL``, else ``sqlite:///cds.db``) ope
 when :mod:`cds_engine.store` provides ``open_store``, and mounts its review pages; ``--db none``
 keeps nothing. Authentication: ``--trusted-issuers FILE`` (else ``CDS_TRUSTED_ISSUERS``) lists the
 EHRs allowed to call and their keys; ``--no-auth`` turns client authentication off for local
-trials and says so loudly.
+trials and says so loudly. ``--workers N`` runs N uvicorn workers, each a complete service
+(:mod:`cds_engine.commands.serve_workers`); seen JWT ids are shared through ``--replay-store``.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from cds_engine.rules.errors import PackLoadError
-from cds_engine.rules.reload import EngineHolder
+from cds_engine.service.reload import EngineHolder
 
-__all__ = ["open_sink", "register"]
+__all__ = ["open_sink", "register", "worker_app"]
 
 log = logging.getLogger("cds_engine.service")
 
@@ -43,15 +45,25 @@ def open_sink(db: str, engine_provider: Any) -> tuple[Any, list[Any], Any]:
     except ImportError:
         log.warning("the alert store is not available in this build: evaluations are NOT stored")
         return NullSink(), [], None
-    store = open_store(db)
-    routers = []
-    review = getattr(store, "review_router", None)
-    if review is not None:
-        try:
-            routers.append(review(engine_provider))
-        except TypeError:
-            routers.append(review())
-    return store.sink, routers, store
+    from cds_engine.service.review.router import build_router
+
+    # journal: the answer never waits for the database; one writer thread group-commits (issue 19)
+    store = open_store(db, journal=True)
+    # That writer releases the GIL on every database call and, while request threads are busy, waits
+    # a whole switch interval (default 5 ms) to get it back each time: under load its lines queued
+    # for seconds (bench/load.py write lag). 1 ms hands it back sooner, for a few more switches.
+    sys.setswitchinterval(min(sys.getswitchinterval(), 0.001))
+    # The store knows no web layer: the service mounts the review pages over the store it opened.
+    return store.sink, [build_router(store, engine_provider)], store
+
+
+def worker_app() -> Any:
+    """uvicorn's application factory in each ``serve --workers N`` worker (see ``serve_workers``)."""
+    from cds_engine.commands.serve_workers import run_in_worker
+
+    app = typer.Typer()
+    register(app, typer.Typer())  # the serve command alone (the CLI module sits above this package)
+    return run_in_worker(typer.main.get_command(app))
 
 
 def replay_clock(instant: str | None) -> dict[str, Any]:
@@ -118,18 +130,85 @@ def register(app: typer.Typer, rules_app: typer.Typer) -> None:
             str | None,
             typer.Option(hidden=True, help="Evaluate at this ISO instant (replaying captured requests)"),
         ] = None,
+        no_demographics: Annotated[
+            bool,
+            typer.Option(
+                "--no-demographics",
+                help="Keep no patient name, birth date or MRN (the review page shows the reference only); "
+                "deletes those already stored",
+            ),
+        ] = False,
+        demographics_retention_days: Annotated[
+            int,
+            typer.Option(min=0, help="Forget who a patient is this many days after their last alert closed"),
+        ] = 365,
+        workers: Annotated[
+            int, typer.Option(min=1, max=64, help="uvicorn worker processes (each loads, hot-reloads packs)")
+        ] = 1,
+        data_dir: Annotated[
+            Path | None,
+            typer.Option(help="Directory for the service's own files, e.g. the jti replay store "
+                         "(env CDS_DATA_DIR; default: the working directory)"),
+        ] = None,
+        replay_store: Annotated[
+            str | None,
+            typer.Option(help="Where seen JWT ids are kept: sqlite:///FILE (one host's workers) or "
+                         "postgresql://… (several hosts) (env CDS_REPLAY_STORE; default "
+                         "sqlite:///DATA_DIR/jti-replay.db)"),
+        ] = None,
+        replay_timeout_ms: Annotated[
+            float, typer.Option(min=1, help="Deadline of a replay check; then --jti-on-store-failure applies")
+        ] = 50.0,
+        jti_on_store_failure: Annotated[
+            str,
+            typer.Option(help="per-process (check this worker's own cache; ERROR log and a /healthz counter) "
+                         "or refuse (401)"),
+        ] = "per-process",
+        jti_quota: Annotated[
+            int, typer.Option(min=1, help="Live JWT ids kept per issuer; past it new tokens are refused")
+        ] = 100_000,
+        metrics_port: Annotated[
+            int | None,
+            typer.Option(min=1, max=65535, help="Prometheus /metrics on this port of 127.0.0.1 only"),
+        ] = None,
+        metrics_token_file: Annotated[
+            Path | None,
+            typer.Option(help="GET /metrics on the service port for 'Authorization: Bearer <token>' "
+                         "(the token: one word of 32+ characters in FILE)"),
+        ] = None,
+        log_format: Annotated[str, typer.Option(help="text or json (one JSON object per line)")] = "text",
     ) -> None:
         """Serve CDS Hooks discovery, order-select/order-sign services, feedback and /evaluate."""
+        params = dict(locals())  # every option as given: --workers N runs serve with them in each worker
         import uvicorn
 
+        from cds_engine.commands.serve_workers import hand_off
         from cds_engine.files import restrict_umask
         from cds_engine.service.app import ServiceSettings, create_app
         from cds_engine.service.auth import AuthSettings
         from cds_engine.service.http_limits import KEEP_ALIVE_SECONDS, bounded_protocol
+        from cds_engine.service.replay import FAILURE_POLICIES, ReplaySettings
+        from cds_engine.service.replay_store import open_replay_store
 
         restrict_umask()  # database, spool and rejected rows: 0600 files in 0700 directories
 
-        logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        from cds_engine import metrics
+        from cds_engine.commands.serve_workers import PARAMS_ENV
+        from cds_engine.service.log_format import configure_logging
+        from cds_engine.service.metrics_http import metrics_router, read_token, start_metrics_port
+
+        try:
+            configure_logging(log_level, log_format)
+            metrics_token = read_token(metrics_token_file) if metrics_token_file else None
+        except (OSError, ValueError) as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from exc
+        in_worker = bool(os.environ.get(PARAMS_ENV))  # a worker of --workers N gets the parent's options
+        if workers > 1 and not in_worker and not os.environ.get(metrics.MULTIPROC_ENV):
+            import tempfile
+
+            # prometheus-client multiprocess mode: every worker writes its values here, a scrape sums them
+            os.environ[metrics.MULTIPROC_ENV] = tempfile.mkdtemp(prefix="cds-metrics-")
         try:
             # hot reload: file changes and SIGHUP swap in a verified new engine; a broken pack is refused
             holder = EngineHolder(rules).start()
@@ -139,7 +218,7 @@ def register(app: typer.Typer, rules_app: typer.Typer) -> None:
         holder.install_sighup()
 
         auth = None
-        issuers = trusted_issuers or (
+        issuers = Path(trusted_issuers) if trusted_issuers else (  # a str in a --workers worker
             Path(os.environ["CDS_TRUSTED_ISSUERS"]) if os.environ.get("CDS_TRUSTED_ISSUERS") else None
         )
         if no_auth:
@@ -151,8 +230,25 @@ def register(app: typer.Typer, rules_app: typer.Typer) -> None:
             )
             raise typer.Exit(2)
         else:
+            if jti_on_store_failure not in FAILURE_POLICIES:
+                typer.echo(f"--jti-on-store-failure must be one of {', '.join(FAILURE_POLICIES)}", err=True)
+                raise typer.Exit(2)
+            home = Path(data_dir or os.environ.get("CDS_DATA_DIR") or ".")
+            replay = ReplaySettings(
+                url=replay_store
+                or os.environ.get("CDS_REPLAY_STORE")
+                or f"sqlite:///{home / 'jti-replay.db'}",
+                timeout_seconds=replay_timeout_ms / 1000,
+                on_store_failure=jti_on_store_failure,  # type: ignore[arg-type]
+                quota_per_issuer=jti_quota,
+            )
+            try:  # unreachable or misnamed at start: refuse to start rather than run unprotected
+                open_replay_store(replay.url or "").close()
+            except Exception as exc:
+                typer.echo(f"--replay-store: cannot open it ({type(exc).__name__}: {exc})", err=True)
+                raise typer.Exit(2) from exc
             try:
-                auth = AuthSettings.from_file(issuers, public_base_url=public_url)
+                auth = AuthSettings.from_file(issuers, public_base_url=public_url, replay=replay)
             except (OSError, ValueError) as exc:
                 typer.echo(f"{issuers}: {exc}", err=True)
                 raise typer.Exit(2) from exc
@@ -168,31 +264,60 @@ def register(app: typer.Typer, rules_app: typer.Typer) -> None:
 
         url = db or os.environ.get("CDS_DATABASE_URL") or DEFAULT_DB
         sink, routers, store = open_sink(url, provider)
+        if metrics_token is not None:
+            routers = [*routers, metrics_router(metrics_token)]
+        if store is not None:
+            store.demographics_retention_days = demographics_retention_days
+            if no_demographics and store.ready:
+                deleted = store.forget_all_demographics()
+                log.info("--no-demographics: %d stored patient row(s) deleted", deleted)
         settings = ServiceSettings(
             max_body_bytes=int(max_body_mb * 1024 * 1024),
             cors_origins=tuple(cors_origin) if cors_origin else ("*",),
             allow_loopback_fhir=allow_loopback_fhir,
+            demographics=not no_demographics,
         )
         clock = replay_clock(fixed_clock)
+        fatigue = None  # shown-once and repeat-suppression state: in the store, shared by every worker
+        if store is not None and getattr(store, "engine", None) is not None:
+            from cds_engine.store.fatigue import FatigueStore
+
+            fatigue = FatigueStore(store.engine, available=lambda: bool(store.sink.available))
         service = create_app(
-            provider, sink=sink, auth=auth, extra_routers=routers, settings=settings, **clock
+            provider, sink=sink, auth=auth, extra_routers=routers, settings=settings, fatigue=fatigue, **clock
         )
         proxies = forwarded_allow_ips or os.environ.get("FORWARDED_ALLOW_IPS") or "127.0.0.1"
-        try:
-            uvicorn.run(
-                service,
-                host=host,
-                port=port,
-                access_log=False,
-                log_level=log_level.lower(),
-                proxy_headers=public_url is not None,
-                # X-Forwarded-For/-Proto only from these peers (the review sign-in throttle keys on it)
-                forwarded_allow_ips=proxies,
-                http=bounded_protocol(),  # httptools with 64 KiB / 10 s header bounds (431 / 408)
-                timeout_keep_alive=KEEP_ALIVE_SECONDS,
-            )
-        finally:
-            holder.stop()
+        options: dict[str, Any] = {
+            "host": host,
+            "port": port,
+            "access_log": False,
+            "log_level": log_level.lower(),
+            "proxy_headers": public_url is not None,
+            # X-Forwarded-For/-Proto only from these peers (the review sign-in throttle keys on it)
+            "forwarded_allow_ips": proxies,
+            "timeout_keep_alive": KEEP_ALIVE_SECONDS,
+        }
+
+        def release() -> None:
+            holder.stop()  # (--workers N: the supervisor takes SIGHUP over in the parent)
+            verifier = getattr(service.state, "jwt_verifier", None)
+            if verifier is not None:
+                verifier.close()
             close = getattr(store, "close", None)
             if close is not None:
                 close()
+
+        if metrics_port is not None and not in_worker:  # one listener: the process, or the parent of N
+            try:
+                start_metrics_port(metrics_port)
+            except OSError as exc:
+                typer.echo(f"error: --metrics-port {metrics_port}: {exc}", err=True)
+                release()
+                raise typer.Exit(2) from exc
+        if hand_off(service, workers=workers, params=params, uvicorn_options=options, release=release):
+            return  # a worker (uvicorn serves what it built) or the parent of --workers N (supervised)
+        try:
+            # httptools with 64 KiB / 10 s header bounds (431 / 408)
+            uvicorn.run(service, http=bounded_protocol(), **options)
+        finally:
+            release()

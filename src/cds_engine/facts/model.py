@@ -27,6 +27,8 @@ from typing import Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, NonNegativeFloat, model_validator
 
+from cds_engine.codes import Coding  # shared value type, re-exported: the vocabulary uses it too
+
 __all__ = [
     "Allergy",
     "Coding",
@@ -51,18 +53,6 @@ DialysisModality = Literal["none", "HD", "PD", "CRRT", "unspecified"]
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=False, str_strip_whitespace=True)
-
-
-class Coding(_Model):
-    """A code from a terminology (RxNorm, SNOMED CT, ICD-10-CM, LOINC) or free text."""
-
-    system: str | None = Field(
-        None, description="Code system URI, e.g. http://www.nlm.nih.gov/research/umls/rxnorm"
-    )
-    code: str | None = None
-    display: str | None = Field(
-        None, description="Display or free text; used for the ingredient-name fallback"
-    )
 
 
 class LabResult(_Model):

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import date
+from typing import Protocol
 
-from cds_engine.alerts import Alert
 from cds_engine.rules import schema as s
 from cds_engine.rules.errors import Finding
 from cds_engine.rules.yaml_lines import LineMap
@@ -30,7 +30,15 @@ SHOWN_STATUSES = frozenset({"active"})
 RUNNING_STATUSES = ("active", "draft")  # what a deployment evaluates: active shown, draft silent
 
 
-def is_shown(alert: Alert) -> bool:
+class _FromPack(Protocol):
+    """Anything stamped with its pack's status, e.g. :class:`cds_engine.alerts.Alert` (the rule
+    language sits below the alert model, so it names the one attribute it reads, not the class)."""
+
+    @property
+    def pack_status(self) -> str: ...
+
+
+def is_shown(alert: _FromPack) -> bool:
     """May this alert be shown to a clinician (card, review page)? Draft-pack alerts are stored only."""
     return alert.pack_status in SHOWN_STATUSES
 

@@ -31,6 +31,8 @@ from pydantic import (
 )
 
 __all__ = [
+    "NEVER_SUPPRESSED_CATEGORIES",
+    "ORDER_HOOKS",
     "AllOf",
     "AnyOf",
     "AtLeast",
@@ -39,6 +41,7 @@ __all__ = [
     "DoseCap",
     "FactTest",
     "FactValue",
+    "Hook",
     "LocalAddition",
     "MissingDataItem",
     "NotOf",
@@ -54,9 +57,12 @@ __all__ = [
     "Source",
     "Suggestion",
     "Tier",
+    "never_suppressed",
 ]
 
 Severity = Literal["info", "warning", "critical"]
+Hook = Literal["order-select", "order-sign", "patient-view"]
+ORDER_HOOKS: tuple[Hook, ...] = ("order-select", "order-sign")
 SEVERITY_RANK: dict[str, int] = {"info": 1, "warning": 2, "critical": 3}
 MissingPolicy = Literal["fire", "skip", "cannot-assess"]
 Category = Literal[
@@ -77,6 +83,18 @@ Category = Literal[
     "missing-data",
 ]
 Scalar = bool | int | float | str
+# Alert-fatigue controls never hide these: withdrawal/interruption (W-rules), allergy (A01), order
+# errors (F-rules) and pregnancy (P01). They, and every critical tier, show every time they fire.
+NEVER_SUPPRESSED_CATEGORIES: frozenset[str] = frozenset(
+    {"discontinuation", "allergy", "order-error", "pregnancy"}
+)
+
+
+def never_suppressed(category: str, severity: str) -> bool:
+    """True for tiers that must show every time: no once-per-encounter limit, no repeat suppression."""
+    return severity == "critical" or category in NEVER_SUPPRESSED_CATEGORIES
+
+
 OPERATORS = ("eq", "ne", "lt", "lte", "gt", "gte", "in", "not_in", "exists")
 
 
@@ -303,6 +321,15 @@ class Tier(_Strict):
         False, description="A one-click suggestion must never produce an order on which this tier fires"
     )
     one_click: OneClick | None = None
+    hooks: list[Hook] | None = Field(
+        None, min_length=1, description="CDS Hooks on which this tier runs (default: its rule's hooks)"
+    )
+    suppressible: bool = Field(
+        False,
+        description="Repeat suppression allowed (sign-off pending): after a prescriber overrides this tier's "
+        "card, the same card on unchanged facts is stored but not shown for the site's "
+        "suppress_window_minutes. Refused on critical tiers and never-suppressed categories.",
+    )
 
 
 class SeedLink(_Strict):
@@ -346,6 +373,22 @@ class RuleSpec(_Strict):
         description="Codes of the pack's override_reasons offered on this rule's cards, in order "
         "(default: every reason marked default)",
     )
+    hooks: list[Hook] = Field(
+        default_factory=lambda: list(ORDER_HOOKS),
+        min_length=1,
+        description="CDS Hooks on which this rule runs (default: order-select and order-sign); "
+        "patient-view runs it at chart open on the patient's current therapy",
+    )
+
+    @model_validator(mode="after")
+    def _suppression_allowed(self) -> RuleSpec:
+        for tier in self.tiers:
+            if tier.suppressible and never_suppressed(self.category, tier.severity):
+                raise ValueError(
+                    f"tier {tier.id!r} cannot be suppressible: {tier.severity} tiers and "
+                    f"{', '.join(sorted(NEVER_SUPPRESSED_CATEGORIES))} rules always show"
+                )
+        return self
 
     @model_validator(mode="after")
     def _tier_ids(self) -> RuleSpec:
@@ -383,12 +426,39 @@ class Triggers(_Strict):
     )
 
 
+#: HL7 ActDetectedIssueManagementCode concepts (system http://terminology.hl7.org/CodeSystem/v3-ActCode)
+#: an override reason may be mapped to, so an exported FHIR DetectedIssue can name the mitigation.
+MANAGEMENT_CODES: dict[str, str] = {
+    "1": "Therapy Appropriate", "2": "Assessed Patient", "3": "Patient Explanation",
+    "4": "Consulted Other Source", "5": "Consulted Prescriber", "6": "Prescriber Declined Change",
+    "7": "Interacting Therapy No Longer Active/Planned", "8": "Other Action Taken",
+    "9": "Instituted Ongoing Monitoring Program", "10": "Provided Patient Education",
+    "11": "Added Concurrent Therapy", "12": "Temporarily Suspended Concurrent Therapy",
+    "13": "Stopped Concurrent Therapy", "22": "appropriate indication or diagnosis",
+    "23": "prior therapy documented",
+}
+
+
 class OverrideReason(_Strict):
     code: str
     display: str
     default: bool = Field(
         True, description="Offered on every rule that does not list its own override_reasons"
     )
+    management_code: str | None = Field(
+        None,
+        description="ActDetectedIssueManagementCode (v3-ActCode) this reason means, for the mitigation of an "
+        "exported FHIR DetectedIssue; a reason without one exports no mitigation (sign-off pending)",
+    )
+
+    @model_validator(mode="after")
+    def _known_management_code(self) -> OverrideReason:
+        if self.management_code is not None and self.management_code not in MANAGEMENT_CODES:
+            raise ValueError(
+                f"management_code {self.management_code!r} of override reason {self.code!r} is not an "
+                f"ActDetectedIssueManagementCode this engine knows ({', '.join(MANAGEMENT_CODES)})"
+            )
+        return self
 
 
 class MissingDataItem(_Strict):
@@ -450,6 +520,12 @@ class Pack(_Strict):
         unknown = sorted(set(self.bulk_acknowledge) - known)
         if unknown:
             raise ValueError(f"bulk_acknowledge names unknown rule(s): {', '.join(unknown)}")
+        # the rules that must show every time must also be decided one by one (issue #18 item 3)
+        never = sorted(r.id for r in self.rules if r.id in self.bulk_acknowledge
+                       and r.category in NEVER_SUPPRESSED_CATEGORIES)
+        if never:
+            raise ValueError(f"bulk_acknowledge names rule(s) that are decided one by one "
+                             f"({', '.join(sorted(NEVER_SUPPRESSED_CATEGORIES))}): {', '.join(never)}")
         return self
 
     @field_validator("rules")

@@ -33,15 +33,20 @@ from cds_engine.service.cards import LINK_HOSTS
 from cds_engine.service.deviations import deviation_counts
 from cds_engine.service.discovery import discovery, find_service
 from cds_engine.service.errors import HookError, install_error_handlers
+from cds_engine.service.fatigue import FatiguePolicy, client_key
 from cds_engine.service.finite import require_finite
 from cds_engine.service.hook import HookHandler
 from cds_engine.service.limits import HookLimits, refusal_counts
+from cds_engine.service.metrics_http import MetricsMiddleware
 from cds_engine.service.middleware import AuthMiddleware, BodyLimitMiddleware, RequestLogMiddleware
 from cds_engine.service.models import CardsResponse, DiscoveryResponse, FeedbackRequest, HookRequest
 from cds_engine.service.orders import warm_up
+from cds_engine.service.patient_view import PatientViewHandler, PatientViewRequest, patient_view_counts
 from cds_engine.service.prefetch import FhirFetcher
+from cds_engine.service.worker_info import worker_state
 from cds_engine.store.api import EvaluationRecord, EvaluationSink, FeedbackRecord, IssuedAlert, NullSink
 from cds_engine.store.failures import count_not_stored, not_stored_counts
+from cds_engine.store.fatigue import FatigueStore
 
 __all__ = ["ServiceSettings", "create_app"]
 
@@ -70,6 +75,7 @@ class ServiceSettings:
     limits: HookLimits = field(default_factory=HookLimits)  # drafts, resources per key, evaluation time
     callbacks: CallbackLimits = field(default_factory=CallbackLimits)  # calls, bytes, pages per hook
     allow_loopback_fhir: bool = False  # plain-http loopback fhirServer (local trials only)
+    demographics: bool = True  # keep name, birth date, MRN for the review page (--no-demographics: off)
 
 
 def create_app(
@@ -81,6 +87,7 @@ def create_app(
     settings: ServiceSettings | None = None,
     fhir_transport: httpx.AsyncBaseTransport | None = None,
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    fatigue: FatigueStore | None = None,
 ) -> FastAPI:
     """Build the service. ``fhir_transport`` replaces the network for FHIR call-backs (tests)."""
     settings = settings or ServiceSettings()
@@ -98,8 +105,12 @@ def create_app(
     if settings.allow_loopback_fhir:
         log.warning("ALLOW-LOOPBACK-FHIR: plain-http FHIR call-backs to this machine (local trials only)")
     handler = HookHandler(
-        sink, fetcher, clock, settings.link_hosts, settings.store_threads, limits=settings.limits
+        sink, fetcher, clock, settings.link_hosts, settings.store_threads, limits=settings.limits,
+        demographics=settings.demographics,
     )
+    # alert-fatigue state (shown once, repeat suppression) lives in the store: shared by every worker
+    handler.fatigue = FatiguePolicy(fatigue)
+    patient_view = PatientViewHandler(handler)
     jwks_client = httpx.AsyncClient(timeout=3.0) if auth is not None else None
     verifier = JwtVerifier(auth, client=jwks_client) if auth is not None else None
 
@@ -111,10 +122,15 @@ def create_app(
             engine.evaluate_pack(pack, PatientFacts(as_of=clock()))
         await anyio.to_thread.run_sync(handler.warm, engine, clock())  # and in each hook worker thread
         yield
+        flush = getattr(sink, "flush", None)  # a journaling sink: let its writer store what it holds
+        if callable(flush):
+            await anyio.to_thread.run_sync(flush)
         handler.close()
         await client.aclose()
         if jwks_client is not None:
             await jwks_client.aclose()
+        if verifier is not None:
+            verifier.close()
 
     app = FastAPI(
         title="cds-engine CDS Hooks service",
@@ -124,6 +140,7 @@ def create_app(
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    app.state.jwt_verifier = verifier  # serve --workers: the parent closes the one it built to check
     secured = [Security(_bearer)] if auth is not None else []  # the OpenAPI says what is enforced
 
     @app.get(
@@ -137,6 +154,36 @@ def create_app(
     )
     def get_discovery() -> DiscoveryResponse:
         return discovery(engine_provider())
+
+    @app.post(
+        "/cds-services/{pack_id}-patient-view",
+        response_model=CardsResponse,
+        response_model_exclude_none=True,
+        dependencies=secured,
+        tags=["CDS Hooks"],
+        summary="Chart open (patient-view): monitoring of current therapy",
+        responses={**_ERRORS, 404: {"description": "Unknown service"}},
+    )
+    async def call_patient_view(
+        pack_id: str, body: PatientViewRequest, request: Request, response: Response
+    ) -> CardsResponse:
+        engine = engine_provider()
+        service_id = f"{pack_id}-patient-view"
+        ref = find_service(engine, service_id)
+        if ref is None:
+            raise HookError(404, None, "no such service (see GET /cds-services)")
+        request.state.log = {"hookInstance": body.hookInstance, "service": service_id}
+        require_clean_context(body.model_dump(exclude={"prefetch"}))
+        scrub_resources(body.prefetch, "prefetch")
+        client = getattr(request.state, "client", None) or {}
+        checked = callback_policy.apply(body, client.get("iss"))
+        calls = begin_hook(settings.callbacks)
+        try:
+            result = await patient_view(ref, checked, engine, client.get("iss"), client.get("tenant"))
+        finally:
+            end_hook(calls)
+        request.state.log["rules"] = result.rule_ids or "-"
+        return result.response
 
     @app.post(
         "/cds-services/{service_id}",
@@ -163,10 +210,11 @@ def create_app(
         require_clean_context(body.model_dump(exclude={"prefetch"}))
         scrub_resources(body.prefetch, "prefetch")  # the record's odd values become unknown, counted
         issuer = (getattr(request.state, "client", None) or {}).get("iss")
+        tenant = (getattr(request.state, "client", None) or {}).get("tenant")
         body = callback_policy.apply(body, issuer)  # fhirServer/token dropped when they must not be used
         calls = begin_hook(settings.callbacks)
         try:
-            result = await handler(ref, body, engine)
+            result = await handler(ref, body, engine, issuer, tenant)
         finally:
             end_hook(calls)
         request.state.log["rules"] = result.rule_ids or "-"
@@ -199,6 +247,12 @@ def create_app(
             )
             if not await anyio.to_thread.run_sync(sink.record_feedback, record):
                 unknown.append(item.card)
+            elif item.outcome == "overridden":  # may start a repeat-suppression window (same issuer only)
+                client = getattr(request.state, "client", None) or {}
+                await anyio.to_thread.run_sync(
+                    handler.fatigue.on_override, item.card, reason.code if reason else None,
+                    client_key(client.get("iss"), client.get("tenant")), clock(),
+                )
         request.state.log = {
             "service": service_id,
             "feedback": len(body.feedback),
@@ -264,6 +318,9 @@ def create_app(
             "request_deviation_total": deviation_counts(),
             "evaluation_not_stored_total": not_stored_counts(),
             "request_limited_total": refusal_counts(),
+            "patient_view_total": patient_view_counts(),
+            "jti_replay": verifier.replays.stats() if verifier is not None else None,
+            "worker": worker_state(engine_provider),
             "packs": [
                 {
                     "id": p.id,
@@ -296,4 +353,5 @@ def create_app(
         max_age=600,
     )
     app.add_middleware(RequestLogMiddleware)
+    app.add_middleware(MetricsMiddleware)  # outermost: times the whole request, refusals included
     return app

@@ -6,8 +6,9 @@ Checks, in order, all with PyJWT (no hand-written crypto): the header ``alg`` is
 and cached; a ``jku`` header must be one of the allow-listed URLs); the key with that ``kid``
 verifies the signature; ``aud`` equals the URL that was called; ``exp`` and ``iat`` are valid
 within a small clock skew and the lifetime is bounded; the ``jti`` was not seen before (kept until
-the token expires). Any failure is a bare 401: the reason goes to the log (with ``iss``/``kid``,
-never the token), not to the caller.
+the token expires, in the replay store all workers and hosts share: :mod:`cds_engine.service.replay`).
+Any failure is a bare 401: the reason goes to the log (with ``iss``/``kid``, never the token), not
+to the caller.
 
 Trusted issuers file (JSON or YAML)::
 
@@ -26,7 +27,6 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -37,6 +37,8 @@ import httpx
 import jwt
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from cds_engine.service.replay import ReplayCache, ReplayGuard, ReplaySettings
 
 __all__ = ["AuthError", "AuthSettings", "JwtVerifier", "ReplayCache", "TrustedIssuer"]
 
@@ -87,6 +89,8 @@ class AuthSettings:
     jwks_cache_seconds: float = 3600.0
     # an unknown kid re-fetches an issuer's JWK Set URL (key rotation without restart), at most this often
     jwks_refresh_seconds: float = 60.0
+    # where seen jti values are kept (shared by workers and hosts), its deadline and failure policy
+    replay: ReplaySettings = field(default_factory=ReplaySettings)
 
     @classmethod
     def from_file(cls, path: str | Path, **options: Any) -> AuthSettings:
@@ -112,27 +116,6 @@ class AuthSettings:
             raise ValueError(f"symmetric or 'none' algorithms are not allowed: {bad}")
 
 
-@dataclass
-class ReplayCache:
-    """Seen ``(iss, jti)`` pairs until their token expires; bounded so it cannot grow without limit."""
-
-    max_entries: int = 200_000
-    _seen: dict[tuple[str, str], float] = field(default_factory=dict)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def first_use(self, iss: str, jti: str, expires: float, now: float) -> bool:
-        with self._lock:
-            if len(self._seen) >= self.max_entries:
-                self._seen = {k: v for k, v in self._seen.items() if v > now}
-                if len(self._seen) >= self.max_entries:
-                    return False  # refuse rather than forget: a flood must not re-enable replays
-            key = (iss, jti)
-            if key in self._seen and self._seen[key] > now:
-                return False
-            self._seen[key] = expires
-            return True
-
-
 class JwtVerifier:
     def __init__(
         self,
@@ -143,7 +126,7 @@ class JwtVerifier:
         self.settings = settings
         self.client = client
         self.clock = clock
-        self.replays = ReplayCache()
+        self.replays = ReplayGuard(settings.replay, clock=clock)
         self._remote: dict[str, tuple[float, dict[str, Any]]] = {}  # url -> (fetched at, jwks)
         self._failed: dict[str, float] = {}  # url -> when a first fetch failed (backs off)
         self._files: dict[Path, tuple[tuple[int, int], dict[str, Any]]] = {}  # path -> ((mtime, size), jwks)
@@ -263,11 +246,22 @@ class JwtVerifier:
         now = self.clock()
         if float(claims["exp"]) - now > self.settings.max_lifetime_seconds + self.settings.leeway_seconds:
             raise AuthError("token lifetime too long")
-        if not self.replays.first_use(
-            iss, str(claims["jti"]), float(claims["exp"]) + self.settings.leeway_seconds, now
-        ):
-            raise AuthError("jti replayed")
+        verdict = await self.replays.check(
+            iss, str(claims["jti"]), float(claims["exp"]) + self.settings.leeway_seconds
+        )
+        if verdict != "first-use":
+            raise AuthError(_REPLAY_REASONS[verdict])
         return claims
+
+    def close(self) -> None:
+        self.replays.close()
+
+
+_REPLAY_REASONS = {
+    "replayed": "jti replayed",
+    "quota": "jti refused: issuer's live-id quota reached (or jti too long)",
+    "store-unavailable": "jti replay store unavailable (jti_on_store_failure = refuse)",
+}
 
 
 def _audiences(url: str) -> list[str]:

@@ -27,6 +27,7 @@ MIN_YEAR = 1900
 MAX_YEAR = 2200
 # FHIR date / dateTime / instant with at least a month: a year alone ("0001") may be a code
 _DATE = re.compile(r"^(-?\d{4,})-\d{2}(-\d{2})?(T[0-9:.+\-Z]*)?$")
+_DATE_START = frozenset("-0123456789")
 # elements that hold codes, names or identifiers, never dates (a code may look like "1234-56")
 _NOT_DATES = frozenset(
     {"code", "system", "display", "text", "id", "reference", "url", "div", "value", "unit"}
@@ -53,18 +54,38 @@ def _bad_string(text: str) -> str | None:
     return None
 
 
+# Where a node is: the root path, or (where its parent is, its key, whether the parent is a list).
+# Rendered as text only for the rare node that is reported — building a path string for every node
+# of every prefetched resource was most of this module's cost per hook call (issue 19 profile).
+_Where = Any
+
+
 def _walk(value: Any, path: str) -> Any:
-    """(item, path, parent, key) for every node, iteratively (a deep body must not exhaust the stack)."""
-    stack: list[tuple[Any, str, Any, Any]] = [(value, path, None, None)]
+    """(item, where, parent, key) for every node, iteratively (a deep body must not exhaust the stack).
+
+    ``where`` is a lazy location: :func:`_path` turns it into ``prefetch.x.entry[0].resource.y``."""
+    stack: list[tuple[Any, _Where, Any, Any]] = [(value, path, None, None)]
+    pop, extend = stack.pop, stack.extend
     while stack:
-        item, where, parent, key = stack.pop()
+        item, where, parent, key = pop()
         yield item, where, parent, key
         if isinstance(item, dict):
-            stack.extend(
-                (v, f"{where}.{k}" if where else str(k), item, k) for k, v in reversed(list(item.items()))
-            )
-        elif isinstance(item, list):
-            stack.extend((v, f"{where}[{i}]", item, i) for i, v in reversed(list(enumerate(item))))
+            if item:
+                extend([(v, (where, k, False), item, k) for k, v in item.items()][::-1])
+        elif isinstance(item, list) and item:
+            extend([(v, (where, i, True), item, i) for i, v in enumerate(item)][::-1])
+
+
+def _path(where: _Where) -> str:
+    """The text of a lazy location (as the eager paths were: ``a.b[0].c``; a bare first key)."""
+    steps = []
+    while isinstance(where, tuple):
+        where, key, in_list = where
+        steps.append((key, in_list))
+    text = str(where)
+    for key, in_list in reversed(steps):
+        text = f"{text}[{key}]" if in_list else (f"{text}.{key}" if text else str(key))
+    return text
 
 
 def first_bad_text(value: Any, path: str) -> tuple[str, str] | None:
@@ -73,13 +94,13 @@ def first_bad_text(value: Any, path: str) -> tuple[str, str] | None:
         if isinstance(parent, dict) and isinstance(key, str):
             why = _bad_string(key)
             if why is not None:
-                return where, f"a member name {why}"
+                return _path(where), f"a member name {why}"
         if isinstance(item, str):
             why = _bad_string(item)
             if why is not None:
-                return where, why
+                return _path(where), why
             if key not in _NOT_DATES and _date_out_of_range(item):
-                return where, f"a date must lie between {MIN_YEAR} and {MAX_YEAR}"
+                return _path(where), f"a date must lie between {MIN_YEAR} and {MAX_YEAR}"
     return None
 
 
@@ -99,32 +120,38 @@ def require_clean_context(body: dict[str, Any]) -> None:
 def scrub_resources(value: Any, path: str) -> Any:
     """Remove out-of-range dates, non-finite numbers and negative ``value`` amounts (in place).
 
-    Each removal is a counted deviation (path and kind, never the value); returns ``value``.
+    Each removal is a counted deviation (path and kind, never the value); returns ``value``. It
+    visits every node of every prefetched resource on each hook call, so it is one tight loop over
+    containers (no generator, no path text unless something is removed).
     """
-    doomed: list[tuple[Any, Any, str, str]] = []
-    for item, where, parent, key in _walk(value, path):
-        if parent is None:
-            continue
-        kind = None
-        if isinstance(item, float) and not math.isfinite(item):
-            kind = "number-not-finite"
-        elif (
-            isinstance(item, int | float)
-            and not isinstance(item, bool)
-            and key in _AMOUNT_KEYS
-            and item < 0
-        ):
-            kind = "number-negative"
-        elif isinstance(item, str) and key not in _NOT_DATES and _date_out_of_range(item):
-            kind = "date-out-of-range"
-        if kind is not None:
-            doomed.append((parent, key, where, kind))
+    doomed: list[tuple[Any, Any, _Where, str]] = []
+    stack: list[tuple[Any, _Where]] = [(value, path)] if isinstance(value, dict | list) else []
+    while stack:
+        node, where = stack.pop()
+        in_list = isinstance(node, list)
+        for key, item in (enumerate(node) if in_list else node.items()):
+            kind = None
+            if isinstance(item, str):
+                # a date starts with a digit or a minus sign: skip the pattern for everything else
+                if item[:1] in _DATE_START and key not in _NOT_DATES and _date_out_of_range(item):
+                    kind = "date-out-of-range"
+            elif isinstance(item, dict | list):
+                if item:
+                    stack.append((item, (where, key, in_list)))
+            elif isinstance(item, bool):
+                pass
+            elif isinstance(item, float) and not math.isfinite(item):
+                kind = "number-not-finite"
+            elif isinstance(item, int | float) and key in _AMOUNT_KEYS and item < 0:
+                kind = "number-negative"
+            if kind is not None:
+                doomed.append((node, key, (where, key, in_list), kind))
     for parent, key, where, kind in reversed(doomed):  # reversed: list indexes stay valid
         if isinstance(parent, dict):
             parent.pop(key, None)
         elif isinstance(parent, list):
             del parent[key]
-        note_deviation(_generic(where), kind)
+        note_deviation(_generic(_path(where)), kind)
     return value
 
 

@@ -15,6 +15,8 @@ import logging
 import threading
 from collections import Counter
 
+from cds_engine import metrics
+
 __all__ = ["KINDS", "deviation_counts", "note_deviation"]
 
 log = logging.getLogger("cds_engine.service.deviations")
@@ -44,6 +46,7 @@ def note_deviation(path: str, kind: str) -> None:
     """Count one tolerated deviation and log where it was (field path and kind only, never a value)."""
     with _lock:
         _counts[kind] += 1
+    metrics.DEVIATIONS.labels(metrics.label(kind)).inc()
     log.info("request deviation tolerated: field=%s kind=%s", path, kind)
 
 

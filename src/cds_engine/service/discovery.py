@@ -18,14 +18,25 @@ from dataclasses import dataclass
 from cds_engine.engine import Engine
 from cds_engine.rules.compile import CompiledPack
 from cds_engine.rules.governance import SHOWN_STATUSES
+from cds_engine.service.hook_scope import offers_hook
 from cds_engine.service.limits import DEFAULT_MAX_RESOURCES
 from cds_engine.service.models import CdsService, DiscoveryResponse
 from cds_engine.sources.fhir import GROUPS
 from cds_engine.vocabulary import Vocabulary
 
-__all__ = ["HOOKS", "ServiceRef", "discovery", "find_service", "prefetch_templates", "service_id"]
+__all__ = [
+    "HOOKS",
+    "PATIENT_VIEW",
+    "ServiceRef",
+    "discovery",
+    "find_service",
+    "patient_view_templates",
+    "prefetch_templates",
+    "service_id",
+]
 
 HOOKS = ("order-select", "order-sign")
+PATIENT_VIEW = "patient-view"  # chart open: monitoring of current therapy (service/patient_view.py)
 PATIENT = "{{context.patientId}}"
 
 
@@ -96,6 +107,14 @@ def _build_templates(pack: CompiledPack) -> dict[str, str]:
     return templates
 
 
+def patient_view_templates() -> dict[str, str]:
+    """patient-view runs on every chart open: only the active medicines (the rest only when on the drug)."""
+    return {
+        "activeMedicationRequests": f"MedicationRequest?patient={PATIENT}&status=active",
+        "activeMedicationStatements": f"MedicationStatement?patient={PATIENT}&status=active",
+    }
+
+
 def _newest(sort: str) -> str:
     """Newest first, one page of at most the per-key cap (each type's own date search parameter)."""
     return f"&_sort={sort}&_count={DEFAULT_MAX_RESOURCES}"
@@ -106,8 +125,13 @@ def _services(engine: Engine) -> list[ServiceRef]:
         ServiceRef(service_id(pack, hook), hook, pack)
         for pack in engine.packs
         if pack.spec.pack.status in SHOWN_STATUSES  # draft packs run silently: no service, no cards
-        for hook in HOOKS
+        for hook in (*HOOKS, *((PATIENT_VIEW,) if _on_patient_view(pack) else ()))
     ]
+
+
+def _on_patient_view(pack: CompiledPack) -> bool:
+    """A pack offers patient-view when at least one of its rules or tiers runs there (``hooks:``)."""
+    return offers_hook(pack, PATIENT_VIEW)
 
 
 def find_service(engine: Engine, sid: str) -> ServiceRef | None:
@@ -126,13 +150,21 @@ def discovery(engine: Engine) -> DiscoveryResponse:
             f"{info.title} (pack {info.id} {info.version}): checks {moment} an order of "
             f"{info.drug.display} or of an interacting drug class.{approval}"
         )
+        if ref.hook == PATIENT_VIEW:
+            description = (
+                f"{info.title} (pack {info.id} {info.version}): monitoring at chart open for a patient "
+                f"on {info.drug.display}; the rest of the record is read through fhirServer only then."
+                f"{approval}"
+            )
         services.append(
             CdsService(
                 hook=ref.hook,
                 title=f"{info.title} ({ref.hook})",
                 description=description,
                 id=ref.id,
-                prefetch=prefetch_templates(ref.pack),
+                prefetch=(
+                    patient_view_templates() if ref.hook == PATIENT_VIEW else prefetch_templates(ref.pack)
+                ),
                 usageRequirements=(
                     "Works best with the prefetch above; otherwise needs fhirServer and "
                     "fhirAuthorization to read the patient's record."

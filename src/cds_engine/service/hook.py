@@ -33,13 +33,17 @@ from cds_engine.service.cards import LINK_HOSTS, alert_card
 from cds_engine.service.coverage import unavailable_alert
 from cds_engine.service.discovery import ServiceRef, prefetch_templates
 from cds_engine.service.errors import HookError
+from cds_engine.service.fatigue import FatiguePolicy, client_key
+from cds_engine.service.hook_scope import runs_on
 from cds_engine.service.limits import HookLimits, cap_resources, check_draft_count, count_refusal
+from cds_engine.service.metrics_http import count_cards
 from cds_engine.service.models import Card, CardsResponse, HookRequest
 from cds_engine.service.order_label import PATIENT_LEVEL_RULES, name_orders, order_label
 from cds_engine.service.orders import DraftOrders, read_draft_orders
 from cds_engine.service.prefetch import FhirFetcher, Prefetched, gather_prefetch
 from cds_engine.service.suggestions import order_one_click
 from cds_engine.service.workers import WorkerPool
+from cds_engine.sources.demographics import PatientDemographics, from_fhir_patient
 from cds_engine.sources.fhir import (
     bundle_resources,
     facts_for_drafts,
@@ -77,17 +81,24 @@ class _Clock:
         self._last = now
 
 
-def order_key(request: HookRequest, draft: dict[str, Any]) -> str:
-    """Same key for order-select and order-sign of one order: patient, encounter and order id (or product)."""
-    ident = draft.get("id")
-    if not isinstance(ident, str):
-        concept = draft.get("medicationCodeableConcept") or draft.get("medicationReference") or {}
-        ident = repr(
-            sorted((c.get("system"), c.get("code")) for c in concept.get("coding", []) if isinstance(c, dict))
-            or concept.get("reference")
-            or concept.get("text")
-        )
-    raw = f"{request.context.patientId}|{request.context.encounterId or ''}|MedicationRequest/{ident}"
+def order_key(request: HookRequest, draft: dict[str, Any], issuer: str | None = None) -> str:
+    """The order's identity: (issuer, patient, encounter, draft id, product) hashed.
+
+    The same for order-select and order-sign of one order. Clients reuse draft ids across ordering
+    sessions, so the store folds this key into a session (``store/order_sessions.py``: calls no
+    more than an hour apart); the product keeps a reused id for another medicine apart even then.
+    The issuer is the client's JWT ``iss``, else its fhirServer (``--no-auth`` trials).
+    """
+    concept = draft.get("medicationCodeableConcept") or draft.get("medicationReference") or {}
+    product = repr(
+        sorted((c.get("system"), c.get("code")) for c in concept.get("coding", []) if isinstance(c, dict))
+        or concept.get("reference")
+        or concept.get("text")
+    )
+    ident = draft.get("id") if isinstance(draft.get("id"), str) else ""
+    who = issuer or request.fhirServer or ""
+    raw = "|".join([str(who), request.context.patientId, request.context.encounterId or "",
+                    f"MedicationRequest/{ident}", product])
     return hashlib.sha256(raw.encode()).hexdigest()[:32]
 
 
@@ -125,8 +136,11 @@ class HookHandler:
         link_hosts: tuple[str, ...] = LINK_HOSTS,
         store_threads: int = 2,
         limits: HookLimits | None = None,
+        demographics: bool = True,
     ) -> None:
         self.sink = sink
+        # who the patient is (name, birth date, MRN) for the review page; off: --no-demographics
+        self.demographics = demographics
         self.fetcher = fetcher
         self.clock = clock
         self.link_hosts = link_hosts
@@ -137,6 +151,8 @@ class HookHandler:
         # parsing, fact mapping and evaluation: CPU work off the event loop, on long-lived threads
         # of its own (sync endpoints such as /healthz keep the default pool)
         self.workers = WorkerPool(self.limits.eval_threads)
+        # repeat suppression state, shared through the store (no store: every card shows)
+        self.fatigue = FatiguePolicy(None)
 
     def warm(self, engine: Engine, as_of: datetime) -> None:
         """Build every worker thread's rulesets before the first order (start-up, not a clinician)."""
@@ -145,7 +161,9 @@ class HookHandler:
     def close(self) -> None:
         self.workers.close()
 
-    async def __call__(self, ref: ServiceRef, request: HookRequest, engine: Engine) -> HookResult:
+    async def __call__(self, ref: ServiceRef, request: HookRequest, engine: Engine,
+                       issuer: str | None = None, tenant: str | None = None) -> HookResult:
+        """``issuer``/``tenant``: the verified client's — only their feedback may suppress its cards."""
         clock = _Clock()
         check_draft_count(request.context.draftOrders, self.limits.max_drafts)
         if request.hook != ref.hook:
@@ -174,19 +192,41 @@ class HookHandler:
             else:  # the server was given: say so (never its address), not "no FHIR access"
                 why = "not prefetched, and the FHIR server in fhirServer could not be read"
             raise HookError(412, "context.patientId", f"the patient could not be read ({why})")
+        who = self._who(pool, request.context.patientId)
         clock.lap("prefetch")
 
         as_of = self.clock()
         issued, quiet = await self.workers.run(
-            self._evaluate, engine, pack, drafts, relevant, pool, prefetched, as_of, clock
+            self._evaluate, engine, pack, drafts, relevant, pool, prefetched, as_of, clock, request.hook
         )
-        ordered = sorted((pair for _, _, pairs in issued for pair in pairs), key=lambda p: p[0].sort_key())
+        clock.lap("resume")  # the event loop taking the call back from the evaluation thread (queueing)
+        hidden: dict[str, str] = {}
+        if self.fatigue.store is not None:  # suppressed cards are still stored, as not shown
+            sent = [(a, c) for _, _, pairs in issued for a, c in pairs if c is not None]
+            screened = await anyio.to_thread.run_sync(
+                self.fatigue.screen, pack, f"Patient/{request.context.patientId}",
+                client_key(issuer, tenant), sent, as_of, limiter=self.store_limiter,
+            )
+            hidden = screened.hidden
+        ordered = sorted(
+            (p for _, _, pairs in issued for p in pairs if p[1] is None or p[1].uuid not in hidden),
+            key=lambda p: p[0].sort_key(),
+        )
         cards = [card for _, card in ordered]
-        await self._record(ref, request, pack, as_of, issued)
+        await self._record(ref, request, pack, as_of, issued, issuer=issuer, who=who, hidden=hidden)
         for silent_pack, silent_issued in quiet:
-            await self._record(ref, request, silent_pack, as_of, silent_issued, shown=False)
+            await self._record(ref, request, silent_pack, as_of, silent_issued, shown=False, issuer=issuer,
+                               who=who)
         clock.lap("store")
         return HookResult(CardsResponse(cards=cards), [a.rule_id for a, _ in ordered], clock.timings)
+
+    def _who(self, pool: list[dict[str, Any]], patient_id: str) -> PatientDemographics | None:
+        """Name, birth date and MRN-type identifiers of the context patient (None when not kept)."""
+        if not self.demographics or isinstance(self.sink, NullSink):
+            return None
+        patient = next((r for r in pool if r.get("resourceType") == "Patient" and r.get("id") == patient_id),
+                       None)
+        return from_fhir_patient(patient)
 
     def _parse(self, request: HookRequest, pack: CompiledPack) -> tuple[DraftOrders, list[dict[str, Any]]]:
         drafts = read_draft_orders(request)
@@ -228,6 +268,7 @@ class HookHandler:
         prefetched: Prefetched,
         as_of: datetime,
         clock: _Clock,
+        hook: str = "order-sign",
     ) -> tuple[_Issued, list[tuple[CompiledPack, _Issued]]]:
         """Facts, evaluation and cards of every relevant draft (runs in a worker thread).
 
@@ -252,6 +293,7 @@ class HookHandler:
             if self._applies(engine, pack, draft, pool, facts):
                 flat = engine.flat_facts(pack, facts)  # derived once: for the checks and the one-click offer
                 alerts = engine.evaluate_pack(pack, facts, flat)
+                alerts = [a for a in alerts if runs_on(pack, a, hook)]  # the pack says which hook runs it
             elif _MEDICINE_KEYS & set(prefetched.unavailable):
                 alerts = []  # a partner drug, and we cannot tell whether the pack's drug is taken
             else:
@@ -379,7 +421,13 @@ class HookHandler:
         as_of: datetime,
         issued: _Issued,
         shown: bool = True,
+        issuer: str | None = None,
+        who: PatientDemographics | None = None,
+        hidden: dict[str, str] | None = None,
     ) -> None:
+        for _draft, _facts, pairs in issued:  # counted whether or not anything is stored
+            count_cards(pack.id, [(a, not (c is not None and c.uuid in (hidden or {}))) for a, c in pairs],
+                        silent=not shown)
         if isinstance(self.sink, NullSink):
             return  # nothing to keep: skip the thread hop
         info = pack.spec.pack
@@ -394,22 +442,27 @@ class HookHandler:
                 if request.context.encounterId
                 else None,
                 user_ref=request.context.userId or "unknown",
-                order_key=order_key(request, draft),
+                order_key=order_key(request, draft, issuer),
                 order=draft,
                 as_of=as_of,
                 pack_id=info.id,
                 pack_version=info.version,
                 pack_hash=pack.content_hash,
                 alerts=[
-                    IssuedAlert(alert=a, card_uuid=c.uuid if c else None, shown=shown,
+                    IssuedAlert(alert=a, card_uuid=c.uuid if c else None,
+                                shown=shown and not (c is not None and c.uuid in (hidden or {})),
                                 card_suggestions=len(c.suggestions or []) if c else None)
                     for a, c in pairs
                 ],
+                demographics=who,
             )
             try:
-                await anyio.to_thread.run_sync(
-                    self.sink.record_evaluation, record, limiter=self.store_limiter
-                )
+                if getattr(self.sink, "nonblocking", False):  # a journal append: no thread hop, no queue
+                    self.sink.record_evaluation(record)
+                else:
+                    await anyio.to_thread.run_sync(
+                        self.sink.record_evaluation, record, limiter=self.store_limiter
+                    )
             except Exception as exc:  # the sink must spool, but a hook never fails for the audit trail
                 count_not_stored("sink-error")
                 log.error(

@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from cds_engine import metrics
 from cds_engine.service.errors import HookError
 
 __all__ = [
@@ -69,6 +70,7 @@ def count_refusal(kind: str) -> None:
     """Count one refused or trimmed request by kind (never a value) and log it."""
     with _lock:
         _counts[kind] += 1
+    metrics.LIMITED.labels(metrics.label(kind)).inc()
     log.warning("request limited: kind=%s", kind)
 
 

@@ -20,6 +20,7 @@ import asyncio
 import json
 import logging
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +28,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from cds_engine import metrics
 from cds_engine.service.callbacks import (
     CallbackRefused,
     HookCalls,
@@ -178,20 +180,27 @@ class FhirFetcher:
         calls = current_calls()  # one counter for every task of this hook call
 
         async def one(key: str, relative: str) -> tuple[str, list[dict[str, Any]] | None]:
+            started = time.perf_counter()
             try:
                 return key, await self.get(base, relative, token, calls)
             except PartialRead as exc:
                 calls.partial[key] = exc.why
+                metrics.CALLBACK_FAILURES.labels("partial").inc()
                 log.warning("FHIR call-back partial: key=%s", key)
                 return key, exc.resources
             except (httpx.HTTPError, ValueError, CallbackRefused, json.JSONDecodeError) as exc:
+                metrics.CALLBACK_FAILURES.labels(metrics.label(type(exc).__name__)).inc()
                 log.warning("FHIR call-back failed: key=%s error=%s", key, type(exc).__name__)
                 return key, None
+            finally:
+                metrics.CALLBACK_SECONDS.labels(metrics.label(key)).observe(time.perf_counter() - started)
 
         tasks = [asyncio.ensure_future(one(k, r)) for k, r in relatives.items()]
         done, pending = await asyncio.wait(tasks, timeout=budget) if tasks else (set(), set())
         for task in pending:
             task.cancel()
+        if pending:
+            metrics.CALLBACK_FAILURES.labels("timeout").inc(len(pending))
         results: dict[str, list[dict[str, Any]] | None] = dict.fromkeys(relatives)
         for task in done:
             key, value = task.result()

@@ -10,6 +10,13 @@ referenced by ``medicationReference``) are copied to a side file every partition
 What cannot be read is reported per line, never silently dropped: a line that is not JSON, a
 patient-compartment resource that names no patient, and resources whose patient has no
 ``Patient`` record.
+
+Routing reads only each line's type, id and patient references
+(:func:`~cds_engine.sources.selective.line_head`: the rest of the line is skipped by msgspec, not
+built); a line the fast path cannot vouch for is parsed in full with ``json.loads``, as before. A
+partition line carries its file, line number, type and patient; the resource itself only for the
+types the mapping reads (:data:`~cds_engine.sources.selective.READ_TYPES`) — the others stay as a
+marker, so a patient with only such records and no ``Patient`` is still rejected.
 """
 
 from __future__ import annotations
@@ -21,7 +28,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+import msgspec
+
 from cds_engine.sources.compressed import capped_lines, open_text
+from cds_engine.sources.selective import READ_TYPES, decode_resource, line_head
 
 __all__ = ["NdjsonError", "PartitionResult", "partition_export", "read_partition"]
 
@@ -45,6 +55,7 @@ IGNORED_TYPES = frozenset(
     }
 )
 _PATIENT_FIELDS = ("subject", "patient", "beneficiary", "individual")
+_PREFIX = msgspec.json.Encoder()  # [file, line, type, patient] before each partition line
 
 
 @dataclass(frozen=True)
@@ -115,15 +126,21 @@ def _route(
     f: Path, n: int, line: str, handles: list[IO[str]], shared: IO[str], result: PartitionResult
 ) -> None:
     text = line.strip()
+    if n == 1:
+        text = text.removeprefix("\ufeff")  # a UTF-8 byte-order mark before the first line
     if not text:
         return
-    try:
-        resource = json.loads(text)
-    except ValueError as exc:
-        result.errors.append(
-            NdjsonError(str(f), n, f"line is not JSON: {exc.__class__.__name__}: {exc}"[:200])
-        )
-        return
+    head = line_head(text)
+    if head is not None:
+        resource = head.as_dict()  # type, id and patient references: all that routing reads
+    else:
+        try:
+            resource = json.loads(text)
+        except ValueError as exc:
+            result.errors.append(
+                NdjsonError(str(f), n, f"line is not JSON: {exc.__class__.__name__}: {exc}"[:200])
+            )
+            return
     if not isinstance(resource, dict) or not isinstance(resource.get("resourceType"), str):
         result.errors.append(NdjsonError(str(f), n, "line is not a FHIR resource (no resourceType)"))
         return
@@ -141,7 +158,12 @@ def _route(
         return
     if rtype == "Patient":
         result.patients += 1
-    handles[zlib.crc32(key.encode()) % len(handles)].write(f"{json.dumps([str(f), n])}\t{text}\n")
+    body = text if rtype in READ_TYPES else ""  # a type nobody reads: where it belongs, not what it says
+    try:
+        where = _PREFIX.encode([str(f), n, rtype, key]).decode()
+    except (msgspec.EncodeError, UnicodeEncodeError):  # a file name that is not valid Unicode
+        where = json.dumps([str(f), n, rtype, key])
+    handles[zlib.crc32(key.encode()) % len(handles)].write(f"{where}\t{body}\n")
 
 
 def read_partition(part: Path, shared: Path | None) -> Iterator[tuple[str, str, int, list[dict[str, Any]]]]:
@@ -152,20 +174,25 @@ def read_partition(part: Path, shared: Path | None) -> Iterator[tuple[str, str, 
     shared_resources: list[dict[str, Any]] = []
     if shared is not None and shared.exists():
         with shared.open(encoding="utf-8") as fh:
-            shared_resources = [json.loads(line) for line in fh if line.strip()]
+            shared_resources = [decode_resource(line) for line in fh if line.strip()]
     groups: dict[str, list[dict[str, Any]]] = {}
     origin: dict[str, tuple[str, int]] = {}
     with part.open(encoding="utf-8") as fh:
         for line in fh:
             where, _, text = line.partition("\t")
-            resource = json.loads(text)
-            key = patient_key(resource) or ""
-            groups.setdefault(key, []).append(resource)
-            if resource.get("resourceType") == "Patient" and key not in origin:
-                file, n = json.loads(where)
+            file, n, *routed = decode_resource(where)
+            if routed:  # [type, patient]; the resource only for the types the mapping reads
+                rtype, key = routed
+                members = groups.setdefault(key, [])
+                if text.strip():
+                    members.append(decode_resource(text))
+            else:  # a partition written before selective decoding (a resumed run)
+                resource = json.loads(text)
+                rtype, key = resource.get("resourceType"), patient_key(resource) or ""
+                groups.setdefault(key, []).append(resource)
+            if rtype == "Patient" and key not in origin:
                 origin[key] = (file, n)
             elif key not in origin:
-                file, n = json.loads(where)
                 origin.setdefault("?" + key, (file, n))
     for key, resources in groups.items():
         if key in origin:

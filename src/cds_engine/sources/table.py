@@ -425,11 +425,14 @@ def _parse_datetime(col: pl.Expr, dtype: pl.DataType) -> tuple[pl.Expr, pl.Expr]
 
 
 def _parse_number(col: pl.Expr, dtype: pl.DataType) -> tuple[pl.Expr, pl.Expr]:
+    # "nan"/"inf" parse as floats but are no value: the row is rejected like "abc" (a NaN eGFR
+    # would otherwise crash the derivation of the whole chunk)
     if dtype.is_numeric():
-        return col.cast(pl.Float64), pl.lit(False)
+        value = col.cast(pl.Float64)
+        return value, ~value.is_finite().fill_null(True)
     text = col.cast(pl.String).str.strip_chars()
     value = text.cast(pl.Float64, strict=False)
-    bad = text.is_not_null() & (text != "") & value.is_null()
+    bad = text.is_not_null() & (text != "") & (value.is_null() | ~value.is_finite().fill_null(True))
     return value, bad
 
 

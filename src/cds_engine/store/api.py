@@ -12,6 +12,7 @@ from typing import Any, Literal, Protocol
 from pydantic import BaseModel, Field
 
 from cds_engine.alerts import Alert
+from cds_engine.sources.demographics import PatientDemographics
 
 __all__ = ["EvaluationRecord", "EvaluationSink", "FeedbackRecord", "IssuedAlert", "NullSink"]
 
@@ -25,7 +26,7 @@ class IssuedAlert(BaseModel):
 
 
 class EvaluationRecord(BaseModel):
-    source: Literal["hook", "evaluate", "batch"]
+    source: Literal["hook", "evaluate", "batch", "patient-view"]
     hook_instance: str | None = None
     hook: str | None = None
     service_id: str | None = None
@@ -33,8 +34,8 @@ class EvaluationRecord(BaseModel):
     encounter_ref: str | None = None
     user_ref: str | None = None
     order_key: str | None = Field(
-        None, description="Stable key of the order, so order-select and order-sign of one order count once"
-    )
+        None, description="The order's identity (issuer, patient, encounter, draft id, product); the writer "
+        "folds it into an ordering session so order-select and order-sign of one order count once")
     order: dict[str, Any] | None = Field(None, description="The order as written (FHIR JSON or facts)")
     as_of: datetime
     pack_id: str
@@ -44,6 +45,8 @@ class EvaluationRecord(BaseModel):
     batch_run_id: str | None = None
     hypothetical: bool = Field(False, description="A screening of an assumed order, not an order written")
     alerts: list[IssuedAlert] = Field(default_factory=list)
+    demographics: PatientDemographics | None = Field(
+        None, description="Who the patient is, as sent (one row per patient_ref; None: not sent or not kept)")
 
 
 class FeedbackRecord(BaseModel):

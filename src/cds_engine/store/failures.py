@@ -12,6 +12,8 @@ from __future__ import annotations
 import threading
 from collections import Counter
 
+from cds_engine import metrics
+
 __all__ = ["count_not_stored", "not_stored_counts"]
 
 _lock = threading.Lock()
@@ -21,6 +23,7 @@ _counts: Counter[str] = Counter()
 def count_not_stored(kind: str) -> None:
     with _lock:
         _counts[kind] += 1
+    metrics.NOT_STORED.labels(metrics.label(kind)).inc()
 
 
 def not_stored_counts() -> dict[str, int]:

@@ -34,6 +34,7 @@ __all__ = [
     "BatchRun",
     "Evaluation",
     "OrderRow",
+    "Patient",
     "PrescriberFeedback",
     "ReviewDecision",
     "ReviewSession",
@@ -44,7 +45,7 @@ Json = JSON().with_variant(JSONB(), "postgresql")
 # SQLite only autoincrements INTEGER PRIMARY KEY; PostgreSQL gets a 64-bit identity.
 BigId = BigInteger().with_variant(Integer(), "sqlite")
 
-SOURCES = ("hook", "evaluate", "batch")
+SOURCES = ("hook", "evaluate", "batch", "patient-view")  # patient-view: migration 0005
 SEVERITIES = ("info", "warning", "critical")
 REVIEW_STATUSES = ("open", "acknowledged", "overridden")
 PRESCRIBER_OUTCOMES = ("accepted", "overridden")
@@ -80,6 +81,7 @@ class Evaluation(Base):
     __table_args__ = (
         CheckConstraint(_in("source", SOURCES), name="ck_evaluations_source"),
         Index("ix_evaluations_hypothetical_as_of", "hypothetical", "as_of"),
+        Index("ix_evaluations_order_base_as_of", "order_base", "as_of"),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
@@ -94,6 +96,9 @@ class Evaluation(Base):
     encounter_ref: Mapped[str | None] = mapped_column(String(256))
     user_ref: Mapped[str | None] = mapped_column(String(256))
     order_key: Mapped[str | None] = mapped_column(String(256), index=True)
+    # The order without its ordering session (issuer, patient, encounter, draft id, product): the
+    # writer finds the session's ``order_key`` through it (migration 0004, store/order_sessions.py).
+    order_base: Mapped[str | None] = mapped_column(String(64))
     as_of: Mapped[datetime] = mapped_column(index=True)
     recorded_at: Mapped[datetime]
     pack_id: Mapped[str] = mapped_column(String(64))
@@ -104,6 +109,22 @@ class Evaluation(Base):
     # A screening of an assumed order (``screen --assume-order``): "what would fire", not an event.
     # Left out of the default queue and analytics (migration 0002).
     hypothetical: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+
+
+class Patient(Base):
+    """Who the patient is, as the EHR sent it: one row per patient reference (migration 0004).
+
+    Shown on the review pages only; purged ``demographics_retention_days`` after the patient's last
+    alert is closed (store/patients.py); never written with ``--no-demographics``.
+    """
+
+    __tablename__ = "patients"
+
+    patient_ref: Mapped[str] = mapped_column(String(256), primary_key=True)
+    name: Mapped[str | None] = mapped_column(String(200))
+    birth_date: Mapped[str | None] = mapped_column(String(32))
+    identifiers: Mapped[list[Any]] = mapped_column(default=list)
+    updated_at: Mapped[datetime] = mapped_column(index=True)
 
 
 class OrderRow(Base):

@@ -18,9 +18,12 @@ from sqlalchemy import ColumnElement, and_, case, func, or_, select
 from sqlalchemy.orm import Session
 
 from cds_engine.results import MISSING_DATA_RULE
-from cds_engine.store.models import SEVERITIES, AlertRow, Evaluation
+from cds_engine.store.fatigue import fatigue_cards
+from cds_engine.store.models import SEVERITIES, AlertRow, Evaluation, PrescriberFeedback
 
-__all__ = ["RuleStats", "rule_stats"]
+__all__ = ["TOP_REASONS", "RuleStats", "rule_stats"]
+
+TOP_REASONS = 3  # override reasons listed per rule
 
 _RANK = {name: rank for rank, name in enumerate(SEVERITIES, start=1)}
 
@@ -40,6 +43,11 @@ class RuleStats:
     reviewer_overridden: int = 0
     per_day: Counter[date] = field(default_factory=Counter)
     severities: Counter[str] = field(default_factory=Counter)
+    # the prescribers' most given override reasons: (reason as shown, orders overridden with it)
+    top_override_reasons: list[tuple[str, int]] = field(default_factory=list)
+    # cards evaluated and stored but kept back by the alert-fatigue controls (service/fatigue.py);
+    # last, so positional construction above keeps its order
+    suppressed: int = 0
 
     @staticmethod
     def _rate(part: int, whole: int) -> float | None:
@@ -89,9 +97,11 @@ def rule_stats(session: Session, where: list[ColumnElement[bool]]) -> list[RuleS
         _flag(AlertRow.suggestion_accepted.is_(True)).label("accepted"),
         case((AlertRow.review_status != "open", AlertRow.review_status)).label("review"),
         func.row_number().over(partition_by=episode,
-                               order_by=AlertRow.prescriber_outcome_at.desc().nulls_last()).label("orank"),
+                               order_by=(AlertRow.prescriber_outcome_at.desc().nulls_last(),
+                                         AlertRow.id)).label("orank"),  # id: ties pick the same row
         func.row_number().over(partition_by=episode, order_by=(
             _flag(AlertRow.review_status != "open").desc(), AlertRow.reviewed_at.desc().nulls_last(),
+            AlertRow.id,
         )).label("rrank"),
     ).join(Evaluation, AlertRow.evaluation_id == Evaluation.id).where(*where).subquery()
     latest_outcome = case((rows.c.orank == 1, rows.c.outcome))
@@ -122,4 +132,43 @@ def rule_stats(session: Session, where: list[ColumnElement[bool]]) -> list[RuleS
     for k, when, sev, count in session.execute(by_day):
         stats[k].per_day[date.fromisoformat(str(when)[:10])] += count
         stats[k].severities[names.get(sev, "unknown")] += count
+    for k, kept, never_shown in session.execute(_suppressed(key, patient, order, where)):
+        if k in stats:  # kept back by the fatigue controls: counted apart, never as silent mode
+            stats[k].suppressed = int(kept or 0)
+            stats[k].silent -= int(never_shown or 0)
+    for k, reason, count in session.execute(_override_reasons(key, order, where)):
+        if k in stats and len(stats[k].top_override_reasons) < TOP_REASONS:
+            stats[k].top_override_reasons.append((str(reason), int(count)))
     return sorted(stats.values(), key=lambda s: (-s.fired, s.rule_id))
+
+
+def _suppressed(key: Any, patient: Any, order: Any, where: list[ColumnElement[bool]]) -> Any:
+    """(rule key, cards kept back, episodes never shown only because of that) per rule."""
+    kept = _flag(fatigue_cards.c.suppressed_by.is_not(None))
+    episodes = (
+        select(key.label("k"), func.max(_flag(AlertRow.shown.is_(True))).label("shown"),
+               func.sum(kept).label("kept"))
+        .select_from(AlertRow)
+        .join(Evaluation, AlertRow.evaluation_id == Evaluation.id)
+        .outerjoin(fatigue_cards, fatigue_cards.c.card_uuid == AlertRow.card_uuid)
+        .where(*where)
+        .group_by(key, patient, order)
+        .subquery()
+    )
+    never_shown = _flag(and_(episodes.c.shown == 0, episodes.c.kept > 0))
+    return select(episodes.c.k, func.sum(episodes.c.kept), func.sum(never_shown)).group_by(episodes.c.k)
+
+
+def _override_reasons(key: Any, order: Any, where: list[ColumnElement[bool]]) -> Any:
+    """(rule key, reason, orders) of prescriber overrides, most given first: each order counted once
+    per reason however many of its alerts (order-select, order-sign) carried the feedback."""
+    feedback = PrescriberFeedback
+    reason = func.coalesce(feedback.override_reason_display, feedback.override_reason_code, "no reason given")
+    count = func.count(func.distinct(order))
+    return (select(key, reason, count)
+            .select_from(PrescriberFeedback)
+            .join(AlertRow, PrescriberFeedback.alert_id == AlertRow.id)
+            .join(Evaluation, AlertRow.evaluation_id == Evaluation.id)
+            .where(PrescriberFeedback.outcome == "overridden", *where)
+            .group_by(key, reason)
+            .order_by(key, count.desc(), reason))

@@ -149,10 +149,16 @@ class Spool:
                 self._reject({"file": path.name, "line": number, "raw": raw}, exc)
 
     def _reject(self, entry: SpoolEntry, exc: BaseException) -> None:
-        """Keep what identifies the lost line, never its content (patient data) nor the error text."""
+        self.reject(entry, exc)
+
+    def reject(self, entry: SpoolEntry, exc: BaseException) -> None:
+        """Keep what identifies the lost line, never its content (patient data) nor the error text.
+
+        Also used by the journal's writer for a line the database will never take."""
         count_not_stored("rejected")
         names = ("type", "id", "recorded_at", "received_at", "file", "line")
         kept = {k: entry.get(k) for k in names if k in entry}
+        private_dir(self.directory)
         with private_open(self.directory / "rejected.jsonl", "a", encoding="utf-8") as out:
             out.write(json.dumps({"error": type(exc).__name__, "entry": kept}, default=str) + "\n")
             out.flush()

@@ -5,30 +5,30 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, delete
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from cds_engine.store import migrate
-from cds_engine.store.db import create_db_engine, redact, resolve_url
+from cds_engine.store.db import create_db_engine, redact, resolve_url, utcnow
+from cds_engine.store.fatigue import purge_fatigue
+from cds_engine.store.group_commit import GroupWriter
+from cds_engine.store.journal import Journal
+from cds_engine.store.journal_sink import JournalSink
+from cds_engine.store.models import Patient
+from cds_engine.store.patients import DEFAULT_RETENTION_DAYS, purge_demographics
 from cds_engine.store.sink import StoreSink, is_transient
 from cds_engine.store.spool import Spool
 
-if TYPE_CHECKING:
-    from fastapi import APIRouter
-
-    from cds_engine.engine import Engine as RuleEngine
-
-__all__ = ["EngineProvider", "Store", "default_spool_dir", "open_store"]
+__all__ = ["Store", "default_spool_dir", "open_store"]
 
 log = logging.getLogger("cds_engine.store")
-
-EngineProvider = Callable[[], "RuleEngine | None"]
 
 
 def default_spool_dir(url: str) -> Path:
@@ -42,16 +42,32 @@ def default_spool_dir(url: str) -> Path:
 
 
 class Store:
-    """The database, the hook's sink, the spool drainer and the review pages' data access."""
+    """The database, the hook's sink, the spool drainer and the review pages' data access.
+
+    It knows no web layer: the service mounts the review pages over a store it is given
+    (:func:`cds_engine.service.review.router.build_router`).
+    """
 
     def __init__(self, url: str, *, spool_dir: str | Path | None = None, drain_interval: float = 2.0,
-                 start_drainer: bool = True) -> None:
+                 start_drainer: bool = True, journal: bool = False) -> None:
         self.url = resolve_url(url)
         self.engine: Engine = create_db_engine(self.url)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
         self.spool = Spool(spool_dir if spool_dir is not None else default_spool_dir(self.url))
+        # who the patient is: forgotten this many days after their last alert is closed (hourly check)
+        self.demographics_retention_days = DEFAULT_RETENTION_DAYS
+        self._next_purge = 0.0
         ready = self._migrate()
-        self.sink = StoreSink(self.engine, self.spool, ready=ready, retry_interval=drain_interval)
+        self.direct_sink = StoreSink(self.engine, self.spool, ready=ready, retry_interval=drain_interval)
+        self.sink: StoreSink | JournalSink = self.direct_sink
+        self.journal: Journal | None = None
+        self.writer: GroupWriter | None = None
+        if journal:  # the service: answers never wait for the database (group commit from a journal)
+            self.journal = Journal(self.spool.directory).start()
+            self.sink = JournalSink(self.engine, self.journal, self.direct_sink)
+            self.writer = GroupWriter(self.engine, self.journal, self.spool.reject, on_done=self.sink.settled)
+            self.sink.attach(self.writer)
+            self.writer.start()
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._drainer: threading.Thread | None = None
@@ -75,17 +91,17 @@ class Store:
         return True
 
     def _drain_once(self) -> int:
-        if not self.sink.migrated:
+        if not self.direct_sink.migrated:
             if not self._migrate():
                 return 0
-            self.sink.mark_up()
+            self.direct_sink.mark_up()
         if not self.spool.pending():
-            if not self.sink.available:
+            if not self.direct_sink.available:
                 self._probe()
             return 0
-        applied, complete = self.sink.drain()
+        applied, complete = self.direct_sink.drain()
         if complete:  # every file present at the start went in: new writes may go direct again
-            self.sink.mark_up()
+            self.direct_sink.mark_up()
         if applied:
             log.info("drained %d spooled write(s) into %s", applied, redact(self.url))
         return applied
@@ -98,7 +114,7 @@ class Store:
             if not is_transient(exc):
                 raise
             return
-        self.sink.mark_up()
+        self.direct_sink.mark_up()
 
     def _drain_loop(self, interval: float) -> None:
         while not self._stop.is_set():
@@ -110,6 +126,14 @@ class Store:
                 self._drain_once()
             except Exception:  # keep the thread alive whatever happens; the spool keeps the data
                 log.exception("spool drainer failed; retrying")
+            if time.monotonic() >= self._next_purge and self.sink.available:
+                self._next_purge = time.monotonic() + 3600
+                try:
+                    self.purge_demographics()
+                    with self.engine.begin() as conn:
+                        purge_fatigue(conn, utcnow())
+                except Exception as exc:  # tried again in an hour; the log names no patient
+                    log.warning("hourly purge failed (%s); retrying in an hour", type(exc).__name__)
 
     def drain_now(self) -> int:
         """Drain the spool in the calling thread (tests, shutdown, the CLI)."""
@@ -123,6 +147,9 @@ class Store:
         self._wake.set()
         if self._drainer is not None:
             self._drainer.join(timeout=10)
+        if self.writer is not None and self.journal is not None:
+            self.writer.close()  # writes what it can within 5 s; the rest is replayed at the next start
+            self.journal.close()
         self.spool.close()
         self.engine.dispose()
 
@@ -139,24 +166,30 @@ class Store:
         with self.sessions.begin() as session:
             yield session
 
+    def purge_demographics(self, retention_days: int | None = None) -> int:
+        """Forget who the patients are whose last alert was closed ``retention_days`` ago (count)."""
+        days = self.demographics_retention_days if retention_days is None else retention_days
+        with self.engine.begin() as conn:
+            return purge_demographics(conn, days, utcnow())
+
+    def forget_all_demographics(self) -> int:
+        """``--no-demographics``: delete every stored name, birth date and identifier (count)."""
+        with self.engine.begin() as conn:
+            return int(conn.execute(delete(Patient)).rowcount or 0)
+
     @property
     def ready(self) -> bool:
         return self.sink.available
 
-    def review_router(self, engine_provider: EngineProvider | RuleEngine | None = None, *,
-                      secure_cookies: bool | None = None) -> APIRouter:
-        """The review pages, mounted under ``/review``. ``engine_provider`` returns the current
-        rule engine (for rule titles, sources and the packs' override reasons)."""
-        from cds_engine.service.review.router import build_router
-
-        return build_router(self, engine_provider, secure_cookies=secure_cookies)
-
 
 def open_store(url: str | None = None, *, spool_dir: str | Path | None = None,
-               drain_interval: float = 2.0, start_drainer: bool = True) -> Store:
+               drain_interval: float = 2.0, start_drainer: bool = True, journal: bool = False) -> Store:
     """Open (and migrate) the store at ``url`` — ``--db``, else ``CDS_DATABASE_URL``, else ``cds.db``.
 
     A database that is unreachable at start does not stop the service: evaluations are spooled
-    and the drainer migrates and writes them once it answers.
+    and the drainer migrates and writes them once it answers. ``journal=True`` (the service) makes
+    ``.sink`` a :class:`JournalSink`: evaluations go to a local journal and one writer thread
+    stores them in group commits; the journals of dead processes in the same directory are adopted.
     """
-    return Store(url or "", spool_dir=spool_dir, drain_interval=drain_interval, start_drainer=start_drainer)
+    return Store(url or "", spool_dir=spool_dir, drain_interval=drain_interval, start_drainer=start_drainer,
+                 journal=journal)

@@ -17,10 +17,13 @@ from typing import Any
 from sqlalchemy import Connection, Insert, Table, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
+from cds_engine.store import rollup
 from cds_engine.store.api import EvaluationRecord, FeedbackRecord
 from cds_engine.store.models import AlertRow, BatchRun, Evaluation, OrderRow, PrescriberFeedback
+from cds_engine.store.order_sessions import SessionKeys, session_order_key
+from cds_engine.store.patients import upsert_patient
 
-__all__ = ["apply_feedback", "dedup_key", "insert_evaluation", "known_card"]
+__all__ = ["apply_feedback", "dedup_key", "insert_evaluation", "insert_evaluations", "known_card"]
 
 _evaluations: Table = Evaluation.__table__  # type: ignore[assignment]
 _alerts: Table = AlertRow.__table__  # type: ignore[assignment]
@@ -52,12 +55,14 @@ def insert_evaluation(conn: Connection, record: EvaluationRecord, evaluation_id:
     if record.batch_run_id:
         conn.execute(_insert_ignore(conn, _batch_runs).values(
             id=record.batch_run_id, started_at=recorded_at, status="running", params={}, counts={}))
+    order_key = session_order_key(conn, record.order_key, record.as_of) if record.order_key else None
     inserted = conn.execute(
         _insert_ignore(conn, _evaluations).values(
             id=evaluation_id, source=record.source, hook_instance=record.hook_instance,
             dedup_key=dedup_key(record), hook=record.hook,
             service_id=record.service_id, patient_ref=record.patient_ref, encounter_ref=record.encounter_ref,
-            user_ref=record.user_ref, order_key=record.order_key, as_of=record.as_of, recorded_at=recorded_at,
+            user_ref=record.user_ref, order_key=order_key, order_base=record.order_key, as_of=record.as_of,
+            recorded_at=recorded_at,
             pack_id=record.pack_id, pack_version=record.pack_version, pack_hash=record.pack_hash,
             site_hash=record.site_hash, batch_run_id=record.batch_run_id,
             hypothetical=record.hypothetical,
@@ -66,12 +71,62 @@ def insert_evaluation(conn: Connection, record: EvaluationRecord, evaluation_id:
     if inserted is None:
         return False
     if record.order is not None:
-        conn.execute(_orders.insert().values(evaluation_id=evaluation_id, order_key=record.order_key,
+        conn.execute(_orders.insert().values(evaluation_id=evaluation_id, order_key=order_key,
                                              body=record.order))
     rows = list(_alert_rows(record, evaluation_id))
     if rows:
         conn.execute(_alerts.insert(), rows)
+        rollup.touch(conn, [order_key or row["id"] for row in rows])  # analytics, same transaction
+        # who the patient is: only for patients with something to review
+        if record.demographics is not None and record.patient_ref:
+            upsert_patient(conn, record.patient_ref, record.demographics, recorded_at)
     return True
+
+
+def insert_evaluations(conn: Connection, items: list[tuple[EvaluationRecord, str, datetime]]) -> int:
+    """Many hook evaluations in three statements (group commit); returns how many were new.
+
+    Same rows and the same idempotence as :func:`insert_evaluation` (``ON CONFLICT DO NOTHING`` on
+    the id and the dedup key; alerts and orders only for evaluations inserted now). Batch-run
+    evaluations take the one-by-one path (their run row comes first).
+    """
+    if any(record.batch_run_id for record, _, _ in items):
+        return sum(insert_evaluation(conn, r, eid, when) for r, eid, when in items)
+    if not items:
+        return 0
+    sessions = SessionKeys(conn)
+    keys = {evaluation_id: sessions.key(r.order_key, r.as_of) for r, evaluation_id, _ in items}
+    rows = [{
+        "id": evaluation_id, "source": r.source, "hook_instance": r.hook_instance, "dedup_key": dedup_key(r),
+        "hook": r.hook, "service_id": r.service_id, "patient_ref": r.patient_ref,
+        "encounter_ref": r.encounter_ref, "user_ref": r.user_ref, "order_key": keys[evaluation_id],
+        "order_base": r.order_key, "as_of": r.as_of,
+        "recorded_at": recorded_at, "pack_id": r.pack_id, "pack_version": r.pack_version,
+        "pack_hash": r.pack_hash, "site_hash": r.site_hash, "batch_run_id": None,
+        "hypothetical": r.hypothetical,
+    } for r, evaluation_id, recorded_at in items]
+    statement = _insert_ignore(conn, _evaluations).returning(_evaluations.c.id)
+    inserted = set(conn.execute(statement, rows).scalars().all())
+    new = len(inserted)
+    orders: list[dict[str, Any]] = []
+    alerts: list[dict[str, Any]] = []
+    for record, evaluation_id, record_time in items:
+        if evaluation_id not in inserted:
+            continue
+        inserted.discard(evaluation_id)  # the same id twice in one batch (a replay) counts once
+        if record.order is not None:
+            orders.append({"evaluation_id": evaluation_id, "order_key": keys[evaluation_id],
+                           "body": record.order})
+        found = list(_alert_rows(record, evaluation_id))
+        alerts.extend(found)
+        if found and record.demographics is not None and record.patient_ref:
+            upsert_patient(conn, record.patient_ref, record.demographics, record_time)
+    if orders:
+        conn.execute(_orders.insert(), orders)
+    if alerts:
+        conn.execute(_alerts.insert(), alerts)
+        rollup.touch(conn, [keys[row["evaluation_id"]] or row["id"] for row in alerts])  # analytics
+    return new
 
 
 def _alert_rows(record: EvaluationRecord, evaluation_id: str) -> Iterable[dict[str, Any]]:
@@ -138,4 +193,5 @@ def apply_feedback(conn: Connection, feedback: FeedbackRecord, feedback_id: str,
             .values(prescriber_outcome=feedback.outcome, prescriber_outcome_at=feedback.outcome_timestamp,
                     suggestion_accepted=accepted_suggestion)
         )
+    rollup.touch_alerts(conn, alert_ids)  # the analytics rollup follows the latest outcome
     return True

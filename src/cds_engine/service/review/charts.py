@@ -13,6 +13,9 @@ from datetime import date, timedelta
 __all__ = ["Bar", "Chart", "day_chart"]
 
 MAX_DAYS = 366
+#: longer windows are drawn one bar per week: 366 daily bars per rule made the "all" page ~870 KB
+#: and half of its time was spent rendering them (bench/review.py at 1M alerts)
+WEEKLY_AFTER_DAYS = 92
 
 
 @dataclass(frozen=True)
@@ -23,6 +26,7 @@ class Bar:
     height: float
     day: date
     count: int
+    label: str = ""  # "2026-01-05" or "week of 2026-01-05"
 
 
 @dataclass
@@ -38,6 +42,7 @@ class Chart:
     peak: int = 0
     start: date | None = None
     end: date | None = None
+    unit: str = "day"  # what one bar counts: "day" or "week"
 
 
 def _nice_max(value: int) -> int:
@@ -53,21 +58,24 @@ def day_chart(per_day: Mapping[date, int], start: date, end: date, *, width: int
     if end < start:
         start, end = end, start
     start = max(start, end - timedelta(days=MAX_DAYS - 1))
-    days = [start + timedelta(days=i) for i in range((end - start).days + 1)]
+    all_days = [start + timedelta(days=i) for i in range((end - start).days + 1)]
+    step = 7 if len(all_days) > WEEKLY_AFTER_DAYS else 1
+    days = all_days[::step]  # the first day of each bar
+    counts = [sum(per_day.get(d, 0) for d in all_days[i:i + step]) for i in range(0, len(all_days), step)]
     left, top, bottom_pad = 40, 10, 28
     plot_w, plot_h = width - left - 10, height - top - bottom_pad
     bottom = top + plot_h
-    peak = max((per_day.get(d, 0) for d in days), default=0)
+    peak = max(counts, default=0)
     scale_max = _nice_max(max(peak, 1))
     slot = plot_w / len(days)
     bar_w = max(slot * 0.8, 1.0)
     chart = Chart(width=width, height=height, plot_left=left, plot_bottom=bottom, peak=peak, start=start,
-                  end=end)
-    for i, d in enumerate(days):
-        n = per_day.get(d, 0)
+                  end=end, unit="week" if step == 7 else "day")
+    for i, (d, n) in enumerate(zip(days, counts, strict=True)):
         h = plot_h * n / scale_max
+        label = f"week of {d.isoformat()}" if step == 7 else d.isoformat()
         chart.bars.append(Bar(x=round(left + i * slot + (slot - bar_w) / 2, 2), y=round(bottom - h, 2),
-                              width=round(bar_w, 2), height=round(h, 2), day=d, count=n))
+                              width=round(bar_w, 2), height=round(h, 2), day=d, count=n, label=label))
         chart.total += n
     for value in sorted({scale_max * k // 4 for k in range(5)}):
         chart.y_ticks.append((round(bottom - plot_h * value / scale_max, 2), value))

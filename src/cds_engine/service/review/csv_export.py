@@ -21,7 +21,7 @@ __all__ = ["analytics_csv", "neutralise"]
 _FORMULA_START = re.compile(r"^[=+\-@\t\r]")
 COLUMNS = ("rule", "title", "from", "to", "source", "fired_orders", "alert_rows", "silent",
            "prescriber_outcomes", "prescriber_overridden", "suggestion_cards_decided", "suggestions_accepted",
-           "reviewer_decisions", "reviewer_overridden")
+           "reviewer_decisions", "reviewer_overridden", "top_override_reasons")
 
 
 def neutralise(value: Any) -> Any:
@@ -40,5 +40,6 @@ def analytics_csv(stats: Iterable[RuleStats], titles: Mapping[str, str], *, date
             s.rule_id, titles.get(s.rule_id, s.title), date_from.isoformat() if date_from else "",
             date_to.isoformat() if date_to else "", source, s.fired, s.alert_rows, s.silent,
             s.prescriber_decided, s.prescriber_overridden, s.suggestions_decided, s.suggestions_accepted,
-            s.reviewer_decided, s.reviewer_overridden)])
+            s.reviewer_decided, s.reviewer_overridden,
+            "; ".join(f"{reason} ({n})" for reason, n in s.top_override_reasons))])
     return out.getvalue()

@@ -9,18 +9,19 @@ from __future__ import annotations
 import math
 import uuid
 from collections import Counter
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from datetime import date, timedelta
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 from urllib.parse import urlencode, urlsplit
 
 from fastapi import APIRouter, Form, Request, Response
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi.responses import HTMLResponse, RedirectResponse, StreamingResponse
 from fastapi.routing import APIRoute
 from sqlalchemy import exc as sa_exc
 
 from cds_engine.service.review import alert_view, auth
+from cds_engine.service.review.alerts_csv import alerts_csv_chunks
 from cds_engine.service.review.charts import day_chart
 from cds_engine.service.review.csv_export import analytics_csv
 from cds_engine.service.review.packs import PackLookup
@@ -28,12 +29,20 @@ from cds_engine.service.review.rendering import render
 from cds_engine.service.review.throttle import Busy, PasswordPool, SignInThrottle
 from cds_engine.store import audit, queries
 from cds_engine.store import users as user_admin
+from cds_engine.store.alert_export import MAX_EXPORT, export_rows
 from cds_engine.store.db import utcnow
 from cds_engine.store.models import ROLES, SEVERITIES, AlertRow
-from cds_engine.store.store import EngineProvider, Store
-from cds_engine.store.work_queue import bulk_candidates, work_queue
+from cds_engine.store.patients import patients_by_ref
+from cds_engine.store.queue_items import work_queue_from_items
+from cds_engine.store.store import Store
+from cds_engine.store.work_queue import bulk_candidates, bulk_refused
 
-__all__ = ["PageError", "build_router"]
+if TYPE_CHECKING:
+    from cds_engine.engine import Engine
+
+__all__ = ["EngineProvider", "PageError", "build_router"]
+
+EngineProvider = Callable[[], "Engine | None"]  # the current rule engine (hot reload swaps it)
 
 PAGE_SIZE = 50
 QUEUE_GROUPS = 25  # patients/encounters per queue page
@@ -122,6 +131,8 @@ def _pct(value: float | None) -> str:
 def build_router(store: Store, engine_provider: EngineProvider | Any = None, *,
                  secure_cookies: bool | None = None,
                  sign_in_throttle: SignInThrottle | None = None) -> APIRouter:
+    """The review pages over ``store``, mounted under ``/review``. ``engine_provider`` returns the
+    current rule engine (for rule titles, sources and the packs' override reasons)."""
     packs = PackLookup(engine_provider)
     throttle = sign_in_throttle or SignInThrottle()
     passwords = PasswordPool(threads=2, queue=8)
@@ -276,9 +287,30 @@ def build_router(store: Store, engine_provider: EngineProvider | Any = None, *,
                          remote_addr=_client(request))
             filter_params = flt.as_params()
             return page(request, "alerts.html", visitor, result=result, flt=flt, choices=choices,
+                        patients=patients_by_ref(db, (e.patient_ref for _, e in result.rows)),
                         severities=SEVERITIES, statuses=("open", "acknowledged", "overridden"),
                         sources=queries.SOURCE_LABELS, source_kind=queries.source_kind,
                         page_link=lambda n: "/review/alerts?" + urlencode({**filter_params, "page": n}))
+
+    @router.get("/alerts.csv")
+    def alerts_export(request: Request) -> Response:
+        """The filtered alert list (newest first, at most 10,000 rows) as CSV, streamed; audited."""
+        params = {k: request.query_params.get(k) for k in
+                  ("severity", "rule", "category", "status", "outcome", "patient", "source", "from", "to")}
+        flt = queries.parse_filter(params)
+        visitor = signed_in(request, what="alerts.csv")
+        with store.session() as db:
+            assert visitor.user is not None
+            audit.record(db, actor=visitor.user.username, role=visitor.user.role, action="export.alerts",
+                         target_type="alerts", detail={"filter": flt.as_params(), "max_rows": MAX_EXPORT},
+                         remote_addr=_client(request))
+
+        def chunks() -> Iterator[str]:
+            with store.session() as db:
+                yield from alerts_csv_chunks(export_rows(db, flt))
+
+        return StreamingResponse(chunks(), media_type="text/csv; charset=utf-8",
+                                 headers={"Content-Disposition": 'attachment; filename="alerts.csv"'})
 
     @router.get("/alerts/{alert_id}", response_class=HTMLResponse)
     def alert_page(request: Request, alert_id: str, saved: str | None = None) -> Response:
@@ -293,7 +325,9 @@ def build_router(store: Store, engine_provider: EngineProvider | Any = None, *,
                 return page(request, "error.html", visitor, status=404, message="No such alert.")
             info = packs.describe(detail.alert)
             kind = queries.source_kind(detail.evaluation)
-            return page(request, "alert.html", visitor, d=detail, info=info, saved=saved,
+            ref = detail.evaluation.patient_ref
+            patient = patients_by_ref(db, [ref]).get(ref or "")
+            return page(request, "alert.html", visitor, d=detail, info=info, saved=saved, patient=patient,
                         source_kind=kind, source_label=queries.SOURCE_LABELS[kind],
                         detail_html=alert_view.render_markdown(detail.alert.detail),
                         evidence=alert_view.evidence_rows(detail.alert.evidence or {}),
@@ -339,13 +373,15 @@ def build_router(store: Store, engine_provider: EngineProvider | Any = None, *,
         visitor = signed_in(request)
         with store.session() as db:
             assert visitor.user is not None
-            groups, total = work_queue(db, queries.where(flt), page=page_no, page_size=QUEUE_GROUPS)
+            groups, total = work_queue_from_items(db, severity=flt.severity, rule=flt.rule, source=flt.source,
+                                                  page=page_no, page_size=QUEUE_GROUPS)
             audit.record(db, actor=visitor.user.username, role=visitor.user.role, action="view.queue",
                          target_type="queue", detail={"filter": flt.as_params(), "page": page_no,
                                                       "groups": len(groups)},
                          remote_addr=_client(request))
             filter_params = flt.as_params()
             return page(request, "queue.html", visitor, groups=groups, total=total, page_no=page_no,
+                        patients=patients_by_ref(db, (g.patient_ref for g in groups)),
                         bulk_rules=packs.bulk_rules(), done=request.query_params.get("done", "")[:8],
                         pages=max(1, -(-total // QUEUE_GROUPS)), flt=flt, sources=queries.SOURCE_LABELS,
                         severities=SEVERITIES,
@@ -362,6 +398,8 @@ def build_router(store: Store, engine_provider: EngineProvider | Any = None, *,
             raise PageError(400, f"The comment is longer than {MAX_COMMENT} characters.")
         with store.session() as db:
             assert visitor.user is not None
+            if bulk_refused(db, tier_id):
+                raise PageError(403, "This rule's alerts must be decided one by one.")
             alerts = bulk_candidates(db, tier_id)
             if not alerts:
                 raise PageError(400, "Nothing open to acknowledge in bulk for this rule tier.")
@@ -370,7 +408,9 @@ def build_router(store: Store, engine_provider: EngineProvider | Any = None, *,
             bulk_id = f"bulk-{uuid.uuid4()}"
             for alert in alerts:
                 queries.decide(db, alert, visitor.user, "acknowledged", reason_code=None, reason_display=None,
-                               comment=comment or None, remote_addr=_client(request), bulk=bulk_id)
+                               comment=comment or None, remote_addr=_client(request), bulk=bulk_id,
+                               roll_up=False)
+            queries.roll_up_decisions(db, [a.id for a in alerts])  # analytics and queue: once, set-based
             audit.record(db, actor=visitor.user.username, role=visitor.user.role,
                          action="alert.bulk_acknowledged", target_type="tier", target_id=tier_id,
                          remote_addr=_client(request),

@@ -4,7 +4,7 @@
 that engine — it is the zero-argument ``engine_provider`` the service's ``create_app`` takes.
 It reloads when a watched file changes (a polling thread compares modification times and
 sizes of ``DIR/*/pack.yaml``, ``DIR/vocabulary/*`` and the site file) or on SIGHUP. A reload
-runs the full verifier (:func:`cds_engine.rules.verify.verify_dir`); only a directory without
+runs the full verifier (:func:`cds_engine.authoring.verify.verify_dir`); only a directory without
 errors is compiled into a new engine, which then replaces the old one in a single assignment
 (requests already running finish on the engine they started with). An invalid new version is
 rejected: the last good engine keeps serving and :attr:`EngineHolder.last_error` holds the
@@ -26,11 +26,11 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from cds_engine.authoring.verify import verify_dir
 from cds_engine.engine import Engine, EvaluatorName
 from cds_engine.rules.errors import Finding, PackLoadError
 from cds_engine.rules.governance import RUNNING_STATUSES
 from cds_engine.rules.site import SITE_FILE
-from cds_engine.rules.verify import verify_dir
 
 __all__ = ["EngineHolder", "ReloadEvent"]
 

@@ -22,11 +22,11 @@ from typing import Any
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 
+from cds_engine.authoring.english import Phrase, Words
+from cds_engine.authoring.verify import DirReport
 from cds_engine.messages import fmt_value
 from cds_engine.rules.compile import CompiledPack
-from cds_engine.rules.english import Phrase, Words
 from cds_engine.rules.errors import Finding
-from cds_engine.rules.verify import DirReport
 
 __all__ = ["render_catalog"]
 
@@ -114,7 +114,7 @@ def _pack_view(pack: CompiledPack, findings: list[Finding], site_notes: Mapping[
 
 def render_catalog(report: DirReport, title: str = "Rule pack catalog") -> str:
     """HTML of every pack of a verified rule directory (packs that failed to compile: their errors)."""
-    env = Environment(loader=PackageLoader("cds_engine.rules", "templates"),
+    env = Environment(loader=PackageLoader("cds_engine.authoring", "templates"),
                       autoescape=select_autoescape(["html", "xml"], default=True),
                       trim_blocks=True, lstrip_blocks=True)
     template = env.get_template("catalog.html")

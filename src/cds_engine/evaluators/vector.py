@@ -33,11 +33,10 @@ from typing import Any
 import polars as pl
 
 from cds_engine.alerts import SEVERITY_ORDER
+from cds_engine.evaluators.summaries import summary_expr
 from cds_engine.facts import catalog
 from cds_engine.messages import render
-from cds_engine.results import MISSING_DATA_RULE
-from cds_engine.results import _missing_data_alerts as missing_data_alerts  # shared: one wording
-from cds_engine.results import _short as short_text
+from cds_engine.results import MISSING_DATA_RULE, missing_data_alerts, short_text  # shared: one wording
 from cds_engine.rules.compile import CompiledPack, CompiledTier, placeholders
 from cds_engine.rules.conditions import (
     BOUND_SUFFIXES,
@@ -174,6 +173,7 @@ class VectorPack:
     _outcome: dict[str, pl.Expr] = field(default_factory=dict)
     # tier id -> [(root fact, condition that the root is reported missing for this tier)]
     _reports: dict[str, list[tuple[str, pl.Expr]]] = field(default_factory=dict)
+    _summaries: dict[Any, str] = field(default_factory=dict)  # rendered summaries (see _render_unique)
 
     @classmethod
     def compile(cls, pack: CompiledPack, site_hash: str | None = None) -> VectorPack:
@@ -380,14 +380,37 @@ def _joined(parts: Sequence[pl.Expr]) -> pl.Expr:
     return pl.concat_str(list(parts), separator=";", ignore_nulls=True).fill_null("")
 
 
-def _render_unique(frame: pl.DataFrame, key_cols: list[str], render_row: Any, out: str) -> pl.DataFrame:
-    """Render text once per distinct key and join it back (exact reuse of the shared renderer)."""
+_RENDER_CACHE_MAX = 200_000  # rendered texts kept per pack (a chunk's values recur in the next chunks)
+
+
+def _render_unique(
+    frame: pl.DataFrame,
+    key_cols: list[str],
+    render_row: Any,
+    out: str,
+    cache: dict[Any, str] | None = None,
+    tag: Any = None,
+) -> pl.DataFrame:
+    """Render text once per distinct key and join it back (exact reuse of the shared renderer).
+
+    ``cache`` (keyed by ``tag`` and the key values) keeps texts across calls: a streamed
+    screening renders each distinct combination once per run, not once per chunk.
+    """
     if frame.height == 0:
         return frame.with_columns(pl.lit(None, pl.String).alias(out))
     if not key_cols:
         return frame.with_columns(pl.lit(render_row({})).alias(out))
     keys = frame.select(key_cols).unique(maintain_order=True)
-    rendered = [render_row(row) for row in keys.iter_rows(named=True)]
+    if cache is None:
+        cache = {}
+    rendered = []
+    for values in keys.iter_rows():
+        text = cache.get((tag, values))
+        if text is None:
+            text = render_row(dict(zip(key_cols, values, strict=True)))
+            if len(cache) < _RENDER_CACHE_MAX:
+                cache[(tag, values)] = text
+        rendered.append(text)
     keys = keys.with_columns(pl.Series(out, rendered, dtype=pl.String))
     return frame.join(keys, on=key_cols, how="left", nulls_equal=True, maintain_order="left")
 
@@ -523,9 +546,6 @@ def _finding_rows(
         )
     else:
         sub = sub.with_columns(pl.lit("").alias("missing"))
-    evidence: Any = pl.lit(None, pl.String)
-    for i, tier in enumerate(rule.ranked, start=1):
-        evidence = pl.when(pl.col(chosen_col) == i).then(_evidence_expr(tier, vp.columns)).otherwise(evidence)
     index = {i: t for i, t in enumerate(rule.ranked, start=1)}
     sub = sub.with_columns(
         pl.lit(0, pl.Int8).alias("__kind"),
@@ -539,7 +559,6 @@ def _finding_rows(
         .replace_strict({i: t.severity for i, t in index.items()}, return_dtype=pl.String)
         .alias("severity"),
         pl.lit(rule.title).alias("title"),
-        evidence.alias("evidence"),
         _joined([pl.when(pl.col(_OPEN + t.id)).then(pl.lit(t.id)) for t in rule.ranked]).alias(
             "not_assessed"
         ),
@@ -560,7 +579,14 @@ def _finding_rows(
             extra = {"rule_id": tier.rule_id, "tier_id": tier.id, "severity": tier.severity}
             return short_text(render(tier.summary, flat, pack.params, extra, pack.spec.labels))
 
-        out.append(_render_unique(group, cols, render_row, "summary"))
+        # evidence per fired tier (a when/then chain over the tiers would build every tier's JSON per row)
+        group = group.with_columns(_evidence_expr(tier, vp.columns).alias("evidence"))
+        extra = {"rule_id": tier.rule_id, "tier_id": tier.id, "severity": tier.severity}
+        text = summary_expr(group.select(cols), tier.summary, pack.params, extra, pack.spec.labels)
+        if text is not None:  # column-wise, the shared formatter per distinct value (summaries.py)
+            out.append(group.with_columns(text.alias("summary")))
+        else:
+            out.append(_render_unique(group, cols, render_row, "summary", vp._summaries, tier.id))
     return pl.concat(out, how="vertical").select([*_OUT, *ids[2:]])
 
 
@@ -638,7 +664,14 @@ def _missing_rows(
             (alert,) = missing_data_alerts(pack, flat, undecided, set(), "")
             return alert.summary
 
-        sub = _render_unique(sub, ["not_assessed", "missing", *bound_cols], render_row, "summary")
+        sub = _render_unique(
+            sub,
+            ["not_assessed", "missing", *bound_cols],
+            render_row,
+            "summary",
+            vp._summaries,
+            ("missing", key),
+        )
         frames.append(sub.select([*_OUT, *ids[2:]]))
     return frames
 

@@ -4,7 +4,7 @@ The real service mounts the same router next to the CDS Hooks endpoints; this fa
 the page run (and be tested in a real browser) without the hook service::
 
     CDS_DATABASE_URL=sqlite:///cds.db CDS_RULES_DIR=rules \\
-        uvicorn cds_engine.store.demo_app:create_app --factory --port 8080
+        uvicorn cds_engine.service.review.demo_app:create_app --factory --port 8080
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from fastapi import FastAPI
 from fastapi.responses import RedirectResponse
 
 from cds_engine.engine import Engine
+from cds_engine.service.review.router import build_router
 from cds_engine.store.store import open_store
 
 __all__ = ["create_app"]
@@ -35,7 +36,7 @@ def create_app(db_url: str | None = None, rules_dir: str | Path | None = None) -
 
     app = FastAPI(title="cds-engine review", lifespan=lifespan, docs_url=None, redoc_url=None,
                   openapi_url=None)
-    app.include_router(store.review_router(lambda: engine))
+    app.include_router(build_router(store, lambda: engine))
 
     @app.get("/", include_in_schema=False)
     def root() -> RedirectResponse:

@@ -35,13 +35,14 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from cds_engine.authoring.english import compiled_leaf_text
+from cds_engine.authoring.text_lint import text_findings
 from cds_engine.facts import catalog
 from cds_engine.messages import fmt_value
 from cds_engine.rules import schema as s
 from cds_engine.rules.compile import CompiledPack, CompiledRule, _Compiler, compile_pack, placeholders
 from cds_engine.rules.conditions import And, AtLeastNode, Leaf, Node, NotNode, Or, facts_of
 from cds_engine.rules.dnf import Expander, TooComplex, fact_kind
-from cds_engine.rules.english import compiled_leaf_text
 from cds_engine.rules.errors import Finding, PackLoadError
 from cds_engine.rules.governance import approval_findings
 from cds_engine.rules.intervals import (
@@ -56,7 +57,6 @@ from cds_engine.rules.intervals import (
 )
 from cds_engine.rules.one_click import PARAMETERS as ONE_CLICK_PARAMETERS
 from cds_engine.rules.site import SiteSettings, declared_parameters, resolve_site
-from cds_engine.rules.text_lint import text_findings
 from cds_engine.rules.yaml_lines import LineMap, YamlError, load_with_lines
 from cds_engine.vocabulary import Vocabulary
 
@@ -71,7 +71,10 @@ __all__ = [
 ]
 
 # Parameters the engine itself reads by name (compile.py builds the DrugContext from it).
-ENGINE_PARAMETERS = frozenset({"dialysis_procedure_lookback_days"}) | ONE_CLICK_PARAMETERS
+# suppress_window_minutes: read by the service's alert-fatigue controls (service/fatigue.py), not by a rule
+ENGINE_PARAMETERS = (
+    frozenset({"dialysis_procedure_lookback_days", "suppress_window_minutes"}) | ONE_CLICK_PARAMETERS
+)
 SUMMARY_LIMIT = 139  # Alert.summary max_length; longer summaries are cut with an ellipsis
 _STRING_WIDTH = 20  # assumed width of a text fact in a summary when the pack lists no longer value
 _NUMBER_WIDTH = 8

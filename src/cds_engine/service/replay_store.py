@@ -1,0 +1,253 @@
+"""Where seen JWT ``jti`` values are kept so that every worker and host refuses a replayed token.
+
+Two shared stores, each with one small table of its own and its own connections — never the
+evaluation store's — so a locked or paused evaluation database does not hold up token checks:
+
+* :class:`SqliteReplayStore`: a WAL file in the data directory (0600), shared by the workers of
+  one host. A check is one autocommitted ``INSERT … ON CONFLICT`` on a primary key.
+* :class:`PostgresReplayStore`: table ``cds_jti_replay`` (created if absent) shared by hosts.
+
+A check inserts ``(iss, jti, expires)``; an existing row is taken over only once it has expired
+(``expires`` is the token's ``exp`` plus the clock leeway), so a replay finds a live row and is
+refused. :meth:`purge` deletes expired rows in small batches (each a short write, so checks in
+between never wait long) and :meth:`live_counts` feeds the per-issuer quota. All methods block:
+callers run them off the event loop (:mod:`cds_engine.service.replay`).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from contextlib import suppress
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import urlsplit
+
+from cds_engine.files import FILE_MODE, private_dir, private_file
+
+__all__ = ["PostgresReplayStore", "ReplayStore", "SqliteReplayStore", "open_replay_store"]
+
+PURGE_BATCH = 1000  # rows per delete: one short write lock at a time
+PURGE_MAX_BATCHES = 200  # per purge call; the rest waits for the next one
+
+
+class ReplayStore(Protocol):
+    """A shared set of seen ``(iss, jti)`` pairs with expiry times (epoch seconds)."""
+
+    backend: str
+
+    def first_use(self, iss: str, jti: str, expires: float, now: float) -> bool:
+        """True (and recorded) if no live row holds this pair; raises when the store fails."""
+        ...
+
+    def purge(self, now: float) -> int:
+        """Delete rows expired at ``now``; how many were deleted."""
+        ...
+
+    def live_counts(self, now: float) -> dict[str, int]:
+        """Live rows per issuer (for the quota)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class _PerThread:
+    """One connection per calling thread (sqlite3 and psycopg connections are not shared).
+
+    ``close_all`` closes every connection and starts a new generation: a thread that still holds
+    a connection of an older generation opens a fresh one on its next call.
+    """
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+        self._all: list[Any] = []
+        self._lock = threading.Lock()
+        self._generation = 0
+
+    def get(self) -> Any | None:
+        if getattr(self._local, "generation", -1) != self._generation:
+            return None
+        return getattr(self._local, "conn", None)
+
+    def put(self, conn: Any) -> None:
+        with self._lock:
+            self._local.conn, self._local.generation = conn, self._generation
+            self._all.append(conn)
+
+    def drop(self) -> None:
+        """Forget (and close) this thread's connection after an error: the next call reconnects."""
+        conn = self.get()
+        self._local.conn = None
+        if conn is not None:
+            with self._lock:
+                if conn in self._all:
+                    self._all.remove(conn)
+            _close_quietly(conn)
+
+    def close_all(self) -> None:
+        with self._lock:
+            conns, self._all = self._all, []
+            self._generation += 1
+        for conn in conns:
+            _close_quietly(conn)
+
+
+def _close_quietly(conn: Any) -> None:
+    with suppress(Exception):  # a connection stuck or broken: nothing more to do with it
+        conn.close()
+
+
+class SqliteReplayStore:
+    """The host's replay store: one WAL SQLite file shared by all its workers."""
+
+    backend = "sqlite"
+
+    def __init__(self, path: str | Path, busy_timeout_ms: int = 250) -> None:
+        self.path = Path(path)
+        self.busy_timeout_ms = busy_timeout_ms
+        private_dir(self.path.parent)
+        if not self.path.exists():  # 0600 before SQLite opens it; -wal/-shm take its mode
+            self.path.touch(mode=FILE_MODE)
+        private_file(self.path)
+        self._conns = _PerThread()
+        conn = self._conn()
+        conn.executescript(
+            "CREATE TABLE IF NOT EXISTS jti_seen (iss TEXT NOT NULL, jti TEXT NOT NULL, "
+            "expires REAL NOT NULL, PRIMARY KEY (iss, jti)) WITHOUT ROWID;"
+            "CREATE INDEX IF NOT EXISTS jti_seen_expires ON jti_seen (expires);"
+        )
+
+    def _conn(self) -> sqlite3.Connection:
+        conn = self._conns.get()
+        if conn is None:
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")  # WAL: durable at checkpoint, no fsync per check
+            self._conns.put(conn)
+        return conn
+
+    def first_use(self, iss: str, jti: str, expires: float, now: float) -> bool:
+        try:
+            cursor = self._conn().execute(
+                "INSERT INTO jti_seen (iss, jti, expires) VALUES (?, ?, ?) ON CONFLICT (iss, jti) "
+                "DO UPDATE SET expires = excluded.expires WHERE jti_seen.expires <= ?",
+                (iss, jti, expires, now),
+            )
+        except sqlite3.Error:
+            self._conns.drop()
+            raise
+        return cursor.rowcount == 1
+
+    def purge(self, now: float) -> int:
+        conn = self._conn()
+        deleted = 0
+        for _ in range(PURGE_MAX_BATCHES):
+            cursor = conn.execute(
+                "DELETE FROM jti_seen WHERE (iss, jti) IN "
+                "(SELECT iss, jti FROM jti_seen WHERE expires <= ? LIMIT ?)",
+                (now, PURGE_BATCH),
+            )
+            deleted += max(cursor.rowcount, 0)
+            if cursor.rowcount < PURGE_BATCH:
+                break
+        return deleted
+
+    def live_counts(self, now: float) -> dict[str, int]:
+        rows = self._conn().execute(
+            "SELECT iss, count(*) FROM jti_seen WHERE expires > ? GROUP BY iss", (now,)
+        )
+        return {iss: int(n) for iss, n in rows}
+
+    def close(self) -> None:
+        self._conns.close_all()
+
+
+class PostgresReplayStore:
+    """The replay store shared by hosts: table ``cds_jti_replay`` on a PostgreSQL server."""
+
+    backend = "postgresql"
+
+    def __init__(self, url: str, statement_timeout_ms: int = 1000) -> None:
+        self.url = url
+        self.statement_timeout_ms = statement_timeout_ms
+        self._conns = _PerThread()
+        conn = self._conn()
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS cds_jti_replay (iss text NOT NULL, jti text NOT NULL, "
+            "expires double precision NOT NULL, PRIMARY KEY (iss, jti))"
+        )
+        conn.execute("CREATE INDEX IF NOT EXISTS cds_jti_replay_expires ON cds_jti_replay (expires)")
+
+    def _conn(self) -> Any:
+        conn = self._conns.get()
+        if conn is None:
+            import psycopg
+
+            conn = psycopg.connect(
+                _libpq_url(self.url),
+                autocommit=True,
+                connect_timeout=2,
+                application_name="cds-engine jti replay",
+                # a check that cannot finish quickly is abandoned by the caller anyway
+                options=f"-c statement_timeout={int(self.statement_timeout_ms)} "
+                f"-c lock_timeout={int(self.statement_timeout_ms)} -c synchronous_commit=off",
+            )
+            self._conns.put(conn)
+        return conn
+
+    def _execute(self, sql: str, params: tuple[Any, ...]) -> Any:
+        try:
+            return self._conn().execute(sql, params)
+        except Exception:
+            self._conns.drop()
+            raise
+
+    def first_use(self, iss: str, jti: str, expires: float, now: float) -> bool:
+        cursor = self._execute(
+            "INSERT INTO cds_jti_replay AS t (iss, jti, expires) VALUES (%s, %s, %s) "
+            "ON CONFLICT (iss, jti) DO UPDATE SET expires = EXCLUDED.expires WHERE t.expires <= %s",
+            (iss, jti, expires, now),
+        )
+        return bool(cursor.rowcount == 1)
+
+    def purge(self, now: float) -> int:
+        deleted = 0
+        for _ in range(PURGE_MAX_BATCHES):
+            cursor = self._execute(
+                "DELETE FROM cds_jti_replay WHERE ctid IN (SELECT ctid FROM cds_jti_replay "
+                "WHERE expires <= %s LIMIT %s FOR UPDATE SKIP LOCKED)",
+                (now, PURGE_BATCH),
+            )
+            deleted += max(cursor.rowcount, 0)
+            if cursor.rowcount < PURGE_BATCH:
+                break
+        return deleted
+
+    def live_counts(self, now: float) -> dict[str, int]:
+        cursor = self._execute(
+            "SELECT iss, count(*) FROM cds_jti_replay WHERE expires > %s GROUP BY iss", (now,)
+        )
+        return {iss: int(n) for iss, n in cursor.fetchall()}
+
+    def close(self) -> None:
+        self._conns.close_all()
+
+
+def _libpq_url(url: str) -> str:
+    """``postgresql+psycopg://…`` (SQLAlchemy spelling, as ``--db`` takes it) → ``postgresql://…``."""
+    scheme, sep, rest = url.partition("://")
+    return ("postgresql" + sep + rest) if scheme.startswith("postgres") else url
+
+
+def open_replay_store(url: str) -> ReplayStore:
+    """``sqlite:///path`` or ``postgresql://…`` → a store (raises if it cannot be opened now)."""
+    scheme = urlsplit(url).scheme.split("+")[0]
+    if scheme == "sqlite":
+        path = url.partition(":///")[2]
+        if not path:
+            raise ValueError("a SQLite replay store needs a file: sqlite:///path/to/jti.db")
+        return SqliteReplayStore(path)
+    if scheme in ("postgresql", "postgres"):
+        return PostgresReplayStore(url)
+    raise ValueError(f"replay store URL must be sqlite:///FILE or postgresql://…, not {scheme or url!r}")

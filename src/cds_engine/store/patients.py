@@ -1,0 +1,65 @@
+"""The ``patients`` table: who the patient is, written by the writer, read by the review pages, purged.
+
+One row per patient reference (never copied into evaluations). A patient is forgotten
+``demographics_retention_days`` (default 365) after their last alert was closed — no alert of
+theirs still open and none decided within the period; evaluations and alerts keep only the
+opaque reference. Nothing here logs a value.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from datetime import datetime, timedelta
+
+from sqlalchemy import Connection, Table, and_, delete, exists, or_, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from cds_engine.sources.demographics import PatientDemographics
+from cds_engine.store.models import AlertRow, Evaluation, Patient
+
+__all__ = ["DEFAULT_RETENTION_DAYS", "patients_by_ref", "purge_demographics", "upsert_patient"]
+
+DEFAULT_RETENTION_DAYS = 365
+
+log = logging.getLogger("cds_engine.store")
+
+_patients: Table = Patient.__table__  # type: ignore[assignment]
+
+
+def upsert_patient(conn: Connection, patient_ref: str, who: PatientDemographics, at: datetime) -> None:
+    """Insert or refresh the patient's row with what the EHR sent this time."""
+    values = {"patient_ref": patient_ref, "name": who.name, "birth_date": who.birth_date,
+              "identifiers": [list(pair) for pair in who.identifiers], "updated_at": at}
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    statement = dialect.insert(_patients).values(**values)
+    conn.execute(statement.on_conflict_do_update(
+        index_elements=[_patients.c.patient_ref],
+        set_={k: statement.excluded[k] for k in ("name", "birth_date", "identifiers", "updated_at")}))
+
+
+def purge_demographics(conn: Connection, retention_days: int, now: datetime) -> int:
+    """Delete the rows of patients whose last alert was closed more than ``retention_days`` ago.
+
+    Kept while any alert of the patient is open or was decided within the period. Returns the
+    number of rows deleted (logged as a count only).
+    """
+    cutoff = now - timedelta(days=max(0, retention_days))
+    recent = (select(AlertRow.id).join(Evaluation, AlertRow.evaluation_id == Evaluation.id)
+              .where(Evaluation.patient_ref == _patients.c.patient_ref,
+                     or_(AlertRow.review_status == "open",
+                         and_(AlertRow.reviewed_at.is_not(None), AlertRow.reviewed_at >= cutoff))))
+    result = conn.execute(delete(_patients).where(_patients.c.updated_at < cutoff, ~exists(recent)))
+    count = int(result.rowcount or 0)
+    if count:
+        log.info("demographics purged for %d patient(s) (retention %d days)", count, retention_days)
+    return count
+
+
+def patients_by_ref(session: Session, refs: Iterable[str | None]) -> dict[str, Patient]:
+    """The stored rows of these patient references (missing ones: not sent, not kept, or purged)."""
+    wanted = sorted({r for r in refs if r})
+    if not wanted:
+        return {}
+    return {p.patient_ref: p for p in session.scalars(select(Patient).where(Patient.patient_ref.in_(wanted)))}

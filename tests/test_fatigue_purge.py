@@ -1,0 +1,31 @@
+"""Alert-fatigue state is bounded in time: rows older than ``KEEP_DAYS`` are purged hourly, and
+forgetting only ever makes a card show again (a shown-once mark or a window that is gone)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from cds_engine.store import open_store
+from cds_engine.store.fatigue import KEEP_DAYS, FatigueStore, purge_fatigue
+
+NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+
+
+def test_old_fatigue_rows_are_purged_and_the_card_shows_again(tmp_path: Path) -> None:
+    store = open_store(f"sqlite:///{tmp_path}/f.db", spool_dir=tmp_path / "spool", start_drainer=False)
+    try:
+        fatigue = FatigueStore(store.engine)
+        old = NOW - timedelta(days=KEEP_DAYS + 1)
+        assert fatigue.first_display("scope-old", "BAC-M01.due", "h1", old)
+        assert fatigue.first_display("scope-new", "BAC-M01.due", "h1", NOW)
+        fatigue.remember_cards([{"card_uuid": "c-old", "pack_id": "baclofen", "tier_id": "BAC-M01.due",
+                                 "suppress_key": "k", "client_key": "ck", "override_reasons": ["x"],
+                                 "suppressed_by": None}], old)
+        with store.engine.begin() as conn:
+            assert purge_fatigue(conn, NOW) == 2
+        assert fatigue.first_display("scope-old", "BAC-M01.due", "h1", NOW), "forgotten: shown again"
+        assert not fatigue.first_display("scope-new", "BAC-M01.due", "h1", NOW), "kept: still shown once"
+        assert fatigue.start_window("c-old", "x", "ck", NOW) == "not-suppressible"
+    finally:
+        store.close()
