@@ -5,7 +5,8 @@
   every file is in the manifest and the README names source and licence.
 * ``examples/cds-hooks``: the README names the source and licence of every file and stands alone.
 * ``docs/clinical/baclofen.md``: the pack cites it, and it names every source id the pack uses.
-* Nothing in ``tests/``, ``bench/``, the README or ``docs/`` reaches for ``../shared``.
+* Nothing in ``tests/``, ``bench/``, the README or ``docs/`` reaches for the team's folder beside the
+  clone (:data:`OUTSIDE`), which a user's clone does not have.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from cds_engine.batch.runner import ScreenOptions, run_screen
 from conftest import EXAMPLES, REPO, RULES
 
 SYNTHEA = EXAMPLES / "synthea"
+# the team's material beside the clone: read while building examples/, never by tests or the product
+OUTSIDE = "/".join(("..", "shared"))
 AS_OF = "2026-01-15T00:00:00+00:00"
 TOP_TEN = {"BAC-R00", "BAC-C05", "BAC-R01", "BAC-C04", "BAC-C01", "BAC-S01", "BAC-S02", "BAC-S03", "BAC-R04",
            "BAC-R02"}
@@ -83,7 +86,7 @@ def test_manifest_lists_every_synthea_file():
 def test_cds_hooks_readme_names_source_and_licence_of_every_file():
     folder = EXAMPLES / "cds-hooks"
     readme = (folder / "README.md").read_text(encoding="utf-8")
-    assert "SPEC-NOTES" not in readme and "../shared" not in readme
+    assert "SPEC-NOTES" not in readme and OUTSIDE not in readme
     for path in sorted(folder.glob("*.json")):
         row = next((line for line in readme.splitlines() if line.startswith(f"| `{path.name}`")), None)
         assert row is not None, f"{path.name} is not described in examples/cds-hooks/README.md"
@@ -108,7 +111,8 @@ def test_pack_cites_its_clinical_basis():
 @pytest.mark.parametrize("folder", ["tests", "bench", "docs", "src", "scripts"])
 def test_nothing_reaches_outside_the_repository(folder):
     # a path built outside the clone (citing an audit report in a docstring is not a dependency)
-    pattern = re.compile(r"REPO\.parent|parents\[\d\]\.parent|[\"']\.\./shared|/ \"shared\"")
+    name = OUTSIDE.rsplit("/", 1)[1]
+    pattern = re.compile(rf"REPO\.parent|parents\[\d\]\.parent|[\"']\.\./{name}|/ \"{name}\"")
     offenders = []
     for path in sorted((REPO / folder).rglob("*")):
         if path.suffix not in {".py", ".md", ".sh", ".yaml"} or path.name == Path(__file__).name:
