@@ -92,6 +92,17 @@ class _PerThread:
             _close_quietly(conn)
 
 
+def _purge_in_batches(execute: Any, sql: str, now: float) -> int:
+    """Run a ``DELETE … LIMIT PURGE_BATCH`` statement until it deletes less than a batch (or the cap)."""
+    deleted = 0
+    for _ in range(PURGE_MAX_BATCHES):
+        cursor = execute(sql, (now, PURGE_BATCH))
+        deleted += max(cursor.rowcount, 0)
+        if cursor.rowcount < PURGE_BATCH:
+            break
+    return deleted
+
+
 def _close_quietly(conn: Any) -> None:
     with suppress(Exception):  # a connection stuck or broken: nothing more to do with it
         conn.close()
@@ -140,18 +151,12 @@ class SqliteReplayStore:
         return cursor.rowcount == 1
 
     def purge(self, now: float) -> int:
-        conn = self._conn()
-        deleted = 0
-        for _ in range(PURGE_MAX_BATCHES):
-            cursor = conn.execute(
-                "DELETE FROM jti_seen WHERE (iss, jti) IN "
-                "(SELECT iss, jti FROM jti_seen WHERE expires <= ? LIMIT ?)",
-                (now, PURGE_BATCH),
-            )
-            deleted += max(cursor.rowcount, 0)
-            if cursor.rowcount < PURGE_BATCH:
-                break
-        return deleted
+        return _purge_in_batches(
+            self._conn().execute,
+            "DELETE FROM jti_seen WHERE (iss, jti) IN "
+            "(SELECT iss, jti FROM jti_seen WHERE expires <= ? LIMIT ?)",
+            now,
+        )
 
     def live_counts(self, now: float) -> dict[str, int]:
         rows = self._conn().execute(
@@ -212,17 +217,12 @@ class PostgresReplayStore:
         return bool(cursor.rowcount == 1)
 
     def purge(self, now: float) -> int:
-        deleted = 0
-        for _ in range(PURGE_MAX_BATCHES):
-            cursor = self._execute(
-                "DELETE FROM cds_jti_replay WHERE ctid IN (SELECT ctid FROM cds_jti_replay "
-                "WHERE expires <= %s LIMIT %s FOR UPDATE SKIP LOCKED)",
-                (now, PURGE_BATCH),
-            )
-            deleted += max(cursor.rowcount, 0)
-            if cursor.rowcount < PURGE_BATCH:
-                break
-        return deleted
+        return _purge_in_batches(
+            self._execute,
+            "DELETE FROM cds_jti_replay WHERE ctid IN (SELECT ctid FROM cds_jti_replay "
+            "WHERE expires <= %s LIMIT %s FOR UPDATE SKIP LOCKED)",
+            now,
+        )
 
     def live_counts(self, now: float) -> dict[str, int]:
         cursor = self._execute(
