@@ -56,12 +56,8 @@ class OracleEvaluator:
 
 def project(flat: Mapping[str, Any], referenced: Mapping[str, Any]) -> dict[str, Any]:
     """Only the facts a pack reads, with family defaults filled in (0 opioids, not 'missing')."""
-    out: dict[str, Any] = {}
-    for name, default in referenced.items():
-        value = flat.get(name, default)
-        if value is not None:
-            out[name] = value
-    return out
+    get = flat.get
+    return {name: value for name, default in referenced.items() if (value := get(name, default)) is not None}
 
 
 class Engine:

@@ -242,6 +242,13 @@ def _order_info(
 # ── frame helpers ──────────────────────────────────────────────────────────────────────────
 
 
+def _select(frame: pl.DataFrame, exprs: list[pl.Expr]) -> pl.DataFrame:
+    """``frame.select(exprs)`` through the lazy engine: an eager select does not share common
+    subexpressions, and the renal facts repeat theirs (which value is used) in every column —
+    the same values, ~3x less CPU."""
+    return frame.lazy().select(exprs).collect()
+
+
 def _days(col: pl.Expr, as_of: datetime) -> pl.Expr:
     return (pl.lit(as_of.date()) - col).dt.total_days().cast(pl.Float64)
 
@@ -334,7 +341,7 @@ def columnar_facts(
         "dated administration or admission": pl.col("last_dose_time").is_not_null()
         | pl.col("admission_time").is_not_null(),
     }
-    flags = frame.select([e.fill_null(False).alias(k) for k, e in checks.items()])
+    flags = _select(frame, [e.fill_null(False).alias(k) for k, e in checks.items()])
     for k in checks:
         hits = int(flags[k].sum())
         if hits:
@@ -343,7 +350,7 @@ def columnar_facts(
     fallback = frame.filter(fallback_mask)[_ROW]
     frame = frame.filter(~fallback_mask)
 
-    out = frame.select(pl.col(_ROW), *_scalars(frame, as_of, ctx))
+    out = _select(frame, [pl.col(_ROW), *_scalars(frame, as_of, ctx)])
     out = out.join(condition_facts(frame, vocab), on=_ROW, how="left", maintain_order="left")
     out = out.join(allergy_facts(frame, vocab), on=_ROW, how="left", maintain_order="left")
     orders_table = pl.DataFrame(
@@ -578,7 +585,7 @@ def _after_lists(
         pl.when(focus & (k_oral > 0)).then(daily).alias("combined_oral_daily_mg__ge"),
         pl.when(focus).then(False).alias("dose_increase"),
     ]
-    out = out.with_columns(ex)
+    out = out.lazy().with_columns(ex).collect()
     return _age_texts(
         out, {"renal_fn_days_old": "renal_fn_age", "egfr_days_old": "egfr_age", "crcl_days_old": "crcl_age"}
     )

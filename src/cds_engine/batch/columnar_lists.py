@@ -235,14 +235,6 @@ def medication_facts(
         )
     # entries are in (row, list, position) order already: medications, home, inpatient, then the order
     allm = allm.with_columns(pl.col("name").fill_null("unnamed medicine"))
-    per_class: list[pl.Expr] = []
-    for c, i in bits.items():
-        member = (pl.col("__mask") & pl.lit(1 << i, pl.Int64)) != 0
-        per_class += [
-            member.sum().cast(pl.Float64).alias("meds." + c),
-            (member & pl.col("__inp")).sum().cast(pl.Float64).alias("inpatient_meds." + c),
-            pl.col("name").filter(member).first().alias("meds_named." + c),
-        ]
     drug_only = pl.col("__drug")
     oral_other = (
         drug_only
@@ -255,16 +247,41 @@ def medication_facts(
         {*routes, *(c.split(".", 1)[1] for c in columns if c.startswith("drug_active_by_route."))}
     )
     route = pl.col("route").fill_null("unknown")
-    grouped = allm.group_by(_ROW).agg(
-        *per_class,
-        *[
-            (drug_only & (route == r)).sum().cast(pl.Float64).alias("drug_active_by_route." + r)
-            for r in routes
-        ],
-        drug_only.sum().cast(pl.Float64).alias("drug_active_count"),
-        pl.col("conc").filter(liquid).n_unique().cast(pl.Float64).alias("drug_liquid_concentrations"),
-        (drug_only & (pl.col("__tag") != 3)).any().alias("__drug_other"),
-        oral_other.sum().alias("__oral_others"),
+    # Every per-entry test is computed once over the flat entry table, so the group-by only sums,
+    # takes firsts and counts plain columns (the fast aggregations): the same values as the tests
+    # written inside the aggregation, ~3x less CPU (a filter inside an aggregation runs per group).
+    flat: dict[str, pl.Expr] = {}
+    sums: list[pl.Expr] = []
+    any_inpatient = bool(allm["__inp"].any())  # no inpatient entry in the chunk: every such count is 0
+    for c, i in bits.items():
+        member = (pl.col("__mask") & pl.lit(1 << i, pl.Int64)) != 0
+        flat[f"__m.{c}"] = member
+        flat[f"__n.{c}"] = pl.when(member).then(pl.col("name"))  # names are never null (filled above)
+        sums += [
+            pl.col(f"__m.{c}").sum().cast(pl.Float64).alias("meds." + c),
+            pl.col(f"__n.{c}").first(ignore_nulls=True).alias("meds_named." + c),
+        ]
+        if any_inpatient:
+            flat[f"__i.{c}"] = member & pl.col("__inp")
+            sums.append(pl.col(f"__i.{c}").sum().cast(pl.Float64).alias("inpatient_meds." + c))
+        else:
+            sums.append(pl.lit(0.0, pl.Float64).alias("inpatient_meds." + c))
+    for r in routes:
+        flat[f"__route.{r}"] = drug_only & (route == r)
+        sums.append(pl.col(f"__route.{r}").sum().cast(pl.Float64).alias("drug_active_by_route." + r))
+    flat["__liquid_conc"] = pl.when(liquid).then(pl.col("conc"))  # never null where liquid
+    flat["__other_drug"] = drug_only & (pl.col("__tag") != 3)
+    flat["__oral_other"] = oral_other
+    grouped = (
+        allm.select(_ROW, "__drug", *[e.alias(k) for k, e in flat.items()])
+        .group_by(_ROW)
+        .agg(
+            *sums,
+            pl.col("__drug").sum().cast(pl.Float64).alias("drug_active_count"),
+            pl.col("__liquid_conc").drop_nulls().n_unique().cast(pl.Float64).alias("drug_liquid_concentrations"),
+            pl.col("__other_drug").any().alias("__drug_other"),
+            pl.col("__oral_other").sum().alias("__oral_others"),
+        )
     )
     # several entries of one class: names.join_names over them, in entry order (few rows)
     several = [c for c in bits if (grouped["meds." + c].max() or 0) > 1]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import html
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,14 +21,33 @@ _COLORS = {"critical": "#b3261e", "warning": "#b26a00", "info": "#1f6fb2"}
 _SEVERITIES = ("critical", "warning", "info")
 
 
-def rule_counts(alerts: Path) -> pl.DataFrame:
-    """Alerts per (rule, tier kind) with one column per severity, most alerts first."""
-    counts = (
-        pl.scan_parquet(alerts)
-        .group_by("rule_id", "title", "severity")
-        .agg(pl.len().alias("n"), pl.col("patient_id").n_unique().alias("patients"))
-        .collect()
-    )
+def rule_counts(alerts: Path, tallies: Iterable[Sequence[Any]] | None = None) -> pl.DataFrame:
+    """Alerts per (rule, tier kind) with one column per severity, most alerts first.
+
+    ``tallies``: ``[rule_id, title, severity, alerts]`` rows counted per chunk by the workers
+    (each alert is in one chunk, so their sums are the run's counts). Why: grouping the whole
+    ``alerts.parquet`` again held every alert's rule and title in memory at once — the peak of a
+    5 M-patient run (and its distinct-patient count per rule, never shown, 2.55 GB alone; issue 20
+    item 5). Without tallies (a table from elsewhere) the file is grouped as before.
+    """
+    if tallies is not None:
+        counts = (
+            pl.DataFrame(
+                [list(t) for t in tallies],
+                schema={"rule_id": pl.String, "title": pl.String, "severity": pl.String, "n": pl.Int64},
+                orient="row",
+            )
+            .group_by("rule_id", "title", "severity")
+            .agg(pl.col("n").sum().cast(pl.UInt32))
+        )
+    else:
+        counts = (
+            pl.scan_parquet(alerts)
+            .select("rule_id", "title", "severity")
+            .group_by("rule_id", "title", "severity")
+            .agg(pl.len().alias("n"))
+            .collect(engine="streaming")
+        )
     if counts.height == 0:
         return pl.DataFrame(
             schema={
@@ -47,9 +67,15 @@ def rule_counts(alerts: Path) -> pl.DataFrame:
     )
 
 
+_TOP_COLUMNS = ["patient_id", "critical", "warning", "info", "cannot_assess", "alerts", "source"]
+
+
 def top_patients(patients: Path, n: int = 20) -> pl.DataFrame:
+    """The ``n`` patients with the most serious alerts; only the columns the report shows are read
+    (the sort holds every alerted patient's row at once: a few columns, not all)."""
     return (
         pl.scan_parquet(patients)
+        .select(_TOP_COLUMNS)
         .filter(pl.col("alerts") > 0)
         .sort(["critical", "warning", "alerts", "patient_id"], descending=[True, True, True, False])
         .head(n)
@@ -123,10 +149,14 @@ def _without_paths(frame: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def render_report(out: Path, summary: dict[str, Any]) -> str:
-    """The HTML page for a finished run in ``out`` (reads the merged outputs); no file paths."""
+def render_report(
+    out: Path, summary: dict[str, Any], rule_tallies: Iterable[Sequence[Any]] | None = None
+) -> str:
+    """The HTML page for a finished run in ``out`` (reads the merged outputs); no file paths.
+
+    ``rule_tallies``: the chunks' alert counts per rule (see :func:`rule_counts`)."""
     c = summary["counts"]
-    counts = rule_counts(out / "alerts.parquet")
+    counts = rule_counts(out / "alerts.parquet", rule_tallies)
     top = _without_paths(top_patients(out / "patients.parquet"))
     errors = _without_paths(
         pl.read_csv(out / "errors.csv", infer_schema=False).head(200)
@@ -173,7 +203,7 @@ def render_report(out: Path, summary: dict[str, Any]) -> str:
         ),
         "<h2>Patients with the most serious alerts</h2>"
         + (
-            _table(top, ["patient_id", "critical", "warning", "info", "cannot_assess", "alerts", "source"])
+            _table(top, _TOP_COLUMNS)
             if top.height
             else "<p>None.</p>"
         ),

@@ -47,7 +47,7 @@ from cds_engine.facts.model import PatientFacts
 from cds_engine.sources.compressed import read_bundle_bytes
 from cds_engine.sources.fhir import facts_from_resources, medication_classes
 from cds_engine.sources.ndjson import read_partition
-from cds_engine.sources.selective import BundleRead, read_bundle
+from cds_engine.sources.selective import BundleRead, collector_paused, read_bundle
 from cds_engine.sources.table import clean_table, frame_from_cells, row_to_facts
 
 __all__ = ["ERROR_SCHEMA", "PATIENT_SCHEMA", "ChunkResult", "RunConfig", "process_chunk"]
@@ -119,6 +119,7 @@ class ChunkResult:
     counts: dict[str, int] = field(default_factory=dict)
     skipped: list[tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
+    rules: list[list[Any]] = field(default_factory=list)  # [rule_id, title, severity, alerts]
 
 
 @dataclass
@@ -199,7 +200,17 @@ def process_chunk(chunk: Chunk, cfg: RunConfig) -> ChunkResult:
         counts["derived_columnwise"] = out.table.patients.height
         counts["derived_per_patient"] = out.table.fallback.height
         counts.update({f"per patient: {k}": v for k, v in out.table.reasons.items()})
-    return ChunkResult(chunk.id, alerts, patients, errors, counts, out.skipped, time.perf_counter() - started)
+    rules = alerts.group_by("rule_id", "title", "severity").len().rows() if alerts.height else []
+    return ChunkResult(
+        chunk.id,
+        alerts,
+        patients,
+        errors,
+        counts,
+        out.skipped,
+        time.perf_counter() - started,
+        [list(r) for r in rules],
+    )
 
 
 # ── FHIR ─────────────────────────────────────────────────────────────────────────────────────
@@ -260,13 +271,14 @@ def _read_ndjson(chunk: Chunk, cfg: RunConfig, ctx: _Context, out: _Collector) -
         return
     part = Path(chunk.files[0])
     shared = Path(chunk.files[1]) if len(chunk.files) > 1 else None
-    for key, source, line, resources in read_partition(part, shared):
-        if line < 0:
-            out.reject(
-                source, None, key or None, f"record with no patient: no Patient record for Patient/{key}"
-            )
-            continue
-        _add_fhir_unit(source, line, resources, cfg, ctx, out)
+    with collector_paused():  # decoded JSON and facts make no cycles (sources/selective.py)
+        for key, source, line, resources in read_partition(part, shared):
+            if line < 0:
+                out.reject(
+                    source, None, key or None, f"record with no patient: no Patient record for Patient/{key}"
+                )
+                continue
+            _add_fhir_unit(source, line, resources, cfg, ctx, out)
 
 
 def _current_order(resources: list[dict[str, Any]], ctx: _Context, drug_class: str) -> list[dict[str, Any]]:

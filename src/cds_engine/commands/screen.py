@@ -47,7 +47,7 @@ def register(app: typer.Typer, rules_app: typer.Typer) -> None:
             str | None, typer.Option(help="Store URL for --store (default: CDS_DATABASE_URL)")
         ] = None,
         rules: Annotated[Path, typer.Option(help="Rule directory")] = Path("rules"),
-        chunk_rows: Annotated[int, typer.Option(min=1, help="Table rows per chunk")] = 50_000,
+        chunk_rows: Annotated[int, typer.Option(min=1, help="Table rows per chunk")] = 100_000,
         chunk_bundles: Annotated[int, typer.Option(min=1, help="Bundles per chunk")] = 500,
         progress: Annotated[
             bool | None,

@@ -13,6 +13,8 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -34,8 +36,13 @@ _LOUD = """
 ********************************************************************************"""
 
 
-def open_sink(db: str, engine_provider: Any) -> tuple[Any, list[Any], Any]:
-    """(sink, extra routers, store or None) for ``--db``; NullSink when storage is off or unavailable."""
+def open_sink(db: str, engine_provider: Any, data_dir: Path | None = None,
+              clock: Callable[[], datetime] | None = None) -> tuple[Any, list[Any], Any]:
+    """(sink, extra routers, store or None) for ``--db``; NullSink when storage is off or unavailable.
+
+    The journal and spool go to ``CDS_SPOOL_DIR``; else beside a SQLite file; else, with
+    ``--data-dir``, to ``DATA_DIR/cds-spool`` (not ``./cds-spool`` in whatever directory serve started).
+    ``clock`` (``--fixed-clock``): the store purges the fatigue rows by the clock that stamped them."""
     from cds_engine.store.api import NullSink
 
     if db.strip().lower() == "none":
@@ -48,7 +55,10 @@ def open_sink(db: str, engine_provider: Any) -> tuple[Any, list[Any], Any]:
     from cds_engine.service.review.router import build_router
 
     # journal: the answer never waits for the database; one writer thread group-commits (issue 19)
-    store = open_store(db, journal=True)
+    spool_dir = None
+    if data_dir is not None and not os.environ.get("CDS_SPOOL_DIR") and not db.startswith("sqlite"):
+        spool_dir = data_dir / "cds-spool"
+    store = open_store(db, journal=True, spool_dir=spool_dir, **({"clock": clock} if clock else {}))
     # That writer releases the GIL on every database call and, while request threads are busy, waits
     # a whole switch interval (default 5 ms) to get it back each time: under load its lines queued
     # for seconds (bench/load.py write lag). 1 ms hands it back sooner, for a few more switches.
@@ -263,7 +273,10 @@ def register(app: typer.Typer, rules_app: typer.Typer) -> None:
         provider = holder
 
         url = db or os.environ.get("CDS_DATABASE_URL") or DEFAULT_DB
-        sink, routers, store = open_sink(url, provider)
+        home_dir = data_dir or os.environ.get("CDS_DATA_DIR")
+        clock = replay_clock(fixed_clock)
+        sink, routers, store = open_sink(url, provider, Path(home_dir) if home_dir else None,
+                                         clock=clock.get("clock"))
         if metrics_token is not None:
             routers = [*routers, metrics_router(metrics_token)]
         if store is not None:
@@ -277,7 +290,6 @@ def register(app: typer.Typer, rules_app: typer.Typer) -> None:
             allow_loopback_fhir=allow_loopback_fhir,
             demographics=not no_demographics,
         )
-        clock = replay_clock(fixed_clock)
         fatigue = None  # shown-once and repeat-suppression state: in the store, shared by every worker
         if store is not None and getattr(store, "engine", None) is not None:
             from cds_engine.store.fatigue import FatigueStore

@@ -161,8 +161,10 @@ class _Supervisor(Multiprocess):
                         continue
                     if process.is_alive(timeout=self.config.timeout_worker_healthcheck):
                         continue
+                pid = process.pid
                 process.kill()  # hung or dead
                 process.join()
+                _forget_live_gauges(pid)
                 self._close_slot(idx)  # new connections go to the live workers meanwhile
                 self._started.pop(id(process), None)
                 if process.exitcode == STARTUP_FAILURE:
@@ -181,6 +183,23 @@ class _Supervisor(Multiprocess):
             replacement = Process(self.config, self._sockets_for(idx))
             replacement.start()
             self.processes[idx] = replacement
+
+
+def _forget_live_gauges(pid: int | None) -> None:
+    """Drop a dead worker's live gauges from the summed /metrics (prometheus-client multiprocess).
+
+    Its journal is adopted and written by the writer of a survivor or of its replacement, whose
+    journal-depth gauge then counts those lines: the dead worker's last value, left in the sum,
+    would show a backlog that never drains."""
+    from cds_engine import metrics
+
+    directory = os.environ.get(metrics.MULTIPROC_ENV)
+    if pid is None or not directory:
+        return
+    from prometheus_client import multiprocess
+
+    with suppress(OSError):
+        multiprocess.mark_process_dead(pid, directory)
 
 
 def _supervise(workers: int, params: dict[str, Any], options: dict[str, Any]) -> None:

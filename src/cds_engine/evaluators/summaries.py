@@ -8,6 +8,13 @@ is rendered once per distinct value of that fact by the shared formatter (:func:
 the pack's labels, :func:`absent_text`) and the pieces are joined by polars. The whitespace
 folding and the 139-character cut of ``short_text`` are string expressions.
 
+Each piece also knows every text it can take on the rows at hand, which lets the expression
+skip work that provably changes nothing: a piece with one possible text is a literal (most
+summaries are constant within a tier), the regex that folds whitespace is left out when no
+piece holds a run, a non-space blank or a blank at a seam, and the cut when no combination
+reaches the limit. The folded/cut form is still computed by the same expressions wherever it
+could matter, so the result is identical either way.
+
 Exact by construction, and :func:`summary_expr` returns None for what it does not mirror (a
 template that reads ``medication_lists_complete``, whose absence changes other placeholders):
 the caller then renders per combination as before.
@@ -15,7 +22,10 @@ the caller then renders per combination as before.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from itertools import pairwise
 from typing import Any
 
 import polars as pl
@@ -29,7 +39,21 @@ _LIMIT = 139  # results.short_text
 _WHITESPACE = r"[\s\x1c-\x1f]+"  # what str.split() splits on (Rust's \s lacks the separators \x1c-\x1f)
 
 
-def _formatted(frame: pl.DataFrame, name: str, labels: Mapping[str, str] | None, sign: str = "") -> pl.Expr:
+@dataclass(frozen=True)
+class _Piece:
+    """One stretch of a summary: its expression and every text it can take on the frame's rows."""
+
+    expr: pl.Expr
+    texts: frozenset[str]
+
+    @classmethod
+    def literal(cls, text: str) -> _Piece:
+        return cls(pl.lit(text), frozenset([text]))
+
+
+def _formatted(
+    frame: pl.DataFrame, name: str, labels: Mapping[str, str] | None, sign: str = ""
+) -> tuple[pl.Expr, list[str]]:
     """``sign + fmt_value(value)`` (labels for coded strings) of every non-null value of a column."""
     values = frame[name].drop_nulls().unique().to_list()
     texts = []
@@ -39,8 +63,88 @@ def _formatted(frame: pl.DataFrame, name: str, labels: Mapping[str, str] | None,
         else:
             texts.append(sign + fmt_value(v))
     if not values:
-        return pl.lit(None, pl.String)
-    return pl.col(name).replace_strict(values, texts, default=None, return_dtype=pl.String)
+        return pl.lit(None, pl.String), texts
+    expr = pl.col(name).replace_strict(values, texts, default=None, return_dtype=pl.String)
+    if frame[name].dtype.is_float() and 0.0 in values:
+        # 0.0 and -0.0 are one key to unique/replace_strict but fmt_value prints "0" and "-0"
+        zero, negative = sign + fmt_value(0.0), sign + fmt_value(-0.0)
+        col = pl.col(name)
+        both = frame.select(
+            ((col == 0.0) & (pl.lit(1.0) / col < 0)).any() & ((col == 0.0) & (pl.lit(1.0) / col > 0)).any()
+        )
+        if zero != negative and both.item():
+            signed = pl.when(pl.lit(1.0) / pl.col(name) < 0).then(pl.lit(negative)).otherwise(pl.lit(zero))
+            expr = pl.when(pl.col(name) == 0.0).then(signed).otherwise(expr)
+            texts += [zero, negative]
+    return expr, texts
+
+
+def _fact_piece(
+    frame: pl.DataFrame, name: str, fallback: str | None, labels: Mapping[str, str] | None
+) -> _Piece:
+    """A fact placeholder: its value, else a bound ("> 60"), else the absent wording."""
+    absent = absent_text(name, {})
+    otherwise_text = absent if absent is not None else ("unknown" if fallback is None else fallback)
+    expr: Any = None
+    texts: set[str] = set()
+    reaches_otherwise = True
+    for column, sign in ((name, ""), *((name + s, g) for s, g in _SIGNS)):
+        if column not in frame.columns:
+            continue
+        text, column_texts = _formatted(frame, column, labels, sign)
+        cond = pl.col(column).is_not_null()
+        expr = pl.when(cond) if expr is None else expr.when(cond)
+        expr = expr.then(text)
+        texts.update(column_texts)
+        if frame[column].null_count() == 0:  # later branches and the fallback are never reached
+            reaches_otherwise = False
+            break
+    if reaches_otherwise:
+        texts.add(otherwise_text)
+    if len(texts) == 1:
+        return _Piece.literal(next(iter(texts)))
+    return _Piece(expr.otherwise(pl.lit(otherwise_text)), frozenset(texts))
+
+
+def _fold(text: pl.Expr) -> pl.Expr:
+    """``" ".join(text.split())`` (whitespace runs to one space, ends stripped)."""
+    return text.str.replace_all(_WHITESPACE, " ").str.strip_chars(" ")
+
+
+def _cut(text: pl.Expr) -> pl.Expr:
+    """``short_text``'s cut: at most 139 characters, the last an ellipsis."""
+    return (
+        pl.when(text.str.len_chars() <= _LIMIT)
+        .then(text)
+        .otherwise(text.str.slice(0, _LIMIT - 1).str.strip_chars_end() + pl.lit("…"))
+    )
+
+
+@lru_cache(maxsize=4096)
+def _shortened(whole: str) -> str:
+    """A constant summary folded and cut by the same expressions (cached: it recurs every chunk)."""
+    return pl.select(_cut(_fold(pl.lit(whole)))).item()
+
+
+def _already_folded(pieces: Sequence[_Piece]) -> bool:
+    """True when folding cannot change any concatenation of the pieces' texts.
+
+    Each text must be unchanged by the fold's regex (so its only blanks are single spaces), no
+    variable text may be empty (its neighbours would meet), no seam may join two spaces, and
+    the whole may not start or end with a space. The regex itself decides the first point.
+    """
+    every = sorted({t for p in pieces for t in p.texts})
+    series = pl.Series(every, dtype=pl.String)
+    if not (series.str.replace_all(_WHITESPACE, " ") == series).all():
+        return False
+    if any("" in p.texts for p in pieces):
+        return False
+    if any(t.startswith(" ") for t in pieces[0].texts) or any(t.endswith(" ") for t in pieces[-1].texts):
+        return False
+    return not any(
+        any(t.endswith(" ") for t in a.texts) and any(t.startswith(" ") for t in b.texts)
+        for a, b in pairwise(pieces)
+    )
 
 
 def summary_expr(
@@ -51,41 +155,28 @@ def summary_expr(
     labels: Mapping[str, str] | None,
 ) -> pl.Expr | None:
     """The rendered, shortened summary of every row of ``frame`` (its columns are the row's facts)."""
-    pieces: list[pl.Expr] = []
+    pieces: list[_Piece] = []
     pos = 0
     for match in _PLACEHOLDER.finditer(template):
         if match.start() > pos:
-            pieces.append(pl.lit(template[pos : match.start()]))
+            pieces.append(_Piece.literal(template[pos : match.start()]))
         pos = match.end()
         name, fallback = match.group(1), match.group(2)
         if name == "medication_lists_complete":
             return None
         if name.startswith("param.") or name in extra:
-            pieces.append(
-                pl.lit(fmt_value(params.get(name[6:]) if name.startswith("param.") else extra[name]))
-            )
+            value = params.get(name[6:]) if name.startswith("param.") else extra[name]
+            pieces.append(_Piece.literal(fmt_value(value)))
             continue
-        absent = absent_text(name, {})
-        otherwise = pl.lit(absent if absent is not None else ("unknown" if fallback is None else fallback))
-        expr: Any = None
-        for column, sign in ((name, ""), *((name + s, g) for s, g in _SIGNS)):
-            if column not in frame.columns:
-                continue
-            text = _formatted(frame, column, labels, sign)
-            expr = (
-                pl.when(pl.col(column).is_not_null())
-                if expr is None
-                else expr.when(pl.col(column).is_not_null())
-            )
-            expr = expr.then(text)
-        pieces.append(otherwise if expr is None else expr.otherwise(otherwise))
+        pieces.append(_fact_piece(frame, name, fallback, labels))
     if pos < len(template):
-        pieces.append(pl.lit(template[pos:]))
+        pieces.append(_Piece.literal(template[pos:]))
     if not pieces:
         return pl.lit("")
-    text = pl.concat_str(pieces).str.replace_all(_WHITESPACE, " ").str.strip_chars(" ")
-    return (
-        pl.when(text.str.len_chars() <= _LIMIT)
-        .then(text)
-        .otherwise(text.str.slice(0, _LIMIT - 1).str.strip_chars_end() + pl.lit("…"))
-    )
+    if all(len(p.texts) == 1 for p in pieces):  # one text for every row: shorten it once
+        return pl.lit(_shortened("".join(next(iter(p.texts)) for p in pieces)), pl.String)
+    text = pl.concat_str([p.expr for p in pieces])
+    if not _already_folded(pieces):
+        text = _fold(text)
+    longest = sum(max(len(t) for t in p.texts) for p in pieces)
+    return text if longest <= _LIMIT else _cut(text)

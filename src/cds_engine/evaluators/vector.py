@@ -21,6 +21,10 @@ combination of values and joined back, so it is identical by construction.
 Performance notes (polars 2.1, measured): every distinct clause is computed once as a column;
 list operations (``concat_list``, ``list.unique``) are an order of magnitude slower than string
 building, so list-valued outputs (missing facts, tiers not assessed) are ";"-joined strings.
+Evidence JSON (:mod:`cds_engine.evaluators.evidence`) and summaries (:mod:`.summaries`) are
+built per fired tier with the work that provably changes no character left out; the parts carry
+one integer per row for their six wording columns and a unique integer sort key, so the sort
+gathers few columns; the compiler memoises each sub-tree's projection (``project_node``).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from typing import Any
 import polars as pl
 
 from cds_engine.alerts import SEVERITY_ORDER
+from cds_engine.evaluators.evidence import evidence_expr, evidence_names
 from cds_engine.evaluators.summaries import summary_expr
 from cds_engine.facts import catalog
 from cds_engine.messages import render
@@ -50,7 +55,6 @@ from cds_engine.rules.conditions import (
     Node,
     NotNode,
     Or,
-    facts_of,
 )
 from cds_engine.rules.projection import Projection, project_node
 
@@ -174,6 +178,9 @@ class VectorPack:
     # tier id -> [(root fact, condition that the root is reported missing for this tier)]
     _reports: dict[str, list[tuple[str, pl.Expr]]] = field(default_factory=dict)
     _summaries: dict[Any, str] = field(default_factory=dict)  # rendered summaries (see _render_unique)
+    # compile-time projections of each sub-tree (project_node memo; emptied once compiled)
+    _memo: dict[Any, Any] = field(default_factory=dict, repr=False)
+    _plan: Any = field(default=None, repr=False)  # vector_alerts' expressions (_Plan), built on first use
 
     @classmethod
     def compile(cls, pack: CompiledPack, site_hash: str | None = None) -> VectorPack:
@@ -200,8 +207,8 @@ class VectorPack:
             )
             vp.rules.append(_Rule(rule.spec.id, rule.spec.title, rule.spec.category, ranked))
         for tier in pack.tiers:
-            is_true = project_node(tier.node, "is_true", proj)
-            maybe_true = project_node(tier.node, "maybe_true", proj)
+            is_true = project_node(tier.node, "is_true", proj, vp._memo)
+            maybe_true = project_node(tier.node, "maybe_true", proj, vp._memo)
             vp._outcome[tier.id] = (
                 pl.when(_as_expr(is_true))
                 .then(pl.lit(TRUE, pl.UInt8))
@@ -220,6 +227,7 @@ class VectorPack:
                         vp._add_column(name)
                     reports.append((root, reached if cond is None else reached & cond))
             vp._reports[tier.id] = reports
+        vp._memo.clear()
         return vp
 
     def _add_column(self, name: str) -> None:
@@ -233,8 +241,8 @@ class VectorPack:
 
     def _undecided(self, node: Node, proj: Projection[pl.Expr]) -> pl.Expr | bool:
         """Kleene UNKNOWN of a sub-tree (a leaf included) as a cached column, or a constant."""
-        is_true = project_node(node, "is_true", proj)
-        maybe_true = project_node(node, "maybe_true", proj)
+        is_true = project_node(node, "is_true", proj, self._memo)
+        maybe_true = project_node(node, "maybe_true", proj, self._memo)
         if maybe_true is False or is_true is True:
             return False
 
@@ -325,52 +333,35 @@ _O = "__o:"  # tier outcome
 _OPEN = "__open:"  # tier left UNKNOWN above the rule's fired severity
 _CHOSEN = "__chosen:"  # the rule's fired tier: 0 none, i the i-th of its ranked tiers
 _MISS = "__miss:"  # the rule's missing root facts, ";"-joined
-_OUT = [
-    "__patient",
-    "__row",
-    "__kind",
-    "kind",
-    "rule_id",
-    "tier_id",
-    "category",
-    "severity",
-    "title",
-    "summary",
-    "missing",
-    "not_assessed",
-    "evidence",
-]
+# what every part of the alert table carries; the six wording columns (kind … title) are one
+# integer into a small per-call table (_Wordings), filled in after the sort
+_PER_ROW = ["__patient", "__row", "__code", "summary", "missing", "not_assessed", "evidence"]
+_WORDING = ["kind", "rule_id", "tier_id", "category", "severity", "title"]
 
 
-def _json_value(name: str, dtype: pl.DataType) -> pl.Expr:
-    """A column's values as JSON text (numbers as polars prints them, which is valid JSON)."""
-    col = pl.col(name)
-    if dtype == pl.Boolean():
-        return pl.when(col).then(pl.lit("true")).when(~col).then(pl.lit("false"))  # null stays null
-    if dtype == pl.String():
-        escaped = col
-        for raw, esc in (("\\", "\\\\"), ('"', '\\"'), ("\n", "\\n"), ("\r", "\\r"), ("\t", "\\t")):
-            escaped = escaped.str.replace_all(raw, esc, literal=True)
-        return pl.lit('"') + escaped + pl.lit('"')
-    return col.cast(pl.String)
+class _Wordings:
+    """The distinct (kind, rule, tier, category, severity, title) rows of one alert table.
 
+    Why: the parts are concatenated and sorted into patient order; six repeated text columns
+    cost most of that sort's gather, one UInt32 code costs little, and the texts are then taken
+    from this table by the sorted codes (a gather from a few hundred strings).
+    """
 
-def _evidence_names(tier: CompiledTier, columns: Mapping[str, pl.DataType]) -> list[str]:
-    names: list[str] = []
-    for leaf in facts_of(tier.node):
-        candidates = [leaf.fact, *(leaf.fact + s for s in BOUND_SUFFIXES)] if leaf.bounded else [leaf.fact]
-        candidates += catalog.companions(leaf.fact)  # as results.evidence_of: medicine names of a count
-        names.extend(n for n in candidates if n in columns and n not in names)
-    return names
+    def __init__(self) -> None:
+        self.rows: list[tuple[str, str, str, str, str, str]] = []
 
+    def add(self, kind: str, rule_id: str, tier_id: str, category: str, severity: str, title: str) -> int:
+        self.rows.append((kind, rule_id, tier_id, category, severity, title))
+        return len(self.rows) - 1
 
-def _evidence_expr(tier: CompiledTier, columns: Mapping[str, pl.DataType]) -> pl.Expr:
-    """The evidence JSON of :func:`cds_engine.results.evidence_of` for one tier (missing facts left out)."""
-    names = _evidence_names(tier, columns)
-    if not names:
-        return pl.lit("{}")
-    pieces = [pl.lit(json.dumps(n) + ":") + _json_value(n, columns[n]) for n in names]
-    return pl.lit("{") + pl.concat_str(pieces, separator=",", ignore_nulls=True) + pl.lit("}")
+    def order(self) -> pl.Series:
+        """Per code: most severe first, findings before reports (with the row: Alert.sort_key)."""
+        return pl.Series(
+            [(3 - SEVERITY_ORDER[r[4]]) * 2 + (r[0] != "finding") for r in self.rows], dtype=pl.Int64
+        )
+
+    def column(self, i: int) -> pl.Series:
+        return pl.Series(_WORDING[i], [r[i] for r in self.rows], dtype=pl.String)
 
 
 def _joined(parts: Sequence[pl.Expr]) -> pl.Expr:
@@ -415,6 +406,89 @@ def _render_unique(
     return frame.join(keys, on=key_cols, how="left", nulls_equal=True, maintain_order="left")
 
 
+@dataclass
+class _Plan:
+    """The data-independent expressions of :func:`vector_alerts` for one pack (built once per run).
+
+    Why: a streamed screening calls :func:`vector_alerts` per chunk; building these few thousand
+    expressions again per chunk was a fixed cost that did not shrink with the chunk.
+    """
+
+    clause_exprs: list[pl.Expr]
+    outcome_exprs: list[pl.Expr]
+    node_exprs: list[pl.Expr]
+    flag_exprs: list[pl.Expr]  # per rule its fired tier (_CHOSEN), per tier "left open" (_OPEN)
+    flags: list[str]
+    chosen: list[str]
+    any_open: pl.Expr
+    clause_names: list[str]
+    report_cols: dict[str, list[tuple[str, str]]]  # tier id -> [(root fact, flag column)]
+    report_exprs: list[pl.Expr]
+    miss_exprs: list[pl.Expr]
+    deep_keep: list[str]
+    bounds: list[str]  # what the reports read from the wide frame besides ids and fired tiers
+
+
+def _plan(vp: VectorPack) -> _Plan:
+    chosen_exprs, open_exprs = [], []
+    for rule in vp.rules:
+        chosen: Any = pl.lit(0, pl.UInt8)  # 0: nothing fired, i: rule.ranked[i - 1]
+        for i, tier in reversed(list(enumerate(rule.ranked, start=1))):
+            chosen = pl.when(pl.col(_O + tier.id) == TRUE).then(pl.lit(i, pl.UInt8)).otherwise(chosen)
+        chosen_exprs.append(chosen.alias(_CHOSEN + rule.id))
+        for tier in rule.ranked:
+            level = SEVERITY_ORDER[tier.severity]
+            blockers = [pl.col(_O + u.id) == TRUE for u in rule.ranked if SEVERITY_ORDER[u.severity] >= level]
+            open_exprs.append(
+                ((pl.col(_O + tier.id) == UNKNOWN) & ~pl.any_horizontal(blockers)).alias(_OPEN + tier.id)
+            )
+    report_cols: dict[str, list[tuple[str, str]]] = {}
+    report_exprs = []
+    for tier_id, reports in vp._reports.items():
+        by_root: dict[str, list[pl.Expr]] = {}
+        for root, cond in reports:
+            by_root.setdefault(root, []).append(cond)
+        report_cols[tier_id] = []
+        for j, (root, conds) in enumerate(by_root.items()):
+            name = f"__r:{tier_id}:{j}"
+            report_exprs.append((pl.col(_OPEN + tier_id) & pl.any_horizontal(conds)).alias(name))
+            report_cols[tier_id].append((root, name))
+    miss_exprs = []
+    for rule in vp.rules:
+        by_root_cols: dict[str, list[str]] = {}
+        for t in rule.ranked:
+            for root, col in report_cols[t.id]:
+                by_root_cols.setdefault(root, []).append(col)
+        if by_root_cols:
+            miss_exprs.append(
+                _joined(
+                    [
+                        pl.when(pl.any_horizontal([pl.col(c) for c in cols])).then(pl.lit(root))
+                        for root, cols in sorted(by_root_cols.items())
+                    ]
+                ).alias(_MISS + rule.id)
+            )
+    return _Plan(
+        clause_exprs=vp._clauses.columns(),
+        outcome_exprs=[e.alias(_O + t) for t, e in vp._outcome.items()],
+        node_exprs=vp._nodes.columns(),
+        flag_exprs=chosen_exprs + open_exprs,
+        flags=[e.meta.output_name() for e in chosen_exprs + open_exprs],
+        chosen=[e.meta.output_name() for e in chosen_exprs],
+        any_open=pl.any_horizontal([pl.col(_OPEN + t) for t in vp._outcome]).alias("__any_open"),
+        clause_names=[name for name, _ in vp._clauses.exprs.values()],  # kept for the second pass
+        report_cols=report_cols,
+        report_exprs=report_exprs,
+        miss_exprs=miss_exprs,
+        deep_keep=[
+            "__row",
+            *(c for cols in report_cols.values() for _, c in cols),
+            *(e.meta.output_name() for e in miss_exprs),
+        ],
+        bounds=[c for c in vp.columns if any(c.endswith(s) for s in BOUND_SUFFIXES)],
+    )
+
+
 def vector_alerts(
     vp: VectorPack,
     frame: pl.DataFrame,
@@ -437,85 +511,49 @@ def vector_alerts(
     )
     if mask is not None:
         lf = lf.filter(mask)
-    lf = lf.with_columns(vp._clauses.columns())
-    lf = lf.with_columns([e.alias(_O + t) for t, e in vp._outcome.items()])
-    chosen_exprs, open_exprs = [], []
-    for rule in vp.rules:
-        chosen: Any = pl.lit(0, pl.UInt8)  # 0: nothing fired, i: rule.ranked[i - 1]
-        for i, tier in reversed(list(enumerate(rule.ranked, start=1))):
-            chosen = pl.when(pl.col(_O + tier.id) == TRUE).then(pl.lit(i, pl.UInt8)).otherwise(chosen)
-        chosen_exprs.append(chosen.alias(_CHOSEN + rule.id))
-        for tier in rule.ranked:
-            level = SEVERITY_ORDER[tier.severity]
-            blockers = [pl.col(_O + u.id) == TRUE for u in rule.ranked if SEVERITY_ORDER[u.severity] >= level]
-            open_exprs.append(
-                ((pl.col(_O + tier.id) == UNKNOWN) & ~pl.any_horizontal(blockers)).alias(_OPEN + tier.id)
-            )
-    lf = lf.with_columns(chosen_exprs + open_exprs)
-    flags = [e.meta.output_name() for e in chosen_exprs + open_exprs]
-    any_open = pl.any_horizontal([pl.col(_OPEN + t) for t in vp._outcome]).alias("__any_open")
+    plan = vp._plan if vp._plan is not None else _plan(vp)
+    vp._plan = plan  # the expressions depend on the pack only: built once per run, not per chunk
+    lf = lf.with_columns(plan.clause_exprs).with_columns(plan.outcome_exprs).with_columns(plan.flag_exprs)
     ids = ["__patient", "__row", *carry]
-    wide = lf.select([*ids, *vp.columns, *flags, any_open]).collect().rechunk()
+    wide = lf.select([*ids, *vp.columns, *plan.flags, *plan.clause_names, plan.any_open]).collect().rechunk()
 
     # second pass: which root facts each open tier lacked, one flag column per (tier, root)
-    report_cols: dict[str, list[tuple[str, str]]] = {}
-    report_exprs = []
-    for tier_id, reports in vp._reports.items():
-        by_root: dict[str, list[pl.Expr]] = {}
-        for root, cond in reports:
-            by_root.setdefault(root, []).append(cond)
-        report_cols[tier_id] = []
-        for j, (root, conds) in enumerate(by_root.items()):
-            name = f"__r:{tier_id}:{j}"
-            report_exprs.append((pl.col(_OPEN + tier_id) & pl.any_horizontal(conds)).alias(name))
-            report_cols[tier_id].append((root, name))
+    report_cols = plan.report_cols
     deep_lf = (
         wide.lazy()
         .filter(pl.col("__any_open"))
-        .with_columns(vp._clauses.columns())
-        .with_columns(vp._nodes.columns())
-        .with_columns(report_exprs)
+        .with_columns(plan.node_exprs)
+        .with_columns(plan.report_exprs)
+        .with_columns(plan.miss_exprs)
     )
-    miss_exprs = []
-    for rule in vp.rules:
-        by_root_cols: dict[str, list[str]] = {}
-        for t in rule.ranked:
-            for root, col in report_cols[t.id]:
-                by_root_cols.setdefault(root, []).append(col)
-        if by_root_cols:
-            miss_exprs.append(
-                _joined(
-                    [
-                        pl.when(pl.any_horizontal([pl.col(c) for c in cols])).then(pl.lit(root))
-                        for root, cols in sorted(by_root_cols.items())
-                    ]
-                ).alias(_MISS + rule.id)
-            )
-    deep_lf = deep_lf.with_columns(miss_exprs)
-    deep_keep = [
-        "__row",
-        *(c for cols in report_cols.values() for _, c in cols),
-        *(e.meta.output_name() for e in miss_exprs),
-    ]
     deep = (
-        wide.filter(pl.col("__any_open")).hstack(deep_lf.select(deep_keep).collect().drop("__row")).rechunk()
+        wide.select([*ids, *plan.chosen, *plan.bounds])
+        .filter(wide["__any_open"])
+        .hstack(deep_lf.select(plan.deep_keep).collect().drop("__row"))
+        .rechunk()
     )
 
-    parts = [_finding_rows(vp, wide, deep, rule, ids) for rule in sorted(vp.rules, key=lambda r: r.id)]
-    parts.extend(_missing_rows(vp, deep, report_cols, ids))
+    words = _Wordings()
+    parts = [_finding_rows(vp, wide, deep, rule, ids, words) for rule in sorted(vp.rules, key=lambda r: r.id)]
+    parts.extend(_missing_rows(vp, deep, report_cols, ids, words))
     parts = [p for p in parts if p.height]
     if not parts:
         schema = frame.collect_schema() if isinstance(frame, pl.LazyFrame) else frame.schema
         return pl.DataFrame(schema={**ALERT_SCHEMA, **{c: schema[c] for c in carry}})
-    alerts = pl.concat(parts, how="vertical")
-    # one integer sort key: patient row, then most severe first, findings before reports; parts are
-    # concatenated in rule-id order and the sort is stable, which gives Alert.sort_key's order
-    rank = pl.col("severity").replace_strict(SEVERITY_ORDER, return_dtype=pl.Int64)
-    key = pl.col("__row") * 8 + (3 - rank) * 2 + pl.col("__kind").cast(pl.Int64)
-    alerts = alerts.sort(key, maintain_order=True)
+    alerts = pl.concat(parts, how="vertical", rechunk=False)
+    # one integer sort key: patient row, then most severe first, findings before reports, then the
+    # part (rule-id order): codes are handed out part by part and a part has one row per patient,
+    # so the code breaks every tie and the key is unique — Alert.sort_key's order, any sort
+    code = pl.col("__code")
+    key = (pl.col("__row") * 8 + pl.lit(words.order()).gather(code)) * len(words.rows) + code
+    alerts = alerts.sort(key)
     return alerts.select(
         pl.col("__patient").alias("patient_id"),
-        *_OUT[3:],
+        *(pl.lit(words.column(i)).gather(code).alias(name) for i, name in enumerate(_WORDING)),
+        "summary",
+        "missing",
+        "not_assessed",
+        "evidence",
         *carry,
         pl.lit(info.id).alias("pack_id"),
         pl.lit(info.version).alias("pack_version"),
@@ -525,16 +563,17 @@ def vector_alerts(
 
 
 def _finding_rows(
-    vp: VectorPack, wide: pl.DataFrame, deep: pl.DataFrame, rule: _Rule, ids: list[str]
+    vp: VectorPack, wide: pl.DataFrame, deep: pl.DataFrame, rule: _Rule, ids: list[str], words: _Wordings
 ) -> pl.DataFrame:
     pack = vp.pack
     chosen_col = _CHOSEN + rule.id
     needed = [*ids, chosen_col, *(_OPEN + t.id for t in rule.ranked)]
     for tier in rule.ranked:
-        needed += _evidence_names(tier, vp.columns)
+        needed += evidence_names(tier, vp.columns)
         for name in placeholders(tier.summary):
             needed.extend([name, *(name + s for s in BOUND_SUFFIXES)])
-    needed = [c for c in dict.fromkeys(needed) if c in wide.columns]
+    present = set(wide.columns)  # a frame's .columns is a new list per call: test membership in a set
+    needed = [c for c in dict.fromkeys(needed) if c in present]
     sub = wide.select(needed).filter(pl.col(chosen_col) > 0)
     if sub.height == 0:
         return sub
@@ -546,31 +585,28 @@ def _finding_rows(
         )
     else:
         sub = sub.with_columns(pl.lit("").alias("missing"))
-    index = {i: t for i, t in enumerate(rule.ranked, start=1)}
+    codes = [words.add("finding", rule.id, t.id, rule.category, t.severity, rule.title) for t in rule.ranked]
     sub = sub.with_columns(
-        pl.lit(0, pl.Int8).alias("__kind"),
-        pl.lit("finding").alias("kind"),
-        pl.lit(rule.id).alias("rule_id"),
-        pl.col(chosen_col)
-        .replace_strict({i: t.id for i, t in index.items()}, return_dtype=pl.String)
-        .alias("tier_id"),
-        pl.lit(rule.category).alias("category"),
-        pl.col(chosen_col)
-        .replace_strict({i: t.severity for i, t in index.items()}, return_dtype=pl.String)
-        .alias("severity"),
-        pl.lit(rule.title).alias("title"),
+        (pl.col(chosen_col).cast(pl.Int64) + (codes[0] - 1))
+        .cast(pl.UInt32)
+        .alias("__code"),  # codes are consecutive
         _joined([pl.when(pl.col(_OPEN + t.id)).then(pl.lit(t.id)) for t in rule.ranked]).alias(
             "not_assessed"
         ),
     )
+    group_columns = set(sub.columns)  # every group has sub's columns
+    groups = (
+        [((1,), sub)]
+        if len(rule.ranked) == 1
+        else list(sub.partition_by(chosen_col, maintain_order=True, as_dict=True).items())
+    )
     out = []
-    tiers = {t.id: t for t in rule.ranked}
-    for (tier_id,), group in sub.group_by("tier_id", maintain_order=True):
-        tier = tiers[str(tier_id)]
+    for (chosen,), group in groups:
+        tier = rule.ranked[int(chosen) - 1]  # type: ignore[call-overload]
         names = [n for n in dict.fromkeys(placeholders(tier.summary)) if not n.startswith("param.")]
         cols = list(
             dict.fromkeys(
-                c for n in names for c in [n, *(n + s for s in BOUND_SUFFIXES)] if c in group.columns
+                c for n in names for c in [n, *(n + s for s in BOUND_SUFFIXES)] if c in group_columns
             )
         )
 
@@ -580,18 +616,26 @@ def _finding_rows(
             return short_text(render(tier.summary, flat, pack.params, extra, pack.spec.labels))
 
         # evidence per fired tier (a when/then chain over the tiers would build every tier's JSON per row)
-        group = group.with_columns(_evidence_expr(tier, vp.columns).alias("evidence"))
+        evidence = evidence_expr(tier, vp.columns, group).alias("evidence")
         extra = {"rule_id": tier.rule_id, "tier_id": tier.id, "severity": tier.severity}
-        text = summary_expr(group.select(cols), tier.summary, pack.params, extra, pack.spec.labels)
+        # the group holds a column of a placeholder exactly when cols does: it can stand in for it
+        text = summary_expr(group, tier.summary, pack.params, extra, pack.spec.labels)
         if text is not None:  # column-wise, the shared formatter per distinct value (summaries.py)
-            out.append(group.with_columns(text.alias("summary")))
+            computed = {"summary": text.alias("summary"), "evidence": evidence}
+            out.append(group.select([computed.get(c, c) for c in [*_PER_ROW, *ids[2:]]]))  # one query
         else:
-            out.append(_render_unique(group, cols, render_row, "summary", vp._summaries, tier.id))
-    return pl.concat(out, how="vertical").select([*_OUT, *ids[2:]])
+            group = group.with_columns(evidence)
+            rendered = _render_unique(group, cols, render_row, "summary", vp._summaries, tier.id)
+            out.append(rendered.select([*_PER_ROW, *ids[2:]]))
+    return pl.concat(out, how="vertical")
 
 
 def _missing_rows(
-    vp: VectorPack, deep: pl.DataFrame, report_cols: Mapping[str, list[tuple[str, str]]], ids: list[str]
+    vp: VectorPack,
+    deep: pl.DataFrame,
+    report_cols: Mapping[str, list[tuple[str, str]]],
+    ids: list[str],
+    words: _Wordings,
 ) -> list[pl.DataFrame]:
     """The grouped 'cannot assess' alerts of :func:`cds_engine.results.build_alerts`."""
     pack = vp.pack
@@ -606,19 +650,27 @@ def _missing_rows(
         for key, (item, cols) in grouped.items():
             keys.setdefault(key, (item, []))[1].append((tier, cols))
     rule_ids = {r.id for r in vp.rules}
-    frames = []
-    for key, (item, entries) in keys.items():
-        contributes = [pl.any_horizontal([pl.col(c) for _, c in cols]) for _, cols in entries]
-        present = pl.any_horizontal(contributes)
+    deep_columns = set(deep.columns)
+    presents: list[pl.Expr] = []
+    for item, entries in keys.values():
+        present = pl.any_horizontal([pl.any_horizontal([pl.col(c) for _, c in cols]) for _, cols in entries])
         if item is not None:
             covering = [pl.col(_CHOSEN + r) > 0 for r in item.covered_by if r in rule_ids]
             if covering:
                 present = present & ~pl.any_horizontal(covering)
+        presents.append(present)
+    # which reports occur at all, in one query (most do not in a chunk; each would be a query)
+    occurs = deep.select(p.any().alias(str(i)) for i, p in enumerate(presents)).row(0) if presents else ()
+    frames = []
+    for (key, (item, entries)), present, occurring in zip(keys.items(), presents, occurs, strict=True):
+        if not occurring:
+            continue
+        contributes = [pl.any_horizontal([pl.col(c) for _, c in cols]) for _, cols in entries]
         roots: dict[str, list[str]] = {}
         for _, cols in entries:
             for root, col in cols:
                 roots.setdefault(root, []).append(col)
-        bound_cols = [r + s for r in roots for s in BOUND_SUFFIXES if r + s in deep.columns]
+        bound_cols = [r + s for r in roots for s in BOUND_SUFFIXES if r + s in deep_columns]
         needed = [*ids, *(c for _, cols in entries for _, c in cols), *bound_cols]
         if item is not None:
             needed += [_CHOSEN + r for r in item.covered_by if r in rule_ids]
@@ -634,16 +686,23 @@ def _missing_rows(
         )
         label = item.label if item else key.replace("_", " ")
         tiers_by_id = {t.id: t for t, _ in entries}
+        # one wording per severity the report can take, in rank order (1 info … 3 critical)
+        codes = [
+            words.add(
+                "cannot-assess",
+                MISSING_DATA_RULE,
+                f"{MISSING_DATA_RULE}.{key}",
+                "missing-data",
+                _SEVERITY_NAME[r],
+                f"Cannot assess: {label}",
+            )
+            for r in sorted(_SEVERITY_NAME)
+        ]
+        first_rank = min(_SEVERITY_NAME)
         sub = sub.with_columns(
-            pl.lit(1, pl.Int8).alias("__kind"),
-            pl.lit("cannot-assess").alias("kind"),
-            pl.lit(MISSING_DATA_RULE).alias("rule_id"),
-            pl.lit(f"{MISSING_DATA_RULE}.{key}").alias("tier_id"),
-            pl.lit("missing-data").alias("category"),
-            pl.min_horizontal(rank, pl.lit(item_rank, pl.Int8))
-            .replace_strict(_SEVERITY_NAME, return_dtype=pl.String)
-            .alias("severity"),
-            pl.lit(f"Cannot assess: {label}").alias("title"),
+            (pl.min_horizontal(rank, pl.lit(item_rank, pl.Int8)).cast(pl.Int64) + (codes[0] - first_rank))
+            .cast(pl.UInt32)
+            .alias("__code"),
             _joined(
                 [
                     pl.when(pl.any_horizontal([pl.col(c) for c in cols])).then(pl.lit(root))
@@ -672,7 +731,7 @@ def _missing_rows(
             vp._summaries,
             ("missing", key),
         )
-        frames.append(sub.select([*_OUT, *ids[2:]]))
+        frames.append(sub.select([*_PER_ROW, *ids[2:]]))
     return frames
 
 

@@ -206,6 +206,7 @@ def normalize_form(form: str | None) -> str | None:
     return form_from_text(key) or key
 
 
+@functools.lru_cache(maxsize=4096)  # pure; ~20 regex searches a call, the same product texts recur
 def form_from_text(text: str | None) -> str | None:
     """The dose form named in free text (a product name or order line); None when none is named."""
     if text is None or not text.strip():

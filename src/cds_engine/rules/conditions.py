@@ -15,7 +15,8 @@ missing data: ``is_true``, ``is_false``, ``maybe_true`` (= not is_false) and ``m
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+import operator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from itertools import combinations
 from typing import Any, Literal
@@ -33,6 +34,7 @@ __all__ = [
     "NotNode",
     "Or",
     "evaluate",
+    "evaluate_walk",
     "facts_of",
     "leaf_clauses",
     "unknown_leaves",
@@ -228,28 +230,128 @@ def _leaf_truth(leaf: Leaf, facts: Mapping[str, Any]) -> Truth:
     return {"fire": TRUE, "skip": FALSE, "cannot-assess": UNKNOWN}[leaf.missing]
 
 
+Check = Callable[[Mapping[str, Any]], Truth]
+_MISSING_TRUTH: dict[str, Truth] = {"fire": TRUE, "skip": FALSE, "cannot-assess": UNKNOWN}
+_COMPARATORS: dict[str, Callable[[Any, Any], Any]] = {
+    "eq": operator.eq,
+    "ne": operator.ne,
+    "lt": operator.lt,
+    "lte": operator.le,
+    "gt": operator.gt,
+    "gte": operator.ge,
+    "in": lambda x, v: x in v,
+    "not_in": lambda x, v: x not in v,
+}
+
+
+def _compile_leaf(leaf: Leaf) -> Check:
+    """A plain comparison leaf as one closure; every other leaf goes through :func:`_leaf_truth`."""
+    compare = _COMPARATORS.get(leaf.op)
+    if leaf.always or leaf.bounded or compare is None:
+        return lambda facts: _leaf_truth(leaf, facts)
+    fact, default, target, missing = leaf.fact, leaf.default, leaf.value, _MISSING_TRUTH[leaf.missing]
+
+    def truth(facts: Mapping[str, Any]) -> Truth:
+        value = facts.get(fact, default)
+        if value is None:
+            return missing
+        return TRUE if compare(value, target) else FALSE
+
+    return truth
+
+
+def _compile(node: Node) -> Check:
+    """``node`` as nested closures: the same Kleene walk, children in order, the same short cuts."""
+    if isinstance(node, Leaf):
+        return _compile_leaf(node)
+    if isinstance(node, And):
+        parts = tuple(_compile(c) for c in node.children)
+
+        def all_of(facts: Mapping[str, Any]) -> Truth:
+            result = TRUE
+            for part in parts:
+                value = part(facts)
+                if value == FALSE:
+                    return FALSE
+                if value < result:
+                    result = value
+            return result
+
+        return all_of
+    if isinstance(node, Or):
+        parts = tuple(_compile(c) for c in node.children)
+
+        def any_of(facts: Mapping[str, Any]) -> Truth:
+            result = FALSE
+            for part in parts:
+                value = part(facts)
+                if value == TRUE:
+                    return TRUE
+                if value > result:
+                    result = value
+            return result
+
+        return any_of
+    if isinstance(node, NotNode):
+        child = _compile(node.child)
+        return lambda facts: TRUE + FALSE - child(facts)
+    if isinstance(node, AtLeastNode):
+        parts, n = tuple(_compile(c) for c in node.children), node.n
+
+        def at_least(facts: Mapping[str, Any]) -> Truth:
+            values = [part(facts) for part in parts]
+            true = values.count(TRUE)
+            if true >= n:
+                return TRUE
+            if true + values.count(UNKNOWN) < n:
+                return FALSE
+            return UNKNOWN
+
+        return at_least
+    constant = TRUE if node.value else FALSE
+    return lambda facts: constant
+
+
+# Compiled trees by object identity, like _LEAVES: the oracle, the one-click limits and the
+# cannot-assess walk evaluate the same frozen trees on every patient.
+_COMPILED: dict[int, tuple[Node, Check]] = {}
+_COMPILED_LIMIT = 32768
+
+
 def evaluate(node: Node, facts: Mapping[str, Any]) -> Truth:
     """Kleene value of ``node`` over flat facts (missing facts are absent keys)."""
+    if isinstance(node, Leaf):
+        return _leaf_truth(node, facts)
+    known = _COMPILED.get(id(node))
+    if known is None or known[0] is not node:
+        if len(_COMPILED) >= _COMPILED_LIMIT:
+            _COMPILED.clear()
+        known = _COMPILED[id(node)] = (node, _compile(node))
+    return known[1](facts)
+
+
+def evaluate_walk(node: Node, facts: Mapping[str, Any]) -> Truth:
+    """The same value by a direct recursive walk: the reference :func:`evaluate`'s closures must match."""
     if isinstance(node, Leaf):
         return _leaf_truth(node, facts)
     if isinstance(node, And):
         result = TRUE
         for child in node.children:
-            result = min(result, evaluate(child, facts))
+            result = min(result, evaluate_walk(child, facts))
             if result == FALSE:
                 return FALSE
         return result
     if isinstance(node, Or):
         result = FALSE
         for child in node.children:
-            result = max(result, evaluate(child, facts))
+            result = max(result, evaluate_walk(child, facts))
             if result == TRUE:
                 return TRUE
         return result
     if isinstance(node, NotNode):
-        return TRUE + FALSE - evaluate(node.child, facts)
+        return TRUE + FALSE - evaluate_walk(node.child, facts)
     if isinstance(node, AtLeastNode):
-        values = [evaluate(c, facts) for c in node.children]
+        values = [evaluate_walk(c, facts) for c in node.children]
         true = values.count(TRUE)
         if true >= node.n:
             return TRUE
@@ -276,15 +378,34 @@ def unknown_leaves(node: Node, facts: Mapping[str, Any]) -> Iterator[Leaf]:
         yield from unknown_leaves(node.child, facts)
 
 
-def facts_of(node: Node) -> Iterator[Leaf]:
-    """Every leaf of a tree (for evidence, projections and linting)."""
+def _leaves(node: Node, into: list[Leaf]) -> None:
     if isinstance(node, Leaf):
-        yield node
+        into.append(node)
     elif isinstance(node, And | Or | AtLeastNode):
         for child in node.children:
-            yield from facts_of(child)
+            _leaves(child, into)
     elif isinstance(node, NotNode):
-        yield from facts_of(node.child)
+        _leaves(node.child, into)
+
+
+# Leaves per tree, by object identity: trees are frozen, and every alert reads its tier's evidence
+# through this walk (nested generators cost a frame per level per leaf). The node is kept beside
+# its leaves so a recycled id can never return another tree's; the table is emptied when large
+# (hot reloads bring new trees), never consulted for a node it does not hold.
+_LEAVES: dict[int, tuple[Node, tuple[Leaf, ...]]] = {}
+_LEAVES_LIMIT = 8192
+
+
+def facts_of(node: Node) -> Iterator[Leaf]:
+    """Every leaf of a tree, left to right (for evidence, projections and linting)."""
+    known = _LEAVES.get(id(node))
+    if known is None or known[0] is not node:
+        found: list[Leaf] = []
+        _leaves(node, found)
+        if len(_LEAVES) >= _LEAVES_LIMIT:
+            _LEAVES.clear()
+        known = _LEAVES[id(node)] = (node, tuple(found))
+    return iter(known[1])
 
 
 def at_least_groups(n: int, size: int, want_true: bool) -> list[tuple[int, ...]]:

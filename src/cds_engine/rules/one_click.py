@@ -13,7 +13,7 @@ fact makes the whole result *unknown* (no one-click suggestion, the card text st
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -99,14 +99,22 @@ class Limits:
             self.single, self.single_strict = bound, cap.strict
 
 
-def tier_truths(pack: CompiledPack, flat: Mapping[str, Any]) -> dict[str, int]:
-    """TRUE / FALSE / UNKNOWN of every tier (its rule's ``applies`` included), by the oracle."""
-    return {tier.id: evaluate(tier.node, flat) for tier in pack.tiers}
+def tier_truths(
+    pack: CompiledPack, flat: Mapping[str, Any], only: Collection[str] | None = None
+) -> dict[str, int]:
+    """TRUE / FALSE / UNKNOWN of every tier (its rule's ``applies`` included), by the oracle.
+
+    ``only``: just the tiers with these ids (a caller that reads a few tiers need not pay for all;
+    on the hook path this walk cost more than the Rete evaluation itself).
+    """
+    if only is None:
+        return {tier.id: evaluate(tier.node, flat) for tier in pack.tiers}
+    return {tier.id: evaluate(tier.node, flat) for tier in pack.tiers if tier.id in only}
 
 
 def limits(pack: CompiledPack, flat: Mapping[str, Any], truths: Mapping[str, int] | None = None) -> Limits:
     """Combine the one-click declarations of every tier that fires for this patient and order."""
-    truths = tier_truths(pack, flat) if truths is None else truths
+    truths = tier_truths(pack, flat, pack.one_click) if truths is None else truths  # only these are read
     out = Limits()
     for tier_id, spec in pack.one_click.items():
         if truths.get(tier_id) != TRUE:

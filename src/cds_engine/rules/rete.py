@@ -6,6 +6,10 @@
 * The fact carries a fresh ``id`` and is retracted by id in ``finally``.
 * The C module is driven directly: no ``Host``, so no background dispatcher thread.
 * Actions are not Python callbacks: the engine reports rule names, we map them to tiers.
+* Facts travel under short flat names (``f0``, ``f1`` …, see :func:`_short_names`): the C module
+  parses and re-serialises the fact once per matching rule, so long dotted names were most of
+  its work and of ours (decoding every action's JSON). Renaming is a bijection applied after the
+  ruleset is ordered, so the alpha network has exactly the shape it had with the long names.
 
 Each tier compiles to a formula over rule names for "condition TRUE" and, where missing data can
 leave it undecided, one for "condition possibly TRUE". TRUE = the first holds; UNKNOWN = only the
@@ -31,7 +35,7 @@ from cds_engine.rules.dnf import Expander, fact_kind
 from cds_engine.rules.projection import Want, project_node
 from cds_engine.rules.simplify import TREE, Tree, simplify
 
-__all__ = ["EngineFailure", "Formula", "ReteEvaluator", "durable_ruleset", "holds", "nest"]
+__all__ = ["EngineFailure", "Formula", "ReteEvaluator", "durable_ruleset", "holds", "nest", "short_ruleset"]
 
 _GUARD = {"kind": "patient"}
 _ruleset_ids = itertools.count()
@@ -244,7 +248,82 @@ def nest(flat: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-_Built = tuple[str, int, list[tuple[Formula | None, Formula | None]]]
+# durable_rules finds a fact's properties by a 32-bit FNV-1a hash of the name alone (no string
+# compare), so two names with one hash would read each other's values. Short names are chosen so
+# that every hash in a fact is distinct, the reserved ones included.
+_FNV_BASIS, _FNV_PRIME = 0x811C9DC5, 16777619
+_RESERVED = ("sid", "id", "kind")
+_VALUE_OPS = frozenset({"$ex", "$nex", "$neq", "$lt", "$lte", "$gt", "$gte"})
+
+
+def _fnv1a(name: str) -> int:
+    """durable's property hash (``getStringAndHash`` in its json.c) of an ASCII name."""
+    h = _FNV_BASIS
+    for byte in name.encode("ascii"):
+        h = ((h ^ byte) * _FNV_PRIME) & 0xFFFFFFFF
+    return h
+
+
+def _short_names(facts: Sequence[str]) -> dict[str, str]:
+    """A short, flat durable name per fact name (``f0``, ``f1`` …), every hash distinct."""
+    used = {_fnv1a(r) for r in _RESERVED}
+    out: dict[str, str] = {}
+    counter = itertools.count()
+    for fact in facts:
+        while True:
+            short = f"f{next(counter)}"
+            h = _fnv1a(short)
+            if h not in used:
+                used.add(h)
+                out[fact] = short
+                break
+    return out
+
+
+def _fact_names(expr: Any, into: dict[str, None]) -> None:
+    """Fact names read by one durable expression, in first-seen order."""
+    ((key, value),) = expr.items()  # every test is a one-key object; anything else fails loudly
+    if key in ("$and", "$or"):
+        for item in value:
+            _fact_names(item, into)
+    elif key in _VALUE_OPS:
+        ((fact, _),) = value.items()
+        into[fact] = None
+    elif key.startswith("$"):
+        raise ValueError(f"unexpected durable operator {key!r}")
+    else:
+        into[key] = None
+
+
+def _renamed(expr: dict[str, Any], names: Mapping[str, str]) -> dict[str, Any]:
+    ((key, value),) = expr.items()
+    if key in ("$and", "$or"):
+        return {key: [_renamed(item, names) for item in value]}
+    if key in _VALUE_OPS:
+        ((fact, operand),) = value.items()
+        return {key: {names[fact]: operand}}
+    return {names[key]: value}
+
+
+def short_ruleset(rules: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    """``rules`` with every fact name replaced by a short flat one, and the names used (fact → short).
+
+    Applied to the finished ruleset, so conjunct order (and with it the alpha network) is unchanged.
+    """
+    seen: dict[str, None] = {}
+    for rule in rules.values():
+        for part in rule["all"]:
+            _fact_names(part["m"], seen)
+    facts = [f for f in seen if f not in _GUARD]
+    names = {**_short_names(facts), **{k: k for k in _GUARD}}
+    renamed = {
+        name: {"all": [{**part, "m": _renamed(part["m"], names)} for part in rule["all"]]}
+        for name, rule in rules.items()
+    }
+    return renamed, {f: names[f] for f in facts}
+
+
+_Built = tuple[str, int, list[tuple[Formula | None, Formula | None]], dict[str, str]]
 _BUILT: dict[int, tuple[weakref.ref[CompiledPack], _Built]] = {}
 _BUILT_LOCK = threading.Lock()
 
@@ -259,12 +338,41 @@ def _built(pack: CompiledPack) -> _Built:
         if entry is not None and entry[0]() is pack:
             return entry[1]
     rules, formulas = durable_ruleset(pack)
-    built = (json.dumps(rules), len(rules), formulas)
+    short, names = short_ruleset(rules)
+    built = (json.dumps(short), len(short), formulas, names)
     with _BUILT_LOCK:
         for key in [k for k, (ref, _) in _BUILT.items() if ref() is None]:
             del _BUILT[key]
         _BUILT[id(pack)] = (weakref.ref(pack), built)
     return built
+
+
+Check = Callable[[set[str]], bool]
+
+
+def _check(formula: Formula) -> Check:
+    """``formula`` as a function of the fired set (same meaning as :func:`holds`, fewer frames).
+
+    A formula is almost always one rule name or an AND/OR of names: those become one set method.
+    """
+    if isinstance(formula, str):
+        return frozenset((formula,)).issubset
+    op, parts = formula
+    if all(isinstance(p, str) for p in parts):
+        names = frozenset(parts)
+        return names.issubset if op == "and" else (lambda fired: not names.isdisjoint(fired))
+    checks = [_check(p) for p in parts]
+    if op == "and":
+        return lambda fired: all(c(fired) for c in checks)
+    return lambda fired: any(c(fired) for c in checks)
+
+
+def _formula_rules(formula: Formula | None, into: set[str]) -> None:
+    if isinstance(formula, str):
+        into.add(formula)
+    elif formula is not None:
+        for part in formula[1]:
+            _formula_rules(part, into)
 
 
 class ReteEvaluator:
@@ -273,8 +381,27 @@ class ReteEvaluator:
     def __init__(self, pack: CompiledPack, slot: str = "slot-0") -> None:
         self.pack = pack
         self.slot = slot
-        text, self.rule_count, self._formulas = _built(pack)
+        text, self.rule_count, self._formulas, self._names = _built(pack)
         self._tier_ids: Sequence[str] = [t.id for t in pack.tiers]
+        self._rule_names = frozenset(json.loads(text))
+        # Which tiers a fired rule can decide: a formula is an AND/OR of rule names, so a tier none
+        # of whose rules fired is FALSE, unless its formula holds with nothing fired (kept always).
+        watch: dict[str, set[int]] = {}
+        always: list[int] = []
+        for index, (is_true, maybe_true) in enumerate(self._formulas):
+            mentioned: set[str] = set()
+            _formula_rules(is_true, mentioned)
+            _formula_rules(maybe_true, mentioned)
+            for rule in mentioned:
+                watch.setdefault(rule, set()).add(index)
+            if any(f is not None and holds(f, set()) for f in (is_true, maybe_true)):
+                always.append(index)
+        self._checks = [
+            (None if t is None else _check(t), None if m is None else _check(m)) for t, m in self._formulas
+        ]
+        self._watch = {rule: tuple(sorted(tiers)) for rule, tiers in watch.items()}
+        self._always = tuple(always)
+        self._sid = json.dumps(slot)
         self._handle = dre.create_ruleset(f"{pack.id}-{next(_ruleset_ids)}", text)
         self._ids = itertools.count()
         self._lock = threading.Lock()
@@ -285,9 +412,23 @@ class ReteEvaluator:
             dre.delete_ruleset(self._handle)
             self._handle = None
 
+    def _rule_of(self, message: str) -> list[str]:
+        """The rule an action message names: ``{"<rule>":<frame>}`` (durable's ``serializeResult``).
+
+        Read from the first characters rather than by decoding the whole frame (a copy of the
+        fact, once per fired rule). Anything not in exactly that shape is decoded in full.
+        """
+        if message.startswith('{"'):
+            end = message.find('"', 2)
+            name = message[2:end]
+            if end > 2 and message.startswith('":', end) and name in self._rule_names:
+                return [name]
+        return list(json.loads(message).keys())
+
     def fired(self, projected: Mapping[str, Any]) -> set[str]:
         """Names of the durable rules matched by one (projected) fact."""
-        fact = nest(projected)
+        names = self._names
+        fact = {names[k]: v for k, v in projected.items() if k in names}
         fact_id = f"f{next(self._ids)}"
         fact.update(sid=self.slot, id=fact_id, kind="patient")
         fired: set[str] = set()
@@ -299,28 +440,40 @@ class ReteEvaluator:
                 if code == 2:
                     raise EngineFailure("durable_rules saw an identical fact twice (stale state in slot)")
                 if code == 0:
-                    result = dre.start_action_for_state(self._handle, state)
-                    while result:
-                        fired.update(json.loads(result[1]).keys())
-                        nxt = dre.complete_and_start_action(self._handle, state)
-                        result = (result[0], nxt) if nxt else None
+                    message = dre.start_action_for_state(self._handle, state)
+                    message = message[1] if message else None
+                    rule_names = self._rule_names
+                    while message:
+                        # _rule_of, inlined: one action message per fired rule (~20 a patient)
+                        name = message[2 : message.find('":', 2)]
+                        if message.startswith('{"') and name in rule_names:
+                            fired.add(name)
+                        else:
+                            fired.update(self._rule_of(message))
+                        message = dre.complete_and_start_action(self._handle, state)
                 elif code not in (1, 3):
                     raise EngineFailure(f"durable_rules returned code {code}")
             except dre.error as exc:
                 raise EngineFailure(f"durable_rules failed: {exc}") from exc
             finally:
                 with contextlib.suppress(dre.error):  # a fact that matched nothing was never stored
-                    dre.retract_fact(self._handle, json.dumps({"sid": self.slot, "id": fact_id}))
+                    dre.retract_fact(self._handle, f'{{"sid":{self._sid},"id":"{fact_id}"}}')
         return fired
 
     def outcomes(self, projected: Mapping[str, Any]) -> dict[str, int]:
         fired = self.fired(projected)
         result = dict.fromkeys(self._tier_ids, FALSE)
-        for tier_id, (is_true, maybe_true) in zip(self._tier_ids, self._formulas, strict=True):
-            if is_true is not None and holds(is_true, fired):
-                result[tier_id] = TRUE
-            elif maybe_true is not None and holds(maybe_true, fired):
-                result[tier_id] = UNKNOWN
+        todo = set(self._always)
+        watch = self._watch
+        for rule in fired:
+            todo.update(watch.get(rule, ()))
+        tier_ids, checks = self._tier_ids, self._checks
+        for index in todo:
+            is_true, maybe_true = checks[index]
+            if is_true is not None and is_true(fired):
+                result[tier_ids[index]] = TRUE
+            elif maybe_true is not None and maybe_true(fired):
+                result[tier_ids[index]] = UNKNOWN
         return result
 
     def leftover_facts(self) -> list[Any]:

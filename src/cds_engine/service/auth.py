@@ -45,6 +45,7 @@ __all__ = ["AuthError", "AuthSettings", "JwtVerifier", "ReplayCache", "TrustedIs
 log = logging.getLogger("cds_engine.service.auth")
 
 ALLOWED_ALGORITHMS = ("ES384", "RS384")
+_PARSED_KEYS_KEPT = 64  # parsed public keys kept per verifier (a JWK Set holds a handful)
 
 
 class AuthError(Exception):
@@ -130,6 +131,7 @@ class JwtVerifier:
         self._remote: dict[str, tuple[float, dict[str, Any]]] = {}  # url -> (fetched at, jwks)
         self._failed: dict[str, float] = {}  # url -> when a first fetch failed (backs off)
         self._files: dict[Path, tuple[tuple[int, int], dict[str, Any]]] = {}  # path -> ((mtime, size), jwks)
+        self._parsed: dict[tuple[str, str], jwt.PyJWK] = {}  # (alg, JWK as JSON) -> key object
 
     def _file_jwks(self, path: Path) -> dict[str, Any]:
         """The JWK Set file, re-read whenever it changed (mtime or size) since it was last read.
@@ -192,6 +194,24 @@ class JwtVerifier:
         assert cached is not None
         return cached[1]
 
+    def _parsed_key(self, jwk: dict[str, Any], alg: str) -> jwt.PyJWK:
+        """The key object of a JWK, parsed once per distinct key material (not once per token).
+
+        Keyed by the JWK's full content and the algorithm: a rotated or edited key is a new entry,
+        a removed one is never looked up (the JWK Set is still searched by ``kid`` per token).
+        """
+        try:
+            ident = (alg, json.dumps(jwk, sort_keys=True))
+        except (TypeError, ValueError):
+            return jwt.PyJWK(jwk, algorithm=alg)
+        key = self._parsed.get(ident)
+        if key is None:
+            key = jwt.PyJWK(jwk, algorithm=alg)
+            if len(self._parsed) >= _PARSED_KEYS_KEPT:
+                self._parsed.clear()  # a JWK Set churning keys: start afresh, never grow without bound
+            self._parsed[ident] = key
+        return key
+
     async def _key(self, issuer: TrustedIssuer, kid: str, alg: str, jku: str | None) -> jwt.PyJWK:
         for refresh in (False, True):
             jwks = await self._jwks(issuer, jku, refresh)
@@ -199,26 +219,46 @@ class JwtVerifier:
                 if isinstance(jwk, dict) and jwk.get("kid") == kid:
                     if jwk.get("use") not in (None, "sig"):
                         raise AuthError("key not for signatures")
-                    return jwt.PyJWK(jwk, algorithm=alg)
+                    return self._parsed_key(jwk, alg)
             if issuer.jwks is not None:
                 break
         raise AuthError("unknown kid")
 
-    async def verify(self, token: str, audience: str) -> dict[str, Any]:
-        """The token's claims, or :class:`AuthError`."""
+    def _unverified(self, token: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(header, claims) before any key is known: one parse of the token for a well-formed one.
+
+        A token that does not parse takes the checks one by one, so the logged reason is the
+        same as ever (a disallowed ``alg`` or a missing ``kid`` is named before a broken payload).
+        """
+        try:
+            decoded = jwt.api_jwt.decode_complete(token, options={"verify_signature": False})
+        except jwt.PyJWTError:
+            decoded = None
+        if decoded is not None:
+            return decoded["header"], decoded["payload"]
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError as exc:
             raise AuthError("malformed token") from exc
+        self._check_header(header)
+        try:
+            return header, jwt.decode(token, options={"verify_signature": False})
+        except jwt.PyJWTError as exc:
+            raise AuthError("malformed token") from exc
+
+    def _check_header(self, header: dict[str, Any]) -> tuple[str, str]:
+        """(alg, kid) of a header whose ``alg`` is on our list and that names a ``kid``."""
         alg, kid = header.get("alg"), header.get("kid")
         if alg not in self.settings.algorithms:
             raise AuthError(f"algorithm {alg!r} not allowed")
         if not isinstance(kid, str) or not kid:
             raise AuthError("no kid")
-        try:
-            unverified = jwt.decode(token, options={"verify_signature": False})
-        except jwt.PyJWTError as exc:
-            raise AuthError("malformed token") from exc
+        return alg, kid
+
+    async def verify(self, token: str, audience: str) -> dict[str, Any]:
+        """The token's claims, or :class:`AuthError`."""
+        header, unverified = self._unverified(token)
+        alg, kid = self._check_header(header)
         iss = unverified.get("iss")
         issuer = self.settings.issuers.get(iss) if isinstance(iss, str) else None
         if issuer is None:

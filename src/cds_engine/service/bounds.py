@@ -122,22 +122,38 @@ def scrub_resources(value: Any, path: str) -> Any:
 
     Each removal is a counted deviation (path and kind, never the value); returns ``value``. It
     visits every node of every prefetched resource on each hook call, so it is one tight loop over
-    containers (no generator, no path text unless something is removed).
+    containers (no generator, no path text unless something is removed). The exact JSON types
+    (``str``, ``dict``, ``list``, ``bool``, ``int``) are told apart by ``type(...) is`` first —
+    a third cheaper than an ``isinstance`` chain per node (issue 19 profile); anything else (a
+    float, a subclass) takes the general checks.
     """
     doomed: list[tuple[Any, Any, _Where, str]] = []
     stack: list[tuple[Any, _Where]] = [(value, path)] if isinstance(value, dict | list) else []
+    pop, push, flag = stack.pop, stack.append, doomed.append
+    match = _DATE.match
     while stack:
-        node, where = stack.pop()
+        node, where = pop()
         in_list = isinstance(node, list)
         for key, item in (enumerate(node) if in_list else node.items()):
             kind = None
-            if isinstance(item, str):
+            cls = type(item)
+            if cls is str:
                 # a date starts with a digit or a minus sign: skip the pattern for everything else
+                if item and item[0] in _DATE_START and key not in _NOT_DATES:
+                    found = match(item)
+                    if found is not None and not MIN_YEAR <= int(found.group(1)) <= MAX_YEAR:
+                        kind = "date-out-of-range"
+            elif cls is dict or cls is list:
+                if item:
+                    push((item, (where, key, in_list)))
+            elif cls is bool or (cls is int and (item >= 0 or key not in _AMOUNT_KEYS)):
+                pass
+            elif isinstance(item, str):
                 if item[:1] in _DATE_START and key not in _NOT_DATES and _date_out_of_range(item):
                     kind = "date-out-of-range"
             elif isinstance(item, dict | list):
                 if item:
-                    stack.append((item, (where, key, in_list)))
+                    push((item, (where, key, in_list)))
             elif isinstance(item, bool):
                 pass
             elif isinstance(item, float) and not math.isfinite(item):
@@ -145,7 +161,7 @@ def scrub_resources(value: Any, path: str) -> Any:
             elif isinstance(item, int | float) and key in _AMOUNT_KEYS and item < 0:
                 kind = "number-negative"
             if kind is not None:
-                doomed.append((node, key, (where, key, in_list), kind))
+                flag((node, key, (where, key, in_list), kind))
     for parent, key, where, kind in reversed(doomed):  # reversed: list indexes stay valid
         if isinstance(parent, dict):
             parent.pop(key, None)

@@ -109,6 +109,18 @@ class FatiguePolicy:
     def __init__(self, store: FatigueStore | None) -> None:
         self.store = store
 
+    def needs_store(
+        self, pack: CompiledPack, pairs: list[tuple[Alert, Card]], once_scope: str | None = None
+    ) -> bool:
+        """Whether :meth:`screen` could read or write the store for these cards.
+
+        False (no store, no suppressible tier, no shown-once scope): every card shows and nothing
+        is kept — the caller may skip the thread hop to the store (issue 19 CPU budget).
+        """
+        if self.store is None:
+            return False
+        return once_scope is not None or any(suppressible(pack, alert) for alert, _ in pairs)
+
     def screen(
         self,
         pack: CompiledPack,
@@ -127,11 +139,14 @@ class FatiguePolicy:
         window = window_minutes(pack)
         remember: list[dict[str, Any]] = []
         for alert, card in pairs:
+            can_suppress = suppressible(pack, alert)
+            if not can_suppress and once_scope is None:
+                out.shown.append((alert, card))  # nothing to read or keep: no hashing either
+                continue
             digest = facts_hash(alert)
             reasons = [c.code for c in card.overrideReasons or []]
             key = _sha("suppress", patient_ref, alert.tier_id, digest, client)
             why: str | None = None
-            can_suppress = suppressible(pack, alert)
             if can_suppress:
                 by = self.store.suppressing(key, now, window)
                 if by is not None:

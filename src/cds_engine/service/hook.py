@@ -40,7 +40,7 @@ from cds_engine.service.metrics_http import count_cards
 from cds_engine.service.models import Card, CardsResponse, HookRequest
 from cds_engine.service.order_label import PATIENT_LEVEL_RULES, name_orders, order_label
 from cds_engine.service.orders import DraftOrders, read_draft_orders
-from cds_engine.service.prefetch import FhirFetcher, Prefetched, gather_prefetch
+from cds_engine.service.prefetch import FhirFetcher, Prefetched, gather_prefetch, local_prefetch
 from cds_engine.service.suggestions import order_one_click
 from cds_engine.service.workers import WorkerPool
 from cds_engine.sources.demographics import PatientDemographics, from_fhir_patient
@@ -169,40 +169,37 @@ class HookHandler:
         if request.hook != ref.hook:
             raise HookError(400, "hook", f"service {ref.id} answers {ref.hook} only")  # input not echoed
         pack = ref.pack
-        drafts, relevant = await self.workers.run(self._parse, request, pack)
-        clock.lap("parse")
-        if not relevant:
-            return HookResult(CardsResponse(cards=[]), timings=clock.timings)
+        if self.fetcher is None or request.fhirServer is None:
+            # nothing can be read over FHIR: parse, prefetch and evaluation in one worker-thread
+            # hop instead of two (each hop costs CPU and a wait for the event loop; issue 19)
+            local = await self.workers.run(self._local_call, engine, pack, request, clock)
+            if local is None:
+                return HookResult(CardsResponse(cards=[]), timings=clock.timings)
+            issued, quiet, who, as_of = local
+        else:
+            drafts, relevant = await self.workers.run(self._parse, request, pack)
+            clock.lap("parse")
+            if not relevant:
+                return HookResult(CardsResponse(cards=[]), timings=clock.timings)
 
-        # one FHIR time budget per hook call, shared by the prefetch reads and the Medication reads
-        deadline = time.monotonic() + (self.fetcher.budget if self.fetcher is not None else 0.0)
-        prefetched = await gather_prefetch(
-            request, prefetch_templates(pack), self.fetcher, cap=self._cap(pack)
-        )
-        pool = [
-            *prefetched.resources,
-            *(r for r in drafts.resources if r.get("resourceType") != "MedicationRequest"),
-        ]
-        await self._resolve_medications(request, relevant, pool, deadline)
-        if not any(
-            r.get("resourceType") == "Patient" and r.get("id") == request.context.patientId for r in pool
-        ):
-            if request.fhirServer is None or self.fetcher is None:
-                why = "not prefetched, and no fhirServer to read it from"
-            else:  # the server was given: say so (never its address), not "no FHIR access"
-                why = "not prefetched, and the FHIR server in fhirServer could not be read"
-            raise HookError(412, "context.patientId", f"the patient could not be read ({why})")
-        who = self._who(pool, request.context.patientId)
-        clock.lap("prefetch")
+            # one FHIR time budget per hook call, shared by the prefetch reads and the Medication reads
+            deadline = time.monotonic() + self.fetcher.budget
+            prefetched = await gather_prefetch(
+                request, prefetch_templates(pack), self.fetcher, cap=self._cap(pack)
+            )
+            pool = self._pool(prefetched, drafts)
+            await self._resolve_medications(request, relevant, pool, deadline)
+            who = self._patient(pool, request)
+            clock.lap("prefetch")
 
-        as_of = self.clock()
-        issued, quiet = await self.workers.run(
-            self._evaluate, engine, pack, drafts, relevant, pool, prefetched, as_of, clock, request.hook
-        )
+            as_of = self.clock()
+            issued, quiet = await self.workers.run(
+                self._evaluate, engine, pack, drafts, relevant, pool, prefetched, as_of, clock, request.hook
+            )
         clock.lap("resume")  # the event loop taking the call back from the evaluation thread (queueing)
         hidden: dict[str, str] = {}
-        if self.fatigue.store is not None:  # suppressed cards are still stored, as not shown
-            sent = [(a, c) for _, _, pairs in issued for a, c in pairs if c is not None]
+        sent = [(a, c) for _, _, pairs in issued for a, c in pairs if c is not None]
+        if self.fatigue.needs_store(pack, sent):  # suppressed cards are still stored, as not shown
             screened = await anyio.to_thread.run_sync(
                 self.fatigue.screen, pack, f"Patient/{request.context.patientId}",
                 client_key(issuer, tenant), sent, as_of, limiter=self.store_limiter,
@@ -219,6 +216,51 @@ class HookHandler:
                                who=who)
         clock.lap("store")
         return HookResult(CardsResponse(cards=cards), [a.rule_id for a, _ in ordered], clock.timings)
+
+    def _local_call(
+        self, engine: Engine, pack: CompiledPack, request: HookRequest, clock: _Clock
+    ) -> tuple[_Issued, list[tuple[CompiledPack, _Issued]], PatientDemographics | None, datetime] | None:
+        """Parse, prefetch and evaluate in one worker-thread call when no FHIR server can be read.
+
+        The same steps, checks and refusals as the two-hop path of :meth:`__call__` (which the
+        tests compare); None when no draft concerns the pack (``{"cards": []}``).
+        """
+        drafts, relevant = self._parse(request, pack)
+        clock.lap("parse")
+        if not relevant:
+            return None
+        prefetched = local_prefetch(request, prefetch_templates(pack), cap=self._cap(pack))
+        pool = self._pool(prefetched, drafts)
+        if any(medication_concept(draft, pool) is None for draft in relevant):
+            # what _resolve_medications answers when nothing can be fetched
+            raise HookError(412, "context.draftOrders", "the ordered medication cannot be resolved")
+        who = self._patient(pool, request)
+        clock.lap("prefetch")
+        as_of = self.clock()
+        issued, quiet = self._evaluate(
+            engine, pack, drafts, relevant, pool, prefetched, as_of, clock, request.hook
+        )
+        return issued, quiet, who, as_of
+
+    @staticmethod
+    def _pool(prefetched: Prefetched, drafts: DraftOrders) -> list[dict[str, Any]]:
+        """The record: prefetched and fetched resources, and the bundle's non-order resources."""
+        return [
+            *prefetched.resources,
+            *(r for r in drafts.resources if r.get("resourceType") != "MedicationRequest"),
+        ]
+
+    def _patient(self, pool: list[dict[str, Any]], request: HookRequest) -> PatientDemographics | None:
+        """412 unless the context patient is in the record; else who they are (None when not kept)."""
+        if not any(
+            r.get("resourceType") == "Patient" and r.get("id") == request.context.patientId for r in pool
+        ):
+            if request.fhirServer is None or self.fetcher is None:
+                why = "not prefetched, and no fhirServer to read it from"
+            else:  # the server was given: say so (never its address), not "no FHIR access"
+                why = "not prefetched, and the FHIR server in fhirServer could not be read"
+            raise HookError(412, "context.patientId", f"the patient could not be read ({why})")
+        return self._who(pool, request.context.patientId)
 
     def _who(self, pool: list[dict[str, Any]], patient_id: str) -> PatientDemographics | None:
         """Name, birth date and MRN-type identifiers of the context patient (None when not kept)."""

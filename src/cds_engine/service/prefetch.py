@@ -42,7 +42,9 @@ from cds_engine.service.callbacks import (
 from cds_engine.service.models import HookRequest
 from cds_engine.sources.fhir import bundle_resources
 
-__all__ = ["MEDICATION_LIST_KEYS", "FhirFetcher", "Prefetched", "fill_template", "gather_prefetch"]
+__all__ = [
+    "MEDICATION_LIST_KEYS", "FhirFetcher", "Prefetched", "fill_template", "gather_prefetch", "local_prefetch",
+]
 
 log = logging.getLogger("cds_engine.service")
 _PARTIAL = "partial: only some pages of this list could be read"
@@ -210,28 +212,24 @@ class FhirFetcher:
         return results
 
 
-async def gather_prefetch(
-    request: HookRequest,
-    templates: dict[str, str],
-    fetcher: FhirFetcher | None,
-    budget: float | None = None,
-    cap: Callable[[str, list[dict[str, Any]]], tuple[list[dict[str, Any]], str | None]] | None = None,
-) -> Prefetched:
-    """All resources of the request's prefetch, plus what had to be fetched; unavailable keys listed.
+_Cap = Callable[[str, list[dict[str, Any]]], tuple[list[dict[str, Any]], str | None]]
+_NO_SERVER = "not prefetched and no FHIR server to read it from"
 
-    ``cap(key, resources)`` bounds each key (:mod:`cds_engine.service.limits`): the resources
-    kept, and why the key is incomplete when that must be said on the data-unavailable card.
-    """
+
+def _take(result: Prefetched, cap: _Cap | None, key: str, resources: list[dict[str, Any]]) -> None:
+    if cap is not None:
+        resources, why = cap(key, resources)
+        if why:
+            result.unavailable[key] = why
+    result.resources.extend(resources)
+
+
+def _given(
+    request: HookRequest, templates: dict[str, str], fetcher: FhirFetcher | None, cap: _Cap | None
+) -> tuple[Prefetched, dict[str, str], dict[str, str], dict[str, list[dict[str, Any]]]]:
+    """What the request itself carries: (result so far, keys to fetch, paged keys, their first pages)."""
     result = Prefetched()
     given = request.prefetch or {}
-
-    def take(key: str, resources: list[dict[str, Any]]) -> None:
-        if cap is not None:
-            resources, why = cap(key, resources)
-            if why:
-                result.unavailable[key] = why
-        result.resources.extend(resources)
-
     to_fetch: dict[str, str] = {}
     paged: dict[str, str] = {}  # key -> next page link of a prefetched Bundle
     first_pages: dict[str, list[dict[str, Any]]] = {}
@@ -254,7 +252,7 @@ async def gather_prefetch(
                     first_pages[key] = bundle_resources(value)
                     continue
                 result.unavailable[key] = _PARTIAL
-            take(key, bundle_resources(value) if isinstance(value, dict) else [])
+            _take(result, cap, key, bundle_resources(value) if isinstance(value, dict) else [])
             continue
         relative = fill_template(template, request)
         if relative is None:
@@ -262,18 +260,46 @@ async def gather_prefetch(
         to_fetch[key] = relative
     for key, value in given.items():  # keys of other templates still carry data
         if key not in templates and isinstance(value, dict) and not _is_outcome(value):
-            take(key, bundle_resources(value))
+            _take(result, cap, key, bundle_resources(value))
+    return result, to_fetch, paged, first_pages
+
+
+def local_prefetch(request: HookRequest, templates: dict[str, str], cap: _Cap | None = None) -> Prefetched:
+    """:func:`gather_prefetch` when nothing can be read over FHIR (no ``fhirServer`` or no fetcher).
+
+    The same result, computed without the event loop: the hook runs it in its worker thread,
+    together with the evaluation, in one hop instead of two (issue 19 CPU budget).
+    """
+    result, to_fetch, _, _ = _given(request, templates, None, cap)
+    for key in to_fetch:
+        result.unavailable[key] = _NO_SERVER
+    return result
+
+
+async def gather_prefetch(
+    request: HookRequest,
+    templates: dict[str, str],
+    fetcher: FhirFetcher | None,
+    budget: float | None = None,
+    cap: _Cap | None = None,
+) -> Prefetched:
+    """All resources of the request's prefetch, plus what had to be fetched; unavailable keys listed.
+
+    ``cap(key, resources)`` bounds each key (:mod:`cds_engine.service.limits`): the resources
+    kept, and why the key is incomplete when that must be said on the data-unavailable card.
+    """
+    result, to_fetch, paged, first_pages = _given(request, templates, fetcher, cap)
     if to_fetch or paged:
         if request.fhirServer is None or fetcher is None:
             for key in to_fetch:
-                result.unavailable[key] = "not prefetched and no FHIR server to read it from"
+                result.unavailable[key] = _NO_SERVER
         else:
             token = request.fhirAuthorization.access_token if request.fhirAuthorization else None
             calls = current_calls()
             fetched = await fetcher.get_many(request.fhirServer, {**to_fetch, **paged}, token, budget)
             for key, resources in fetched.items():
                 if key in paged:
-                    take(key, [*first_pages[key], *(resources or [])])
+                    _take(result, cap, key, [*first_pages[key], *(resources or [])])
                     if resources is None or key in calls.partial:
                         result.unavailable[key] = _PARTIAL
                     else:
@@ -281,7 +307,7 @@ async def gather_prefetch(
                 elif resources is None:
                     result.unavailable[key] = "the FHIR server could not be read (timeout or error)"
                 else:
-                    take(key, resources)
+                    _take(result, cap, key, resources)
                     result.fetched.append(key)
                     result.read.add(key)
                     if key in calls.partial:

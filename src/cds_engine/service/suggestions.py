@@ -201,7 +201,7 @@ def would_fire(pack: CompiledPack, facts: PatientFacts, regimen: Regimen) -> lis
     amount = regimen.units if unit in (*_COUNTED, "mL") else regimen.dose_mg
     order = facts.order.model_copy(update={"dose_amount": amount, "doses_per_day": float(regimen.per_day)})
     flat = derive(facts.model_copy(update={"order": order}), pack.vocabulary, pack.context)
-    truths = tier_truths(pack, flat)
+    truths = tier_truths(pack, flat, pack.dose_dependent)  # only these are read
     return sorted(t for t in pack.dose_dependent if truths.get(t) == TRUE)
 
 

@@ -38,7 +38,6 @@ from typing import Any
 from cds_engine.facts.lab_units import egfr_unit_ok
 from cds_engine.facts.model import (
     Allergy,
-    Coding,
     Condition,
     Encounter,
     LabResult,
@@ -52,6 +51,7 @@ from cds_engine.sources.fhir_read import (
     ResourceIndex,
     as_list,
     best_coding,
+    coded_groups,
     codings,
     concept_groups,
     parse_date,
@@ -208,9 +208,11 @@ class _Mapper:
         self.drafts = drafts
         self.index = ResourceIndex([*resources, *drafts])
         self.by_type: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        by_type = self.by_type
         for resource in resources:
-            if isinstance(resource, dict) and isinstance(resource.get("resourceType"), str):
-                self.by_type[resource["resourceType"]].append(resource)
+            rtype = resource.get("resourceType") if isinstance(resource, dict) else None
+            if isinstance(rtype, str):
+                by_type[rtype].append(resource)
         self.observations = self._observations()
         self.meds = MedicineReader(self.index, self.by_type, drafts, vocab, drug_class, as_of)
         self._record: tuple[Any, ...] | None = None  # what no draft changes, read once
@@ -359,21 +361,30 @@ class _Mapper:
         for resource in self.by_type.get("Observation", []):
             if status_code(resource.get("status")) not in _FINAL_OBSERVATION:
                 continue
+            # the code before the date (most observations belong to no group: their dates need not be
+            # read); a code that cannot be read fails only where the date would have let it count,
+            # as when the date was read first
+            failed: Exception | None = None
+            try:
+                groups, coded = self._observation_groups(resource)
+            except Exception as exc:  # re-raised below, unchanged, if the date lets it count
+                groups, coded, failed = set(), False, exc
+            if failed is None and not groups:
+                continue
             when = _effective(resource)
             if when is None or when > self.as_of:
                 continue
-            groups = set()
-            for c in codings(resource.get("code")):
-                groups |= self.vocab.classify(
-                    Coding(system=c.get("system"), code=c.get("code")), "observation"
-                )
-            coded = bool(groups)
-            if not groups:  # free-text monitoring entries only; lab values need a code
-                groups = concept_groups(resource.get("code"), self.vocab, "observation")
+            if failed is not None:
+                raise failed
             if groups:
                 out.append((groups, resource, when, coded))
         out.sort(key=lambda item: item[2], reverse=True)
         return out
+
+    def _observation_groups(self, resource: dict[str, Any]) -> tuple[set[str], bool]:
+        """An observation's groups, and whether they come from its codes (else from its text: free-text
+        monitoring entries only; lab values need a code)."""
+        return coded_groups(resource.get("code"), self.vocab, "observation")
 
     def _lab(self, group: str) -> LabResult | None:
         for groups, resource, when, coded in self.observations:

@@ -23,6 +23,8 @@ __all__ = [
     "ResourceIndex",
     "as_list",
     "best_coding",
+    "code_groups",
+    "coded_groups",
     "codings",
     "concept_groups",
     "concept_text",
@@ -144,6 +146,52 @@ def _concept_groups(concept: dict[str, Any], vocab: Vocabulary, kind: str) -> se
     return groups
 
 
+def code_groups(system: Any, code: Any, vocab: Vocabulary, kind: str) -> frozenset[str]:
+    """``vocab.classify(Coding(system=system, code=code), kind)`` for one coding's raw members, memoised.
+
+    Why: every Observation of a record is classified by its code, and building a validated
+    :class:`Coding` for each cost more than the classification (memoised already). Only string
+    (or absent) members are looked up here; anything else goes through ``Coding`` and fails there
+    exactly as before.
+    """
+    if not (system is None or type(system) is str) or not (code is None or type(code) is str):
+        return frozenset(vocab.classify(Coding(system=system, code=code), kind))
+    table = _MEMO.table(vocab)
+    key = ("raw-code", kind, system, code)
+    cached = table.get(key)
+    if cached is None:
+        cached = table[key] = frozenset(vocab.classify(Coding(system=system, code=code), kind))
+    return cached
+
+
+def coded_groups(concept: Any, vocab: Vocabulary, kind: str) -> tuple[set[str], bool]:
+    """The groups of a concept's codes (True), else of its text (False), memoised per concept.
+
+    The same as taking the union of :func:`code_groups` over its codings and, when that is
+    empty, :func:`concept_groups`: both depend only on the codings' system, code and display and
+    the text, which is the key. A concept the key cannot be made of takes that path itself (and
+    fails where it fails).
+    """
+    try:
+        key = ("coded", kind, *_key(concept))
+        cached = _MEMO.table(vocab).get(key)
+    except (AttributeError, TypeError):  # not a dict, or a member that cannot be a key
+        return _coded_groups(concept, vocab, kind)
+    if cached is None:
+        groups, coded = _coded_groups(concept, vocab, kind)
+        cached = _MEMO.table(vocab)[key] = (frozenset(groups), coded)
+    return set(cached[0]), cached[1]
+
+
+def _coded_groups(concept: Any, vocab: Vocabulary, kind: str) -> tuple[set[str], bool]:
+    groups: set[str] = set()
+    for c in codings(concept):
+        groups |= code_groups(c.get("system"), c.get("code"), vocab, kind)
+    if groups:
+        return groups, True
+    return concept_groups(concept, vocab, kind), False
+
+
 def _code_groups(coding: Coding, vocab: Vocabulary, kind: str) -> frozenset[str]:
     table = _MEMO.table(vocab)
     key = ("code-only", kind, coding.system, coding.code)
@@ -192,8 +240,30 @@ def parse_date(value: Any) -> date | None:
     return moment.date() if moment else None
 
 
+_MOMENTS: dict[str, datetime | None] = {}  # parse_datetime of recent strings (datetimes are immutable)
+_MOMENTS_MAX = 50_000
+
+
 def parse_datetime(value: Any) -> datetime | None:
-    """A FHIR dateTime/instant as an aware datetime (UTC assumed when a time has no offset)."""
+    """A FHIR dateTime/instant as an aware datetime (UTC assumed when a time has no offset).
+
+    Memoised per string (bounded): a record repeats the same instants in many resources, and
+    parsing was a tenth of the mapping.
+    """
+    if type(value) is not str:
+        return _parse_datetime(value)
+    try:
+        return _MOMENTS[value]
+    except KeyError:
+        pass
+    moment = _parse_datetime(value)
+    if len(_MOMENTS) >= _MOMENTS_MAX:
+        _MOMENTS.clear()
+    _MOMENTS[value] = moment
+    return moment
+
+
+def _parse_datetime(value: Any) -> datetime | None:
     if not isinstance(value, str) or not value.strip():
         return None
     text = value.strip()
@@ -236,10 +306,15 @@ class ResourceIndex:
     """Resolve references among the resources of one request: ``Type/id``, ``urn:uuid:…``, absolute URLs."""
 
     def __init__(self, resources: Iterable[dict[str, Any]]) -> None:
-        self._by_key: dict[str, dict[str, Any]] = {}
-        self._by_id: dict[str, dict[str, Any]] = {}
-        for resource in resources:
-            self.add(resource)
+        by_key: dict[str, dict[str, Any]] = {}
+        by_id: dict[str, dict[str, Any]] = {}
+        for resource in resources:  # add(), inlined: a record has hundreds of resources
+            rtype, rid = resource.get("resourceType"), resource.get("id")
+            if isinstance(rtype, str) and isinstance(rid, str):
+                by_key.setdefault(f"{rtype}/{rid}", resource)
+                by_id.setdefault(rid, resource)
+        self._by_key = by_key
+        self._by_id = by_id
 
     def add(self, resource: dict[str, Any]) -> None:
         rtype, rid = resource.get("resourceType"), resource.get("id")

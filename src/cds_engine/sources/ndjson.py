@@ -31,7 +31,13 @@ from typing import IO, Any
 import msgspec
 
 from cds_engine.sources.compressed import capped_lines, open_text
-from cds_engine.sources.selective import READ_TYPES, decode_resource, line_head
+from cds_engine.sources.selective import (
+    READ_TYPES,
+    LineHead,
+    collector_paused,
+    decode_resource,
+    line_head,
+)
 
 __all__ = ["NdjsonError", "PartitionResult", "partition_export", "read_partition"]
 
@@ -55,7 +61,7 @@ IGNORED_TYPES = frozenset(
     }
 )
 _PATIENT_FIELDS = ("subject", "patient", "beneficiary", "individual")
-_PREFIX = msgspec.json.Encoder()  # [file, line, type, patient] before each partition line
+_PREFIX = msgspec.json.Encoder()  # the JSON strings of [file, line, type, patient] before each line
 
 
 @dataclass(frozen=True)
@@ -85,54 +91,137 @@ def patient_key(resource: dict[str, Any]) -> str | None:
         rid = resource.get("id")
         return str(rid) if rid else None
     for name in _PATIENT_FIELDS:
-        ref = resource.get(name)
-        if isinstance(ref, dict) and isinstance(ref.get("reference"), str):
-            text = ref["reference"]
-            if text.startswith("urn:uuid:"):
-                return text[len("urn:uuid:") :]
-            if "Patient/" in text:
-                return text.rsplit("Patient/", 1)[1].split("/")[0]
+        key = _reference_key(resource.get(name))
+        if key is not None:
+            return key
     return None
+
+
+def _reference_key(ref: Any) -> str | None:
+    """The patient id in one reference member (``{"reference": "Patient/…"}`` or a ``urn:uuid:``)."""
+    if isinstance(ref, dict) and isinstance(ref.get("reference"), str):
+        text = ref["reference"]
+        if text.startswith("urn:uuid:"):
+            return text[len("urn:uuid:") :]
+        if "Patient/" in text:
+            return text.rsplit("Patient/", 1)[1].split("/")[0]
+    return None
+
+
+def _head_key(head: LineHead) -> str | None:
+    """:func:`patient_key` of a routing head, read from its members without building a dict."""
+    if head.resourceType == "Patient":
+        return str(head.id) if head.id else None
+    for ref in (head.subject, head.patient, head.beneficiary, head.individual):  # _PATIENT_FIELDS' order
+        key = _reference_key(ref)
+        if key is not None:
+            return key
+    return None
+
+
+class _Spill:
+    """The partition files being written, and the patients that already have a marker line.
+
+    Why markers are written once per patient: a line of a type the mapping does not read carries
+    only where it belongs, and :func:`read_partition` uses that only to know the patient exists
+    (a patient with such records and no ``Patient`` is rejected) and where it was first seen — the
+    first marker says both; the next ones said nothing new and were a third of the lines.
+    Lines are gathered per file and written in batches (one ``write`` per line cost as much as the
+    routing).
+    """
+
+    FLUSH = 512  # lines gathered per partition file before one write
+    REMEMBER = 200_000  # patients (and JSON names) remembered at most
+
+    def __init__(self, paths: list[Path]) -> None:
+        self.handles = [p.open("w", encoding="utf-8") for p in paths]
+        self.pending: list[list[str]] = [[] for _ in paths]
+        self.marked: set[str] = set()
+        self._json: dict[str, str] = {}  # JSON of the file names, types and patient ids seen
+
+    def mark(self, key: str) -> None:
+        """Remember that ``key`` has its marker; forgotten past a bound (memory stays flat), which
+        only means a later marker of the same patient is written again — harmless, as before."""
+        if len(self.marked) >= self.REMEMBER:
+            self.marked.clear()
+        self.marked.add(key)
+
+    def json(self, text: str) -> str:
+        """``text`` as a JSON string, remembered (the same few names and ids prefix every line)."""
+        out = self._json.get(text)
+        if out is None:
+            try:
+                out = _PREFIX.encode(text).decode()
+            except (msgspec.EncodeError, UnicodeEncodeError):  # a lone surrogate: escaped by json
+                out = json.dumps(text)
+            if len(self._json) >= self.REMEMBER:
+                self._json.clear()
+            self._json[text] = out
+        return out
+
+    def add(self, key: str, line: str) -> None:
+        # surrogatepass: an id decoded from a "\\ud800" escape has no UTF-8 form (it stopped the run)
+        i = zlib.crc32(key.encode("utf-8", "surrogatepass")) % len(self.handles)
+        batch = self.pending[i]
+        batch.append(line)
+        if len(batch) >= self.FLUSH:
+            self.handles[i].write("".join(batch))
+            batch.clear()
+
+    def close(self) -> None:
+        try:
+            for handle, batch in zip(self.handles, self.pending, strict=True):
+                if batch:
+                    handle.write("".join(batch))
+                    batch.clear()
+        finally:
+            for handle in self.handles:
+                handle.close()
 
 
 def partition_export(files: list[Path], workdir: Path, parts: int) -> PartitionResult:
     """Spread the lines of an export over ``parts`` files by patient (stable crc32 of the patient id)."""
     workdir.mkdir(parents=True, exist_ok=True)
     paths = [workdir / f"part-{i:04d}.ndjson" for i in range(parts)]
-    handles = [p.open("w", encoding="utf-8") for p in paths]
     shared_path = workdir / "shared.ndjson"
-    shared = shared_path.open("w", encoding="utf-8")
     result = PartitionResult(parts=paths, shared=shared_path)
+    spill = _Spill(paths)
     try:
-        for f in sorted(files):
-            try:
-                fh = _open(f)
-                for n, line in enumerate(capped_lines(fh), start=1):  # no total cap: exports are large
-                    if line is None:
-                        result.errors.append(NdjsonError(str(f), n, "line too long: skipped"))
-                        continue
-                    _route(f, n, line, handles, shared, result)
-                fh.close()
-            except (OSError, EOFError, zlib.error, UnicodeDecodeError) as exc:
-                result.errors.append(NdjsonError(str(f), 0, f"file cannot be read to the end: {exc}"))
+        with shared_path.open("w", encoding="utf-8") as shared:
+            for f in sorted(files):
+                try:
+                    fh = _open(f)
+                    for n, line in enumerate(capped_lines(fh), start=1):  # no total cap: exports are large
+                        if line is None:
+                            result.errors.append(NdjsonError(str(f), n, "line too long: skipped"))
+                            continue
+                        _route(f, n, line, spill, shared, result)
+                    fh.close()
+                except (OSError, EOFError, zlib.error, UnicodeDecodeError) as exc:
+                    result.errors.append(NdjsonError(str(f), 0, f"file cannot be read to the end: {exc}"))
     finally:
-        for h in handles:
-            h.close()
-        shared.close()
+        spill.close()
     return result
 
 
-def _route(
-    f: Path, n: int, line: str, handles: list[IO[str]], shared: IO[str], result: PartitionResult
-) -> None:
+def _route(f: Path, n: int, line: str, spill: _Spill, shared: IO[str], result: PartitionResult) -> None:
     text = line.strip()
     if n == 1:
         text = text.removeprefix("\ufeff")  # a UTF-8 byte-order mark before the first line
     if not text:
         return
     head = line_head(text)
-    if head is not None:
-        resource = head.as_dict()  # type, id and patient references: all that routing reads
+    if head is not None:  # type, id and patient references: all that routing reads
+        rtype: Any = head.resourceType
+        if not isinstance(rtype, str):
+            result.errors.append(NdjsonError(str(f), n, "line is not a FHIR resource (no resourceType)"))
+            return
+        if rtype in SHARED_TYPES:
+            shared.write(text + "\n")
+            return
+        if rtype in IGNORED_TYPES:
+            return
+        key = _head_key(head)
     else:
         try:
             resource = json.loads(text)
@@ -141,16 +230,16 @@ def _route(
                 NdjsonError(str(f), n, f"line is not JSON: {exc.__class__.__name__}: {exc}"[:200])
             )
             return
-    if not isinstance(resource, dict) or not isinstance(resource.get("resourceType"), str):
-        result.errors.append(NdjsonError(str(f), n, "line is not a FHIR resource (no resourceType)"))
-        return
-    rtype = resource["resourceType"]
-    if rtype in SHARED_TYPES:
-        shared.write(text + "\n")
-        return
-    if rtype in IGNORED_TYPES:
-        return
-    key = patient_key(resource)
+        if not isinstance(resource, dict) or not isinstance(resource.get("resourceType"), str):
+            result.errors.append(NdjsonError(str(f), n, "line is not a FHIR resource (no resourceType)"))
+            return
+        rtype = resource["resourceType"]
+        if rtype in SHARED_TYPES:
+            shared.write(text + "\n")
+            return
+        if rtype in IGNORED_TYPES:
+            return
+        key = patient_key(resource)
     if key is None:
         result.errors.append(
             NdjsonError(str(f), n, f"{rtype} names no patient (no subject/patient reference)")
@@ -158,24 +247,32 @@ def _route(
         return
     if rtype == "Patient":
         result.patients += 1
-    body = text if rtype in READ_TYPES else ""  # a type nobody reads: where it belongs, not what it says
-    try:
-        where = _PREFIX.encode([str(f), n, rtype, key]).decode()
-    except (msgspec.EncodeError, UnicodeEncodeError):  # a file name that is not valid Unicode
-        where = json.dumps([str(f), n, rtype, key])
-    handles[zlib.crc32(key.encode()) % len(handles)].write(f"{where}\t{body}\n")
+    if rtype in READ_TYPES:
+        body = text
+    elif key in spill.marked:
+        return  # a type nobody reads, of a patient already marked: nothing new (see _Spill)
+    else:
+        spill.mark(key)
+        body = ""  # a type nobody reads: where it belongs, not what it says
+    spill.add(key, f"[{spill.json(str(f))},{n},{spill.json(rtype)},{spill.json(key)}]\t{body}\n")
 
 
 def read_partition(part: Path, shared: Path | None) -> Iterator[tuple[str, str, int, list[dict[str, Any]]]]:
     """(patient id, file, line of its Patient record, resources incl. shared ones) for each patient.
 
     A group without a Patient record is yielded with line -1: the caller rejects it.
+
+    Why the lines are grouped as text and decoded only when their patient is yielded: a partition
+    decoded up front held every patient's resources as live dicts and lists at once, and the
+    cyclic garbage collector scanned that heap over and over while it grew (half the time of
+    reading a partition). Strings are not tracked by the collector; one patient's dicts at a time
+    are cheap, and the memory held is the partition's text, not its objects.
     """
     shared_resources: list[dict[str, Any]] = []
     if shared is not None and shared.exists():
         with shared.open(encoding="utf-8") as fh:
             shared_resources = [decode_resource(line) for line in fh if line.strip()]
-    groups: dict[str, list[dict[str, Any]]] = {}
+    groups: dict[str, list[Any]] = {}  # the lines (str) of each patient; a dict for a resumed run's line
     origin: dict[str, tuple[str, int]] = {}
     with part.open(encoding="utf-8") as fh:
         for line in fh:
@@ -184,8 +281,8 @@ def read_partition(part: Path, shared: Path | None) -> Iterator[tuple[str, str, 
             if routed:  # [type, patient]; the resource only for the types the mapping reads
                 rtype, key = routed
                 members = groups.setdefault(key, [])
-                if text.strip():
-                    members.append(decode_resource(text))
+                if text and not text.isspace():
+                    members.append(text)
             else:  # a partition written before selective decoding (a resumed run)
                 resource = json.loads(text)
                 rtype, key = resource.get("resourceType"), patient_key(resource) or ""
@@ -194,7 +291,9 @@ def read_partition(part: Path, shared: Path | None) -> Iterator[tuple[str, str, 
                 origin[key] = (file, n)
             elif key not in origin:
                 origin.setdefault("?" + key, (file, n))
-    for key, resources in groups.items():
+    for key, lines in groups.items():
+        with collector_paused():
+            resources = [decode_resource(x) if isinstance(x, str) else x for x in lines]
         if key in origin:
             file, n = origin[key]
             yield key, file, n, resources + shared_resources

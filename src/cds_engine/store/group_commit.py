@@ -3,11 +3,14 @@
 One commit (one WAL sync in SQLite, one round of ``COMMIT`` in PostgreSQL) for up to ``batch``
 lines replaces one transaction per hook call, which was most of the service's CPU per request
 and all of its queueing under load. The writer takes whatever the journal holds (waiting a few
-ms for the first line), writes evaluations with three multi-row statements per run of them and
-feedback in order behind the cards it names, commits, then tells the journal those lines are
-done. While the database is away (transient error) it keeps the batch and retries with a growing
-pause: the journal grows, the hook does not notice. A batch the database refuses for another
-reason is retried line by line, and a line it still refuses goes to ``rejected.jsonl`` (counted).
+ms for the first line), writes evaluations with a constant number of set-based statements per run
+of them (:func:`~cds_engine.store.writer.insert_evaluations`: never one per record — each round
+trip gives the GIL to the request threads and waits for it back, which capped this thread at a few
+hundred records a second) and feedback in order behind the cards it names, commits, then tells the
+journal those lines are done. While the database is away (transient error) it keeps the batch
+and retries with a growing pause: the journal grows, the hook does not notice. A batch the
+database refuses for another reason is retried line by line, and a line it still refuses goes to
+``rejected.jsonl`` (counted).
 
 Feedback whose card has no row yet (its evaluation is still in another worker's journal) is
 parked and retried every second, up to ``park_seconds``; its journal segment is kept meanwhile,

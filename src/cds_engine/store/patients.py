@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import Connection, Table, and_, delete, exists, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
@@ -19,9 +20,11 @@ from sqlalchemy.orm import Session
 from cds_engine.sources.demographics import PatientDemographics
 from cds_engine.store.models import AlertRow, Evaluation, Patient
 
-__all__ = ["DEFAULT_RETENTION_DAYS", "patients_by_ref", "purge_demographics", "upsert_patient"]
+__all__ = ["DEFAULT_RETENTION_DAYS", "patients_by_ref", "purge_demographics", "upsert_patient",
+           "upsert_patients"]
 
 DEFAULT_RETENTION_DAYS = 365
+ROWS_PER_UPSERT = 1000  # 5 parameters a row: far below SQLite's and PostgreSQL's limits
 
 log = logging.getLogger("cds_engine.store")
 
@@ -30,13 +33,26 @@ _patients: Table = Patient.__table__  # type: ignore[assignment]
 
 def upsert_patient(conn: Connection, patient_ref: str, who: PatientDemographics, at: datetime) -> None:
     """Insert or refresh the patient's row with what the EHR sent this time."""
-    values = {"patient_ref": patient_ref, "name": who.name, "birth_date": who.birth_date,
-              "identifiers": [list(pair) for pair in who.identifiers], "updated_at": at}
+    upsert_patients(conn, [(patient_ref, who, at)])
+
+
+def upsert_patients(conn: Connection, sent: Iterable[tuple[str, PatientDemographics, datetime]]) -> None:
+    """:func:`upsert_patient` for many, in one multi-row statement per :data:`ROWS_PER_UPSERT`.
+
+    The last of several rows for one patient wins, as written one by one (one statement may not
+    update a row twice, so the earlier ones are dropped here). Rows go in patient order, so two
+    writers upserting the same patients lock their rows in the same order (no deadlock)."""
+    latest: dict[str, dict[str, Any]] = {}
+    for patient_ref, who, at in sent:
+        latest[patient_ref] = {"patient_ref": patient_ref, "name": who.name, "birth_date": who.birth_date,
+                               "identifiers": [list(pair) for pair in who.identifiers], "updated_at": at}
+    rows = [latest[ref] for ref in sorted(latest)]
     dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    statement = dialect.insert(_patients).values(**values)
-    conn.execute(statement.on_conflict_do_update(
-        index_elements=[_patients.c.patient_ref],
-        set_={k: statement.excluded[k] for k in ("name", "birth_date", "identifiers", "updated_at")}))
+    for start in range(0, len(rows), ROWS_PER_UPSERT):
+        statement = dialect.insert(_patients).values(rows[start:start + ROWS_PER_UPSERT])
+        conn.execute(statement.on_conflict_do_update(
+            index_elements=[_patients.c.patient_ref],
+            set_={k: statement.excluded[k] for k in ("name", "birth_date", "identifiers", "updated_at")}))
 
 
 def purge_demographics(conn: Connection, retention_days: int, now: datetime) -> int:

@@ -25,6 +25,7 @@ remembers them first); purging ``fatigue_cards`` later does not change the rollu
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -249,15 +250,45 @@ _TOUCH: dict[str, list[Any]] = {}
 def _touch_statements(dialect: str) -> list[Any]:
     found = _TOUCH.get(dialect)
     if found is None:
-        orders = bindparam("orders", expanding=True)
-        found = [*_moves(dialect, orders, -1),
-                 delete(rollup_episode_reasons).where(rollup_episode_reasons.c.o.in_(orders)),
-                 delete(rollup_episodes).where(rollup_episodes.c.o.in_(orders)),
-                 *_inserts(dialect, queue_items.rows_of_orders(orders)),
-                 *_moves(dialect, orders, 1),
-                 *queue_items.refresh_statements(orders)]  # the work queue's items, likewise
-        _TOUCH[dialect] = found
+        found = _TOUCH[dialect] = _touch_parts(dialect, bindparam("orders", expanding=True))
     return found
+
+
+def _touch_parts(dialect: str, orders: Any) -> list[Any]:
+    return [*_moves(dialect, orders, -1),
+            delete(rollup_episode_reasons).where(rollup_episode_reasons.c.o.in_(orders)),
+            delete(rollup_episodes).where(rollup_episodes.c.o.in_(orders)),
+            *_inserts(dialect, queue_items.rows_of_orders(orders)),
+            *_moves(dialect, orders, 1),
+            *queue_items.refresh_statements(orders)]  # the work queue's items, likewise
+
+
+# PostgreSQL: the order locks and every statement above as ONE round trip (a multi-statement text
+# with the orders written in), instead of eleven. Under load each round trip waits for the
+# database backend to be scheduled and then for this thread to get the GIL back from the request
+# threads; eleven of them were most of a group commit's time (bench/load.py write lag). The text
+# is compiled once with a placeholder order; only plain keys (the writer's hex session keys and
+# alert uuids) are written in, anything else takes the statements above.
+_PLACEHOLDER = "cds-touch-orders"
+_PLAIN_KEY = re.compile(r"[0-9A-Za-z_.:-]{1,256}")
+_SCRIPTS: dict[str, str] = {}
+
+
+def _touch_script(conn: Connection) -> str | None:
+    """The one-round-trip text (cached); None if it does not come out as expected (then the
+    statements run one by one — never an error on the write path)."""
+    found = _SCRIPTS.get(conn.dialect.name)
+    if found is None:
+        statements = _touch_parts("postgresql", [_PLACEHOLDER])
+        lock = _ORDER_LOCKS.replace(":space", str(_LOCK_SPACE)).replace(
+            "CAST(:orders AS text[])", f"CAST(ARRAY['{_PLACEHOLDER}'] AS text[])")
+        texts = [lock, *(str(s.compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True}))
+                         for s in statements)]
+        found = ";\n".join(texts)
+        if "%" in found or not all(f"'{_PLACEHOLDER}'" in t for t in texts):
+            found = ""  # a literal the driver would read as a placeholder, or orders not written in
+        _SCRIPTS[conn.dialect.name] = found
+    return found or None
 
 
 def touch(conn: Connection, orders: Iterable[str]) -> None:
@@ -266,6 +297,12 @@ def touch(conn: Connection, orders: Iterable[str]) -> None:
     items too. Same transaction as the change; call after the rows are written."""
     wanted = sorted({o for o in orders if o})
     dialect = conn.dialect.name
+    one_trip = wanted and dialect == "postgresql" and len(wanted) <= TOUCH_CHUNK  # one lock statement
+    script = _touch_script(conn) if one_trip else None
+    if script and all(_PLAIN_KEY.fullmatch(o) for o in wanted):
+        listed = ", ".join(f"'{o}'" for o in wanted)
+        conn.exec_driver_sql(script.replace(f"'{_PLACEHOLDER}'", listed)).close()
+        return
     if wanted and dialect == "postgresql":
         # Two workers touching one order at once would each miss the other's rows: take the orders'
         # locks (all of them, in one hash order: no deadlock) until this transaction ends. Every

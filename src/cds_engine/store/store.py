@@ -6,8 +6,9 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -49,8 +50,12 @@ class Store:
     """
 
     def __init__(self, url: str, *, spool_dir: str | Path | None = None, drain_interval: float = 2.0,
-                 start_drainer: bool = True, journal: bool = False) -> None:
+                 start_drainer: bool = True, journal: bool = False,
+                 clock: Callable[[], datetime] = utcnow) -> None:
+        """``clock``: the service's clock (``serve --fixed-clock``), which stamps the fatigue rows —
+        the hourly purge ages them by it, else a replay's windows are purged as years old."""
         self.url = resolve_url(url)
+        self.clock = clock
         self.engine: Engine = create_db_engine(self.url)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
         self.spool = Spool(spool_dir if spool_dir is not None else default_spool_dir(self.url))
@@ -129,11 +134,15 @@ class Store:
             if time.monotonic() >= self._next_purge and self.sink.available:
                 self._next_purge = time.monotonic() + 3600
                 try:
-                    self.purge_demographics()
-                    with self.engine.begin() as conn:
-                        purge_fatigue(conn, utcnow())
+                    self.purge_expired()
                 except Exception as exc:  # tried again in an hour; the log names no patient
                     log.warning("hourly purge failed (%s); retrying in an hour", type(exc).__name__)
+
+    def purge_expired(self) -> None:
+        """The hourly purge: demographics past retention, fatigue state past its keep (by ``clock``)."""
+        self.purge_demographics()
+        with self.engine.begin() as conn:
+            purge_fatigue(conn, self.clock())
 
     def drain_now(self) -> int:
         """Drain the spool in the calling thread (tests, shutdown, the CLI)."""
@@ -183,7 +192,8 @@ class Store:
 
 
 def open_store(url: str | None = None, *, spool_dir: str | Path | None = None,
-               drain_interval: float = 2.0, start_drainer: bool = True, journal: bool = False) -> Store:
+               drain_interval: float = 2.0, start_drainer: bool = True, journal: bool = False,
+               clock: Callable[[], datetime] = utcnow) -> Store:
     """Open (and migrate) the store at ``url`` — ``--db``, else ``CDS_DATABASE_URL``, else ``cds.db``.
 
     A database that is unreachable at start does not stop the service: evaluations are spooled
@@ -192,4 +202,4 @@ def open_store(url: str | None = None, *, spool_dir: str | Path | None = None,
     stores them in group commits; the journals of dead processes in the same directory are adopted.
     """
     return Store(url or "", spool_dir=spool_dir, drain_interval=drain_interval, start_drainer=start_drainer,
-                 journal=journal)
+                 journal=journal, clock=clock)

@@ -1,0 +1,153 @@
+"""The group-commit writer draining a backlog: records per second, CPU and statements per batch.
+
+Run: ``python bench/writer.py [--records 5000] [--db sqlite,postgresql] [--smoke]``.
+
+Fills a journal with ``--records`` evaluations (order-select + order-sign pairs of one order, eight
+calls per patient, demographics sent, one alert each — as the hook writes them) while no writer
+runs, as after a database pause; then starts the real :class:`GroupWriter` on a fresh database and
+times the drain. Reported: records/s, CPU ms per record of this process (the writer thread is the
+only busy thread) and, for PostgreSQL, of the writer's server backend (from /proc), commits, and
+statements per commit (a ``before_cursor_execute`` count: an executemany counts once).
+PostgreSQL: a fresh database on the server named by ``CDS_TEST_DATABASE_URL``, dropped after.
+
+Goal (issue 19 item 2): a backlog drains within 10 s of the database's return, and the writer keeps
+up with the load goal (200 req/s on 2 cores with everything else) — so it must sustain well above
+that with a small share of one core. Not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from bench_common import machine_header, use_repo_paths
+
+use_repo_paths()
+
+from sqlalchemy import Engine, event, func, select  # noqa: E402
+
+from cds_engine.sources.demographics import PatientDemographics  # noqa: E402
+from cds_engine.store import open_store  # noqa: E402
+from cds_engine.store.db import utcnow  # noqa: E402
+from cds_engine.store.group_commit import GroupWriter  # noqa: E402
+from cds_engine.store.journal import Journal  # noqa: E402
+from cds_engine.store.models import Evaluation  # noqa: E402
+from store_helpers import NOW, make_record  # noqa: E402
+
+
+@contextmanager
+def database(kind: str, workdir: Path) -> Iterator[str]:
+    if kind == "sqlite":
+        yield f"sqlite:///{workdir}/cds.db"
+        return
+    from store_helpers import postgres_admin_url, postgres_database
+
+    if postgres_admin_url() is None:
+        raise SystemExit("bench/writer.py: set CDS_TEST_DATABASE_URL for the PostgreSQL run (or --db sqlite)")
+    with postgres_database() as url:
+        yield url
+
+
+def _backend_cpu(pids: list[int]) -> float:
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def _fill(journal: Journal, records: int) -> None:
+    for n in range(records):
+        record = make_record(hook="order-select" if n % 2 == 0 else "order-sign", patient=f"Patient/{n // 8}",
+                             order_key=f"order-{n // 2}", as_of=NOW + timedelta(seconds=n))
+        who = PatientDemographics(name=f"Name {n // 8}", birth_date="1950-01-01",
+                                  identifiers=[("MRN", str(n // 8))])
+        entry = {"type": "evaluation", "id": str(uuid.uuid4()), "recorded_at": utcnow().isoformat()}
+        journal.append(entry, record.model_copy(update={"demographics": who}))
+
+
+def _watch(engine: Engine) -> tuple[Counter[str], list[int]]:
+    statements: Counter[str] = Counter()
+    backends: list[int] = []
+
+    def count(conn: Any, cursor: Any, statement: str, params: Any, context: Any, many: bool) -> None:
+        statements[statement.split(None, 1)[0] + (" (many)" if many else "")] += 1
+
+    def backend(dbapi_conn: Any, record: Any) -> None:
+        cursor = dbapi_conn.cursor()
+        cursor.execute("SELECT pg_backend_pid()")
+        backends.append(int(cursor.fetchone()[0]))
+        cursor.close()
+
+    event.listen(engine, "before_cursor_execute", count)
+    if engine.dialect.name == "postgresql":
+        event.listen(engine, "connect", backend)
+        engine.dispose()  # the migration's connections: the writer's own one is watched from here on
+    return statements, backends
+
+
+def drain(kind: str, records: int) -> str:
+    with tempfile.TemporaryDirectory(prefix="cds-writer-") as tmp, database(kind, Path(tmp)) as url:
+        store = open_store(url, spool_dir=Path(tmp) / "spool", start_drainer=False)
+        journal = Journal(Path(tmp) / "journal").start()
+        try:
+            _fill(journal, records)
+            statements, backends = _watch(store.engine)
+            writer = GroupWriter(store.engine, journal, lambda entry, exc: print("rejected:", exc),
+                                 adopt_interval=1e9)
+            before = resource.getrusage(resource.RUSAGE_SELF)
+            start = time.monotonic()
+            writer.start()
+            while journal.backlog():
+                time.sleep(0.005)
+            wall = time.monotonic() - start
+            after = resource.getrusage(resource.RUSAGE_SELF)
+            server = _backend_cpu(backends)
+            writer.close()
+            with store.engine.connect() as conn:
+                stored = conn.scalar(select(func.count()).select_from(Evaluation))
+        finally:
+            journal.close()
+            store.close()
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    total = sum(statements.values())
+    server_ms = f"{server / records * 1000:.3f}" if kind == "postgresql" else "–"
+    return (f"| {kind} | {records:,} | {wall:.2f} | {records / wall:,.0f} | {cpu / records * 1000:.3f} | "
+            f"{server_ms} | {writer.commits} | {total / max(1, writer.commits):.1f} | "
+            f"{'ok' if stored == records else f'STORED {stored}'} | "
+            f"{', '.join(f'{k} {v}' for k, v in sorted(statements.items()))} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--records", type=int, default=5000)
+    parser.add_argument("--db", default="sqlite,postgresql", help="comma list: sqlite, postgresql")
+    parser.add_argument("--smoke", action="store_true", help="200 records, SQLite only")
+    args = parser.parse_args()
+    kinds = ["sqlite"] if args.smoke else [k.strip() for k in args.db.split(",") if k.strip()]
+    records = 200 if args.smoke else args.records
+    print(machine_header("bench/writer.py", args.smoke))
+    print("| db | records | drain s | records/s | CPU ms/record (writer process) | CPU ms/record (PostgreSQL "
+          "backend) | commits | statements/commit | stored | statements |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---|---|")
+    for kind in kinds:
+        print(drain(kind, records), flush=True)
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
