@@ -231,8 +231,7 @@ class HookHandler:
             return None
         prefetched = local_prefetch(request, prefetch_templates(pack), cap=self._cap(pack))
         pool = self._pool(prefetched, drafts)
-        if any(medication_concept(draft, pool) is None for draft in relevant):
-            # what _resolve_medications answers when nothing can be fetched
+        if self._missing_medications(relevant, pool):  # a Medication to read, and no server to read it from
             raise HookError(412, "context.draftOrders", "the ordered medication cannot be resolved")
         who = self._patient(pool, request)
         clock.lap("prefetch")
@@ -406,14 +405,7 @@ class HookHandler:
         self, request: HookRequest, drafts: list[dict[str, Any]], pool: list[dict[str, Any]], deadline: float
     ) -> None:
         """Read referenced Medications the request did not carry; 412 if a draft's product stays unknown."""
-        missing: dict[str, str] = {}
-        for i, draft in enumerate(drafts):
-            if medication_concept(draft, pool) is None:
-                ref = (draft.get("medicationReference") or {}).get("reference")
-                if isinstance(ref, str) and ref.startswith("Medication/") and fhir_id_ok(ref[11:]):
-                    missing[f"medication{i}"] = ref  # a FHIR id: nothing else goes into a call-back URL
-                else:
-                    raise HookError(412, "context.draftOrders", "the ordered medication cannot be resolved")
+        missing = self._missing_medications(drafts, pool)
         if not missing:
             return
         if self.fetcher is None or request.fhirServer is None:
@@ -424,6 +416,20 @@ class HookHandler:
             if not resources:
                 raise HookError(412, "context.draftOrders", "the ordered medication cannot be resolved")
             pool.extend(resources)
+
+    @staticmethod
+    def _missing_medications(drafts: list[dict[str, Any]], pool: list[dict[str, Any]]) -> dict[str, str]:
+        """Key -> ``Medication/<id>`` to read for drafts whose product is not in the record; 412 when a
+        draft's product is unknown and names no readable Medication."""
+        missing: dict[str, str] = {}
+        for i, draft in enumerate(drafts):
+            if medication_concept(draft, pool) is None:
+                ref = (draft.get("medicationReference") or {}).get("reference")
+                if isinstance(ref, str) and ref.startswith("Medication/") and fhir_id_ok(ref[11:]):
+                    missing[f"medication{i}"] = ref  # a FHIR id: nothing else goes into a call-back URL
+                else:
+                    raise HookError(412, "context.draftOrders", "the ordered medication cannot be resolved")
+        return missing
 
     def _silent(
         self, engine: Engine, pool: list[dict[str, Any]], drafts: DraftOrders, as_of: datetime
