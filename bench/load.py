@@ -32,7 +32,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -223,12 +223,21 @@ def service_workers(server: subprocess.Popen) -> list[psutil.Process]:
 
 
 def cpu_snapshot(server: subprocess.Popen, db_name: str | None) -> dict[str, dict[int, float]]:
-    """CPU seconds so far, per process: service workers, their writer threads, PostgreSQL backends."""
+    """CPU seconds so far, per process: service workers, their writer threads, PostgreSQL backends.
+
+    With ``serve --writer process`` the writer is a process of its own in the server's tree (named
+    ``cds-writer``): all of its CPU counts as the writer's, none as the workers'.
+    """
     workers = service_workers(server)
-    out: dict[str, dict[int, float]] = {"workers": {}, "writer": {}, "postgresql": {}}
+    out: dict[str, dict[int, float]] = {"workers": {}, "writer": {}, "writer_process": {}, "postgresql": {}}
     for worker in workers:
         out["workers"][worker.pid] = _cpu_of(worker)
         out["writer"][worker.pid] = _thread_cpu(worker.pid, "cds-writer")
+    with suppress(psutil.Error):
+        for process in psutil.Process(server.pid).children(recursive=True):
+            with suppress(psutil.Error):
+                if process.name() == "cds-writer":
+                    out["writer_process"][process.pid] = _cpu_of(process)
     if db_name:
         for process in psutil.process_iter(["name", "cmdline"]):
             cmdline = " ".join(process.info.get("cmdline") or [])
@@ -241,6 +250,7 @@ def cpu_used(before: dict[str, dict[int, float]], after: dict[str, dict[int, flo
     """Seconds used between two snapshots (a process that appeared counts from 0)."""
     used = {k: sum(v - before[k].get(pid, 0.0) for pid, v in after[k].items()) for k in after}
     used["workers"] -= used["writer"]  # the writer thread is inside the workers: counted on its own
+    used["writer"] += used.pop("writer_process")  # a writer process is outside them
     return used
 
 

@@ -39,6 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -245,14 +246,14 @@ def bulk_export(bundles: Path, folder: Path) -> Path:
     return folder
 
 
-def dask_export(tmp: Path, copies: int, have: tuple[int, Path]) -> Path:
+def dask_export(tmp: Path, copies: int, have: tuple[int, Callable[[], Path]]) -> Path:
     """The Bulk export for (f): ``copies`` copies of the shipped bundles (``have`` is reused if it matches).
 
     Why its own size: with the 40 copies of (d) (600 patients, 75 a partition) a task was ~0.3 s
     and Dask's per-task cost (scheduling, moving the result frames) was a visible share of it.
     """
     if copies == have[0]:
-        return have[1]
+        return have[1]()
     return bulk_export(synthea_copies(tmp / f"dask-copies-{copies}", copies), tmp / f"dask-bulk-{copies}")
 
 
@@ -515,6 +516,23 @@ def machine() -> str:
     )
 
 
+ITEMS = ("a", "b", "c", "a'", "g", "d", "d'", "e", "e'", "f")
+
+
+def _items(text: str) -> frozenset[str]:
+    """``--only a,g``: the items to run; an unknown name is an error rather than a silent skip."""
+    chosen = frozenset(x.strip() for x in text.split(",") if x.strip())
+    unknown = chosen - set(ITEMS)
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown item(s) {sorted(unknown)}; known: {', '.join(ITEMS)}")
+    return chosen
+
+
+def _wanted(only: frozenset[str] | None):
+    """A predicate: is item ``x`` to run (every item when ``--only`` was not given)."""
+    return lambda x: only is None or x in only
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--patients", type=int, default=1_000_000)
@@ -535,8 +553,16 @@ def main() -> None:
     ap.add_argument(
         "--record-table", type=int, default=1_000_000, help="record-table patients for (g): Parquet → alerts"
     )
+    ap.add_argument(
+        "--only",
+        type=_items,
+        default=None,
+        help="run only these items, comma-separated (a, b, c, a', d, d', e, e', f, g; e.g. --only a "
+        "or --only g); b and c reuse (a)'s population, which is generated for them without timing (a)",
+    )
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
+    want = _wanted(args.only)
     if args.quick:
         args.patients, args.sample, args.records = 50_000, 1_000, 2_000
         args.bundle_copies = 3
@@ -562,126 +588,153 @@ def main() -> None:
     vp = VectorPack.compile(pack)
     results: dict = {"machine": machine()}
     print("machine:", results["machine"])
+    from screening.record_table import bench_record_table, screen_cli  # (g) and (e'), beside this file
+
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
         path = tmp / "flat.parquet"
-        population, gen_s = timed(flat_population, pack, args.patients)
-        population.write_parquet(path)
-        print(f"generated {args.patients:,} patients in {gen_s:.1f} s")
-        a = bench_vector(vp, path, args.patients)
-        results["a_vector"] = a
-        print(
-            f"(a) vector, Parquet → tier outcomes: {a['eval_rate']:,.0f} patients/s ({a['eval_s']:.2f} s); "
-            f"→ full alert table: {a['alerts_rate']:,.0f} patients/s ({a['alerts_s']:.2f} s, "
-            f"{a['alerts']:,} alerts)"
-        )
-        sample = [
-            {k: v for k, v in row.items() if v is not None}
-            for row in population.head(args.sample).drop("patient_id").iter_rows(named=True)
-        ]
-        b = bench_per_patient(pack, sample, "rete")
-        c = bench_per_patient(pack, sample, "oracle")
-        results["b_rete"], results["c_oracle"] = b, c
-        print(f"(b) rete, {b['patients']:,} patients: {b['rate']:,.0f} patients/s")
-        print(f"(c) oracle, {c['patients']:,} patients: {c['rate']:,.0f} patients/s")
-        print(
-            f"    vector/oracle: outcomes {a['eval_rate'] / c['rate']:.1f}x, "
-            f"full alerts {a['alerts_rate'] / c['rate']:.1f}x;"
-            f" vector/rete: {a['alerts_rate'] / b['rate']:.1f}x"
-        )
-        r = bench_records(engine.packs[0].vocabulary, args.records, tmp)
-        results["a_records_cli"] = r
-        print(
-            f"(a') record table through `cds-engine screen` (columnar derivation), {r['patients']:,}: "
-            f"{r['rate']:,.0f} patients/s"
-        )
-        # (g) the analyst's path: a record table → alerts through the command (columnar derivation)
-        from screening.record_table import bench_record_table, screen_cli
-
-        rec_path = tmp / "records-g.parquet"
-        record_population(engine.packs[0].vocabulary, args.record_table, seed=5).write_parquet(rec_path)
-        g = bench_record_table(rec_path, args.record_table, tmp, REPO / "rules", AS_OF, subprocess_env())
-        results["g_record_table"] = g
-        gp, gc = g["parquet"], g["parquet"]["columnar"]
-        print(
-            f"(g) record table (Parquet, {g['patients']:,} patients, seed 5: 2 medicines, 1 in 3 a "
-            f"condition, 3 in 4 an eGFR; {g['alerts_per_patient']:.2f} alerts/patient) through "
-            f"`cds-engine screen --assume-order`: --format parquet {g['rate_parquet']:,.0f} patients/s "
-            f"({gp['screen_s']:.2f} s; interpreter start + imports {gp['imports_s']:.2f} s not "
-            f"included, wall {gp['wall_s']:.2f} s); --format csv {g['rate_csv']:,.0f} patients/s; "
-            f"derived column-wise {gc.get('derived_columnwise', 0):,}, "
-            f"per patient {gc.get('derived_per_patient', 0):,}"
-        )
-        if not args.smoke:  # the smoke run's copies are this same set
-            d = bench_bundles(REPO / "examples" / "synthea", tmp, repeats)
-            results["d_bundles_shipped"] = d
+        if want("a") or want("b") or want("c"):
+            population, gen_s = timed(flat_population, pack, args.patients)
+            population.write_parquet(path)
+            print(f"generated {args.patients:,} patients in {gen_s:.1f} s")
+        if want("a"):
+            a = bench_vector(vp, path, args.patients)
+            results["a_vector"] = a
             print(
-                f"(d) {d['files']} shipped Synthea bundles, serial, best of {repeats}: json.loads "
-                f"{d['parse_s'] * 1000:.0f} ms, screen end to end {d['screen_s'] * 1000:.0f} ms → "
-                f"{d['ratio']:.2f}x of the raw parse rate (tiny set: per-run costs dominate)"
+                f"(a) vector, Parquet → tier outcomes: {a['eval_rate']:,.0f} patients/s "
+                f"({a['eval_s']:.2f} s); "
+                f"→ full alert table: {a['alerts_rate']:,.0f} patients/s ({a['alerts_s']:.2f} s, "
+                f"{a['alerts']:,} alerts)"
             )
-        copies = synthea_copies(tmp / "synthea-copies", args.bundle_copies)
-        d = bench_bundles(copies, tmp, repeats)
-        results["d_bundles"] = d
-        print(
-            f"(d) {d['files']} Synthea bundles (shipped x{args.bundle_copies}, gz, "
-            f"{d['patients']:,} records, {d['alerts']:,} alerts), serial, best of {repeats}: json.loads "
-            f"{d['parse_rate']:.0f} files/s, screen end to end {d['screen_rate']:.0f} files/s → "
-            f"{d['ratio']:.2f}x of the raw parse rate"
-        )
-        export = bulk_export(copies, tmp / "bulk")
-        n = bench_ndjson(export, tmp, repeats)
-        results["d_ndjson"] = n
-        print(
-            f"(d') Bulk NDJSON export of the same patients ({n['files']} gz files, {n['lines']:,} lines), "
-            f"serial, best of {repeats}: json.loads per line {n['parse_s']:.2f} s, screen end to end "
-            f"{n['screen_s']:.2f} s → {n['ratio']:.2f}x of the raw parse rate"
-        )
-        m = bench_memory(pack, mem_sizes, mem_chunk, tmp)
-        results["e_memory"] = m
-        print(
-            "(e) peak RSS, streamed vector screening: "
-            + "; ".join(f"{x['patients']:,}: {x['peak_rss_mb']:.0f} MB ({x['seconds']:.0f} s)" for x in m)
-            + f" → ratio {m[1]['peak_rss_mb'] / m[0]['peak_rss_mb']:.2f}"
-        )
-        em = []
-        for size in rec_mem_sizes:  # (e') issue 20 item 5: record tables, process-tree RSS every 100 ms
-            rp = tmp / f"records-mem-{size}.parquet"
-            record_population(engine.packs[0].vocabulary, size, seed=6).write_parquet(rp)
-            em.append(
-                screen_cli(
-                    rp,
-                    tmp / f"mem-{size}",
-                    REPO / "rules",
-                    AS_OF,
-                    "baclofen 5 mg PO TID",
-                    ("parquet",),
-                    subprocess_env(),
-                    chunk_rows=mem_chunk,
+        if want("b") or want("c"):
+            sample = [
+                {k: v for k, v in row.items() if v is not None}
+                for row in population.head(args.sample).drop("patient_id").iter_rows(named=True)
+            ]
+        if want("b"):
+            b = bench_per_patient(pack, sample, "rete")
+            results["b_rete"] = b
+            print(f"(b) rete, {b['patients']:,} patients: {b['rate']:,.0f} patients/s")
+        if want("c"):
+            c = bench_per_patient(pack, sample, "oracle")
+            results["c_oracle"] = c
+            print(f"(c) oracle, {c['patients']:,} patients: {c['rate']:,.0f} patients/s")
+        if want("a") and want("b") and want("c"):
+            print(
+                f"    vector/oracle: outcomes {a['eval_rate'] / c['rate']:.1f}x, "
+                f"full alerts {a['alerts_rate'] / c['rate']:.1f}x;"
+                f" vector/rete: {a['alerts_rate'] / b['rate']:.1f}x"
+            )
+        if want("a'"):
+            r = bench_records(engine.packs[0].vocabulary, args.records, tmp)
+            results["a_records_cli"] = r
+            print(
+                f"(a') record table through `cds-engine screen` (columnar derivation), {r['patients']:,}: "
+                f"{r['rate']:,.0f} patients/s"
+            )
+        if want("g"):
+            # (g) the analyst's path: a record table → alerts through the command (columnar derivation)
+            rec_path = tmp / "records-g.parquet"
+            record_population(engine.packs[0].vocabulary, args.record_table, seed=5).write_parquet(rec_path)
+            g = bench_record_table(rec_path, args.record_table, tmp, REPO / "rules", AS_OF, subprocess_env())
+            results["g_record_table"] = g
+            gp, gc = g["parquet"], g["parquet"]["columnar"]
+            print(
+                f"(g) record table (Parquet, {g['patients']:,} patients, seed 5: 2 medicines, 1 in 3 a "
+                f"condition, 3 in 4 an eGFR; {g['alerts_per_patient']:.2f} alerts/patient) through "
+                f"`cds-engine screen --assume-order`: --format parquet {g['rate_parquet']:,.0f} patients/s "
+                f"({gp['screen_s']:.2f} s; interpreter start + imports {gp['imports_s']:.2f} s not "
+                f"included, wall {gp['wall_s']:.2f} s); --format csv {g['rate_csv']:,.0f} patients/s; "
+                f"derived column-wise {gc.get('derived_columnwise', 0):,}, "
+                f"per patient {gc.get('derived_per_patient', 0):,}"
+            )
+        made: dict[str, Path] = {}
+
+        def copies() -> Path:  # (d)'s bundle copies, made once for (d), (d') and (f)
+            if "copies" not in made:
+                made["copies"] = synthea_copies(tmp / "synthea-copies", args.bundle_copies)
+            return made["copies"]
+
+        def export() -> Path:  # (d')'s Bulk export of those copies, reused by (f) when sizes match
+            if "export" not in made:
+                made["export"] = bulk_export(copies(), tmp / "bulk")
+            return made["export"]
+
+        if want("d"):
+            if not args.smoke:  # the smoke run's copies are this same set
+                d = bench_bundles(REPO / "examples" / "synthea", tmp, repeats)
+                results["d_bundles_shipped"] = d
+                print(
+                    f"(d) {d['files']} shipped Synthea bundles, serial, best of {repeats}: json.loads "
+                    f"{d['parse_s'] * 1000:.0f} ms, screen end to end {d['screen_s'] * 1000:.0f} ms → "
+                    f"{d['ratio']:.2f}x of the raw parse rate (tiny set: per-run costs dominate)"
                 )
+            d = bench_bundles(copies(), tmp, repeats)
+            results["d_bundles"] = d
+            print(
+                f"(d) {d['files']} Synthea bundles (shipped x{args.bundle_copies}, gz, "
+                f"{d['patients']:,} records, {d['alerts']:,} alerts), serial, best of {repeats}: json.loads "
+                f"{d['parse_rate']:.0f} files/s, screen end to end {d['screen_rate']:.0f} files/s → "
+                f"{d['ratio']:.2f}x of the raw parse rate"
             )
-            rp.unlink()
-        results["e_record_memory"] = em
-        print(
-            "(e') peak RSS of the process tree (sampled every 100 ms), record table → alerts.parquet: "
-            + "; ".join(
-                f"{x['patients']:,}: {x['peak_tree_rss_mb']:.0f} MB ({x['screen_s']:.0f} s)" for x in em
+        if want("d'"):
+            n = bench_ndjson(export(), tmp, repeats)
+            results["d_ndjson"] = n
+            print(
+                f"(d') Bulk NDJSON export of the same patients ({n['files']} gz files, "
+                f"{n['lines']:,} lines), "
+                f"serial, best of {repeats}: json.loads per line {n['parse_s']:.2f} s, screen end to end "
+                f"{n['screen_s']:.2f} s → {n['ratio']:.2f}x of the raw parse rate"
             )
-            + f" → ratio {em[-1]['peak_tree_rss_mb'] / em[0]['peak_tree_rss_mb']:.2f}"
-        )
-        dask_in = dask_export(tmp, args.dask_copies, (args.bundle_copies, export))
-        f = bench_dask(dask_in, tmp, args.dask_parts, min(repeats, 2))
-        results["f_dask"] = f
-        print(
-            f"(f) {f['partitions']} NDJSON partitions ({f['patients']:,} patients, "
-            f"~{f['patients_per_partition']:.0f} a partition; partitioning "
-            f"{f['partition_s']:.2f} s, serial, not included): LocalCluster 1 worker "
-            f"{f['one_worker_s']:.2f} s, 2 workers {f['two_workers_s']:.2f} s "
-            f"(CPU {f['two_workers_cpu_s']:.2f} s: {f['two_workers_cores_used']:.2f} cores; 1 thread each, "
-            f"POLARS_MAX_THREADS=1) → {f['speedup_2_vs_1']:.2f}x; one process with {f['polars_threads']} "
-            f"polars threads {f['one_process_2_threads_s']:.2f} s → 2 workers "
-            f"{f['speedup_2_workers_vs_2_threads']:.2f}x of it"
-        )
+        if want("e"):
+            m = bench_memory(pack, mem_sizes, mem_chunk, tmp)
+            results["e_memory"] = m
+            print(
+                "(e) peak RSS, streamed vector screening: "
+                + "; ".join(f"{x['patients']:,}: {x['peak_rss_mb']:.0f} MB ({x['seconds']:.0f} s)" for x in m)
+                + f" → ratio {m[1]['peak_rss_mb'] / m[0]['peak_rss_mb']:.2f}"
+            )
+        if want("e'"):
+            em = []
+            for size in rec_mem_sizes:  # (e') issue 20 item 5: record tables, process-tree RSS every 100 ms
+                rp = tmp / f"records-mem-{size}.parquet"
+                record_population(engine.packs[0].vocabulary, size, seed=6).write_parquet(rp)
+                em.append(
+                    screen_cli(
+                        rp,
+                        tmp / f"mem-{size}",
+                        REPO / "rules",
+                        AS_OF,
+                        "baclofen 5 mg PO TID",
+                        ("parquet",),
+                        subprocess_env(),
+                        chunk_rows=mem_chunk,
+                    )
+                )
+                rp.unlink()
+            results["e_record_memory"] = em
+            print(
+                "(e') peak RSS of the process tree (sampled every 100 ms), record table → alerts.parquet: "
+                + "; ".join(
+                    f"{x['patients']:,}: {x['peak_tree_rss_mb']:.0f} MB ({x['screen_s']:.0f} s)" for x in em
+                )
+                + f" → ratio {em[-1]['peak_tree_rss_mb'] / em[0]['peak_tree_rss_mb']:.2f}"
+            )
+        if want("f"):
+            dask_in = dask_export(tmp, args.dask_copies, (args.bundle_copies, export))
+            f = bench_dask(dask_in, tmp, args.dask_parts, min(repeats, 2))
+            results["f_dask"] = f
+            print(
+                f"(f) {f['partitions']} NDJSON partitions ({f['patients']:,} patients, "
+                f"~{f['patients_per_partition']:.0f} a partition; partitioning "
+                f"{f['partition_s']:.2f} s, serial, not included): LocalCluster 1 worker "
+                f"{f['one_worker_s']:.2f} s, 2 workers {f['two_workers_s']:.2f} s "
+                f"(CPU {f['two_workers_cpu_s']:.2f} s: {f['two_workers_cores_used']:.2f} cores; "
+                f"1 thread each, "
+                f"POLARS_MAX_THREADS=1) → {f['speedup_2_vs_1']:.2f}x; one process with {f['polars_threads']} "
+                f"polars threads {f['one_process_2_threads_s']:.2f} s → 2 workers "
+                f"{f['speedup_2_workers_vs_2_threads']:.2f}x of it"
+            )
     _ = resource
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))

@@ -1,6 +1,6 @@
 """The group-commit writer draining a backlog: records per second, CPU and statements per batch.
 
-Run: ``python bench/writer.py [--records 5000] [--db sqlite,postgresql] [--smoke]``.
+Run: ``python bench/writer.py [--records 5000] [--db sqlite,postgresql] [--batch N] [--one-order] [--smoke]``.
 
 Fills a journal with ``--records`` evaluations (order-select + order-sign pairs of one order, eight
 calls per patient, demographics sent, one alert each — as the hook writes them) while no writer
@@ -9,6 +9,12 @@ times the drain. Reported: records/s, CPU ms per record of this process (the wri
 only busy thread) and, for PostgreSQL, of the writer's server backend (from /proc), commits, and
 statements per commit (a ``before_cursor_execute`` count: an executemany counts once).
 PostgreSQL: a fresh database on the server named by ``CDS_TEST_DATABASE_URL``, dropped after.
+
+``--batch N`` caps a group commit at N records (the writer's default is 500): under load the
+batches are small (a few records per linger), so ``--batch 5`` shows the fixed cost per commit that
+the backlog drain hides. ``--one-order`` writes every call on one order of one patient, 1 ms apart
+(one ordering session) — as ``bench/load.py`` does, signing the same draft order on every call — so
+a cost that grows with the rows an order already holds shows as a falling rate.
 
 Goal (issue 19 item 2): a backlog drains within 10 s of the database's return, and the writer keeps
 up with the load goal (200 req/s on 2 cores with everything else) — so it must sustain well above
@@ -70,10 +76,15 @@ def _backend_cpu(pids: list[int]) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
-def _fill(journal: Journal, records: int) -> None:
+def _fill(journal: Journal, records: int, one_order: bool = False) -> None:
     for n in range(records):
-        record = make_record(hook="order-select" if n % 2 == 0 else "order-sign", patient=f"Patient/{n // 8}",
-                             order_key=f"order-{n // 2}", as_of=NOW + timedelta(seconds=n))
+        hook = "order-select" if n % 2 == 0 else "order-sign"
+        if one_order:
+            record = make_record(hook=hook, patient="Patient/0", order_key="order-0",
+                                 as_of=NOW + timedelta(milliseconds=n))
+        else:
+            record = make_record(hook=hook, patient=f"Patient/{n // 8}", order_key=f"order-{n // 2}",
+                                 as_of=NOW + timedelta(seconds=n))
         who = PatientDemographics(name=f"Name {n // 8}", birth_date="1950-01-01",
                                   identifiers=[("MRN", str(n // 8))])
         entry = {"type": "evaluation", "id": str(uuid.uuid4()), "recorded_at": utcnow().isoformat()}
@@ -100,15 +111,15 @@ def _watch(engine: Engine) -> tuple[Counter[str], list[int]]:
     return statements, backends
 
 
-def drain(kind: str, records: int) -> str:
+def drain(kind: str, records: int, batch: int = 500, one_order: bool = False) -> str:
     with tempfile.TemporaryDirectory(prefix="cds-writer-") as tmp, database(kind, Path(tmp)) as url:
         store = open_store(url, spool_dir=Path(tmp) / "spool", start_drainer=False)
         journal = Journal(Path(tmp) / "journal").start()
         try:
-            _fill(journal, records)
+            _fill(journal, records, one_order)
             statements, backends = _watch(store.engine)
             writer = GroupWriter(store.engine, journal, lambda entry, exc: print("rejected:", exc),
-                                 adopt_interval=1e9)
+                                 adopt_interval=1e9, batch=batch)
             before = resource.getrusage(resource.RUSAGE_SELF)
             start = time.monotonic()
             writer.start()
@@ -126,7 +137,9 @@ def drain(kind: str, records: int) -> str:
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     total = sum(statements.values())
     server_ms = f"{server / records * 1000:.3f}" if kind == "postgresql" else "–"
-    return (f"| {kind} | {records:,} | {wall:.2f} | {records / wall:,.0f} | {cpu / records * 1000:.3f} | "
+    shape = f"{batch}{' one order' if one_order else ''}"
+    return (f"| {kind} | {records:,} | {shape} | {wall:.2f} | {records / wall:,.0f} | "
+            f"{cpu / records * 1000:.3f} | "
             f"{server_ms} | {writer.commits} | {total / max(1, writer.commits):.1f} | "
             f"{'ok' if stored == records else f'STORED {stored}'} | "
             f"{', '.join(f'{k} {v}' for k, v in sorted(statements.items()))} |")
@@ -136,16 +149,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--records", type=int, default=5000)
     parser.add_argument("--db", default="sqlite,postgresql", help="comma list: sqlite, postgresql")
+    parser.add_argument("--batch", type=int, default=500, help="records per group commit at most")
+    parser.add_argument("--one-order", action="store_true", help="every call on one order (as bench/load.py)")
     parser.add_argument("--smoke", action="store_true", help="200 records, SQLite only")
     args = parser.parse_args()
     kinds = ["sqlite"] if args.smoke else [k.strip() for k in args.db.split(",") if k.strip()]
     records = 200 if args.smoke else args.records
     print(machine_header("bench/writer.py", args.smoke))
-    print("| db | records | drain s | records/s | CPU ms/record (writer process) | CPU ms/record (PostgreSQL "
-          "backend) | commits | statements/commit | stored | statements |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---|---|")
+    print("| db | records | batch | drain s | records/s | CPU ms/record (writer process) | CPU ms/record "
+          "(PostgreSQL backend) | commits | statements/commit | stored | statements |")
+    print("|---|---:|---|---:|---:|---:|---:|---:|---:|---|---|")
     for kind in kinds:
-        print(drain(kind, records), flush=True)
+        print(drain(kind, records, args.batch, args.one_order), flush=True)
     sys.stdout.flush()
 
 

@@ -1,10 +1,11 @@
 """The hook's one-hop path (no FHIR server to read) answers exactly as the two-hop path (issue 19).
 
 Without a ``fhirServer`` (or without a fetcher) nothing can be read over FHIR, so the handler
-parses, gathers the prefetch and evaluates in one worker-thread call instead of two. These tests
-run the same requests through both paths — the two-hop one given a FHIR server that is never
-needed (everything prefetched) and must never be called — and compare cards, stored records,
-refusals and the Server-Timing steps. Also: the fatigue screen is skipped only when it could do
+parses, gathers the prefetch and evaluates in one step: one worker-thread call instead of two, or
+inline on the event loop when the call is small. These tests run the same requests through the
+paths — the two-hop one given a FHIR server that is never needed (everything prefetched) and must
+never be called — and compare cards, stored records, refusals and the Server-Timing steps. Also:
+which calls run inline (through HTTP too), the fatigue screen is skipped only when it could do
 nothing, and ``local_prefetch`` equals ``gather_prefetch`` without a server.
 """
 
@@ -12,12 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from fastapi.testclient import TestClient
 from tests.service_helpers import (
     REPO,
     LocalFhir,
@@ -30,11 +33,13 @@ from tests.service_helpers import (
 
 from cds_engine.alerts import Alert
 from cds_engine.engine import Engine
+from cds_engine.service import ServiceSettings, create_app
 from cds_engine.service.cards import alert_card
 from cds_engine.service.discovery import find_service, prefetch_templates
 from cds_engine.service.errors import HookError
 from cds_engine.service.fatigue import FatiguePolicy
 from cds_engine.service.hook import HookHandler
+from cds_engine.service.limits import HookLimits
 from cds_engine.service.models import HookRequest
 from cds_engine.service.prefetch import FhirFetcher, gather_prefetch, local_prefetch
 
@@ -59,13 +64,15 @@ class _NoFhir:
         return httpx.MockTransport(handle)
 
 
-def _answer(handler: HookHandler, engine: Any, body: dict[str, Any]) -> tuple[str, Any]:
+def _answer(
+    handler: HookHandler, engine: Any, body: dict[str, Any], body_bytes: int | None = None
+) -> tuple[str, Any]:
     ref = find_service(engine, SIGN if body["hook"] == "order-sign" else "baclofen-order-select")
     assert ref is not None
     request = HookRequest.model_validate(body)
 
     async def go() -> Any:
-        return await handler(ref, request, engine, "https://ehr.example", None)
+        return await handler(ref, request, engine, "https://ehr.example", None, body_bytes)
 
     try:
         result = asyncio.run(go())
@@ -88,24 +95,63 @@ def _records(sink: RecordingSink) -> list[dict[str, Any]]:
 def _pair(engine: Any, body: dict[str, Any], reads: bool = False) -> None:
     """Same answer and records from the one-hop path (no fhirServer) and the two-hop path.
 
-    ``reads``: the two-hop path reads something (which fails): both must refuse alike."""
-    one_sink, two_sink = RecordingSink(), RecordingSink()
+    ``reads``: the two-hop path reads something (which fails): both must refuse alike. The one-hop
+    path runs twice: on a worker thread (size unknown) and inline on the event loop (a small body,
+    issue 19) — the same answer, refusal and records either way."""
+    one_sink, two_sink, inline_sink = RecordingSink(), RecordingSink(), RecordingSink()
     nofhir = _NoFhir()
     one = HookHandler(one_sink, None, clock=lambda: NOW)
+    inline = HookHandler(inline_sink, None, clock=lambda: NOW)
     fetcher = FhirFetcher(httpx.AsyncClient(transport=nofhir.transport()), 2.5)
     two = HookHandler(two_sink, fetcher, clock=lambda: NOW)
     try:
         local = _answer(one, engine, body)
+        on_loop = _answer(inline, engine, body, body_bytes=1000)
         remote = _answer(two, engine, {**body, "fhirServer": FHIR})
     finally:
         one.close()
+        inline.close()
         two.close()
+    assert on_loop == local
+    assert _records(inline_sink) == _records(one_sink)
     assert bool(nofhir.calls) == reads  # all prefetched: the two-hop path read nothing either
     if local[0] == "refused":  # the 412 for a missing patient names whether a server was given
         assert remote[0] == "refused" and local[1][:2] == remote[1][:2]
         return
     assert local == remote
     assert _records(one_sink) == _records(two_sink)
+
+
+def test_small_calls_run_on_the_event_loop_large_ones_on_the_workers(engine):
+    """Inline only under both bounds (body bytes, draft orders) and a known size (H1, issue 19)."""
+    handler = HookHandler(RecordingSink(), None, clock=lambda: NOW,
+                          limits=HookLimits(inline_max_bytes=5000, inline_max_drafts=2))
+    threads: list[str] = []
+    real = handler._local_call
+
+    def spy(*args: Any) -> Any:
+        threads.append(threading.current_thread().name)
+        return real(*args)
+
+    handler._local_call = spy  # type: ignore[method-assign]
+    patient = {"resourceType": "Patient", "id": "p1", "birthDate": "1950-01-01", "gender": "female"}
+    prefetch = _prefetch(engine, [patient], "p1")
+    one = hook_request("order-sign", "p1", [medication_request()], prefetch=prefetch)
+    drafts = [medication_request(id=f"m{i}") for i in range(3)]
+    three = hook_request("order-sign", "p1", drafts, prefetch=prefetch)
+    loop_thread = threading.current_thread().name  # asyncio.run runs the loop on this thread
+    try:
+        cases = [(one, 5000, True), (one, 5001, False), (one, None, False), (three, 100, False)]
+        for body, size, expected in cases:
+            threads.clear()
+            assert _answer(handler, engine, body, size)[0] == "answered"
+            assert threads and (threads[0] == loop_thread) == expected, (size, threads)
+        assert handler.inline(HookRequest.model_validate(one), 0) is True  # 0 bytes: small
+        off = HookHandler(RecordingSink(), None, limits=HookLimits(inline_max_bytes=0))
+        assert off.inline(HookRequest.model_validate(one), 1) is False  # 0: never inline
+        off.close()
+    finally:
+        handler.close()
 
 
 def _prefetch(engine: Any, resources: list[dict[str, Any]], patient: str) -> dict[str, Any]:
@@ -219,3 +265,24 @@ def _alert(pack: Any, suppressible: bool) -> dict[str, Any]:
             "severity": tier.severity, "summary": "s", "detail": "d", "pack_id": pack.id,
             "pack_version": pack.version, "pack_hash": pack.content_hash, "pack_url": pack.spec.pack.url,
             "pack_status": "active", "approval": "approved"}
+
+
+@pytest.mark.parametrize("inline_max_bytes,on_pool", [(128 * 1024, False), (10, True)])
+def test_the_service_passes_the_body_size(engine, monkeypatch, inline_max_bytes, on_pool):
+    """Through HTTP: a small order-sign is evaluated on the event loop, one over the bound on a worker."""
+    threads: list[str] = []
+    real = HookHandler._local_call
+
+    def spy(self: HookHandler, *args: Any) -> Any:
+        threads.append(threading.current_thread().name)
+        return real(self, *args)
+
+    monkeypatch.setattr(HookHandler, "_local_call", spy)
+    settings = ServiceSettings(limits=HookLimits(inline_max_bytes=inline_max_bytes))
+    patient = {"resourceType": "Patient", "id": "p1", "birthDate": "1950-01-01", "gender": "female"}
+    prefetch = _prefetch(engine, [patient], "p1")
+    body = hook_request("order-sign", "p1", [medication_request()], prefetch=prefetch)
+    with TestClient(create_app(lambda: engine, auth=None, settings=settings)) as client:
+        answer = client.post(f"/cds-services/{SIGN}", json=body)
+    assert answer.status_code == 200 and answer.json()["cards"]
+    assert len(threads) == 1 and threads[0].startswith("cds-eval") == on_pool, threads

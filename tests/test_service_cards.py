@@ -5,10 +5,13 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pytest
-from tests.service_helpers import REFERENCE, load_reference, medication_request
+from tests.service_helpers import REFERENCE, REPO, load_reference, medication_request
 
+from cds_engine.alerts import Alert
+from cds_engine.engine import Engine
+from cds_engine.rules.governance import approval_state
 from cds_engine.rules.overrides import reasons_for
-from cds_engine.service.cards import alert_card, allowed_link
+from cds_engine.service.cards import alert_card, allowed_link, override_reasons
 from cds_engine.service.suggestions import order_one_click
 from cds_engine.service.validate import card_problems, response_problems
 from cds_engine.sources.fhir import facts_from_resources
@@ -96,3 +99,32 @@ def test_our_cards_conform_and_carry_rule_topic(engine, pack):
     # sources that are not regulator/PubMed/DOI addresses never become links
     linked = {link["url"] for c in cards for link in c.get("links", [])}
     assert not any("ices.on.ca" in u or "mims.com" in u or "guidelinecentral" in u for u in linked)
+
+
+def test_card_parts_shared_per_pack_equal_fresh_ones(engine):
+    """Issue 19: the approval line and override reasons built once per pack are what a card built
+    from scratch carries, for every rule of every pack; each card has its own reasons list, and a
+    reloaded pack (a new object) gets its own parts."""
+    def alert(pack, rule) -> Alert:
+        tier = rule.tiers[0]
+        return Alert.model_validate({
+            "rule_id": rule.id, "tier_id": tier.id, "title": rule.title, "category": rule.category,
+            "severity": tier.severity, "summary": "s", "detail": "d", "pack_id": pack.id,
+            "pack_version": pack.version, "pack_hash": pack.content_hash, "pack_url": pack.spec.pack.url,
+            "pack_status": "active", "approval": "approved"})
+
+    for pack in engine.packs:
+        sentence = approval_state(pack.spec).sentence()
+        for rule in pack.spec.rules:
+            first, second = alert_card(alert(pack, rule), pack), alert_card(alert(pack, rule), pack)
+            fresh = override_reasons(pack, rule.id) or None
+            assert first.overrideReasons == fresh and second.overrideReasons == fresh
+            assert first.overrideReasons is None or first.overrideReasons is not second.overrideReasons
+            assert first.detail == f"d\n\n_{sentence}_"
+    reloaded = next(p for p in Engine.from_dir(REPO / "rules").packs if p.id == "baclofen")
+    reloaded.spec = reloaded.spec.model_copy(deep=True)  # never touch a spec another test may hold
+    reloaded.spec.pack.approval.status = "approved"  # before its first card: parts are per pack object
+    shown = alert_card(alert(reloaded, reloaded.spec.rules[0]), reloaded).detail
+    assert "approved (" in shown and "approval pending" not in shown
+    original = next(p for p in engine.packs if p.id == "baclofen")
+    assert "approval pending" in alert_card(alert(original, original.spec.rules[0]), original).detail

@@ -162,9 +162,13 @@ def _drive(base: str, bodies: list[dict], answered: list[str], stop: threading.E
 
 
 @pytest.mark.parametrize("kill_after", [40])
-def test_sigkill_mid_load_loses_nothing_and_writes_nothing_twice(tmp_path: Path, kill_after: int, pack):
+@pytest.mark.parametrize("writer", ["thread", "process"])
+def test_sigkill_mid_load_loses_nothing_and_writes_nothing_twice(tmp_path: Path, kill_after: int, writer: str,
+                                                                 pack):
+    """``process``: serve is killed, its writer process notices and stops; the restarted serve's
+    writer waits for the directory's lock, then reads the dead journal to its end."""
     db = f"sqlite:///{tmp_path}/cds.db"
-    args = ["--rules", str(REPO / "rules"), "--db", db, "--no-auth"]
+    args = ["--rules", str(REPO / "rules"), "--db", db, "--no-auth", "--writer", writer]
     env = {"CDS_SPOOL_DIR": str(tmp_path / "spool")}
     prefetch = LocalFhir(patient_record(egfr=25)).prefetch(prefetch_templates(pack), {"patientId": "p1"})
     draft = medication_request(id="draft-1", patient="p1", dose=20, per_day=4)

@@ -20,6 +20,7 @@ import pytest
 
 from cds_engine.alerts import SEVERITY_ORDER
 from cds_engine.engine import OracleEvaluator, project
+from cds_engine.evaluators import summaries, vector
 from cds_engine.evaluators.evidence import evidence_expr, evidence_names
 from cds_engine.evaluators.summaries import summary_expr
 from cds_engine.evaluators.vector import VectorPack, frame_from_flats, vector_alerts
@@ -28,7 +29,7 @@ from cds_engine.facts.model import PatientFacts
 from cds_engine.messages import render
 from cds_engine.results import build_alerts, short_text
 from cds_engine.rules.compile import placeholders
-from cds_engine.rules.conditions import BOUND_SUFFIXES
+from cds_engine.rules.conditions import BOUND_SUFFIXES, facts_of
 from cds_engine.synthetic import PatientGenerator
 
 
@@ -81,7 +82,15 @@ def _breaking_frame(vp: VectorPack, n: int, seed: int) -> pl.DataFrame:
     for name, dtype in vp.columns.items():
         if dtype == pl.Float64():
             pools[name] = rng.choice(
-                [[0.0], [0.0, -0.0], [1.0, 2.5, None], [0.0, -0.0, 3.0, None], [float("nan"), 1.0], [7.25]]
+                [
+                    [0.0],
+                    [-0.0],
+                    [0.0, -0.0],
+                    [1.0, 2.5, None],
+                    [0.0, -0.0, 3.0, None],
+                    [float("nan"), 1.0],
+                    [7.25],
+                ]
             )
         elif dtype == pl.Boolean():
             pools[name] = rng.choice([[True], [False, None], [True, False], [None]])
@@ -148,3 +157,77 @@ def test_summary_shortcuts_give_the_shared_renderer_text(vp, seed):
             )
         tried += 1
     assert tried > 10
+
+
+def _pack_frame(vp: VectorPack, n: int, rng: random.Random, missing: float = 0.2) -> pl.DataFrame:
+    """Random patients around the values the pack's conditions test (any pack), a fifth missing."""
+    tested: dict[str, list[Any]] = {}
+    for tier in vp.pack.tiers:
+        for leaf in facts_of(tier.node):
+            values = leaf.value if isinstance(leaf.value, tuple | list) else (leaf.value,)
+            tested.setdefault(leaf.fact, []).extend(v for v in values if v is not None)
+    data: dict[str, pl.Series] = {"patient_id": pl.Series([f"p{i}" for i in range(n)])}
+    for name, dtype in vp.columns.items():
+        if dtype == pl.Float64():
+            cuts = [float(v) for v in tested.get(name, []) if isinstance(v, int | float)] or [1.0]
+            pool = [0.0, *cuts, *(c + 1 for c in cuts), *(c / 2 for c in cuts), 3.0]
+        elif dtype == pl.Boolean():
+            pool = [True, False]
+        else:
+            pool = [v for v in tested.get(name, []) if isinstance(v, str)] + ["other"]
+        values = [None if rng.random() < missing else rng.choice(pool) for _ in range(n)]
+        data[name] = pl.Series(name, values, dtype=dtype, strict=False)
+    return pl.DataFrame(data)
+
+
+def _fresh_caches(vp: VectorPack) -> None:
+    summaries._FORMATTED.clear()
+    summaries._FOLDED.clear()
+    vp._summaries.clear()
+
+
+@pytest.mark.parametrize("pack_id", ["baclofen", "gabapentinoid"])
+def test_alert_table_is_the_same_in_any_batch_size_with_or_without_masks(engine, pack_id, monkeypatch):
+    """The parallel batches, the missing-facts bit masks and the warm caches change no cell.
+
+    One tier per batch (``_BATCH_CELLS`` 1) and the per-row text of the missing facts
+    (``_MASK_BITS`` 0) are the plainest forms of what ``vector_alerts`` does; a second call
+    runs with the caches the first one filled.
+    """
+    pack = next(p for p in engine.packs if p.id == pack_id)
+    vp = VectorPack.compile(pack)
+    frame = _pack_frame(vp, 600, random.Random(23))
+    _fresh_caches(vp)
+    table = vector_alerts(vp, frame)
+    assert (table["missing"] != "").any() and (table["kind"] == "finding").any()
+    assert vector_alerts(vp, frame).equals(table)  # warm caches
+    monkeypatch.setattr(vector, "_BATCH_CELLS", 1)
+    monkeypatch.setattr(vector, "_MASK_BITS", 0)
+    plain = VectorPack.compile(pack)  # the plan (and its masks) is built on first use
+    _fresh_caches(plain)
+    assert vector_alerts(plain, frame).equals(table)
+
+
+def test_missing_facts_mask_spells_the_roots_in_order(vp):
+    """The bit mask of a rule's missing roots reads back as its sorted roots, ";"-joined."""
+    frame = _pack_frame(vp, 50, random.Random(3))
+    vector_alerts(vp, frame)  # builds the plan
+    plan = vp._plan
+    rng = random.Random(4)
+    report_names = [c for cols in plan.report_cols.values() for _, c in cols]
+    flags = pl.DataFrame({c: [rng.random() < 0.3 for _ in range(64)] for c in report_names})
+    masks = flags.select(plan.miss_exprs)
+    roots_of = {c: root for cols in plan.report_cols.values() for root, c in cols}
+    multi = 0
+    for rule_id, roots in plan.miss_roots.items():
+        cols = [
+            c for t in next(r for r in vp.rules if r.id == rule_id).ranked for _, c in plan.report_cols[t.id]
+        ]
+        column = masks[vector._MISS + rule_id]
+        position = pl.int_range(pl.len()).cast(pl.Int64)
+        got = flags.select(vector._missing_text(column, position, roots).alias("m"))["m"].to_list()
+        for row, text in zip(flags.select(cols).iter_rows(named=True), got, strict=True):
+            want = sorted({roots_of[c] for c, on in row.items() if on})
+            assert text == ";".join(want), rule_id
+            multi += len(want) > 1
+    assert multi

@@ -38,7 +38,10 @@ def fmt_value(value: Any) -> str:
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, float | int):
-        return _number(float(value))
+        number = float(value)
+        # NaN or ±infinity (a record table's empty float, an overflowed derivation) is not a
+        # reading anyone took: it reads "unknown", never a crash or a made-up number
+        return _number(number) if math.isfinite(number) else "unknown"
     if isinstance(value, list | tuple):
         return ", ".join(fmt_value(v) for v in value)
     return str(value)

@@ -249,6 +249,15 @@ def _select(frame: pl.DataFrame, exprs: list[pl.Expr]) -> pl.DataFrame:
     return frame.lazy().select(exprs).collect()
 
 
+def _beside(out: pl.DataFrame, extra: pl.DataFrame) -> pl.DataFrame:
+    """``out`` left-joined with ``extra`` on the row index. The list facts come back row for row in
+    ``out``'s order (each starts from the frame's rows), so their columns are simply put beside —
+    a join would copy every column of the wide table; the join stays for any other shape."""
+    if extra[_ROW].equals(out[_ROW]):
+        return out.hstack(extra.drop(_ROW).get_columns())
+    return out.join(extra, on=_ROW, how="left", maintain_order="left")
+
+
 def _days(col: pl.Expr, as_of: datetime) -> pl.Expr:
     return (pl.lit(as_of.date()) - col).dt.total_days().cast(pl.Float64)
 
@@ -351,8 +360,8 @@ def columnar_facts(
     frame = frame.filter(~fallback_mask)
 
     out = _select(frame, [pl.col(_ROW), *_scalars(frame, as_of, ctx)])
-    out = out.join(condition_facts(frame, vocab), on=_ROW, how="left", maintain_order="left")
-    out = out.join(allergy_facts(frame, vocab), on=_ROW, how="left", maintain_order="left")
+    out = _beside(out, condition_facts(frame, vocab))
+    out = _beside(out, allergy_facts(frame, vocab))
     orders_table = pl.DataFrame(
         {
             "__oid": list(range(len(infos))),
@@ -366,7 +375,7 @@ def columnar_facts(
         schema=ORDER_SCHEMA,
     )
     meds = medication_facts(frame, vocab, ctx, orders_table, columns)
-    out = out.join(meds, on=_ROW, how="left", maintain_order="left")
+    out = _beside(out, meds)
     out = out.with_columns(frame["__oid"])
     out = _after_lists(out, frame, ctx, infos, as_of, columns)
 

@@ -37,12 +37,42 @@ ORDER_SCHEMA: dict[str, pl.DataType] = {
 }
 
 
+_INFO_CACHE: dict[tuple[str, int], tuple[Any, dict[str, dict[str, Any]]]] = {}
+_INFO_CACHE_MAX = 200_000  # distinct codes remembered per table kind (a warehouse has far fewer)
+
+
 def _code_table(
-    codes: pl.Series, fn: Callable[[str], dict[str, Any]], schema: dict[str, pl.DataType]
+    codes: pl.Series,
+    fn: Callable[[str], dict[str, Any]],
+    schema: dict[str, pl.DataType],
+    cache: tuple[str, Any] | None = None,
 ) -> pl.DataFrame:
+    """What each distinct code means (``fn``, the Python path's helpers), one row per code.
+
+    ``cache`` = (kind, owner): the answers are kept across chunks for as long as ``owner`` (the
+    vocabulary, or a tuple of what ``fn`` depends on) is the same object — a million-row table
+    of chunks asks about the same few hundred codes in every chunk, and ``fn`` is pure.
+    """
     distinct = codes.drop_nulls().unique().to_list()
-    rows = [{"__code": c, **fn(c)} for c in distinct]
-    return pl.DataFrame(rows, schema={"__code": pl.String, **schema})
+    known: dict[str, dict[str, Any]] = {}
+    if cache is not None:
+        kind, owner = cache
+        entry = _INFO_CACHE.get((kind, id(owner)))
+        if entry is None or entry[0] is not owner or len(entry[1]) > _INFO_CACHE_MAX:
+            entry = (owner, {})
+            _INFO_CACHE[(kind, id(owner))] = entry
+        known = entry[1]
+    rows = []
+    for c in distinct:
+        info = known.get(c)
+        if info is None:
+            info = fn(c)
+            known[c] = info
+        rows.append(info)
+    data: dict[str, list[Any]] = {"__code": distinct}
+    for name in schema:
+        data[name] = [r[name] for r in rows]
+    return pl.DataFrame(data, schema={"__code": pl.String, **schema})
 
 
 def _med_info(vocab: Vocabulary) -> Callable[[str], dict[str, Any]]:
@@ -103,6 +133,7 @@ def condition_facts(frame: pl.DataFrame, vocab: Vocabulary) -> pl.DataFrame:
         entries["__code"],
         info,
         {"groups": pl.List(pl.String), "history": pl.List(pl.String), "name": pl.String},
+        cache=("condition", vocab),
     )
     joined = entries.join(table, on="__code", how="left", maintain_order="left")
     active = joined.filter(pl.col("__tag") == 0).explode("groups").filter(pl.col("groups").is_not_null())
@@ -141,6 +172,7 @@ def allergy_facts(frame: pl.DataFrame, vocab: Vocabulary) -> pl.DataFrame:
         entries["__code"],
         lambda t: {"groups": sorted(vocab.classify(parse_coding(t), "allergy_group"))},
         {"groups": pl.List(pl.String)},
+        cache=("allergy", vocab),
     )
     groups = (
         entries.join(table, on="__code", how="left", maintain_order="left")
@@ -207,7 +239,7 @@ def medication_facts(
         "conc": pl.Float64,
         "name": pl.String,
     }
-    table = masked(_code_table(entries["__code"], _med_info(vocab), schema))
+    table = masked(_code_table(entries["__code"], _med_info(vocab), schema, cache=("medication", vocab)))
     meds = entries.join(table, on="__code", how="left", maintain_order="left").drop("__code")
     meds = meds.join(
         frame.select(_ROW, "inpatient"), on=_ROW, how="left", maintain_order="left"
@@ -234,7 +266,9 @@ def medication_facts(
             )
         )
     # entries are in (row, list, position) order already: medications, home, inpatient, then the order
-    allm = allm.with_columns(pl.col("name").fill_null("unnamed medicine"))
+    allm = allm.with_columns(
+        pl.col("name").fill_null("unnamed medicine"), pl.int_range(pl.len(), dtype=pl.Int64).alias("__e")
+    )
     drug_only = pl.col("__drug")
     oral_other = (
         drug_only
@@ -256,10 +290,12 @@ def medication_facts(
     for c, i in bits.items():
         member = (pl.col("__mask") & pl.lit(1 << i, pl.Int64)) != 0
         flat[f"__m.{c}"] = member
-        flat[f"__n.{c}"] = pl.when(member).then(pl.col("name"))  # names are never null (filled above)
+        # the first entry of the class (its position; names are looked up after: an integer
+        # minimum is a cheaper aggregation than the first non-null string)
+        flat[f"__n.{c}"] = pl.when(member).then(pl.col("__e"))
         sums += [
             pl.col(f"__m.{c}").sum().cast(pl.Float64).alias("meds." + c),
-            pl.col(f"__n.{c}").first(ignore_nulls=True).alias("meds_named." + c),
+            pl.col(f"__n.{c}").min().alias("__first." + c),
         ]
         if any_inpatient:
             flat[f"__i.{c}"] = member & pl.col("__inp")
@@ -272,35 +308,55 @@ def medication_facts(
     flat["__liquid_conc"] = pl.when(liquid).then(pl.col("conc"))  # never null where liquid
     flat["__other_drug"] = drug_only & (pl.col("__tag") != 3)
     flat["__oral_other"] = oral_other
+    names = allm["name"]
+    # lazily: the lazy engine's group-by over these plain columns costs about half the eager one's
     grouped = (
-        allm.select(_ROW, "__drug", *[e.alias(k) for k, e in flat.items()])
+        allm.lazy()
+        .select(_ROW, "__drug", *[e.alias(k) for k, e in flat.items()])
         .group_by(_ROW)
         .agg(
             *sums,
             pl.col("__drug").sum().cast(pl.Float64).alias("drug_active_count"),
-            pl.col("__liquid_conc").drop_nulls().n_unique().cast(pl.Float64).alias("drug_liquid_concentrations"),
+            pl.col("__liquid_conc")
+            .drop_nulls()
+            .n_unique()
+            .cast(pl.Float64)
+            .alias("drug_liquid_concentrations"),
             pl.col("__other_drug").any().alias("__drug_other"),
             pl.col("__oral_other").sum().alias("__oral_others"),
         )
+        .with_columns(pl.lit(names).gather(pl.col("__first." + c)).alias("meds_named." + c) for c in bits)
+        .drop(["__first." + c for c in bits])
+        .collect()
     )
-    # several entries of one class: names.join_names over them, in entry order (few rows)
+    # several entries of one class: names.join_names over them, in entry order — the rows concerned
+    # only, every such class in one lazy plan, joined back once (joining the wide table once per
+    # class copied it each time)
     several = [c for c in bits if (grouped["meds." + c].max() or 0) > 1]
-    for c in several:
-        rows = grouped.filter(pl.col("meds." + c) > 1).select(_ROW)
-        if rows.height == 0:
-            continue
-        member = (pl.col("__mask") & pl.lit(1 << bits[c], pl.Int64)) != 0
-        named = (
-            allm.join(rows, on=_ROW, how="semi", maintain_order="left")
-            .filter(member)
-            .group_by(_ROW, maintain_order=True)
-            .agg(pl.col("name"))
-            .select(_ROW, _names_expr("name").alias("__fix"))
-        )
-        grouped = (
-            grouped.join(named, on=_ROW, how="left", maintain_order="left")
-            .with_columns(pl.coalesce("__fix", "meds_named." + c).alias("meds_named." + c))
-            .drop("__fix")
+    if several:
+        entries_l = allm.lazy()
+        fixes = pl.concat(
+            [
+                entries_l.filter((pl.col("__mask") & pl.lit(1 << bits[c], pl.Int64)) != 0)
+                .join(
+                    grouped.lazy().filter(pl.col("meds." + c) > 1).select(_ROW),
+                    on=_ROW,
+                    how="semi",
+                    maintain_order="left",
+                )
+                .group_by(_ROW, maintain_order=True)
+                .agg(pl.col("name"))
+                .select(_ROW, pl.lit(c).alias("__c"), _names_expr("name").alias("__fix"))
+                for c in several
+            ]
+        ).collect()
+        wide_fix = fixes.pivot(on="__c", index=_ROW, values="__fix")
+        fixed = [c for c in several if c in wide_fix.columns]
+        # aligned to ``grouped`` by a join of the narrow side only (a join of the wide table
+        # copies all its columns)
+        aligned = grouped.select(_ROW).join(wide_fix, on=_ROW, how="left", maintain_order="left")
+        grouped = grouped.with_columns(
+            pl.coalesce(aligned[c], pl.col("meds_named." + c)).alias("meds_named." + c) for c in fixed
         )
     zero_is_absent = [
         pl.when(pl.col(name) > 0).then(pl.col(name)).alias(name)

@@ -20,7 +20,15 @@ from cds_engine.batch.columnar_facts import columnar_facts
 from cds_engine.evaluators.vector import VectorPack, vector_alerts
 from cds_engine.facts.model import Order
 
-__all__ = ["TableScreen", "merge_by_row", "patient_counts", "screen_table"]
+__all__ = [
+    "DerivedTable",
+    "TableScreen",
+    "derive_table",
+    "merge_by_row",
+    "patient_counts",
+    "screen_table",
+    "table_alerts",
+]
 
 
 @dataclass
@@ -31,6 +39,89 @@ class TableScreen:
     reasons: dict[str, int] = field(default_factory=dict)
 
 
+@dataclass
+class DerivedTable:
+    """The derivation half of :func:`screen_table`: each pack's facts of the rows it reviews.
+
+    Why a half of its own: the serial runner derives the next chunk (polars work that releases the
+    GIL) on a thread while this chunk's alerts are built (runner._run_serial).
+    """
+
+    mine: pl.DataFrame  # the rows screened column-wise: __r, __line, patient_id, deceased, __notes …
+    per_pack: list[tuple[str, pl.DataFrame]]  # pack id -> facts of its applicable, screened rows
+    fallback: pl.DataFrame  # typed rows left to the per-patient path
+    reasons: dict[str, int] = field(default_factory=dict)
+
+
+def derive_table(
+    typed: pl.DataFrame,
+    packs: Sequence[Any],
+    vectors: dict[str, VectorPack],
+    as_of: datetime,
+    order: Order | None,
+) -> DerivedTable:
+    """Facts of ``typed`` (``clean_table`` output) per pack, column-wise; rows no pack can express
+    are handed back as ``fallback``."""
+    frame = typed.with_columns(pl.int_range(typed.height, dtype=pl.Int64).alias("__r"))
+    if "deceased" not in frame.columns:
+        frame = frame.with_columns(pl.lit(None, pl.Boolean).alias("deceased"))
+    fallbacks: list[pl.Series] = []
+    reasons: dict[str, int] = {}
+    derived: list[tuple[str, pl.DataFrame]] = []
+    for pack in packs:
+        vp = vectors[pack.id]
+        triggers = pack.spec.pack.triggers
+        got = columnar_facts(typed, vp.columns, pack.vocabulary, pack.context, as_of, triggers, order)
+        fallbacks.append(got.fallback)
+        for k, v in got.reasons.items():
+            reasons[f"{pack.id}: {k}"] = v
+        derived.append((pack.id, got.facts.with_columns(got.applicable.alias("__app"))))
+    # a row any pack cannot express goes to the per-patient path for every pack
+    fallback = pl.concat(fallbacks).unique() if fallbacks else pl.Series("__r", [], dtype=pl.Int64)
+    mine = frame.filter(~pl.col("__r").is_in(fallback.implode()))
+    screened = mine.filter(~pl.col("deceased").fill_null(False)).select("__r", "__line", "patient_id")
+    per_pack = [
+        (
+            pack_id,
+            facts.join(screened, on="__r", how="inner", maintain_order="left").filter(pl.col("__app")),
+        )
+        for pack_id, facts in derived
+    ]
+    left = typed.filter(pl.int_range(pl.len(), dtype=pl.Int64).is_in(fallback.implode()))
+    return DerivedTable(mine, per_pack, left, reasons)
+
+
+def table_alerts(derived: DerivedTable, vectors: dict[str, VectorPack]) -> TableScreen:
+    """The alert half of :func:`screen_table`: alerts and patient rows of the derived rows."""
+    mine = derived.mine
+    alert_frames = []
+    reviewed_by: list[pl.Expr] = []  # per pack: its id where it reviewed the row, else null
+    for pack_id, facts in derived.per_pack:
+        reviewed_by.append(pl.when(pl.col("__r").is_in(facts["__r"].implode())).then(pl.lit(pack_id)))
+        if facts.height:
+            facts = facts.rename({"__line": "__unit"})
+            alert_frames.append(vector_alerts(vectors[pack_id], facts, "patient_id", carry=("__unit",)))
+    # the packs that reviewed each row, ";"-joined in pack order ("" when none): one expression per
+    # pack instead of a string-joining group-by over every row
+    packs_col = (
+        pl.concat_str(reviewed_by, separator=";", ignore_nulls=True) if reviewed_by else pl.lit("")
+    ).fill_null("")
+    patients = mine.select(
+        pl.col("__line").alias("__unit"),
+        "patient_id",
+        pl.when(pl.col("deceased").fill_null(False))
+        .then(pl.lit("deceased-excluded"))
+        .otherwise(pl.lit("screened"))
+        .alias("status"),
+        pl.col("__notes").alias("notes"),
+        packs_col.alias("packs"),
+    )
+    alerts = pl.concat(alert_frames, how="vertical") if alert_frames else pl.DataFrame()
+    if alerts.height and not alerts["__unit"].is_sorted():  # one pack's rows come in row order already
+        alerts = alerts.sort("__unit", maintain_order=True)
+    return TableScreen(alerts, patients, derived.fallback, derived.reasons)
+
+
 def screen_table(
     typed: pl.DataFrame,
     packs: Sequence[Any],
@@ -39,61 +130,7 @@ def screen_table(
     order: Order | None,
 ) -> TableScreen:
     """Alerts and patient rows of ``typed`` (``clean_table`` output); ``__unit`` is the row's ``__line``."""
-    frame = typed.with_columns(pl.int_range(typed.height, dtype=pl.Int64).alias("__r"))
-    if "deceased" not in frame.columns:
-        frame = frame.with_columns(pl.lit(None, pl.Boolean).alias("deceased"))
-    fallbacks: list[pl.Series] = []
-    reasons: dict[str, int] = {}
-    per_pack: list[tuple[str, pl.DataFrame]] = []
-    for pack in packs:
-        vp = vectors[pack.id]
-        triggers = pack.spec.pack.triggers
-        got = columnar_facts(typed, vp.columns, pack.vocabulary, pack.context, as_of, triggers, order)
-        fallbacks.append(got.fallback)
-        for k, v in got.reasons.items():
-            reasons[f"{pack.id}: {k}"] = v
-        per_pack.append((pack.id, got.facts.with_columns(got.applicable.alias("__app"))))
-    # a row any pack cannot express goes to the per-patient path for every pack
-    fallback = pl.concat(fallbacks).unique() if fallbacks else pl.Series("__r", [], dtype=pl.Int64)
-    mine = frame.filter(~pl.col("__r").is_in(fallback.implode()))
-    screened = mine.filter(~pl.col("deceased").fill_null(False)).select("__r", "__line", "patient_id")
-    alert_frames = []
-    packs_of = [screened.select("__r")]
-    for pack_id, facts in per_pack:
-        facts = facts.join(screened, on="__r", how="inner", maintain_order="left").filter(pl.col("__app"))
-        packs_of.append(facts.select("__r", pl.lit(pack_id).alias("__p")))
-        if facts.height:
-            facts = facts.rename({"__line": "__unit"})
-            alert_frames.append(vector_alerts(vectors[pack_id], facts, "patient_id", carry=("__unit",)))
-    reviewed = (
-        pl.concat(packs_of[1:])
-        .group_by("__r", maintain_order=True)
-        .agg(pl.col("__p").str.join(";").alias("packs"))
-        if len(packs_of) > 1
-        else pl.DataFrame(schema={"__r": pl.Int64, "packs": pl.String})
-    )
-    patients = (
-        mine.select(
-            "__r",
-            pl.col("__line").alias("__unit"),
-            "patient_id",
-            pl.when(pl.col("deceased").fill_null(False))
-            .then(pl.lit("deceased-excluded"))
-            .otherwise(pl.lit("screened"))
-            .alias("status"),
-            pl.col("__notes").alias("notes"),
-        )
-        .join(reviewed, on="__r", how="left", maintain_order="left")
-        .with_columns(pl.col("packs").fill_null(""))
-        .drop("__r")
-    )
-    alerts = (
-        pl.concat(alert_frames, how="vertical").sort("__unit", maintain_order=True)
-        if alert_frames
-        else pl.DataFrame()
-    )
-    left = typed.filter(pl.int_range(pl.len(), dtype=pl.Int64).is_in(fallback.implode()))
-    return TableScreen(alerts, patients, left, reasons)
+    return table_alerts(derive_table(typed, packs, vectors, as_of, order), vectors)
 
 
 def patient_counts(patients: pl.DataFrame, alerts: pl.DataFrame) -> pl.DataFrame:
@@ -101,10 +138,15 @@ def patient_counts(patients: pl.DataFrame, alerts: pl.DataFrame) -> pl.DataFrame
     if alerts.height == 0:
         counts = pl.DataFrame(schema={"__unit": pl.Int64})
     else:
-        counts = alerts.group_by("__unit").agg(
-            pl.len().alias("alerts"),
-            *[(pl.col("severity") == s).sum().cast(pl.Int64).alias(s) for s in SEVERITY_ORDER],
-            (pl.col("kind") == "cannot-assess").sum().cast(pl.Int64).alias("cannot_assess"),
+        counts = (  # lazily: the lazy engine's group-by is the cheaper one here
+            alerts.lazy()
+            .group_by("__unit")
+            .agg(
+                pl.len().alias("alerts"),
+                *[(pl.col("severity") == s).sum().cast(pl.Int64).alias(s) for s in SEVERITY_ORDER],
+                (pl.col("kind") == "cannot-assess").sum().cast(pl.Int64).alias("cannot_assess"),
+            )
+            .collect()
         )
     out = patients.join(counts, on="__unit", how="left", maintain_order="left")
     # the dtypes work._evaluate gives (a count of rows is UInt32 there)

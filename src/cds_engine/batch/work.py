@@ -33,7 +33,14 @@ from pydantic import ValidationError
 from cds_engine.alerts import SEVERITY_ORDER
 from cds_engine.batch.inputs import Chunk
 from cds_engine.batch.order_text import AssumedOrder, parse_order_text
-from cds_engine.batch.table_screen import TableScreen, merge_by_row, patient_counts, screen_table
+from cds_engine.batch.table_screen import (
+    DerivedTable,
+    TableScreen,
+    derive_table,
+    merge_by_row,
+    patient_counts,
+    table_alerts,
+)
 from cds_engine.engine import Engine
 from cds_engine.evaluators.vector import (
     ALERT_SCHEMA,
@@ -50,7 +57,16 @@ from cds_engine.sources.ndjson import read_partition
 from cds_engine.sources.selective import BundleRead, collector_paused, read_bundle
 from cds_engine.sources.table import clean_table, frame_from_cells, row_to_facts
 
-__all__ = ["ERROR_SCHEMA", "PATIENT_SCHEMA", "ChunkResult", "RunConfig", "process_chunk"]
+__all__ = [
+    "ERROR_SCHEMA",
+    "PATIENT_SCHEMA",
+    "ChunkResult",
+    "PreparedChunk",
+    "RunConfig",
+    "finish_chunk",
+    "prepare_chunk",
+    "process_chunk",
+]
 
 PATIENT_SCHEMA: dict[str, pl.DataType] = {
     "patient_id": pl.String(),
@@ -165,14 +181,34 @@ class _Collector:
         self.errors: list[dict[str, Any]] = []
         self.skipped: list[tuple[str, str]] = []
         self.table: TableScreen | None = None  # rows a record table screened column-wise
+        self.derived: DerivedTable | None = None  # … their facts, before the alerts are built
         self.source: str = ""
 
     def reject(self, source: str, row: int | None, patient_id: str | None, reason: str) -> None:
         self.errors.append({"source": source, "row": row, "patient_id": patient_id, "reason": reason[:500]})
 
 
+@dataclass
+class PreparedChunk:
+    """A chunk read and mapped (record tables: facts derived column-wise), not yet evaluated."""
+
+    chunk: Chunk
+    cfg: RunConfig
+    out: _Collector
+    started: float
+
+
 def process_chunk(chunk: Chunk, cfg: RunConfig) -> ChunkResult:
     """Read, map and evaluate one chunk. Never raises for bad input: that becomes error rows."""
+    return finish_chunk(prepare_chunk(chunk, cfg))
+
+
+def prepare_chunk(chunk: Chunk, cfg: RunConfig) -> PreparedChunk:
+    """The first half of :func:`process_chunk`: read and map (derive a record table's facts).
+
+    Why two halves: a serial run prepares the next chunk on a thread while this one is evaluated
+    (runner._run_serial) — the derivation is mostly polars work, which releases the GIL.
+    """
     started = time.perf_counter()
     ctx = _context(cfg)
     out = _Collector()
@@ -182,6 +218,16 @@ def process_chunk(chunk: Chunk, cfg: RunConfig) -> ChunkResult:
         _read_ndjson(chunk, cfg, ctx, out)
     else:
         _read_table(chunk, cfg, ctx, out)
+    return PreparedChunk(chunk, cfg, out, started)
+
+
+def finish_chunk(prepared: PreparedChunk) -> ChunkResult:
+    """The second half of :func:`process_chunk`: evaluate, merge, count."""
+    chunk, cfg, out, started = prepared.chunk, prepared.cfg, prepared.out, prepared.started
+    ctx = _context(cfg)
+    if out.derived is not None:
+        out.table = table_alerts(out.derived, ctx.vectors)
+        out.derived = None
     fhir = chunk.kind in ("bundles", "ndjson")
     alerts, patients = _evaluate(out.units, cfg, ctx, per_patient=fhir and len(out.units) < PER_PATIENT_BELOW)
     if out.table is not None:  # record rows screened column-wise, merged with the per-patient ones by row
@@ -200,7 +246,9 @@ def process_chunk(chunk: Chunk, cfg: RunConfig) -> ChunkResult:
         counts["derived_columnwise"] = out.table.patients.height
         counts["derived_per_patient"] = out.table.fallback.height
         counts.update({f"per patient: {k}": v for k, v in out.table.reasons.items()})
-    rules = alerts.group_by("rule_id", "title", "severity").len().rows() if alerts.height else []
+    rules = (
+        alerts.lazy().group_by("rule_id", "title", "severity").len().collect().rows() if alerts.height else []
+    )
     return ChunkResult(
         chunk.id,
         alerts,
@@ -354,9 +402,9 @@ def _read_table(chunk: Chunk, cfg: RunConfig, ctx: _Context, out: _Collector) ->
         out.reject(source, r["__line"], r["patient_id"], r["__error"])
     order = ctx.assumed.to_order() if ctx.assumed is not None else None
     if cfg.engine == "vector":  # column-wise; rows it cannot express come back for the loop below
-        out.table = screen_table(typed, ctx.engine.running_packs, ctx.vectors, cfg.moment, order)
+        out.derived = derive_table(typed, ctx.engine.running_packs, ctx.vectors, cfg.moment, order)
         out.source = source
-        typed = out.table.fallback
+        typed = out.derived.fallback
     for row in typed.iter_rows(named=True):
         try:
             patient = row_to_facts(row, cfg.moment, order)

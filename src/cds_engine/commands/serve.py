@@ -6,6 +6,8 @@ keeps nothing. Authentication: ``--trusted-issuers FILE`` (else ``CDS_TRUSTED_IS
 EHRs allowed to call and their keys; ``--no-auth`` turns client authentication off for local
 trials and says so loudly. ``--workers N`` runs N uvicorn workers, each a complete service
 (:mod:`cds_engine.commands.serve_workers`); seen JWT ids are shared through ``--replay-store``.
+``--writer process`` (env ``CDS_STORE_WRITER``) moves the store writer out of the request processes:
+one writer process per ``serve``, fed by every worker's journal (:mod:`cds_engine.store.writer_process`).
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ __all__ = ["open_sink", "register", "worker_app"]
 log = logging.getLogger("cds_engine.service")
 
 DEFAULT_DB = "sqlite:///cds.db"
+WRITER_ENV = "CDS_STORE_WRITER"
+WRITER_MODES = ("thread", "process")
 _LOUD = """
 ********************************************************************************
 *  --no-auth: CLIENT AUTHENTICATION IS OFF.                                    *
@@ -36,13 +40,34 @@ _LOUD = """
 ********************************************************************************"""
 
 
+def writer_mode(option: str | None) -> str:
+    """``--writer``, else ``CDS_STORE_WRITER``, else ``thread``; anything else is refused."""
+    mode = (option or os.environ.get(WRITER_ENV) or "thread").strip().lower()
+    if mode not in WRITER_MODES:
+        raise typer.BadParameter(f"--writer must be one of {', '.join(WRITER_MODES)} (got {mode!r})")
+    return mode
+
+
+def writer_supervisor(url: str, directory: Path, log: str = "info:text") -> Any:
+    """The host's writer process (not started): run by :mod:`cds_engine.commands.serve_writer`,
+    logging as ``serve`` (``log``: ``LEVEL:FORMAT``)."""
+    from cds_engine.commands.serve_writer import LOG_ENV, MODULE
+    from cds_engine.store.writer_supervisor import WriterSupervisor
+
+    return WriterSupervisor(url, directory, module=MODULE, env={LOG_ENV: log})
+
+
 def open_sink(db: str, engine_provider: Any, data_dir: Path | None = None,
-              clock: Callable[[], datetime] | None = None) -> tuple[Any, list[Any], Any]:
+              clock: Callable[[], datetime] | None = None, *, writer: str | None = None,
+              own_writer: bool = True, log_as: str = "info:text") -> tuple[Any, list[Any], Any]:
     """(sink, extra routers, store or None) for ``--db``; NullSink when storage is off or unavailable.
 
     The journal and spool go to ``CDS_SPOOL_DIR``; else beside a SQLite file; else, with
     ``--data-dir``, to ``DATA_DIR/cds-spool`` (not ``./cds-spool`` in whatever directory serve started).
-    ``clock`` (``--fixed-clock``): the store purges the fatigue rows by the clock that stamped them."""
+    ``clock`` (``--fixed-clock``): the store purges the fatigue rows by the clock that stamped them.
+    ``writer`` (:func:`writer_mode`): ``thread`` — a writer thread in this process; ``process`` —
+    this process only appends to its journal, and (``own_writer``) starts the writer process, which
+    ``store.close()`` stops; a ``--workers N`` worker does not (the supervising parent runs it)."""
     from cds_engine.store.api import NullSink
 
     if db.strip().lower() == "none":
@@ -58,6 +83,15 @@ def open_sink(db: str, engine_provider: Any, data_dir: Path | None = None,
     spool_dir = None
     if data_dir is not None and not os.environ.get("CDS_SPOOL_DIR") and not db.startswith("sqlite"):
         spool_dir = data_dir / "cds-spool"
+    if writer_mode(writer) == "process":
+        from cds_engine.store.writer_supervisor import attach_external_journal
+
+        store = open_store(db, journal=False, spool_dir=spool_dir, **({"clock": clock} if clock else {}))
+        supervisor = writer_supervisor(store.url, store.spool.directory, log_as) if own_writer else None
+        if supervisor is not None:
+            supervisor.start()
+        attach_external_journal(store, supervisor)
+        return store.sink, [build_router(store, engine_provider)], store
     store = open_store(db, journal=True, spool_dir=spool_dir, **({"clock": clock} if clock else {}))
     # That writer releases the GIL on every database call and, while request threads are busy, waits
     # a whole switch interval (default 5 ms) to get it back each time: under load its lines queued
@@ -187,6 +221,12 @@ def register(app: typer.Typer, rules_app: typer.Typer) -> None:
                          "(the token: one word of 32+ characters in FILE)"),
         ] = None,
         log_format: Annotated[str, typer.Option(help="text or json (one JSON object per line)")] = "text",
+        writer: Annotated[
+            str | None,
+            typer.Option(help="Where the store writer runs: thread (in each worker) or process (one "
+                         "process per serve, reading every worker's journal) (env CDS_STORE_WRITER; "
+                         "default thread)"),
+        ] = None,
     ) -> None:
         """Serve CDS Hooks discovery, order-select/order-sign services, feedback and /evaluate."""
         params = dict(locals())  # every option as given: --workers N runs serve with them in each worker
@@ -214,7 +254,14 @@ def register(app: typer.Typer, rules_app: typer.Typer) -> None:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from exc
         in_worker = bool(os.environ.get(PARAMS_ENV))  # a worker of --workers N gets the parent's options
-        if workers > 1 and not in_worker and not os.environ.get(metrics.MULTIPROC_ENV):
+        try:
+            store_writer = writer_mode(writer)
+        except typer.BadParameter as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from exc
+        # the writer process's journal depth and write lag reach /metrics through the same files
+        if (workers > 1 or store_writer == "process") and not in_worker and not os.environ.get(
+                metrics.MULTIPROC_ENV):
             import tempfile
 
             # prometheus-client multiprocess mode: every worker writes its values here, a scrape sums them
@@ -276,7 +323,9 @@ def register(app: typer.Typer, rules_app: typer.Typer) -> None:
         home_dir = data_dir or os.environ.get("CDS_DATA_DIR")
         clock = replay_clock(fixed_clock)
         sink, routers, store = open_sink(url, provider, Path(home_dir) if home_dir else None,
-                                         clock=clock.get("clock"))
+                                         clock=clock.get("clock"), writer=store_writer,
+                                         own_writer=workers <= 1 and not in_worker,
+                                         log_as=f"{log_level}:{log_format}")
         if metrics_token is not None:
             routers = [*routers, metrics_router(metrics_token)]
         if store is not None:
@@ -326,8 +375,16 @@ def register(app: typer.Typer, rules_app: typer.Typer) -> None:
                 typer.echo(f"error: --metrics-port {metrics_port}: {exc}", err=True)
                 release()
                 raise typer.Exit(2) from exc
-        if hand_off(service, workers=workers, params=params, uvicorn_options=options, release=release):
-            return  # a worker (uvicorn serves what it built) or the parent of --workers N (supervised)
+        host_writer = None  # --workers N --writer process: the parent runs the host's one writer
+        if store_writer == "process" and workers > 1 and not in_worker and getattr(store, "spool", None):
+            log_as = f"{log_level}:{log_format}"
+            host_writer = writer_supervisor(store.url, store.spool.directory, log_as).start()
+        try:
+            if hand_off(service, workers=workers, params=params, uvicorn_options=options, release=release):
+                return  # a worker (uvicorn serves what it built) or the parent of --workers N (supervised)
+        finally:
+            if host_writer is not None:
+                host_writer.stop()
         try:
             # httptools with 64 KiB / 10 s header bounds (431 / 408)
             uvicorn.run(service, http=bounded_protocol(), **options)

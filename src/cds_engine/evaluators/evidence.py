@@ -14,8 +14,14 @@ changes nothing:
   built once per combination and every row takes its text by index — polars string views then
   share the bytes instead of copying them.
 
-Every shortcut is taken only when it is exact: 0.0 and -0.0 (one value to ``n_unique`` and to
+Every shortcut is taken only when it is exact: 0.0 and -0.0 (one value to min/max and to
 hashing, two texts) and NaN keep a float column on the per-row path.
+
+What decides the shortcuts is cheap on purpose (it ran once per tier and chunk and cost as much
+as the texts): "one value" is min == max (strings: equal to the first row), not a distinct
+count; the signs of zero and the escapes are looked at only for the columns that need them;
+the number of combinations is an estimate (``approx_n_unique``), since it only picks between two
+exact ways of writing the same text.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping, Sequence
+from functools import lru_cache
 from typing import Any
 
 import polars as pl
@@ -78,12 +85,20 @@ def evidence_expr(
     if group is None or group.height == 0:
         pieces = [pl.lit(json.dumps(n) + ":") + json_value(n, columns[n]) for n in names]
         return pl.lit("{") + pl.concat_str(pieces, separator=",", ignore_nulls=True) + pl.lit("}")
+    height = group.height
     stats = _stats(group, names, columns)
-    constant = [n for n in names if stats["u:" + n] == 1 and stats.get("z:" + n, 1) == 1]
+    same = [n for n in names if _same(stats, n, columns[n], height)]
+    varying = [n for n in names if n not in same]
+    # a second, smaller query: only where the first leaves it open
+    limit = min(_SHARE_MAX, height // _SHARE_RATIO)  # most combinations worth a shared table
+    signed = [n for n in names if stats.get("zero:" + n) and (n in same or limit >= 2 ** len(varying))]
+    escapes = [n for n in varying if columns[n] == pl.String()]
+    more = _more_stats(group, signed, escapes)
+    constant = [n for n in same if not more.get("both0:" + n)]
+    varying = [n for n in names if n not in constant]
     texts = {n: stats["t:" + n] for n in constant}  # the per-row text of the first row (by _stats)
     # [prefix, value or None, suffix, never null]; a literal piece has value None
     parts: list[list[Any]] = []
-    varying: list[str] = []
     for n in names:
         key = json.dumps(n) + ":"
         if n in texts:
@@ -95,40 +110,82 @@ def evidence_expr(
             else:
                 parts.append([text, None, "", True])
             continue
-        varying.append(n)
         never_null = stats["n:" + n] == 0
-        if columns[n] == pl.String() and not stats["esc:" + n]:
+        if columns[n] == pl.String() and not more["esc:" + n]:
             parts.append([key + '"', pl.col(n), '"', never_null])
         else:
             parts.append([key, json_value(n, columns[n]), "", never_null])
     if not varying:  # every fact constant on these rows: the text itself
         return pl.lit("{" + ",".join(p[0] for p in parts) + "}", pl.String)
     expr = _assemble(parts)
-    combinations = math.prod(stats["u:" + n] for n in varying)
-    exact_keys = all(
-        stats.get("z:" + n, stats["u:" + n]) == stats["u:" + n] and not stats.get("nan:" + n, False)
-        for n in varying
-    )
-    if exact_keys and combinations * _SHARE_RATIO <= group.height and combinations <= _SHARE_MAX:
+    # a shared table needs exact hash keys: no NaN, not both 0.0 and -0.0 (one key, two texts)
+    if limit < 2 ** len(varying) or any(stats.get("nan:" + n) for n in varying):
+        return expr
+    if any((n not in signed and stats.get("zero:" + n)) or more.get("both0:" + n) for n in varying):
+        return expr
+    # the number of combinations only chooses the path (both give the same text): an estimate will do
+    counts = group.select(pl.col(varying).approx_n_unique()).row(0)
+    if math.prod(counts) <= limit:
         return _per_combination(group, varying, expr)
     return expr
 
 
+def _same(stats: Mapping[str, Any], name: str, dtype: pl.DataType, height: int) -> bool:
+    """True when every row holds the same value (or none), up to the sign of a zero.
+
+    Cheaper than counting distinct values, which only varying facts need: strings compare with
+    the first row, numbers min == max with no NaN (min and max skip it). The caller checks
+    the signs of a zero (equal to min/max, printed apart).
+    """
+    nulls = stats["n:" + name]
+    if nulls == height:
+        return True
+    if nulls:
+        return False
+    if dtype == pl.String():
+        return bool(stats["eq:" + name])
+    return stats["lo:" + name] == stats["hi:" + name] and not stats.get("nan:" + name)
+
+
 def _stats(group: pl.DataFrame, names: Sequence[str], columns: Mapping[str, pl.DataType]) -> dict[str, Any]:
-    floats = [n for n in names if columns[n] == pl.Float64()]
-    strings = [n for n in names if columns[n] == pl.String()]
-    return group.select(
-        pl.col(names).n_unique().name.prefix("u:"),
+    return group.select(_stats_exprs(tuple((n, columns[n]) for n in names))).row(0, named=True)
+
+
+@lru_cache(maxsize=1024)
+def _stats_exprs(typed: tuple[tuple[str, pl.DataType], ...]) -> tuple[pl.Expr, ...]:
+    """The first query's expressions for these columns (cached: they depend on the tier only).
+
+    Why cached: building a few hundred expressions per tier was a fixed cost per call, paid
+    again by every chunk of a streamed screening.
+    """
+    names = [n for n, _ in typed]
+    floats = [n for n, t in typed if t == pl.Float64()]
+    strings = [n for n, t in typed if t == pl.String()]
+    others = [n for n, t in typed if t != pl.String()]
+    return (
         pl.col(names).null_count().name.prefix("n:"),
-        # 0.0 and -0.0 are one value to n_unique but print apart: 1/x tells them apart
-        *((pl.lit(1.0) / pl.col(n)).n_unique().alias("z:" + n) for n in floats),
+        pl.col(others).min().name.prefix("lo:"),
+        pl.col(others).max().name.prefix("hi:"),
+        *((pl.col(n) == pl.col(n).first()).all().alias("eq:" + n) for n in strings),
         *(pl.col(n).is_nan().any().alias("nan:" + n) for n in floats),
-        *(pl.col(n).str.contains(_NEEDS_ESCAPE).any().alias("esc:" + n) for n in strings),
+        *((pl.col(n) == 0.0).any().alias("zero:" + n) for n in floats),
         # each fact's text on the first row, by the per-row steps (used where the fact is constant)
         *(
-            (pl.lit(json.dumps(n) + ":") + json_value(n, columns[n], pl.col(n).first())).alias("t:" + n)
-            for n in names
+            (pl.lit(json.dumps(n) + ":") + json_value(n, t, pl.col(n).first())).alias("t:" + n)
+            for n, t in typed
         ),
+    )
+
+
+def _more_stats(group: pl.DataFrame, signed: Sequence[str], escapes: Sequence[str]) -> dict[str, Any]:
+    """Both signed zeros present (``signed``), characters JSON escapes (``escapes``)."""
+    if not signed and not escapes:
+        return {}
+    zero = [(n, pl.col(n) == 0.0, pl.lit(1.0) / pl.col(n)) for n in signed]
+    return group.select(
+        # 0.0 and -0.0 are equal to min/max and to hashing but print apart: 1/x tells them apart
+        *(((z & (inv > 0)).any() & (z & (inv < 0)).any()).alias("both0:" + n) for n, z, inv in zero),
+        *(pl.col(n).str.contains(_NEEDS_ESCAPE).any().alias("esc:" + n) for n in escapes),
     ).row(0, named=True)
 
 

@@ -39,6 +39,12 @@ _LIMIT = 139  # results.short_text
 _WHITESPACE = r"[\s\x1c-\x1f]+"  # what str.split() splits on (Rust's \s lacks the separators \x1c-\x1f)
 
 
+# sign + fmt_value(v) by (v, sign): a value's text recurs in every tier and chunk that shows it
+_FORMATTED: dict[tuple[Any, str], str] = {}
+_FORMATTED_MAX = 200_000
+_FOLDED: dict[str, bool] = {}  # text -> unchanged by the fold's regex (see _already_folded)
+
+
 @dataclass(frozen=True)
 class _Piece:
     """One stretch of a summary: its expression and every text it can take on the frame's rows."""
@@ -60,8 +66,15 @@ def _formatted(
     for v in values:
         if not sign and labels and isinstance(v, str) and v in labels:
             texts.append(labels[v])
-        else:
+        elif v == 0 or v != v or isinstance(v, bool):  # ±0, NaN, True == 1 == 1.0: not cache keys
             texts.append(sign + fmt_value(v))
+        else:
+            text = _FORMATTED.get((v, sign))
+            if text is None:
+                text = sign + fmt_value(v)
+                if len(_FORMATTED) < _FORMATTED_MAX:
+                    _FORMATTED[(v, sign)] = text
+            texts.append(text)
     if not values:
         return pl.lit(None, pl.String), texts
     expr = pl.col(name).replace_strict(values, texts, default=None, return_dtype=pl.String)
@@ -133,9 +146,15 @@ def _already_folded(pieces: Sequence[_Piece]) -> bool:
     variable text may be empty (its neighbours would meet), no seam may join two spaces, and
     the whole may not start or end with a space. The regex itself decides the first point.
     """
-    every = sorted({t for p in pieces for t in p.texts})
-    series = pl.Series(every, dtype=pl.String)
-    if not (series.str.replace_all(_WHITESPACE, " ") == series).all():
+    every = sorted({t for p in pieces for t in p.texts} - _FOLDED.keys())
+    if every:  # the texts not seen before, through the regex in one query
+        series = pl.Series(every, dtype=pl.String)
+        unchanged = (series.str.replace_all(_WHITESPACE, " ") == series).to_list()
+        if len(_FOLDED) < _FORMATTED_MAX:
+            _FOLDED.update(zip(every, unchanged, strict=True))
+        if not all(unchanged):
+            return False
+    if not all(_FOLDED.get(t, True) for p in pieces for t in p.texts):
         return False
     if any("" in p.texts for p in pieces):
         return False

@@ -332,7 +332,8 @@ def frame_from_flats(
 _O = "__o:"  # tier outcome
 _OPEN = "__open:"  # tier left UNKNOWN above the rule's fired severity
 _CHOSEN = "__chosen:"  # the rule's fired tier: 0 none, i the i-th of its ranked tiers
-_MISS = "__miss:"  # the rule's missing root facts, ";"-joined
+_MISS = "__miss:"  # the rule's missing root facts: a bit mask (see _Plan.miss_roots), else ";"-joined
+_MASK_BITS = 62  # roots per rule a mask holds (an Int64, bit 63 unused); more: the text itself
 # what every part of the alert table carries; the six wording columns (kind … title) are one
 # integer into a small per-call table (_Wordings), filled in after the sort
 _PER_ROW = ["__patient", "__row", "__code", "summary", "missing", "not_assessed", "evidence"]
@@ -425,6 +426,7 @@ class _Plan:
     report_cols: dict[str, list[tuple[str, str]]]  # tier id -> [(root fact, flag column)]
     report_exprs: list[pl.Expr]
     miss_exprs: list[pl.Expr]
+    miss_roots: dict[str, list[str]]  # rule id -> its roots, bit j of its mask column (_MISS) = roots[j]
     deep_keep: list[str]
     bounds: list[str]  # what the reports read from the wide frame besides ids and fired tiers
 
@@ -454,20 +456,25 @@ def _plan(vp: VectorPack) -> _Plan:
             report_exprs.append((pl.col(_OPEN + tier_id) & pl.any_horizontal(conds)).alias(name))
             report_cols[tier_id].append((root, name))
     miss_exprs = []
+    miss_roots: dict[str, list[str]] = {}
     for rule in vp.rules:
         by_root_cols: dict[str, list[str]] = {}
         for t in rule.ranked:
             for root, col in report_cols[t.id]:
                 by_root_cols.setdefault(root, []).append(col)
         if by_root_cols:
-            miss_exprs.append(
-                _joined(
-                    [
-                        pl.when(pl.any_horizontal([pl.col(c) for c in cols])).then(pl.lit(root))
-                        for root, cols in sorted(by_root_cols.items())
-                    ]
-                ).alias(_MISS + rule.id)
-            )
+            roots = sorted(by_root_cols)
+            flags = [pl.any_horizontal([pl.col(c) for c in by_root_cols[root]]) for root in roots]
+            if len(roots) <= _MASK_BITS:  # one bit per root; the text per distinct mask (_missing_text)
+                miss_roots[rule.id] = roots
+                bits = [
+                    pl.when(f).then(pl.lit(1 << j, pl.Int64)).otherwise(pl.lit(0, pl.Int64))
+                    for j, f in enumerate(flags)
+                ]
+                miss_exprs.append(pl.sum_horizontal(bits).alias(_MISS + rule.id))
+            else:
+                roots_text = [pl.when(f).then(pl.lit(root)) for root, f in zip(roots, flags, strict=True)]
+                miss_exprs.append(_joined(roots_text).alias(_MISS + rule.id))
     return _Plan(
         clause_exprs=vp._clauses.columns(),
         outcome_exprs=[e.alias(_O + t) for t, e in vp._outcome.items()],
@@ -480,6 +487,7 @@ def _plan(vp: VectorPack) -> _Plan:
         report_cols=report_cols,
         report_exprs=report_exprs,
         miss_exprs=miss_exprs,
+        miss_roots=miss_roots,
         deep_keep=[
             "__row",
             *(c for cols in report_cols.values() for _, c in cols),
@@ -515,26 +523,24 @@ def vector_alerts(
     vp._plan = plan  # the expressions depend on the pack only: built once per run, not per chunk
     lf = lf.with_columns(plan.clause_exprs).with_columns(plan.outcome_exprs).with_columns(plan.flag_exprs)
     ids = ["__patient", "__row", *carry]
-    wide = lf.select([*ids, *vp.columns, *plan.flags, *plan.clause_names, plan.any_open]).collect().rechunk()
+    wide = lf.select([*ids, *vp.columns, *plan.flags, *plan.clause_names, plan.any_open]).collect()
+    # each row's index among the rows with an open tier (the rows of ``deep`` below)
+    wide = wide.with_columns((pl.col("__any_open").cum_sum().cast(pl.Int64) - 1).alias("__deep"))
 
     # second pass: which root facts each open tier lacked, one flag column per (tier, root)
     report_cols = plan.report_cols
-    deep_lf = (
+    deep = (
         wide.lazy()
-        .filter(pl.col("__any_open"))
+        .filter(pl.col("__any_open"))  # an expression: a Series mask is a slow path on a chunked frame
         .with_columns(plan.node_exprs)
         .with_columns(plan.report_exprs)
         .with_columns(plan.miss_exprs)
-    )
-    deep = (
-        wide.select([*ids, *plan.chosen, *plan.bounds])
-        .filter(wide["__any_open"])
-        .hstack(deep_lf.select(plan.deep_keep).collect().drop("__row"))
-        .rechunk()
+        .select([*ids, *plan.chosen, *plan.bounds, *plan.deep_keep[1:]])
+        .collect()
     )
 
     words = _Wordings()
-    parts = [_finding_rows(vp, wide, deep, rule, ids, words) for rule in sorted(vp.rules, key=lambda r: r.id)]
+    parts = _finding_parts(vp, wide, deep, ids, words)
     parts.extend(_missing_rows(vp, deep, report_cols, ids, words))
     parts = [p for p in parts if p.height]
     if not parts:
@@ -562,47 +568,105 @@ def vector_alerts(
     )
 
 
-def _finding_rows(
-    vp: VectorPack, wide: pl.DataFrame, deep: pl.DataFrame, rule: _Rule, ids: list[str], words: _Wordings
-) -> pl.DataFrame:
-    pack = vp.pack
-    chosen_col = _CHOSEN + rule.id
-    needed = [*ids, chosen_col, *(_OPEN + t.id for t in rule.ranked)]
-    for tier in rule.ranked:
-        needed += evidence_names(tier, vp.columns)
-        for name in placeholders(tier.summary):
-            needed.extend([name, *(name + s for s in BOUND_SUFFIXES)])
+_BATCH_CELLS = 30_000_000  # fired rows × columns taken from ``wide`` per parallel batch (memory bound)
+
+
+@dataclass
+class _Job:
+    """One fired tier's part of the alert table: its rows are taken from ``wide`` by ``rows``."""
+
+    rule: _Rule
+    tier: CompiledTier
+    code: int
+    rows: pl.LazyFrame
+    computed: dict[str, pl.Expr]  # missing and not_assessed of the rule
+
+
+def _finding_parts(
+    vp: VectorPack, wide: pl.DataFrame, deep: pl.DataFrame, ids: list[str], words: _Wordings
+) -> list[pl.DataFrame]:
+    """Every rule's finding rows, a part per fired tier.
+
+    Why batches of queries: each tier's rows and then its texts are one polars query; run one by
+    one they leave a core idle (most are single-threaded), so they go to ``collect_all`` by the
+    batch — bounded by ``_BATCH_CELLS`` so the taken rows of a large chunk do not all live at once.
+    The missing facts are taken from ``deep`` by position (``__deep``, the row's index there)
+    rather than by a join on ``__row``; the wording code is one literal per tier.
+    """
+    rules = sorted(vp.rules, key=lambda r: r.id)
+    tiers = [(pl.col(_CHOSEN + r.id) == i).sum() for r in rules for i in range(1, len(r.ranked) + 1)]
+    counts = wide.select(c.alias(str(k)) for k, c in enumerate(tiers)).row(0) if tiers else ()
+    fired = iter(counts)
     present = set(wide.columns)  # a frame's .columns is a new list per call: test membership in a set
-    needed = [c for c in dict.fromkeys(needed) if c in present]
-    sub = wide.select(needed).filter(pl.col(chosen_col) > 0)
-    if sub.height == 0:
-        return sub
-    if _MISS + rule.id in deep.columns:
-        missed = deep.select("__row", pl.col(_MISS + rule.id).alias("missing"))
-        missed = missed.filter(pl.col("missing") != "")
-        sub = sub.join(missed, on="__row", how="left", maintain_order="left").with_columns(
-            pl.col("missing").fill_null("")
-        )
-    else:
-        sub = sub.with_columns(pl.lit("").alias("missing"))
-    codes = [words.add("finding", rule.id, t.id, rule.category, t.severity, rule.title) for t in rule.ranked]
-    sub = sub.with_columns(
-        (pl.col(chosen_col).cast(pl.Int64) + (codes[0] - 1))
-        .cast(pl.UInt32)
-        .alias("__code"),  # codes are consecutive
-        _joined([pl.when(pl.col(_OPEN + t.id)).then(pl.lit(t.id)) for t in rule.ranked]).alias(
-            "not_assessed"
-        ),
-    )
-    group_columns = set(sub.columns)  # every group has sub's columns
-    groups = (
-        [((1,), sub)]
-        if len(rule.ranked) == 1
-        else list(sub.partition_by(chosen_col, maintain_order=True, as_dict=True).items())
-    )
-    out = []
-    for (chosen,), group in groups:
-        tier = rule.ranked[int(chosen) - 1]  # type: ignore[call-overload]
+    batch: list[_Job] = []
+    cells = 0
+    out: list[pl.DataFrame] = []
+    for rule in rules:
+        chosen_col = _CHOSEN + rule.id
+        needed = [*ids, chosen_col, *(_OPEN + t.id for t in rule.ranked)]
+        for tier in rule.ranked:
+            needed += evidence_names(tier, vp.columns)
+            for name in placeholders(tier.summary):
+                needed.extend([name, *(name + s for s in BOUND_SUFFIXES)])
+        needed = [c for c in dict.fromkeys(needed) if c in present]
+        missing: pl.Expr = pl.lit("")
+        if _MISS + rule.id in deep.columns:
+            needed += ["__any_open", "__deep"]
+            position = pl.when(pl.col("__any_open")).then(pl.col("__deep"))
+            missing = _missing_text(deep[_MISS + rule.id], position, vp._plan.miss_roots.get(rule.id))
+        not_assessed = _joined([pl.when(pl.col(_OPEN + t.id)).then(pl.lit(t.id)) for t in rule.ranked])
+        computed = {"missing": missing.alias("missing"), "not_assessed": not_assessed.alias("not_assessed")}
+        taken = wide.lazy().select(needed)
+        for i, tier in enumerate(rule.ranked, start=1):
+            code = words.add("finding", rule.id, tier.id, rule.category, tier.severity, rule.title)
+            rows = next(fired)
+            if rows == 0:
+                continue
+            batch.append(_Job(rule, tier, code, taken.filter(pl.col(chosen_col) == i), computed))
+            cells += rows * len(needed)
+            if cells >= _BATCH_CELLS:
+                out += _run_jobs(vp, batch, ids)
+                batch, cells = [], 0
+    if batch:
+        out += _run_jobs(vp, batch, ids)
+    return out
+
+
+def _missing_text(column: pl.Series, position: pl.Expr, roots: Sequence[str] | None) -> pl.Expr:
+    """A rule's missing root facts ";"-joined, for the rows of ``wide`` (``position`` into ``deep``).
+
+    Why a bit mask: a text per row built from one when/then per root was most of the second
+    pass; the distinct masks are few, so each is spelt once and the rows take theirs.
+    """
+    taken = pl.lit(column).gather(position)
+    if roots is None:  # too many roots for a mask: the column holds the text
+        return taken.fill_null("")
+    masks = column.unique().drop_nulls().to_list()
+    if not masks:
+        return pl.lit("")
+    texts = [";".join(r for j, r in enumerate(roots) if m >> j & 1) for m in masks]
+    return taken.replace_strict(masks, texts, default=None, return_dtype=pl.String).fill_null("")
+
+
+def _run_jobs(vp: VectorPack, jobs: Sequence[_Job], ids: list[str]) -> list[pl.DataFrame]:
+    """The parts of ``jobs``: their rows in one parallel query, the shortcuts, their texts in another."""
+    pack = vp.pack
+    groups = pl.collect_all([job.rows for job in jobs])
+    texts: list[pl.LazyFrame] = []
+    out: list[pl.DataFrame] = []
+    for job, group in zip(jobs, groups, strict=True):
+        tier = job.tier
+        code = pl.lit(job.code, pl.UInt32).alias("__code")
+        # evidence per fired tier (a when/then chain over the tiers would build every tier's JSON per row)
+        evidence = evidence_expr(tier, vp.columns, group).alias("evidence")
+        extra = {"rule_id": tier.rule_id, "tier_id": tier.id, "severity": tier.severity}
+        # the group holds a column of a placeholder exactly when cols does: it can stand in for it
+        text = summary_expr(group, tier.summary, pack.params, extra, pack.spec.labels)
+        if text is not None:  # column-wise, the shared formatter per distinct value (summaries.py)
+            exprs = {**job.computed, "__code": code, "summary": text.alias("summary"), "evidence": evidence}
+            texts.append(group.lazy().select([exprs.get(c, c) for c in [*_PER_ROW, *ids[2:]]]))
+            continue
+        group_columns = set(group.columns)
         names = [n for n in dict.fromkeys(placeholders(tier.summary)) if not n.startswith("param.")]
         cols = list(
             dict.fromkeys(
@@ -615,19 +679,10 @@ def _finding_rows(
             extra = {"rule_id": tier.rule_id, "tier_id": tier.id, "severity": tier.severity}
             return short_text(render(tier.summary, flat, pack.params, extra, pack.spec.labels))
 
-        # evidence per fired tier (a when/then chain over the tiers would build every tier's JSON per row)
-        evidence = evidence_expr(tier, vp.columns, group).alias("evidence")
-        extra = {"rule_id": tier.rule_id, "tier_id": tier.id, "severity": tier.severity}
-        # the group holds a column of a placeholder exactly when cols does: it can stand in for it
-        text = summary_expr(group, tier.summary, pack.params, extra, pack.spec.labels)
-        if text is not None:  # column-wise, the shared formatter per distinct value (summaries.py)
-            computed = {"summary": text.alias("summary"), "evidence": evidence}
-            out.append(group.select([computed.get(c, c) for c in [*_PER_ROW, *ids[2:]]]))  # one query
-        else:
-            group = group.with_columns(evidence)
-            rendered = _render_unique(group, cols, render_row, "summary", vp._summaries, tier.id)
-            out.append(rendered.select([*_PER_ROW, *ids[2:]]))
-    return pl.concat(out, how="vertical")
+        group = group.with_columns(evidence, code, *job.computed.values())
+        rendered = _render_unique(group, cols, render_row, "summary", vp._summaries, tier.id)
+        out.append(rendered.select([*_PER_ROW, *ids[2:]]))
+    return pl.collect_all(texts) + out
 
 
 def _missing_rows(

@@ -78,6 +78,12 @@ class ServiceSettings:
     demographics: bool = True  # keep name, birth date, MRN for the review page (--no-demographics: off)
 
 
+def _body_bytes(request: Request) -> int | None:
+    """The body's declared size (the HTTP parser holds the body to it); None when sent chunked."""
+    length = request.headers.get("content-length")
+    return int(length) if length is not None and length.isdigit() else None
+
+
 def create_app(
     engine_provider: Callable[[], Engine],
     *,
@@ -214,7 +220,7 @@ def create_app(
         body = callback_policy.apply(body, issuer)  # fhirServer/token dropped when they must not be used
         calls = begin_hook(settings.callbacks)
         try:
-            result = await handler(ref, body, engine, issuer, tenant)
+            result = await handler(ref, body, engine, issuer, tenant, _body_bytes(request))
         finally:
             end_hook(calls)
         request.state.log["rules"] = result.rule_ids or "-"

@@ -12,8 +12,11 @@ the detail says so.
 
 from __future__ import annotations
 
+import threading
 import uuid
+import weakref
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from cds_engine.alerts import Alert
@@ -60,6 +63,44 @@ def _approval_line(pack: CompiledPack) -> str:
     return approval_state(pack.spec).sentence()
 
 
+@dataclass
+class _PackParts:
+    """What every card of one loaded pack repeats, built once per pack instead of once per card.
+
+    The approval sentence counts the pack's signed-off parameters, and the override reasons are
+    models validated on construction: per card they were a tenth of a hook call's card time
+    (issue 19 profile). The models are shared between cards — nothing changes a card's parts
+    after it is built (``name_orders`` copies the card) — and each card gets its own list.
+    """
+
+    approval: str
+    reasons: dict[str | None, list[CdsCoding]] = field(default_factory=dict)
+
+
+_parts: dict[int, tuple[weakref.ref[CompiledPack], _PackParts]] = {}
+_parts_lock = threading.Lock()
+
+
+def _pack_parts(pack: CompiledPack) -> _PackParts:
+    """The pack's shared card parts (a reloaded pack is a new object, so it gets its own)."""
+    key = id(pack)
+    held = _parts.get(key)
+    if held is not None and held[0]() is pack:
+        return held[1]
+    parts = _PackParts(_approval_line(pack))
+    with _parts_lock:
+        _parts[key] = (weakref.ref(pack, lambda _ref, key=key: _parts.pop(key, None)), parts)
+    return parts
+
+
+def _reasons(pack: CompiledPack, rule_id: str) -> list[CdsCoding]:
+    """A new list of the (shared) override-reason codings of ``rule_id``'s cards."""
+    cached = _pack_parts(pack).reasons
+    if rule_id not in cached:
+        cached[rule_id] = override_reasons(pack, rule_id)
+    return list(cached[rule_id])
+
+
 def alert_card(
     alert: Alert,
     pack: CompiledPack,
@@ -74,7 +115,7 @@ def alert_card(
             seen.add(source.url)
             links.append(Link(label=_short(source.title, 120), url=source.url, type="absolute"))
     detail = alert.detail.strip()
-    approval = _approval_line(pack)
+    approval = _pack_parts(pack).approval
     if approval not in detail:
         detail = f"{detail}\n\n_{approval}_"
     return Card(
@@ -85,6 +126,6 @@ def alert_card(
         source=_source(pack, alert.rule_id, alert.title),
         suggestions=suggestions or None,
         selectionBehavior="at-most-one" if suggestions else None,
-        overrideReasons=override_reasons(pack, alert.rule_id) or None,
+        overrideReasons=_reasons(pack, alert.rule_id) or None,
         links=links or None,
     )

@@ -148,8 +148,9 @@ class HookHandler:
         # database's write lock (SQLite serialises them anyway).
         self.store_limiter = anyio.CapacityLimiter(store_threads)
         self.limits = limits or HookLimits()
-        # parsing, fact mapping and evaluation: CPU work off the event loop, on long-lived threads
-        # of its own (sync endpoints such as /healthz keep the default pool)
+        # parsing, fact mapping and evaluation of a call over the inline bounds: CPU work off the
+        # event loop, on long-lived threads of its own (sync endpoints such as /healthz keep the
+        # default pool)
         self.workers = WorkerPool(self.limits.eval_threads)
         # repeat suppression state, shared through the store (no store: every card shows)
         self.fatigue = FatiguePolicy(None)
@@ -162,17 +163,26 @@ class HookHandler:
         self.workers.close()
 
     async def __call__(self, ref: ServiceRef, request: HookRequest, engine: Engine,
-                       issuer: str | None = None, tenant: str | None = None) -> HookResult:
-        """``issuer``/``tenant``: the verified client's — only their feedback may suppress its cards."""
+                       issuer: str | None = None, tenant: str | None = None,
+                       body_bytes: int | None = None) -> HookResult:
+        """``issuer``/``tenant``: the verified client's — only their feedback may suppress its cards.
+
+        ``body_bytes``: the request body's size, when known; a small call without FHIR reads is
+        evaluated on the event loop (:meth:`inline`), any other on the worker threads.
+        """
         clock = _Clock()
         check_draft_count(request.context.draftOrders, self.limits.max_drafts)
         if request.hook != ref.hook:
             raise HookError(400, "hook", f"service {ref.id} answers {ref.hook} only")  # input not echoed
         pack = ref.pack
         if self.fetcher is None or request.fhirServer is None:
-            # nothing can be read over FHIR: parse, prefetch and evaluation in one worker-thread
-            # hop instead of two (each hop costs CPU and a wait for the event loop; issue 19)
-            local = await self.workers.run(self._local_call, engine, pack, request, clock)
+            # nothing can be read over FHIR: parse, prefetch and evaluation in one step — on the
+            # event loop for a small call, else in one worker-thread hop instead of two (each hop
+            # costs CPU and a wait for the event loop; issue 19)
+            if self.inline(request, body_bytes):
+                local = self._local_call(engine, pack, request, clock)
+            else:
+                local = await self.workers.run(self._local_call, engine, pack, request, clock)
             if local is None:
                 return HookResult(CardsResponse(cards=[]), timings=clock.timings)
             issued, quiet, who, as_of = local
@@ -216,6 +226,20 @@ class HookHandler:
                                who=who)
         clock.lap("store")
         return HookResult(CardsResponse(cards=cards), [a.rule_id for a, _ in ordered], clock.timings)
+
+    def inline(self, request: HookRequest, body_bytes: int | None) -> bool:
+        """Whether a call is small enough to evaluate on the event loop (no worker-thread hop).
+
+        Bounded by the body's size and the number of draft orders, both known before any work: the
+        CPU of mapping and evaluation grows with them, so an inline call holds the event loop for a
+        few milliseconds at most — less than the hop to a worker thread and back costs under load
+        (issue 19). A large call, or one of unknown size (chunked), keeps the loop free (H1).
+        """
+        limits = self.limits
+        if body_bytes is None or limits.inline_max_bytes <= 0 or body_bytes > limits.inline_max_bytes:
+            return False
+        entries = request.context.draftOrders.get("entry")
+        return not isinstance(entries, list) or len(entries) <= limits.inline_max_drafts
 
     def _local_call(
         self, engine: Engine, pack: CompiledPack, request: HookRequest, clock: _Clock

@@ -64,6 +64,11 @@ class HookLimits:
     max_resources_per_key: int = DEFAULT_MAX_RESOURCES
     deadline_seconds: float = 10.0  # fact mapping + evaluation of one call
     eval_threads: int = 2  # concurrent evaluations (CPU bound: more only share the same cores)
+    # A call this small (body bytes, draft orders) is evaluated on the event loop: a few ms of CPU,
+    # less than the worker-thread hop costs it (issue 19); larger calls keep the event loop free
+    # (red-team H1). 0 bytes: every call goes to the worker threads.
+    inline_max_bytes: int = 128 * 1024
+    inline_max_drafts: int = 10
 
 
 def count_refusal(kind: str) -> None:

@@ -1,11 +1,13 @@
 """A small pool of long-lived threads for the CPU work of a hook call (security issue 15, H1).
 
-Draft validation, fact mapping and evaluation must not run on the event loop: one large call
-would stall every other caller and ``/healthz``. They run here instead, on a fixed number of
-threads that live as long as the service — not on anyio's default pool, whose threads expire after
-10 s idle (each new thread would build its own durable ruleset again, a cost on the next
-clinician's order and memory the engine keeps until it is closed) and which sync endpoints such
-as ``/healthz`` share. ``warm`` builds every thread's rulesets at start-up.
+Draft validation, fact mapping and evaluation of a large call must not run on the event loop: it
+would stall every other caller and ``/healthz`` (a call under the size bound of
+:class:`~cds_engine.service.limits.HookLimits` costs less inline than the hop here). They run
+here instead, on a fixed number of threads that live as long as the service — not on anyio's
+default pool, whose threads expire after 10 s idle (each new thread would build its own durable
+ruleset again, a cost on the next clinician's order and memory the engine keeps until it is
+closed) and which sync endpoints such as ``/healthz`` share. ``warm`` builds every thread's
+rulesets at start-up.
 """
 
 from __future__ import annotations

@@ -17,6 +17,10 @@ built); a line the fast path cannot vouch for is parsed in full with ``json.load
 partition line carries its file, line number, type and patient; the resource itself only for the
 types the mapping reads (:data:`~cds_engine.sources.selective.READ_TYPES`) — the others stay as a
 marker, so a patient with only such records and no ``Patient`` is still rejected.
+
+Lines are read as bytes from 1 MiB blocks (:func:`~cds_engine.sources.compressed.byte_lines`: the
+same lines, errors and caps as the text stream it replaced) and partitions are written and read as
+bytes: nothing is decoded to ``str`` that msgspec can read from bytes.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from typing import IO, Any
 
 import msgspec
 
-from cds_engine.sources.compressed import capped_lines, open_text
+from cds_engine.sources.compressed import byte_lines
 from cds_engine.sources.selective import (
     READ_TYPES,
     LineHead,
@@ -62,6 +66,10 @@ IGNORED_TYPES = frozenset(
 )
 _PATIENT_FIELDS = ("subject", "patient", "beneficiary", "individual")
 _PREFIX = msgspec.json.Encoder()  # the JSON strings of [file, line, type, patient] before each line
+_WHERE = msgspec.json.Decoder()  # that prefix, read back
+_BOM = b"\xef\xbb\xbf"
+# bytes that str.strip() removes at the ends of a line and bytes.strip() does not (other Unicode spaces)
+_ODD_EDGE = frozenset(range(0x1C, 0x20)) | frozenset(range(0x80, 0x100))
 
 
 @dataclass(frozen=True)
@@ -78,11 +86,6 @@ class PartitionResult:
     shared: Path | None
     errors: list[NdjsonError] = field(default_factory=list)
     patients: int = 0  # Patient records seen (for progress)
-
-
-def _open(path: Path) -> IO[str]:
-    """Decompressed as it is read, with a 100:1 ratio check (:mod:`cds_engine.sources.compressed`)."""
-    return open_text(path)
 
 
 def patient_key(resource: dict[str, Any]) -> str | None:
@@ -113,9 +116,13 @@ def _head_key(head: LineHead) -> str | None:
     if head.resourceType == "Patient":
         return str(head.id) if head.id else None
     for ref in (head.subject, head.patient, head.beneficiary, head.individual):  # _PATIENT_FIELDS' order
-        key = _reference_key(ref)
-        if key is not None:
-            return key
+        if ref is not None:
+            text = ref.reference
+            if isinstance(text, str):
+                if text.startswith("urn:uuid:"):
+                    return text[9:]
+                if "Patient/" in text:
+                    return text.rsplit("Patient/", 1)[1].split("/")[0]
     return None
 
 
@@ -134,10 +141,11 @@ class _Spill:
     REMEMBER = 200_000  # patients (and JSON names) remembered at most
 
     def __init__(self, paths: list[Path]) -> None:
-        self.handles = [p.open("w", encoding="utf-8") for p in paths]
-        self.pending: list[list[str]] = [[] for _ in paths]
+        self.handles = [p.open("wb") for p in paths]
+        self.pending: list[list[bytes]] = [[] for _ in paths]
         self.marked: set[str] = set()
-        self._json: dict[str, str] = {}  # JSON of the file names, types and patient ids seen
+        self._json: dict[str, bytes] = {}  # JSON of the file names, types and patient ids seen
+        self._patients: dict[str, tuple[int, bytes]] = {}  # partition and JSON of the patients seen
 
     def mark(self, key: str) -> None:
         """Remember that ``key`` has its marker; forgotten past a bound (memory stays flat), which
@@ -146,33 +154,41 @@ class _Spill:
             self.marked.clear()
         self.marked.add(key)
 
-    def json(self, text: str) -> str:
+    def json(self, text: str) -> bytes:
         """``text`` as a JSON string, remembered (the same few names and ids prefix every line)."""
         out = self._json.get(text)
         if out is None:
             try:
-                out = _PREFIX.encode(text).decode()
+                out = _PREFIX.encode(text)
             except (msgspec.EncodeError, UnicodeEncodeError):  # a lone surrogate: escaped by json
-                out = json.dumps(text)
+                out = json.dumps(text).encode()
             if len(self._json) >= self.REMEMBER:
                 self._json.clear()
             self._json[text] = out
         return out
 
-    def add(self, key: str, line: str) -> None:
-        # surrogatepass: an id decoded from a "\\ud800" escape has no UTF-8 form (it stopped the run)
-        i = zlib.crc32(key.encode("utf-8", "surrogatepass")) % len(self.handles)
+    def add(self, key: str, where: bytes, body: bytes) -> None:
+        """One partition line, ``[file, line, type, patient]\\t{resource}`` (``where`` is its start)."""
+        known = self._patients.get(key)
+        if known is None:
+            # surrogatepass: an id decoded from a "\\ud800" escape has no UTF-8 form (it stopped the run)
+            i = zlib.crc32(key.encode("utf-8", "surrogatepass")) % len(self.handles)
+            known = (i, self.json(key) + b"]\t")
+            if len(self._patients) >= self.REMEMBER:
+                self._patients.clear()
+            self._patients[key] = known
+        i, tail = known
         batch = self.pending[i]
-        batch.append(line)
-        if len(batch) >= self.FLUSH:
-            self.handles[i].write("".join(batch))
+        batch += (where, tail, body, b"\n")  # joined once, when written
+        if len(batch) >= 4 * self.FLUSH:
+            self.handles[i].write(b"".join(batch))
             batch.clear()
 
     def close(self) -> None:
         try:
             for handle, batch in zip(self.handles, self.pending, strict=True):
                 if batch:
-                    handle.write("".join(batch))
+                    handle.write(b"".join(batch))
                     batch.clear()
         finally:
             for handle in self.handles:
@@ -187,16 +203,15 @@ def partition_export(files: list[Path], workdir: Path, parts: int) -> PartitionR
     result = PartitionResult(parts=paths, shared=shared_path)
     spill = _Spill(paths)
     try:
-        with shared_path.open("w", encoding="utf-8") as shared:
+        with shared_path.open("wb") as shared:
             for f in sorted(files):
+                name = spill.json(str(f))
                 try:
-                    fh = _open(f)
-                    for n, line in enumerate(capped_lines(fh), start=1):  # no total cap: exports are large
+                    for n, line in enumerate(byte_lines(f), start=1):  # no total cap: exports are large
                         if line is None:
                             result.errors.append(NdjsonError(str(f), n, "line too long: skipped"))
                             continue
-                        _route(f, n, line, spill, shared, result)
-                    fh.close()
+                        _route(f, name, n, line, spill, shared, result)
                 except (OSError, EOFError, zlib.error, UnicodeDecodeError) as exc:
                     result.errors.append(NdjsonError(str(f), 0, f"file cannot be read to the end: {exc}"))
     finally:
@@ -204,12 +219,25 @@ def partition_export(files: list[Path], workdir: Path, parts: int) -> PartitionR
     return result
 
 
-def _route(f: Path, n: int, line: str, spill: _Spill, shared: IO[str], result: PartitionResult) -> None:
+def _strip(line: bytes, first: bool) -> bytes:
+    """``line`` without the whitespace ``str.strip()`` removes (and the first line's byte-order mark)."""
     text = line.strip()
-    if n == 1:
-        text = text.removeprefix("\ufeff")  # a UTF-8 byte-order mark before the first line
-    if not text:
-        return
+    if text and (text[0] in _ODD_EDGE or text[-1] in _ODD_EDGE):  # maybe a Unicode space: as str
+        text = line.decode("utf-8").strip().encode("utf-8")
+    if first and text.startswith(_BOM):
+        text = text[len(_BOM) :]  # as before: the mark went after strip(), nothing stripped again
+    return text
+
+
+def _route(
+    f: Path, name: bytes, n: int, line: bytes, spill: _Spill, shared: IO[bytes], result: PartitionResult
+) -> None:
+    if line[:1] == b"{" and line[-1:] == b"}" and n > 1:
+        text = line  # the common case: nothing to strip
+    else:
+        text = _strip(line, n == 1)
+        if not text:
+            return
     head = line_head(text)
     if head is not None:  # type, id and patient references: all that routing reads
         rtype: Any = head.resourceType
@@ -217,14 +245,14 @@ def _route(f: Path, n: int, line: str, spill: _Spill, shared: IO[str], result: P
             result.errors.append(NdjsonError(str(f), n, "line is not a FHIR resource (no resourceType)"))
             return
         if rtype in SHARED_TYPES:
-            shared.write(text + "\n")
+            shared.write(text + b"\n")
             return
         if rtype in IGNORED_TYPES:
             return
         key = _head_key(head)
     else:
         try:
-            resource = json.loads(text)
+            resource = json.loads(text.decode("utf-8"))  # as text, as it was read before
         except ValueError as exc:
             result.errors.append(
                 NdjsonError(str(f), n, f"line is not JSON: {exc.__class__.__name__}: {exc}"[:200])
@@ -235,7 +263,7 @@ def _route(f: Path, n: int, line: str, spill: _Spill, shared: IO[str], result: P
             return
         rtype = resource["resourceType"]
         if rtype in SHARED_TYPES:
-            shared.write(text + "\n")
+            shared.write(text + b"\n")
             return
         if rtype in IGNORED_TYPES:
             return
@@ -253,8 +281,8 @@ def _route(f: Path, n: int, line: str, spill: _Spill, shared: IO[str], result: P
         return  # a type nobody reads, of a patient already marked: nothing new (see _Spill)
     else:
         spill.mark(key)
-        body = ""  # a type nobody reads: where it belongs, not what it says
-    spill.add(key, f"[{spill.json(str(f))},{n},{spill.json(rtype)},{spill.json(key)}]\t{body}\n")
+        body = b""  # a type nobody reads: where it belongs, not what it says
+    spill.add(key, b"[%b,%d,%b," % (name, n, spill.json(rtype)), body)
 
 
 def read_partition(part: Path, shared: Path | None) -> Iterator[tuple[str, str, int, list[dict[str, Any]]]]:
@@ -267,16 +295,22 @@ def read_partition(part: Path, shared: Path | None) -> Iterator[tuple[str, str, 
     cyclic garbage collector scanned that heap over and over while it grew (half the time of
     reading a partition). Strings are not tracked by the collector; one patient's dicts at a time
     are cheap, and the memory held is the partition's text, not its objects.
+
+    Why the shared resources are kept once per distinct line: every patient of the partition gets
+    them all, and the mapping indexes each one for each patient (a fifth of its time with an export
+    whose ``Medication`` file repeats 6 resources 40 times). A repeated line is the same resource
+    again: the index keeps the first of a type and id anyway, and no reader lists shared resources.
     """
     shared_resources: list[dict[str, Any]] = []
     if shared is not None and shared.exists():
-        with shared.open(encoding="utf-8") as fh:
-            shared_resources = [decode_resource(line) for line in fh if line.strip()]
-    groups: dict[str, list[Any]] = {}  # the lines (str) of each patient; a dict for a resumed run's line
+        with shared.open("rb") as fh:  # each distinct line once (see above)
+            distinct = dict.fromkeys(line for line in fh if line.strip())
+        shared_resources = [decode_resource(line) for line in distinct]
+    groups: dict[str, list[Any]] = {}  # the lines (bytes) of each patient; a dict for a resumed run's line
     origin: dict[str, tuple[str, int]] = {}
-    with part.open(encoding="utf-8") as fh:
+    with part.open("rb") as fh:
         for line in fh:
-            where, _, text = line.partition("\t")
+            where, _, text = line.partition(b"\t")
             file, n, *routed = decode_resource(where)
             if routed:  # [type, patient]; the resource only for the types the mapping reads
                 rtype, key = routed
@@ -293,7 +327,7 @@ def read_partition(part: Path, shared: Path | None) -> Iterator[tuple[str, str, 
                 origin.setdefault("?" + key, (file, n))
     for key, lines in groups.items():
         with collector_paused():
-            resources = [decode_resource(x) if isinstance(x, str) else x for x in lines]
+            resources = [decode_resource(x) if isinstance(x, bytes) else x for x in lines]
         if key in origin:
             file, n = origin[key]
             yield key, file, n, resources + shared_resources

@@ -43,6 +43,7 @@ __all__ = [
     "READ_TYPES",
     "BundleRead",
     "LineHead",
+    "LineRef",
     "collector_paused",
     "decode_resource", "line_head", "read_bundle"]
 
@@ -258,25 +259,31 @@ def _walk(bundle: _Bundle, out: BundleRead, types: frozenset[str] | None) -> Non
             out.skipped += 1
 
 
+class LineRef(msgspec.Struct):
+    """One reference member of a routed line (``subject``, ``patient`` …): only its ``reference``."""
+
+    reference: Any = None
+
+
 class LineHead(msgspec.Struct):
-    """What routing a Bulk NDJSON line needs: its type, id and patient references (the rest skipped)."""
+    """What routing a Bulk NDJSON line needs: its type, id and patient references (the rest skipped).
+
+    The reference members are typed as objects: a member of another shape (a string, a list) fails
+    the decode and the line is parsed in full, which reads it as before (such a member names no patient).
+    """
 
     resourceType: Any = None
     id: Any = None
-    subject: Any = None
-    patient: Any = None
-    beneficiary: Any = None
-    individual: Any = None
-
-    def as_dict(self) -> dict[str, Any]:
-        """The members, as :func:`cds_engine.sources.ndjson.patient_key` reads them."""
-        return msgspec.structs.asdict(self)  # absent members are None, which patient_key reads as absent
+    subject: LineRef | None = None
+    patient: LineRef | None = None
+    beneficiary: LineRef | None = None
+    individual: LineRef | None = None
 
 
 _LINE = msgspec.json.Decoder(LineHead)
 
 
-def line_head(text: str) -> LineHead | None:
+def line_head(text: str | bytes) -> LineHead | None:
     """The routing members of one NDJSON line; None when the fast path cannot read it (parse it in full)."""
     try:
         return _LINE.decode(text)

@@ -14,6 +14,13 @@ the adopters do not look at, locked, then renamed, so nobody can take a segment 
 (the survivor or a replacement worker calls it every second or so) and its lines are replayed.
 Replays are idempotent (evaluation ids and dedup keys, feedback ids), so a crash between a
 commit and the segment's removal writes nothing twice.
+
+``external=True`` (``serve --writer process``): this process only appends. The writer is another
+process (:mod:`cds_engine.store.writer_process`) that tails every segment of the directory
+(:class:`~cds_engine.store.journal_tail.JournalTail`). A segment this process stops appending to
+(rotated, old, or at shutdown) is fsynced and its descriptor closed by the flusher, which releases
+the lock: *a segment whose lock can be taken gets no more lines*, whether its process rotated it or
+died — the writer then reads it to the end and removes it once every line is committed.
 """
 
 from __future__ import annotations
@@ -83,7 +90,8 @@ class Journal:
     """Append-only segments in ``directory`` (0700), files 0600, one writer process per segment."""
 
     def __init__(self, directory: str | Path, *, fsync_interval: float = 0.01, segment_lines: int = 2000,
-                 segment_seconds: float = 5.0) -> None:
+                 segment_seconds: float = 5.0, external: bool = False) -> None:
+        self.external = external  # another process writes the lines into the database (module docstring)
         self.directory = Path(directory)
         self.instance = uuid.uuid4().hex[:12]
         self.fsync_interval = fsync_interval
@@ -96,6 +104,7 @@ class Journal:
         self._number = 0
         self._stop = threading.Event()
         self._flusher: threading.Thread | None = None
+        self._fsync_lock = threading.Lock()  # external: the flusher and flush() never close an fd in use
         self.appended = 0
         self.fsyncs = 0
 
@@ -106,11 +115,12 @@ class Journal:
         self._flusher.start()
         return self
 
-    def append(self, entry: JournalEntry, value: Any = None, line: bytes | None = None) -> None:
+    def append(self, entry: JournalEntry, value: Any = None, line: bytes | None = None) -> Path:
         """One line, written before returning (survives the process being killed); fsync comes later.
 
         ``value`` (e.g. the validated record) travels with the line in memory for the writer;
-        ``line`` is ``entry`` already serialised (one JSON object, no newline) when the caller has it."""
+        ``line`` is ``entry`` already serialised (one JSON object, no newline) when the caller has it.
+        Returns the segment's path (external: the line is committed once that file is gone)."""
         if line is None:
             line = json.dumps(entry, separators=(",", ":"), default=str).encode()
         data = line + b"\n"
@@ -122,8 +132,10 @@ class Journal:
             segment.written += 1
             segment.dirty = True
             self.appended += 1
-            self._queue.append(JournalItem(segment, entry, value))
-            self._lock.notify()
+            if not self.external:  # external: the writer process reads the file, not this queue
+                self._queue.append(JournalItem(segment, entry, value))
+                self._lock.notify()
+            return segment.path
 
     def _writable(self) -> Segment:
         current = self._current
@@ -152,7 +164,8 @@ class Journal:
         if self._current is not None:
             self._current.closed = True
             self._current = None
-            self._reap()
+            if not self.external:  # external: the flusher fsyncs it, then lets go of it (_release)
+                self._reap()
 
     def retire(self) -> None:
         """Close the current segment (removed at once if every line is done; a new one opens on demand)."""
@@ -161,18 +174,42 @@ class Journal:
 
     def _flush_loop(self) -> None:
         while not self._stop.wait(self.fsync_interval):
+            if self.external:  # nobody here marks lines done: an idle segment is handed over by age
+                with self._lock:
+                    current = self._current
+                    if current is not None and time.monotonic() - current.opened >= self.segment_seconds:
+                        self._close_current()
             self.flush()
 
     def flush(self) -> None:
-        """fsync every segment written since the last call (outside the append lock)."""
-        with self._lock:
-            dirty = [s for s in self._segments if s.dirty]
+        """fsync every segment written since the last call (outside the append lock).
+
+        External: then close the segments that get no more lines, which releases their locks — the
+        writer process takes that as "finished" (module docstring)."""
+        with self._fsync_lock:
+            with self._lock:
+                dirty = [s for s in self._segments if s.dirty]
+                for segment in dirty:
+                    segment.dirty = False
             for segment in dirty:
-                segment.dirty = False
-        for segment in dirty:
-            with suppress(OSError):  # a segment reaped meanwhile: its lines are committed already
-                os.fsync(segment.fd)
-                self.fsyncs += 1
+                with suppress(OSError):  # a segment reaped meanwhile: its lines are committed already
+                    os.fsync(segment.fd)
+                    self.fsyncs += 1
+            if self.external:
+                self._release()
+
+    def _release(self) -> None:
+        """External: let go of closed, fsynced segments (not removed: the writer process does that)."""
+        with self._lock:
+            for segment in [s for s in self._segments if s.closed and not s.dirty]:
+                os.close(segment.fd)
+                self._segments.remove(segment)
+
+    def own_files(self) -> list[Path]:
+        """This process's segments still in the directory (external: not yet all committed)."""
+        if not self.directory.is_dir():
+            return []
+        return sorted(self.directory.glob(f"journal-{self.instance}-*.jsonl"))
 
     # -- the writer's side -------------------------------------------------------------------
     def take(self, limit: int, wait: float, linger: float = 0.0) -> list[JournalItem]:
@@ -209,7 +246,10 @@ class Journal:
             self._segments.remove(segment)
 
     def backlog(self) -> int:
-        """Lines appended or adopted and not yet done."""
+        """Lines appended or adopted and not yet done (external: segments not yet removed by the
+        writer process — a count of files, not lines; 0 means all of this process's lines are in)."""
+        if self.external:
+            return len(self.own_files())
         with self._lock:
             return sum(s.written - s.done for s in self._segments)
 
@@ -277,12 +317,14 @@ class Journal:
         self._stop.set()
         if self._flusher is not None:
             self._flusher.join(timeout=5)
-        self.flush()
         with self._lock:
             if self._current is not None:
                 self._current.closed = True
                 self._current = None
-            self._reap()
+        self.flush()
+        with self._lock:
+            if not self.external:
+                self._reap()
             for segment in self._segments:
                 os.close(segment.fd)
             self._segments.clear()

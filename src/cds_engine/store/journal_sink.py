@@ -8,6 +8,10 @@ database knows the card, or when another process's journal is waiting (the card 
 the writer parks it until the row appears); otherwise it is an unknown card, as before. If the
 journal cannot be written (disk full), the write goes the old way (:class:`StoreSink`: one
 transaction, else the spool) and is counted.
+
+With an external journal (``serve --writer process``) there is no writer in this process: nobody
+calls :meth:`JournalSink.settled`, so the cards of this process's journal are kept per segment
+file and forgotten when the writer process removes the file (all its lines are committed).
 """
 
 from __future__ import annotations
@@ -18,13 +22,14 @@ import threading
 import time
 import uuid
 from collections import Counter
+from pathlib import Path
+from typing import Any, Protocol
 
 from sqlalchemy import Engine
 
 from cds_engine.store.api import EvaluationRecord, FeedbackRecord
 from cds_engine.store.db import utcnow
 from cds_engine.store.failures import count_not_stored
-from cds_engine.store.group_commit import GroupWriter
 from cds_engine.store.journal import Journal, JournalItem
 from cds_engine.store.sink import StoreSink, is_transient
 from cds_engine.store.writer import known_card
@@ -32,6 +37,15 @@ from cds_engine.store.writer import known_card
 __all__ = ["JournalSink"]
 
 log = logging.getLogger("cds_engine.store")
+
+
+class StoreWriter(Protocol):
+    """The writer thread (``GroupWriter``) or the link to the writer process (``WriterLink``)."""
+
+    @property
+    def available(self) -> bool: ...
+
+    def stats(self) -> dict[str, Any]: ...
 
 
 class JournalSink:
@@ -43,9 +57,11 @@ class JournalSink:
         self.direct = direct
         self._cards: Counter[str] = Counter()  # card uuids in this process's journal, not yet written
         self._lock = threading.Lock()
-        self.writer: GroupWriter | None = None
+        self._segment_cards: dict[Path, set[str]] = {}  # external journal: cards per segment on disk
+        self._prune_at = 64  # segments remembered before the next look at which files are gone
+        self.writer: StoreWriter | None = None
 
-    def attach(self, writer: GroupWriter) -> None:
+    def attach(self, writer: StoreWriter) -> None:
         self.writer = writer
 
     @property
@@ -63,6 +79,9 @@ class JournalSink:
         SIGTERM (so ``serve``'s own ``finally`` may never run). What is left is replayed at the next
         start, or adopted by another worker."""
         deadline = time.monotonic() + timeout
+        if self.journal.external:  # hand the open segment over first: the writer process removes it
+            self.journal.retire()
+            self.journal.flush()
         while self.journal.backlog() and time.monotonic() < deadline:
             time.sleep(0.02)
         self.journal.flush()
@@ -90,20 +109,34 @@ class JournalSink:
         head = json.dumps(entry, separators=(",", ":"))[:-1].encode()
         line = head + b',"record":' + record.model_dump_json().encode() + b"}"
         cards = [a.card_uuid for a in record.alerts if a.card_uuid]
-        with self._lock:
-            self._cards.update(cards)
-        try:
-            self.journal.append(entry, record, line)
-        except OSError as exc:
+        external = self.journal.external
+        if not external:
             with self._lock:
-                self._cards.subtract(cards)
+                self._cards.update(cards)
+        try:
+            segment = self.journal.append(entry, record, line)
+        except OSError as exc:
+            if not external:
+                with self._lock:
+                    self._cards.subtract(cards)
             count_not_stored("journal-error")
             log.error("journal not writable (%s): writing this evaluation directly", type(exc).__name__)
             self.direct.record_evaluation(record)
+            return
+        if external and cards:
+            with self._lock:
+                self._segment_cards.setdefault(segment, set()).update(cards)
+                if len(self._segment_cards) > self._prune_at:  # amortised: the database may be away long
+                    self._forget_committed()
+                    self._prune_at = max(64, 2 * len(self._segment_cards))
 
     def record_feedback(self, feedback: FeedbackRecord) -> bool:
         with self._lock:
-            ours = feedback.card_uuid in self._cards
+            if self.journal.external:  # in a segment of ours not yet removed (= not all committed)
+                ours = any(feedback.card_uuid in cards and path.exists()
+                           for path, cards in self._segment_cards.items())
+            else:
+                ours = feedback.card_uuid in self._cards
         if not ours and not self._card_may_exist(feedback.card_uuid):
             return False
         entry = {"type": "feedback", "id": str(uuid.uuid4()), "received_at": utcnow().isoformat(),
@@ -115,6 +148,11 @@ class JournalSink:
             log.error("journal not writable (%s): writing this feedback directly", type(exc).__name__)
             return self.direct.record_feedback(feedback)
         return True
+
+    def _forget_committed(self) -> None:
+        """External journal (lock held): drop the cards of segments the writer process removed."""
+        for path in [p for p in self._segment_cards if not p.exists()]:
+            del self._segment_cards[path]
 
     def _card_may_exist(self, card_uuid: str) -> bool:
         """In the database, or possibly in another process's journal (then the writer parks it)."""

@@ -24,11 +24,14 @@ that is exactly what writing the batch one record at a time would give.
 from __future__ import annotations
 
 import hashlib
+import json
 from bisect import bisect_left
 from collections.abc import Sequence
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import Connection, Table, and_, or_, select
+from sqlalchemy import Connection, Select, String, Table, and_, any_, bindparam, func, or_, select, union_all
+from sqlalchemy.dialects import postgresql
 
 from cds_engine.store.models import Evaluation
 
@@ -96,20 +99,77 @@ def _windows(times: list[datetime], gap: timedelta) -> list[tuple[datetime, date
 
 
 def _stored_sessions(conn: Connection, calls: list[tuple[str, datetime]], gap: timedelta) -> Stored:
-    """Stored (as_of, order_key) of these bases near these times — a superset of what any call can
-    match; :func:`_first_stored` applies the exact window per call."""
+    """Stored (as_of, order_key) of these bases near these times — every call that
+    :func:`_first_stored` can pick for any of ``calls``, not every call near them.
+
+    Per window [first - gap, last + gap] (:func:`_windows`) a call at ``t`` takes the earliest
+    stored call from ``t - gap`` on, and ``t - gap`` lies in [first - gap, last - gap]: so the
+    stored calls in that band, plus per base the earliest stored call after it (with its ties),
+    are all it can take. Reading the whole window instead returned every call of the last hour
+    on a base — an order evaluated thousands of times (bench/load.py signs one draft order on
+    every call) made each group commit read thousands of rows."""
     stored: Stored = {}
     if not calls:
         return stored
-    c = _evaluations.c
-    near = or_(*(and_(c.as_of >= low, c.as_of <= high)
-                 for low, high in _windows([t for _, t in calls], gap)))
+    windows = _windows([t for _, t in calls], gap)
+    statement = _lookup(conn.dialect.name, len(windows))
+    times: dict[str, datetime] = {}
+    for n, (low, high) in enumerate(windows):
+        times.update({f"low_{n}": low, f"mid_{n}": high - 2 * gap, f"high_{n}": high})
     bases = sorted({b for b, _ in calls})
     for start in range(0, len(bases), BASES_PER_SELECT):
-        rows = conn.execute(select(c.order_base, c.as_of, c.order_key).where(
-            c.order_base.in_(bases[start:start + BASES_PER_SELECT]), near, c.order_key.is_not(None)))
-        for base, as_of, key in rows:
+        chunk = bases[start:start + BASES_PER_SELECT]
+        listed = chunk if conn.dialect.name == "postgresql" else json.dumps(chunk)
+        for base, as_of, key in conn.execute(statement, {"bases": listed, **times}):
             stored.setdefault(base, []).append((as_of, str(key)))
     for sessions in stored.values():
         sessions.sort()
     return stored
+
+
+_LOOKUPS: dict[tuple[str, int], Any] = {}
+
+
+def _lookup(dialect: str, windows: int) -> Any:
+    """The lookup for this many windows, built once: building and hashing a construct this size
+    costs more of the writer's CPU (under the GIL) than the database spends running it. Bound:
+    ``bases`` and per window ``low_n``, ``mid_n`` (= high - 2 gaps) and ``high_n``."""
+    found = _LOOKUPS.get((dialect, windows))
+    if found is None:
+        c = _evaluations.c
+        wanted = _bases(dialect)
+        when = [{name: bindparam(f"{name}_{n}", type_=c.as_of.type) for name in ("low", "mid", "high")}
+                for n in range(windows)]
+        band = or_(*(and_(c.as_of >= w["low"], c.as_of <= w["mid"]) for w in when))
+        among = (c.order_base == any_(bindparam("bases", type_=postgresql.ARRAY(String)))
+                 if dialect == "postgresql" else c.order_base.in_(select(wanted.c.base)))
+        parts = [select(c.order_base, c.as_of, c.order_key).where(among, c.order_key.is_not(None), band),
+                 *(_earliest_after(wanted, w["mid"], w["high"]) for w in when)]
+        found = _LOOKUPS[(dialect, windows)] = union_all(*parts)
+    return found
+
+
+def _bases(dialect: str) -> Any:
+    """The batch's bases as a one-column CTE (``base``) from ONE bound parameter ``bases`` — an
+    array on PostgreSQL, a JSON list on SQLite — so the statement is the same for every batch and
+    SQLAlchemy compiles it once (a ``VALUES`` list with the bases in it was compiled anew for each
+    batch: ~2 ms of the writer's CPU, under the GIL)."""
+    if dialect == "postgresql":
+        bases = func.unnest(bindparam("bases", type_=postgresql.ARRAY(String)))
+        return select(bases.label("base")).cte("wanted")
+    listed = func.json_each(bindparam("bases", type_=String)).table_valued("value")
+    return select(listed.c.value.label("base")).cte("wanted")
+
+
+def _earliest_after(wanted: Any, after: Any, until: Any) -> Select[Any]:
+    """Per base of ``wanted`` (a one-column CTE), its stored calls at the earliest ``as_of`` in
+    (after, until]: one index probe per base (the (order_base, as_of) index read in order, first
+    row only), then those rows."""
+    c = _evaluations.c
+    first = (select(c.as_of).where(c.order_base == wanted.c.base, c.order_key.is_not(None),
+                                   c.as_of > after, c.as_of <= until)
+             .order_by(c.as_of).limit(1).scalar_subquery())  # the index in order: stops at the first
+    firsts = select(wanted.c.base, first.label("first")).subquery()
+    return (select(c.order_base, c.as_of, c.order_key)
+            .join(firsts, and_(c.order_base == firsts.c.base, c.as_of == firsts.c.first))
+            .where(c.order_key.is_not(None)))

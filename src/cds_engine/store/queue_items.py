@@ -2,7 +2,7 @@
 
 Building the queue from the alerts table means window functions over every open alert joined to
 its evaluation on each page view (50,000 open of 1,000,000: over a second). ``queue_items``
-(migration 0007) holds the result of that same SQL (:func:`cds_engine.store.work_queue._items`'s
+(migration 0007) holds the result of that same SQL (:func:`item_rows`'s
 definition: the item's newest open alert, how many open alerts it folds, its highest severity),
 recomputed per order whenever that order's alerts change (the writer's insert, a reviewer's
 decision, a bulk action — :func:`cds_engine.store.rollup.touch` calls :func:`refresh`), in the same
@@ -35,7 +35,7 @@ from cds_engine.store.db import UTCDateTime
 from cds_engine.store.models import SEVERITIES, AlertRow, Base, Evaluation
 from cds_engine.store.work_queue import QueueGroup, QueueItem
 
-__all__ = ["queue_items", "rebuild_queue", "refresh", "refresh_statements", "rows_of_orders",
+__all__ = ["item_rows", "queue_items", "rebuild_queue", "refresh", "refresh_statements", "rows_of_orders",
            "work_queue_from_items"]
 
 _RANK = {name: rank for rank, name in enumerate(SEVERITIES, start=1)}
@@ -60,7 +60,9 @@ queue_items = Table(
 )
 
 
-def _items(where: list[ColumnElement[bool]]) -> Any:
+def item_rows(where: list[ColumnElement[bool]]) -> Any:
+    """(columns, SELECT) of the queue items of the orders matching ``where``: the one SQL shared
+    by the table's refresh and the writer's merge (:func:`cds_engine.store.rollup.add_alerts`)."""
     src = case((Evaluation.hypothetical.is_(True), "hypothetical"), else_=Evaluation.source)
     patient = func.coalesce(Evaluation.patient_ref, "")
     encounter = func.coalesce(Evaluation.encounter_ref, "")
@@ -93,7 +95,7 @@ def rows_of_orders(orders: Any) -> list[ColumnElement[bool]]:
 def refresh_statements(orders: Any) -> list[Any]:
     """The statements that recompute the queue items of ``orders`` (a list, or an expanding bind
     parameter) from their open alerts; run in the transaction that changed them."""
-    columns, query = _items(rows_of_orders(orders))
+    columns, query = item_rows(rows_of_orders(orders))
     return [delete(queue_items).where(queue_items.c.o.in_(orders)),
             queue_items.insert().from_select(columns, query)]
 
@@ -107,7 +109,7 @@ def refresh(conn: Connection, orders: list[str]) -> None:
 def rebuild_queue(conn: Connection) -> None:
     """Every queue item again from the open alerts (the migration's backfill; after a bulk fill)."""
     conn.execute(delete(queue_items))
-    columns, query = _items([])
+    columns, query = item_rows([])
     conn.execute(queue_items.insert().from_select(columns, query))
 
 

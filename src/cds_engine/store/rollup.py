@@ -12,9 +12,12 @@ writer, prescriber feedback and reviewer decisions keep four tables (migration 0
 * ``rollup_episode_reasons`` / ``rollup_reasons`` — override reasons per episode and their daily
   counts ("top reasons").
 
-When rows of an order change (:func:`touch`), that order's episodes are recomputed *from the alert
-rows* with the same SQL as ``rule_stats``, and the daily sums move by (new - old) in the same
-transaction, so the rollup never drifts from the rows and a replayed write changes nothing.
+When rows of an order change (:func:`touch`: feedback, reviewer decisions), that order's episodes
+are recomputed *from the alert rows* with the same SQL as ``rule_stats``, and the daily sums move by
+(new - old) in the same transaction, so the rollup never drifts from the rows and a replayed write
+changes nothing. The writer's *new* rows take :func:`add_alerts` instead: the episodes of just
+those rows merged into the stored ones (exact for rows as the writer inserts them; see there),
+so a group commit costs what it writes, not what its orders already hold.
 :func:`rebuild` recomputes everything (the migration's backfill, and after a bulk fill).
 Episodes are kept per source kind: an order seen both from a hook call and from ``/evaluate``
 counts once per kind here, where the direct SQL would merge it (it never happens with real
@@ -26,7 +29,7 @@ remembers them first); purging ``fatigue_cards`` later does not change the rollu
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from sqlalchemy import (
@@ -40,6 +43,7 @@ from sqlalchemy import (
     Table,
     Text,
     and_,
+    any_,
     bindparam,
     case,
     delete,
@@ -51,14 +55,17 @@ from sqlalchemy import (
     true,
 )
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.sql.util import ClauseAdapter
 
 from cds_engine.results import MISSING_DATA_RULE
 from cds_engine.store import queue_items
 from cds_engine.store.fatigue import fatigue_cards
 from cds_engine.store.models import SEVERITIES, AlertRow, Base, Evaluation, PrescriberFeedback
+from cds_engine.store.pipeline import execute_all
+from cds_engine.store.rule_stats import flag, utc_day
 
-__all__ = ["EPISODE_KEY", "SUMS", "rebuild", "rollup_daily", "rollup_episode_reasons", "rollup_episodes",
-           "rollup_reasons", "touch", "touch_alerts"]
+__all__ = ["EPISODE_KEY", "SUMS", "add_alerts", "rebuild", "rollup_daily", "rollup_episode_reasons",
+           "rollup_episodes", "rollup_reasons", "touch", "touch_alerts"]
 
 _RANK = {name: rank for rank, name in enumerate(SEVERITIES, start=1)}
 EPISODE_KEY = ("o", "k", "src", "p")  # primary key of an episode (the order first: touch deletes by it)
@@ -115,16 +122,6 @@ rollup_reasons = Table(
 )
 
 
-def _flag(condition: ColumnElement[bool]) -> ColumnElement[int]:
-    return case((condition, 1), else_=0)
-
-
-def _day(column: Any, dialect: str) -> Any:
-    if dialect == "postgresql":
-        return func.date(func.timezone("UTC", column))
-    return func.date(column)  # SQLite keeps UTC text
-
-
 def _episode_parts() -> tuple[Any, Any, Any, Any]:
     """(source kind, rule key, patient, order): the same episode as rule_stats, per source kind."""
     src = case((Evaluation.hypothetical.is_(True), "hypothetical"), else_=Evaluation.source)
@@ -133,9 +130,16 @@ def _episode_parts() -> tuple[Any, Any, Any, Any]:
     return src, key, func.coalesce(Evaluation.patient_ref, ""), order
 
 
-def _episodes(dialect: str, where: list[ColumnElement[bool]]) -> Select[Any]:
+def _episodes(dialect: str, where: list[ColumnElement[bool]], *, few: bool = False) -> Select[Any]:
     """Episodes of the alert rows matching ``where``, as rows of ``rollup_episodes`` (window functions
-    rank each episode's rows for its latest outcome and decision, as in rule_stats)."""
+    rank each episode's rows for its latest outcome and decision, as in rule_stats).
+
+    ``few``: the rows are a handful (the writer's new rows): whether a card was kept back is
+    looked up per row (a scalar subquery on the card's primary key, which PostgreSQL cannot turn
+    into a hashed scan as it may an EXISTS) instead of an outer join.
+    The writer's statement is prepared, and the generic plan PostgreSQL fixed while
+    ``fatigue_cards`` was small hashed the whole table on every batch (22 ms a batch at the end
+    of a 60 s bench/load.py run). Same value: a card has one row at most."""
     array_length = func.jsonb_array_length if dialect == "postgresql" else func.json_array_length
     src, key, patient, order = _episode_parts()
     episode = [src, key, patient, order]
@@ -143,27 +147,32 @@ def _episodes(dialect: str, where: list[ColumnElement[bool]]) -> Select[Any]:
     unknown = AlertRow.card_suggestions.is_(None)
     carried = and_(shown, or_(AlertRow.card_suggestions > 0,
                               and_(unknown, array_length(AlertRow.suggestions) > 0)))
-    rows = select(
+    ranked = select(
         src.label("src"), key.label("k"), patient.label("p"), order.label("o"),
         AlertRow.pack_id.label("pack_id"), AlertRow.kind.label("kind"), AlertRow.title.label("title"),
-        Evaluation.as_of.label("as_of"), _flag(shown).label("shown"), _flag(carried).label("carried"),
+        Evaluation.as_of.label("as_of"), flag(shown).label("shown"), flag(carried).label("carried"),
         case(_RANK, value=AlertRow.severity, else_=0).label("sev"),
         AlertRow.prescriber_outcome.label("outcome"),
-        _flag(AlertRow.suggestion_accepted.is_(True)).label("accepted"),
+        flag(AlertRow.suggestion_accepted.is_(True)).label("accepted"),
         case((AlertRow.review_status != "open", AlertRow.review_status)).label("review"),
-        _flag(fatigue_cards.c.suppressed_by.is_not(None)).label("kept"),
+        flag(select(literal(1)).where(fatigue_cards.c.card_uuid == AlertRow.card_uuid,
+                                      fatigue_cards.c.suppressed_by.is_not(None))
+             .limit(1).scalar_subquery().is_not(None) if few
+             else fatigue_cards.c.suppressed_by.is_not(None)).label("kept"),
         func.row_number().over(partition_by=episode,
                                order_by=(AlertRow.prescriber_outcome_at.desc().nulls_last(),
                                          AlertRow.id)).label("orank"),  # id: ties pick the same row
         func.row_number().over(partition_by=episode, order_by=(
-            _flag(AlertRow.review_status != "open").desc(), AlertRow.reviewed_at.desc().nulls_last(),
+            flag(AlertRow.review_status != "open").desc(), AlertRow.reviewed_at.desc().nulls_last(),
             AlertRow.id,
         )).label("rrank"),
-    ).select_from(AlertRow).join(Evaluation, AlertRow.evaluation_id == Evaluation.id).outerjoin(
-        fatigue_cards, fatigue_cards.c.card_uuid == AlertRow.card_uuid).where(*where).subquery()
+    ).select_from(AlertRow).join(Evaluation, AlertRow.evaluation_id == Evaluation.id)
+    if not few:
+        ranked = ranked.outerjoin(fatigue_cards, fatigue_cards.c.card_uuid == AlertRow.card_uuid)
+    rows = ranked.where(*where).subquery()
     r = rows.c
     return select(
-        r.o, r.k, r.src, r.p, _day(func.min(r.as_of), dialect).label("day"),
+        r.o, r.k, r.src, r.p, utc_day(func.min(r.as_of), dialect).label("day"),
         func.max(r.pack_id).label("pack_id"), func.max(r.kind).label("kind"), func.max(r.sev).label("sev"),
         func.max(r.title).label("title"), func.count().label("alert_rows"), func.max(r.shown).label("shown"),
         func.max(r.carried).label("carried"), func.max(case((r.orank == 1, r.outcome))).label("outcome"),
@@ -187,7 +196,7 @@ def _episode_reasons(dialect: str, where: list[ColumnElement[bool]]) -> Select[A
              .join(Evaluation, AlertRow.evaluation_id == Evaluation.id)
              .where(f.outcome == "overridden", *where).distinct().subquery())
     return (select(given.c.o, given.c.k, given.c.src, given.c.p, given.c.reason,
-                   _day(first.c.first, dialect).label("day"), first.c.pack.label("pack_id"))
+                   utc_day(first.c.first, dialect).label("day"), first.c.pack.label("pack_id"))
             .join(first, and_(first.c.o == given.c.o, first.c.k == given.c.k, first.c.src == given.c.src,
                               first.c.p == given.c.p)))
 
@@ -199,11 +208,11 @@ def _daily_sums(episodes: Any, sign: int) -> Select[Any]:
     never_kept = and_(e.shown == 0, e.kept > 0)
     parts = {
         "alert_rows": e.alert_rows, "fired": literal(1), "silent": 1 - e.shown, "suppressed": e.kept,
-        "never_shown_kept": _flag(never_kept), "p_decided": _flag(decided),
-        "p_overridden": _flag(e.outcome == "overridden"), "s_decided": _flag(carried_decided),
-        "s_accepted": _flag(and_(carried_decided, e.accepted == 1)),
-        "r_decided": _flag(e.review.is_not(None)),
-        "r_overridden": _flag(e.review == "overridden"),
+        "never_shown_kept": flag(never_kept), "p_decided": flag(decided),
+        "p_overridden": flag(e.outcome == "overridden"), "s_decided": flag(carried_decided),
+        "s_accepted": flag(and_(carried_decided, e.accepted == 1)),
+        "r_decided": flag(e.review.is_not(None)),
+        "r_overridden": flag(e.review == "overridden"),
     }
     return (select(*(e[c] for c in _DAILY_KEY), func.max(e.title),
                    *(sign * func.sum(parts[name]) for name in SUMS))
@@ -227,10 +236,13 @@ def _add(dialect_name: str, table: Table, key: tuple[str, ...], query: Select[An
     return statement.on_conflict_do_update(index_elements=list(key), set_=sums)
 
 
-def _moves(dialect: str, orders: Any, sign: int) -> list[Any]:
-    """Add (sign 1) or take away (sign -1) the stored episodes of ``orders`` from the daily sums."""
-    stored = select(rollup_episodes).where(rollup_episodes.c.o.in_(orders)).subquery()
-    reasons = select(rollup_episode_reasons).where(rollup_episode_reasons.c.o.in_(orders)).subquery()
+Among = Callable[[Any], ColumnElement[bool]]  # "this column's value is one of the orders (ids)"
+
+
+def _moves(dialect: str, among: Among, sign: int) -> list[Any]:
+    """Add (sign 1) or take away (sign -1) the stored episodes of the orders from the daily sums."""
+    stored = select(rollup_episodes).where(among(rollup_episodes.c.o)).subquery()
+    reasons = select(rollup_episode_reasons).where(among(rollup_episode_reasons.c.o)).subquery()
     return [_add(dialect, rollup_daily, _DAILY_KEY, _daily_sums(stored, sign)),
             _add(dialect, rollup_reasons, _REASON_KEY, _reason_sums(reasons, sign))]
 
@@ -255,11 +267,14 @@ def _touch_statements(dialect: str) -> list[Any]:
 
 
 def _touch_parts(dialect: str, orders: Any) -> list[Any]:
-    return [*_moves(dialect, orders, -1),
+    def among(column: Any) -> ColumnElement[bool]:
+        return column.in_(orders)
+
+    return [*_moves(dialect, among, -1),
             delete(rollup_episode_reasons).where(rollup_episode_reasons.c.o.in_(orders)),
             delete(rollup_episodes).where(rollup_episodes.c.o.in_(orders)),
             *_inserts(dialect, queue_items.rows_of_orders(orders)),
-            *_moves(dialect, orders, 1),
+            *_moves(dialect, among, 1),
             *queue_items.refresh_statements(orders)]  # the work queue's items, likewise
 
 
@@ -313,6 +328,112 @@ def touch(conn: Connection, orders: Iterable[str]) -> None:
         chunk = {"orders": wanted[start:start + TOUCH_CHUNK]}
         for statement in statements:
             conn.execute(statement, chunk)
+
+
+# ── New alert rows (the writer's inserts): merged into their episodes and items, not recomputed ──
+# Recomputing an order from all its rows costs what the order holds: a client that evaluates one
+# order again and again (bench/load.py signs the same draft order on every call, so one episode
+# grew to thousands of rows) made every group commit scan them all — PostgreSQL CPU per answer
+# grew with the run (issue #19). New rows only *add* to an episode, and the merge is exact:
+# counts add, day / pack / kind / severity / title / shown / carried take the least or greatest,
+# cards kept back add; the latest outcome and decision cannot move, because a new row has no
+# outcome time (feedback always sets one — it ranks last), no accepted suggestion and is open.
+# Queue items merge the same way (rows add, the highest severity, the newest row by (time, id)).
+
+def _bound_list(dialect: str, name: str) -> Among:
+    """Membership in a list parameter. PostgreSQL: ``column = ANY(:name)``, one statement text for
+    any count (prepared once per connection), and its generic plan still looks the keys up by
+    index — ``IN (SELECT unnest(…))`` was planned as a hash join over a scan of the whole table
+    (every open alert, every episode), with or without statistics. SQLite: an expanding ``IN``."""
+    if dialect == "postgresql":
+        array = bindparam(name, type_=postgresql.ARRAY(String))
+        return lambda column: column == any_(array)
+    expanding = bindparam(name, expanding=True)
+    return lambda column: column.in_(expanding)
+
+
+def _greatest(dialect: str) -> Any:
+    return func.greatest if dialect == "postgresql" else func.max  # SQLite: max(a, b) is scalar
+
+
+def _least(dialect: str) -> Any:
+    return func.least if dialect == "postgresql" else func.min
+
+
+def _merge_episodes(dialect: str, ids: Among) -> Any:
+    d = postgresql if dialect == "postgresql" else sqlite
+    new = _episodes(dialect, [ids(AlertRow.id)], few=True).where(true())  # WHERE: SQLite's upsert parse
+    statement = d.insert(rollup_episodes).from_select([c.name for c in rollup_episodes.columns], new)
+    old, added = rollup_episodes.c, statement.excluded
+    larger, smaller = _greatest(dialect), _least(dialect)
+    extremes = ("pack_id", "kind", "sev", "title", "shown", "carried")
+    merged = {"day": smaller(old.day, added.day), "alert_rows": old.alert_rows + added.alert_rows,
+              "kept": old.kept + added.kept, **{c: larger(old[c], added[c]) for c in extremes}}
+    return statement.on_conflict_do_update(index_elements=list(EPISODE_KEY), set_=merged)
+
+
+def _follow_episode_days(orders: Among) -> Any:
+    """Override reasons carry their episode's day and pack (both may move when rows are added)."""
+    reasons, episodes = rollup_episode_reasons.c, rollup_episodes.c
+    same = and_(*(episodes[c] == reasons[c] for c in EPISODE_KEY))
+    return (rollup_episode_reasons.update().where(orders(reasons.o))
+            .values(day=select(episodes.day).where(same).scalar_subquery(),
+                    pack_id=select(episodes.pack_id).where(same).scalar_subquery()))
+
+
+def _merge_queue_items(dialect: str, ids: Among) -> Any:
+    d = postgresql if dialect == "postgresql" else sqlite
+    # The queue's own definition of an item, over the rows just written (a materialized CTE): its
+    # "open alerts" condition must not lead PostgreSQL's generic plan to read the review-status
+    # index for every open alert (it did, without statistics: 9 ms a batch at 5,000 open alerts).
+    alerts: Table = AlertRow.__table__  # type: ignore[assignment]
+    written = select(alerts).where(ids(alerts.c.id)).cte("written").prefix_with("MATERIALIZED")
+    columns, every = queue_items.item_rows([])
+    new = ClauseAdapter(written).traverse(every)
+    table = queue_items.queue_items
+    statement = d.insert(table).from_select(columns, new)
+    old, added = table.c, statement.excluded
+    newer = or_(added.last_seen > old.last_seen,
+                and_(added.last_seen == old.last_seen, added.alert_id < old.alert_id))
+    merged = {"alert_rows": old.alert_rows + added.alert_rows, "sev": _greatest(dialect)(old.sev, added.sev),
+              **{c: case((newer, added[c]), else_=old[c]) for c in ("rule_id", "summary", "alert_id",
+                                                                   "last_seen")}}
+    keys = [c.name for c in table.primary_key.columns]
+    return statement.on_conflict_do_update(index_elements=keys, set_=merged)
+
+
+_ADD: dict[str, list[Any]] = {}
+
+
+def _add_statements(dialect: str) -> list[Any]:
+    found = _ADD.get(dialect)
+    if found is None:
+        orders, ids = _bound_list(dialect, "orders"), _bound_list(dialect, "ids")
+        found = _ADD[dialect] = [
+            *_moves(dialect, orders, -1), _merge_episodes(dialect, ids), _follow_episode_days(orders),
+            *_moves(dialect, orders, 1), _merge_queue_items(dialect, ids)]
+    return found
+
+
+# as touch: two writers adding to one order take its lock (all orders of the batch, in hash order)
+_LOCKS = text(_ORDER_LOCKS.replace(":orders", ":locked")).bindparams(
+    bindparam("space", _LOCK_SPACE), bindparam("locked", type_=postgresql.ARRAY(String)))
+
+
+def add_alerts(conn: Connection, alerts: Iterable[tuple[str, str]]) -> None:
+    """Add alert rows *just inserted* by the writer — (order, alert id): the order key, or the
+    alert's own id without one — to the rollup and the queue items, in the same transaction.
+
+    Costs what the new rows hold, not what their orders already hold. Only for rows as the writer
+    inserts them (open, no outcome); a changed row takes :func:`touch`."""
+    pairs = sorted({(o, a) for o, a in alerts if o and a})
+    statements = _add_statements(conn.dialect.name)
+    locked = sorted({o for o, _ in pairs})
+    for start in range(0, len(pairs), TOUCH_CHUNK):
+        chunk = pairs[start:start + TOUCH_CHUNK]
+        first = start == 0 and conn.dialect.name == "postgresql"  # the locks go with the first chunk
+        execute_all(conn, [_LOCKS, *statements] if first else statements,
+                    {"locked": locked, "orders": sorted({o for o, _ in chunk}), "ids": [a for _, a in chunk]})
 
 
 def touch_alerts(conn: Connection, alert_ids: Iterable[str]) -> None:

@@ -21,7 +21,7 @@ from cds_engine.results import MISSING_DATA_RULE
 from cds_engine.store.fatigue import fatigue_cards
 from cds_engine.store.models import SEVERITIES, AlertRow, Evaluation, PrescriberFeedback
 
-__all__ = ["TOP_REASONS", "RuleStats", "rule_stats"]
+__all__ = ["TOP_REASONS", "RuleStats", "flag", "rule_stats", "utc_day"]
 
 TOP_REASONS = 3  # override reasons listed per rule
 
@@ -66,11 +66,13 @@ class RuleStats:
         return self._rate(self.reviewer_overridden, self.reviewer_decided)
 
 
-def _flag(condition: ColumnElement[bool]) -> ColumnElement[int]:
+def flag(condition: ColumnElement[bool]) -> ColumnElement[int]:
+    """1 where ``condition`` holds, else 0 (summed into counts; shared with the rollup)."""
     return case((condition, 1), else_=0)
 
 
-def _day(column: Any, dialect: str) -> Any:
+def utc_day(column: Any, dialect: str) -> Any:
+    """The UTC calendar day of a timestamp column, as both dialects store it (shared with the rollup)."""
     if dialect == "postgresql":
         return func.date(func.timezone("UTC", column))
     return func.date(column)  # SQLite keeps UTC text
@@ -91,16 +93,16 @@ def rule_stats(session: Session, where: list[ColumnElement[bool]]) -> list[RuleS
                               and_(unknown, array_length(AlertRow.suggestions) > 0)))
     rows = select(
         key.label("k"), patient.label("p"), order.label("o"), AlertRow.title.label("title"),
-        Evaluation.as_of.label("as_of"), _flag(shown).label("shown"), _flag(carried).label("carried"),
+        Evaluation.as_of.label("as_of"), flag(shown).label("shown"), flag(carried).label("carried"),
         case(_RANK, value=AlertRow.severity, else_=0).label("sev"),
         AlertRow.prescriber_outcome.label("outcome"),
-        _flag(AlertRow.suggestion_accepted.is_(True)).label("accepted"),
+        flag(AlertRow.suggestion_accepted.is_(True)).label("accepted"),
         case((AlertRow.review_status != "open", AlertRow.review_status)).label("review"),
         func.row_number().over(partition_by=episode,
                                order_by=(AlertRow.prescriber_outcome_at.desc().nulls_last(),
                                          AlertRow.id)).label("orank"),  # id: ties pick the same row
         func.row_number().over(partition_by=episode, order_by=(
-            _flag(AlertRow.review_status != "open").desc(), AlertRow.reviewed_at.desc().nulls_last(),
+            flag(AlertRow.review_status != "open").desc(), AlertRow.reviewed_at.desc().nulls_last(),
             AlertRow.id,
         )).label("rrank"),
     ).join(Evaluation, AlertRow.evaluation_id == Evaluation.id).where(*where).subquery()
@@ -116,17 +118,17 @@ def rule_stats(session: Session, where: list[ColumnElement[bool]]) -> list[RuleS
     e = episodes.c
     decided = e.outcome.is_not(None)
     per_rule = select(
-        e.k, func.max(e.title), func.sum(e.n), func.count(), func.sum(1 - e.shown), func.sum(_flag(decided)),
-        func.sum(_flag(e.outcome == "overridden")), func.sum(_flag(and_(decided, e.carried == 1))),
-        func.sum(_flag(and_(decided, e.carried == 1, e.accepted == 1))),
-        func.sum(_flag(e.review.is_not(None))),
-        func.sum(_flag(e.review == "overridden")),
+        e.k, func.max(e.title), func.sum(e.n), func.count(), func.sum(1 - e.shown), func.sum(flag(decided)),
+        func.sum(flag(e.outcome == "overridden")), func.sum(flag(and_(decided, e.carried == 1))),
+        func.sum(flag(and_(decided, e.carried == 1, e.accepted == 1))),
+        func.sum(flag(e.review.is_not(None))),
+        func.sum(flag(e.review == "overridden")),
     ).group_by(e.k)
     stats: dict[str, RuleStats] = {}
     for k, title, n, fired, silent, p_dec, p_over, s_dec, s_acc, r_dec, r_over in session.execute(per_rule):
         stats[k] = RuleStats(k, title, int(n), int(fired), int(silent), int(p_dec), int(p_over), int(s_dec),
                              int(s_acc), int(r_dec), int(r_over))
-    day = _day(e.first_seen, dialect)
+    day = utc_day(e.first_seen, dialect)
     names = {rank: name for name, rank in _RANK.items()}
     by_day = select(e.k, day, e.sev, func.count()).group_by(e.k, day, e.sev)
     for k, when, sev, count in session.execute(by_day):
@@ -144,9 +146,9 @@ def rule_stats(session: Session, where: list[ColumnElement[bool]]) -> list[RuleS
 
 def _suppressed(key: Any, patient: Any, order: Any, where: list[ColumnElement[bool]]) -> Any:
     """(rule key, cards kept back, episodes never shown only because of that) per rule."""
-    kept = _flag(fatigue_cards.c.suppressed_by.is_not(None))
+    kept = flag(fatigue_cards.c.suppressed_by.is_not(None))
     episodes = (
-        select(key.label("k"), func.max(_flag(AlertRow.shown.is_(True))).label("shown"),
+        select(key.label("k"), func.max(flag(AlertRow.shown.is_(True))).label("shown"),
                func.sum(kept).label("kept"))
         .select_from(AlertRow)
         .join(Evaluation, AlertRow.evaluation_id == Evaluation.id)
@@ -155,7 +157,7 @@ def _suppressed(key: Any, patient: Any, order: Any, where: list[ColumnElement[bo
         .group_by(key, patient, order)
         .subquery()
     )
-    never_shown = _flag(and_(episodes.c.shown == 0, episodes.c.kept > 0))
+    never_shown = flag(and_(episodes.c.shown == 0, episodes.c.kept > 0))
     return select(episodes.c.k, func.sum(episodes.c.kept), func.sum(never_shown)).group_by(episodes.c.k)
 
 

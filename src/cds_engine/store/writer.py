@@ -78,7 +78,7 @@ def insert_evaluation(conn: Connection, record: EvaluationRecord, evaluation_id:
     rows = list(_alert_rows(record, evaluation_id))
     if rows:
         conn.execute(_alerts.insert(), rows)
-        rollup.touch(conn, [order_key or row["id"] for row in rows])  # analytics, same transaction
+        rollup.add_alerts(conn, [(order_key or row["id"], row["id"]) for row in rows])  # analytics
         # who the patient is: only for patients with something to review
         if record.demographics is not None and record.patient_ref:
             upsert_patient(conn, record.patient_ref, record.demographics, recorded_at)
@@ -130,7 +130,7 @@ def insert_evaluations(conn: Connection, items: list[tuple[EvaluationRecord, str
         conn.execute(_orders.insert(), orders)
     if alerts:
         conn.execute(_alerts.insert(), alerts)
-        rollup.touch(conn, [keys[row["evaluation_id"]] or row["id"] for row in alerts])  # analytics
+        rollup.add_alerts(conn, [(keys[row["evaluation_id"]] or row["id"], row["id"]) for row in alerts])
     upsert_patients(conn, patients)  # who the patient is: only for patients with something to review
     return new
 

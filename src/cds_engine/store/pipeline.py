@@ -1,0 +1,84 @@
+"""Several bound statements in one round trip: PostgreSQL's pipeline mode, plain execution elsewhere.
+
+The writer's rollup runs about ten statements per group commit. One round trip each costs a
+scheduling wait for the backend and a GIL release and re-take in the writer thread (bench/load.py
+write lag); one multi-statement *text* (the earlier way) needs the values written in, so PostgreSQL
+parses and plans every statement afresh on every batch. The pipeline sends the same statement
+texts with their parameters bound, in one round trip, and psycopg prepares each text on the
+connection after a few executions (``prepare_threshold``), so the fixed cost per batch is the
+execution only.
+
+Statements are compiled once per dialect (they are module-level constructs) and their parameters
+go through SQLAlchemy's bind processors as ``Connection.execute`` would; a statement whose
+parameters are expanded at execution (``IN`` lists) is not sent this way — all of them then take
+``Connection.execute``, one by one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from sqlalchemy import Connection, Executable
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import Compiled
+
+__all__ = ["execute_all", "pipelined"]
+
+_COMPILED: dict[tuple[int, str], tuple[Executable, Compiled | None]] = {}
+
+
+def _compiled(statement: Executable, conn: Connection) -> Compiled | None:
+    """The statement compiled for this dialect, or None when it cannot go through the pipeline."""
+    key = (id(statement), conn.dialect.name)
+    found = _COMPILED.get(key)
+    if found is None or found[0] is not statement:  # the statement object is kept: its id stays its own
+        compiled: Compiled | None = statement.compile(dialect=conn.dialect)  # type: ignore[attr-defined]
+        if compiled is not None and ("POSTCOMPILE" in compiled.string
+                                     or not isinstance(getattr(compiled, "_bind_processors", None), dict)):
+            compiled = None
+        found = _COMPILED[key] = (statement, compiled)
+    return found[1]
+
+
+def _bound(compiled: Compiled, params: Mapping[str, Any]) -> dict[str, Any]:
+    """The driver's parameters, as ``Connection.execute`` makes them (SQLAlchemy's bind processors)."""
+    values = compiled.construct_params(dict(params))
+    processors: dict[str, Any] = compiled._bind_processors  # type: ignore[attr-defined]
+    return {name: processors[name](value) if name in processors else value for name, value in values.items()}
+
+
+def pipelined(conn: Connection, statements: Sequence[Executable]) -> bool:
+    """Whether :func:`execute_all` sends these statements as one pipeline on this connection."""
+    if conn.dialect.name != "postgresql" or conn.dialect.driver != "psycopg":
+        return False
+    import psycopg
+
+    return psycopg.Pipeline.is_supported() and all(_compiled(s, conn) is not None for s in statements)
+
+
+def execute_all(conn: Connection, statements: Sequence[Executable], params: Mapping[str, Any]) -> None:
+    """Run ``statements`` in order with the same ``params``, in the connection's transaction.
+
+    PostgreSQL (psycopg): one pipeline, one round trip; a database error comes back as SQLAlchemy's
+    exception of the same kind (``OperationalError`` stays transient for the writer's retry).
+    Elsewhere, or for a statement that needs SQLAlchemy's parameter processing: one by one."""
+    if not pipelined(conn, statements):
+        for statement in statements:
+            conn.execute(statement, dict(params))
+        return
+    import psycopg
+
+    raw = conn.connection.driver_connection
+    assert isinstance(raw, psycopg.Connection)
+    compiled = [_compiled(s, conn) for s in statements]
+    current = ""
+    try:
+        with raw.pipeline(), raw.cursor() as cursor:
+            for each in compiled:
+                assert each is not None
+                current = each.string
+                cursor.execute(current, _bound(each, params))
+    except psycopg.Error as error:
+        raise sa_exc.DBAPIError.instance(current, None, error, psycopg.Error,
+                                         dialect=conn.dialect) from error
