@@ -45,7 +45,7 @@ except ImportError:  # pragma: no cover - non-POSIX
 
 from cds_engine.files import FILE_MODE, private_dir
 
-__all__ = ["Journal", "JournalItem", "Segment"]
+__all__ = ["Journal", "JournalItem", "Segment", "decode_lines", "read_rest", "same_file"]
 
 log = logging.getLogger("cds_engine.store.journal")
 
@@ -60,6 +60,39 @@ def _try_lock(fd: int) -> bool:
     except BlockingIOError:
         return False
     return True
+
+
+def same_file(fd: int, path: Path) -> bool:
+    """Whether ``path`` still names the open file ``fd`` (not removed, not replaced)."""
+    try:
+        return os.path.samestat(os.fstat(fd), os.stat(path))
+    except FileNotFoundError:
+        return False
+
+
+def read_rest(fd: int) -> bytes:
+    """Everything from the descriptor's offset to the end of the file."""
+    chunks = []
+    while chunk := os.read(fd, 1 << 20):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def decode_lines(data: bytes, path: Path, before: int,
+                 reject: Callable[[JournalEntry, BaseException], None]) -> tuple[list[JournalEntry], int]:
+    """The entries of whole journal lines, and how many lines ``data`` held. ``before``: lines of
+    the file already read (line numbers in rejections count from the file's start). A line that
+    is not JSON — torn by a crash or a power loss — is rejected by file and line, never stored."""
+    entries = []
+    lines = data.splitlines()
+    for number, raw in enumerate(lines, before + 1):
+        if not raw.strip():
+            continue
+        try:
+            entries.append(json.loads(raw))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            reject({"file": path.name, "line": number}, exc)
+    return entries, len(lines)
 
 
 @dataclass(eq=False)
@@ -273,7 +306,7 @@ class Journal:
                 fd = os.open(path, os.O_RDONLY)
             except FileNotFoundError:
                 continue
-            if not _try_lock(fd) or not self._same_file(fd, path):
+            if not _try_lock(fd) or not same_file(fd, path):
                 os.close(fd)  # alive (locked), or adopted and removed by someone else meanwhile
                 continue
             entries = self._read(fd, path, reject)
@@ -289,26 +322,9 @@ class Journal:
         return queued
 
     @staticmethod
-    def _same_file(fd: int, path: Path) -> bool:
-        try:
-            return os.path.samestat(os.fstat(fd), os.stat(path))
-        except FileNotFoundError:
-            return False
-
-    @staticmethod
     def _read(fd: int, path: Path,
               reject: Callable[[JournalEntry, BaseException], None]) -> list[JournalEntry]:
-        chunks = []
-        while chunk := os.read(fd, 1 << 20):
-            chunks.append(chunk)
-        entries = []
-        for number, raw in enumerate(b"".join(chunks).splitlines(), 1):
-            if not raw.strip():
-                continue
-            try:
-                entries.append(json.loads(raw))
-            except (json.JSONDecodeError, UnicodeDecodeError) as exc:  # a line torn by a power loss
-                reject({"file": path.name, "line": number}, exc)
+        entries, _ = decode_lines(read_rest(fd), path, 0, reject)
         return entries
 
     # -- shutdown ----------------------------------------------------------------------------

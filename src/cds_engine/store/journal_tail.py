@@ -20,7 +20,6 @@ class gives the :class:`~cds_engine.store.group_commit.GroupWriter` the same ``t
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections import deque
@@ -29,7 +28,15 @@ from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 
-from cds_engine.store.journal import JournalEntry, JournalItem, Segment, _try_lock
+from cds_engine.store.journal import (
+    JournalEntry,
+    JournalItem,
+    Segment,
+    _try_lock,
+    decode_lines,
+    read_rest,
+    same_file,
+)
 
 __all__ = ["JournalTail"]
 
@@ -113,31 +120,21 @@ class JournalTail:
         segment = tailed.segment
         # The lock first, then the read: whatever the worker wrote before letting go is read now.
         final = _try_lock(segment.fd)
-        if final and not _same_file(segment.fd, segment.path):
+        if final and not same_file(segment.fd, segment.path):
             segment.closed = True  # removed (and committed) by another reader: nothing to do here
             segment.written = segment.done
             return 0
         if not final and os.fstat(segment.fd).st_size <= _offset(tailed):
             return 0
-        chunks = [tailed.partial]
-        while chunk := os.read(segment.fd, 1 << 20):
-            chunks.append(chunk)
-        data = b"".join(chunks)
+        data = tailed.partial + read_rest(segment.fd)
         if final:
             whole, tailed.partial = data, b""
             segment.closed = True
         else:
             cut = data.rfind(b"\n") + 1
             whole, tailed.partial = data[:cut], data[cut:]
-        entries = []
-        for raw in whole.splitlines():
-            tailed.lines += 1
-            if not raw.strip():
-                continue
-            try:
-                entries.append(json.loads(raw))
-            except (json.JSONDecodeError, UnicodeDecodeError) as exc:  # torn by a crash or power loss
-                self._reject({"file": segment.path.name, "line": tailed.lines}, exc)
+        entries, lines = decode_lines(whole, segment.path, tailed.lines, self._reject)
+        tailed.lines += lines
         segment.written += len(entries)
         self._queue.extend(JournalItem(segment, entry) for entry in entries)
         return len(entries)
@@ -147,7 +144,7 @@ class JournalTail:
             segment = tailed.segment
             if segment.finished:
                 with suppress(FileNotFoundError):
-                    if _same_file(segment.fd, segment.path):
+                    if same_file(segment.fd, segment.path):
                         segment.path.unlink()  # "done": removed while still holding its lock
                 os.close(segment.fd)
                 del self._files[name]
@@ -166,8 +163,3 @@ def _offset(tailed: _Tailed) -> int:
     return os.lseek(tailed.segment.fd, 0, os.SEEK_CUR)
 
 
-def _same_file(fd: int, path: Path) -> bool:
-    try:
-        return os.path.samestat(os.fstat(fd), os.stat(path))
-    except FileNotFoundError:
-        return False
