@@ -8,7 +8,9 @@ bounds, several active baclofen orders, tapers, previous doses and stray values.
 
 from __future__ import annotations
 
+import csv
 import random
+from pathlib import Path
 from typing import Any
 
 RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
@@ -141,3 +143,12 @@ def record_rows(vocab: Any, n: int, seed: int = 20) -> list[dict[str, str]]:
             row["egfr"] = "nan"
         rows.append({k: ("" if v is None else str(v)) for k, v in row.items()})
     return rows
+
+
+def write_csv(path: Path, rows: list[dict[str, str]]) -> Path:
+    """``rows`` as a record-table CSV (header from the first row) at ``path``; returns ``path``."""
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path

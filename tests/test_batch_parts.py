@@ -7,7 +7,6 @@ the tables are built from the parts instead. Both ways must give the same files,
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from cds_engine.batch.report import rule_counts
 from cds_engine.batch.runner import ScreenOptions, run_screen
 from cds_engine.engine import Engine
 from conftest import RULES
-from record_rows import record_rows
+from record_rows import record_rows, write_csv
 
 AS_OF = "2026-01-15T12:00:00+00:00"
 TABLES = ("alerts.parquet", "patients.parquet", "errors.csv")
@@ -29,12 +28,7 @@ TABLES = ("alerts.parquet", "patients.parquet", "errors.csv")
 def records(tmp_path_factory: pytest.TempPathFactory) -> Path:
     vocab = Engine.from_dir(RULES).packs[0].vocabulary
     rows = record_rows(vocab, 900, seed=11)
-    path = tmp_path_factory.mktemp("records") / "records.csv"
-    with path.open("w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return path
+    return write_csv(tmp_path_factory.mktemp("records") / "records.csv", rows)
 
 
 def _screen(path: Path, out: Path, **kw: object) -> dict:

@@ -10,7 +10,6 @@ replaced.
 
 from __future__ import annotations
 
-import csv
 import sys
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ from cds_engine.batch.runner import ScreenOptions, run_screen
 from cds_engine.batch.work import RunConfig, finish_chunk, prepare_chunk, process_chunk
 from cds_engine.engine import Engine
 from conftest import REPO, RULES
-from record_rows import record_rows
+from record_rows import record_rows, write_csv
 
 AS_OF = "2026-01-15T12:00:00+00:00"
 
@@ -36,12 +35,7 @@ AS_OF = "2026-01-15T12:00:00+00:00"
 def records(tmp_path_factory: pytest.TempPathFactory) -> Path:
     vocab = Engine.from_dir(RULES).packs[0].vocabulary
     rows = record_rows(vocab, 700, seed=23)
-    path = tmp_path_factory.mktemp("records") / "records.csv"
-    with path.open("w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return path
+    return write_csv(tmp_path_factory.mktemp("records") / "records.csv", rows)
 
 
 def _cfg() -> RunConfig:

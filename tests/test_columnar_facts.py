@@ -11,7 +11,6 @@ with the Rete engine (per patient).
 
 from __future__ import annotations
 
-import csv
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from cds_engine.evaluators.vector import VectorPack, frame_from_flats
 from cds_engine.facts.derive import derive
 from cds_engine.sources.table import clean_table, frame_from_cells, row_to_facts
 from conftest import RULES
-from record_rows import record_rows
+from record_rows import record_rows, write_csv
 
 AS_OF = datetime(2026, 1, 15, 12, 0, tzinfo=UTC)
 
@@ -135,11 +134,7 @@ def test_screen_record_table_vector_equals_rete(setup, tmp_path: Path) -> None:
     """End to end: the columnar table path writes the same alerts and patients as the per-patient one."""
     _, pack, _ = setup
     rows = record_rows(pack.vocabulary, 600, seed=3)
-    path = tmp_path / "records.csv"
-    with path.open("w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    path = write_csv(tmp_path / "records.csv", rows)
     outs = {}
     for engine in ("vector", "rete"):
         result = run_screen(
