@@ -32,7 +32,7 @@ import uuid
 from typing import Any
 
 import httpx
-from bench_common import REPO, machine_header, subprocess_env, use_repo_paths
+from bench_common import REPO, machine_header, subprocess_env, use_repo_paths, wait_until_up
 from fastapi import APIRouter, Request, Response
 
 use_repo_paths()
@@ -228,15 +228,8 @@ def start_server(db: str, workdir: str) -> tuple[subprocess.Popen[bytes], str]:
     server = subprocess.Popen([sys.executable, __file__, "--serve", str(port), "--serve-db", db], cwd=workdir,
                               env=subprocess_env(CDS_SPOOL_DIR=os.path.join(workdir, "spool")))
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 300  # a deadline, not a timing: a busy machine starts slowly
-    while True:
-        try:
-            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                return server, base
-        except httpx.HTTPError:
-            time.sleep(0.2)
-        if server.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError("the benchmark server did not start")
+    wait_until_up(base, server)
+    return server, base
 
 
 def stop_server(server: subprocess.Popen[bytes]) -> None:
@@ -522,15 +515,7 @@ def main() -> None:
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 300  # a deadline, not a timing: a busy machine starts slowly
-        while True:
-            try:
-                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("the benchmark server did not start")
+        wait_until_up(base, server)
         rows = []
         splits = {}
         for path in (SIGN, "/baseline"):

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import httpx
 import psutil
-from bench_common import REPO, machine_header, subprocess_env, use_repo_paths
+from bench_common import REPO, machine_header, subprocess_env, use_repo_paths, wait_until_up
 
 use_repo_paths()
 
@@ -106,16 +106,7 @@ def serve(db_url: str, workdir: Path, signer: Signer,
         cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT,
     )
     try:
-        deadline = time.monotonic() + 300  # a deadline, not a timing: a busy machine starts slowly
-        while True:
-            try:
-                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("server did not start:\n" + (workdir / "server.log").read_text())
-            time.sleep(0.3)
+        wait_until_up(base, process, log=workdir / "server.log")
         while workers > 1 and len(service_workers(process)) < workers:
             time.sleep(0.3)
         yield base, process

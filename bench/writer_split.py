@@ -25,8 +25,7 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 
-import httpx
-from bench_common import machine_header, subprocess_env, use_repo_paths
+from bench_common import machine_header, subprocess_env, use_repo_paths, wait_until_up
 
 use_repo_paths()
 
@@ -91,16 +90,7 @@ def one(mode: str, url: str, payload: str, requests: int) -> dict[str, float]:
     server = subprocess.Popen(command, cwd=workdir, env=subprocess_env(CDS_STORE_WRITER=mode))
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 300
-        while True:
-            try:
-                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("the server did not start")
-            time.sleep(0.2)
+        wait_until_up(base, server)
         before_rows = _stored(url)
         asyncio.run(drive(base, SIGN, payload, 40, 4))  # warm-up
         deadline = time.monotonic() + 120  # the writer (thread or process) is up and has stored them
