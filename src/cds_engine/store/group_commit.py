@@ -15,11 +15,12 @@ database refuses for another reason is retried line by line, and a line it still
 Feedback whose card has no row yet (its evaluation is still in another worker's journal) is
 parked and retried every second, up to ``park_seconds``; its journal segment is kept meanwhile,
 so a crash does not lose it either. Every ``adopt_interval`` the writer adopts the journals of
-dead processes (:meth:`Journal.adopt`).
+dead processes (:meth:`~cds_engine.store.journal.Journal.adopt`).
 
-The journal is this process's :class:`Journal` (``serve --writer thread``) or, in the writer
-process (``--writer process``), a :class:`~cds_engine.store.journal_tail.JournalTail` over every
-worker's files — anything with the :class:`LineSource` methods.
+The journal is this process's :class:`~cds_engine.store.journal.Journal` (``serve --writer
+thread``) or, in the writer process (``--writer process``), a
+:class:`~cds_engine.store.journal_tail.JournalTail` over every worker's files — anything with the
+:class:`LineSource` methods.
 
 The linger grows with the arrival rate: idle, a line waits ``linger`` (50 ms) for company; under
 load the writer waits longer (up to ``max_linger``) so each commit carries more lines — the fixed
@@ -43,7 +44,7 @@ from sqlalchemy import exc as sa_exc
 from cds_engine import metrics
 from cds_engine.store.api import EvaluationRecord, FeedbackRecord
 from cds_engine.store.db import redact
-from cds_engine.store.journal import Journal, JournalEntry, JournalItem
+from cds_engine.store.journal import JournalEntry, JournalItem
 from cds_engine.store.sink import is_transient
 from cds_engine.store.writer import apply_feedback, insert_evaluations, known_card
 
@@ -77,7 +78,7 @@ def _name_os_thread(name: bytes) -> None:
 
 
 class GroupWriter:
-    def __init__(self, engine: Engine, journal: Journal | LineSource, reject: Reject, *, batch: int = 500,
+    def __init__(self, engine: Engine, journal: LineSource, reject: Reject, *, batch: int = 500,
                  wait: float = 0.005, linger: float = 0.05, adopt_interval: float = 1.0,
                  park_seconds: float = 300.0, max_linger: float = 0.25, linger_rate: float = 50.0,
                  on_done: Callable[[list[JournalItem]], None] | None = None) -> None:
