@@ -57,7 +57,11 @@ def machine_header(name: str, smoke: bool = False) -> str:
     quiet = "quiet" if load[0] < QUIET_LOAD else f"NOT quiet (>= {QUIET_LOAD}): figures are not of record"
     mode = " — SMOKE RUN (tiny sizes, figures meaningless)" if smoke else ""
     writer = os.environ.get("CDS_STORE_WRITER")  # serve's --writer, inherited by every served process
-    mode += f"; store writer: {writer}" if writer else ""
+    if not writer:
+        from cds_engine.commands.serve import DEFAULT_WRITER
+
+        writer = f"{DEFAULT_WRITER} (default)"
+    mode += f"; store writer: {writer}"
     return (
         f"{name}: {_cpu_model()}, {os.cpu_count()} cores, {mem}, Python {platform.python_version()}, "
         f"{platform.system()} {platform.release()}; load average at start {load[0]:.2f} {load[1]:.2f} "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 import pytest
@@ -89,17 +90,24 @@ def test_resumed_run_merges_from_the_parts(records: Path, tmp_path: Path, monkey
     _same_tables(tmp_path / "fresh", out)
 
 
+def _tables(alerts: dict[str, list[Any]], patients: dict[str, list[Any]]) -> dict[str, Any]:
+    """What PartStore.write hands the appended files: each chunk table as Arrow."""
+    return {"alerts": pl.DataFrame(alerts).to_arrow(), "patients": pl.DataFrame(patients).to_arrow()}
+
+
 def test_schema_change_drops_the_appended_file(tmp_path: Path) -> None:
     appended = parts_module._Appended(tmp_path)
-    appended.add("c1", {"alerts": pl.DataFrame({"a": [1]}), "patients": pl.DataFrame({"p": ["x"]})})
-    appended.add("c2", {"alerts": pl.DataFrame({"a": ["1"]}), "patients": pl.DataFrame({"p": ["y"]})})
+    appended.add("c1", _tables({"a": [1]}, {"p": ["x"]}))
+    assert appended.chunks == ["c1"]  # the first chunk was appended
+    appended.add("c2", _tables({"a": ["1"]}, {"p": ["y"]}))
     assert not appended.finish(["c1", "c2"])
     assert not list(tmp_path.glob("final.*"))
 
 
 def test_missing_chunk_drops_the_appended_file(tmp_path: Path) -> None:
     appended = parts_module._Appended(tmp_path)
-    appended.add("c1", {"alerts": pl.DataFrame({"a": [1]}), "patients": pl.DataFrame({"p": ["x"]})})
+    appended.add("c1", _tables({"a": [1]}, {"p": ["x"]}))
+    assert appended.chunks == ["c1"]
     assert not appended.finish(["c0", "c1"])
     assert not list(tmp_path.glob("final.*"))
 

@@ -383,3 +383,36 @@ def test_non_finite_numbers_are_refused_naming_the_field(client, literal):
     response = client.post(SIGN, content=payload, headers={"content-type": "application/json"})
     assert response.status_code == 400
     assert "dosageInstruction[0].doseAndRate[0].doseQuantity.value" in problem(response)
+
+
+def _deep_extension(depth: int) -> list[dict[str, Any]]:
+    nested: dict[str, Any] = {"url": "https://ehr.example/x", "valueString": "leaf"}
+    for _ in range(depth):
+        nested = {"url": "https://ehr.example/x", "extension": [nested]}
+    return [nested]
+
+
+@pytest.mark.parametrize("depth", [250, 450])
+def test_a_draft_nested_too_deeply_for_the_model_is_400_naming_the_draft(client, depth):
+    """Nesting the JSON parser accepts but the FHIR model cannot walk (extension in extension ...)
+    is a draft that cannot be read: a 400 naming it, never a 500 (was a RecursionError)."""
+    draft = medication_request()
+    draft["extension"] = _deep_extension(depth)
+    body = json.dumps(hook_request("order-sign", "p1", [draft]))
+    response = client.post(SIGN, content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 400, response.status_code
+    assert "draftOrders.entry[0]" in problem(response)
+
+
+@pytest.mark.parametrize("depth", [250, 450])
+def test_prefetched_resources_nested_deeply_are_an_answer_or_a_400(client, depth):
+    """The same nesting in prefetched resources (read without the FHIR model): never a 500."""
+    condition = {"resourceType": "Condition", "id": "c1", "subject": {"reference": "Patient/p1"},
+                 "code": {"text": "x"}, "extension": _deep_extension(depth)}
+    patient = {**record()[0], "extension": _deep_extension(depth)}
+    prefetch = {"patient": patient,
+                "conditions": {"resourceType": "Bundle", "type": "searchset",
+                               "entry": [{"resource": condition}]}}
+    body = json.dumps(hook_request("order-sign", "p1", [medication_request()], prefetch=prefetch))
+    response = client.post(SIGN, content=body, headers={"content-type": "application/json"})
+    assert response.status_code in (200, 400), response.status_code

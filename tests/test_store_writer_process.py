@@ -318,7 +318,24 @@ def test_an_unknown_writer_mode_is_refused(monkeypatch: pytest.MonkeyPatch) -> N
 
     result = CliRunner().invoke(app, ["serve", "--no-auth", "--db", "none", "--writer", "fork"])
     assert result.exit_code == 2 and "--writer" in result.output
-    monkeypatch.setenv("CDS_STORE_WRITER", "process")
-    assert writer_mode(None) == "process" and writer_mode("thread") == "thread"
+    monkeypatch.setenv("CDS_STORE_WRITER", "thread")
+    assert writer_mode(None) == "thread" and writer_mode("process") == "process"
     monkeypatch.delenv("CDS_STORE_WRITER")
-    assert writer_mode(None) == "thread"  # the default
+    assert writer_mode(None) == "process"  # the default
+
+
+def test_the_writer_process_runs_at_a_lower_priority(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Background work: a worker answering a hook gets the core first (CDS_WRITER_NICE, default +10)."""
+    from cds_engine.store.writer_process import DEFAULT_NICE, NICE_ENV, lower_priority
+
+    monkeypatch.delenv(NICE_ENV, raising=False)
+    store, supervisor = _journal_store(tmp_path)
+    try:
+        assert supervisor.process is not None
+        pid = supervisor.process.pid
+        wait_for(lambda: (read_status(tmp_path / "spool") or {}).get("pid") == pid)
+        assert os.getpriority(os.PRIO_PROCESS, pid) == min(19, os.nice(0) + DEFAULT_NICE)
+    finally:
+        store.close()
+    own = os.nice(0)
+    assert lower_priority("0") == own and lower_priority("-5") == own and lower_priority("x") == own

@@ -36,6 +36,7 @@ __all__ = [
     "declare_all",
     "exposition",
     "label",
+    "leave_multiprocess",
     "service_label",
 ]
 
@@ -142,6 +143,22 @@ def declare_all() -> None:
     """Create every metric now, so a scrape lists every family even before its first event."""
     for metric in _ALL:
         metric._real()
+
+
+def leave_multiprocess(directory: str) -> None:
+    """Undo ``PROMETHEUS_MULTIPROC_DIR=directory`` set by this process (an in-process ``serve`` that
+    returned, e.g. under a test runner): a later ``serve`` child would inherit the variable and sum
+    the stale files of this one's writer. Also puts prometheus-client back on in-memory values if it
+    was imported meanwhile (it picks its value class once, at import), and removes the directory."""
+    import shutil
+    import sys
+
+    if os.environ.get(MULTIPROC_ENV) == directory:
+        del os.environ[MULTIPROC_ENV]
+    values = sys.modules.get("prometheus_client.values")
+    if values is not None:
+        values.ValueClass = values.get_value_class()  # type: ignore[attr-defined]
+    shutil.rmtree(directory, ignore_errors=True)
 
 
 def exposition() -> tuple[bytes, str]:

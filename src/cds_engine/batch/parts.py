@@ -8,10 +8,13 @@ chunk killed half way is simply redone (its part files are overwritten, never ap
 final files are produced from the parts by streaming (flat memory) into temporary names and
 renamed, so ``DIR`` never holds a half-written ``alerts.parquet`` nor alerts of two runs.
 
-Parts are Arrow IPC files (LZ4), not Parquet: a part is read at most once, by the merge, so
-Parquet's encoding was paid for nothing. :data:`PARTS_FORMAT` is part of the run fingerprint,
-so parts of another layout are never resumed. A serial run also appends each chunk's rows to
-the final tables as it goes (:class:`_Appended`), so its merge only renames them.
+Parts are Parquet files with LZ4, dictionaries on the repetitive columns and no statistics:
+a part is read at most once (by the merge, after a resume or from a pool), so it is encoded
+for speed and size only — from the Arrow table the appended final file is written from anyway,
+~20 % less CPU than the Arrow IPC (LZ4) parts before and about half their bytes.
+:data:`PARTS_FORMAT` is part of the run fingerprint, so parts of another layout are never
+resumed. A serial run also appends each chunk's rows to the final tables as it goes
+(:class:`_Appended`), so its merge only renames them.
 """
 
 from __future__ import annotations
@@ -32,8 +35,8 @@ from cds_engine.files import FILE_MODE, private_dir
 __all__ = ["OUTPUT_FILES", "PARTS_FORMAT", "PartStore"]
 
 #: the layout of the part files (in the run fingerprint: a rerun never mixes two layouts)
-PARTS_FORMAT = "arrow-ipc-lz4-v1"
-_PART = "arrow"
+PARTS_FORMAT = "parquet-lz4-dict-v2"
+_PART = "parquet"
 _APPENDED = ("alerts", "patients")  # the final tables a serial run writes as it goes
 #: columns with (nearly) one value per row: no dictionary and no min/max statistics in the final
 #: Parquet files — both cost encoding time and buy nothing there (a dictionary of 60,000 evidence
@@ -55,6 +58,15 @@ def _parquet_writer(path: Path, schema: Any) -> Any:
         use_dictionary=[n for n in repetitive if n != "row"],
         write_statistics=repetitive,
     )
+
+
+def _write_part(table: Any, path: Path) -> None:
+    """One part file (read once, by the merge): LZ4, dictionaries on the repetitive columns, no
+    statistics — the cheapest encoding measured that is also small (half the IPC LZ4 bytes)."""
+    import pyarrow.parquet as pq
+
+    dictionary = [n for n in table.schema.names if n not in _ROW_VALUED and n != "row"]
+    pq.write_table(table, path, compression="lz4", use_dictionary=dictionary, write_statistics=False)
 
 
 OUTPUT_FILES = (
@@ -117,12 +129,12 @@ class _Appended:
     def path(self, name: str) -> Path:
         return self.folder / f"final.{name}.parquet"
 
-    def add(self, chunk_id: str, frames: dict[str, pl.DataFrame]) -> None:
+    def add(self, chunk_id: str, tables: dict[str, Any]) -> None:
+        """Append one chunk's Arrow tables (``name`` -> ``pyarrow.Table``) to the final files."""
         if self.broken:
             return
         try:
-            for name, frame in frames.items():
-                table = frame.to_arrow()
+            for name, table in tables.items():
                 writer = self.writers.get(name)
                 if writer is None:
                     writer = _parquet_writer(self.path(name), table.schema)
@@ -201,13 +213,14 @@ class PartStore:
 
     def write(self, result: ChunkResult) -> None:
         base = self.dir / _safe(result.chunk_id)
-        for name, frame in (
-            ("alerts", result.alerts),
-            ("patients", result.patients),
-            ("errors", result.errors),
-        ):
+        tables = {  # converted once: the part and the appended final file are written from them
+            "alerts": result.alerts.to_arrow(),
+            "patients": result.patients.to_arrow(),
+            "errors": result.errors.to_arrow(),
+        }
+        for name, table in tables.items():
             tmp = base.with_name(f"{base.name}.{name}.{_PART}.tmp")
-            frame.write_ipc(tmp, compression="lz4")
+            _write_part(table, tmp)
             _replace(tmp, base.with_name(f"{base.name}.{name}.{_PART}"))
         manifest = {
             "chunk": result.chunk_id,
@@ -220,14 +233,14 @@ class PartStore:
         tmp.write_text(json.dumps(manifest), encoding="utf-8")
         _replace(tmp, base.with_name(f"{base.name}.done"))
         if self.appended is not None:
-            self.appended.add(result.chunk_id, {"alerts": result.alerts, "patients": result.patients})
+            self.appended.add(result.chunk_id, {n: tables[n] for n in _APPENDED})
 
     def _scan(self, chunk_ids: list[str], name: str, schema: dict[str, pl.DataType]) -> pl.LazyFrame:
         files = [self.dir / f"{_safe(c)}.{name}.{_PART}" for c in chunk_ids]
         files = [f for f in files if f.exists()]
         if not files:
             return pl.LazyFrame(schema=schema)
-        return pl.concat([pl.scan_ipc(f) for f in files], how="vertical")
+        return pl.concat([pl.scan_parquet(f) for f in files], how="vertical")
 
     def merge(self, chunk_ids: list[str], formats: tuple[str, ...] = ("parquet", "csv")) -> None:
         """Write the final alerts, patients and errors files (streamed; temp name, then rename).

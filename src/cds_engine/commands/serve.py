@@ -6,12 +6,14 @@ keeps nothing. Authentication: ``--trusted-issuers FILE`` (else ``CDS_TRUSTED_IS
 EHRs allowed to call and their keys; ``--no-auth`` turns client authentication off for local
 trials and says so loudly. ``--workers N`` runs N uvicorn workers, each a complete service
 (:mod:`cds_engine.commands.serve_workers`); seen JWT ids are shared through ``--replay-store``.
-``--writer process`` (env ``CDS_STORE_WRITER``) moves the store writer out of the request processes:
-one writer process per ``serve``, fed by every worker's journal (:mod:`cds_engine.store.writer_process`).
+The store writer (``--writer``, env ``CDS_STORE_WRITER``) runs by default as one writer process per
+``serve``, fed by every worker's journal (:mod:`cds_engine.store.writer_process`): the request
+processes only append. ``--writer thread`` keeps a writer thread in each worker instead.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import sys
@@ -32,6 +34,7 @@ log = logging.getLogger("cds_engine.service")
 DEFAULT_DB = "sqlite:///cds.db"
 WRITER_ENV = "CDS_STORE_WRITER"
 WRITER_MODES = ("thread", "process")
+DEFAULT_WRITER = "process"  # bench/RESULTS.md: the answer waits less for the store than with a thread
 _LOUD = """
 ********************************************************************************
 *  --no-auth: CLIENT AUTHENTICATION IS OFF.                                    *
@@ -41,8 +44,8 @@ _LOUD = """
 
 
 def writer_mode(option: str | None) -> str:
-    """``--writer``, else ``CDS_STORE_WRITER``, else ``thread``; anything else is refused."""
-    mode = (option or os.environ.get(WRITER_ENV) or "thread").strip().lower()
+    """``--writer``, else ``CDS_STORE_WRITER``, else :data:`DEFAULT_WRITER`; anything else is refused."""
+    mode = (option or os.environ.get(WRITER_ENV) or DEFAULT_WRITER).strip().lower()
     if mode not in WRITER_MODES:
         raise typer.BadParameter(f"--writer must be one of {', '.join(WRITER_MODES)} (got {mode!r})")
     return mode
@@ -79,7 +82,7 @@ def open_sink(db: str, engine_provider: Any, data_dir: Path | None = None,
         return NullSink(), [], None
     from cds_engine.service.review.router import build_router
 
-    # journal: the answer never waits for the database; one writer thread group-commits (issue 19)
+    # journal: the answer never waits for the database; one writer group-commits (issue 19)
     spool_dir = None
     if data_dir is not None and not os.environ.get("CDS_SPOOL_DIR") and not db.startswith("sqlite"):
         spool_dir = data_dir / "cds-spool"
@@ -123,8 +126,29 @@ def replay_clock(instant: str | None) -> dict[str, Any]:
     return {"clock": lambda: fixed}
 
 
+def _scoped_metrics_dir(command: Callable[..., None]) -> Callable[..., None]:
+    """``command`` with the Prometheus multiprocess directory it sets for its children undone when
+    it returns: ``serve`` run in-process (a test runner) must not leave ``PROMETHEUS_MULTIPROC_DIR``
+    behind, or a later ``serve`` child inherits it and sums this one's stale metric files."""
+
+    @functools.wraps(command)
+    def run(**options: Any) -> None:
+        from cds_engine import metrics
+
+        before = os.environ.get(metrics.MULTIPROC_ENV)
+        try:
+            command(**options)
+        finally:
+            made = os.environ.get(metrics.MULTIPROC_ENV)
+            if made and made != before:
+                metrics.leave_multiprocess(made)
+
+    return run
+
+
 def register(app: typer.Typer, rules_app: typer.Typer) -> None:
     @app.command()
+    @_scoped_metrics_dir
     def serve(
         host: Annotated[str, typer.Option(help="Interface to listen on")] = "127.0.0.1",
         port: Annotated[int, typer.Option(help="TCP port")] = 8080,
@@ -223,9 +247,9 @@ def register(app: typer.Typer, rules_app: typer.Typer) -> None:
         log_format: Annotated[str, typer.Option(help="text or json (one JSON object per line)")] = "text",
         writer: Annotated[
             str | None,
-            typer.Option(help="Where the store writer runs: thread (in each worker) or process (one "
-                         "process per serve, reading every worker's journal) (env CDS_STORE_WRITER; "
-                         "default thread)"),
+            typer.Option(help="Where the store writer runs: process (one process per serve, reading "
+                         "every worker's journal, at nice +10: env CDS_WRITER_NICE) or thread (in each "
+                         "worker) (env CDS_STORE_WRITER; default process)"),
         ] = None,
     ) -> None:
         """Serve CDS Hooks discovery, order-select/order-sign services, feedback and /evaluate."""
@@ -259,9 +283,10 @@ def register(app: typer.Typer, rules_app: typer.Typer) -> None:
         except typer.BadParameter as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from exc
+        url = db or os.environ.get("CDS_DATABASE_URL") or DEFAULT_DB
+        writer_process = store_writer == "process" and url.strip().lower() != "none"
         # the writer process's journal depth and write lag reach /metrics through the same files
-        if (workers > 1 or store_writer == "process") and not in_worker and not os.environ.get(
-                metrics.MULTIPROC_ENV):
+        if (workers > 1 or writer_process) and not in_worker and not os.environ.get(metrics.MULTIPROC_ENV):
             import tempfile
 
             # prometheus-client multiprocess mode: every worker writes its values here, a scrape sums them
@@ -319,7 +344,6 @@ def register(app: typer.Typer, rules_app: typer.Typer) -> None:
 
         provider = holder
 
-        url = db or os.environ.get("CDS_DATABASE_URL") or DEFAULT_DB
         home_dir = data_dir or os.environ.get("CDS_DATA_DIR")
         clock = replay_clock(fixed_clock)
         sink, routers, store = open_sink(url, provider, Path(home_dir) if home_dir else None,

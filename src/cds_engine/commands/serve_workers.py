@@ -220,7 +220,10 @@ def _supervise(workers: int, params: dict[str, Any], options: dict[str, Any]) ->
     sock = slots[0] if slots else config.bind_socket()
     log.info("serving with %d workers (%s)", workers,
              "one SO_REUSEPORT socket each" if slots else "one shared socket")
-    _Supervisor(config, sockets=[sock], slot_sockets=slots).run()
+    try:
+        _Supervisor(config, sockets=[sock], slot_sockets=slots).run()
+    finally:  # a later serve in this process (a test runner) must not take itself for a worker
+        os.environ.pop(PARAMS_ENV, None)
 
 
 def _reuseport_sockets(config: Config, n: int) -> list[socket]:

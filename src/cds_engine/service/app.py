@@ -27,7 +27,7 @@ from cds_engine.engine import Engine
 from cds_engine.facts.model import PatientFacts
 from cds_engine.rules.governance import approval_state
 from cds_engine.service.auth import AuthSettings, JwtVerifier
-from cds_engine.service.bounds import require_clean_context, scrub_resources
+from cds_engine.service.bounds import require_clean_context, scrub_may_change, scrub_resources
 from cds_engine.service.callbacks import CallbackLimits, CallbackPolicy, begin_hook, end_hook
 from cds_engine.service.cards import LINK_HOSTS
 from cds_engine.service.deviations import deviation_counts
@@ -36,6 +36,7 @@ from cds_engine.service.errors import HookError, install_error_handlers
 from cds_engine.service.fatigue import FatiguePolicy, client_key
 from cds_engine.service.finite import require_finite
 from cds_engine.service.hook import HookHandler
+from cds_engine.service.json_body import FastJsonRoute
 from cds_engine.service.limits import HookLimits, refusal_counts
 from cds_engine.service.metrics_http import MetricsMiddleware
 from cds_engine.service.middleware import AuthMiddleware, BodyLimitMiddleware, RequestLogMiddleware
@@ -145,6 +146,7 @@ def create_app(
         "plus a plain JSON /evaluate endpoint.",
         lifespan=lifespan,
     )
+    app.router.route_class = FastJsonRoute  # JSON bodies parsed by msgspec, the stdlib as referee
     install_error_handlers(app)
     app.state.jwt_verifier = verifier  # serve --workers: the parent closes the one it built to check
     secured = [Security(_bearer)] if auth is not None else []  # the OpenAPI says what is enforced
@@ -214,7 +216,8 @@ def create_app(
         request.state.log = {"hookInstance": body.hookInstance, "service": service_id}
         require_finite(body.context.draftOrders, "context.draftOrders")
         require_clean_context(body.model_dump(exclude={"prefetch"}))
-        scrub_resources(body.prefetch, "prefetch")  # the record's odd values become unknown, counted
+        if not getattr(request, "parsed_by_msgspec", False) or scrub_may_change(await request.body()):
+            scrub_resources(body.prefetch, "prefetch")  # the record's odd values become unknown, counted
         issuer = (getattr(request.state, "client", None) or {}).get("iss")
         tenant = (getattr(request.state, "client", None) or {}).get("tenant")
         body = callback_policy.apply(body, issuer)  # fhirServer/token dropped when they must not be used

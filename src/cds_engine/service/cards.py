@@ -12,6 +12,7 @@ the detail says so.
 
 from __future__ import annotations
 
+import functools
 import threading
 import uuid
 import weakref
@@ -34,6 +35,16 @@ LINK_HOSTS = ("fda.gov", "nih.gov", "doi.org", "ema.europa.eu", "gov.uk", "canad
 def allowed_link(url: str | None, hosts: Iterable[str] = LINK_HOSTS) -> bool:
     if not url:
         return False
+    return _allowed(url, tuple(hosts))
+
+
+@functools.lru_cache(maxsize=4096)
+def _allowed(url: str, hosts: tuple[str, ...]) -> bool:
+    """:func:`allowed_link` of one URL, remembered: the same few pack URLs recur on every card.
+
+    Parsing them was most of a card's cost (issue 19 profile). A pure function of two strings;
+    the bound keeps a pack with very many sources from growing it without limit.
+    """
     parts = urlsplit(url)
     host = (parts.hostname or "").lower()
     return parts.scheme == "https" and any(host == h or host.endswith("." + h) for h in hosts)

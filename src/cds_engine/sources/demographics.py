@@ -26,6 +26,8 @@ def clean_text(value: Any, limit: int = MAX_TEXT) -> str | None:
     """Printable text or None: bidi and other format (Cf) and control (Cc) characters removed."""
     if not isinstance(value, str):
         return None
+    if value.isascii() and value.isprintable():  # nothing to remove: skip the per-character scan
+        return " ".join(value.split())[:limit] or None
     kept = "".join(" " if ch in "\t\r\n" else ch for ch in value
                    if unicodedata.category(ch) not in ("Cf", "Cc", "Cs", "Co", "Cn") or ch in "\t\r\n")
     kept = " ".join(kept.split())

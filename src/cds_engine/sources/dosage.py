@@ -298,9 +298,10 @@ def read_dosage(instructions: Any) -> Dosage:
     parsed = [_instruction(raw) for raw in as_list(instructions) if isinstance(raw, dict)]
     if not parsed:
         return Dosage()
-    phases = [_phase(group) for group in _groups(parsed)]
+    groups = _groups(parsed)
+    phases = [_phase(group) for group in groups]
     current = phases[0]
-    first_group = _groups(parsed)[0]
+    first_group = groups[0]
     prn = any(i.prn for i in first_group)
     prn_max = None
     if prn:

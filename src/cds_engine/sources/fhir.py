@@ -206,7 +206,7 @@ class _Mapper:
         self.vocab = vocab
         self.drug_class = drug_class
         self.drafts = drafts
-        self.index = ResourceIndex([*resources, *drafts])
+        self.index = ResourceIndex.of_record(resources, drafts)  # a Bulk record's shared part indexed once
         self.by_type: dict[str, list[dict[str, Any]]] = defaultdict(list)
         by_type = self.by_type
         for resource in resources:

@@ -11,6 +11,7 @@ malformed. Draft orders — the input the advice is about — are still validate
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Iterable, Iterator
 from datetime import UTC, date, datetime, time
@@ -21,6 +22,7 @@ from cds_engine.vocabulary import HISTORY_KIND, Vocabulary
 
 __all__ = [
     "ResourceIndex",
+    "SharedRecord",
     "as_list",
     "best_coding",
     "code_groups",
@@ -50,9 +52,12 @@ def codings(concept: Any) -> list[dict[str, Any]]:
     """The codings of a CodeableConcept (or of a bare Coding), skipping malformed entries."""
     if not isinstance(concept, dict):
         return []
-    if "code" in concept and "coding" not in concept:  # a bare Coding
-        return [concept]
-    return [c for c in as_list(concept.get("coding")) if isinstance(c, dict)]
+    if "coding" not in concept:
+        return [concept] if "code" in concept else []  # a bare Coding, or no coding at all
+    found = concept["coding"]  # as_list(), inlined: every coded resource of a record comes here
+    if isinstance(found, list):
+        return [c for c in found if isinstance(c, dict)]
+    return [found] if isinstance(found, dict) else []
 
 
 def concept_text(concept: Any) -> str | None:
@@ -98,8 +103,12 @@ class _Memo:
 
     def __init__(self) -> None:
         self._tables: dict[int, tuple[Vocabulary, dict[tuple[Any, ...], frozenset[str]]]] = {}
+        self._last: tuple[Vocabulary, dict[tuple[Any, ...], frozenset[str]]] | None = None
 
     def table(self, vocab: Vocabulary) -> dict[tuple[Any, ...], frozenset[str]]:
+        last = self._last  # the vocabulary of the previous call: almost always this one
+        if last is not None and last[0] is vocab and len(last[1]) <= self.max_entries:
+            return last[1]
         entry = self._tables.get(id(vocab))
         if entry is None or entry[0] is not vocab:
             if len(self._tables) >= 8:
@@ -107,6 +116,7 @@ class _Memo:
             entry = self._tables[id(vocab)] = (vocab, {})
         if len(entry[1]) > self.max_entries:
             entry[1].clear()
+        self._last = entry
         return entry[1]
 
 
@@ -114,8 +124,9 @@ _MEMO = _Memo()
 
 
 def _key(concept: dict[str, Any]) -> tuple[Any, ...]:
+    # a list made into a tuple: cheaper than a generator for the one or two codings of a concept
     return (
-        tuple((c.get("system"), c.get("code"), c.get("display")) for c in codings(concept)),
+        tuple([(c.get("system"), c.get("code"), c.get("display")) for c in codings(concept)]),
         concept.get("text"),
     )
 
@@ -303,9 +314,19 @@ def quantity(value: Any) -> tuple[float | None, str | None, str | None]:
 
 
 class ResourceIndex:
-    """Resolve references among the resources of one request: ``Type/id``, ``urn:uuid:…``, absolute URLs."""
+    """Resolve references among the resources of one request: ``Type/id``, ``urn:uuid:…``, absolute URLs.
 
-    def __init__(self, resources: Iterable[dict[str, Any]]) -> None:
+    ``base``: an index of resources every record of a batch shares (a Bulk export's ``Medication``
+    file), built once and read, never written, by each record's index. Why: indexing them again for
+    every patient cost as much as indexing the patient's own record once there are many. The index
+    answers as one built from ``[*resources, *base's resources, *added ones]`` would (the first of a
+    type and id wins); :meth:`add` writes only this index, so nothing a record adds (a contained
+    resource, a draft) reaches the base or another record.
+    """
+
+    def __init__(self, resources: Iterable[dict[str, Any]], base: ResourceIndex | None = None) -> None:
+        if base is not None and base._base is not None:
+            raise ValueError("a base index has no base of its own")
         by_key: dict[str, dict[str, Any]] = {}
         by_id: dict[str, dict[str, Any]] = {}
         for resource in resources:  # add(), inlined: a record has hundreds of resources
@@ -315,12 +336,40 @@ class ResourceIndex:
                 by_id.setdefault(rid, resource)
         self._by_key = by_key
         self._by_id = by_id
+        self._base = base
+        self._first = len(by_key)  # keys indexed before the base's (the later ones were added after it)
+
+    @classmethod
+    def of_record(cls, resources: list[dict[str, Any]], drafts: list[dict[str, Any]]) -> ResourceIndex:
+        """The index of ``[*resources, *drafts]``; a :class:`SharedRecord` reuses its shared part's index."""
+        if not isinstance(resources, SharedRecord) or len(resources) != resources.own + resources.shared:
+            return cls([*resources, *drafts])  # a plain list, or a record changed since it was made
+        index = cls(resources[: resources.own], resources.shared_index)
+        for draft in drafts:
+            index.add(draft)
+        return index
 
     def add(self, resource: dict[str, Any]) -> None:
+        """One more resource, after every one indexed so far (the base's included)."""
         rtype, rid = resource.get("resourceType"), resource.get("id")
         if isinstance(rtype, str) and isinstance(rid, str):
-            self._by_key.setdefault(f"{rtype}/{rid}", resource)
-            self._by_id.setdefault(rid, resource)
+            key, base = f"{rtype}/{rid}", self._base
+            if base is None or key not in base._by_key:
+                self._by_key.setdefault(key, resource)
+            if base is None or rid not in base._by_id:
+                self._by_id.setdefault(rid, resource)
+
+    def _key(self, key: str) -> dict[str, Any] | None:
+        found = self._by_key.get(key)
+        if found is None and self._base is not None:
+            return self._base._by_key.get(key)
+        return found
+
+    def _id(self, rid: str) -> dict[str, Any] | None:
+        found = self._by_id.get(rid)
+        if found is None and self._base is not None:
+            return self._base._by_id.get(rid)
+        return found
 
     def resolve(self, reference: Any, container: dict[str, Any] | None = None) -> dict[str, Any] | None:
         """The resource a Reference points to, from ``contained``, this index, or None."""
@@ -333,16 +382,37 @@ class ResourceIndex:
                     return item
             return None
         if ref.startswith("urn:uuid:") or ref.startswith("urn:oid:"):
-            return self._by_id.get(ref.rsplit(":", 1)[1])
+            return self._id(ref.rsplit(":", 1)[1])
         parts = ref.split("?", 1)[0].rstrip("/").split("/")
         if "_history" in parts:
             parts = parts[: parts.index("_history")]
         if len(parts) >= 2:
-            return self._by_key.get(f"{parts[-2]}/{parts[-1]}")
-        return self._by_id.get(ref)
+            return self._key(f"{parts[-2]}/{parts[-1]}")
+        return self._id(ref)
 
     def of_type(self, rtype: str) -> Iterator[dict[str, Any]]:
-        return (r for k, r in self._by_key.items() if k.startswith(rtype + "/"))
+        """The indexed resources of a type, in the order they were indexed (the base's after this
+        index's own and before the ones added)."""
+        prefix = rtype + "/"
+        if self._base is None:
+            return (r for k, r in self._by_key.items() if k.startswith(prefix))
+        mine = list(self._by_key.items())
+        shared = ((k, r) for k, r in self._base._by_key.items() if k not in self._by_key)
+        ordered = itertools.chain(mine[: self._first], shared, mine[self._first :])
+        return (r for k, r in ordered if k.startswith(prefix))
 
     def __contains__(self, key: str) -> bool:
-        return key in self._by_key
+        return key in self._by_key or (self._base is not None and key in self._base)
+
+
+class SharedRecord(list[dict[str, Any]]):
+    """One record's resources followed by the resources every record of its batch shares, with the
+    index of those shared ones (:meth:`ResourceIndex.of_record` reuses it). It is the plain list
+    ``[*own, *shared]`` to every other reader."""
+
+    def __init__(self, own: list[dict[str, Any]], shared: list[dict[str, Any]], index: ResourceIndex) -> None:
+        super().__init__(own)
+        self.extend(shared)
+        self.own = len(own)
+        self.shared = len(shared)
+        self.shared_index = index

@@ -35,6 +35,7 @@ from typing import IO, Any
 import msgspec
 
 from cds_engine.sources.compressed import byte_lines
+from cds_engine.sources.fhir_read import ResourceIndex, SharedRecord
 from cds_engine.sources.selective import (
     READ_TYPES,
     LineHead,
@@ -300,12 +301,16 @@ def read_partition(part: Path, shared: Path | None) -> Iterator[tuple[str, str, 
     them all, and the mapping indexes each one for each patient (a fifth of its time with an export
     whose ``Medication`` file repeats 6 resources 40 times). A repeated line is the same resource
     again: the index keeps the first of a type and id anyway, and no reader lists shared resources.
+    They are indexed once per partition, too: a patient's record is a
+    :class:`~cds_engine.sources.fhir_read.SharedRecord` whose index the mapping reuses (the
+    patient's own resources and drafts are indexed per patient, on top of it, never into it).
     """
     shared_resources: list[dict[str, Any]] = []
     if shared is not None and shared.exists():
         with shared.open("rb") as fh:  # each distinct line once (see above)
             distinct = dict.fromkeys(line for line in fh if line.strip())
         shared_resources = [decode_resource(line) for line in distinct]
+    shared_index = ResourceIndex(shared_resources)  # once per partition, not once per patient
     groups: dict[str, list[Any]] = {}  # the lines (bytes) of each patient; a dict for a resumed run's line
     origin: dict[str, tuple[str, int]] = {}
     with part.open("rb") as fh:
@@ -330,7 +335,7 @@ def read_partition(part: Path, shared: Path | None) -> Iterator[tuple[str, str, 
             resources = [decode_resource(x) if isinstance(x, bytes) else x for x in lines]
         if key in origin:
             file, n = origin[key]
-            yield key, file, n, resources + shared_resources
+            yield key, file, n, SharedRecord(resources, shared_resources, shared_index)
         else:
             file, n = origin.get("?" + key, (str(part), 0))
             yield key, file, -1, resources

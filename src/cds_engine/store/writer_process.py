@@ -17,7 +17,11 @@ Started and supervised by ``serve`` (:mod:`cds_engine.store.writer_supervisor`) 
 * writes ``DIRECTORY/writer-status.json`` every half second (up/down, backlog, written): the
   workers read it for their ``available`` and their shutdown flush;
 * on SIGTERM writes what it holds for up to 5 s (the rest is read again by the next writer), and
-  stops by itself when the process that started it is gone (no orphan after a SIGKILL of ``serve``).
+  stops by itself when the process that started it is gone (no orphan after a SIGKILL of ``serve``);
+* runs at a lower CPU priority (``nice`` +:data:`DEFAULT_NICE`, env :data:`NICE_ENV`; 0 keeps the
+  priority of ``serve``): it is background work whose goal is a write lag of seconds, while the
+  workers answer within milliseconds, so when they want the same core the scheduler should pick a
+  worker. Niceness only weights the share under contention: an idle core still runs the writer.
 """
 
 from __future__ import annotations
@@ -40,12 +44,15 @@ except ImportError:  # pragma: no cover - non-POSIX
 
 from cds_engine.files import private_dir, private_open
 
-__all__ = ["LOCK_FILE", "STATUS_FILE", "URL_ENV", "main", "read_status", "run"]
+__all__ = ["DEFAULT_NICE", "LOCK_FILE", "NICE_ENV", "STATUS_FILE", "URL_ENV", "lower_priority", "main",
+           "read_status", "run"]
 
 log = logging.getLogger("cds_engine.store.writer")
 
 URL_ENV = "CDS_WRITER_DATABASE_URL"
 PARENT_ENV = "CDS_WRITER_PARENT_PID"
+NICE_ENV = "CDS_WRITER_NICE"
+DEFAULT_NICE = 10
 LOCK_FILE = "writer.lock"
 STATUS_FILE = "writer-status.json"
 STATUS_INTERVAL = 0.5
@@ -153,6 +160,20 @@ def run(url: str, directory: str | Path, stop: threading.Event, parent: int | No
         os.close(lock)
 
 
+def lower_priority(value: str | None) -> int:
+    """Add ``value`` (``CDS_WRITER_NICE``; default :data:`DEFAULT_NICE`) to this process's niceness;
+    the niceness now. A value that is not a whole number in 0..19 is logged and ignored: the
+    priority is a speed matter, never a reason for the store to stop writing."""
+    try:
+        increment = DEFAULT_NICE if value is None or not value.strip() else int(value)
+        if not 0 <= increment <= 19:
+            raise ValueError(f"not in 0..19: {increment}")
+    except ValueError as exc:
+        log.warning("writer: %s=%r ignored (%s); the priority is left as it is", NICE_ENV, value, exc)
+        return os.nice(0)
+    return os.nice(increment)  # raising one's own niceness needs no privilege
+
+
 def main(argv: list[str] | None = None, *, configure: bool = True) -> int:
     """``configure``: plain text logging (``serve`` starts :mod:`cds_engine.commands.serve_writer`,
     which logs as ``serve`` does and passes False)."""
@@ -168,6 +189,7 @@ def main(argv: list[str] | None = None, *, configure: bool = True) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: serve stops us in order
     parent = int(os.environ[PARENT_ENV]) if os.environ.get(PARENT_ENV) else None
     os.umask(0o077)
+    log.debug("writer: niceness %d", lower_priority(os.environ.get(NICE_ENV)))
     run(os.environ[URL_ENV], args[0], stop, parent)
     return 0
 
