@@ -248,8 +248,8 @@ def register(app: typer.Typer, rules_app: typer.Typer) -> None:
         writer: Annotated[
             str | None,
             typer.Option(help="Where the store writer runs: process (one process per serve, reading "
-                         "every worker's journal, at nice +10: env CDS_WRITER_NICE) or thread (in each "
-                         "worker) (env CDS_STORE_WRITER; default process)"),
+                         "every worker's journal; env CDS_WRITER_NICE lowers its priority) or thread "
+                         "(in each worker) (env CDS_STORE_WRITER; default process)"),
         ] = None,
     ) -> None:
         """Serve CDS Hooks discovery, order-select/order-sign services, feedback and /evaluate."""

@@ -18,10 +18,11 @@ Started and supervised by ``serve`` (:mod:`cds_engine.store.writer_supervisor`) 
   workers read it for their ``available`` and their shutdown flush;
 * on SIGTERM writes what it holds for up to 5 s (the rest is read again by the next writer), and
   stops by itself when the process that started it is gone (no orphan after a SIGKILL of ``serve``);
-* runs at a lower CPU priority (``nice`` +:data:`DEFAULT_NICE`, env :data:`NICE_ENV`; 0 keeps the
-  priority of ``serve``): it is background work whose goal is a write lag of seconds, while the
-  workers answer within milliseconds, so when they want the same core the scheduler should pick a
-  worker. Niceness only weights the share under contention: an idle core still runs the writer.
+* can run at a lower CPU priority (env :data:`NICE_ENV`, 0 to 19; default :data:`DEFAULT_NICE`, the
+  priority of ``serve``) so that a worker answering a hook gets a contended core first. Not the
+  default: at the load goal (2 cores saturated) ``nice`` +10 starved the writer and its write lag p99
+  rose from ~1 s to 6-9 s (goal 2 s) and fewer answers were given; only the single-client
+  latency gained (bench/RESULTS.md, fifth session).
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ log = logging.getLogger("cds_engine.store.writer")
 URL_ENV = "CDS_WRITER_DATABASE_URL"
 PARENT_ENV = "CDS_WRITER_PARENT_PID"
 NICE_ENV = "CDS_WRITER_NICE"
-DEFAULT_NICE = 10
+DEFAULT_NICE = 0
 LOCK_FILE = "writer.lock"
 STATUS_FILE = "writer-status.json"
 STATUS_INTERVAL = 0.5
