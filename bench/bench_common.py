@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import os
 import platform
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
@@ -67,23 +65,3 @@ def machine_header(name: str, smoke: bool = False) -> str:
         f"{platform.system()} {platform.release()}; load average at start {load[0]:.2f} {load[1]:.2f} "
         f"{load[2]:.2f} ({quiet}){mode}"
     )
-
-
-def wait_until_up(base: str, process: subprocess.Popen, *, log: Path | None = None,
-                  timeout: float = 300.0) -> None:
-    """Poll ``GET base/healthz`` until it answers 200. Raises if ``process`` exits first or after
-    ``timeout`` s — a deadline, not a timing: a busy machine starts slowly. ``log``: the server's
-    log, shown in the error."""
-    import httpx
-
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            shown = f":\n{log.read_text()}" if log else ""
-            raise RuntimeError(f"the benchmark server did not start{shown}")
-        time.sleep(0.2)

@@ -32,7 +32,7 @@ import uuid
 from typing import Any
 
 import httpx
-from bench_common import REPO, machine_header, subprocess_env, use_repo_paths, wait_until_up
+from bench_common import REPO, machine_header, subprocess_env, use_repo_paths
 from fastapi import APIRouter, Request, Response
 
 use_repo_paths()
@@ -43,6 +43,7 @@ from tests.service_helpers import (  # noqa: E402  (the test helpers build reali
     medication_request,
     synthea_files,
     synthea_resources,
+    wait_until_up,
 )
 
 SIGN = "/cds-services/baclofen-order-sign"

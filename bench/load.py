@@ -38,12 +38,12 @@ from pathlib import Path
 
 import httpx
 import psutil
-from bench_common import REPO, machine_header, subprocess_env, use_repo_paths, wait_until_up
+from bench_common import REPO, machine_header, subprocess_env, use_repo_paths
 
 use_repo_paths()
 
 from hook import realistic_body  # noqa: E402  (same body as the service benchmark)
-from tests.service_helpers import Signer  # noqa: E402
+from tests.service_helpers import Signer, wait_until_up  # noqa: E402
 
 SIGN = "/cds-services/baclofen-order-sign"
 

@@ -25,9 +25,11 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 
-from bench_common import machine_header, subprocess_env, use_repo_paths, wait_until_up
+from bench_common import machine_header, subprocess_env, use_repo_paths
 
 use_repo_paths()
+
+from tests.service_helpers import wait_until_up  # noqa: E402
 
 HOOK = Path(__file__).with_name("hook.py")
 TICK = os.sysconf("SC_CLK_TCK")

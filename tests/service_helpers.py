@@ -376,6 +376,25 @@ def hook_request(
     return body
 
 
+def wait_until_up(base: str, process: subprocess.Popen[bytes], *, path: str = "/healthz",
+                  log: Path | None = None, timeout: float = 300.0) -> None:
+    """Poll ``GET base + path`` until it answers 200 (tests and benchmarks that start a server).
+
+    Raises if ``process`` exits first or after ``timeout`` s — a deadline, not a timing: a busy
+    machine starts slowly. ``log``: the server's log, shown in the error."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if httpx.get(f"{base}{path}", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            shown = f":\n{log.read_text()}" if log else ""
+            raise RuntimeError(f"the server did not start{shown}")
+        time.sleep(0.2)
+
+
 @contextmanager
 def serve_process(
     args: list[str], workdir: Path, *, env: dict[str, str] | None = None, timeout: float = 60.0
@@ -411,16 +430,7 @@ def serve_process(
             stderr=subprocess.STDOUT,
         )
         try:
-            deadline = time.monotonic() + timeout
-            while True:
-                try:
-                    if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("server did not start:\n" + log_path.read_text())
-                time.sleep(0.2)
+            wait_until_up(base, process, log=log_path, timeout=timeout)
             yield base, process, log_path
         finally:
             process.terminate()

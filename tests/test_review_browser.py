@@ -10,7 +10,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -19,6 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 from sqlalchemy import select
+from tests.service_helpers import wait_until_up
 
 from cds_engine.engine import Engine
 from cds_engine.sources.demographics import PatientDemographics
@@ -107,16 +107,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, engine: Engine) -> Iterator
         cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{base}/review/login", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"uvicorn did not start:\n{(workdir / 'uvicorn.log').read_text()}")
-            time.sleep(0.2)
+        wait_until_up(base, proc, path="/review/login", log=workdir / "uvicorn.log", timeout=60)
         yield base, url
     finally:
         proc.terminate()
