@@ -27,7 +27,7 @@ from fastapi import Request, Response
 from fastapi.routing import APIRoute
 from starlette._utils import is_async_callable
 
-__all__ = ["FastJsonRequest", "FastJsonRoute", "loads"]
+__all__ = ["FastJsonRequest", "FastJsonRoute"]
 
 # frames between this module's json() and msgspec's C decoder beyond those of json.loads (its own
 # three: loads, decode, raw_decode): msgspec's limit is then a few levels *below* the stdlib's
@@ -40,22 +40,15 @@ def _deeper(body: bytes, frames: int) -> Any:
     return _deeper(body, frames - 1) if frames else _decode(body)
 
 
-def loads(body: bytes) -> Any:
-    """``json.loads(body)``, faster: msgspec when it accepts, else the stdlib's own verdict."""
-    try:
-        return _deeper(body, _DEPTH_MARGIN)
-    except Exception:  # any refusal (or a RecursionError): the stdlib decides
-        return json.loads(body)
-
-
 class FastJsonRequest(Request):
-    """A request whose ``json()`` is :func:`loads` (cached like Starlette's).
+    """A request whose ``json()`` is msgspec's when it accepts, else ``json.loads``'s own verdict
+    (cached like Starlette's).
 
     ``parsed_by_msgspec`` says msgspec accepted the body: then it is UTF-8 and every number in it
     is finite, which :func:`cds_engine.service.bounds.scrub_may_change` relies on.
 
-    :func:`loads` is inlined: ``json.loads`` is called from this frame, as Starlette calls it from
-    its own ``json()``, so a body the stdlib decides meets the recursion limit where it always did.
+    ``json.loads`` is called from this frame, as Starlette calls it from its own ``json()``, so a
+    body the stdlib decides meets the recursion limit where it always did.
     """
 
     parsed_by_msgspec = False
