@@ -190,3 +190,92 @@ def test_partition_records_map_as_their_plain_lists(tmp_path: Path, pack):
         assert facts_from_resources(res, **kwargs) == facts_from_resources(list(res), **kwargs)
     base = next(iter(records))[1].shared_index
     assert base.resolve("Medication/ibu")["code"] == {"text": "ibuprofen 200 mg"}  # not a's contained one
+
+
+def test_the_mapping_groups_a_record_by_type_as_its_plain_list(pack):
+    """The shared part comes grouped once per partition: same lists (same objects), types and order."""
+    from cds_engine.sources.fhir import _Mapper
+
+    args = (DRAFTS, AS_OF, pack.vocabulary, pack.context.drug_class)
+    layered, flat = _Mapper(_record(), *args), _Mapper([*OWN, *SHARED], *args)
+    assert list(layered.by_type) == list(flat.by_type)
+    for rtype, found in flat.by_type.items():
+        assert [id(r) for r in layered.by_type[rtype]] == [id(r) for r in found], rtype
+    record = _record()
+    assert record.shared_by_type["Medication"] == SHARED  # grouped when made, if not given
+    layered.by_type["Medication"].append(_r("Medication", "late"))
+    assert len(record.shared_by_type["Medication"]) == len(SHARED)  # never written by the mapping
+
+
+def _records() -> list[list[dict]]:
+    changed = _record()
+    changed.append(_r("Medication", "m7", code={"text": "appended"}))  # no longer intact: scanned in full
+    return [[*OWN, *SHARED, *DRAFTS], _record(), changed, [_r("Medication", 5), _r(7, "m2"), *SHARED]]
+
+
+def test_one_look_up_answers_as_the_index_of_the_record():
+    from cds_engine.sources.fhir_read import resolve_in
+
+    order = _r("MedicationRequest", "o", contained=[_r("Medication", "m1", code={"text": "contained"})])
+    for resources in _records():
+        flat = ResourceIndex(list(resources))
+        for ref in [*REFERENCES, "Medication/m7", "urn:oid:m3", "", None, 5, {"reference": 5}]:
+            for reference in (ref, {"reference": ref}):
+                assert resolve_in(resources, reference, order) is flat.resolve(reference, order), ref
+
+
+def _concept_by_index(order: dict, resources: list[dict]) -> dict | None:
+    """medication_concept as it was: an index of the whole record built for the one look-up."""
+    concept = order.get("medicationCodeableConcept")
+    if isinstance(concept, dict):
+        return concept
+    reference = order.get("medicationReference")
+    medication = ResourceIndex(list(resources)).resolve(reference, container=order)
+    if medication is not None and isinstance(medication.get("code"), dict):
+        return dict(medication["code"])
+    if isinstance(reference, dict) and isinstance(reference.get("display"), str):
+        return {"text": reference["display"]}
+    return None
+
+
+def test_several_orders_resolve_their_medications_without_an_index_per_order(monkeypatch):
+    """Without --assume-order every active order's medication is resolved: once an index of the whole
+    record per order (quadratic in orders); now a scan that answers the same."""
+    from cds_engine.sources.fhir import medication_concept
+
+    refs = ["Medication/m1", "urn:uuid:m2", "Medication/x", "Medication/m3", "#m1", "nothing"]
+    refs.append("Medication/m7")
+    orders = [
+        _r("MedicationRequest", f"o{i}", medicationReference={"reference": ref}) for i, ref in enumerate(refs)
+    ]
+    orders[4]["contained"] = [_r("Medication", "m1", code={"text": "contained"})]
+    orders.append(_r("MedicationRequest", "inline", medicationCodeableConcept={"text": "inline"}))
+    orders.append(_r("MedicationRequest", "shown", medicationReference={"display": "only a display"}))
+    built: list[object] = []
+    real = ResourceIndex.__init__
+
+    def counted(self: ResourceIndex, *args: object, **kwargs: object) -> None:
+        built.append(self)
+        real(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    for resources in _records():
+        expected = [_concept_by_index(order, resources) for order in orders]
+        monkeypatch.setattr(ResourceIndex, "__init__", counted)
+        got = [medication_concept(order, resources) for order in orders]
+        monkeypatch.undo()
+        assert built == []
+        assert got == expected
+        assert {"text": "inline"} in got and {"text": "only a display"} in got
+
+
+def test_a_record_member_that_is_not_an_object_fails_the_look_up_as_the_index_did():
+    import pytest
+
+    from cds_engine.sources.fhir import medication_concept
+
+    order = _r("MedicationRequest", "o", medicationReference={"reference": "Medication/m1"})
+    for resources in ([_r("Medication", "m1"), "not an object"], ["not an object", _r("Medication", "m1")]):
+        with pytest.raises(AttributeError):
+            ResourceIndex(resources)
+        with pytest.raises(AttributeError):
+            medication_concept(order, resources)

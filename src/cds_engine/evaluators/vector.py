@@ -682,7 +682,11 @@ def _run_jobs(vp: VectorPack, jobs: Sequence[_Job], ids: list[str]) -> list[pl.D
         group = group.with_columns(evidence, code, *job.computed.values())
         rendered = _render_unique(group, cols, render_row, "summary", vp._summaries, tier.id)
         out.append(rendered.select([*_PER_ROW, *ids[2:]]))
-    return pl.collect_all(texts) + out
+    # the in-memory engine, not the default one: the streaming engine evaluates these selects in
+    # morsels and then concatenates them, copying every text it built once more (polars 2.1; texts
+    # are most of the table's bytes). The same frames either way; vector_alerts on 200,000 patients
+    # measured 29 % less CPU (alternated runs), on 1 M no difference.
+    return pl.collect_all(texts, engine="in-memory") + out
 
 
 def _missing_rows(

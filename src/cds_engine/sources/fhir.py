@@ -49,6 +49,7 @@ from cds_engine.facts.model import (
 from cds_engine.sources.fhir_meds import MedicineReader
 from cds_engine.sources.fhir_read import (
     ResourceIndex,
+    SharedRecord,
     as_list,
     best_coding,
     coded_groups,
@@ -57,6 +58,7 @@ from cds_engine.sources.fhir_read import (
     parse_date,
     parse_datetime,
     quantity,
+    resolve_in,
     status_code,
 )
 from cds_engine.sources.gestation import gestational_age_weeks
@@ -176,7 +178,7 @@ def medication_concept(resource: dict[str, Any], resources: list[dict[str, Any]]
     if isinstance(concept, dict):
         return concept
     reference = resource.get("medicationReference")
-    medication = ResourceIndex(resources).resolve(reference, container=resource)
+    medication = resolve_in(resources, reference, container=resource)  # one look-up: no index built
     if medication is not None and isinstance(medication.get("code"), dict):
         return dict(medication["code"])
     if isinstance(reference, dict) and isinstance(reference.get("display"), str):
@@ -209,10 +211,17 @@ class _Mapper:
         self.index = ResourceIndex.of_record(resources, drafts)  # a Bulk record's shared part indexed once
         self.by_type: dict[str, list[dict[str, Any]]] = defaultdict(list)
         by_type = self.by_type
-        for resource in resources:
+        # a Bulk record: only its own resources are walked; the shared ones come grouped once per
+        # partition (the same lists, types and order as walking [*own, *shared])
+        bulk = isinstance(resources, SharedRecord) and resources.intact()
+        shared = resources.shared_by_type if bulk else None  # type: ignore[attr-defined]
+        for resource in resources[: resources.own] if bulk else resources:  # type: ignore[attr-defined]
             rtype = resource.get("resourceType") if isinstance(resource, dict) else None
             if isinstance(rtype, str):
                 by_type[rtype].append(resource)
+        if shared is not None:
+            for rtype, found in shared.items():
+                by_type[rtype].extend(found)
         self.observations = self._observations()
         self.meds = MedicineReader(self.index, self.by_type, drafts, vocab, drug_class, as_of)
         self._record: tuple[Any, ...] | None = None  # what no draft changes, read once

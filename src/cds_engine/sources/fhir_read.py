@@ -30,9 +30,11 @@ __all__ = [
     "codings",
     "concept_groups",
     "concept_text",
+    "group_by_type",
     "parse_date",
     "parse_datetime",
     "quantity",
+    "resolve_in",
     "status_code",
     "to_date",
 ]
@@ -342,7 +344,7 @@ class ResourceIndex:
     @classmethod
     def of_record(cls, resources: list[dict[str, Any]], drafts: list[dict[str, Any]]) -> ResourceIndex:
         """The index of ``[*resources, *drafts]``; a :class:`SharedRecord` reuses its shared part's index."""
-        if not isinstance(resources, SharedRecord) or len(resources) != resources.own + resources.shared:
+        if not isinstance(resources, SharedRecord) or not resources.intact():
             return cls([*resources, *drafts])  # a plain list, or a record changed since it was made
         index = cls(resources[: resources.own], resources.shared_index)
         for draft in drafts:
@@ -405,14 +407,81 @@ class ResourceIndex:
         return key in self._by_key or (self._base is not None and key in self._base)
 
 
+class _Scan(ResourceIndex):
+    """:class:`ResourceIndex`'s answers for a lookup or two, by scanning the resources instead.
+
+    Why: a request's medication was resolved by building the index of the whole record for each
+    request (:func:`resolve_in`); building it cost several dict writes and a string per resource,
+    a scan a few reads, and the look-up stops at the first match — which is the one the index keeps
+    (the first of a type and id). Only a list of plain dicts is scanned (:func:`resolve_in` builds
+    the index for anything else, which fails where it failed). A :class:`SharedRecord`'s shared part
+    is looked up in its index, after its own resources, as :meth:`ResourceIndex.of_record` does.
+    """
+
+    def __init__(self, resources: list[dict[str, Any]]) -> None:  # no super(): nothing is indexed
+        bulk = isinstance(resources, SharedRecord) and resources.intact()
+        self._resources = resources[: resources.own] if bulk else resources  # type: ignore[attr-defined]
+        self._base = resources.shared_index if bulk else None  # type: ignore[attr-defined]
+
+    def _key(self, key: str) -> dict[str, Any] | None:
+        rtype, _, rid = key.partition("/")  # "type/id" of two parts without "/" (resolve() makes it)
+        for resource in self._resources:
+            if resource.get("id") == rid and resource.get("resourceType") == rtype:
+                return resource
+        return self._base._key(key) if self._base is not None else None
+
+    def _id(self, rid: str) -> dict[str, Any] | None:
+        for resource in self._resources:
+            if resource.get("id") == rid and isinstance(resource.get("resourceType"), str):
+                return resource
+        return self._base._id(rid) if self._base is not None else None
+
+
+def resolve_in(
+    resources: list[dict[str, Any]], reference: Any, container: dict[str, Any] | None = None
+) -> dict[str, Any] | None:
+    """``ResourceIndex(resources).resolve(reference, container)`` without building the index (see
+    :class:`_Scan`): for one look-up in a record that is not indexed already."""
+    if not set(map(type, resources)) <= {dict}:  # a member of another kind: the index, as before
+        return ResourceIndex(resources).resolve(reference, container)
+    return _Scan(resources).resolve(reference, container)
+
+
 class SharedRecord(list[dict[str, Any]]):
     """One record's resources followed by the resources every record of its batch shares, with the
     index of those shared ones (:meth:`ResourceIndex.of_record` reuses it). It is the plain list
     ``[*own, *shared]`` to every other reader."""
 
-    def __init__(self, own: list[dict[str, Any]], shared: list[dict[str, Any]], index: ResourceIndex) -> None:
+    def __init__(
+        self,
+        own: list[dict[str, Any]],
+        shared: list[dict[str, Any]],
+        index: ResourceIndex,
+        by_type: dict[str, list[dict[str, Any]]] | None = None,
+    ) -> None:
         super().__init__(own)
         self.extend(shared)
         self.own = len(own)
         self.shared = len(shared)
         self.shared_index = index
+        # the shared resources grouped by type (:func:`group_by_type`), made once per partition and passed
+        # to each record; read, never written, by the mapping
+        self.shared_by_type = by_type if by_type is not None else group_by_type(shared)
+
+    def intact(self) -> bool:
+        """Whether it is still ``[*own, *shared]`` as made (a reader that changed it gets no shortcut)."""
+        return len(self) == self.own + self.shared
+
+
+def group_by_type(resources: Iterable[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """The resources of each ``resourceType`` (a string), in their order; types in order of first sight."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for resource in resources:
+        rtype = resource.get("resourceType") if isinstance(resource, dict) else None
+        if isinstance(rtype, str):
+            found = out.get(rtype)
+            if found is None:
+                out[rtype] = [resource]
+            else:
+                found.append(resource)
+    return out

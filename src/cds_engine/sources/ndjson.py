@@ -35,7 +35,7 @@ from typing import IO, Any
 import msgspec
 
 from cds_engine.sources.compressed import byte_lines
-from cds_engine.sources.fhir_read import ResourceIndex, SharedRecord
+from cds_engine.sources.fhir_read import ResourceIndex, SharedRecord, group_by_type
 from cds_engine.sources.selective import (
     READ_TYPES,
     LineHead,
@@ -311,6 +311,7 @@ def read_partition(part: Path, shared: Path | None) -> Iterator[tuple[str, str, 
             distinct = dict.fromkeys(line for line in fh if line.strip())
         shared_resources = [decode_resource(line) for line in distinct]
     shared_index = ResourceIndex(shared_resources)  # once per partition, not once per patient
+    shared_groups = group_by_type(shared_resources)  # the mapping's by-type lists of them, once too
     groups: dict[str, list[Any]] = {}  # the lines (bytes) of each patient; a dict for a resumed run's line
     origin: dict[str, tuple[str, int]] = {}
     with part.open("rb") as fh:
@@ -335,7 +336,7 @@ def read_partition(part: Path, shared: Path | None) -> Iterator[tuple[str, str, 
             resources = [decode_resource(x) if isinstance(x, bytes) else x for x in lines]
         if key in origin:
             file, n = origin[key]
-            yield key, file, n, SharedRecord(resources, shared_resources, shared_index)
+            yield key, file, n, SharedRecord(resources, shared_resources, shared_index, shared_groups)
         else:
             file, n = origin.get("?" + key, (str(part), 0))
             yield key, file, -1, resources
