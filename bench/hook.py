@@ -248,6 +248,7 @@ def alternate(payload: str, requests: int, rounds: int, stores: list[str]) -> No
     from store_helpers import postgres_database
 
     results: dict[str, list[tuple[float, float]]] = {}  # store → [(c1 p99 ms, c16 req/s)] per round
+    cpu: dict[str, list[tuple[float, float, float]]] = {}  # store → [(server, writer, PostgreSQL) ms/call]
     with ExitStack() as stack:
         urls = {"none": "none"}
         for store in stores:
@@ -261,8 +262,12 @@ def alternate(payload: str, requests: int, rounds: int, stores: list[str]) -> No
                 server, base = start_server(url, workdir)
                 try:
                     asyncio.run(drive(base, SIGN, payload, max(8, requests // 10), 4))  # warm-up
+                    journal = None if url == "none" else os.path.join(workdir, "spool")
+                    committed(journal)  # the warm-up's rows are not counted in the CPU per call
+                    meter = CpuMeter(server.pid, url)
                     c1, _, _ = asyncio.run(drive(base, SIGN, payload, requests, 1))
                     c16, elapsed, _ = asyncio.run(drive(base, SIGN, payload, requests, 16))
+                    cpu.setdefault(store, []).append(meter.per_call(2 * requests, journal))
                 finally:
                     stop_server(server)
                 results.setdefault(store, []).append((_pct(c1, 0.99), len(c16) / elapsed))
@@ -283,6 +288,85 @@ def alternate(payload: str, requests: int, rounds: int, stores: list[str]) -> No
         ratio = statistics.median(v[1] / o[1] for v, o in zip(values, off, strict=True))
         met = "met" if delta <= 2.0 and ratio >= 0.85 else "MISSED"
         print(f"| {store} | {p99s} | {rates} | {delta:+.1f} ms | {ratio:.2f} | {met} |")
+    print("\nCPU ms per call (c1 and c16 cells together, /proc; medians over the rounds) — on a shared "
+          "machine the figure to compare, where latency and req/s move with the neighbours' load:\n")
+    print("| store | server process | writer process | PostgreSQL backends | total | extra over off |")
+    print("|---|---:|---:|---:|---:|---:|")
+    off_total = statistics.median(sum(v) for v in cpu["none"])
+    for store, values in cpu.items():
+        server, writer, database = (statistics.median(v[i] for v in values) for i in range(3))
+        total = statistics.median(sum(v) for v in values)
+        extra = "–" if store == "none" else f"{total - off_total:+.2f}"
+        print(f"| {store} | {server:.2f} | {writer:.2f} | {database:.2f} | {total:.2f} | {extra} |")
+
+
+def committed(journal: str | None, settle: float = 60.0) -> None:
+    """Wait (at most ``settle`` s) until the journal directory ``journal`` holds no segment: every
+    call answered so far is in the database (the writer removes a segment once all of it is)."""
+    deadline = time.monotonic() + settle
+    while journal and os.path.isdir(journal) and time.monotonic() < deadline and any(
+            name.startswith("journal-") for name in os.listdir(journal)):
+        time.sleep(0.1)
+
+
+class CpuMeter:
+    """CPU seconds (``/proc``, user + system) of a bench server, its children (the store writer
+    process) and, for a PostgreSQL store, the server backends of its database, since creation.
+
+    The alternating run's latency and req/s move with whatever else the machine runs; the CPU a
+    call costs in each process does not, so this is the split to compare store-on with store-off
+    (and the one that shows which process a change saved). Backends are those of the store's
+    database only (``pg_stat_activity``), so other databases on a shared server are not counted."""
+
+    def __init__(self, pid: int, url: str) -> None:
+        self.pid = pid
+        self.url = url
+        self.children = self._children()
+        self.backends = self._backends()
+        self.start = self._read()
+
+    @staticmethod
+    def _seconds(pid: int) -> float:
+        try:
+            with open(f"/proc/{pid}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except OSError:  # gone (a backend that ended): its CPU is lost to both readings alike
+            return 0.0
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def _children(self) -> list[int]:
+        found: list[int] = []
+        with contextlib.suppress(OSError):
+            for task in os.listdir(f"/proc/{self.pid}/task"):
+                with open(f"/proc/{self.pid}/task/{task}/children") as children:
+                    found += [int(pid) for pid in children.read().split()]
+        return found
+
+    def _backends(self) -> list[int]:
+        if not self.url.startswith("postgresql"):
+            return []
+        import psycopg
+        from sqlalchemy.engine import make_url
+
+        plain = make_url(self.url).set(drivername="postgresql").render_as_string(hide_password=False)
+        with psycopg.connect(plain, autocommit=True) as conn:
+            rows = conn.execute("SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                                "AND pid <> pg_backend_pid()").fetchall()
+        return [int(row[0]) for row in rows]
+
+    def _read(self) -> tuple[float, float, float]:
+        return (self._seconds(self.pid), sum(self._seconds(p) for p in self.children),
+                sum(self._seconds(p) for p in self.backends))
+
+    def per_call(self, calls: int, journal: str | None = None,
+                 settle: float = 60.0) -> tuple[float, float, float]:
+        """(server, writer, PostgreSQL) ms per call since creation. ``journal``: the server's journal
+        directory — first wait (at most ``settle`` s) until it holds no segment, i.e. every call is
+        committed, so the writer's and the database's CPU for these calls is all counted."""
+        committed(journal, settle)
+        end = self._read()
+        server, writer, database = ((b - a) / calls * 1000 for a, b in zip(self.start, end, strict=True))
+        return server, writer, database
 
 
 class _PausedSqlite:

@@ -1,12 +1,22 @@
 """Sustained load on a real ``cds-engine serve`` with client authentication on (issue 7, item 1).
 
-Run: ``python bench/load.py [--seconds 60] [--concurrency 32] [--db sqlite,postgresql] [--smoke]``.
+Run: ``python bench/load.py [--seconds 60] [--concurrency 32] [--db sqlite,postgresql] [--orders N]
+[--smoke]``.
 
 For each store it starts ``cds-engine serve`` (the real command, uvicorn, default INFO request
 log) with a trusted-issuers file this script writes (one ES384 key), then drives order-sign calls
 at a fixed concurrency for the given time. Every call carries a freshly signed ES384 JWT (``aud`` =
 the URL called, unique ``jti``) and a unique ``hookInstance``; the body is an order-sign for a
-Synthea patient with a template-filled prefetch (the same body as ``bench/hook.py``).
+Synthea patient with a template-filled prefetch (the same body as ``bench/hook.py``). ``--orders N``
+cycles N drafts that differ only in the draft's id (same dose, same cards): the service remembers the
+digests of drafts that validated (per worker, up to 4096), so with one draft every call after the
+first skips validation — a real EHR sends many different drafts.
+
+``--kill`` (with ``--workers 2`` or more): a run that SIGKILLs the busiest worker half-way. Besides the
+errors it reports how many connections that worker held and how many errors came on connections
+opened after the kill (the reconnects: issue 19 wants none there). The connection a failed call used
+is known from a thin wrapper around httpcore's network backend: each read/write tells the calling
+task when its connection was opened (one ContextVar set per read/write).
 
 Afterwards the server is stopped and the store is read directly: every hookInstance that got a
 200 must have exactly one evaluation row for the baclofen pack, and no other hookInstance may
@@ -22,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextvars
 import json
 import os
 import platform
@@ -36,6 +47,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpcore
 import httpx
 import psutil
 from bench_common import REPO, machine_header, subprocess_env, use_repo_paths
@@ -46,6 +58,7 @@ from hook import realistic_body  # noqa: E402  (same body as the service benchma
 from tests.service_helpers import Signer, wait_until_up  # noqa: E402
 
 SIGN = "/cds-services/baclofen-order-sign"
+HOOK_INSTANCE, DRAFT_ID = "__HOOK_INSTANCE__", "__DRAFT_ID__"  # placeholders in the body, filled per call
 
 
 @dataclass
@@ -70,6 +83,13 @@ class Run:
     writer: list[str] = field(default_factory=list)  # each worker's "store writer at stop" line
     killed_at: float | None = None  # seconds into the run a worker was SIGKILLed
     errors_after_kill: dict[str, int] = field(default_factory=dict)  # errors > 5 s after the kill
+    orders: int = 1  # distinct drafts cycled (--orders)
+    kill: bool = False  # a worker is SIGKILLed half-way (the kill run)
+    kill_clock: float | None = None  # perf_counter() just after the SIGKILL
+    killed_connections: int | None = None  # client connections the killed worker held
+    opened_after_kill: int = 0  # client connections opened after the kill (reconnects)
+    errors_fresh: dict[str, int] = field(default_factory=dict)  # errors on connections opened after it
+    errors_unattributed: int = 0  # errors with no connection known (e.g. a pool timeout)
 
 
 def _free_port() -> int:
@@ -130,6 +150,79 @@ class Tokens:
         return self.presigned.pop() if self.presigned else self.signer.token(self.url)
 
 
+# ── which connection a call used (kill run) ────────────────────────────────────────────────
+# when the connection the calling task last read or wrote was opened (or a connect was tried)
+_CONN_OPENED: contextvars.ContextVar[float | None] = contextvars.ContextVar("conn_opened", default=None)
+
+
+class _OpenedStream(httpcore.AsyncNetworkStream):
+    """A connection that tells the task using it when it was opened: a failed call is attributed to
+    the connection it failed on (httpx does not say which that was)."""
+
+    def __init__(self, stream: httpcore.AsyncNetworkStream, opened: float) -> None:
+        self._stream, self._opened = stream, opened
+
+    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        _CONN_OPENED.set(self._opened)
+        return await self._stream.read(max_bytes, timeout)
+
+    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        _CONN_OPENED.set(self._opened)
+        await self._stream.write(buffer, timeout)
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+
+    async def start_tls(self, *args: object, **kwargs: object) -> httpcore.AsyncNetworkStream:
+        return await self._stream.start_tls(*args, **kwargs)  # type: ignore[arg-type]
+
+    def get_extra_info(self, info: str) -> object:
+        return self._stream.get_extra_info(info)  # "is_readable": the pool drops a closed idle one
+
+
+class _OpenedBackend(httpcore.AsyncNetworkBackend):
+    """httpcore's network backend, with every TCP connection's opening time kept (see _OpenedStream)."""
+
+    def __init__(self, backend: httpcore.AsyncNetworkBackend) -> None:
+        self._backend = backend
+        self.opened: list[float] = []
+
+    async def connect_tcp(self, host: str, port: int, timeout: float | None = None,
+                          local_address: str | None = None,
+                          socket_options: object = None) -> httpcore.AsyncNetworkStream:
+        opened = time.perf_counter()
+        _CONN_OPENED.set(opened)  # a connect that fails is a call on a connection opened now
+        self.opened.append(opened)
+        stream = await self._backend.connect_tcp(host, port, timeout, local_address,
+                                                 socket_options)  # type: ignore[arg-type]
+        return _OpenedStream(stream, opened)
+
+    async def connect_unix_socket(self, path: str, timeout: float | None = None,
+                                  socket_options: object = None) -> httpcore.AsyncNetworkStream:
+        return await self._backend.connect_unix_socket(path, timeout, socket_options)  # type: ignore[arg-type]
+
+    async def sleep(self, seconds: float) -> None:
+        await self._backend.sleep(seconds)
+
+
+def _client(limits: httpx.Limits, track: bool) -> tuple[httpx.AsyncClient, _OpenedBackend | None]:
+    """The load generator's client; with ``track``, its connections' opening times are kept.
+
+    httpx has no public hook for httpcore's network backend: the pool's is wrapped in place (if this
+    httpx lays its pool out differently, the kill run reports no attribution instead of failing)."""
+    transport = httpx.AsyncHTTPTransport(limits=limits)
+    backend = None
+    pool = getattr(transport, "_pool", None)
+    if track and pool is not None and hasattr(pool, "_network_backend"):
+        backend = pool._network_backend = _OpenedBackend(pool._network_backend)
+    return httpx.AsyncClient(transport=transport, timeout=30), backend
+
+
+def draft_ids(orders: int) -> list[str]:
+    """The draft ids cycled by ``--orders``: one draft per id, otherwise the same (valid, same cards)."""
+    return ["mr-1"] if orders <= 1 else [f"mr-{n + 1}" for n in range(orders)]
+
+
 async def drive(base: str, payload: str, tokens: Tokens, run: Run, path: str = SIGN) -> None:
     """Closed loop (``run.concurrency`` callers) or open loop (``run.rate`` calls/s on as many connections).
 
@@ -137,14 +230,20 @@ async def drive(base: str, payload: str, tokens: Tokens, run: Run, path: str = S
     queue (no coordinated omission)."""
     url = base + path
     limits = httpx.Limits(max_connections=run.concurrency, max_keepalive_connections=run.concurrency)
+    ids = draft_ids(run.orders)
+    calls = 0
     start = time.perf_counter()
     stop_at = start + run.seconds
-    async with httpx.AsyncClient(limits=limits, timeout=30) as client:
+    client, backend = _client(limits, run.kill)
+    async with client:
 
         async def one(due: float) -> None:
+            nonlocal calls
             hook_instance = str(uuid.uuid4())
-            body = payload.replace("__HOOK_INSTANCE__", hook_instance)
+            body = payload.replace(HOOK_INSTANCE, hook_instance).replace(DRAFT_ID, ids[calls % len(ids)])
+            calls += 1
             headers = {"content-type": "application/json", "authorization": f"Bearer {tokens.next()}"}
+            _CONN_OPENED.set(None)
             try:
                 response = await client.post(url, content=body, headers=headers)
                 key = str(response.status_code)
@@ -158,6 +257,12 @@ async def drive(base: str, payload: str, tokens: Tokens, run: Run, path: str = S
             run.errors[key] = run.errors.get(key, 0) + 1
             if run.killed_at is not None and now - start > run.killed_at + 5:  # reconnected by now
                 run.errors_after_kill[key] = run.errors_after_kill.get(key, 0) + 1
+            if run.kill:
+                opened = _CONN_OPENED.get()
+                if opened is None or backend is None:
+                    run.errors_unattributed += 1
+                elif run.kill_clock is not None and opened > run.kill_clock:
+                    run.errors_fresh[key] = run.errors_fresh.get(key, 0) + 1
 
         if run.mode == "closed":
             async def worker() -> None:
@@ -166,14 +271,16 @@ async def drive(base: str, payload: str, tokens: Tokens, run: Run, path: str = S
 
             await asyncio.gather(*(worker() for _ in range(run.concurrency)))
         else:
-            calls = []
+            tasks = []
             for n in range(int(run.seconds * run.rate)):
                 due = start + n / run.rate
                 if (delay := due - time.perf_counter()) > 0:
                     await asyncio.sleep(delay)
-                calls.append(asyncio.create_task(one(due)))
-            await asyncio.gather(*calls)
+                tasks.append(asyncio.create_task(one(due)))
+            await asyncio.gather(*tasks)
         run.elapsed = time.perf_counter() - start
+    if backend is not None and run.kill_clock is not None:
+        run.opened_after_kill = sum(1 for t in backend.opened if t > run.kill_clock)
 
 
 # ── where the CPU goes (from /proc, via psutil) ────────────────────────────────────────────
@@ -294,6 +401,7 @@ def one_run(store: str, payload: str, run: Run, warm_seconds: float = 3, presign
     import re
     import threading
 
+    run.kill = kill
     signer = Signer(issuer="https://ehr.load.example")
     with tempfile.TemporaryDirectory(prefix="cds-load-") as tmp:
         workdir = Path(tmp)
@@ -301,7 +409,7 @@ def one_run(store: str, payload: str, run: Run, warm_seconds: float = 3, presign
         def go(db_url: str, db_name: str | None) -> None:
             with serve(db_url, workdir, signer, run.workers) as (base, server):
                 port = int(base.rsplit(":", 1)[1])
-                warm = Run(store=store, seconds=warm_seconds, concurrency=4)
+                warm = Run(store=store, seconds=warm_seconds, concurrency=4, orders=run.orders)
                 asyncio.run(drive(base, payload, Tokens(signer, base + SIGN), warm))
                 expected = int(run.seconds * (run.rate or 300) * 1.2) if presign else 0
                 tokens = Tokens(signer, base + SIGN, expected)  # signed before the timed window
@@ -316,7 +424,10 @@ def one_run(store: str, payload: str, run: Run, warm_seconds: float = 3, presign
                         victim = workers[run.connections.index(max(run.connections))] if len(
                             run.connections) == len(workers) else workers[0]
                         victim.kill()
+                        run.kill_clock = time.perf_counter()
                         run.killed_at = run.seconds / 2
+                        if len(run.connections) == len(workers):
+                            run.killed_connections = run.connections[workers.index(victim)]
 
                 sampler = threading.Thread(target=middle, daemon=True)
                 sampler.start()
@@ -397,14 +508,17 @@ def report(runs: list[Run], body_kib: int, resources: int, harness: float | None
     lines = [
         "## Load (bench/load.py)\n",
         f"Run: `python bench/load.py --seconds {first.seconds:g} --workers {first.workers}"
-        f"{' --presign' if presign else ''} ...`. The real `cds-engine serve` ({first.workers} worker(s), "
+        f"{' --presign' if presign else ''}{f' --orders {first.orders}' if first.orders > 1 else ''}"
+        f" ...`. The real `cds-engine serve` ({first.workers} worker(s), "
         "INFO request log, evaluations through the journal and the group-commit writer) with client "
         "authentication on: a trusted-issuers file with one ES384 key; every call carries an ES384 JWT "
         "(aud = the URL, unique jti"
         + (", **pre-signed before the timed window**" if presign else ", signed during the run")
         + f") and a unique hookInstance. Body: order-sign for a Synthea patient, {resources} prefetched "
-        f"resources + 1 draft baclofen order, {body_kib} KiB. httpx, one event loop, persistent "
-        "connections.\n",
+        f"resources + 1 draft baclofen order, {body_kib} KiB; "
+        + (f"{first.orders} distinct drafts cycled (their ids differ)" if first.orders > 1
+           else "the same draft every call (the service's draft-validation memo always hits)")
+        + ". httpx, one event loop, persistent connections.\n",
         f"Machine: `nproc` = {os.cpu_count()}, {platform.machine()}, Python {platform.python_version()}. "
         "**The load generator shares the cores with the server and PostgreSQL.**\n",
     ]
@@ -426,7 +540,13 @@ def report(runs: list[Run], body_kib: int, resources: int, harness: float | None
         mode = f"closed c{r.concurrency}" if r.mode == "closed" else f"open {r.rate:g}/s"
         if r.killed_at is not None:
             after = sum(r.errors_after_kill.values())
-            mode += f", worker SIGKILLed at {r.killed_at:.0f} s ({after} errors > 5 s after)"
+            held = "?" if r.killed_connections is None else r.killed_connections
+            fresh = sum(r.errors_fresh.values())
+            fresh_detail = f" ({', '.join(f'{k}: {v}' for k, v in r.errors_fresh.items())})" if fresh else ""
+            mode += (f", worker SIGKILLed at {r.killed_at:.0f} s holding {held} connections; "
+                     f"{fresh} errors{fresh_detail} on the {r.opened_after_kill} connections opened after it"
+                     f"{f', {r.errors_unattributed} unattributed' if r.errors_unattributed else ''}; "
+                     f"{after} errors > 5 s after")
         lines.append(
             f"| {r.store} | {mode} | {n / r.elapsed:.0f} | {_pct(r.latencies, 0.5):.0f} | "
             f"{_pct(r.latencies, 0.99):.0f} | {errors}{detail} | {r.stored_once}/{len(r.ok)} | {r.missing} | "
@@ -455,6 +575,9 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=1, help="repeat each run (report them all; take medians)")
     parser.add_argument("--presign", action="store_true", help="sign the JWTs before the timed window")
     parser.add_argument("--kill", action="store_true", help="also a closed-loop run that SIGKILLs a worker")
+    parser.add_argument("--orders", type=int, default=1,
+                        help="cycle N distinct drafts (ids differ) so the service's draft-validation memo "
+                             "(4096 per worker) does not always hit; 1: the same draft every call")
     parser.add_argument("--null", action="store_true", help="also measure the harness on a null endpoint")
     parser.add_argument("--null-serve", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--smoke", action="store_true", help="2 s, concurrency 4 (PostgreSQL if configured)")
@@ -467,27 +590,36 @@ def main() -> None:
 
         args.seconds, args.concurrency = 2, 4
         args.db = "sqlite,postgresql" if postgres_admin_url() else "sqlite"
+    if args.orders < 1:
+        parser.error("--orders must be at least 1")
     print(machine_header("bench/load.py", args.smoke))
+    print(f"drafts: {args.orders} distinct (--orders)")
     body, resources = realistic_body()
-    body["hookInstance"] = "__HOOK_INSTANCE__"
+    body["hookInstance"] = HOOK_INSTANCE
+    drafts = body["context"]["draftOrders"]["entry"]
+    assert len(drafts) == 1 and json.dumps(body).count(json.dumps(drafts[0]["resource"]["id"])) == 1
+    drafts[0]["resource"]["id"] = DRAFT_ID
     payload = json.dumps(body)
     harness = null_harness(payload, args.seconds, args.concurrency) if args.null else None
     warm = 0.5 if args.smoke else 3
     runs = []
     for store in [s.strip() for s in args.db.split(",")]:
-        plans = [Run(store=store, seconds=args.seconds, concurrency=args.concurrency, workers=args.workers)]
+        plans = [Run(store=store, seconds=args.seconds, concurrency=args.concurrency, workers=args.workers,
+                     orders=args.orders)]
         if args.open_rate:
             plans.append(Run(store=store, seconds=args.seconds, concurrency=args.concurrency,
-                             workers=args.workers, mode="open", rate=args.open_rate))
+                             workers=args.workers, mode="open", rate=args.open_rate, orders=args.orders))
         for _ in range(args.runs):
             for plan in plans:
-                run = Run(**{**plan.__dict__, "latencies": [], "ok": [], "errors": {}})
+                run = Run(**{**plan.__dict__, "latencies": [], "ok": [], "errors": {},
+                                "errors_after_kill": {}, "errors_fresh": {}})
                 one_run(store, payload, run, warm, args.presign)
                 print(f"{store} {run.mode}: {len(run.latencies)} requests, errors {run.errors}",
                       file=sys.stderr)
                 runs.append(run)
         if args.kill and args.workers > 1:
-            run = Run(store=store, seconds=args.seconds, concurrency=args.concurrency, workers=args.workers)
+            run = Run(store=store, seconds=args.seconds, concurrency=args.concurrency, workers=args.workers,
+                      orders=args.orders)
             runs.append(one_run(store, payload, run, warm, args.presign, kill=True))
     print(report(runs, len(payload) // 1024, resources, harness, args.presign))
 

@@ -200,6 +200,61 @@ def test_the_linger_grows_with_the_rate_and_stays_small_when_idle(tmp_path: Path
     assert 50 < writer._rate <= 200
 
 
+
+def test_the_writer_process_lingers_fully_from_a_modest_rate_and_briefly_when_idle(tmp_path: Path) -> None:
+    """Its CPU (and the database's) is mostly per commit: 40 calls/s must not be committed a few at a time."""
+    from cds_engine.store.db import create_db_engine
+    from cds_engine.store.writer_process import MAX_LINGER, process_writer
+
+    _rejected, reject = _rejects()
+    writer = process_writer(create_db_engine(f"sqlite:///{tmp_path}/cds.db"), JournalTail(tmp_path, reject),
+                            reject)  # type: ignore[arg-type]
+    writer._rate = 0.0
+    assert writer.adaptive_linger() <= 0.05  # one call now and then is stored at once
+    writer._rate = 40.0
+    assert writer.adaptive_linger() == MAX_LINGER == 0.5  # was 0.1 s: 4 calls per commit
+
+
+
+def test_the_writer_process_scans_less_often_once_idle_and_often_when_lines_come(tmp_path: Path) -> None:
+    """An idle host: a directory scan every 20 ms cost ~1.3% of a core; after a lull, every 100 ms."""
+    from cds_engine.store.db import create_db_engine
+    from cds_engine.store.writer_process import IDLE_AFTER, IDLE_WAIT, process_writer
+
+    _rejected, reject = _rejects()
+    writer = process_writer(create_db_engine(f"sqlite:///{tmp_path}/cds.db"), JournalTail(tmp_path, reject),
+                            reject)  # type: ignore[arg-type]
+    now = time.monotonic()
+    assert writer.current_wait(now) == writer.wait == 0.02  # just started, or lines just came
+    assert writer.current_wait(now + IDLE_AFTER + 0.01) == IDLE_WAIT == 0.1
+    writer._observe_rate(3)  # lines again: back to the short wait at once
+    assert writer.current_wait(time.monotonic()) == 0.02
+    writer._observe_rate(0)  # an empty take does not count as activity
+    assert writer.current_wait(time.monotonic() + IDLE_AFTER + 0.01) == 0.1
+
+def test_the_writer_process_commits_40_calls_a_second_in_few_transactions(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/cds.db"
+    spool = tmp_path / "spool"
+    from cds_engine.store.writer_process import process_writer
+
+    with open_store(url, spool_dir=spool, start_drainer=False) as store:
+        journal = Journal(spool, external=True).start()
+        _rejected, reject = _rejects()
+        tail = JournalTail(spool, reject)  # type: ignore[arg-type]
+        writer = process_writer(store.engine, tail, reject).start()  # type: ignore[arg-type]
+        try:
+            start = time.monotonic()
+            for n in range(120):  # 3 s at 40 lines/s, as a worker appends them
+                time.sleep(max(0.0, start + n / 40 - time.monotonic()))
+                journal.append(_entry(n))
+            wait_for(lambda: _count(store) == 120, timeout=20)
+            # 0.5 s lingers once the rate is seen: ~7 commits (the earlier 0.1 s linger: ~30)
+            assert writer.commits <= 15, writer.commits
+        finally:
+            writer.close()
+            tail.close()
+            journal.close()
+
 def _journal_store(tmp_path: Path, url: str | None = None):  # type: ignore[no-untyped-def]
     from cds_engine.store.writer_supervisor import WriterSupervisor
 

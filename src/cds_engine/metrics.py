@@ -52,6 +52,7 @@ class _Lazy:
         self._spec = (kind, name, doc, labelnames or [], kwargs)
         self._metric: Any = None
         self._lock = threading.Lock()
+        self._children: dict[tuple[str, ...], Any] = {}
 
     def _real(self) -> Any:
         if self._metric is None:
@@ -62,6 +63,17 @@ class _Lazy:
                     kind, name, doc, labelnames, kwargs = self._spec
                     self._metric = getattr(prometheus_client, kind)(name, doc, labelnames, **kwargs)
         return self._metric
+
+    def child(self, *values: str) -> Any:
+        """``labels(*values)``, remembered: prometheus-client's ``labels`` costs a few µs (argument
+        checks, a lock, a tuple of ``str``) on every request and card; the child it returns for the
+        same values is the same object every time, and prometheus-client keeps it for the life of
+        the process anyway, so remembering it here grows nothing that was not already held.
+        Values must already be bounded label values (:func:`label`, :func:`service_label`)."""
+        found = self._children.get(values)
+        if found is None:
+            found = self._children[values] = self._real().labels(*values)
+        return found
 
     def __getattr__(self, attr: str) -> Any:  # labels, inc, observe, set, ...
         return getattr(self._real(), attr)

@@ -16,6 +16,11 @@ and could not keep a last good version of a pack broken since. For the same reas
 dies while a pack on disk is broken does not take the service down (uvicorn's supervisor would stop
 every worker when the replacement fails to start): the survivors keep serving and the replacement is
 retried every few seconds until the pack is fixed (:class:`_Supervisor`).
+
+A worker that dies (killed, crashed, hung) is replaced on its own listening socket, which the parent
+keeps open: the connections the kernel queued there meanwhile wait for the replacement and are then
+answered. Closing that socket would reset every one of them — a second error for each client that
+had just reconnected after losing its connection to the dead worker (issue 19, the kill run).
 """
 
 from __future__ import annotations
@@ -106,6 +111,14 @@ class _Supervisor(Multiprocess):
     already checked the configuration, so such a failure means the files changed since — most
     likely a pack broken on disk while a worker died. The surviving workers keep serving their last
     good packs; the replacement is retried every :data:`RESTART_BACKOFF_SECONDS` until it starts.
+
+    Listening sockets: see ``__init__``. A dead worker's slot socket stays open and its replacement
+    starts on it at once, so connections hashed onto it since the death are kept and answered once
+    the replacement accepts (a few seconds: it imports the service and compiles the packs). Only
+    when the replacement could not start is the slot closed (its queued connections are reset; with
+    the Linux sysctl ``net.ipv4.tcp_migrate_req=1`` the kernel moves them to a live worker's socket
+    instead — useful, not required), so that new connections go to the live workers while a pack
+    stays broken; the retry opens a fresh socket for the slot.
     """
 
     def __init__(self, config: Config, sockets: list[socket],
@@ -116,8 +129,10 @@ class _Supervisor(Multiprocess):
         # one SO_REUSEPORT listening socket per worker slot: the kernel spreads new connections over
         # them. With one shared socket, the first worker awake accepts a whole burst of persistent
         # connections (measured: 0/32, 27/5, 3/29 split over two workers) and the other one idles.
-        # A slot whose worker is dead has its socket closed, so new connections go to the live workers
-        # instead of queueing for a worker that may not come back soon (a pack broken on disk).
+        # A slot whose worker died keeps its socket for the replacement, started at once; a slot whose
+        # replacement could not start (a pack broken on disk) has its socket closed, so new
+        # connections go to the live workers instead of queueing for a worker that may not come back
+        # soon.
         self._slot_sockets: list[socket | None] | None = list(slot_sockets) if slot_sockets else None
 
     def _sockets_for(self, slot: int) -> list[socket]:
@@ -165,9 +180,10 @@ class _Supervisor(Multiprocess):
                 process.kill()  # hung or dead
                 process.join()
                 _forget_live_gauges(pid)
-                self._close_slot(idx)  # new connections go to the live workers meanwhile
                 self._started.pop(id(process), None)
                 if process.exitcode == STARTUP_FAILURE:
+                    # not coming back soon: new connections go to the live workers meanwhile
+                    self._close_slot(idx)
                     log.error(
                         "a worker could not start (rule packs on disk broken?); the other workers keep "
                         "serving their last good packs; retrying in %.0f s",
@@ -179,7 +195,8 @@ class _Supervisor(Multiprocess):
             elif now < retry_at:
                 continue
             self._retry_at.pop(idx, None)
-            # a replacement takes its slot's socket (connections queued there meanwhile are kept)
+            # the replacement takes its slot's socket, still open after a death (the connections
+            # queued there since are answered once it accepts); a fresh one after a failed start
             replacement = Process(self.config, self._sockets_for(idx))
             replacement.start()
             self.processes[idx] = replacement

@@ -294,11 +294,17 @@ class HookHandler:
         return from_fhir_patient(patient)
 
     def _parse(self, request: HookRequest, pack: CompiledPack) -> tuple[DraftOrders, list[dict[str, Any]]]:
+        """The draft orders and the reviewed ones that concern the pack.
+
+        The prefetched bundles are walked only when a reviewed draft names its product by
+        reference (the walk finds the Medication): a draft with an inline concept never reads them.
+        """
         drafts = read_draft_orders(request)
-        given = [
-            r for v in (request.prefetch or {}).values() if isinstance(v, dict) for r in bundle_resources(v)
-        ]
-        return drafts, self._relevant(pack, drafts, [*drafts.resources, *given])
+        local = drafts.resources
+        if any(not isinstance(d.get("medicationCodeableConcept"), dict) for d in drafts.reviewed):
+            bundles = [v for v in (request.prefetch or {}).values() if isinstance(v, dict)]
+            local = [*drafts.resources, *(r for v in bundles for r in bundle_resources(v))]
+        return drafts, self._relevant(pack, drafts, local)
 
     def _cap(
         self, pack: CompiledPack
@@ -355,9 +361,13 @@ class HookHandler:
                     503, None, "the checks did not finish in time: no advice computed, review manually"
                 )
             flat: dict[str, Any] | None = None
-            if self._applies(engine, pack, draft, pool, facts):
-                flat = engine.flat_facts(pack, facts)  # derived once: for the checks and the one-click offer
-                alerts = engine.evaluate_pack(pack, facts, flat)
+            truths: dict[str, int] | None = None
+            flats: dict[str, dict[str, Any]] = {}  # the applicability check's own derivation, if it made one
+            if self._applies(engine, pack, draft, pool, facts, flats):
+                # derived once: for the checks and the one-click offer
+                flat = flats.get(pack.id) or engine.flat_facts(pack, facts)
+                alerts, outcomes = engine.evaluate_pack_outcomes(pack, facts, flat)
+                truths = engine.one_click_truths(pack, flat, outcomes)  # no second walk of the trees
                 alerts = [a for a in alerts if runs_on(pack, a, hook)]  # the pack says which hook runs it
             elif _MEDICINE_KEYS & set(prefetched.unavailable):
                 alerts = []  # a partner drug, and we cannot tell whether the pack's drug is taken
@@ -375,6 +385,7 @@ class HookHandler:
                 facts.order,
                 lambda facts=facts, flat=flat: flat if flat is not None else engine.flat_facts(pack, facts),
                 facts,
+                truths,
             )
             label = order_label(draft, pack.vocabulary)
             for alert in alerts:
@@ -420,10 +431,16 @@ class HookHandler:
         draft: dict[str, Any],
         pool: list[dict[str, Any]],
         facts: PatientFacts,
+        flats: dict[str, dict[str, Any]] | None = None,
     ) -> bool:
-        """An order of the pack's own drug always applies; a partner drug only as the engine decides."""
+        """An order of the pack's own drug always applies; a partner drug only as the engine decides.
+
+        ``flats`` receives the flat facts the engine derived while deciding (pack id -> facts), so
+        the caller does not derive them a second time.
+        """
         classes = medication_classes(draft, [*pool, draft], pack.vocabulary) or set()
-        return bool(classes & set(pack.spec.pack.triggers.drug_classes)) or pack in engine.applicable(facts)
+        own = bool(classes & set(pack.spec.pack.triggers.drug_classes))
+        return own or pack in engine.applicable(facts, flats)
 
     async def _resolve_medications(
         self, request: HookRequest, drafts: list[dict[str, Any]], pool: list[dict[str, Any]], deadline: float

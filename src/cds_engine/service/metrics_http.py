@@ -29,8 +29,28 @@ __all__ = ["MetricsMiddleware", "count_cards", "metrics_router", "read_token", "
 Scope = dict[str, Any]
 
 
+_ROUTE_LABELS: dict[str, str | None] = {}
+_ROUTE_LABELS_MAX = 512  # distinct paths remembered; beyond, labels are computed each time
+
+
 def route_label(path: str) -> str | None:
-    """The ``service`` label of a request path (None: not timed)."""
+    """The ``service`` label of a request path (None: not timed).
+
+    Remembered per path (the same few paths carry nearly every request): the label of a path never
+    changes once computed — :func:`cds_engine.metrics.service_label` admits an id once and never
+    forgets it, and once its cap is reached it answers ``other`` for good — so the cache answers
+    what the computation would. Bounded: a caller sending endless distinct paths fills it once.
+    """
+    found = _ROUTE_LABELS.get(path, False)
+    if found is not False:
+        return found  # type: ignore[return-value]
+    result = _route_label(path)
+    if len(_ROUTE_LABELS) < _ROUTE_LABELS_MAX:
+        _ROUTE_LABELS[path] = result
+    return result
+
+
+def _route_label(path: str) -> str | None:
     parts = [p for p in path.split("/") if p]
     if not parts:
         return "other"
@@ -70,7 +90,7 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, send_status)
         finally:
-            metrics.REQUEST_SECONDS.labels(service, f"{status[0] // 100}xx").observe(
+            metrics.REQUEST_SECONDS.child(service, f"{status[0] // 100}xx").observe(
                 time.perf_counter() - started)
 
 
@@ -80,7 +100,7 @@ def count_cards(pack_id: str, issued: Iterable[tuple[Any, bool]], *, silent: boo
     pack = metrics.label(pack_id)
     for alert, shown in issued:
         outcome = "silent" if silent else ("shown" if shown else "hidden")
-        metrics.CARDS.labels(pack, metrics.label(alert.rule_id), alert.severity, outcome).inc()
+        metrics.CARDS.child(pack, metrics.label(alert.rule_id), alert.severity, outcome).inc()
 
 
 def read_token(path: Path) -> str:

@@ -73,16 +73,21 @@ class RequestLogMiddleware:
         try:
             await self.app(scope, receive, capture)
         finally:
-            extra = (scope.get("state") or {}).get("log") or {}
-            fields = " ".join(f"{k}={','.join(v) if isinstance(v, list) else v}" for k, v in extra.items())
-            log.info(
-                "%s %s %d %.1fms %s",
-                scope["method"],
-                scope["path"],
-                status,
-                (time.perf_counter() - start) * 1000,
-                fields,
-            )
+            if log.isEnabledFor(logging.INFO):  # the fields are built only for a line that is written
+                self._line(scope, status, start)
+
+    @staticmethod
+    def _line(scope: Scope, status: int, start: float) -> None:
+        extra = (scope.get("state") or {}).get("log") or {}
+        fields = " ".join(f"{k}={','.join(v) if isinstance(v, list) else v}" for k, v in extra.items())
+        log.info(
+            "%s %s %d %.1fms %s",
+            scope["method"],
+            scope["path"],
+            status,
+            (time.perf_counter() - start) * 1000,
+            fields,
+        )
 
 
 class AuthMiddleware:

@@ -175,16 +175,19 @@ def order_one_click(
     order: Order | None,
     flat_of: Callable[[], Mapping[str, Any]],
     facts: PatientFacts | None = None,
+    truths: Mapping[str, int] | None = None,
 ) -> OneClick:
     """:func:`one_click`, deriving the flat facts (``flat_of``) only when some card could offer one.
 
     With ``facts``, the planned regimen is also re-evaluated before it is offered (a second line of
     defence behind the caps; the closure test proves the caps alone): if any ``dose_dependent`` tier
-    would fire on it, there is no suggestion and the event is logged (tier ids only).
+    would fire on it, there is no suggestion and the event is logged (tier ids only). ``truths``:
+    the one-click tiers' outcomes on those flat facts when the caller has them
+    (:meth:`~cds_engine.engine.Engine.one_click_truths`), else the trees are walked here.
     """
     if not offers_one_click(pack, alerts):
         return OneClick(reason="no card offers a one-click change")
-    offer = one_click(pack, flat_of(), alerts, draft, order)
+    offer = one_click(pack, flat_of(), alerts, draft, order, truths=truths)
     if facts is None or offer.regimen is None or facts.order is None:
         return offer
     fired = would_fire(pack, facts, offer.regimen)
@@ -211,8 +214,14 @@ def one_click(
     alerts: Sequence[Alert],
     draft: dict[str, Any] | None,
     order: Order | None,
+    *,
+    truths: Mapping[str, int] | None = None,
 ) -> OneClick:
-    """The order's one-click suggestion, attached to the most severe card that offers it."""
+    """The order's one-click suggestion, attached to the most severe card that offers it.
+
+    ``truths``: the one-click tiers' TRUE / FALSE / UNKNOWN on ``flat`` when already known (the
+    same values :func:`~cds_engine.rules.one_click.limits` would compute); None: computed there.
+    """
     carrier = next(
         (a for a in sorted(alerts, key=Alert.sort_key) if (s := pack.one_click.get(a.tier_id)) and s.offer),
         None,
@@ -221,7 +230,7 @@ def one_click(
         return OneClick(reason="no card offers a one-click change")
     if draft is None or order is None or not isinstance(draft.get("id"), str):
         return OneClick(reason="the draft has no id to replace")
-    lim = limits(pack, flat)
+    lim = limits(pack, flat, truths)
     if lim.blocked_by:
         return OneClick(reason=f"blocked by {', '.join(lim.blocked_by)} (text advice only)")
     if lim.unknown:

@@ -81,12 +81,19 @@ class GroupWriter:
     def __init__(self, engine: Engine, journal: LineSource, reject: Reject, *, batch: int = 500,
                  wait: float = 0.005, linger: float = 0.05, adopt_interval: float = 1.0,
                  park_seconds: float = 300.0, max_linger: float = 0.25, linger_rate: float = 50.0,
+                 idle_wait: float | None = None, idle_after: float = 1.0,
                  on_done: Callable[[list[JournalItem]], None] | None = None) -> None:
         self._engine = engine
         self.journal = journal
         self._reject = reject
         self.batch = batch
         self.wait = wait
+        # After ``idle_after`` s without a line, wait ``idle_wait`` instead (default: ``wait``). For a
+        # source that is polled (the writer process scans a directory per wait), so an idle host
+        # does not pay a scan every few ms; the first line after a quiet spell is seen that much later.
+        self.idle_wait = wait if idle_wait is None else max(idle_wait, wait)
+        self.idle_after = idle_after
+        self._last_line = time.monotonic()
         self.linger = linger  # after the first line, wait this long for more (adds ≤ 50 ms of write lag)
         self.max_linger = max(max_linger, linger)  # ... growing to this under load (adaptive_linger)
         self.linger_rate = linger_rate  # lines/s up to which the linger stays at ``linger``
@@ -161,7 +168,8 @@ class GroupWriter:
                     self.journal.adopt(self._reject)
                 batch, self._retry = self._retry, []
                 if not batch:
-                    wait, linger = (0.0, 0.0) if stopping else (self.wait, self.adaptive_linger())
+                    wait, linger = (0.0, 0.0) if stopping else (self.current_wait(now),
+                                                                self.adaptive_linger())
                     batch = self._due_parked(now) + self.journal.take(self.batch, wait, linger)
                     self._observe_rate(len(batch))
                 if not batch:
@@ -187,8 +195,14 @@ class GroupWriter:
         ``max_linger``: the same small lag when idle, bigger batches under load."""
         return min(self.max_linger, self.linger * max(1.0, self._rate / self.linger_rate))
 
+    def current_wait(self, now: float) -> float:
+        """How long :meth:`take` waits for a first line: ``wait``, or ``idle_wait`` once idle."""
+        return self.wait if now - self._last_line < self.idle_after else self.idle_wait
+
     def _observe_rate(self, taken: int) -> None:
         now = time.monotonic()
+        if taken:
+            self._last_line = now
         elapsed, self._last_take = now - self._last_take, now
         if elapsed > 0:
             weight = min(1.0, elapsed)  # about a one-second memory

@@ -36,7 +36,7 @@ import threading
 import time
 from contextlib import suppress
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 try:
     import fcntl
@@ -45,8 +45,13 @@ except ImportError:  # pragma: no cover - non-POSIX
 
 from cds_engine.files import private_dir, private_open
 
+if TYPE_CHECKING:  # imported when the writer starts (run), not by the workers reading the status file
+    from sqlalchemy import Engine
+
+    from cds_engine.store.group_commit import GroupWriter, LineSource, Reject
+
 __all__ = ["DEFAULT_NICE", "LOCK_FILE", "NICE_ENV", "STATUS_FILE", "URL_ENV", "lower_priority", "main",
-           "read_status", "run"]
+           "process_writer", "read_status", "run"]
 
 log = logging.getLogger("cds_engine.store.writer")
 
@@ -59,6 +64,11 @@ STATUS_FILE = "writer-status.json"
 STATUS_INTERVAL = 0.5
 STATS_INTERVAL = 5.0  # lag percentiles in the status (the workers log them at stop)
 STOP_SECONDS = 5.0
+BASE_LINGER = 0.05  # s a first line waits for company while the rate is at most LINGER_RATE
+MAX_LINGER = 0.5  # s, reached at 10 × LINGER_RATE lines/s (process_writer)
+LINGER_RATE = 4.0  # lines/s
+IDLE_WAIT = 0.1  # s between directory scans once no line came for IDLE_AFTER s
+IDLE_AFTER = 1.0
 
 
 def read_status(directory: str | Path) -> dict[str, Any] | None:
@@ -117,11 +127,31 @@ def _migrate(engine: Any, directory: Path, stop: threading.Event) -> bool:
     return False
 
 
+def process_writer(engine: Engine, tail: LineSource, reject: Reject) -> GroupWriter:
+    """The :class:`~cds_engine.store.group_commit.GroupWriter` this process runs over ``tail``.
+
+    ``wait``: while lines come, the directory is scanned every 20 ms when nothing is pending (≤ 20 ms
+    more lag); after :data:`IDLE_AFTER` s without a line every :data:`IDLE_WAIT` s — scanning
+    every 20 ms cost an idle host ~1.3% of a core (≤ 100 ms more lag for the first line after a lull).
+    The linger is the base 50 ms up to :data:`LINGER_RATE` lines/s (one call now and then — a
+    clinic, a test — is stored within ~70 ms) and reaches :data:`MAX_LINGER` from ten times that
+    rate. Why so early: no request waits on this process, but its CPU and the database's compete
+    for the cores the workers answer on, and most of that CPU is per *commit*, not per line
+    (``bench/writer.py --batch``: ~4 ms writer + ~2.6 ms PostgreSQL per commit against ~0.2 +
+    0.15 ms per line). With the growth from 20 lines/s (the earlier setting) 40 calls/s were
+    committed 4 at a time — ~1.1 ms writer + 0.7 ms PostgreSQL per call; at the full linger
+    ~20 at a time. The write lag stays ≤ the linger plus a commit (goal p99 ≤ 2 s)."""
+    from cds_engine.store.group_commit import GroupWriter
+
+    return GroupWriter(engine, tail, reject, wait=0.02, linger=BASE_LINGER, max_linger=MAX_LINGER,
+                       linger_rate=LINGER_RATE, idle_wait=IDLE_WAIT, idle_after=IDLE_AFTER)
+
+
 def run(url: str, directory: str | Path, stop: threading.Event, parent: int | None = None) -> None:
     """Write every journal line of ``directory`` into ``url`` until ``stop`` is set (or ``parent`` dies)."""
     from cds_engine import metrics
     from cds_engine.store.db import create_db_engine, resolve_url
-    from cds_engine.store.group_commit import GroupWriter, _name_os_thread
+    from cds_engine.store.group_commit import _name_os_thread
     from cds_engine.store.journal_tail import JournalTail
     from cds_engine.store.spool import Spool
 
@@ -135,10 +165,7 @@ def run(url: str, directory: str | Path, stop: threading.Event, parent: int | No
     try:
         if not _migrate(engine, directory, stop):
             return
-        # wait: idle, the directory is scanned every 20 ms (≈1% of a core at 10 ms; ≤ 20 ms more lag).
-        # The linger grows from 20 lines/s up to 0.5 s: no request waits on this process's GIL, so
-        # larger batches (fewer commits, the writer's main cost) only add write lag (goal p99 ≤ 2 s).
-        writer = GroupWriter(engine, tail, spool.reject, wait=0.02, max_linger=0.5, linger_rate=20.0).start()
+        writer = process_writer(engine, tail, spool.reject).start()
         stats, stats_at = writer.stats(), time.monotonic()
         while not stop.wait(STATUS_INTERVAL):
             if parent is not None and os.getppid() != parent:

@@ -1,0 +1,258 @@
+"""In-process CPU of one hook call with auth on: the ASGI app called directly, no sockets (issue 19).
+
+Run: ``python bench/hook_cpu.py [--calls 300] [--same] [--dump OUT.json] [--smoke]``.
+
+Builds the service as ``serve`` does for the load bench (client JWTs checked, ES384; the ``jti``
+replay store a SQLite WAL file; a store sink that takes every record without a thread hop, so
+silent packs and demographics run as with the journal) and calls the ASGI app in this process with
+pre-signed tokens. Bodies: order-sign and order-select calls for Synthea patients with varied
+draft orders (the pack's drug at several doses, a partner drug, a draft that references a
+``Medication`` carried in the bundle, two drafts); ``--same`` repeats one body (as ``bench/load.py``
+does, so memos keyed by the draft always hit).
+
+Prints CPU milliseconds per call (``resource.getrusage``, this process only). For a noise-free
+figure run it under callgrind with ``--marks 5``: it prints ``TIMED-START`` / ``TIMED-END`` and
+pauses at each, and ``callgrind_control --dump`` at each mark leaves a profile part holding the
+timed calls alone (instructions per call = its total / ``--calls``). ``--dump`` writes every answer
+(status, body with card uuids replaced by their order of appearance) and every record the sink got
+(the same), for an old-versus-new equality check: the clock is fixed, so equal code gives equal
+files byte for byte. Not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import json
+import logging
+import re
+import resource
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench_common import machine_header, use_repo_paths
+
+use_repo_paths()
+
+from cds_engine.engine import Engine  # noqa: E402
+from cds_engine.service import create_app  # noqa: E402
+from cds_engine.service.auth import AuthSettings, TrustedIssuer  # noqa: E402
+from cds_engine.service.discovery import prefetch_templates  # noqa: E402
+from cds_engine.service.replay import ReplaySettings  # noqa: E402
+from service_helpers import (  # noqa: E402  (the test helpers build realistic requests)
+    LocalFhir,
+    Signer,
+    hook_request,
+    medication_request,
+    synthea_files,
+    synthea_resources,
+)
+from suggestion_cases import AS_OF as SUGGESTION_AS_OF  # noqa: E402
+from suggestion_cases import generate  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+HOST = "bench.local"
+AS_OF = SUGGESTION_AS_OF  # the seeded suggestion cases are dated for it
+RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
+PARTNER = "105029"  # a gabapentinoid product code in the shipped vocabulary (a partner class)
+
+
+class KeepSink:
+    """A store that takes each record at once (like the journal: ``nonblocking``) and keeps it."""
+
+    nonblocking = True
+
+    def __init__(self, keep: bool) -> None:
+        self.keep = keep
+        self.records: list[Any] = []
+
+    def record_evaluation(self, record: Any) -> None:
+        if self.keep:
+            self.records.append(record)
+
+    def __getattr__(self, name: str) -> Any:  # every other sink method: nothing to do
+        return lambda *args, **kwargs: None
+
+
+def _partner(draft: dict[str, Any]) -> dict[str, Any]:
+    """The draft ordering a partner-class product instead of the pack's drug."""
+    concept = {"coding": [{"system": RXNORM, "code": PARTNER}], "text": "partner product"}
+    return {**draft, "medicationCodeableConcept": concept}
+
+
+def _with_reference(draft: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The draft naming its product through ``medicationReference`` to a Medication in the bundle."""
+    concept = draft.pop("medicationCodeableConcept")
+    medication = {"resourceType": "Medication", "id": "med-1", "code": concept}
+    return {**draft, "medicationReference": {"reference": "Medication/med-1"}}, medication
+
+
+def corpus(patients: int, cases: int = 0) -> list[tuple[str, dict[str, Any]]]:
+    """(service path, body) pairs: several patients, several kinds of draft order each; then
+    ``cases`` of the seeded one-click suggestion cases (every renal band, liquids, enteral routes)."""
+    pack = Engine.from_dir(REPO / "rules").packs[0]
+    templates = prefetch_templates(pack)
+    out: list[tuple[str, dict[str, Any]]] = []
+    for path in synthea_files(patients):
+        resources = synthea_resources(path)
+        patient = next(r for r in resources if r["resourceType"] == "Patient")["id"]
+        prefetch = LocalFhir(resources).prefetch(templates, {"patientId": patient})
+        sign, select = "/cds-services/baclofen-order-sign", "/cds-services/baclofen-order-select"
+
+        def mr(patient: str = patient, **kw: Any) -> dict[str, Any]:
+            return medication_request(patient=patient, **kw)
+
+        out.append((sign, hook_request("order-sign", patient, [mr(dose=20, per_day=3)], prefetch=prefetch)))
+        out.append((sign, hook_request("order-sign", patient, [mr(dose=5, per_day=3)], prefetch=prefetch)))
+        out.append((select, hook_request("order-select", patient, [mr(dose=10, per_day="TID")],
+                                         prefetch=prefetch)))
+        out.append((sign, hook_request("order-sign", patient, [_partner(mr(dose=300, per_day=3))],
+                                       prefetch=prefetch)))
+        referenced, medication = _with_reference(mr(dose=10, per_day=3))
+        body = hook_request("order-sign", patient, [referenced], prefetch=prefetch)
+        body["context"]["draftOrders"]["entry"].append({"resource": medication})
+        out.append((sign, body))
+        two = [mr(id="mr-1", dose=15, per_day=3), _partner(mr(id="mr-2", dose=100, per_day=3))]
+        out.append((sign, hook_request("order-sign", patient, two, prefetch=prefetch)))
+    for case in generate(cases, 20261206):
+        patient = next(r for r in case.resources if r["resourceType"] == "Patient")["id"]
+        prefetch = LocalFhir(case.resources).prefetch(templates, {"patientId": patient})
+        out.append(("/cds-services/baclofen-order-sign",
+                    hook_request("order-sign", patient, [case.draft], prefetch=prefetch)))
+    return out
+
+
+def build(tmp: Path, keep: bool) -> tuple[Any, Signer, KeepSink]:
+    signer = Signer()
+    engine = Engine.from_dir(REPO / "rules")
+    auth = AuthSettings(
+        issuers={signer.issuer: TrustedIssuer(jwks=signer.jwks())},
+        replay=ReplaySettings(url=f"sqlite:///{tmp / 'jti-replay.db'}"),
+    )
+    sink = KeepSink(keep)
+    app = create_app(lambda: engine, sink=sink, auth=auth, clock=lambda: AS_OF)  # type: ignore[arg-type]
+    return app, signer, sink
+
+
+TIMINGS: dict[str, float] = {}  # Server-Timing step -> summed milliseconds (the service's own split)
+
+
+async def call(app: Any, path: str, payload: bytes, token: str) -> tuple[int, bytes]:
+    """One POST through the whole ASGI app (middleware, auth, route), as uvicorn would send it."""
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+        "scheme": "http", "path": path, "raw_path": path.encode(), "root_path": "", "query_string": b"",
+        "headers": [(b"host", HOST.encode()), (b"content-type", b"application/json"),
+                    (b"content-length", str(len(payload)).encode()),
+                    (b"authorization", f"Bearer {token}".encode())],
+        "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 80), "state": {},
+    }
+    sent = False
+    status, chunks = 0, []
+
+    async def receive() -> dict[str, Any]:
+        nonlocal sent
+        if sent:
+            await asyncio.sleep(3600)
+        sent = True
+        return {"type": "http.request", "body": payload, "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        nonlocal status
+        if message["type"] == "http.response.start":
+            status = message["status"]
+            for name, value in message.get("headers", []):
+                if name.lower() == b"server-timing":
+                    for part in value.decode().split(","):
+                        step, _, dur = part.strip().partition(";dur=")
+                        TIMINGS[step] = TIMINGS.get(step, 0.0) + float(dur)
+        elif message["type"] == "http.response.body":
+            chunks.append(message.get("body", b""))
+
+    await app(scope, receive, send)
+    return status, b"".join(chunks)
+
+
+_UUID = re.compile(rb"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def _masked(raw: bytes) -> str:
+    """Card and hookInstance uuids replaced by their order of appearance (they are random)."""
+    seen: dict[bytes, str] = {}
+    return _UUID.sub(lambda m: seen.setdefault(m.group(0), f"<uuid{len(seen)}>").encode(), raw).decode()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--calls", type=int, default=300, help="timed calls (after one pass of warm-up)")
+    parser.add_argument("--patients", type=int, default=10)
+    parser.add_argument("--cases", type=int, default=30, help="seeded one-click cases added to the bodies")
+    parser.add_argument("--same", action="store_true", help="one body again and again (as bench/load.py)")
+    parser.add_argument("--dump", type=Path, help="write every answer and record here (equality check)")
+    parser.add_argument("--profile", type=Path, help="cProfile the timed calls only, stats to this file")
+    parser.add_argument("--marks", type=float, default=0.0,
+                        help="print TIMED-START/TIMED-END around the timed calls and pause this many seconds "
+                        "at each (for callgrind_control --dump; see bench/RESULTS.md)")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes (seconds), figures meaningless")
+    args = parser.parse_args()
+    if args.smoke:
+        args.calls, args.patients, args.cases = 12, 2, 3
+    logging.getLogger("cds_engine").setLevel(logging.ERROR)
+    print(machine_header("bench/hook_cpu.py", args.smoke))
+    bodies = corpus(args.patients, args.cases)
+    if args.same:
+        bodies = bodies[:1]
+    payloads = [(p, json.dumps(b).encode()) for p, b in bodies]
+    with tempfile.TemporaryDirectory() as tmp:
+        app, signer, sink = build(Path(tmp), keep=args.dump is not None)
+        aud = lambda p: f"http://{HOST}{p}"  # noqa: E731
+        warm = [signer.token(aud(p)) for p, _ in payloads]
+        timed = [(payloads[i % len(payloads)], signer.token(aud(payloads[i % len(payloads)][0])))
+                 for i in range(args.calls)]
+
+        async def run() -> tuple[list[tuple[int, bytes]], float, float]:
+            async with app.router.lifespan_context(app):
+                answers = [await call(app, p, b, t) for (p, b), t in zip(payloads, warm, strict=True)]
+                sink.keep = False  # the warm-up pass's records are the ones compared
+                profiler = cProfile.Profile() if args.profile else None
+                TIMINGS.clear()
+                if args.marks:  # let callgrind_control dump (and reset) the counts before the timed calls
+                    print("TIMED-START", flush=True)
+                    time.sleep(args.marks)
+                r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+                if profiler is not None:
+                    profiler.enable()
+                for i, ((p, b), t) in enumerate(timed):
+                    status, _ = await call(app, p, b, t)
+                    assert status == answers[i % len(answers)][0], (i, status)  # as in the warm-up
+                if profiler is not None:
+                    profiler.disable()
+                    profiler.dump_stats(args.profile)
+                r1, wall = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter() - t0
+                if args.marks:  # the next dump holds the timed calls only
+                    print("TIMED-END", flush=True)
+                    time.sleep(args.marks)
+            cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
+            return answers, cpu, wall
+
+        answers, cpu, wall = asyncio.run(run())
+    codes = sorted({s for s, _ in answers})
+    print(f"bodies: {len(payloads)} ({'one repeated' if args.same else 'varied'}); warm-up answers {codes}")
+    if args.calls:
+        print(f"timed calls: {args.calls}; CPU {cpu / args.calls * 1000:.3f} ms/call "
+              f"(process, all threads); wall {wall / args.calls * 1000:.3f} ms/call")
+        print("service steps (Server-Timing, wall ms/call): "
+              + ", ".join(f"{k} {v / args.calls:.3f}" for k, v in TIMINGS.items()))
+    if args.dump is not None:
+        records = [_masked(r.model_dump_json().encode()) if hasattr(r, "model_dump_json") else
+                   _masked(repr(r).encode()) for r in sink.records]
+        out = {"answers": [[s, _masked(b)] for s, b in answers], "records": records}
+        args.dump.write_text(json.dumps(out, indent=1, sort_keys=True), encoding="utf-8")
+        print(f"answers and records written to {args.dump}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,98 @@
+"""`serve --workers 2`, one worker SIGKILLed: connections made meanwhile are answered (issue #19 item 4).
+
+Each worker slot has its own SO_REUSEPORT listening socket, held by the parent; the kernel hashes
+every new connection onto one of them. Connections hashed onto the dead worker's socket queue in its
+backlog until a worker accepts them. Closing that socket (what the supervisor used to do when it
+found the worker dead) resets every queued connection — a second error for each client that had
+just reconnected after losing its connection to the killed worker. The replacement now takes the
+same socket, so they are answered once it is up.
+
+Raw sockets: all the connections are opened in a few milliseconds right after the kill (before the
+supervisor's next check, at most 0.5 s later), then each sends one request and reads the answer.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+
+from service_helpers import REPO, serve_process
+
+RULES = str(REPO / "rules")
+START = 240.0  # seconds a worker may take to start on a busy 2-core machine (it compiles the packs)
+CONNECTIONS = 16  # each lands on the dead slot with probability 1/2: all 16 miss it 1 time in 65,536
+
+
+def _workers(base: str, want: int = 2) -> set[int]:
+    """The pids of ``want`` different workers, each seen through a new connection to /healthz."""
+    seen: set[int] = set()
+    deadline = time.monotonic() + START
+    while len(seen) < want and time.monotonic() < deadline:
+        try:
+            seen.add(httpx.get(f"{base}/healthz", timeout=10).json()["worker"]["pid"])
+        except httpx.HTTPError:
+            time.sleep(0.3)
+    assert len(seen) >= want, f"only {len(seen)} worker(s) answered"
+    return seen
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD)
+    except psutil.NoSuchProcess:
+        return True
+
+
+def _answer(conn: socket.socket, port: int) -> tuple[str, Any]:
+    """The status and body of one ``GET /healthz`` on an open connection, or the error's name."""
+    try:
+        conn.sendall(f"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n".encode())
+        data = b""
+        while chunk := conn.recv(65536):
+            data += chunk
+    except OSError as exc:
+        return type(exc).__name__, None
+    finally:
+        conn.close()
+    if not data:
+        return "closed without an answer", None
+    head, _, body = data.partition(b"\r\n\r\n")
+    return head.split(b" ", 2)[1].decode(), body
+
+
+def test_connections_made_while_a_worker_is_replaced_are_answered(tmp_path: Path) -> None:
+    import json
+
+    args = ["--no-auth", "--db", "none", "--rules", RULES, "--workers", "2"]
+    with serve_process(args, tmp_path, timeout=START) as (base, _parent, log):
+        port = int(base.rsplit(":", 1)[1])
+        before = _workers(base)
+        victim = min(before)
+        os.kill(victim, signal.SIGKILL)
+        while not _gone(victim):
+            time.sleep(0.001)
+        killed = time.monotonic()
+        conns = [socket.create_connection(("127.0.0.1", port), timeout=START) for _ in range(CONNECTIONS)]
+        opened = time.monotonic() - killed
+        with ThreadPoolExecutor(CONNECTIONS) as pool:
+            answers = list(pool.map(lambda c: _answer(c, port), conns))
+        waited = time.monotonic() - killed
+
+        statuses = [status for status, _ in answers]
+        assert statuses == ["200"] * CONNECTIONS, (
+            f"{statuses} (connections opened {opened * 1000:.0f} ms after the kill; "
+            f"server log tail: {log.read_text()[-1500:]})"
+        )
+        pids = {json.loads(body)["worker"]["pid"] for _, body in answers}
+        assert victim not in pids
+        replacement = pids - before
+        assert replacement, "no connection reached the replacement (all 16 hashed onto the survivor?)"
+        print(f"replacement answered {waited:.1f} s after the kill")
