@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -374,6 +374,31 @@ def hook_request(
     if prefetch is not None:
         body["prefetch"] = prefetch
     return body
+
+
+def wait_for(
+    condition: Callable[[], object],
+    timeout: float = 30.0,
+    *,
+    interval: float = 0.1,
+    what: str = "the condition",
+    ignoring: tuple[type[BaseException], ...] = (),
+) -> None:
+    """Poll ``condition`` until it holds; after ``timeout`` seconds an AssertionError naming ``what``.
+
+    The one "eventually" of the suite (stores draining, workers reloading, replacements starting).
+    An exception of a type in ``ignoring`` counts as "not yet" (e.g. ``httpx.HTTPError`` while a
+    server is still starting); any other propagates at once."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if condition():
+                return
+        except ignoring:
+            pass
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"{what} did not hold within {timeout:g} s")
+        time.sleep(interval)
 
 
 def wait_until_up(base: str, process: subprocess.Popen[bytes], *, path: str = "/healthz",

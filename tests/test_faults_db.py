@@ -18,7 +18,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
-from tests.service_helpers import LocalFhir, hook_request, medication_request
+from tests.service_helpers import LocalFhir, hook_request, medication_request, wait_for
 from tests.test_service_api import NOW, patient_record
 
 from cds_engine.service import create_app
@@ -31,13 +31,6 @@ pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 SIGN = "/cds-services/baclofen-order-sign"
 
 
-def wait_for(condition, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.1)
-    raise AssertionError("condition not met in time")
 
 
 def test_database_outage_under_hook_traffic_loses_and_duplicates_nothing(tmp_path, engine, pack):

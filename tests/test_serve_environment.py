@@ -90,3 +90,29 @@ def test_serve_with_workers_leaves_neither_the_metrics_directory_nor_the_worker_
     assert seen["dir"] and seen["params"], "the workers were to get both"
     assert metrics.MULTIPROC_ENV not in os.environ and serve_workers.PARAMS_ENV not in os.environ
     assert not Path(seen["dir"]).exists()
+
+
+def test_sigterm_ends_serve_by_the_signal_after_its_clean_up(tmp_path: Path) -> None:
+    """SIGTERM (every process manager's stop) used to end ``serve`` before its clean-up: uvicorn
+    raises the signal again once it has shut down, with the default handler, which killed the
+    process on the spot — the store was not closed (the writer process only found its parent gone)
+    and the metrics directory stayed in the temporary folder. Now the clean-up runs first and the
+    process still ends by SIGTERM."""
+    import signal
+
+    import psutil
+
+    from service_helpers import serve_process
+
+    private_tmp = tmp_path / "tmp"
+    private_tmp.mkdir()
+    args = ["--no-auth", "--rules", str(RULES), "--writer", "process", "--db", f"sqlite:///{tmp_path}/s.db"]
+    with serve_process(args, tmp_path, env={"TMPDIR": str(private_tmp)}) as (_base, process, log_path):
+        assert list(private_tmp.glob("cds-metrics-*")), "serve set up a metrics directory for its writer"
+        children = psutil.Process(process.pid).children(recursive=True)  # the writer process among them
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == -signal.SIGTERM, "the process still ends by the signal"
+        psutil.wait_procs(children, timeout=15)
+    log = log_path.read_text()
+    assert not list(private_tmp.glob("cds-metrics-*")), log
+    assert "the serve process is gone" not in log, "the store was closed, not abandoned:\n" + log

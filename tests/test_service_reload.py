@@ -12,21 +12,11 @@ import time
 from pathlib import Path
 
 import httpx
-from tests.service_helpers import serve_process
+from tests.service_helpers import serve_process, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _wait(predicate, timeout: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if predicate():
-                return True
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    return False
 
 
 def test_sighup_reload_keeps_last_good_pack(tmp_path):
@@ -57,6 +47,7 @@ def test_sighup_reload_keeps_last_good_pack(tmp_path):
 
         pack_file.write_text(good.replace("  version: 1.0.0", "  version: 1.0.1"), encoding="utf-8")
         process.send_signal(signal.SIGHUP)
-        assert _wait(lambda: versions()["baclofen"] == "1.0.1"), "good pack was not swapped in"
+        wait_for(lambda: versions()["baclofen"] == "1.0.1", interval=0.2, what="the good pack swapped in",
+                 ignoring=(httpx.HTTPError,))
     text = (tmp_path / "server.log").read_text()
     assert "pack.yaml" in text  # the refused reload was logged with its findings

@@ -17,7 +17,6 @@ import shutil
 import signal
 import sqlite3
 import stat
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,28 +24,20 @@ from typing import Any
 import httpx
 import pytest
 
-from service_helpers import REPO, Signer, serve_process
+from service_helpers import REPO, Signer, serve_process, wait_for
 from store_helpers import free_port, postgres_database
 
 RULES = str(REPO / "rules")
 PUBLIC = "https://cds.example.org"  # what the EHR calls: the load balancer, not any one process
 START = 240.0  # seconds a server may take to start on a busy 2-core machine (every worker compiles the packs)
+SETTLE = 120.0  # seconds every worker may take to see a pack change
+_NOT_YET = (httpx.HTTPError,)  # a worker still starting or being replaced
 
 
 def _health() -> Callable[[str], dict[str, Any]]:
     return lambda base: httpx.get(f"{base}/healthz", timeout=10).json()
 
 
-def _until(predicate: Callable[[], bool], timeout: float = 120.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if predicate():
-                return True
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    return False
 
 
 def _workers(base: str, want: int = 2, timeout: float = START) -> dict[int, dict[str, Any]]:
@@ -58,7 +49,7 @@ def _workers(base: str, want: int = 2, timeout: float = START) -> dict[int, dict
         seen[body["worker"]["pid"]] = body
         return len(seen) >= want
 
-    assert _until(enough, timeout), f"only {len(seen)} worker(s) answered"
+    wait_for(enough, timeout, interval=0.3, what=f"{want} workers answering", ignoring=_NOT_YET)
     return seen
 
 
@@ -134,15 +125,16 @@ def test_every_worker_reloads_and_a_broken_pack_keeps_the_last_good_in_all(tmp_p
 
         pack_file.write_text(good.replace("  version: 1.0.0", "  version: [1.0.0"), encoding="utf-8")
         parent.send_signal(signal.SIGHUP)  # passed on to every worker (and the file watcher sees it too)
-        refused = _until(lambda: all_workers(lambda b: b["worker"]["rules_reload_refused"]))
-        assert refused, "a worker did not refuse the broken pack"
+        wait_for(lambda: all_workers(lambda b: b["worker"]["rules_reload_refused"]), SETTLE, interval=0.3,
+                 what="every worker refusing the broken pack", ignoring=_NOT_YET)
         assert all_workers(lambda b: version(b) == "1.0.0")
         assert parent.poll() is None
         assert httpx.get(f"{base}/cds-services", timeout=10).status_code == 200
 
         pack_file.write_text(good.replace("  version: 1.0.0", "  version: 1.0.1"), encoding="utf-8")
-        assert _until(
-            lambda: all_workers(lambda b: version(b) == "1.0.1" and not b["worker"]["rules_reload_refused"])
+        wait_for(
+            lambda: all_workers(lambda b: version(b) == "1.0.1" and not b["worker"]["rules_reload_refused"]),
+            SETTLE, interval=0.3, what="every worker on the fixed pack", ignoring=_NOT_YET,
         )
 
 
@@ -203,9 +195,11 @@ def test_a_worker_that_dies_while_a_pack_is_broken_does_not_stop_the_service(tmp
     with serve_process(args, tmp_path, timeout=START) as (base, parent, log):
         victim, survivor = sorted(_workers(base))
         pack_file.write_text(good.replace("  version: 1.0.0", "  version: [1.0.0"), encoding="utf-8")
-        assert _until(lambda: all(b["worker"]["rules_reload_refused"] for b in _workers(base).values()))
+        wait_for(lambda: all(b["worker"]["rules_reload_refused"] for b in _workers(base).values()), SETTLE,
+                 interval=0.3, what="every worker refusing the broken pack", ignoring=_NOT_YET)
         os.kill(victim, signal.SIGKILL)
-        assert _until(lambda: "a worker could not start" in log.read_text(), START), "no replacement tried"
+        wait_for(lambda: "a worker could not start" in log.read_text(), START, interval=0.3,
+                 what="a replacement tried")
         assert parent.poll() is None  # the service is still up ...
         for _ in range(5):  # ... answered by the survivor on its last good packs
             body = httpx.get(f"{base}/healthz", timeout=10).json()
@@ -221,7 +215,8 @@ def test_a_worker_that_dies_while_a_pack_is_broken_does_not_stop_the_service(tmp
                 for b in state.values()
             )
 
-        assert _until(both_on_the_fixed_pack, START), "the replacement never started on the fixed pack"
+        wait_for(both_on_the_fixed_pack, START, interval=0.3,
+                 what="the replacement started on the fixed pack", ignoring=_NOT_YET)
 
 
 def test_persistent_connections_are_spread_over_the_workers(tmp_path: Path) -> None:

@@ -36,6 +36,7 @@ from cds_engine.store.models import (
     PrescriberFeedback,
     ReviewDecision,
 )
+from service_helpers import wait_for
 from store_helpers import NOW, TcpProxy, feedback, free_port, make_alert, make_record, postgres_database
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "cds_engine"
@@ -62,13 +63,6 @@ def count(store: Store, model: type[Base], *where: object) -> int:
         return db.scalar(select(func.count()).select_from(model).where(*where)) or 0  # type: ignore[arg-type]
 
 
-def wait_for(condition: Callable[[], bool], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.1)
-    raise AssertionError("condition not met in time")
 
 
 def test_migrations_from_empty(db_url: str, tmp_path: Path) -> None:
@@ -256,7 +250,7 @@ def test_spool_while_the_database_is_unreachable_then_drain(db_url: str, tmp_pat
         assert lines == 12
 
         up()  # the drainer migrates, then writes everything once
-        wait_for(lambda: store.ready and not store.spool.pending())
+        wait_for(lambda: store.ready and not store.spool.pending(), 20)
         assert count(store, Evaluation) == 10
         assert count(store, AlertRow) == 10
         assert count(store, PrescriberFeedback) == 1
@@ -269,7 +263,7 @@ def test_spool_while_the_database_is_unreachable_then_drain(db_url: str, tmp_pat
         assert time.monotonic() - started < 10
         assert not store.ready and store.spool.pending()
         up()
-        wait_for(lambda: store.ready and not store.spool.pending())
+        wait_for(lambda: store.ready and not store.spool.pending(), 20)
         for r in [*first, *second]:  # everything there, exactly once
             assert count(store, Evaluation, Evaluation.hook_instance == r.hook_instance) == 1
         assert count(store, Evaluation) == 15

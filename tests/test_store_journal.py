@@ -17,13 +17,19 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import pytest
 from sqlalchemy import func, select
-from tests.service_helpers import REPO, LocalFhir, hook_request, medication_request, serve_process
+from tests.service_helpers import (
+    REPO,
+    LocalFhir,
+    hook_request,
+    medication_request,
+    serve_process,
+    wait_for,
+)
 from tests.store_helpers import NOW, feedback, make_record
 from tests.test_service_api import patient_record
 
@@ -31,14 +37,6 @@ from cds_engine.service.discovery import prefetch_templates
 from cds_engine.store import open_store
 from cds_engine.store.journal_sink import JournalSink
 from cds_engine.store.models import AlertRow, Evaluation, PrescriberFeedback
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.05)
 
 
 def _count(store, model=Evaluation) -> int:

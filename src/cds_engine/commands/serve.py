@@ -16,8 +16,11 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import signal
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -136,14 +139,58 @@ def _scoped_metrics_dir(command: Callable[..., None]) -> Callable[..., None]:
         from cds_engine import metrics
 
         before = os.environ.get(metrics.MULTIPROC_ENV)
+        stopped: _StopSignal | None = None
         try:
             command(**options)
+        except _StopSignal as exc:
+            stopped = exc
         finally:
             made = os.environ.get(metrics.MULTIPROC_ENV)
             if made and made != before:
                 metrics.leave_multiprocess(made)
+        if stopped is not None:  # everything is cleaned up: now end the way the signal asked
+            signal.signal(stopped.signum, signal.SIG_DFL)
+            signal.raise_signal(stopped.signum)
 
     return run
+
+
+class _StopSignal(BaseException):
+    """SIGTERM, held back until ``serve`` has cleaned up (a BaseException: no handler swallows it).
+
+    uvicorn shuts down gracefully on SIGTERM and then raises the signal again with the handler it
+    found installed — by default the one that ends the process at once, which skipped ``serve``'s
+    clean-up: the store was not closed (the writer process found its parent gone and logged a
+    warning) and the Prometheus directory stayed in the temporary folder. With this handler in
+    place uvicorn's re-raise becomes this exception, the ``finally`` blocks run, and
+    :func:`_scoped_metrics_dir` re-raises the signal with the default handler, so the process still
+    ends *by* SIGTERM (what process managers expect)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_stop_signal(signum: int, _frame: Any) -> None:
+    raise _StopSignal(signum)
+
+
+@contextmanager
+def _cleanup_before_sigterm() -> Iterator[None]:
+    """While uvicorn runs: a SIGTERM that ends it is turned into :class:`_StopSignal` (see there).
+
+    Only where the default action would kill the process (the main thread, no handler of the
+    embedding program's installed); the previous handler is put back afterwards."""
+    if threading.current_thread() is not threading.main_thread() or (
+        signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
+    ):
+        yield
+        return
+    signal.signal(signal.SIGTERM, _raise_stop_signal)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def register(app: typer.Typer, rules_app: typer.Typer) -> None:
@@ -411,6 +458,7 @@ def register(app: typer.Typer, rules_app: typer.Typer) -> None:
                 host_writer.stop()
         try:
             # httptools with 64 KiB / 10 s header bounds (431 / 408)
-            uvicorn.run(service, http=bounded_protocol(), **options)
+            with _cleanup_before_sigterm():  # release() and the metrics directory, then SIGTERM
+                uvicorn.run(service, http=bounded_protocol(), **options)
         finally:
             release()
