@@ -46,6 +46,8 @@ from tests.service_helpers import (  # noqa: E402  (the test helpers build reali
     wait_until_up,
 )
 
+from cds_engine.service.http_limits import CLIENT_KEEP_ALIVE_SECONDS  # noqa: E402
+
 SIGN = "/cds-services/baclofen-order-sign"
 
 
@@ -131,7 +133,8 @@ async def drive(
     latencies: list[float] = []
     timings: list[str] = []
     remaining = requests
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency,
+                          keepalive_expiry=CLIENT_KEEP_ALIVE_SECONDS)  # before the server's
     async with httpx.AsyncClient(base_url=base, limits=limits, timeout=30) as client:
 
         async def worker() -> None:
@@ -494,7 +497,8 @@ def pause(payload: str, seconds: float, db: str = "sqlite", concurrency: int = 8
             return "before" if now < t_pause else "paused" if now < t_resume else "after"
 
         async def load() -> None:
-            limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+            limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency,
+                                  keepalive_expiry=CLIENT_KEEP_ALIVE_SECONDS)  # before the server's
             async with httpx.AsyncClient(base_url=base, limits=limits, timeout=60) as client:
                 async def worker() -> None:
                     while time.monotonic() < t_end:

@@ -46,6 +46,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import httpcore
 import httpx
@@ -57,7 +58,10 @@ use_repo_paths()
 from hook import realistic_body  # noqa: E402  (same body as the service benchmark)
 from tests.service_helpers import Signer, wait_until_up  # noqa: E402
 
+from cds_engine.service.http_limits import CLIENT_KEEP_ALIVE_SECONDS  # noqa: E402
+
 SIGN = "/cds-services/baclofen-order-sign"
+LONG_IDLE = 3.0  # s: a request on a connection idle this long nears the server's keep-alive (race)
 HOOK_INSTANCE, DRAFT_ID = "__HOOK_INSTANCE__", "__DRAFT_ID__"  # placeholders in the body, filled per call
 
 
@@ -90,6 +94,8 @@ class Run:
     opened_after_kill: int = 0  # client connections opened after the kill (reconnects)
     errors_fresh: dict[str, int] = field(default_factory=dict)  # errors on connections opened after it
     errors_unattributed: int = 0  # errors with no connection known (e.g. a pool timeout)
+    error_idle: list[float] = field(default_factory=list)  # idle seconds of each failed call's connection
+    long_idle: list[float] = field(default_factory=list)  # idle seconds ≥ LONG_IDLE before a request
 
 
 def _free_port() -> int:
@@ -151,23 +157,35 @@ class Tokens:
 
 
 # ── which connection a call used (kill run) ────────────────────────────────────────────────
-# when the connection the calling task last read or wrote was opened (or a connect was tried)
-_CONN_OPENED: contextvars.ContextVar[float | None] = contextvars.ContextVar("conn_opened", default=None)
+# the connection the calling task last read or wrote (a float: only a connect was tried, at that time)
+_CONN: contextvars.ContextVar[_OpenedStream | float | None] = contextvars.ContextVar("conn", default=None)
 
 
 class _OpenedStream(httpcore.AsyncNetworkStream):
-    """A connection that tells the task using it when it was opened: a failed call is attributed to
-    the connection it failed on (httpx does not say which that was)."""
+    """A connection that tells the task using it which connection it is: a failed call is attributed
+    to the connection it failed on (httpx does not say which that was) — when it was opened, and how
+    long it had been idle when the call's request was written (a reset on a connection idle as long
+    as the server's keep-alive is the client-side keep-alive race, not a server fault)."""
+
+    long_idle: ClassVar[list[float]] = []  # idle times ≥ LONG_IDLE s before a request (the current run's)
 
     def __init__(self, stream: httpcore.AsyncNetworkStream, opened: float) -> None:
-        self._stream, self._opened = stream, opened
+        self._stream, self.opened = stream, opened
+        self._last_read = opened
+        self.idle_before = 0.0  # seconds between the previous answer's last read and this request
 
     async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        _CONN_OPENED.set(self._opened)
-        return await self._stream.read(max_bytes, timeout)
+        _CONN.set(self)
+        try:
+            return await self._stream.read(max_bytes, timeout)
+        finally:
+            self._last_read = time.perf_counter()
 
     async def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        _CONN_OPENED.set(self._opened)
+        _CONN.set(self)
+        self.idle_before = time.perf_counter() - self._last_read
+        if self.idle_before >= LONG_IDLE:
+            _OpenedStream.long_idle.append(self.idle_before)
         await self._stream.write(buffer, timeout)
 
     async def aclose(self) -> None:
@@ -191,7 +209,7 @@ class _OpenedBackend(httpcore.AsyncNetworkBackend):
                           local_address: str | None = None,
                           socket_options: object = None) -> httpcore.AsyncNetworkStream:
         opened = time.perf_counter()
-        _CONN_OPENED.set(opened)  # a connect that fails is a call on a connection opened now
+        _CONN.set(opened)  # a connect that fails is a call on a connection opened now
         self.opened.append(opened)
         stream = await self._backend.connect_tcp(host, port, timeout, local_address,
                                                  socket_options)  # type: ignore[arg-type]
@@ -205,15 +223,15 @@ class _OpenedBackend(httpcore.AsyncNetworkBackend):
         await self._backend.sleep(seconds)
 
 
-def _client(limits: httpx.Limits, track: bool) -> tuple[httpx.AsyncClient, _OpenedBackend | None]:
-    """The load generator's client; with ``track``, its connections' opening times are kept.
+def _client(limits: httpx.Limits) -> tuple[httpx.AsyncClient, _OpenedBackend | None]:
+    """The load generator's client, each connection tracked (see :class:`_OpenedStream`).
 
     httpx has no public hook for httpcore's network backend: the pool's is wrapped in place (if this
     httpx lays its pool out differently, the kill run reports no attribution instead of failing)."""
     transport = httpx.AsyncHTTPTransport(limits=limits)
     backend = None
     pool = getattr(transport, "_pool", None)
-    if track and pool is not None and hasattr(pool, "_network_backend"):
+    if pool is not None and hasattr(pool, "_network_backend"):
         backend = pool._network_backend = _OpenedBackend(pool._network_backend)
     return httpx.AsyncClient(transport=transport, timeout=30), backend
 
@@ -229,12 +247,15 @@ async def drive(base: str, payload: str, tokens: Tokens, run: Run, path: str = S
     Open-loop latency counts from the moment a call was due, so a stalled server cannot hide its
     queue (no coordinated omission)."""
     url = base + path
-    limits = httpx.Limits(max_connections=run.concurrency, max_keepalive_connections=run.concurrency)
+    # idle connections expire before the server's keep-alive closes them (the keep-alive race)
+    limits = httpx.Limits(max_connections=run.concurrency, max_keepalive_connections=run.concurrency,
+                          keepalive_expiry=CLIENT_KEEP_ALIVE_SECONDS)
     ids = draft_ids(run.orders)
     calls = 0
     start = time.perf_counter()
     stop_at = start + run.seconds
-    client, backend = _client(limits, run.kill)
+    client, backend = _client(limits)
+    _OpenedStream.long_idle = run.long_idle
     async with client:
 
         async def one(due: float) -> None:
@@ -243,7 +264,7 @@ async def drive(base: str, payload: str, tokens: Tokens, run: Run, path: str = S
             body = payload.replace(HOOK_INSTANCE, hook_instance).replace(DRAFT_ID, ids[calls % len(ids)])
             calls += 1
             headers = {"content-type": "application/json", "authorization": f"Bearer {tokens.next()}"}
-            _CONN_OPENED.set(None)
+            _CONN.set(None)
             try:
                 response = await client.post(url, content=body, headers=headers)
                 key = str(response.status_code)
@@ -257,8 +278,11 @@ async def drive(base: str, payload: str, tokens: Tokens, run: Run, path: str = S
             run.errors[key] = run.errors.get(key, 0) + 1
             if run.killed_at is not None and now - start > run.killed_at + 5:  # reconnected by now
                 run.errors_after_kill[key] = run.errors_after_kill.get(key, 0) + 1
+            conn = _CONN.get()
+            if isinstance(conn, _OpenedStream):
+                run.error_idle.append(conn.idle_before)
             if run.kill:
-                opened = _CONN_OPENED.get()
+                opened = conn.opened if isinstance(conn, _OpenedStream) else conn
                 if opened is None or backend is None:
                     run.errors_unattributed += 1
                 elif run.kill_clock is not None and opened > run.kill_clock:
@@ -387,7 +411,9 @@ def check_store(db_url: str, workdir: Path, run: Run) -> None:
     run.duplicated = sum(1 for n in counts.values() if n > 1)
     run.unexpected = sum(1 for h in counts if h not in answered)
     spool = workdir / "spool"
-    run.spool_left = sum(1 for p in spool.rglob("*") if p.is_file()) if spool.exists() else 0
+    # lines not stored: journal segments, spool files, rejected lines (not the writer's lock and status)
+    kept = ("journal-*.jsonl", "spool-*.jsonl", "drain-*.jsonl", "rejected.jsonl")
+    run.spool_left = sum(1 for pattern in kept for p in spool.rglob(pattern)) if spool.exists() else 0
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -534,6 +560,11 @@ def report(runs: list[Run], body_kib: int, resources: int, harness: float | None
         n = len(r.latencies)
         errors = sum(r.errors.values())
         detail = f" ({', '.join(f'{k}: {v}' for k, v in r.errors.items())})" if errors else ""
+        if r.error_idle and r.killed_at is None:
+            detail += f" on connections idle {', '.join(f'{t:.2f}' for t in sorted(r.error_idle))} s before"
+        if r.long_idle:
+            detail += (f"; {len(r.long_idle)} requests on connections idle ≥ {LONG_IDLE:g} s "
+                       f"(longest {max(r.long_idle):.1f} s)")
         answered = max(1, len(r.ok))
         cpu = " · ".join(f"{r.cpu.get(k, 0.0) * 1000 / answered:.1f}"
                          for k in ("workers", "writer", "postgresql", "generator"))
@@ -555,8 +586,8 @@ def report(runs: list[Run], body_kib: int, resources: int, harness: float | None
         )
     lines.append(
         "\n'stored once': hookInstances answered 200 (warm-up included) with exactly one evaluation row "
-        "for the pack, counted in the database after the server stopped; 'left': files left in the "
-        "spool/journal directory; rows for hookInstances never answered 200: "
+        "for the pack, counted in the database after the server stopped; 'left': journal, spool or rejected "
+        "files left in the spool directory (lines not stored); rows for hookInstances never answered 200: "
         f"{', '.join(str(r.unexpected) for r in runs)}. CPU from /proc over the timed window, per "
         "answered call (the writer thread is named `cds-writer`; PostgreSQL: the backends of the run's "
         "database). Goals (issue 19): closed c32 ≥ 200 req/s, 0 errors; open 150/s p99 ≤ 250 ms; "
@@ -612,7 +643,8 @@ def main() -> None:
         for _ in range(args.runs):
             for plan in plans:
                 run = Run(**{**plan.__dict__, "latencies": [], "ok": [], "errors": {},
-                                "errors_after_kill": {}, "errors_fresh": {}})
+                                "errors_after_kill": {}, "errors_fresh": {}, "error_idle": [],
+                                "long_idle": []})
                 one_run(store, payload, run, warm, args.presign)
                 print(f"{store} {run.mode}: {len(run.latencies)} requests, errors {run.errors}",
                       file=sys.stderr)

@@ -3,8 +3,9 @@
 * ``Authorization`` over 8 KiB → 401 before any decoding (the verifier is never called);
 * all headers over 64 KiB → 431 from the HTTP parser wrapper, while the bytes arrive;
 * a request head not complete within the header-read timeout → 408 and the connection closed;
-* ``serve`` runs httptools with those bounds and 5 s keep-alive, trusts X-Forwarded-For only from
-  ``--forwarded-allow-ips``, and with authentication on refuses to start without ``--public-url``;
+* ``serve`` runs httptools with those bounds and 5 s keep-alive (``--keep-alive``), trusts
+  X-Forwarded-For only from ``--forwarded-allow-ips``, and with authentication on refuses to start
+  without ``--public-url``;
 * ``aud`` must equal the called URL exactly (no trailing-slash variant);
 * a JWK Set URL that failed is not fetched again for 60 s (unsigned tokens cannot hammer it).
 """
@@ -31,7 +32,12 @@ from typer.testing import CliRunner
 from cds_engine.cli import app as cli
 from cds_engine.service import AuthSettings, create_app
 from cds_engine.service.auth import AuthError, JwtVerifier, TrustedIssuer
-from cds_engine.service.http_limits import MAX_HEADER_BYTES, bounded_protocol
+from cds_engine.service.http_limits import (
+    CLIENT_KEEP_ALIVE_SECONDS,
+    KEEP_ALIVE_SECONDS,
+    MAX_HEADER_BYTES,
+    bounded_protocol,
+)
 from cds_engine.service.middleware import MAX_AUTHORIZATION_BYTES, AuthMiddleware
 
 BASE = "https://cds.example.org"
@@ -177,9 +183,26 @@ def test_serve_runs_the_bounded_parser_with_short_keep_alive(serve_options):
     args = ["serve", "--no-auth", "--db", "none", "--rules", str(REPO / "rules")]
     result = CliRunner().invoke(cli, [*args, "--forwarded-allow-ips", "10.0.0.5"])
     assert result.exit_code == 0, result.output
-    assert seen["timeout_keep_alive"] == 5
+    assert seen["timeout_keep_alive"] == 5 == KEEP_ALIVE_SECONDS
     assert seen["forwarded_allow_ips"] == "10.0.0.5"
     assert seen["http"].__name__ == "BoundedHttpToolsProtocol"
+
+
+def test_serve_keep_alive_can_be_set_above_a_load_balancers_idle_timeout(serve_options):
+    """A client or proxy must close an idle connection before the server does (a request sent just
+    as the server closes is reset): behind a balancer that keeps idle connections 60 s, the
+    service's keep-alive goes above it. Bounded: 1 to 300 s."""
+    args = ["serve", "--no-auth", "--db", "none", "--rules", str(REPO / "rules")]
+    result = CliRunner().invoke(cli, [*args, "--keep-alive", "65"])
+    assert result.exit_code == 0, result.output
+    assert serve_options["timeout_keep_alive"] == 65
+    for bad in ("0", "301", "forever"):
+        result = CliRunner().invoke(cli, [*args, "--keep-alive", bad])
+        assert result.exit_code == 2, (bad, result.output)
+
+
+def test_our_clients_expire_idle_connections_before_the_server_closes_them():
+    assert 0 < CLIENT_KEEP_ALIVE_SECONDS < KEEP_ALIVE_SECONDS
 
 
 # ── audience ───────────────────────────────────────────────────────────────────────────────

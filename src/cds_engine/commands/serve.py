@@ -233,6 +233,15 @@ def register(app: typer.Typer, rules_app: typer.Typer) -> None:
             list[str] | None, typer.Option(help="Allowed browser origin (repeatable)")
         ] = None,
         max_body_mb: Annotated[float, typer.Option(help="Largest accepted request body")] = 10.0,
+        keep_alive: Annotated[
+            float,
+            typer.Option(
+                min=1, max=300,
+                help="Seconds an idle connection is kept open. Clients and proxies must close theirs "
+                "sooner (a request sent as the server closes is reset): behind a load balancer whose "
+                "idle timeout is longer, set this above it",
+            ),
+        ] = 5.0,
         log_level: Annotated[str, typer.Option(help="debug, info, warning")] = "info",
         allow_loopback_fhir: Annotated[
             bool,
@@ -307,7 +316,7 @@ def register(app: typer.Typer, rules_app: typer.Typer) -> None:
         from cds_engine.files import restrict_umask
         from cds_engine.service.app import ServiceSettings, create_app
         from cds_engine.service.auth import AuthSettings
-        from cds_engine.service.http_limits import KEEP_ALIVE_SECONDS, bounded_protocol
+        from cds_engine.service.http_limits import bounded_protocol
         from cds_engine.service.replay import FAILURE_POLICIES, ReplaySettings
         from cds_engine.service.replay_store import open_replay_store
 
@@ -427,7 +436,7 @@ def register(app: typer.Typer, rules_app: typer.Typer) -> None:
             "proxy_headers": public_url is not None,
             # X-Forwarded-For/-Proto only from these peers (the review sign-in throttle keys on it)
             "forwarded_allow_ips": proxies,
-            "timeout_keep_alive": KEEP_ALIVE_SECONDS,
+            "timeout_keep_alive": keep_alive,
         }
 
         def release() -> None:
