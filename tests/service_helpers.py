@@ -401,6 +401,32 @@ def wait_for(
         time.sleep(interval)
 
 
+@contextmanager
+def uvicorn_in_thread(app: Any, **options: Any) -> Iterator[int]:
+    """An in-process uvicorn server for ``app`` on a free loopback port, in a thread; yields the port.
+
+    For tests of the HTTP layer itself (protocol classes, keep-alive); a whole service runs as a real
+    process with :func:`serve_process`. ``options`` go to ``uvicorn.Config`` (``http=``, ``loop=``,
+    ``timeout_keep_alive=``...); lifespan off and warnings-only logs unless given."""
+    import threading
+
+    import uvicorn
+
+    config = uvicorn.Config(app, host="127.0.0.1", port=free_port(),
+                            **{"lifespan": "off", "log_level": "warning", **options})
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    try:
+        yield config.port
+    finally:
+        server.should_exit = True
+        thread.join(timeout=5)
+
+
 def wait_until_up(base: str, process: subprocess.Popen[bytes], *, path: str = "/healthz",
                   log: Path | None = None, timeout: float = 300.0) -> None:
     """Poll ``GET base + path`` until it answers 200 (tests and benchmarks that start a server).

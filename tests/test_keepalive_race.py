@@ -19,15 +19,14 @@ from __future__ import annotations
 
 import re
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import uvicorn
 
 from cds_engine.service.http_limits import bounded_protocol
+from service_helpers import uvicorn_in_thread
 
 KEEP_ALIVE = 1  # seconds: uvicorn's timeout_keep_alive in this test
 BLOCK = 2.0  # seconds the /block route stalls the event loop (longer than KEEP_ALIVE)
@@ -65,28 +64,8 @@ def stalling_server(request: pytest.FixtureRequest) -> Iterator[int]:
                 time.sleep(BLOCK)  # blocks the whole loop inside an I/O callback
             super().data_received(data)
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    config = uvicorn.Config(
-        app,
-        host="127.0.0.1",
-        port=port,
-        http=Stalling,
-        loop=request.param,
-        lifespan="off",
-        log_level="warning",
-        timeout_keep_alive=KEEP_ALIVE,
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    yield port
-    server.should_exit = True
-    thread.join(timeout=5)
+    with uvicorn_in_thread(app, http=Stalling, loop=request.param, timeout_keep_alive=KEEP_ALIVE) as port:
+        yield port
 
 
 def _read_response(conn: socket.socket) -> bytes:

@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import os
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,7 +25,7 @@ import httpx
 import pytest
 import uvicorn
 from fastapi.testclient import TestClient
-from tests.service_helpers import REPO, Signer
+from tests.service_helpers import REPO, Signer, uvicorn_in_thread
 from typer.testing import CliRunner
 
 from cds_engine.cli import app as cli
@@ -93,27 +92,8 @@ def bounded_server() -> Iterator[int]:
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
         await send({"type": "http.response.body", "body": b"ok"})
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    config = uvicorn.Config(
-        app,
-        host="127.0.0.1",
-        port=port,
-        http=bounded_protocol(header_timeout=0.5),
-        lifespan="off",
-        log_level="warning",
-        timeout_keep_alive=5,
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    yield port
-    server.should_exit = True
-    thread.join(timeout=5)
+    with uvicorn_in_thread(app, http=bounded_protocol(header_timeout=0.5), timeout_keep_alive=5) as port:
+        yield port
 
 
 def _exchange(port: int, payload: bytes, wait: float = 0.0) -> bytes:

@@ -13,6 +13,7 @@ supervisor's next check, at most 0.5 s later), then each sends one request and r
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -24,7 +25,7 @@ from typing import Any
 import httpx
 import psutil
 
-from service_helpers import REPO, serve_process
+from service_helpers import REPO, serve_process, wait_for
 
 RULES = str(REPO / "rules")
 START = 240.0  # seconds a worker may take to start on a busy 2-core machine (it compiles the packs)
@@ -34,13 +35,12 @@ CONNECTIONS = 16  # each lands on the dead slot with probability 1/2: all 16 mis
 def _workers(base: str, want: int = 2) -> set[int]:
     """The pids of ``want`` different workers, each seen through a new connection to /healthz."""
     seen: set[int] = set()
-    deadline = time.monotonic() + START
-    while len(seen) < want and time.monotonic() < deadline:
-        try:
-            seen.add(httpx.get(f"{base}/healthz", timeout=10).json()["worker"]["pid"])
-        except httpx.HTTPError:
-            time.sleep(0.3)
-    assert len(seen) >= want, f"only {len(seen)} worker(s) answered"
+
+    def enough() -> bool:
+        seen.add(httpx.get(f"{base}/healthz", timeout=10).json()["worker"]["pid"])
+        return len(seen) >= want
+
+    wait_for(enough, START, interval=0.3, what=f"{want} workers answering", ignoring=(httpx.HTTPError,))
     return seen
 
 
@@ -69,8 +69,6 @@ def _answer(conn: socket.socket, port: int) -> tuple[str, Any]:
 
 
 def test_connections_made_while_a_worker_is_replaced_are_answered(tmp_path: Path) -> None:
-    import json
-
     args = ["--no-auth", "--db", "none", "--rules", RULES, "--workers", "2"]
     with serve_process(args, tmp_path, timeout=START) as (base, _parent, log):
         port = int(base.rsplit(":", 1)[1])
