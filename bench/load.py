@@ -46,7 +46,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
 
 import httpcore
 import httpx
@@ -167,10 +166,9 @@ class _OpenedStream(httpcore.AsyncNetworkStream):
     long it had been idle when the call's request was written (a reset on a connection idle as long
     as the server's keep-alive is the client-side keep-alive race, not a server fault)."""
 
-    long_idle: ClassVar[list[float]] = []  # idle times ≥ LONG_IDLE s before a request (the current run's)
-
-    def __init__(self, stream: httpcore.AsyncNetworkStream, opened: float) -> None:
+    def __init__(self, stream: httpcore.AsyncNetworkStream, opened: float, long_idle: list[float]) -> None:
         self._stream, self.opened = stream, opened
+        self._long_idle = long_idle  # the backend's: idle times ≥ LONG_IDLE s before a request
         self._last_read = opened
         self.idle_before = 0.0  # seconds between the previous answer's last read and this request
 
@@ -185,7 +183,7 @@ class _OpenedStream(httpcore.AsyncNetworkStream):
         _CONN.set(self)
         self.idle_before = time.perf_counter() - self._last_read
         if self.idle_before >= LONG_IDLE:
-            _OpenedStream.long_idle.append(self.idle_before)
+            self._long_idle.append(self.idle_before)
         await self._stream.write(buffer, timeout)
 
     async def aclose(self) -> None:
@@ -204,6 +202,7 @@ class _OpenedBackend(httpcore.AsyncNetworkBackend):
     def __init__(self, backend: httpcore.AsyncNetworkBackend) -> None:
         self._backend = backend
         self.opened: list[float] = []
+        self.long_idle: list[float] = []  # see _OpenedStream
 
     async def connect_tcp(self, host: str, port: int, timeout: float | None = None,
                           local_address: str | None = None,
@@ -213,7 +212,7 @@ class _OpenedBackend(httpcore.AsyncNetworkBackend):
         self.opened.append(opened)
         stream = await self._backend.connect_tcp(host, port, timeout, local_address,
                                                  socket_options)  # type: ignore[arg-type]
-        return _OpenedStream(stream, opened)
+        return _OpenedStream(stream, opened, self.long_idle)
 
     async def connect_unix_socket(self, path: str, timeout: float | None = None,
                                   socket_options: object = None) -> httpcore.AsyncNetworkStream:
@@ -255,7 +254,6 @@ async def drive(base: str, payload: str, tokens: Tokens, run: Run, path: str = S
     start = time.perf_counter()
     stop_at = start + run.seconds
     client, backend = _client(limits)
-    _OpenedStream.long_idle = run.long_idle
     async with client:
 
         async def one(due: float) -> None:
@@ -303,8 +301,10 @@ async def drive(base: str, payload: str, tokens: Tokens, run: Run, path: str = S
                 tasks.append(asyncio.create_task(one(due)))
             await asyncio.gather(*tasks)
         run.elapsed = time.perf_counter() - start
-    if backend is not None and run.kill_clock is not None:
-        run.opened_after_kill = sum(1 for t in backend.opened if t > run.kill_clock)
+    if backend is not None:
+        run.long_idle = backend.long_idle
+        if run.kill_clock is not None:
+            run.opened_after_kill = sum(1 for t in backend.opened if t > run.kill_clock)
 
 
 # ── where the CPU goes (from /proc, via psutil) ────────────────────────────────────────────

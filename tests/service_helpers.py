@@ -401,6 +401,23 @@ def wait_for(
         time.sleep(interval)
 
 
+class InertEngineHolder:
+    """Stands in for ``serve``'s hot-reloading engine holder in tests about ``serve``'s own set-up
+    (options, environment) run in-process with uvicorn replaced: no packs loaded, no file watcher."""
+
+    def __init__(self, *_: Any) -> None:
+        pass
+
+    def start(self) -> InertEngineHolder:
+        return self
+
+    def install_sighup(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+
 @contextmanager
 def uvicorn_in_thread(app: Any, **options: Any) -> Iterator[int]:
     """An in-process uvicorn server for ``app`` on a free loopback port, in a thread; yields the port.

@@ -25,7 +25,7 @@ import httpx
 import pytest
 import uvicorn
 from fastapi.testclient import TestClient
-from tests.service_helpers import REPO, Signer, uvicorn_in_thread
+from tests.service_helpers import REPO, InertEngineHolder, Signer, uvicorn_in_thread
 from typer.testing import CliRunner
 
 from cds_engine.cli import app as cli
@@ -131,27 +131,11 @@ def test_a_slow_request_head_is_cut_off(bounded_server):
         assert idle.recv(65536).startswith(b"HTTP/1.1 408")
 
 
-class FakeHolder:
-    """Stands in for the hot-reloading engine holder: these tests are about the server's options."""
-
-    def __init__(self, *_: Any) -> None:
-        pass
-
-    def start(self) -> FakeHolder:
-        return self
-
-    def install_sighup(self) -> None:
-        pass
-
-    def stop(self) -> None:
-        pass
-
-
 @pytest.fixture
 def serve_options(monkeypatch) -> Iterator[dict[str, Any]]:
     seen: dict[str, Any] = {}
     monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: seen.update(kwargs))
-    monkeypatch.setattr("cds_engine.commands.serve.EngineHolder", FakeHolder)
+    monkeypatch.setattr("cds_engine.commands.serve.EngineHolder", InertEngineHolder)
     umask = os.umask(0o022)  # serve narrows the process umask: give the test session's back
     os.umask(umask)
     yield seen

@@ -21,22 +21,7 @@ from cds_engine import metrics
 from cds_engine.cli import app
 from cds_engine.commands import serve_workers
 from conftest import RULES
-
-
-class _Holder:
-    """Stands in for the hot-reloading engine holder: these tests are about the environment."""
-
-    def __init__(self, *_: Any) -> None:
-        pass
-
-    def start(self) -> _Holder:
-        return self
-
-    def install_sighup(self) -> None:
-        pass
-
-    def stop(self) -> None:
-        pass
+from service_helpers import InertEngineHolder, serve_process
 
 
 def _multiproc_dir() -> str | None:
@@ -47,7 +32,7 @@ def _multiproc_dir() -> str | None:
 def clean(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.delenv(metrics.MULTIPROC_ENV, raising=False)
     monkeypatch.delenv(serve_workers.PARAMS_ENV, raising=False)
-    monkeypatch.setattr("cds_engine.commands.serve.EngineHolder", _Holder)
+    monkeypatch.setattr("cds_engine.commands.serve.EngineHolder", InertEngineHolder)
     umask = os.umask(0o022)  # serve narrows the process umask: give the test session's back
     os.umask(umask)
     yield
@@ -101,8 +86,6 @@ def test_sigterm_ends_serve_by_the_signal_after_its_clean_up(tmp_path: Path) -> 
     import signal
 
     import psutil
-
-    from service_helpers import serve_process
 
     private_tmp = tmp_path / "tmp"
     private_tmp.mkdir()

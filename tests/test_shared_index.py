@@ -139,35 +139,16 @@ def _export(folder: Path) -> Path:
     (folder / "Medication.ndjson").write_text("".join(map(_line, meds)))
     patients = [_r("Patient", "a", birthDate="1950-01-01"), _r("Patient", "b", birthDate="1960-01-01")]
     (folder / "Patient.ndjson").write_text("".join(map(_line, patients)))
+    def order(rid: str, patient: str, authored: str, **members: object) -> dict:
+        return _r("MedicationRequest", rid, status="active", intent="order",
+                  subject={"reference": f"Patient/{patient}"}, authoredOn=authored, **members)
+
     orders = [
-        _r(
-            "MedicationRequest",
-            "ra",
-            status="active",
-            intent="order",
-            subject={"reference": "Patient/a"},
-            authoredOn="2025-12-01",
-            contained=[_r("Medication", "ibu", code={"text": "a's own contained ibuprofen"})],
-            medicationReference={"reference": "#ibu"},
-        ),
-        _r(
-            "MedicationRequest",
-            "rb",
-            status="active",
-            intent="order",
-            subject={"reference": "Patient/b"},
-            authoredOn="2025-12-01",
-            medicationReference={"reference": "Medication/ibu"},
-        ),
-        _r(
-            "MedicationRequest",
-            "rb2",
-            status="active",
-            intent="order",
-            subject={"reference": "Patient/b"},
-            authoredOn="2025-12-02",
-            medicationReference={"reference": "Medication/bac"},
-        ),
+        order("ra", "a", "2025-12-01",
+              contained=[_r("Medication", "ibu", code={"text": "a's own contained ibuprofen"})],
+              medicationReference={"reference": "#ibu"}),
+        order("rb", "b", "2025-12-01", medicationReference={"reference": "Medication/ibu"}),
+        order("rb2", "b", "2025-12-02", medicationReference={"reference": "Medication/bac"}),
     ]
     (folder / "MedicationRequest.ndjson").write_text("".join(map(_line, orders)))
     return folder
