@@ -1,6 +1,7 @@
 """The group-commit writer draining a backlog: records per second, CPU and statements per batch.
 
-Run: ``python bench/writer.py [--records 5000] [--db sqlite,postgresql] [--batch N] [--one-order] [--smoke]``.
+Run: ``python bench/writer.py [--records 5000] [--db sqlite,postgresql] [--batch N] [--one-order] [--tail]
+[--smoke]``.
 
 Fills a journal with ``--records`` evaluations (order-select + order-sign pairs of one order, eight
 calls per patient, demographics sent, one alert each — as the hook writes them) while no writer
@@ -16,6 +17,13 @@ the backlog drain hides. ``--one-order`` writes every call on one order of one p
 (one ordering session) — as ``bench/load.py`` does, signing the same draft order on every call — so
 a cost that grows with the rows an order already holds shows as a falling rate.
 
+``--tail`` measures the writer *process* (``serve``'s default): the lines go to files as the
+workers write them (an external journal), and the drain reads them as that process does
+(:class:`JournalTail`: parse and validate every line) with its garbage-collector setting
+(``tune_collector``). Without it, the writer gets the validated records in memory (``--writer
+thread``), so parsing is not measured. ``--batch 20`` and ``--batch 200`` are about the commit sizes
+of ``bench/hook.py --alternate`` at c1 and c16; ``--records 3000`` the backlog of ``--pause``.
+
 Goal (issue 19 item 2): a backlog drains within 10 s of the database's return, and the writer keeps
 up with the load goal (200 req/s on 2 cores with everything else) — so it must sustain well above
 that with a small share of one core. Not a test.
@@ -24,6 +32,7 @@ that with a small share of one core. Not a test.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import resource
 import sys
@@ -48,7 +57,9 @@ from cds_engine.store import open_store  # noqa: E402
 from cds_engine.store.db import utcnow  # noqa: E402
 from cds_engine.store.group_commit import GroupWriter  # noqa: E402
 from cds_engine.store.journal import Journal  # noqa: E402
+from cds_engine.store.journal_tail import JournalTail  # noqa: E402
 from cds_engine.store.models import Evaluation  # noqa: E402
+from cds_engine.store.writer_process import tune_collector  # noqa: E402
 from store_helpers import NOW, make_record  # noqa: E402
 
 
@@ -76,6 +87,12 @@ def _backend_cpu(pids: list[int]) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
+def _line(entry: dict[str, Any], record: Any) -> bytes:
+    """The journal line as ``JournalSink.record_evaluation`` writes it."""
+    head = json.dumps(entry, separators=(",", ":"))[:-1].encode()
+    return head + b',"record":' + record.model_dump_json().encode() + b"}"
+
+
 def _fill(journal: Journal, records: int, one_order: bool = False) -> None:
     for n in range(records):
         hook = "order-select" if n % 2 == 0 else "order-sign"
@@ -88,7 +105,8 @@ def _fill(journal: Journal, records: int, one_order: bool = False) -> None:
         who = PatientDemographics(name=f"Name {n // 8}", birth_date="1950-01-01",
                                   identifiers=[("MRN", str(n // 8))])
         entry = {"type": "evaluation", "id": str(uuid.uuid4()), "recorded_at": utcnow().isoformat()}
-        journal.append(entry, record.model_copy(update={"demographics": who}))
+        record = record.model_copy(update={"demographics": who})
+        journal.append(entry, record, _line(entry, record))
 
 
 def _watch(engine: Engine) -> tuple[Counter[str], list[int]]:
@@ -111,19 +129,25 @@ def _watch(engine: Engine) -> tuple[Counter[str], list[int]]:
     return statements, backends
 
 
-def drain(kind: str, records: int, batch: int = 500, one_order: bool = False) -> str:
+def drain(kind: str, records: int, batch: int = 500, one_order: bool = False, tail: bool = False) -> str:
     with tempfile.TemporaryDirectory(prefix="cds-writer-") as tmp, database(kind, Path(tmp)) as url:
         store = open_store(url, spool_dir=Path(tmp) / "spool", start_drainer=False)
-        journal = Journal(Path(tmp) / "journal").start()
+        journal = Journal(Path(tmp) / "journal", external=tail).start()
         try:
             _fill(journal, records, one_order)
             statements, backends = _watch(store.engine)
-            writer = GroupWriter(store.engine, journal, lambda entry, exc: print("rejected:", exc),
-                                 adopt_interval=1e9, batch=batch)
+            source: Any = journal
+            if tail:  # as the writer process: read the files, and its collector setting
+                journal.retire()
+                journal.flush()
+                source = JournalTail(journal.directory, lambda entry, exc: print("rejected:", exc))
+                tune_collector()
+            writer = GroupWriter(store.engine, source, lambda entry, exc: print("rejected:", exc),
+                                 adopt_interval=1e9, batch=batch, wait=0.0 if tail else 0.005)
             before = resource.getrusage(resource.RUSAGE_SELF)
             start = time.monotonic()
             writer.start()
-            while journal.backlog():
+            while journal.files() if tail else journal.backlog():
                 time.sleep(0.005)
             wall = time.monotonic() - start
             after = resource.getrusage(resource.RUSAGE_SELF)
@@ -137,7 +161,7 @@ def drain(kind: str, records: int, batch: int = 500, one_order: bool = False) ->
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     total = sum(statements.values())
     server_ms = f"{server / records * 1000:.3f}" if kind == "postgresql" else "–"
-    shape = f"{batch}{' one order' if one_order else ''}"
+    shape = f"{batch}{' one order' if one_order else ''}{' tail' if tail else ''}"
     return (f"| {kind} | {records:,} | {shape} | {wall:.2f} | {records / wall:,.0f} | "
             f"{cpu / records * 1000:.3f} | "
             f"{server_ms} | {writer.commits} | {total / max(1, writer.commits):.1f} | "
@@ -151,6 +175,7 @@ def main() -> None:
     parser.add_argument("--db", default="sqlite,postgresql", help="comma list: sqlite, postgresql")
     parser.add_argument("--batch", type=int, default=500, help="records per group commit at most")
     parser.add_argument("--one-order", action="store_true", help="every call on one order (as bench/load.py)")
+    parser.add_argument("--tail", action="store_true", help="as the writer process: lines read from files")
     parser.add_argument("--smoke", action="store_true", help="200 records, SQLite only")
     args = parser.parse_args()
     kinds = ["sqlite"] if args.smoke else [k.strip() for k in args.db.split(",") if k.strip()]
@@ -160,7 +185,7 @@ def main() -> None:
           "(PostgreSQL backend) | commits | statements/commit | stored | statements |")
     print("|---|---:|---|---:|---:|---:|---:|---:|---:|---|---|")
     for kind in kinds:
-        print(drain(kind, records, args.batch, args.one_order), flush=True)
+        print(drain(kind, records, args.batch, args.one_order, args.tail), flush=True)
     sys.stdout.flush()
 
 

@@ -36,7 +36,9 @@ from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import BaseModel, ValidationError
 
 try:
     import fcntl
@@ -44,8 +46,9 @@ except ImportError:  # pragma: no cover - non-POSIX
     fcntl = None  # type: ignore[assignment]
 
 from cds_engine.files import FILE_MODE, private_dir
+from cds_engine.store.api import EvaluationRecord
 
-__all__ = ["Journal", "JournalItem", "Segment", "decode_lines", "read_rest", "same_file"]
+__all__ = ["Journal", "JournalItem", "Segment", "decode_items", "decode_lines", "read_rest", "same_file"]
 
 log = logging.getLogger("cds_engine.store.journal")
 
@@ -83,16 +86,51 @@ def decode_lines(data: bytes, path: Path, before: int,
     """The entries of whole journal lines, and how many lines ``data`` held. ``before``: lines of
     the file already read (line numbers in rejections count from the file's start). A line that
     is not JSON — torn by a crash or a power loss — is rejected by file and line, never stored."""
-    entries = []
+    items, count = decode_items(data, path, before, reject, parse=False)
+    return [entry for entry, _ in items], count
+
+
+class _EvaluationLine(BaseModel):
+    """An evaluation line as :class:`~cds_engine.store.journal_sink.JournalSink` writes it."""
+
+    type: Literal["evaluation"]
+    id: str
+    recorded_at: str
+    record: EvaluationRecord
+
+
+_EVALUATION_PREFIX = b'{"type":"evaluation",'
+
+
+def decode_items(data: bytes, path: Path, before: int, reject: Callable[[JournalEntry, BaseException], None],
+                 *, parse: bool = True) -> tuple[list[tuple[JournalEntry, Any]], int]:
+    """:func:`decode_lines` with each evaluation's record validated: (entry, record or None) pairs.
+
+    Why: the writer process reads every line from a file, and parsing it to a dict and then
+    validating the dict's record walked each line twice. An evaluation line as the service writes
+    it is validated once from its bytes (pydantic's JSON parser); its entry keeps ``type``, ``id``
+    and ``recorded_at`` and the record travels as the value, as for a line journaled in this
+    process. Any line that way refuses takes the former way unchanged (``json.loads``; the record
+    is validated, and refused, when it is written), so an odd line is rejected as before."""
+    items: list[tuple[JournalEntry, Any]] = []
     lines = data.splitlines()
     for number, raw in enumerate(lines, before + 1):
         if not raw.strip():
             continue
+        if parse and raw.startswith(_EVALUATION_PREFIX):
+            try:
+                line = _EvaluationLine.model_validate_json(raw)
+            except ValidationError:
+                pass  # the line is read the former way below
+            else:
+                items.append(({"type": line.type, "id": line.id, "recorded_at": line.recorded_at},
+                              line.record))
+                continue
         try:
-            entries.append(json.loads(raw))
+            items.append((json.loads(raw), None))
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             reject({"file": path.name, "line": number}, exc)
-    return entries, len(lines)
+    return items, len(lines)
 
 
 @dataclass(eq=False)
@@ -136,6 +174,7 @@ class Journal:
         self._current: Segment | None = None
         self._number = 0
         self._stop = threading.Event()
+        self._wake = threading.Event()  # set by an append to a clean segment: the flusher has work
         self._flusher: threading.Thread | None = None
         self._fsync_lock = threading.Lock()  # external: the flusher and flush() never close an fd in use
         self.appended = 0
@@ -163,7 +202,9 @@ class Journal:
             while view:  # a regular file takes it whole; loop for the pathological short write
                 view = view[os.write(segment.fd, view):]
             segment.written += 1
-            segment.dirty = True
+            if not segment.dirty:
+                segment.dirty = True
+                self._wake.set()
             self.appended += 1
             if not self.external:  # external: the writer process reads the file, not this queue
                 self._queue.append(JournalItem(segment, entry, value))
@@ -204,15 +245,38 @@ class Journal:
         """Close the current segment (removed at once if every line is done; a new one opens on demand)."""
         with self._lock:
             self._close_current()
+        self._wake.set()  # external: the flusher lets go of it
 
     def _flush_loop(self) -> None:
-        while not self._stop.wait(self.fsync_interval):
+        """fsync at most ``fsync_interval`` after an append, and sleep while nothing is appended.
+
+        The flusher used to wake every ``fsync_interval`` whatever happened (100 wake-ups a second
+        in every idle worker). Now an append to a clean segment wakes it; it then waits one
+        interval, so the appends of that interval share one ``fsync`` (the bound is unchanged: a
+        line is synced at most one interval, plus the fsync before it, after its write). External:
+        it also wakes when the current segment is old enough to be handed over."""
+        while True:
+            self._wake.wait(self._idle_timeout())
+            if self._stop.wait(self.fsync_interval):
+                return
+            self._wake.clear()  # before flush() collects: an append from here on wakes us again
             if self.external:  # nobody here marks lines done: an idle segment is handed over by age
                 with self._lock:
                     current = self._current
                     if current is not None and time.monotonic() - current.opened >= self.segment_seconds:
                         self._close_current()
             self.flush()
+
+    def _idle_timeout(self) -> float | None:
+        """How long the flusher may sleep without an append: external, until the current segment
+        is ``segment_seconds`` old (then it is handed over); else until woken."""
+        if not self.external:
+            return None
+        with self._lock:
+            current = self._current
+            if current is None:
+                return None
+            return max(0.0, current.opened + self.segment_seconds - time.monotonic())
 
     def flush(self) -> None:
         """fsync every segment written since the last call (outside the append lock).
@@ -313,7 +377,7 @@ class Journal:
             segment = Segment(path, fd, written=len(entries), closed=True)
             with self._lock:
                 self._segments.append(segment)
-                self._queue.extend(JournalItem(segment, e) for e in entries)
+                self._queue.extend(JournalItem(segment, e, value) for e, value in entries)
                 self._lock.notify()
                 self._reap()  # an empty file goes at once
             queued += len(entries)
@@ -323,14 +387,15 @@ class Journal:
 
     @staticmethod
     def _read(fd: int, path: Path,
-              reject: Callable[[JournalEntry, BaseException], None]) -> list[JournalEntry]:
-        entries, _ = decode_lines(read_rest(fd), path, 0, reject)
+              reject: Callable[[JournalEntry, BaseException], None]) -> list[tuple[JournalEntry, Any]]:
+        entries, _ = decode_items(read_rest(fd), path, 0, reject)
         return entries
 
     # -- shutdown ----------------------------------------------------------------------------
     def close(self) -> None:
         """Stop the flusher, fsync, and release every segment (lines not done stay for replay)."""
         self._stop.set()
+        self._wake.set()
         if self._flusher is not None:
             self._flusher.join(timeout=5)
         with self._lock:

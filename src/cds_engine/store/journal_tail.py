@@ -33,7 +33,7 @@ from cds_engine.store.journal import (
     JournalItem,
     Segment,
     _try_lock,
-    decode_lines,
+    decode_items,
     read_rest,
     same_file,
 )
@@ -133,10 +133,10 @@ class JournalTail:
         else:
             cut = data.rfind(b"\n") + 1
             whole, tailed.partial = data[:cut], data[cut:]
-        entries, lines = decode_lines(whole, segment.path, tailed.lines, self._reject)
+        entries, lines = decode_items(whole, segment.path, tailed.lines, self._reject)
         tailed.lines += lines
         segment.written += len(entries)
-        self._queue.extend(JournalItem(segment, entry) for entry in entries)
+        self._queue.extend(JournalItem(segment, entry, value) for entry, value in entries)
         return len(entries)
 
     def _reap(self) -> None:

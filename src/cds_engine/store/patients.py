@@ -18,6 +18,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from cds_engine.sources.demographics import PatientDemographics
+from cds_engine.store.documents import document_insert, document_rows
 from cds_engine.store.models import AlertRow, Evaluation, Patient
 
 __all__ = ["DEFAULT_RETENTION_DAYS", "patients_by_ref", "purge_demographics", "upsert_patient",
@@ -36,6 +37,12 @@ def upsert_patient(conn: Connection, patient_ref: str, who: PatientDemographics,
     upsert_patients(conn, [(patient_ref, who, at)])
 
 
+_UPSERT_ONE = sqlite.insert(_patients)
+_SQLITE_UPSERT = _UPSERT_ONE.on_conflict_do_update(
+    index_elements=[_patients.c.patient_ref],
+    set_={k: _UPSERT_ONE.excluded[k] for k in ("name", "birth_date", "identifiers", "updated_at")})
+
+
 def upsert_patients(conn: Connection, sent: Iterable[tuple[str, PatientDemographics, datetime]]) -> None:
     """:func:`upsert_patient` for many, in one multi-row statement per :data:`ROWS_PER_UPSERT`.
 
@@ -47,6 +54,15 @@ def upsert_patients(conn: Connection, sent: Iterable[tuple[str, PatientDemograph
         latest[patient_ref] = {"patient_ref": patient_ref, "name": who.name, "birth_date": who.birth_date,
                                "identifiers": [list(pair) for pair in who.identifiers], "updated_at": at}
     rows = [latest[ref] for ref in sorted(latest)]
+    if conn.dialect.name == "postgresql" and (document := document_rows(_patients, rows)) is not None:
+        names = tuple(rows[0])  # one JSON document (store/documents.py), the same conflict and SET
+        conn.execute(document_insert(_patients, names, conflict_keys=names[:1], update=names[1:]),
+                     {"rows": document})
+        return
+    if conn.dialect.name == "sqlite":  # one statement text whatever the count: compiled once, executemany
+        if rows:
+            conn.execute(_SQLITE_UPSERT, rows)
+        return
     dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
     for start in range(0, len(rows), ROWS_PER_UPSERT):
         statement = dialect.insert(_patients).values(rows[start:start + ROWS_PER_UPSERT])

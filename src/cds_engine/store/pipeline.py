@@ -48,13 +48,23 @@ def _bound(compiled: Compiled, params: Mapping[str, Any]) -> dict[str, Any]:
     return {name: processors[name](value) if name in processors else value for name, value in values.items()}
 
 
+_PIPELINES: dict[tuple[int, ...], tuple[Sequence[Executable], bool]] = {}
+
+
 def pipelined(conn: Connection, statements: Sequence[Executable]) -> bool:
-    """Whether :func:`execute_all` sends these statements as one pipeline on this connection."""
+    """Whether :func:`execute_all` sends these statements as one pipeline on this connection
+    (decided once per list of statements: the writer asks at every commit)."""
     if conn.dialect.name != "postgresql" or conn.dialect.driver != "psycopg":
         return False
-    import psycopg
+    key = tuple(map(id, statements))
+    found = _PIPELINES.get(key)
+    if found is None or any(a is not b for a, b in zip(found[0], statements, strict=True)):
+        import psycopg
 
-    return psycopg.Pipeline.is_supported() and all(_compiled(s, conn) is not None for s in statements)
+        supported = psycopg.Pipeline.is_supported() and all(
+            _compiled(s, conn) is not None for s in statements)
+        found = _PIPELINES[key] = (tuple(statements), supported)
+    return found[1]
 
 
 def execute_all(conn: Connection, statements: Sequence[Executable], params: Mapping[str, Any]) -> None:

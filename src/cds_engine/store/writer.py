@@ -12,15 +12,15 @@ import json
 import uuid
 from collections.abc import Iterable
 from datetime import datetime
-from functools import cache
 from typing import Any
 
-from sqlalchemy import Connection, Insert, Table, bindparam, func, select, update
+from sqlalchemy import Connection, Insert, Table, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from cds_engine.sources.demographics import PatientDemographics
 from cds_engine.store import rollup
 from cds_engine.store.api import EvaluationRecord, FeedbackRecord
+from cds_engine.store.documents import document_insert, document_rows
 from cds_engine.store.models import AlertRow, BatchRun, Evaluation, OrderRow, PrescriberFeedback
 from cds_engine.store.order_sessions import session_order_key, session_order_keys
 from cds_engine.store.patients import upsert_patient, upsert_patients
@@ -127,9 +127,9 @@ def insert_evaluations(conn: Connection, items: list[tuple[EvaluationRecord, str
         if found and record.demographics is not None and record.patient_ref:
             patients.append((record.patient_ref, record.demographics, record_time))
     if orders:
-        conn.execute(_orders.insert(), orders)
+        _insert_rows(conn, _orders, orders)
     if alerts:
-        conn.execute(_alerts.insert(), alerts)
+        _insert_rows(conn, _alerts, alerts)
         rollup.add_alerts(conn, [(keys[row["evaluation_id"]] or row["id"], row["id"]) for row in alerts])
     upsert_patients(conn, patients)  # who the patient is: only for patients with something to review
     return new
@@ -138,27 +138,25 @@ def insert_evaluations(conn: Connection, items: list[tuple[EvaluationRecord, str
 def _insert_new(conn: Connection, rows: list[dict[str, Any]]) -> set[str]:
     """Insert evaluation rows (``ON CONFLICT DO NOTHING``); the ids inserted now.
 
-    PostgreSQL gets one array per column (``INSERT … SELECT FROM unnest(…)``): 19 parameters for
-    the whole batch. A multi-row ``VALUES`` has 19 per row, and psycopg scans such a statement
-    (~300 kB for 500 rows) with a regular expression on every execution — ~70 ms of the writer's
-    CPU, under the GIL, per batch. SQLite keeps SQLAlchemy's multi-row insert (no such scan)."""
-    if conn.dialect.name != "postgresql":
-        statement = _insert_ignore(conn, _evaluations).returning(_evaluations.c.id)
-        return set(conn.execute(statement, rows).scalars().all())
-    names = tuple(rows[0])
-    arrays = {name: [row[name] for row in rows] for name in names}
-    return set(conn.execute(_unnest_insert(names), arrays).scalars().all())
+    PostgreSQL gets the whole batch as one JSON document (:mod:`cds_engine.store.documents`); SQLite
+    keeps SQLAlchemy's multi-row insert (its driver binds values in C, no per-row statement scan)."""
+    if conn.dialect.name == "postgresql":
+        document = document_rows(_evaluations, rows)
+        if document is not None:
+            statement = document_insert(_evaluations, tuple(rows[0]), ignore_conflicts=True, returning="id")
+            return set(conn.execute(statement, {"rows": document}).scalars().all())
+    statement = _insert_ignore(conn, _evaluations).returning(_evaluations.c.id)
+    return set(conn.execute(statement, rows).scalars().all())
 
 
-@cache
-def _unnest_insert(names: tuple[str, ...]) -> Insert:
-    """``INSERT INTO evaluations (…) SELECT * FROM unnest(:id, :source, …) ON CONFLICT DO NOTHING
-    RETURNING id`` — each parameter an array typed like its column (built once)."""
-    columns = [_evaluations.c[name] for name in names]
-    arrays = [bindparam(c.name, type_=postgresql.ARRAY(c.type)) for c in columns]
-    rows = func.unnest(*arrays).table_valued(*names).render_derived()
-    return (postgresql.insert(_evaluations).from_select(list(names), select(rows))
-            .on_conflict_do_nothing().returning(_evaluations.c.id))
+def _insert_rows(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> None:
+    """Plain insert of many rows with the same keys: one JSON document on PostgreSQL, else executemany."""
+    if conn.dialect.name == "postgresql":
+        document = document_rows(table, rows)
+        if document is not None:
+            conn.execute(document_insert(table, tuple(rows[0])), {"rows": document})
+            return
+    conn.execute(table.insert(), rows)
 
 
 def _alert_rows(record: EvaluationRecord, evaluation_id: str) -> Iterable[dict[str, Any]]:
