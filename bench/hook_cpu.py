@@ -14,9 +14,9 @@ Prints CPU milliseconds per call (``resource.getrusage``, this process only). Fo
 figure run it under callgrind with ``--marks 5``: it prints ``TIMED-START`` / ``TIMED-END`` and
 pauses at each, and ``callgrind_control --dump`` at each mark leaves a profile part holding the
 timed calls alone (instructions per call = its total / ``--calls``). ``--dump`` writes every answer
-(status, body with card uuids replaced by their order of appearance) and every record the sink got
-(the same), for an old-versus-new equality check: the clock is fixed, so equal code gives equal
-files byte for byte. Not a test.
+(status, body with card uuids replaced by their order of appearance, response headers with the
+Server-Timing durations masked) and every record the sink got (the same), for an old-versus-new
+equality check: the clock is fixed, so equal code gives equal files byte for byte. Not a test.
 """
 
 from __future__ import annotations
@@ -57,6 +57,7 @@ REPO = Path(__file__).resolve().parent.parent
 HOST = "bench.local"
 AS_OF = SUGGESTION_AS_OF  # the seeded suggestion cases are dated for it
 RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
+TOKEN_SECONDS = 3000
 PARTNER = "105029"  # a gabapentinoid product code in the shipped vocabulary (a partner class)
 
 
@@ -140,6 +141,9 @@ def build(tmp: Path, keep: bool) -> tuple[Any, Signer, KeepSink]:
 TIMINGS: dict[str, float] = {}  # Server-Timing step -> summed milliseconds (the service's own split)
 
 
+HEADERS: list[list[list[str]]] = []  # each answer's response headers (--dump; Server-Timing values masked)
+
+
 async def call(app: Any, path: str, payload: bytes, token: str) -> tuple[int, bytes]:
     """One POST through the whole ASGI app (middleware, auth, route), as uvicorn would send it."""
     scope = {
@@ -164,6 +168,8 @@ async def call(app: Any, path: str, payload: bytes, token: str) -> tuple[int, by
         nonlocal status
         if message["type"] == "http.response.start":
             status = message["status"]
+            HEADERS.append([[name.decode("latin-1"), _DURATION.sub("dur=<ms>", value.decode("latin-1"))]
+                            for name, value in message.get("headers", [])])
             for name, value in message.get("headers", []):
                 if name.lower() == b"server-timing":
                     for part in value.decode().split(","):
@@ -176,6 +182,7 @@ async def call(app: Any, path: str, payload: bytes, token: str) -> tuple[int, by
     return status, b"".join(chunks)
 
 
+_DURATION = re.compile(r"dur=[0-9.]+")
 _UUID = re.compile(rb"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
@@ -191,6 +198,8 @@ def main() -> None:
     parser.add_argument("--patients", type=int, default=10)
     parser.add_argument("--cases", type=int, default=30, help="seeded one-click cases added to the bodies")
     parser.add_argument("--same", action="store_true", help="one body again and again (as bench/load.py)")
+    parser.add_argument("--load-body", action="store_true",
+                        help="bench/load.py's body (58 KiB, ASCII) again and again, not the corpus")
     parser.add_argument("--dump", type=Path, help="write every answer and record here (equality check)")
     parser.add_argument("--profile", type=Path, help="cProfile the timed calls only, stats to this file")
     parser.add_argument("--marks", type=float, default=0.0,
@@ -205,17 +214,24 @@ def main() -> None:
     bodies = corpus(args.patients, args.cases)
     if args.same:
         bodies = bodies[:1]
+    if args.load_body:
+        from hook import realistic_body
+
+        bodies = [("/cds-services/baclofen-order-sign", realistic_body()[0])]
     payloads = [(p, json.dumps(b).encode()) for p, b in bodies]
     with tempfile.TemporaryDirectory() as tmp:
         app, signer, sink = build(Path(tmp), keep=args.dump is not None)
         aud = lambda p: f"http://{HOST}{p}"  # noqa: E731
-        warm = [signer.token(aud(p)) for p, _ in payloads]
-        timed = [(payloads[i % len(payloads)], signer.token(aud(payloads[i % len(payloads)][0])))
+        # tokens live 50 min (the service allows 60): a run under callgrind outlasts the default 5
+        warm = [signer.token(aud(p), exp_in=TOKEN_SECONDS) for p, _ in payloads]
+        timed = [(payloads[i % len(payloads)],
+                  signer.token(aud(payloads[i % len(payloads)][0]), exp_in=TOKEN_SECONDS))
                  for i in range(args.calls)]
 
-        async def run() -> tuple[list[tuple[int, bytes]], float, float]:
+        async def run() -> tuple[list[tuple[int, bytes]], list[list[list[str]]], float, float]:
             async with app.router.lifespan_context(app):
                 answers = [await call(app, p, b, t) for (p, b), t in zip(payloads, warm, strict=True)]
+                headers = list(HEADERS)  # the warm-up pass's, compared with --dump
                 sink.keep = False  # the warm-up pass's records are the ones compared
                 profiler = cProfile.Profile() if args.profile else None
                 TIMINGS.clear()
@@ -236,11 +252,12 @@ def main() -> None:
                     print("TIMED-END", flush=True)
                     time.sleep(args.marks)
             cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
-            return answers, cpu, wall
+            return answers, headers, cpu, wall
 
-        answers, cpu, wall = asyncio.run(run())
+        answers, headers, cpu, wall = asyncio.run(run())
     codes = sorted({s for s, _ in answers})
-    print(f"bodies: {len(payloads)} ({'one repeated' if args.same else 'varied'}); warm-up answers {codes}")
+    kind = "load.py's, repeated" if args.load_body else "one repeated" if args.same else "varied"
+    print(f"bodies: {len(payloads)} ({kind}); warm-up answers {codes}")
     if args.calls:
         print(f"timed calls: {args.calls}; CPU {cpu / args.calls * 1000:.3f} ms/call "
               f"(process, all threads); wall {wall / args.calls * 1000:.3f} ms/call")
@@ -249,7 +266,7 @@ def main() -> None:
     if args.dump is not None:
         records = [_masked(r.model_dump_json().encode()) if hasattr(r, "model_dump_json") else
                    _masked(repr(r).encode()) for r in sink.records]
-        out = {"answers": [[s, _masked(b)] for s, b in answers], "records": records}
+        out = {"answers": [[s, _masked(b)] for s, b in answers], "records": records, "headers": headers}
         args.dump.write_text(json.dumps(out, indent=1, sort_keys=True), encoding="utf-8")
         print(f"answers and records written to {args.dump}")
 

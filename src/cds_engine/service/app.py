@@ -38,8 +38,7 @@ from cds_engine.service.finite import require_finite
 from cds_engine.service.hook import HookHandler
 from cds_engine.service.json_body import FastJsonRoute
 from cds_engine.service.limits import HookLimits, refusal_counts
-from cds_engine.service.metrics_http import MetricsMiddleware
-from cds_engine.service.middleware import AuthMiddleware, BodyLimitMiddleware, RequestLogMiddleware
+from cds_engine.service.middleware import AuthMiddleware, BodyLimitMiddleware, LoggedAndTimedMiddleware
 from cds_engine.service.models import CardsResponse, DiscoveryResponse, FeedbackRequest, HookRequest
 from cds_engine.service.orders import warm_up
 from cds_engine.service.patient_view import PatientViewHandler, PatientViewRequest, patient_view_counts
@@ -214,9 +213,11 @@ def create_app(
         if ref is None:
             raise HookError(404, None, "no such service (see GET /cds-services)")
         request.state.log = {"hookInstance": body.hookInstance, "service": service_id}
-        require_finite(body.context.draftOrders, "context.draftOrders")
+        parsed_by_msgspec = getattr(request, "parsed_by_msgspec", False)
+        if not parsed_by_msgspec:  # msgspec refuses NaN and Infinity: what it parsed is all finite
+            require_finite(body.context.draftOrders, "context.draftOrders")
         require_clean_context(body.model_dump(exclude={"prefetch"}))
-        if not getattr(request, "parsed_by_msgspec", False) or scrub_may_change(await request.body()):
+        if not parsed_by_msgspec or scrub_may_change(await request.body()):
             scrub_resources(body.prefetch, "prefetch")  # the record's odd values become unknown, counted
         issuer = (getattr(request.state, "client", None) or {}).get("iss")
         tenant = (getattr(request.state, "client", None) or {}).get("tenant")
@@ -345,7 +346,7 @@ def create_app(
     for router in extra_routers:
         app.include_router(router)
 
-    # innermost first: body limit → auth → CORS → request log
+    # innermost first: body limit → auth → CORS → request log and timing
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     if verifier is not None and auth is not None:
         app.add_middleware(
@@ -361,6 +362,7 @@ def create_app(
         expose_headers=["Server-Timing"],
         max_age=600,
     )
-    app.add_middleware(RequestLogMiddleware)
-    app.add_middleware(MetricsMiddleware)  # outermost: times the whole request, refusals included
+    # outermost: logs and times the whole request, refusals included (one layer: RequestLogMiddleware
+    # inside MetricsMiddleware, as they were)
+    app.add_middleware(LoggedAndTimedMiddleware)
     return app

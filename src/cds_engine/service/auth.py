@@ -25,6 +25,7 @@ Relative ``jwks_file`` paths are read relative to the issuers file.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import time
@@ -50,6 +51,36 @@ _PARSED_KEYS_KEPT = 64  # parsed public keys kept per verifier (a JWK Set holds 
 
 class AuthError(Exception):
     """Why a token was refused (logged, never returned)."""
+
+
+class _OneParseJWS(jwt.PyJWS):
+    """PyJWT's JWS layer, remembering the parts of the last token it split and decoded.
+
+    :meth:`JwtVerifier.verify` reads a token twice — unverified (``alg``, ``kid``, ``iss`` pick the
+    key) and then verified — and PyJWT splits it, checks and decodes its three base64url parts and
+    parses its header both times (a Python step per token character: most of PyJWT's own cost per
+    call, issue 19). ``_load`` is a function of the token alone, so the second call takes the
+    first one's result for the same token; a different token, or a failure, is decoded as ever.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._last: tuple[str | bytes, tuple[bytes, bytes, dict[str, Any], bytes]] | None = None
+
+    def _load(self, jwt: str | bytes) -> tuple[bytes, bytes, dict[str, Any], bytes]:
+        last = self._last
+        if last is not None and last[0] == jwt and type(last[0]) is type(jwt):
+            return last[1]
+        loaded = super()._load(jwt)
+        self._last = (jwt, loaded)
+        return loaded
+
+
+def _one_parse_jwt() -> jwt.PyJWT:
+    """A PyJWT like the module's own (``jwt.decode``: default options) over a :class:`_OneParseJWS`."""
+    decoder = jwt.PyJWT()
+    decoder._jws = _OneParseJWS()
+    return decoder
 
 
 class TrustedIssuer(BaseModel):
@@ -132,6 +163,8 @@ class JwtVerifier:
         self._failed: dict[str, float] = {}  # url -> when a first fetch failed (backs off)
         self._files: dict[Path, tuple[tuple[int, int], dict[str, Any]]] = {}  # path -> ((mtime, size), jwks)
         self._parsed: dict[tuple[str, str], jwt.PyJWK] = {}  # (alg, JWK as JSON) -> key object
+        self._seen: dict[tuple[int, str], tuple[dict[str, Any], dict[str, Any], jwt.PyJWK]] = {}
+        self._jwt = _one_parse_jwt()  # the token's parts decoded once for both reads of it
 
     def _file_jwks(self, path: Path) -> dict[str, Any]:
         """The JWK Set file, re-read whenever it changed (mtime or size) since it was last read.
@@ -199,7 +232,14 @@ class JwtVerifier:
 
         Keyed by the JWK's full content and the algorithm: a rotated or edited key is a new entry,
         a removed one is never looked up (the JWK Set is still searched by ``kid`` per token).
+
+        The cached JWK Sets hand over the same dict for the same key on every token, so that dict
+        (held, so its id cannot be reused) with a copy of its content finds the entry without the
+        canonical JSON text (issue 19); a dict whose content changed since is looked up by content.
         """
+        seen = self._seen.get((id(jwk), alg))
+        if seen is not None and seen[0] is jwk and seen[1] == jwk:
+            return seen[2]
         try:
             ident = (alg, json.dumps(jwk, sort_keys=True))
         except (TypeError, ValueError):
@@ -210,6 +250,9 @@ class JwtVerifier:
             if len(self._parsed) >= _PARSED_KEYS_KEPT:
                 self._parsed.clear()  # a JWK Set churning keys: start afresh, never grow without bound
             self._parsed[ident] = key
+        if len(self._seen) >= _PARSED_KEYS_KEPT:
+            self._seen.clear()
+        self._seen[(id(jwk), alg)] = (jwk, copy.deepcopy(jwk), key)
         return key
 
     async def _key(self, issuer: TrustedIssuer, kid: str, alg: str, jku: str | None) -> jwt.PyJWK:
@@ -231,7 +274,7 @@ class JwtVerifier:
         same as ever (a disallowed ``alg`` or a missing ``kid`` is named before a broken payload).
         """
         try:
-            decoded = jwt.api_jwt.decode_complete(token, options={"verify_signature": False})
+            decoded = self._jwt.decode_complete(token, options={"verify_signature": False})
         except jwt.PyJWTError:
             decoded = None
         if decoded is not None:
@@ -270,7 +313,7 @@ class JwtVerifier:
             raise AuthError(f"key unavailable: {type(exc).__name__}") from exc
         audiences = _audiences(audience)
         try:
-            claims = jwt.decode(
+            claims = self._jwt.decode(
                 token,
                 key=key,
                 algorithms=[alg],

@@ -91,7 +91,13 @@ def _path(where: _Where) -> str:
 
 
 def first_bad_text(value: Any, path: str) -> tuple[str, str] | None:
-    """(path, why) of the first NUL / lone surrogate / out-of-range date in ``value``, or None."""
+    """(path, why) of the first NUL / lone surrogate / out-of-range date in ``value``, or None.
+
+    A clean value (nearly every request) is proved clean by :func:`_any_bad_text`, a tight loop
+    that builds no locations; only a value holding something to report is walked in order.
+    """
+    if not _any_bad_text(value):
+        return None
     for item, where, parent, key in _walk(value, path):
         if isinstance(parent, dict) and isinstance(key, str):
             why = _bad_string(key)
@@ -104,6 +110,46 @@ def first_bad_text(value: Any, path: str) -> tuple[str, str] | None:
             if key not in _NOT_DATES and _date_out_of_range(item):
                 return _path(where), f"a date must lie between {MIN_YEAR} and {MAX_YEAR}"
     return None
+
+
+def _bad_text_item(text: str, key: Any) -> bool:
+    """What :func:`first_bad_text` reports for a string under ``key``: NUL, lone surrogate, date."""
+    if "\x00" in text:
+        return True
+    if text.isascii():  # no surrogate; _DATE can then only match from a minus sign or an ASCII digit
+        return key not in _NOT_DATES and text[:1] in _DATE_START and _date_out_of_range(text)
+    return _bad_string(text) is not None or (key not in _NOT_DATES and _date_out_of_range(text))
+
+
+def _any_bad_text(value: Any) -> bool:
+    """Whether :func:`first_bad_text` finds anything in ``value`` (same tests, any order).
+
+    The same nodes as :func:`_walk` (dicts and lists are entered; every dict key that is a string
+    and every string are tested), without a generator or a location per node — the context check
+    ran on every hook call (issue 19 profile)."""
+    if isinstance(value, str):
+        return _bad_text_item(value, None)
+    stack: list[Any] = [value] if isinstance(value, dict | list) else []
+    pop, push = stack.pop, stack.append
+    while stack:
+        node = pop()
+        if isinstance(node, dict):
+            for key, item in node.items():
+                if isinstance(key, str) and ("\x00" in key or (not key.isascii() and _bad_string(key))):
+                    return True
+                if isinstance(item, str):
+                    if _bad_text_item(item, key):
+                        return True
+                elif isinstance(item, dict | list) and item:
+                    push(item)
+        else:
+            for index, item in enumerate(node):
+                if isinstance(item, str):
+                    if _bad_text_item(item, index):
+                        return True
+                elif isinstance(item, dict | list) and item:
+                    push(item)
+    return False
 
 
 def require_clean_context(body: dict[str, Any]) -> None:
@@ -177,19 +223,104 @@ def scrub_resources(value: Any, path: str) -> Any:
 # the day, the time or the end; its year is checked), and a negative ``value`` member.
 _RAW_DATE = re.compile(rb'"(-?[0-9]{4,})-[0-9][0-9]["\-T\\]')
 _RAW_NEGATIVE_VALUE = re.compile(rb'"value"\s*:\s*-')
+# The same text with every digit made "0" (same length, same positions): the end of every
+# ``_RAW_DATE`` match — a year's last four digits, the month and what follows it — is then one
+# literal, which the regex engine finds by a fast scan instead of trying ``_RAW_DATE`` at each of
+# the thousands of quotes in a body (issue 19: that was most of this check's cost).
+_ALL_DIGITS_ZERO = bytes.maketrans(b"123456789", b"000000000")
+_RAW_DATE_END = re.compile(rb'0000-00["\-T\\]')
+_QUOTE, _MINUS, _ZERO = ord('"'), ord("-"), ord("0")
+_GOOD_CENTURIES = frozenset((b"19", b"20", b"21"))
+_FEW_BACKSLASHES = 64  # checked one by one; past them, one scan for a "\u" beats a step each
 
 
 def scrub_may_change(raw: bytes) -> bool:
     """False only when :func:`scrub_resources` cannot remove anything from what ``raw`` parses to.
 
     ``raw`` must be a body msgspec parsed (:mod:`cds_engine.service.json_body`): it then holds no
-    non-finite number (msgspec refuses NaN, Infinity and overflowing numbers). The walk over every
-    node of every prefetched resource was a tenth of a hook call's CPU (issue 19 profile); an
-    ASCII body without ``\\u`` escapes shows in a few C-speed scans that nothing else could be
-    removed: no string begins with a year outside 1900-2200 and no ``value`` member is negative.
-    Anything else walks: a non-ASCII byte (``_DATE``'s \\d also matches other scripts' digits) or
-    an escape (it may spell a digit or a minus sign).
+    non-finite number (msgspec refuses NaN, Infinity and overflowing numbers) and is valid UTF-8.
+    The walk over every node of every prefetched resource was a tenth of a hook call's CPU (issue
+    19 profile); a few C-speed scans of the text show that nothing else could be removed: no string
+    begins with a year outside 1900-2200 and no ``value`` member is negative. Those scans read ASCII
+    digits, quotes and minus signs, so the body walks when its text could hold anything else that
+    ``_DATE`` or a member name would read: a digit of another script (``_DATE``'s \\d matches
+    them), as UTF-8 or as a ``\\u`` escape, or a ``\\u`` escape that spells an ASCII character (a
+    digit, a minus sign, a letter of ``value``) or half of a surrogate pair. Other non-ASCII text (a
+    patient's accented name, a zero-width space) cannot change what the scans see.
+
+    The dates are found through :data:`_RAW_DATE_END` on the digits-as-zero copy, each candidate
+    then read back in ``raw`` — a few dozen per body rather than a match attempt per quote. On an
+    ASCII text without ``\\u`` escapes the answer is :func:`_scrub_may_change_by_pattern`'s (the
+    tests compare them on JSON texts).
     """
+    if not raw.isascii() and _other_script_digits(raw):
+        return True
+    if _unicode_escape_may_matter(raw):
+        return True
+    if b'"value"' in raw and _RAW_NEGATIVE_VALUE.search(raw) is not None:
+        return True
+    shape = raw.translate(_ALL_DIGITS_ZERO)
+    for found in _RAW_DATE_END.finditer(shape):
+        end = found.start()  # the year's last four digits are raw[end:end + 4]
+        if end > 0 and shape[end - 1] == _QUOTE:  # the common case: a quote, then four digits
+            year = raw[end : end + 4]
+            if year[:2] not in _GOOD_CENTURIES and year != b"2200":
+                return True
+            continue
+        start = end  # the digit run (the year) may be longer, and may follow a minus sign
+        while start > 0 and shape[start - 1] == _ZERO:
+            start -= 1
+        if start > 0 and shape[start - 1] == _MINUS:
+            start -= 1
+        if start > 0 and shape[start - 1] == _QUOTE and _year_out_of_range(raw[start : end + 4]):
+            return True  # (no quote before the run: not a date's start, as _RAW_DATE requires)
+    return False
+
+
+_NON_ASCII_RUN = re.compile(rb"[\x80-\xff]+")
+_FEW_RUNS = 256  # non-ASCII runs read one by one; a body with more walks (text in another script)
+
+
+def _other_script_digits(raw: bytes) -> bool:
+    """Whether the non-ASCII text of ``raw`` may hold a decimal digit (True when unsure).
+
+    Every run of bytes >= 0x80 is whole UTF-8 characters (ASCII bytes are never part of one)."""
+    runs = _NON_ASCII_RUN.findall(raw)
+    if len(runs) > _FEW_RUNS:
+        return True
+    try:
+        return any(any(c.isdecimal() for c in run.decode("utf-8")) for run in runs)
+    except UnicodeDecodeError:
+        return True
+
+
+def _unicode_escape_may_matter(raw: bytes) -> bool:
+    """Whether a ``\\u`` escape in ``raw`` may spell what the scans read (see scrub_may_change).
+
+    Every backslash followed by ``u`` is read as an escape (an escaped backslash before a ``u``
+    too: more cautious, never less); one that spells ASCII, a surrogate or a decimal digit, or
+    that does not parse, matters. Past :data:`_FEW_BACKSLASHES` backslashes, any ``\\u`` does."""
+    find = raw.find
+    at = find(b"\\")
+    for _ in range(_FEW_BACKSLASHES):
+        if at < 0:
+            return False
+        if raw[at + 1 : at + 2] == b"u":
+            digits = raw[at + 2 : at + 6]
+            if len(digits) < 4 or not all(c in _HEX for c in digits):
+                return True
+            point = int(digits, 16)
+            if point < 0x80 or 0xD800 <= point <= 0xDFFF or chr(point).isdecimal():
+                return True
+        at = find(b"\\", at + 1)
+    return at >= 0 and find(b"\\u", at) >= 0
+
+
+_HEX = frozenset(b"0123456789abcdefABCDEF")
+
+
+def _scrub_may_change_by_pattern(raw: bytes) -> bool:
+    """:func:`scrub_may_change` as first written: one ``_RAW_DATE`` scan (the reference it must equal)."""
     if not raw.isascii() or b"\\u" in raw:
         return True
     if b'"value"' in raw and _RAW_NEGATIVE_VALUE.search(raw) is not None:
