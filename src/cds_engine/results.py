@@ -8,13 +8,16 @@ per missing data item, at most a warning — unless a rule that covers that gap 
 
 from __future__ import annotations
 
+import threading
+import weakref
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from cds_engine.alerts import SEVERITY_ORDER, Alert, AlertSource, AlertSuggestion
 from cds_engine.facts.catalog import companions, root_missing
-from cds_engine.messages import fmt_value, render
-from cds_engine.rules.compile import CompiledPack, CompiledTier
+from cds_engine.messages import Parts, fill, fmt_value, render, with_params
+from cds_engine.rules.compile import CompiledPack, CompiledRule, CompiledTier
 from cds_engine.rules.conditions import BOUND_SUFFIXES, TRUE, UNKNOWN, facts_of, unknown_leaves
 from cds_engine.rules.governance import approval_state
 
@@ -34,24 +37,117 @@ def short_text(text: str, limit: int = 139) -> str:
 def evidence_of(tier: CompiledTier, flat: Mapping[str, Any]) -> dict[str, Any]:
     """The fact values a tier's condition read (present ones, bounds included)."""
     out: dict[str, Any] = {}
-    for leaf in facts_of(tier.node):
-        if leaf.fact in flat:
-            out[leaf.fact] = flat[leaf.fact]
-        elif leaf.default is not None:
-            out[leaf.fact] = leaf.default
-        if leaf.bounded:
-            for suffix in BOUND_SUFFIXES:
-                if leaf.fact + suffix in flat:
-                    out[leaf.fact + suffix] = flat[leaf.fact + suffix]
-        for name in companions(leaf.fact):  # the medicines behind a class count
+    for fact, default, bounds, named in _evidence_plan(tier):
+        if fact in flat:
+            out[fact] = flat[fact]
+        elif default is not None:
+            out[fact] = default
+        for key in bounds:
+            if key in flat:
+                out[key] = flat[key]
+        for name in named:  # the medicines behind a class count
             if name in flat:
                 out[name] = flat[name]
     return out
 
 
+_EvidencePlan = tuple[tuple[str, Any, tuple[str, ...], tuple[str, ...]], ...]
+# Per tier (by identity; tiers and their trees are frozen): each leaf's fact, default, bound keys
+# and companion facts, in leaf order. Every alert reads its tier's evidence, and spelling these
+# out per call (suffix strings, companion look-ups) was a tenth of build_alerts (issue 19
+# profile). The tier is kept beside its plan so a recycled id never returns another tier's; the
+# table is emptied when large (hot reloads bring new tiers).
+_EVIDENCE: dict[int, tuple[CompiledTier, _EvidencePlan]] = {}
+_EVIDENCE_LIMIT = 8192
+
+
+def _evidence_plan(tier: CompiledTier) -> _EvidencePlan:
+    known = _EVIDENCE.get(id(tier))
+    if known is not None and known[0] is tier:
+        return known[1]
+    plan = tuple(
+        (
+            leaf.fact,
+            leaf.default,
+            tuple(leaf.fact + suffix for suffix in BOUND_SUFFIXES) if leaf.bounded else (),
+            companions(leaf.fact),
+        )
+        for leaf in facts_of(tier.node)
+    )
+    if len(_EVIDENCE) >= _EVIDENCE_LIMIT:
+        _EVIDENCE.clear()
+    _EVIDENCE[id(tier)] = (tier, plan)
+    return plan
+
+
 def _approval_note(pack: CompiledPack) -> str:
     """The card footer: the pack's approval and how many thresholds carry a named sign-off."""
-    return approval_state(pack.spec).sentence()
+    return _plan(pack).note
+
+
+@dataclass(frozen=True)
+class _PackPlan:
+    """What every alert of one loaded pack repeats, worked out once per pack instead of per call.
+
+    The approval sentence counts the pack's parameters (~35 us a call), and the sources of a rule
+    are models validated on construction (issue 19 profile). The source models are shared
+    between alerts: nothing changes an alert's parts after it is built (alerts are frozen).
+    ``spec`` and ``rules`` are the pack's own objects when the plan was made: a pack given a new
+    spec or rule list gets a new plan.
+    """
+
+    spec: Any
+    rules: list[CompiledRule]
+    params: dict[str, Any]
+    note: str
+    rule_of: dict[str, int]  # tier id -> index of its rule in ``rules``
+    sources: tuple[tuple[AlertSource, ...], ...]  # per rule, in ``rules`` order
+    suggestions: tuple[tuple[dict[str, Any], ...], ...]  # per rule: each suggestion's fields
+    titles: dict[str, str]  # rule id -> title (the "cannot assess" details list them)
+    items: dict[str, Any]  # fact -> the pack's missing-data item that names it
+    # template -> its parts with the pack's parameters filled in (messages.with_params), filled as
+    # the pack's templates are first rendered (a race only computes one twice)
+    templates: dict[str, Parts] = field(default_factory=dict)
+
+    def render(self, template: str, flat: Mapping[str, Any], extra: Mapping[str, Any]) -> str:
+        """``messages.render(template, flat, params, extra, labels)`` of this pack, in fewer steps."""
+        parts = self.templates.get(template)
+        if parts is None:
+            parts = self.templates[template] = with_params(template, self.params)
+        return fill(parts, flat, self.params, extra, self.spec.labels)
+
+
+_plans: dict[int, tuple[weakref.ref[CompiledPack], _PackPlan]] = {}
+_plans_lock = threading.Lock()
+
+
+def _plan(pack: CompiledPack) -> _PackPlan:
+    """The pack's plan (a reloaded pack is a new object, so it gets its own)."""
+    key = id(pack)
+    held = _plans.get(key)
+    if held is not None and held[0]() is pack:
+        plan = held[1]
+        if plan.spec is pack.spec and plan.rules is pack.rules and plan.params is pack.params:
+            return plan
+    spec = pack.spec
+    plan = _PackPlan(
+        spec=spec,
+        rules=pack.rules,
+        params=pack.params,
+        note=approval_state(spec).sentence(),
+        rule_of={t.id: i for i, rule in enumerate(pack.rules) for t in rule.tiers},
+        sources=tuple(
+            tuple(AlertSource(id=sid, title=spec.sources[sid].title, url=spec.sources[sid].url)
+                  for sid in rule.spec.sources)
+            for rule in pack.rules
+        ),
+        suggestions=tuple(tuple(sg.model_dump() for sg in rule.spec.suggestions) for rule in pack.rules),
+        titles={r.spec.id: r.spec.title for r in pack.rules},
+        items={fact: item for item in spec.missing_data for fact in item.facts},
+    )
+    with _plans_lock:
+        _plans[key] = (weakref.ref(pack, lambda _ref, key=key: _plans.pop(key, None)), plan)
+    return plan
 
 
 def _common(pack: CompiledPack) -> dict[str, Any]:
@@ -73,11 +169,17 @@ def build_alerts(
     alerts: list[Alert] = []
     undecided: list[tuple[CompiledTier, list[str]]] = []  # tiers left UNKNOWN and the facts they lacked
     fired_rules: set[str] = set()
-    note = _approval_note(pack)
-    for rule in pack.rules:
+    plan = _plan(pack)
+    note = plan.note
+    rule_of = plan.rule_of
+    # rules with a tier not FALSE, in pack order: the others have nothing fired, nothing undecided
+    # (one pass over the outcomes instead of one look-up per tier of every rule)
+    live = sorted({i for tier_id, value in outcomes.items()
+                   if value and (i := rule_of.get(tier_id)) is not None})
+    rules = plan.rules
+    for index in live:
+        rule = rules[index]
         ranked = rule.ranked_tiers
-        if not any(outcomes.get(t.id) for t in ranked):
-            continue  # every tier FALSE: nothing fired, nothing undecided
         chosen = next((t for t in ranked if outcomes.get(t.id) == TRUE), None)
         floor = SEVERITY_ORDER[chosen.severity] if chosen else 0
         open_tiers = [
@@ -97,7 +199,7 @@ def build_alerts(
             continue
         fired_rules.add(rule.spec.id)
         extra = {"rule_id": rule.spec.id, "tier_id": chosen.id, "severity": chosen.severity}
-        detail = render(chosen.detail, flat, pack.params, extra, pack.spec.labels).strip()
+        detail = plan.render(chosen.detail, flat, extra).strip()
         evidence = evidence_of(chosen, flat)
         assumed = _route_assumption(evidence, flat)
         if assumed:
@@ -113,21 +215,17 @@ def build_alerts(
                 title=rule.spec.title,
                 category=rule.spec.category,
                 severity=chosen.severity,  # type: ignore[arg-type]
-                summary=short_text(render(chosen.summary, flat, pack.params, extra, pack.spec.labels)),
+                summary=short_text(plan.render(chosen.summary, flat, extra)),
                 detail=f"{detail}\n\n_{note}_",
                 evidence=evidence,
                 missing=sorted({m for _, ms in missing_by_tier for m in ms}),
                 not_assessed=[t.id for t in open_tiers],
                 suggestions=[
-                    AlertSuggestion(**{**sg.model_dump(),
-                                       "label": render(sg.label, flat, pack.params, extra,
-                                                       pack.spec.labels)})
-                    for sg in rule.spec.suggestions
+                    AlertSuggestion(**{**fields,
+                                       "label": plan.render(fields["label"], flat, extra)})
+                    for fields in plan.suggestions[index]
                 ],
-                sources=[
-                    AlertSource(id=sid, title=pack.spec.sources[sid].title, url=pack.spec.sources[sid].url)
-                    for sid in rule.spec.sources
-                ],
+                sources=list(plan.sources[index]),
                 **_common(pack),
             )
         )
@@ -166,7 +264,8 @@ def missing_data_alerts(
     """The grouped "cannot assess" alerts, one per missing data item.
 
     Public because every evaluator (engine, vector) must share one wording."""
-    items = {fact: item for item in pack.spec.missing_data for fact in item.facts}
+    plan = _plan(pack)
+    items = plan.items
     grouped: dict[str, dict[str, Any]] = {}
     for tier, missing in undecided:
         for fact in missing or ["data"]:
@@ -195,7 +294,7 @@ def missing_data_alerts(
         # never louder than the checks it stands for (an info-level check blocked gives an info report)
         ceiling = min(SEVERITY_ORDER[item.severity] if item else 1, entry["rank"])
         severity = next(name for name, rank in SEVERITY_ORDER.items() if rank == ceiling)
-        titles = {r.spec.id: r.spec.title for r in pack.rules}
+        titles = plan.titles
         lines = [f"- {t}: {titles.get(t.split('.')[0], '')}" for t in tiers]
         what = f"is known only as {bound}" if bound else "is missing"
         detail = (

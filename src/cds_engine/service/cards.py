@@ -25,6 +25,7 @@ from cds_engine.rules.compile import CompiledPack
 from cds_engine.rules.governance import approval_state
 from cds_engine.rules.overrides import reasons_for
 from cds_engine.service.models import Card, CdsCoding, Link, Source, Suggestion
+from cds_engine.service.order_label import named_detail
 
 __all__ = ["LINK_HOSTS", "alert_card", "allowed_link", "override_reasons"]
 
@@ -86,6 +87,13 @@ class _PackParts:
 
     approval: str
     reasons: dict[str | None, list[CdsCoding]] = field(default_factory=dict)
+    # the card source of a rule (rule id, title) and the link of a cited source (title, url): two
+    # to four models validated per card before (issue 19 profile); bounded by _PART_LIMIT
+    sources: dict[tuple[str, str], Source] = field(default_factory=dict)
+    links: dict[tuple[str, str], Link] = field(default_factory=dict)
+
+
+_PART_LIMIT = 4096  # shared parts kept per pack; past it a card builds its own (never wrong, slower)
 
 
 _parts: dict[int, tuple[weakref.ref[CompiledPack], _PackParts]] = {}
@@ -117,26 +125,51 @@ def alert_card(
     pack: CompiledPack,
     suggestions: list[Suggestion] | None = None,
     link_hosts: Iterable[str] = LINK_HOSTS,
+    labels: list[str] | None = None,
 ) -> Card:
+    """The card of one alert; ``labels`` name the orders it is about (as :func:`name_orders` would)."""
     hosts = tuple(link_hosts)
+    parts = _pack_parts(pack)
     links: list[Link] = []
     seen: set[str] = set()
     for source in alert.sources:
         if source.url and source.url not in seen and allowed_link(source.url, hosts):
             seen.add(source.url)
-            links.append(Link(label=_short(source.title, 120), url=source.url, type="absolute"))
+            links.append(_link(parts, source.title, source.url))
     detail = alert.detail.strip()
-    approval = _pack_parts(pack).approval
+    approval = parts.approval
     if approval not in detail:
         detail = f"{detail}\n\n_{approval}_"
     return Card(
         uuid=str(uuid.uuid4()),
         summary=_short(alert.summary, 139),
-        detail=detail or None,
+        detail=named_detail(detail or None, labels) if labels else detail or None,
         indicator=alert.severity,
-        source=_source(pack, alert.rule_id, alert.title),
+        source=_card_source(parts, pack, alert.rule_id, alert.title),
         suggestions=suggestions or None,
         selectionBehavior="at-most-one" if suggestions else None,
         overrideReasons=_reasons(pack, alert.rule_id) or None,
         links=links or None,
     )
+
+
+def _link(parts: _PackParts, title: str, url: str) -> Link:
+    """The (shared) link model of a cited source."""
+    key = (title, url)
+    link = parts.links.get(key)
+    if link is None:
+        link = Link(label=_short(title, 120), url=url, type="absolute")
+        if len(parts.links) < _PART_LIMIT:
+            parts.links[key] = link
+    return link
+
+
+def _card_source(parts: _PackParts, pack: CompiledPack, rule_id: str, title: str) -> Source:
+    """The (shared) card source of a rule: the pack, topic = the rule."""
+    key = (rule_id, title)
+    source = parts.sources.get(key)
+    if source is None:
+        source = _source(pack, rule_id, title)
+        if len(parts.sources) < _PART_LIMIT:
+            parts.sources[key] = source
+    return source

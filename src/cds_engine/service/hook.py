@@ -404,7 +404,7 @@ class HookHandler:
                     continue
                 shown.add(key)
                 labels = [] if alert.rule_id in PATIENT_LEVEL_RULES else [label]
-                card = name_orders(alert_card(alert, pack, suggestions, self.link_hosts), labels)
+                card = alert_card(alert, pack, suggestions, self.link_hosts, labels)  # naming its order
                 named[key] = (pairs, len(pairs), labels)
                 pairs.append((alert, card))
             issued.append((draft, facts, pairs))

@@ -20,7 +20,7 @@ from cds_engine.service.models import Card
 from cds_engine.sources.dose_counts import count_unit
 from cds_engine.vocabulary import Vocabulary
 
-__all__ = ["PATIENT_LEVEL_RULES", "name_orders", "order_label"]
+__all__ = ["PATIENT_LEVEL_RULES", "name_orders", "named_detail", "order_label"]
 
 # cards about the record rather than one order (no order named on them)
 PATIENT_LEVEL_RULES = frozenset({UNAVAILABLE_RULE})
@@ -144,8 +144,16 @@ def name_orders(card: Card, labels: list[str]) -> Card:
     """The card with ``**Order:**``/``**Orders:**`` naming ``labels`` as its first detail line."""
     if not labels:
         return card
+    return card.model_copy(update={"detail": named_detail(card.detail, labels)})
+
+
+def named_detail(detail: str | None, labels: list[str]) -> str:
+    """A card detail with ``**Order:**``/``**Orders:**`` naming ``labels`` (not empty) as its first line.
+
+    Also used while a card is built (:func:`~cds_engine.service.cards.alert_card`), so a new
+    card is not copied to name its order; a line already there is replaced."""
     head = f"**Order:** {labels[0]}" if len(labels) == 1 else "**Orders:** " + "; ".join(labels)
-    detail = card.detail or ""
+    detail = detail or ""
     if detail.startswith(("**Order:** ", "**Orders:** ")):
         detail = detail.split("\n\n", 1)[1] if "\n\n" in detail else ""
-    return card.model_copy(update={"detail": f"{head}\n\n{detail}" if detail else head})
+    return f"{head}\n\n{detail}" if detail else head
