@@ -192,7 +192,8 @@ def test_a_worker_that_dies_while_a_pack_is_broken_does_not_stop_the_service(tmp
     pack_file = rules / "baclofen" / "pack.yaml"
     good = pack_file.read_text(encoding="utf-8")
     args = ["--no-auth", "--db", "none", "--rules", str(rules), "--workers", "2"]
-    with serve_process(args, tmp_path, timeout=START) as (base, parent, log):
+    no_spare = {"CDS_SERVE_SPARE": "0"}  # a replacement from disk (a spare would keep the last good)
+    with serve_process(args, tmp_path, timeout=START, env=no_spare) as (base, parent, log):
         victim, survivor = sorted(_workers(base))
         pack_file.write_text(good.replace("  version: 1.0.0", "  version: [1.0.0"), encoding="utf-8")
         wait_for(lambda: all(b["worker"]["rules_reload_refused"] for b in _workers(base).values()), SETTLE,

@@ -20,6 +20,7 @@ import logging
 import signal
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,10 +33,20 @@ from cds_engine.rules.errors import Finding, PackLoadError
 from cds_engine.rules.governance import RUNNING_STATUSES
 from cds_engine.rules.site import SITE_FILE
 
-__all__ = ["EngineHolder", "ReloadEvent"]
+__all__ = ["EngineHolder", "ReloadEvent", "sighup_holder"]
 
 log = logging.getLogger(__name__)
 Fingerprint = tuple[tuple[str, int, int], ...]
+# the holder SIGHUP last reloaded in this process (install_sighup); weak: a test runner builds many
+_SIGHUP_HOLDER: list[weakref.ref[EngineHolder]] = []
+
+
+def sighup_holder() -> EngineHolder | None:
+    """The holder serving this process's rules (the one wired to SIGHUP), if any.
+
+    A spare ``serve --workers N`` worker finds through it the packs to bring up to date before it
+    takes a dead worker's place (:mod:`cds_engine.commands.serve_workers`)."""
+    return _SIGHUP_HOLDER[0]() if _SIGHUP_HOLDER else None
 
 
 @dataclass(frozen=True)
@@ -131,25 +142,42 @@ class EngineHolder:
     def reload(self, reason: str = "requested") -> bool:
         """Verify and load the directory now; swap only if it has no errors. True if swapped."""
         with self._lock:
-            self._fingerprint = self._scan()
-            engine, findings = self._build()
-            if engine is None:
-                self.last_error = findings
-                log.error("rule reload rejected (%s); still serving the last good packs:\n%s", reason,
-                          "\n".join(str(f) for f in findings))
-                self._record(False, reason, tuple(findings))
+            return self._reload_locked(reason)
+
+    def refresh(self, reason: str = "refresh") -> bool:
+        """Bring the engine up to date before answering again; True if a new engine was swapped in.
+
+        For a process that has kept its packs without serving (a spare worker about to take a dead
+        worker's place): it must not answer on packs older than the files. A reload already running
+        in the watcher is waited for (the lock); then the directory is reloaded if a watched file
+        changed since the last attempt or a SIGHUP is still waiting for the watcher. A refused
+        reload keeps the last good packs, as it does in every live worker."""
+        with self._lock:
+            pending = self._wake.is_set() and not self._stop.is_set()
+            if not pending and self._scan() == self._fingerprint:
                 return False
-            old, self._engine = self._engine, engine  # the swap: a single reference assignment
-            # free the old engine's durable rulesets once requests started on it have surely finished
-            closer = threading.Timer(self.grace_seconds, old.close)
-            closer.daemon = True
-            closer.start()
-            self.generation += 1
-            self.last_error = None
-            names = ", ".join(f"{p.id} {p.version}" for p in engine.packs)
-            log.info("rules reloaded (%s): %s", reason, names)
-            self._record(True, reason, tuple(findings))
-            return True
+            return self._reload_locked(f"{reason}, SIGHUP pending" if pending else reason)
+
+    def _reload_locked(self, reason: str) -> bool:
+        self._fingerprint = self._scan()
+        engine, findings = self._build()
+        if engine is None:
+            self.last_error = findings
+            log.error("rule reload rejected (%s); still serving the last good packs:\n%s", reason,
+                      "\n".join(str(f) for f in findings))
+            self._record(False, reason, tuple(findings))
+            return False
+        old, self._engine = self._engine, engine  # the swap: a single reference assignment
+        # free the old engine's durable rulesets once requests started on it have surely finished
+        closer = threading.Timer(self.grace_seconds, old.close)
+        closer.daemon = True
+        closer.start()
+        self.generation += 1
+        self.last_error = None
+        names = ", ".join(f"{p.id} {p.version}" for p in engine.packs)
+        log.info("rules reloaded (%s): %s", reason, names)
+        self._record(True, reason, tuple(findings))
+        return True
 
     def check(self) -> bool:
         """Reload if a watched file changed since the last attempt. True if a new engine was swapped in."""
@@ -196,11 +224,14 @@ class EngineHolder:
                 self.reload("SIGHUP")
 
         self._previous_handler = signal.signal(signal.SIGHUP, handler)
+        _SIGHUP_HOLDER[:] = [weakref.ref(self)]
 
     def uninstall_sighup(self) -> None:
         if self._previous_handler is not None:
             signal.signal(signal.SIGHUP, self._previous_handler)
             self._previous_handler = None
+        if sighup_holder() is self:
+            _SIGHUP_HOLDER.clear()
 
     def __enter__(self) -> EngineHolder:
         return self.start()
