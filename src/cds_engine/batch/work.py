@@ -53,7 +53,7 @@ from cds_engine.facts.derive import derive
 from cds_engine.facts.model import PatientFacts
 from cds_engine.sources.compressed import read_bundle_bytes
 from cds_engine.sources.fhir import facts_from_resources, medication_classes
-from cds_engine.sources.ndjson import read_partition
+from cds_engine.sources.ndjson import ObservationFilter, read_partition
 from cds_engine.sources.selective import BundleRead, collector_paused, read_bundle
 from cds_engine.sources.table import clean_table, frame_from_cells, row_to_facts
 
@@ -143,6 +143,9 @@ class _Context:
     engine: Engine
     vectors: dict[str, VectorPack]
     assumed: AssumedOrder | None
+    # the Observation lines of a Bulk partition no running pack's mapping would count stay undecoded
+    # (sources/ndjson.py): the packs' vocabularies say which codes count; its memo lives with the engine
+    observations: ObservationFilter
 
 
 _CONTEXTS: dict[RunConfig, _Context] = {}
@@ -160,7 +163,8 @@ def _context(cfg: RunConfig) -> _Context:
                 raise ValueError("no rule pack loaded")
             assumed = parse_order_text(cfg.assume_order, vocab)
         _CONTEXTS.clear()  # one configuration per worker process at a time
-        _CONTEXTS[cfg] = _Context(engine, vectors, assumed)
+        observations = ObservationFilter(p.vocabulary for p in engine.running_packs)
+        _CONTEXTS[cfg] = _Context(engine, vectors, assumed, observations)
     return _CONTEXTS[cfg]
 
 
@@ -320,7 +324,7 @@ def _read_ndjson(chunk: Chunk, cfg: RunConfig, ctx: _Context, out: _Collector) -
     part = Path(chunk.files[0])
     shared = Path(chunk.files[1]) if len(chunk.files) > 1 else None
     with collector_paused():  # decoded JSON and facts make no cycles (sources/selective.py)
-        for key, source, line, resources in read_partition(part, shared):
+        for key, source, line, resources in read_partition(part, shared, ctx.observations):
             if line < 0:
                 out.reject(
                     source, None, key or None, f"record with no patient: no Patient record for Patient/{key}"
@@ -454,6 +458,9 @@ def _evaluate(
     packs_of: list[list[str]] = [[] for _ in units]
     status = ["deceased-excluded" if any(f.deceased for f in u.facts.values()) else "screened" for u in units]
     applicable: dict[int, set[str]] = {}  # id(facts) -> packs that apply (tables share one facts object)
+    # (id(facts), pack id) -> the flat facts the applicability check derived from that facts object:
+    # evaluated without deriving them again (Engine.applicable's ``flats``; derive was a fifth of this)
+    derived: dict[tuple[int, str], dict[str, Any]] = {}
     for pack in engine.running_packs:
         flats: list[dict[str, Any]] = []
         keys: list[int] = []
@@ -462,15 +469,19 @@ def _evaluate(
                 continue
             facts = unit.facts[pack.id]
             if id(facts) not in applicable:
-                applicable[id(facts)] = {p.id for p in engine.applicable(facts)}
+                made: dict[str, dict[str, Any]] = {}
+                applicable[id(facts)] = {p.id for p in engine.applicable(facts, made)}
+                for pack_id, flat in made.items():
+                    derived[(id(facts), pack_id)] = flat
             if pack.id not in applicable[id(facts)]:
                 continue
             packs_of[i].append(pack.id)
+            flat = derived.pop((id(facts), pack.id), None)  # each used once: by this pack, for this facts
             if cfg.engine == "rete" or per_patient:
-                for r in alerts_to_rows(unit.patient_id or "", engine.evaluate_pack(pack, facts)):
+                for r in alerts_to_rows(unit.patient_id or "", engine.evaluate_pack(pack, facts, flat)):
                     rete_rows.append({**r, "__unit": i})
             else:
-                flats.append(derive(facts, pack.vocabulary, pack.context))
+                flats.append(flat if flat is not None else derive(facts, pack.vocabulary, pack.context))
                 keys.append(i)
         if flats:
             vp = ctx.vectors[pack.id]

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import itertools
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, date, datetime, time
 from typing import Any
 
@@ -21,6 +21,7 @@ from cds_engine.facts.model import Coding
 from cds_engine.vocabulary import HISTORY_KIND, Vocabulary
 
 __all__ = [
+    "Deferred",
     "ResourceIndex",
     "SharedRecord",
     "as_list",
@@ -315,6 +316,47 @@ def quantity(value: Any) -> tuple[float | None, str | None, str | None]:
     )
 
 
+class Deferred:
+    """A resource kept undecoded in a record's index: its type and id, and its JSON line.
+
+    Why: most of a Bulk record's Observations are of codes no fact reads, and decoding them was a
+    large share of screening an export (:func:`~cds_engine.sources.ndjson.read_partition` decides
+    which: never one the mapping could count). Such a resource is left out of the record's list, so
+    no reader walks it, but it keeps its place in the index — a reference (``reasonReference``,
+    ``Observation/id``, a bare id) resolves to it as it would to the decoded resource, the first of
+    a type and id still wins, and the index hands out the decoded resource (decoded once, on the
+    first look-up), never this placeholder.
+    """
+
+    __slots__ = ("_decode", "_resource", "id", "raw", "resourceType")
+
+    def __init__(self, rtype: Any, rid: Any, raw: bytes, decode: Callable[[bytes], Any]) -> None:
+        self.resourceType = rtype
+        self.id = rid
+        self.raw = raw
+        self._decode = decode
+        self._resource: Any = None
+
+    def get(self, name: str, default: Any = None) -> Any:
+        """``resourceType`` and ``id``, the members the index reads (as ``dict.get`` would)."""
+        if name == "resourceType":
+            return self.resourceType
+        if name == "id":
+            return self.id
+        return self.resource().get(name, default)
+
+    def resource(self) -> Any:
+        """The decoded resource (the same object on every call)."""
+        if self._resource is None:
+            self._resource = self._decode(self.raw)
+        return self._resource
+
+
+def _decoded(found: Any) -> Any:
+    """A look-up's answer: a :class:`Deferred` resource decoded."""
+    return found.resource() if type(found) is Deferred else found
+
+
 class ResourceIndex:
     """Resolve references among the resources of one request: ``Type/id``, ``urn:uuid:…``, absolute URLs.
 
@@ -344,9 +386,11 @@ class ResourceIndex:
     @classmethod
     def of_record(cls, resources: list[dict[str, Any]], drafts: list[dict[str, Any]]) -> ResourceIndex:
         """The index of ``[*resources, *drafts]``; a :class:`SharedRecord` reuses its shared part's index."""
-        if not isinstance(resources, SharedRecord) or not resources.intact():
-            return cls([*resources, *drafts])  # a plain list, or a record changed since it was made
-        index = cls(resources[: resources.own], resources.shared_index)
+        if not isinstance(resources, SharedRecord):
+            return cls([*resources, *drafts])  # a plain list
+        if not resources.intact():  # changed since it was made: as a plain list (deferred ones after it)
+            return cls([*resources, *(d.resource() for d in resources.deferred), *drafts])
+        index = cls(resources.in_order(), resources.shared_index)
         for draft in drafts:
             index.add(draft)
         return index
@@ -364,14 +408,14 @@ class ResourceIndex:
     def _key(self, key: str) -> dict[str, Any] | None:
         found = self._by_key.get(key)
         if found is None and self._base is not None:
-            return self._base._by_key.get(key)
-        return found
+            found = self._base._by_key.get(key)
+        return found.resource() if type(found) is Deferred else found
 
     def _id(self, rid: str) -> dict[str, Any] | None:
         found = self._by_id.get(rid)
         if found is None and self._base is not None:
-            return self._base._by_id.get(rid)
-        return found
+            found = self._base._by_id.get(rid)
+        return found.resource() if type(found) is Deferred else found
 
     def resolve(self, reference: Any, container: dict[str, Any] | None = None) -> dict[str, Any] | None:
         """The resource a Reference points to, from ``contained``, this index, or None."""
@@ -397,11 +441,11 @@ class ResourceIndex:
         index's own and before the ones added)."""
         prefix = rtype + "/"
         if self._base is None:
-            return (r for k, r in self._by_key.items() if k.startswith(prefix))
+            return (_decoded(r) for k, r in self._by_key.items() if k.startswith(prefix))
         mine = list(self._by_key.items())
         shared = ((k, r) for k, r in self._base._by_key.items() if k not in self._by_key)
         ordered = itertools.chain(mine[: self._first], shared, mine[self._first :])
-        return (r for k, r in ordered if k.startswith(prefix))
+        return (_decoded(r) for k, r in ordered if k.startswith(prefix))
 
     def __contains__(self, key: str) -> bool:
         return key in self._by_key or (self._base is not None and key in self._base)
@@ -419,21 +463,25 @@ class _Scan(ResourceIndex):
     """
 
     def __init__(self, resources: list[dict[str, Any]]) -> None:  # no super(): nothing is indexed
-        bulk = isinstance(resources, SharedRecord) and resources.intact()
-        self._resources = resources[: resources.own] if bulk else resources  # type: ignore[attr-defined]
-        self._base = resources.shared_index if bulk else None  # type: ignore[attr-defined]
+        self._resources: list[Any] = resources
+        self._base: ResourceIndex | None = None
+        if isinstance(resources, SharedRecord):
+            if resources.intact():
+                self._resources, self._base = resources.in_order(), resources.shared_index
+            elif resources.deferred:  # changed since it was made: as ResourceIndex.of_record reads it
+                self._resources = [*resources, *(d.resource() for d in resources.deferred)]
 
     def _key(self, key: str) -> dict[str, Any] | None:
         rtype, _, rid = key.partition("/")  # "type/id" of two parts without "/" (resolve() makes it)
         for resource in self._resources:
             if resource.get("id") == rid and resource.get("resourceType") == rtype:
-                return resource
+                return _decoded(resource)
         return self._base._key(key) if self._base is not None else None
 
     def _id(self, rid: str) -> dict[str, Any] | None:
         for resource in self._resources:
             if resource.get("id") == rid and isinstance(resource.get("resourceType"), str):
-                return resource
+                return _decoded(resource)
         return self._base._id(rid) if self._base is not None else None
 
 
@@ -450,7 +498,12 @@ def resolve_in(
 class SharedRecord(list[dict[str, Any]]):
     """One record's resources followed by the resources every record of its batch shares, with the
     index of those shared ones (:meth:`ResourceIndex.of_record` reuses it). It is the plain list
-    ``[*own, *shared]`` to every other reader."""
+    ``[*own, *shared]`` to every other reader.
+
+    ``order``: the record's own resources and its :class:`Deferred` ones, in the order they were
+    read (None: no deferred ones, ``own`` is that order) — what the record's index and reference
+    scans walk, so a deferred resource resolves exactly where the decoded one would have.
+    """
 
     def __init__(
         self,
@@ -458,8 +511,11 @@ class SharedRecord(list[dict[str, Any]]):
         shared: list[dict[str, Any]],
         index: ResourceIndex,
         by_type: dict[str, list[dict[str, Any]]] | None = None,
+        order: list[Any] | None = None,
     ) -> None:
         super().__init__(own)
+        self.order = order
+        self.deferred: list[Deferred] = [r for r in order if type(r) is Deferred] if order else []
         self.extend(shared)
         self.own = len(own)
         self.shared = len(shared)
@@ -471,6 +527,10 @@ class SharedRecord(list[dict[str, Any]]):
     def intact(self) -> bool:
         """Whether it is still ``[*own, *shared]`` as made (a reader that changed it gets no shortcut)."""
         return len(self) == self.own + self.shared
+
+    def in_order(self) -> list[Any]:
+        """The own resources with the deferred ones in their places (see ``order``)."""
+        return self.order if self.order is not None else self[: self.own]
 
 
 def group_by_type(resources: Iterable[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:

@@ -18,6 +18,11 @@ partition line carries its file, line number, type and patient; the resource its
 types the mapping reads (:data:`~cds_engine.sources.selective.READ_TYPES`) — the others stay as a
 marker, so a patient with only such records and no ``Patient`` is still rejected.
 
+Observations are most of an export and most name codes no fact reads: with an
+:class:`ObservationFilter` (the vocabularies of the packs that run), :func:`read_partition` leaves
+those the mapping would pass over undecoded (:class:`~cds_engine.sources.fhir_read.Deferred`: out
+of the record's list, in its index at their place), decoded only if a reference resolves to one.
+
 Lines are read as bytes from 1 MiB blocks (:func:`~cds_engine.sources.compressed.byte_lines`: the
 same lines, errors and caps as the text stream it replaced) and partitions are written and read as
 bytes: nothing is decoded to ``str`` that msgspec can read from bytes.
@@ -27,7 +32,7 @@ from __future__ import annotations
 
 import json
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -35,7 +40,15 @@ from typing import IO, Any
 import msgspec
 
 from cds_engine.sources.compressed import byte_lines
-from cds_engine.sources.fhir_read import ResourceIndex, SharedRecord, group_by_type
+from cds_engine.sources.fhir import _FINAL_OBSERVATION
+from cds_engine.sources.fhir_read import (
+    Deferred,
+    ResourceIndex,
+    SharedRecord,
+    coded_groups,
+    group_by_type,
+    status_code,
+)
 from cds_engine.sources.selective import (
     READ_TYPES,
     LineHead,
@@ -43,8 +56,9 @@ from cds_engine.sources.selective import (
     decode_resource,
     line_head,
 )
+from cds_engine.vocabulary import Vocabulary
 
-__all__ = ["NdjsonError", "PartitionResult", "partition_export", "read_partition"]
+__all__ = ["NdjsonError", "ObservationFilter", "PartitionResult", "partition_export", "read_partition"]
 
 # resources that belong to no patient and that patient resources may reference
 SHARED_TYPES = frozenset({"Medication"})
@@ -286,7 +300,82 @@ def _route(
     spill.add(key, b"[%b,%d,%b," % (name, n, spill.json(rtype)), body)
 
 
-def read_partition(part: Path, shared: Path | None) -> Iterator[tuple[str, str, int, list[dict[str, Any]]]]:
+class _ObservationHead(msgspec.Struct):
+    """What decides whether the mapping can count an Observation (status, code), and what its index
+    entry needs (type, id); every other member is skipped, not built. ``code`` stays raw bytes: the
+    decision is remembered per distinct code."""
+
+    resourceType: Any = None
+    id: Any = None
+    status: Any = None
+    code: msgspec.Raw = msgspec.field(default_factory=msgspec.Raw)
+
+
+_OBSERVATION_HEAD = msgspec.json.Decoder(_ObservationHead)
+
+
+class ObservationFilter:
+    """Which Observation lines can stay undecoded: those no pack's mapping would count.
+
+    The mapping (``sources/fhir.py``, ``_Mapper._observations``) passes over an Observation whose
+    status is not final/amended/corrected, or whose code (else text) is in no ``observation`` group
+    of the pack's vocabulary — before it reads anything else of it. Those two members are read here
+    the same way (:func:`~cds_engine.sources.fhir_read.status_code`,
+    :func:`~cds_engine.sources.fhir_read.coded_groups`) for every vocabulary given; a line is kept
+    for a full decode whenever any of them could count it, whenever classifying its code raises
+    (the mapping decides what that means), and whenever the fast read cannot vouch for the line
+    (not UTF-8, a member msgspec refuses): a line the catalog reads is never skipped.
+    ``tests/test_ndjson_deferred.py`` holds this to the full parse.
+    """
+
+    MEMO = 100_000  # distinct codes remembered at most
+
+    def __init__(self, vocabularies: Iterable[Vocabulary]) -> None:
+        self.vocabularies = tuple(vocabularies)
+        self._needed: dict[bytes, bool] = {}  # raw code -> whether some vocabulary could count it
+
+    def defer(self, text: bytes) -> Deferred | None:
+        """A placeholder for an Observation line the mapping would pass over, else None (decode it)."""
+        try:
+            head = _OBSERVATION_HEAD.decode(text)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            return None
+        if not text.isascii():
+            try:  # msgspec does not check the UTF-8 of what it skips; the full decode does
+                text.decode("utf-8")
+            except UnicodeDecodeError:
+                return None
+        status = head.status
+        if (status.strip().lower() if type(status) is str else status_code(status)) in _FINAL_OBSERVATION:
+            code = bytes(head.code)
+            needed = self._needed.get(code)
+            if needed is None:
+                needed = self._could_count(code)
+                if len(self._needed) >= self.MEMO:
+                    self._needed.clear()
+                self._needed[code] = needed
+            if needed:
+                return None
+        return Deferred(head.resourceType, head.id, text, decode_resource)
+
+    def _could_count(self, code: bytes) -> bool:
+        try:
+            concept = decode_resource(code) if code else None
+        except ValueError:
+            return True
+        for vocab in self.vocabularies:
+            try:
+                groups, _coded = coded_groups(concept, vocab, "observation")
+            except Exception:  # the mapping meets the same error: it decides, not the filter
+                return True
+            if groups:
+                return True
+        return False
+
+
+def read_partition(
+    part: Path, shared: Path | None, observations: ObservationFilter | None = None
+) -> Iterator[tuple[str, str, int, list[dict[str, Any]]]]:
     """(patient id, file, line of its Patient record, resources incl. shared ones) for each patient.
 
     A group without a Patient record is yielded with line -1: the caller rejects it.
@@ -304,6 +393,10 @@ def read_partition(part: Path, shared: Path | None) -> Iterator[tuple[str, str, 
     They are indexed once per partition, too: a patient's record is a
     :class:`~cds_engine.sources.fhir_read.SharedRecord` whose index the mapping reuses (the
     patient's own resources and drafts are indexed per patient, on top of it, never into it).
+
+    ``observations``: the Observation lines it lets stay undecoded are left out of the record's
+    list and kept, in their place, in its ``order`` (see :class:`ObservationFilter`); a record
+    without a Patient gets every line decoded, as before.
     """
     shared_resources: list[dict[str, Any]] = []
     if shared is not None and shared.exists():
@@ -322,7 +415,12 @@ def read_partition(part: Path, shared: Path | None) -> Iterator[tuple[str, str, 
                 rtype, key = routed
                 members = groups.setdefault(key, [])
                 if text and not text.isspace():
-                    members.append(text)
+                    deferred = (
+                        observations.defer(text)
+                        if observations is not None and rtype == "Observation"
+                        else None
+                    )
+                    members.append(text if deferred is None else deferred)
             else:  # a partition written before selective decoding (a resumed run)
                 resource = json.loads(text)
                 rtype, key = resource.get("resourceType"), patient_key(resource) or ""
@@ -333,10 +431,14 @@ def read_partition(part: Path, shared: Path | None) -> Iterator[tuple[str, str, 
                 origin.setdefault("?" + key, (file, n))
     for key, lines in groups.items():
         with collector_paused():
-            resources = [decode_resource(x) if isinstance(x, bytes) else x for x in lines]
+            resources = [decode_resource(x) if type(x) is bytes else x for x in lines]
+        order: list[Any] | None = None
+        if observations is not None and any(type(x) is Deferred for x in resources):
+            order = resources
+            resources = [x for x in order if type(x) is not Deferred]
         if key in origin:
             file, n = origin[key]
-            yield key, file, n, SharedRecord(resources, shared_resources, shared_index, shared_groups)
+            yield key, file, n, SharedRecord(resources, shared_resources, shared_index, shared_groups, order)
         else:
             file, n = origin.get("?" + key, (str(part), 0))
-            yield key, file, -1, resources
+            yield key, file, -1, [x.resource() if type(x) is Deferred else x for x in order or resources]
