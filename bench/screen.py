@@ -21,6 +21,7 @@ Items (each prints one line; ``--json FILE`` saves them):
       record tables through ``cds-engine screen``, RSS summed over the process tree every 100 ms.
   (g) ``--record-table`` patients (Parquet records, ``--assume-order``) → ``--format parquet``,
       then ``--format csv`` (timed apart), in a child process: interpreter start reported apart.
+      Where its CPU goes, stage by stage: ``bench/screening/stages.py --patients N``.
   (f) a Bulk NDJSON export of ``--dask-copies`` copies of the shipped bundles (160: 2,400 patients,
       ~300 a partition — enough work per task that Dask's per-task cost is not the figure) cut into
       ``--dask-parts`` partitions, processed on a LocalCluster of 1 and of 2 workers (1 thread each,

@@ -90,23 +90,31 @@ def test_resumed_run_merges_from_the_parts(records: Path, tmp_path: Path, monkey
     _same_tables(tmp_path / "fresh", out)
 
 
-def _tables(alerts: dict[str, list[Any]], patients: dict[str, list[Any]]) -> dict[str, Any]:
-    """What PartStore.write hands the appended files: each chunk table as Arrow."""
-    return {"alerts": pl.DataFrame(alerts).to_arrow(), "patients": pl.DataFrame(patients).to_arrow()}
+def _tables(
+    alerts: dict[str, list[Any]], patients: dict[str, list[Any]], folder: Path, chunk: str
+) -> dict[str, Any]:
+    """What PartStore.write hands the appended files: each chunk's part files, in the final encoding."""
+    files = {}
+    for name, data in (("alerts", alerts), ("patients", patients)):
+        table = parts_module._as_arrow(pl.DataFrame(data))
+        files[name] = folder / f"{chunk}.{name}.parquet"
+        with parts_module._parquet_writer(files[name], table.schema) as writer:
+            writer.write_table(table)
+    return files
 
 
 def test_schema_change_drops_the_appended_file(tmp_path: Path) -> None:
     appended = parts_module._Appended(tmp_path)
-    appended.add("c1", _tables({"a": [1]}, {"p": ["x"]}))
+    appended.add("c1", _tables({"a": [1]}, {"p": ["x"]}, tmp_path, "c1"))
     assert appended.chunks == ["c1"]  # the first chunk was appended
-    appended.add("c2", _tables({"a": ["1"]}, {"p": ["y"]}))
+    appended.add("c2", _tables({"a": ["1"]}, {"p": ["y"]}, tmp_path, "c2"))
     assert not appended.finish(["c1", "c2"])
     assert not list(tmp_path.glob("final.*"))
 
 
 def test_missing_chunk_drops_the_appended_file(tmp_path: Path) -> None:
     appended = parts_module._Appended(tmp_path)
-    appended.add("c1", _tables({"a": [1]}, {"p": ["x"]}))
+    appended.add("c1", _tables({"a": [1]}, {"p": ["x"]}, tmp_path, "c1"))
     assert appended.chunks == ["c1"]
     assert not appended.finish(["c0", "c1"])
     assert not list(tmp_path.glob("final.*"))

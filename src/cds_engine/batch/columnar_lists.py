@@ -350,14 +350,19 @@ def medication_facts(
                 for c in several
             ]
         ).collect()
-        wide_fix = fixes.pivot(on="__c", index=_ROW, values="__fix")
-        fixed = [c for c in several if c in wide_fix.columns]
-        # aligned to ``grouped`` by a join of the narrow side only (a join of the wide table
-        # copies all its columns)
-        aligned = grouped.select(_ROW).join(wide_fix, on=_ROW, how="left", maintain_order="left")
-        grouped = grouped.with_columns(
-            pl.coalesce(aligned[c], pl.col("meds_named." + c)).alias("meds_named." + c) for c in fixed
-        )
+        # each class's joined names put in place by row, looked up (the few rows concerned): a
+        # pivot to a wide table, its join to ``grouped`` and a coalesce cost ~60 % more
+        fixes = fixes.filter(pl.col("__fix").is_not_null())
+        replaced = []
+        for c, fix in fixes.partition_by("__c", as_dict=True, maintain_order=True).items():
+            replaced.append(
+                pl.col(_ROW)
+                .replace_strict(
+                    fix[_ROW], fix["__fix"], default=pl.col("meds_named." + c[0]), return_dtype=pl.String
+                )
+                .alias("meds_named." + c[0])
+            )
+        grouped = grouped.with_columns(replaced)
     zero_is_absent = [
         pl.when(pl.col(name) > 0).then(pl.col(name)).alias(name)
         for c in bits

@@ -10,16 +10,15 @@ renamed, so ``DIR`` never holds a half-written ``alerts.parquet`` nor alerts of 
 
 Parts are Parquet files with LZ4, dictionaries on the repetitive columns and no statistics:
 a part is read at most once (by the merge, after a resume or from a pool), so it is encoded
-for speed and size only — from the Arrow table the appended final file is written from anyway,
-~20 % less CPU than the Arrow IPC (LZ4) parts before and about half their bytes.
-:data:`PARTS_FORMAT` is part of the run fingerprint, so parts of another layout are never
-resumed. A serial run also appends each chunk's rows to the final tables as it goes
-(:class:`_Appended`), so its merge only renames them.
+for speed and size only (~20 % less CPU than the Arrow IPC (LZ4) parts before and about half
+their bytes). A serial run writes its alerts and patients parts in the final tables' encoding
+instead, and its merge copies their row groups into the final files without decoding them
+(:class:`_Appended`): each alert text is encoded once. :data:`PARTS_FORMAT` is part of the run
+fingerprint, so parts of another layout are never resumed.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -35,9 +34,9 @@ from cds_engine.files import FILE_MODE, private_dir
 __all__ = ["OUTPUT_FILES", "PARTS_FORMAT", "PartStore"]
 
 #: the layout of the part files (in the run fingerprint: a rerun never mixes two layouts)
-PARTS_FORMAT = "parquet-lz4-dict-v2"
+PARTS_FORMAT = "parquet-lz4-dict-v3"  # v3: a serial run's alerts/patients parts in the final encoding
 _PART = "parquet"
-_APPENDED = ("alerts", "patients")  # the final tables a serial run writes as it goes
+_APPENDED = ("alerts", "patients")  # a serial run writes these parts in the final encoding
 #: columns with (nearly) one value per row: no dictionary and no min/max statistics in the final
 #: Parquet files — both cost encoding time and buy nothing there (a dictionary of 60,000 evidence
 #: strings only to fall back to plain pages; min/max of JSON text) — the file is also smaller
@@ -48,10 +47,8 @@ def _parquet_writer(path: Path, schema: Any) -> Any:
     """The writer of a final table: zstd; dictionaries and statistics on the repetitive columns
     (rule, severity, pack, source …) and ``row`` only. Same schema, read the same by pyarrow,
     polars and pandas."""
-    import pyarrow.parquet as pq  # only here: the CLI starts without it
-
     repetitive = [n for n in schema.names if n not in _ROW_VALUED]
-    return pq.ParquetWriter(
+    return _open_writer(
         path,
         schema,
         compression="zstd",
@@ -63,10 +60,53 @@ def _parquet_writer(path: Path, schema: Any) -> Any:
 def _write_part(table: Any, path: Path) -> None:
     """One part file (read once, by the merge): LZ4, dictionaries on the repetitive columns, no
     statistics — the cheapest encoding measured that is also small (half the IPC LZ4 bytes)."""
-    import pyarrow.parquet as pq
-
     dictionary = [n for n in table.schema.names if n not in _ROW_VALUED and n != "row"]
-    pq.write_table(table, path, compression="lz4", use_dictionary=dictionary, write_statistics=False)
+    with _open_writer(
+        path, table.schema, compression="lz4", use_dictionary=dictionary, write_statistics=False
+    ) as w:
+        w.write_table(table)
+
+
+_STORED = b"ARROW:schema"  # the key under which Parquet files carry the Arrow schema to read back
+_VIEWS = {"string_view": "large_string", "binary_view": "large_binary"}
+
+
+def _as_arrow(frame: pl.DataFrame) -> Any:
+    """``frame`` as an Arrow table without copying its strings, written as ``frame.to_arrow()`` would be.
+
+    Why: ``to_arrow()`` converts polars' string views into ``large_string`` arrays — a copy of every
+    text (~60 ms per 340,000 alert rows, the summaries and evidence JSON). The Parquet writer encodes
+    views to the same pages; only the Arrow schema stored in the file names the type. So the views are
+    written and the schema ``to_arrow()`` gives is stored (:func:`_open_writer`): the files are byte for
+    byte those written from ``to_arrow()`` (tests/test_parquet_concat.py). Any column whose type is
+    not such a view, or not the same as ``to_arrow()``'s, takes the copying conversion instead.
+    """
+    from polars import CompatLevel
+
+    table = frame.to_arrow(compat_level=CompatLevel.newest())
+    stored = frame.head(0).to_arrow().schema
+    for have, want in zip(table.schema, stored, strict=True):
+        same = have.type == want.type or _VIEWS.get(str(have.type)) == str(want.type)
+        if not same or have.name != want.name or have.nullable != want.nullable:
+            return frame.to_arrow()
+    if table.schema.equals(stored):
+        return table
+    import base64
+
+    return table.replace_schema_metadata({_STORED: base64.b64encode(stored.serialize().to_pybytes())})
+
+
+def _open_writer(where: Any, schema: Any, **options: Any) -> Any:
+    """A ``ParquetWriter`` that stores the Arrow schema :func:`_as_arrow` put in ``schema``'s
+    metadata, if any, instead of ``schema`` itself (the views it writes are read back as before)."""
+    import pyarrow.parquet as pq  # only here: the CLI starts without it
+
+    stored = (schema.metadata or {}).get(_STORED)
+    if stored is None:
+        return pq.ParquetWriter(where, schema, **options)
+    writer = pq.ParquetWriter(where, schema, store_schema=False, **options)
+    writer.add_key_value_metadata({_STORED.decode(): stored.decode()})
+    return writer
 
 
 OUTPUT_FILES = (
@@ -107,20 +147,22 @@ def _neutralised(frame: pl.LazyFrame) -> pl.LazyFrame:
 
 
 class _Appended:
-    """The final alerts and patients tables, written chunk by chunk in chunk order (serial runs).
+    """The final alerts and patients tables of a serial run, made from its parts without re-encoding.
 
-    Why: the merge at the end re-read and re-encoded every part (a fifth of a record-table run's
-    CPU, after the evaluation). Here each finished chunk's rows are appended as row groups to
-    ``.parts/final.NAME.parquet`` on the part writer's thread, overlapping the next chunk's
-    evaluation, and the merge only renames the files. They are used only when they hold exactly
-    the chunks of the run in order (no chunk resumed, nothing failed, one schema); otherwise they
-    are dropped and the merge reads the parts as before — the same tables either way
-    (tests/test_batch_parts.py).
+    Why: the final tables used to be encoded a second time, chunk by chunk, beside the parts (the
+    merge before that re-read and re-encoded every part); the Parquet encoding of the alert texts
+    was a fifth of a record-table run's CPU. Now a serial run writes these two parts in the final
+    tables' encoding (:func:`_parquet_writer`) and the merge copies their row groups, as bytes,
+    into ``.parts/final.NAME.parquet`` (:func:`~cds_engine.batch.parquet_concat.concat_parquet`):
+    the same file, byte for byte, as appending each chunk to one ``ParquetWriter`` gave. They are
+    used only when they hold exactly the chunks of the run in order (no chunk resumed, nothing
+    failed, one schema); otherwise they are dropped and the merge reads the parts as before — the
+    same tables either way (tests/test_batch_parts.py).
     """
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
-        self.writers: dict[str, Any] = {}  # name -> pyarrow.parquet.ParquetWriter
+        self.files: dict[str, list[Path]] = {name: [] for name in _APPENDED}
         self.chunks: list[str] = []
         self.broken = False
         for name in _APPENDED:  # a killed run's partial file is never reused
@@ -129,46 +171,34 @@ class _Appended:
     def path(self, name: str) -> Path:
         return self.folder / f"final.{name}.parquet"
 
-    def add(self, chunk_id: str, tables: dict[str, Any]) -> None:
-        """Append one chunk's Arrow tables (``name`` -> ``pyarrow.Table``) to the final files."""
+    def add(self, chunk_id: str, files: dict[str, Path]) -> None:
+        """One chunk's part files (``name`` -> path, in the final encoding), in chunk order."""
         if self.broken:
             return
-        try:
-            for name, table in tables.items():
-                writer = self.writers.get(name)
-                if writer is None:
-                    writer = _parquet_writer(self.path(name), table.schema)
-                    self.writers[name] = writer
-                elif not table.schema.equals(writer.schema):
-                    raise ValueError(f"{name}: schema differs between chunks")
-                writer.write_table(table)
-        except Exception:  # any doubt: the merge builds the tables from the parts instead
+        if set(files) != set(_APPENDED):
             self.drop()
             return
+        for name, path in files.items():
+            self.files[name].append(path)
         self.chunks.append(chunk_id)
 
     def finish(self, chunk_ids: list[str]) -> bool:
-        """Close the files; True when they are the complete tables of ``chunk_ids``."""
-        if self.broken:
+        """Build the files; True when they are the complete tables of ``chunk_ids``."""
+        from cds_engine.batch.parquet_concat import NotConcatenable, concat_parquet
+
+        if self.broken or self.chunks != chunk_ids or not chunk_ids:
+            self.drop()
             return False
         try:
-            for writer in self.writers.values():
-                writer.close()
-        except Exception:
+            for name in _APPENDED:
+                concat_parquet(self.files[name], self.path(name))
+        except (NotConcatenable, OSError):  # any doubt: the merge builds the tables from the parts
             self.drop()
             return False
-        self.writers = {}
-        complete = self.chunks == chunk_ids and all(self.path(n).exists() for n in _APPENDED)
-        if not complete:
-            self.drop()
-        return complete
+        return True
 
     def drop(self) -> None:
         self.broken = True
-        for writer in self.writers.values():
-            with contextlib.suppress(Exception):  # the file is deleted next anyway
-                writer.close()
-        self.writers = {}
         for name in _APPENDED:
             self.path(name).unlink(missing_ok=True)
 
@@ -213,14 +243,18 @@ class PartStore:
 
     def write(self, result: ChunkResult) -> None:
         base = self.dir / _safe(result.chunk_id)
-        tables = {  # converted once: the part and the appended final file are written from them
-            "alerts": result.alerts.to_arrow(),
-            "patients": result.patients.to_arrow(),
-            "errors": result.errors.to_arrow(),
+        tables = {  # without copying the texts (_as_arrow): the same files as from to_arrow()
+            "alerts": _as_arrow(result.alerts),
+            "patients": _as_arrow(result.patients),
+            "errors": _as_arrow(result.errors),
         }
         for name, table in tables.items():
             tmp = base.with_name(f"{base.name}.{name}.{_PART}.tmp")
-            _write_part(table, tmp)
+            if self.appended is not None and name in _APPENDED:  # encoded once: see _Appended
+                with _parquet_writer(tmp, table.schema) as writer:
+                    writer.write_table(table)
+            else:
+                _write_part(table, tmp)
             _replace(tmp, base.with_name(f"{base.name}.{name}.{_PART}"))
         manifest = {
             "chunk": result.chunk_id,
@@ -233,7 +267,9 @@ class PartStore:
         tmp.write_text(json.dumps(manifest), encoding="utf-8")
         _replace(tmp, base.with_name(f"{base.name}.done"))
         if self.appended is not None:
-            self.appended.add(result.chunk_id, {n: tables[n] for n in _APPENDED})
+            self.appended.add(
+                result.chunk_id, {n: base.with_name(f"{base.name}.{n}.{_PART}") for n in _APPENDED}
+            )
 
     def _scan(self, chunk_ids: list[str], name: str, schema: dict[str, pl.DataType]) -> pl.LazyFrame:
         files = [self.dir / f"{_safe(c)}.{name}.{_PART}" for c in chunk_ids]

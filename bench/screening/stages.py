@@ -1,0 +1,142 @@
+"""Where a record-table screening's CPU goes, stage by stage (issue 20, item 2).
+
+    .venv/bin/python bench/screening/stages.py --patients 1000000
+    .venv/bin/python bench/screening/stages.py --patients 200000 --format parquet --format csv
+
+Why a tool of its own: ``bench/screen.py`` item (g) gives the command's rate and CPU seconds, not
+where they go. This runs the same screening (the same generated population as (g), seed 5, and
+``--assume-order``) in this process with the stages made *sequential* — no read-ahead thread, the
+parts written in line — so each stage's CPU seconds (all threads, ``time.process_time``) can be
+taken apart: each wrapped function is charged its own time, not that of the wrapped functions it
+calls. The run is slower than the pipelined command; the split is what it is for. Figures are
+CPU seconds; on a busy machine they grow too, less than wall-clock times.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import resource
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench_common import REPO, machine_header, use_repo_paths
+
+use_repo_paths()
+
+#: (module, function) pairs charged separately; a method is "Class.name"
+STAGES = {
+    "cds_engine.batch.work": ["_table_frame", "clean_table", "derive_table", "table_alerts", "_merge_table"],
+    "cds_engine.batch.table_screen": ["columnar_facts", "vector_alerts", "patient_counts"],
+    "cds_engine.batch.columnar_facts": [
+        "medication_facts",
+        "condition_facts",
+        "allergy_facts",
+        "_after_lists",
+    ],
+    "cds_engine.batch.parts": ["PartStore.write", "PartStore.merge"],
+    "cds_engine.batch.runner": ["render_report", "_evaluated_patients"],
+}
+
+
+class Charges:
+    """Exclusive CPU seconds per wrapped function (nested wrapped calls are charged to themselves)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self.stack: list[float] = []
+
+    def wrap(self, label: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        def charged(*args: Any, **kwargs: Any) -> Any:
+            started = time.process_time()
+            self.stack.append(0.0)
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                spent = time.process_time() - started
+                inner = self.stack.pop()
+                self.seconds[label] = self.seconds.get(label, 0.0) + spent - inner
+                if self.stack:
+                    self.stack[-1] += spent
+
+        return charged
+
+
+def instrument(charges: Charges) -> None:
+    """Sequential stages (no read-ahead, parts written in line) and every stage in STAGES wrapped."""
+    os.environ["CDS_SCREEN_PREFETCH"] = "0"
+    runner = importlib.import_module("cds_engine.batch.runner")
+
+    def in_line(results: Any, write: Callable[..., None], finished: Callable[..., None]) -> None:
+        for result in results:
+            write(result)
+            finished(result)
+
+    runner._write_behind = in_line
+    for module_name, names in STAGES.items():
+        module = importlib.import_module(module_name)
+        for name in names:
+            if "." in name:
+                owner_name, attr = name.split(".")
+                owner = getattr(module, owner_name)
+                setattr(owner, attr, charges.wrap(name, getattr(owner, attr)))
+            elif hasattr(module, name):
+                setattr(module, name, charges.wrap(name, getattr(module, name)))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--patients", type=int, default=1_000_000)
+    ap.add_argument("--chunk-rows", type=int, default=100_000)
+    ap.add_argument("--format", action="append", dest="formats", help="alert tables (default: parquet)")
+    args = ap.parse_args()
+    print(machine_header("bench/screening/stages.py"))
+    from screen import AS_OF, record_population
+
+    from cds_engine.engine import Engine
+
+    charges = Charges()
+    instrument(charges)
+    from cds_engine.batch.runner import ScreenOptions, run_screen
+
+    with tempfile.TemporaryDirectory() as tmpdir:
+        tmp = Path(tmpdir)
+        path = tmp / "records.parquet"
+        vocab = Engine.from_dir(REPO / "rules").packs[0].vocabulary
+        record_population(vocab, args.patients, seed=5).write_parquet(path)
+        out = tmp / "out"
+        shutil.rmtree(out, ignore_errors=True)
+        options = ScreenOptions(
+            inputs=[path],
+            out=out,
+            rules=REPO / "rules",
+            as_of=AS_OF,
+            assume_order="baclofen 5 mg PO TID",
+            progress=False,
+            formats=tuple(args.formats or ("parquet",)),
+            rows_per_chunk=args.chunk_rows,
+        )
+        wall, cpu = time.perf_counter(), time.process_time()
+        run_screen(options)
+        cpu = time.process_time() - cpu
+        wall = time.perf_counter() - wall
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(
+        f"{args.patients:,} patients, sequential stages: CPU {cpu:.2f} s, wall {wall:.2f} s, "
+        f"peak RSS {peak:.0f} MB"
+    )
+    for label, seconds in sorted(charges.seconds.items(), key=lambda kv: -kv[1]):
+        print(f"  {label:24s} {seconds:6.2f} s  {100 * seconds / cpu:4.1f} %")
+    rest = cpu - sum(charges.seconds.values())
+    print(f"  {'(everything else)':24s} {rest:6.2f} s  {100 * rest / cpu:4.1f} %")
+
+
+if __name__ == "__main__":
+    main()
