@@ -506,3 +506,43 @@ def serve_process(
                 process.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 process.kill()
+
+
+def process_gone(pid: int) -> bool:
+    """Whether ``pid`` has ended (gone, or a zombie its parent has not reaped yet)."""
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD)
+    except psutil.NoSuchProcess:
+        return True
+
+
+def stored_per_hook_instance(store: Any) -> dict[str, int]:
+    """Evaluation rows per hookInstance in ``store`` (an opened evaluation store)."""
+    from sqlalchemy import func, select
+
+    from cds_engine.store.models import Evaluation
+
+    with store.session() as s:
+        rows = s.execute(select(Evaluation.hook_instance, func.count())
+                         .group_by(Evaluation.hook_instance)).all()
+    return {h: n for h, n in rows}
+
+
+def healthz_on(conn: Any, port: int) -> tuple[str, bytes | None]:
+    """The status and raw body of one ``GET /healthz`` on an open socket (closed after), or the
+    error's name and None — for tests that must use a connection made at a chosen moment."""
+    try:
+        conn.sendall(f"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n".encode())
+        data = b""
+        while chunk := conn.recv(65536):
+            data += chunk
+    except OSError as exc:
+        return type(exc).__name__, None
+    finally:
+        conn.close()
+    if not data:
+        return "closed without an answer", None
+    head, _, body = data.partition(b"\r\n\r\n")
+    return head.split(b" ", 2)[1].decode(), body

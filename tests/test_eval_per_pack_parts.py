@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import random
-import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -16,7 +15,7 @@ from cds_engine.alerts import Alert
 from cds_engine.engine import Engine
 from cds_engine.facts.catalog import companions
 from cds_engine.facts.model import PatientFacts
-from cds_engine.messages import _PLACEHOLDER, fill, fmt_value, render, with_params
+from cds_engine.messages import _PLACEHOLDER, fill, render, with_params
 from cds_engine.results import _approval_note, build_alerts, evidence_of
 from cds_engine.rules.conditions import BOUND_SUFFIXES, FALSE, TRUE, UNKNOWN, facts_of
 from cds_engine.rules.governance import approval_state
@@ -26,29 +25,12 @@ from cds_engine.service.order_label import name_orders
 
 def _render_by_sub(template: str, facts: Mapping[str, Any], params: Mapping[str, Any],
                    extra: Mapping[str, Any], labels: Mapping[str, str] | None = None) -> str:
-    """The rendering as it was: one regex substitution per call (the reference)."""
-    from cds_engine.messages import absent_text
+    """The rendering as it was: one regex substitution per call (the reference for the template
+    parsing; each placeholder's text is the module's own ``_fill``, as the substitution gave)."""
+    from cds_engine.messages import _fill
 
-    def sub(match: re.Match[str]) -> str:
-        name, fallback = match.group(1), match.group(2)
-        if name.startswith("param."):
-            return fmt_value(params.get(name[6:]))
-        if name in extra:
-            return fmt_value(extra[name])
-        if name in facts:
-            value = facts[name]
-            if labels and isinstance(value, str) and value in labels:
-                return labels[value]
-            return fmt_value(value)
-        for suffix, sign in (("__gt", ">"), ("__ge", "≥"), ("__lt", "<"), ("__le", "≤")):
-            if name + suffix in facts:
-                return sign + fmt_value(facts[name + suffix])
-        absent = absent_text(name, facts)
-        if absent is not None:
-            return absent
-        return "unknown" if fallback is None else fallback
-
-    return _PLACEHOLDER.sub(sub, template)
+    return _PLACEHOLDER.sub(
+        lambda match: _fill(match.group(1), match.group(2), facts, params, extra, labels), template)
 
 
 def _evidence_as_walked(tier: Any, flat: Mapping[str, Any]) -> dict[str, Any]:

@@ -16,7 +16,8 @@ from fastapi.testclient import TestClient
 from cds_engine import metrics
 from cds_engine.service.deviations import note_deviation
 from cds_engine.service.log_format import JsonFormatter
-from cds_engine.service.metrics_http import MetricsMiddleware, metrics_router, route_label
+from cds_engine.service.metrics_http import metrics_router, route_label
+from cds_engine.service.middleware import LoggedAndTimedMiddleware
 
 TOKEN = "t" * 40
 
@@ -52,7 +53,7 @@ def _app() -> FastAPI:
     def hook(service_id: str) -> dict[str, str]:
         return {"service": service_id}
 
-    app.add_middleware(MetricsMiddleware)
+    app.add_middleware(LoggedAndTimedMiddleware)
     return app
 
 

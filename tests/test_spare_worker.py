@@ -26,7 +26,7 @@ import httpx
 import psutil
 import pytest
 
-from service_helpers import REPO, serve_process, wait_for
+from service_helpers import REPO, healthz_on, process_gone, serve_process, stored_per_hook_instance, wait_for
 
 START = 240.0  # a worker (and the spare) may take this long to start on a busy 2-core machine
 ANSWER = 5.0  # kill -> first answer on the dead slot; the spare takes ~0.3 s, a fresh start 4-9 s
@@ -59,35 +59,17 @@ def _workers(base: str) -> dict[int, dict[str, Any]]:
     return seen
 
 
-def _gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD)
-    except psutil.NoSuchProcess:
-        return True
-
-
 def _answer(conn: socket.socket, port: int) -> tuple[str, Any, float]:
     """Status, /healthz body and arrival time of one request on an open connection (or the error)."""
-    try:
-        conn.sendall(f"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n".encode())
-        data = b""
-        while chunk := conn.recv(65536):
-            data += chunk
-    except OSError as exc:
-        return type(exc).__name__, None, time.monotonic()
-    finally:
-        conn.close()
-    if not data:
-        return "closed without an answer", None, time.monotonic()
-    head, _, body = data.partition(b"\r\n\r\n")
-    return head.split(b" ", 2)[1].decode(), json.loads(body), time.monotonic()
+    status, body = healthz_on(conn, port)
+    return status, (json.loads(body) if body is not None else None), time.monotonic()
 
 
 def _kill_and_ask(base: str, victim: int) -> tuple[list[tuple[str, Any, float]], float]:
     """SIGKILL ``victim``, open connections at once, ask each; (answers, the kill's time)."""
     port = int(base.rsplit(":", 1)[1])
     os.kill(victim, signal.SIGKILL)
-    while not _gone(victim):
+    while not process_gone(victim):
         time.sleep(0.001)
     killed = time.monotonic()
     conns = [socket.create_connection(("127.0.0.1", port), timeout=START) for _ in range(CONNECTIONS)]
@@ -192,11 +174,9 @@ def test_a_killed_workers_journal_is_stored_within_10_s_while_the_spare_serves(t
                                                                              pack: Any) -> None:
     """Issue #19 item 2: the dead worker's journal is adopted (by the writer process, or by a live
     worker's writer thread — the spare's among them), every answered call stored exactly once."""
-    from sqlalchemy import func, select
 
     from cds_engine.service.discovery import prefetch_templates
     from cds_engine.store import open_store
-    from cds_engine.store.models import Evaluation
     from service_helpers import LocalFhir, hook_request, medication_request
     from test_service_api import patient_record
 
@@ -234,10 +214,7 @@ def test_a_killed_workers_journal_is_stored_within_10_s_while_the_spare_serves(t
         store = open_store(db, spool_dir=tmp_path / "other-spool", start_drainer=False)
         try:
             def stored() -> dict[str, int]:
-                with store.session() as s:
-                    rows = s.execute(select(Evaluation.hook_instance, func.count())
-                                     .group_by(Evaluation.hook_instance)).all()
-                return dict(rows)
+                return stored_per_hook_instance(store)
 
             adopted = time.monotonic() - killed
             wait_for(lambda: set(answered) <= set(stored()), timeout=10)

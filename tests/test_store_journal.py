@@ -28,6 +28,7 @@ from tests.service_helpers import (
     hook_request,
     medication_request,
     serve_process,
+    stored_per_hook_instance,
     wait_for,
 )
 from tests.store_helpers import NOW, feedback, make_record
@@ -189,10 +190,7 @@ def test_sigkill_mid_load_loses_nothing_and_writes_nothing_twice(tmp_path: Path,
         store = open_store(db, spool_dir=tmp_path / "other-spool", start_drainer=False)
         try:
             def stored() -> dict[str, int]:
-                with store.session() as s:
-                    rows = s.execute(select(Evaluation.hook_instance, func.count())
-                                     .group_by(Evaluation.hook_instance)).all()
-                return {h: n for h, n in rows}
+                return stored_per_hook_instance(store)
 
             wait_for(lambda: set(answered) <= set(stored()), timeout=20)
             counts = stored()

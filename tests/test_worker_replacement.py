@@ -20,12 +20,10 @@ import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 import httpx
-import psutil
 
-from service_helpers import REPO, serve_process, wait_for
+from service_helpers import REPO, healthz_on, process_gone, serve_process, wait_for
 
 RULES = str(REPO / "rules")
 START = 240.0  # seconds a worker may take to start on a busy 2-core machine (it compiles the packs)
@@ -44,30 +42,6 @@ def _workers(base: str, want: int = 2) -> set[int]:
     return seen
 
 
-def _gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD)
-    except psutil.NoSuchProcess:
-        return True
-
-
-def _answer(conn: socket.socket, port: int) -> tuple[str, Any]:
-    """The status and body of one ``GET /healthz`` on an open connection, or the error's name."""
-    try:
-        conn.sendall(f"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n".encode())
-        data = b""
-        while chunk := conn.recv(65536):
-            data += chunk
-    except OSError as exc:
-        return type(exc).__name__, None
-    finally:
-        conn.close()
-    if not data:
-        return "closed without an answer", None
-    head, _, body = data.partition(b"\r\n\r\n")
-    return head.split(b" ", 2)[1].decode(), body
-
-
 def test_connections_made_while_a_worker_is_replaced_are_answered(tmp_path: Path) -> None:
     args = ["--no-auth", "--db", "none", "--rules", RULES, "--workers", "2"]
     with serve_process(args, tmp_path, timeout=START) as (base, _parent, log):
@@ -75,13 +49,13 @@ def test_connections_made_while_a_worker_is_replaced_are_answered(tmp_path: Path
         before = _workers(base)
         victim = min(before)
         os.kill(victim, signal.SIGKILL)
-        while not _gone(victim):
+        while not process_gone(victim):
             time.sleep(0.001)
         killed = time.monotonic()
         conns = [socket.create_connection(("127.0.0.1", port), timeout=START) for _ in range(CONNECTIONS)]
         opened = time.monotonic() - killed
         with ThreadPoolExecutor(CONNECTIONS) as pool:
-            answers = list(pool.map(lambda c: _answer(c, port), conns))
+            answers = list(pool.map(lambda c: healthz_on(c, port), conns))
         waited = time.monotonic() - killed
 
         statuses = [status for status, _ in answers]

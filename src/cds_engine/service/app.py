@@ -362,7 +362,6 @@ def create_app(
         expose_headers=["Server-Timing"],
         max_age=600,
     )
-    # outermost: logs and times the whole request, refusals included (one layer: RequestLogMiddleware
-    # inside MetricsMiddleware, as they were)
+    # outermost: logs and times the whole request, refusals included
     app.add_middleware(LoggedAndTimedMiddleware)
     return app

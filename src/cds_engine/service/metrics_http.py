@@ -14,7 +14,6 @@ With neither, nothing is exposed. The request timing label is the CDS service id
 from __future__ import annotations
 
 import hmac
-import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ from fastapi import APIRouter, Request, Response
 
 from cds_engine import metrics
 
-__all__ = ["MetricsMiddleware", "count_cards", "metrics_router", "read_token", "route_label",
+__all__ = ["count_cards", "metrics_router", "read_token", "route_label",
            "start_metrics_port"]
 
 Scope = dict[str, Any]
@@ -66,32 +65,6 @@ def _route_label(path: str) -> str | None:
     if head == "metrics":
         return None
     return "other"
-
-
-class MetricsMiddleware:
-    """Times every HTTP request (pure ASGI: no body buffering, nothing on the request path but a clock)."""
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
-        service = route_label(scope.get("path", "")) if scope["type"] == "http" else None
-        if service is None:
-            await self.app(scope, receive, send)
-            return
-        status = [500]
-
-        async def send_status(message: dict[str, Any]) -> None:
-            if message["type"] == "http.response.start":
-                status[0] = int(message["status"])
-            await send(message)
-
-        started = time.perf_counter()
-        try:
-            await self.app(scope, receive, send_status)
-        finally:
-            metrics.REQUEST_SECONDS.child(service, f"{status[0] // 100}xx").observe(
-                time.perf_counter() - started)
 
 
 def count_cards(pack_id: str, issued: Iterable[tuple[Any, bool]], *, silent: bool = False) -> None:

@@ -3,9 +3,8 @@
 Pure ASGI (no ``BaseHTTPMiddleware``) so streaming and latency stay untouched. Order, outermost
 first: log and timing → CORS → auth → body limit → app; so 401 and 413 answers are logged, timed
 and carry CORS headers a browser client (the CDS Hooks sandbox) can read, and CORS preflights never
-need a token. The service runs the request log and the request timing metric as one layer
-(:class:`LoggedAndTimedMiddleware`): the same line and the same observation as the two separate
-layers, one coroutine and one ``send`` wrapper fewer per request (issue 19).
+need a token. The request log and the request timing metric are one layer
+(:class:`LoggedAndTimedMiddleware`).
 """
 
 from __future__ import annotations
@@ -25,7 +24,6 @@ __all__ = [
     "AuthMiddleware",
     "BodyLimitMiddleware",
     "LoggedAndTimedMiddleware",
-    "RequestLogMiddleware",
 ]
 
 Scope = MutableMapping[str, Any]
@@ -58,54 +56,27 @@ async def _json(
     await send({"type": "http.response.body", "body": payload})
 
 
-class RequestLogMiddleware:
-    """One line per request: method, path, status, latency, and what the handler chose to add.
-
-    Handlers add only non-identifying items to ``request.state.log`` (hookInstance, service id,
-    rule ids). Bodies, headers and query strings are never logged.
-    """
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        start = time.perf_counter()
-        status = 500
-
-        async def capture(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, capture)
-        finally:
-            if log.isEnabledFor(logging.INFO):  # the fields are built only for a line that is written
-                self._line(scope, status, start)
-
-    @staticmethod
-    def _line(scope: Scope, status: int, start: float) -> None:
-        extra = (scope.get("state") or {}).get("log") or {}
-        fields = " ".join(f"{k}={','.join(v) if isinstance(v, list) else v}" for k, v in extra.items())
-        log.info(
-            "%s %s %d %.1fms %s",
-            scope["method"],
-            scope["path"],
-            status,
-            (time.perf_counter() - start) * 1000,
-            fields,
-        )
+def _request_line(scope: Scope, status: int, start: float) -> None:
+    """The request log line: method, path, status, latency and what the route put in
+    ``scope["state"]["log"]`` (rule ids, counts) — never patient data."""
+    extra = (scope.get("state") or {}).get("log") or {}
+    fields = " ".join(f"{k}={','.join(v) if isinstance(v, list) else v}" for k, v in extra.items())
+    log.info(
+        "%s %s %d %.1fms %s",
+        scope["method"],
+        scope["path"],
+        status,
+        (time.perf_counter() - start) * 1000,
+        fields,
+    )
 
 
 class LoggedAndTimedMiddleware:
-    """:class:`RequestLogMiddleware` inside :class:`~cds_engine.service.metrics_http.MetricsMiddleware`,
-    as one layer: the same log line (written first) and the same ``REQUEST_SECONDS`` observation
-    (labelled by :func:`~cds_engine.service.metrics_http.route_label`, made even when writing the
-    line fails), timed from one clock reading at the start of the request.
+    """The request log line (:func:`_request_line`, written first) and the ``REQUEST_SECONDS``
+    observation (labelled by :func:`~cds_engine.service.metrics_http.route_label` and the status
+    class, made even when writing the line fails), timed from one clock reading at the start of the
+    request. One layer: it replaced a log middleware inside a metrics middleware — one coroutine
+    and one ``send`` wrapper fewer per request, the same line and observation (issue 19).
     """
 
     def __init__(self, app: ASGIApp) -> None:
@@ -130,7 +101,7 @@ class LoggedAndTimedMiddleware:
         finally:
             try:
                 if log.isEnabledFor(logging.INFO):  # the fields are built only for a line that is written
-                    RequestLogMiddleware._line(scope, status, start)
+                    _request_line(scope, status, start)
             finally:
                 if service is not None:
                     metrics.REQUEST_SECONDS.child(service, f"{int(status) // 100}xx").observe(
