@@ -16,14 +16,17 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-BENCHES = sorted(p.name for p in (REPO / "bench").glob("*.py") if p.name != "bench_common.py")
+BENCHES = [  # and a tool beside bench/screen.py's (g): CPU per stage
+    *sorted(p.name for p in (REPO / "bench").glob("*.py") if p.name != "bench_common.py"),
+    "screening/stages.py",
+]
 
 pytestmark = pytest.mark.slow
 
 
 def test_every_bench_is_covered():
     assert BENCHES == ["engine.py", "hook.py", "hook_cpu.py", "load.py", "replay.py", "review.py",
-                       "screen.py", "writer.py", "writer_split.py"]
+                       "screen.py", "writer.py", "writer_split.py", "screening/stages.py"]
 
 
 @pytest.mark.parametrize("name", BENCHES)

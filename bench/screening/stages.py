@@ -96,8 +96,11 @@ def main() -> None:
     ap.add_argument("--patients", type=int, default=1_000_000)
     ap.add_argument("--chunk-rows", type=int, default=100_000)
     ap.add_argument("--format", action="append", dest="formats", help="alert tables (default: parquet)")
+    ap.add_argument("--smoke", action="store_true", help="2,000 patients (CI): seconds")
     args = ap.parse_args()
-    print(machine_header("bench/screening/stages.py"))
+    if args.smoke:
+        args.patients, args.chunk_rows = 2_000, 1_000
+    print(machine_header("bench/screening/stages.py", smoke=args.smoke))
     from screen import AS_OF, record_population
 
     from cds_engine.engine import Engine
