@@ -37,17 +37,18 @@ ISS = "https://ehr.example"
 def _prefill(url: str, n: int) -> None:
     store = open_replay_store(url)
     now = time.time()
-    conn = store._conn()  # type: ignore[attr-defined]  # bulk load only: the bench's own set-up
     rows = [(ISS, f"pre-{i}", now + 3600) for i in range(n)]
-    if url.startswith("sqlite"):
-        conn.execute("BEGIN")
-        conn.executemany("INSERT OR IGNORE INTO jti_seen VALUES (?, ?, ?)", rows)
-        conn.execute("COMMIT")
-    else:
-        with conn.cursor() as cur:
-            cur.executemany(
-                "INSERT INTO cds_jti_replay VALUES (%s, %s, %s) ON CONFLICT DO NOTHING", rows
-            )
+    # bulk load only: the bench's own set-up, on the store's connection for this thread
+    with store._conns.use(store._connect) as conn:  # type: ignore[attr-defined]
+        if url.startswith("sqlite"):
+            conn.execute("BEGIN")
+            conn.executemany("INSERT OR IGNORE INTO jti_seen VALUES (?, ?, ?)", rows)
+            conn.execute("COMMIT")
+        else:
+            with conn.cursor() as cur:
+                cur.executemany(
+                    "INSERT INTO cds_jti_replay VALUES (%s, %s, %s) ON CONFLICT DO NOTHING", rows
+                )
     store.close()
 
 
