@@ -8,8 +8,6 @@ per missing data item, at most a warning — unless a rule that covers that gap 
 
 from __future__ import annotations
 
-import threading
-import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +18,7 @@ from cds_engine.messages import Parts, fill, fmt_value, render, with_params
 from cds_engine.rules.compile import CompiledPack, CompiledRule, CompiledTier
 from cds_engine.rules.conditions import BOUND_SUFFIXES, TRUE, UNKNOWN, facts_of, unknown_leaves
 from cds_engine.rules.governance import approval_state
+from cds_engine.rules.pack_memo import PackMemo
 
 __all__ = ["MISSING_DATA_RULE", "build_alerts", "evidence_of", "missing_data_alerts", "short_text"]
 
@@ -117,20 +116,9 @@ class _PackPlan:
         return fill(parts, flat, self.params, extra, self.spec.labels)
 
 
-_plans: dict[int, tuple[weakref.ref[CompiledPack], _PackPlan]] = {}
-_plans_lock = threading.Lock()
-
-
-def _plan(pack: CompiledPack) -> _PackPlan:
-    """The pack's plan (a reloaded pack is a new object, so it gets its own)."""
-    key = id(pack)
-    held = _plans.get(key)
-    if held is not None and held[0]() is pack:
-        plan = held[1]
-        if plan.spec is pack.spec and plan.rules is pack.rules and plan.params is pack.params:
-            return plan
+def _build_plan(pack: CompiledPack) -> _PackPlan:
     spec = pack.spec
-    plan = _PackPlan(
+    return _PackPlan(
         spec=spec,
         rules=pack.rules,
         params=pack.params,
@@ -145,9 +133,16 @@ def _plan(pack: CompiledPack) -> _PackPlan:
         titles={r.spec.id: r.spec.title for r in pack.rules},
         items={fact: item for item in spec.missing_data for fact in item.facts},
     )
-    with _plans_lock:
-        _plans[key] = (weakref.ref(pack, lambda _ref, key=key: _plans.pop(key, None)), plan)
-    return plan
+
+
+def _plan_fits(plan: _PackPlan, pack: CompiledPack) -> bool:
+    return plan.spec is pack.spec and plan.rules is pack.rules and plan.params is pack.params
+
+
+# a reloaded pack is a new object, so it gets its own plan; a pack given a new spec, rule list or
+# parameters gets a new one too
+_PLANS: PackMemo[_PackPlan] = PackMemo(_build_plan, valid=_plan_fits)
+_plan = _PLANS.get
 
 
 def _common(pack: CompiledPack) -> dict[str, Any]:

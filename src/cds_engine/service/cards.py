@@ -13,10 +13,8 @@ the detail says so.
 from __future__ import annotations
 
 import functools
-import threading
 import uuid
-import weakref
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
@@ -24,6 +22,7 @@ from cds_engine.alerts import Alert
 from cds_engine.rules.compile import CompiledPack
 from cds_engine.rules.governance import approval_state
 from cds_engine.rules.overrides import reasons_for
+from cds_engine.rules.pack_memo import PackMemo
 from cds_engine.service.models import Card, CdsCoding, Link, Source, Suggestion
 from cds_engine.service.order_label import named_detail
 
@@ -96,20 +95,9 @@ class _PackParts:
 _PART_LIMIT = 4096  # shared parts kept per pack; past it a card builds its own (never wrong, slower)
 
 
-_parts: dict[int, tuple[weakref.ref[CompiledPack], _PackParts]] = {}
-_parts_lock = threading.Lock()
-
-
-def _pack_parts(pack: CompiledPack) -> _PackParts:
-    """The pack's shared card parts (a reloaded pack is a new object, so it gets its own)."""
-    key = id(pack)
-    held = _parts.get(key)
-    if held is not None and held[0]() is pack:
-        return held[1]
-    parts = _PackParts(_approval_line(pack))
-    with _parts_lock:
-        _parts[key] = (weakref.ref(pack, lambda _ref, key=key: _parts.pop(key, None)), parts)
-    return parts
+# the pack's shared card parts (a reloaded pack is a new object, so it gets its own)
+_pack_parts: Callable[[CompiledPack], _PackParts] = PackMemo(
+    lambda pack: _PackParts(_approval_line(pack))).get
 
 
 def _reasons(pack: CompiledPack, rule_id: str) -> list[CdsCoding]:
