@@ -66,6 +66,7 @@ from cds_engine.sources.history import therapy_history
 from cds_engine.vocabulary import Vocabulary
 
 __all__ = [
+    "FINAL_OBSERVATION_STATUSES",
     "GROUPS",
     "FhirGroups",
     "bundle_resources",
@@ -93,7 +94,8 @@ class FhirGroups:
 
 GROUPS = FhirGroups()
 
-_FINAL_OBSERVATION = frozenset({"final", "amended", "corrected"})
+# the statuses of an Observation the mapping counts (sources/ndjson.py skips the others undecoded)
+FINAL_OBSERVATION_STATUSES = frozenset({"final", "amended", "corrected"})
 _CLINICAL = frozenset({"active", "recurrence", "relapse", "inactive", "remission", "resolved"})
 _CONDITION_VERIFICATION = frozenset(
     {"unconfirmed", "provisional", "differential", "confirmed", "refuted", "entered-in-error"}
@@ -368,7 +370,7 @@ class _Mapper:
         """Countable observations: groups, resource, effective time, matched by code; newest first."""
         out = []
         for resource in self.by_type.get("Observation", []):
-            if status_code(resource.get("status")) not in _FINAL_OBSERVATION:
+            if status_code(resource.get("status")) not in FINAL_OBSERVATION_STATUSES:
                 continue
             # the code before the date (most observations belong to no group: their dates need not be
             # read); a code that cannot be read fails only where the date would have let it count,

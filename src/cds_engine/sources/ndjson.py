@@ -40,7 +40,7 @@ from typing import IO, Any
 import msgspec
 
 from cds_engine.sources.compressed import byte_lines
-from cds_engine.sources.fhir import _FINAL_OBSERVATION
+from cds_engine.sources.fhir import FINAL_OBSERVATION_STATUSES
 from cds_engine.sources.fhir_read import (
     Deferred,
     ResourceIndex,
@@ -345,8 +345,7 @@ class ObservationFilter:
                 text.decode("utf-8")
             except UnicodeDecodeError:
                 return None
-        status = head.status
-        if (status.strip().lower() if type(status) is str else status_code(status)) in _FINAL_OBSERVATION:
+        if status_code(head.status) in FINAL_OBSERVATION_STATUSES:
             code = bytes(head.code)
             needed = self._needed.get(code)
             if needed is None:
