@@ -27,6 +27,7 @@ from typing import Annotated, Any
 
 import typer
 
+from cds_engine.commands.stop_signal import StopSignal, end_by, raise_stop_signal
 from cds_engine.rules.errors import PackLoadError
 from cds_engine.service.reload import EngineHolder
 
@@ -139,45 +140,25 @@ def _scoped_metrics_dir(command: Callable[..., None]) -> Callable[..., None]:
         from cds_engine import metrics
 
         before = os.environ.get(metrics.MULTIPROC_ENV)
-        stopped: _StopSignal | None = None
+        stopped: StopSignal | None = None
         try:
             command(**options)
-        except _StopSignal as exc:
+        except StopSignal as exc:
             stopped = exc
         finally:
             made = os.environ.get(metrics.MULTIPROC_ENV)
             if made and made != before:
                 metrics.leave_multiprocess(made)
         if stopped is not None:  # everything is cleaned up: now end the way the signal asked
-            signal.signal(stopped.signum, signal.SIG_DFL)
-            signal.raise_signal(stopped.signum)
+            end_by(stopped)
 
     return run
 
 
-class _StopSignal(BaseException):
-    """SIGTERM, held back until ``serve`` has cleaned up (a BaseException: no handler swallows it).
-
-    uvicorn shuts down gracefully on SIGTERM and then raises the signal again with the handler it
-    found installed — by default the one that ends the process at once, which skipped ``serve``'s
-    clean-up: the store was not closed (the writer process found its parent gone and logged a
-    warning) and the Prometheus directory stayed in the temporary folder. With this handler in
-    place uvicorn's re-raise becomes this exception, the ``finally`` blocks run, and
-    :func:`_scoped_metrics_dir` re-raises the signal with the default handler, so the process still
-    ends *by* SIGTERM (what process managers expect)."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signum)
-        self.signum = signum
-
-
-def _raise_stop_signal(signum: int, _frame: Any) -> None:
-    raise _StopSignal(signum)
-
-
 @contextmanager
 def _cleanup_before_sigterm() -> Iterator[None]:
-    """While uvicorn runs: a SIGTERM that ends it is turned into :class:`_StopSignal` (see there).
+    """While uvicorn runs: a SIGTERM that ends it is turned into
+    :class:`~cds_engine.commands.stop_signal.StopSignal` (see there).
 
     Only where the default action would kill the process (the main thread, no handler of the
     embedding program's installed); the previous handler is put back afterwards."""
@@ -186,7 +167,7 @@ def _cleanup_before_sigterm() -> Iterator[None]:
     ):
         yield
         return
-    signal.signal(signal.SIGTERM, _raise_stop_signal)
+    signal.signal(signal.SIGTERM, raise_stop_signal)
     try:
         yield
     finally:

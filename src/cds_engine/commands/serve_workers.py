@@ -66,13 +66,13 @@ from contextlib import suppress
 from multiprocessing.connection import wait as mp_wait
 from pathlib import Path
 from socket import socket
-from types import FrameType
 from typing import Any
 
 from uvicorn.config import STARTUP_FAILURE, Config
 from uvicorn.server import Server
 from uvicorn.supervisors.multiprocess import Multiprocess, Process
 
+from cds_engine.commands.stop_signal import StopSignal, end_by, raise_stop_signal
 from cds_engine.service.http_limits import bounded_protocol
 
 __all__ = ["FACTORY", "PARAMS_ENV", "BoundedProtocol", "hand_off", "run_in_worker"]
@@ -143,22 +143,6 @@ def run_in_worker(command: Any) -> Any:
     return _WORKER_APP.pop()
 
 
-class _Stop(BaseException):
-    """SIGTERM (or another stop signal) in a worker, held back until ``serve``'s release has run.
-
-    The worker's twin of ``serve``'s own ``_StopSignal``: uvicorn shuts down gracefully, then raises
-    the signal again with the handler it found; with the default one the process ended there and
-    ``atexit`` (the release :func:`hand_off` registered) never ran."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signum)
-        self.signum = signum
-
-
-def _raise_stop(signum: int, _frame: FrameType | None) -> None:
-    raise _Stop(signum)
-
-
 def _release_all() -> None:
     """Run the releases :func:`hand_off` registered (once: taken off ``atexit``)."""
     released = bool(_RELEASES)
@@ -176,13 +160,12 @@ def _release_all() -> None:
 
 def run_until_stopped(run: Callable[[], None]) -> None:
     """``run()``; a SIGTERM meanwhile ends the process by SIGTERM only after :func:`_release_all`."""
-    signal.signal(signal.SIGTERM, _raise_stop)
+    signal.signal(signal.SIGTERM, raise_stop_signal)
     try:
         run()
-    except _Stop as stop:
+    except StopSignal as stop:
         _release_all()
-        signal.signal(stop.signum, signal.SIG_DFL)
-        signal.raise_signal(stop.signum)
+        end_by(stop)
 
 
 class _Worker(Process):
