@@ -1,7 +1,7 @@
 """Sustained load on a real ``cds-engine serve`` with client authentication on (issue 7, item 1).
 
 Run: ``python bench/load.py [--seconds 60] [--concurrency 32] [--db sqlite,postgresql] [--orders N]
-[--smoke]``.
+[--client raw|httpx] [--smoke]``.
 
 For each store it starts ``cds-engine serve`` (the real command, uvicorn, default INFO request
 log) with a trusted-issuers file this script writes (one ES384 key), then drives order-sign calls
@@ -12,11 +12,17 @@ cycles N drafts that differ only in the draft's id (same dose, same cards): the 
 digests of drafts that validated (per worker, up to 4096), so with one draft every call after the
 first skips validation — a real EHR sends many different drafts.
 
+``--client raw|httpx``: the load generator's HTTP client. ``httpx`` (asyncio's loop, httpx's pool) or
+``raw`` (bench/raw_client.py: a lean HTTP/1.1 client on uvloop, one keep-alive connection per
+closed-loop caller, a pool for the open loop; its failures are named as httpx names them). The
+generator shares the cores with the server, so its CPU per call is capacity the server loses: raw
+spends a small fraction of httpx's (bench/RESULTS.md). Both report the same things.
+
 ``--kill`` (with ``--workers 2`` or more): a run that SIGKILLs the busiest worker half-way. Besides the
 errors it reports how many connections that worker held and how many errors came on connections
 opened after the kill (the reconnects: issue 19 wants none there). The connection a failed call used
 is known from a thin wrapper around httpcore's network backend: each read/write tells the calling
-task when its connection was opened (one ContextVar set per read/write).
+task when its connection was opened (one ContextVar set per read/write); the raw client knows it.
 
 Afterwards the server is stopped and the store is read directly: every hookInstance that got a
 200 must have exactly one evaluation row for the baclofen pack, and no other hookInstance may
@@ -36,6 +42,7 @@ import contextvars
 import json
 import os
 import platform
+import re
 import socket
 import subprocess
 import sys
@@ -54,6 +61,7 @@ from bench_common import REPO, machine_header, subprocess_env, use_repo_paths
 
 use_repo_paths()
 
+import raw_client  # noqa: E402  (bench/raw_client.py: --client raw)
 from hook import realistic_body  # noqa: E402  (same body as the service benchmark)
 from tests.service_helpers import Signer, wait_until_up  # noqa: E402
 
@@ -95,6 +103,7 @@ class Run:
     errors_unattributed: int = 0  # errors with no connection known (e.g. a pool timeout)
     error_idle: list[float] = field(default_factory=list)  # idle seconds of each failed call's connection
     long_idle: list[float] = field(default_factory=list)  # idle seconds ≥ LONG_IDLE before a request
+    client: str = "raw"  # the load generator's HTTP client: httpx or raw (bench/raw_client.py)
 
 
 def _free_port() -> int:
@@ -240,16 +249,58 @@ def draft_ids(orders: int) -> list[str]:
     return ["mr-1"] if orders <= 1 else [f"mr-{n + 1}" for n in range(orders)]
 
 
+class Body:
+    """The request body split once at its placeholders, so a call joins bytes instead of scanning the
+    58 KiB text twice (``str.replace``) and encoding it: the same bytes as
+    ``payload.replace(HOOK_INSTANCE, h).replace(DRAFT_ID, d).encode()`` (tests/test_bench_load_client.py)."""
+
+    def __init__(self, payload: str) -> None:
+        pieces = re.split(f"({re.escape(HOOK_INSTANCE)}|{re.escape(DRAFT_ID)})", payload)
+        self._parts = [p.encode() for p in pieces]  # placeholders stay in place until filled
+        self._hook_slots = [i for i, p in enumerate(pieces) if p == HOOK_INSTANCE]
+        self._draft_slots = [i for i, p in enumerate(pieces) if p == DRAFT_ID]
+
+    def parts(self, hook_instance: bytes, draft_id: bytes) -> list[bytes]:
+        """The body's parts for one call, in order (write them as they are, or join them)."""
+        parts = self._parts.copy()
+        for i in self._hook_slots:
+            parts[i] = hook_instance
+        for i in self._draft_slots:
+            parts[i] = draft_id
+        return parts
+
+
+def _note_error(run: Run, key: str, since_start: float, idle: float | None, opened: float | None,
+                attributable: bool) -> None:
+    """Count a failed call: by kind, after the kill, the idle time of its connection, and (kill run)
+    whether it came on a connection opened after the kill — the same bookkeeping for both clients."""
+    run.errors[key] = run.errors.get(key, 0) + 1
+    if run.killed_at is not None and since_start > run.killed_at + 5:  # reconnected by now
+        run.errors_after_kill[key] = run.errors_after_kill.get(key, 0) + 1
+    if idle is not None:
+        run.error_idle.append(idle)
+    if run.kill:
+        if opened is None or not attributable:
+            run.errors_unattributed += 1
+        elif run.kill_clock is not None and opened > run.kill_clock:
+            run.errors_fresh[key] = run.errors_fresh.get(key, 0) + 1
+
+
 async def drive(base: str, payload: str, tokens: Tokens, run: Run, path: str = SIGN) -> None:
-    """Closed loop (``run.concurrency`` callers) or open loop (``run.rate`` calls/s on as many connections).
+    """Closed loop (``run.concurrency`` callers) or open loop (``run.rate`` calls/s on as many connections),
+    with the client ``run.client`` names.
 
     Open-loop latency counts from the moment a call was due, so a stalled server cannot hide its
     queue (no coordinated omission)."""
+    if run.client == "raw":
+        await _drive_raw(base, payload, tokens, run, path)
+        return
     url = base + path
     # idle connections expire before the server's keep-alive closes them (the keep-alive race)
     limits = httpx.Limits(max_connections=run.concurrency, max_keepalive_connections=run.concurrency,
                           keepalive_expiry=CLIENT_KEEP_ALIVE_SECONDS)
-    ids = draft_ids(run.orders)
+    ids = [i.encode() for i in draft_ids(run.orders)]
+    body = Body(payload)
     calls = 0
     start = time.perf_counter()
     stop_at = start + run.seconds
@@ -259,12 +310,12 @@ async def drive(base: str, payload: str, tokens: Tokens, run: Run, path: str = S
         async def one(due: float) -> None:
             nonlocal calls
             hook_instance = str(uuid.uuid4())
-            body = payload.replace(HOOK_INSTANCE, hook_instance).replace(DRAFT_ID, ids[calls % len(ids)])
+            content = b"".join(body.parts(hook_instance.encode(), ids[calls % len(ids)]))
             calls += 1
             headers = {"content-type": "application/json", "authorization": f"Bearer {tokens.next()}"}
             _CONN.set(None)
             try:
-                response = await client.post(url, content=body, headers=headers)
+                response = await client.post(url, content=content, headers=headers)
                 key = str(response.status_code)
             except httpx.HTTPError as exc:
                 key = type(exc).__name__
@@ -273,38 +324,119 @@ async def drive(base: str, payload: str, tokens: Tokens, run: Run, path: str = S
             if key == "200":
                 run.ok.append(hook_instance)
                 return
-            run.errors[key] = run.errors.get(key, 0) + 1
-            if run.killed_at is not None and now - start > run.killed_at + 5:  # reconnected by now
-                run.errors_after_kill[key] = run.errors_after_kill.get(key, 0) + 1
             conn = _CONN.get()
-            if isinstance(conn, _OpenedStream):
-                run.error_idle.append(conn.idle_before)
-            if run.kill:
-                opened = conn.opened if isinstance(conn, _OpenedStream) else conn
-                if opened is None or backend is None:
-                    run.errors_unattributed += 1
-                elif run.kill_clock is not None and opened > run.kill_clock:
-                    run.errors_fresh[key] = run.errors_fresh.get(key, 0) + 1
+            stream = conn if isinstance(conn, _OpenedStream) else None
+            _note_error(run, key, now - start, stream.idle_before if stream else None,
+                        stream.opened if stream else conn, backend is not None)  # type: ignore[arg-type]
 
-        if run.mode == "closed":
-            async def worker() -> None:
-                while time.perf_counter() < stop_at:
-                    await one(time.perf_counter())
-
-            await asyncio.gather(*(worker() for _ in range(run.concurrency)))
-        else:
-            tasks = []
-            for n in range(int(run.seconds * run.rate)):
-                due = start + n / run.rate
-                if (delay := due - time.perf_counter()) > 0:
-                    await asyncio.sleep(delay)
-                tasks.append(asyncio.create_task(one(due)))
-            await asyncio.gather(*tasks)
+        await _loops(run, one, start, stop_at)
         run.elapsed = time.perf_counter() - start
     if backend is not None:
         run.long_idle = backend.long_idle
         if run.kill_clock is not None:
             run.opened_after_kill = sum(1 for t in backend.opened if t > run.kill_clock)
+
+
+async def _loops(run: Run, one, start: float, stop_at: float) -> None:  # type: ignore[no-untyped-def]
+    """The closed loop's callers, or the open loop's schedule (one task per call, due every 1/rate s)."""
+    if run.mode == "closed":
+        async def caller() -> None:
+            while time.perf_counter() < stop_at:
+                await one(time.perf_counter())
+
+        await asyncio.gather(*(caller() for _ in range(run.concurrency)))
+    else:
+        tasks = []
+        for n in range(int(run.seconds * run.rate)):
+            due = start + n / run.rate
+            if (delay := due - time.perf_counter()) > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one(due)))
+        await asyncio.gather(*tasks)
+
+
+def _request_head(base: str, path: str) -> bytes:
+    """The request head up to the token: httpx's header names, order and values (only the
+    User-Agent differs), so the server parses the same head whichever client sends it."""
+    host = base.split("://", 1)[1].split("/", 1)[0]
+    return (f"POST {path} HTTP/1.1\r\nHost: {host}\r\nAccept: */*\r\nAccept-Encoding: gzip, deflate\r\n"
+            "Connection: keep-alive\r\nUser-Agent: cds-bench-raw/1\r\ncontent-type: application/json\r\n"
+            "authorization: Bearer ").encode()
+
+
+async def _drive_raw(base: str, payload: str, tokens: Tokens, run: Run, path: str) -> None:
+    """:func:`drive` with bench/raw_client.py: the closed loop holds one connection per caller, the
+    open loop takes one from a pool of ``run.concurrency``; the same counts as the httpx path."""
+    host, port = base.split("://", 1)[1].rsplit(":", 1)
+    client = raw_client.RawClient(host, int(port), max_connections=run.concurrency,
+                                  keepalive_expiry=CLIENT_KEEP_ALIVE_SECONDS, timeout=30.0,
+                                  long_idle_seconds=LONG_IDLE)
+    head = _request_head(base, path)
+    ids = [i.encode() for i in draft_ids(run.orders)]
+    body = Body(payload)
+    calls = 0
+    start = time.perf_counter()
+    stop_at = start + run.seconds
+    pooled = run.mode != "closed"
+    async with client:
+
+        async def call(due: float, conn: raw_client.Connection | None) -> raw_client.Connection | None:
+            """One call; returns the connection a closed-loop caller keeps (None: open loop)."""
+            nonlocal calls
+            hook_instance = str(uuid.uuid4())
+            parts = body.parts(hook_instance.encode(), ids[calls % len(ids)])
+            calls += 1
+            token = tokens.next().encode()
+            length = sum(map(len, parts))
+            try:
+                conn = await (client.acquire() if pooled else client.held(conn))
+                try:
+                    status, _ = await client.call(
+                        conn, [head, token, b"\r\nContent-Length: %d\r\n\r\n" % length, *parts])
+                finally:
+                    if pooled:
+                        client.release(conn)
+                key, failed = str(status), None
+            except raw_client.ClientError as exc:
+                key, failed = exc.kind, exc
+            now = time.perf_counter()
+            run.latencies.append(now - due)
+            if failed is None:
+                if key == "200":
+                    run.ok.append(hook_instance)
+                    return conn
+                used, opened = conn, conn.opened  # an answer, not a 200: on the connection it came on
+            else:  # on the connection it failed on; a failed connect: when it was tried; else unknown
+                used, opened = failed.conn, failed.opened
+            _note_error(run, key, now - start, used.idle_before if used else None, opened, True)
+            return conn
+
+        if pooled:
+            async def one(due: float) -> None:
+                await call(due, None)
+
+            await _loops(run, one, start, stop_at)
+        else:
+            async def caller() -> None:
+                conn = None
+                while time.perf_counter() < stop_at:
+                    conn = await call(time.perf_counter(), conn)
+                if conn is not None:
+                    conn.close()
+
+            await asyncio.gather(*(caller() for _ in range(run.concurrency)))
+        run.elapsed = time.perf_counter() - start
+    run.long_idle = client.long_idle
+    if run.kill_clock is not None:
+        run.opened_after_kill = sum(1 for t in client.opened if t > run.kill_clock)
+
+
+def run_drive(base: str, payload: str, tokens: Tokens, run: Run) -> None:
+    """:func:`drive` on its event loop: uvloop for the raw client when installed, asyncio's for httpx."""
+    if run.client == "raw":
+        raw_client.run(lambda: drive(base, payload, tokens, run))
+    else:
+        asyncio.run(drive(base, payload, tokens, run))
 
 
 # ── where the CPU goes (from /proc, via psutil) ────────────────────────────────────────────
@@ -424,7 +556,6 @@ def _pct(values: list[float], q: float) -> float:
 def one_run(store: str, payload: str, run: Run, warm_seconds: float = 3, presign: bool = False,
             kill: bool = False) -> Run:
     """One fresh server (``run.workers`` workers) and store; the timed window; then the store checked."""
-    import re
     import threading
 
     run.kill = kill
@@ -435,8 +566,9 @@ def one_run(store: str, payload: str, run: Run, warm_seconds: float = 3, presign
         def go(db_url: str, db_name: str | None) -> None:
             with serve(db_url, workdir, signer, run.workers) as (base, server):
                 port = int(base.rsplit(":", 1)[1])
-                warm = Run(store=store, seconds=warm_seconds, concurrency=4, orders=run.orders)
-                asyncio.run(drive(base, payload, Tokens(signer, base + SIGN), warm))
+                warm = Run(store=store, seconds=warm_seconds, concurrency=4, orders=run.orders,
+                           client=run.client)
+                run_drive(base, payload, Tokens(signer, base + SIGN), warm)
                 expected = int(run.seconds * (run.rate or 300) * 1.2) if presign else 0
                 tokens = Tokens(signer, base + SIGN, expected)  # signed before the timed window
                 generator = psutil.Process()
@@ -457,7 +589,7 @@ def one_run(store: str, payload: str, run: Run, warm_seconds: float = 3, presign
 
                 sampler = threading.Thread(target=middle, daemon=True)
                 sampler.start()
-                asyncio.run(drive(base, payload, tokens, run))
+                run_drive(base, payload, tokens, run)
                 after, gen_after = cpu_snapshot(server, db_name), _cpu_of(generator)
                 run.cpu = cpu_used(before, after)
                 run.cpu["generator"] = gen_after - gen_before
@@ -481,8 +613,10 @@ def one_run(store: str, payload: str, run: Run, warm_seconds: float = 3, presign
     return run
 
 
-def null_harness(payload: str, seconds: float, concurrency: int) -> float:
-    """Requests/s the load generator reaches against an endpoint that does nothing (same JWTs, body)."""
+def null_harness(payload: str, seconds: float, concurrency: int,
+                 client: str = "raw") -> tuple[float, float]:
+    """Requests/s the load generator reaches against an endpoint that does nothing (same JWTs, body),
+    and the generator's CPU milliseconds per request there (this process's CPU over the run)."""
     port = _free_port()
     server = subprocess.Popen([sys.executable, __file__, "--null-serve", str(port)], env=subprocess_env())
     base = f"http://127.0.0.1:{port}"
@@ -496,9 +630,14 @@ def null_harness(payload: str, seconds: float, concurrency: int) -> float:
                 if time.monotonic() > deadline:
                     raise RuntimeError("null endpoint did not start") from None
                 time.sleep(0.2)
-        run = Run(store="null", seconds=seconds, concurrency=concurrency)
-        asyncio.run(drive(base, payload, Tokens(Signer(), base + SIGN), run))
-        return len(run.latencies) / run.elapsed
+        run = Run(store="null", seconds=seconds, concurrency=concurrency, client=client)
+        tokens = Tokens(Signer(), base + SIGN)
+        cpu = time.process_time()
+        run_drive(base, payload, tokens, run)
+        cpu = time.process_time() - cpu
+        if run.errors:
+            print(f"null endpoint: errors {run.errors}", file=sys.stderr)
+        return len(run.latencies) / run.elapsed, cpu * 1000 / max(1, len(run.latencies))
     finally:
         server.terminate()
         server.wait(10)
@@ -529,11 +668,20 @@ def _lag_p99(run: Run) -> str:
     return f"{max(values):.0f}" if values else "–"
 
 
-def report(runs: list[Run], body_kib: int, resources: int, harness: float | None, presign: bool) -> str:
+def _client_text(client: str) -> str:
+    if client == "raw":
+        return (f"bench/raw_client.py (a lean HTTP/1.1 client, {raw_client.loop_name()}), one event loop, "
+                "one keep-alive connection per closed-loop caller (open loop: a pool)")
+    return "httpx, one event loop (asyncio's), persistent connections"
+
+
+def report(runs: list[Run], body_kib: int, resources: int, harness: tuple[float, float] | None,
+           presign: bool) -> str:
     first = runs[0]
     lines = [
         "## Load (bench/load.py)\n",
         f"Run: `python bench/load.py --seconds {first.seconds:g} --workers {first.workers}"
+        f" --client {first.client}"
         f"{' --presign' if presign else ''}{f' --orders {first.orders}' if first.orders > 1 else ''}"
         f" ...`. The real `cds-engine serve` ({first.workers} worker(s), "
         "INFO request log, evaluations through the journal and the group-commit writer) with client "
@@ -544,12 +692,13 @@ def report(runs: list[Run], body_kib: int, resources: int, harness: float | None
         f"resources + 1 draft baclofen order, {body_kib} KiB; "
         + (f"{first.orders} distinct drafts cycled (their ids differ)" if first.orders > 1
            else "the same draft every call (the service's draft-validation memo always hits)")
-        + ". httpx, one event loop, persistent connections.\n",
+        + f". Client: {_client_text(first.client)}.\n",
         f"Machine: `nproc` = {os.cpu_count()}, {platform.machine()}, Python {platform.python_version()}. "
         "**The load generator shares the cores with the server and PostgreSQL.**\n",
     ]
     if harness is not None:
-        lines.append(f"Harness against a null endpoint (same client, JWTs and body): {harness:.0f} req/s.\n")
+        lines.append(f"Harness against a null endpoint (same client, JWTs and body): {harness[0]:.0f} req/s, "
+                     f"generator CPU {harness[1]:.2f} ms per request.\n")
     lines += [
         "| store | mode | req/s | p50 ms | p99 ms | errors | stored once | missing | dup | left | "
         "CPU ms/answer: workers · writer · PostgreSQL · generator | connections per worker "
@@ -610,6 +759,9 @@ def main() -> None:
                         help="cycle N distinct drafts (ids differ) so the service's draft-validation memo "
                              "(4096 per worker) does not always hit; 1: the same draft every call")
     parser.add_argument("--null", action="store_true", help="also measure the harness on a null endpoint")
+    parser.add_argument("--client", choices=("raw", "httpx"), default="raw",
+                        help="the load generator's HTTP client: httpx, or raw (bench/raw_client.py: a lean "
+                             "HTTP/1.1 client on uvloop, a fraction of httpx's CPU per call)")
     parser.add_argument("--null-serve", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--smoke", action="store_true", help="2 s, concurrency 4 (PostgreSQL if configured)")
     args = parser.parse_args()
@@ -631,15 +783,16 @@ def main() -> None:
     assert len(drafts) == 1 and json.dumps(body).count(json.dumps(drafts[0]["resource"]["id"])) == 1
     drafts[0]["resource"]["id"] = DRAFT_ID
     payload = json.dumps(body)
-    harness = null_harness(payload, args.seconds, args.concurrency) if args.null else None
+    harness = null_harness(payload, args.seconds, args.concurrency, args.client) if args.null else None
     warm = 0.5 if args.smoke else 3
     runs = []
     for store in [s.strip() for s in args.db.split(",")]:
         plans = [Run(store=store, seconds=args.seconds, concurrency=args.concurrency, workers=args.workers,
-                     orders=args.orders)]
+                     orders=args.orders, client=args.client)]
         if args.open_rate:
             plans.append(Run(store=store, seconds=args.seconds, concurrency=args.concurrency,
-                             workers=args.workers, mode="open", rate=args.open_rate, orders=args.orders))
+                             workers=args.workers, mode="open", rate=args.open_rate, orders=args.orders,
+                             client=args.client))
         for _ in range(args.runs):
             for plan in plans:
                 run = Run(**{**plan.__dict__, "latencies": [], "ok": [], "errors": {},
@@ -651,7 +804,7 @@ def main() -> None:
                 runs.append(run)
         if args.kill and args.workers > 1:
             run = Run(store=store, seconds=args.seconds, concurrency=args.concurrency, workers=args.workers,
-                      orders=args.orders)
+                      orders=args.orders, client=args.client)
             runs.append(one_run(store, payload, run, warm, args.presign, kill=True))
     print(report(runs, len(payload) // 1024, resources, harness, args.presign))
 
