@@ -89,9 +89,13 @@ def serve(port: int, db: str) -> None:
     from cds_engine.service.http_limits import KEEP_ALIVE_SECONDS, bounded_protocol
 
     logging.getLogger("cds_engine.service").setLevel(logging.WARNING)
+    from cds_engine.service.heap import freeze_startup
+
+    app = build_app(db)
+    freeze_startup()  # as `serve` does: start-up's objects out of the garbage collector's passes
     # the parser `serve` ships: httptools with the 64 KiB / 10 s header bounds, 5 s keep-alive
     uvicorn.run(
-        build_app(db),
+        app,
         host="127.0.0.1",
         port=port,
         access_log=False,

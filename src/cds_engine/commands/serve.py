@@ -29,6 +29,7 @@ import typer
 
 from cds_engine.commands.stop_signal import StopSignal, end_by, raise_stop_signal
 from cds_engine.rules.errors import PackLoadError
+from cds_engine.service.heap import freeze_startup
 from cds_engine.service.reload import EngineHolder
 
 __all__ = ["open_sink", "register", "worker_app"]
@@ -449,6 +450,9 @@ def register(app: typer.Typer, rules_app: typer.Typer) -> None:
         try:
             # httptools with 64 KiB / 10 s header bounds (431 / 408)
             with _cleanup_before_sigterm():  # release() and the metrics directory, then SIGTERM
+                # one process: start-up's objects (packs compiled) out of the collector's passes, as in
+                # every worker of --workers N (cds_engine.service.heap: a full pass held the GIL ~0.1 s)
+                freeze_startup()
                 uvicorn.run(service, http=bounded_protocol(), **options)
         finally:
             release()

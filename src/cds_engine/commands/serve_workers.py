@@ -44,6 +44,10 @@ the worker. A spare that cannot start (a pack broken on disk) is retried with a 
 one is ready, a dead worker is replaced from nothing as before. ``serve --workers 1`` has no spare
 (and no supervisor); ``CDS_SERVE_SPARE=0`` turns it off (:data:`SPARE_ENV`).
 
+Every worker and the spare freeze what start-up made (``gc.freeze``, once the application has
+started) so the garbage collector's full passes no longer walk it: unfrozen, one every ~1,000 calls
+held the GIL ~110-150 ms (:mod:`cds_engine.service.heap`, which also refreezes after a reload).
+
 A worker stopped by SIGTERM runs ``serve``'s release (the store closed, the reload watcher stopped)
 before it ends by that signal: uvicorn re-raises the signal after its graceful shutdown, which with
 the default handler ended the process before ``atexit`` ran (:class:`_Worker`).
@@ -168,9 +172,32 @@ def run_until_stopped(run: Callable[[], None]) -> None:
         end_by(stop)
 
 
+class _FrozenServer(Server):
+    """uvicorn's server in a worker, with start-up's objects frozen once it has started
+    (:func:`cds_engine.service.heap.freeze_startup`: no collection walks them again)."""
+
+    async def startup(self, sockets: list[socket] | None = None) -> None:
+        await super().startup(sockets=sockets)
+        if self.started and not self.should_exit:
+            _freeze("worker")
+
+
+def _freeze(what: str) -> None:
+    from cds_engine.service.heap import freeze_startup
+
+    log.info("%s [%d]: %d start-up objects frozen (out of the garbage collector's passes)",
+             what, os.getpid(), freeze_startup())
+
+
 class _Worker(Process):
-    """uvicorn's worker process, with ``serve``'s release run before a SIGTERM ends it, and a
-    health ping that returns as soon as the worker dies."""
+    """uvicorn's worker process, with ``serve``'s release run before a SIGTERM ends it, a
+    health ping that returns as soon as the worker dies, and start-up's objects frozen."""
+
+    @property
+    def server(self) -> Server:
+        if self._server is None:
+            self._server = _FrozenServer(self.config)
+        return self._server
 
     def target(self, sockets: list[socket] | None = None) -> None:  # in the worker
         run_until_stopped(lambda: Process.target(self, sockets))
@@ -210,8 +237,9 @@ class _Started:
         return getattr(self._lifespan, name)
 
 
-class _SpareServer(Server):
-    """uvicorn's server in a spare: the application starts, then waits for a slot's socket."""
+class _SpareServer(_FrozenServer):
+    """uvicorn's server in a spare: the application starts (start-up's objects frozen), then waits
+    for a slot's socket (what a reload of packs edited since made is frozen after it takes it)."""
 
     def __init__(self, config: Config, control: socket) -> None:
         super().__init__(config)
@@ -222,6 +250,7 @@ class _SpareServer(Server):
         await lifespan.startup()  # warm: validators, every pack's evaluator in every pool thread
         if lifespan.should_exit:
             sys.exit(STARTUP_FAILURE)
+        _freeze("spare worker")
         slot = await self._wait_for_slot()
         if slot is None:  # stopped (SIGTERM) or the parent is gone: never served, end quietly
             await lifespan.shutdown()
@@ -245,7 +274,10 @@ class _SpareServer(Server):
 
         loop.add_reader(self._control.fileno(), ready)
         try:
-            self._control.sendall(_READY)
+            try:
+                self._control.sendall(_READY)
+            except OSError:  # the parent closed its end (it is stopping): no slot will come
+                return None
             while not readable.done():
                 if self.should_exit:
                     return None

@@ -32,6 +32,7 @@ from cds_engine.engine import Engine, EvaluatorName
 from cds_engine.rules.errors import Finding, PackLoadError
 from cds_engine.rules.governance import RUNNING_STATUSES
 from cds_engine.rules.site import SITE_FILE
+from cds_engine.service.heap import refreeze
 
 __all__ = ["EngineHolder", "ReloadEvent", "sighup_holder"]
 
@@ -47,6 +48,20 @@ def sighup_holder() -> EngineHolder | None:
     A spare ``serve --workers N`` worker finds through it the packs to bring up to date before it
     takes a dead worker's place (:mod:`cds_engine.commands.serve_workers`)."""
     return _SIGHUP_HOLDER[0]() if _SIGHUP_HOLDER else None
+
+
+def _retire(retired: list[Engine]) -> None:
+    """Close the engine a reload swapped out; in a worker that froze its heap, refreeze it
+    (:func:`cds_engine.service.heap.refreeze`: no old pack's objects stay frozen).
+
+    The engine comes in a list that is emptied first: the timer keeps its arguments, and an
+    engine still referenced while the heap is refrozen would be frozen again."""
+    old = retired.pop()
+    try:
+        old.close()
+    finally:
+        del old
+        refreeze()
 
 
 @dataclass(frozen=True)
@@ -169,7 +184,7 @@ class EngineHolder:
             return False
         old, self._engine = self._engine, engine  # the swap: a single reference assignment
         # free the old engine's durable rulesets once requests started on it have surely finished
-        closer = threading.Timer(self.grace_seconds, old.close)
+        closer = threading.Timer(self.grace_seconds, _retire, ([old],))
         closer.daemon = True
         closer.start()
         self.generation += 1
