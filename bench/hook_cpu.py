@@ -1,6 +1,7 @@
 """In-process CPU of one hook call with auth on: the ASGI app called directly, no sockets (issue 19).
 
-Run: ``python bench/hook_cpu.py [--calls 300] [--same] [--dump OUT.json] [--smoke]``.
+Run: ``python bench/hook_cpu.py [--calls 300] [--same] [--store keep|none|journal] [--dump OUT.json]
+[--smoke]``.
 
 Builds the service as ``serve`` does for the load bench (client JWTs checked, ES384; the ``jti``
 replay store a SQLite WAL file; a store sink that takes every record without a thread hop, so
@@ -17,6 +18,9 @@ timed calls alone (instructions per call = its total / ``--calls``). ``--dump`` 
 (status, body with card uuids replaced by their order of appearance, response headers with the
 Server-Timing durations masked) and every record the sink got (the same), for an old-versus-new
 equality check: the clock is fixed, so equal code gives equal files byte for byte. Not a test.
+``--store journal`` puts the real journal sink behind the app (the default keeps records only;
+``none`` is no store at all): its CPU against ``none`` is what a store costs the server per call,
+and ``--dump`` then also holds every journal line (id and ``recorded_at`` masked).
 """
 
 from __future__ import annotations
@@ -126,14 +130,47 @@ def corpus(patients: int, cases: int = 0) -> list[tuple[str, dict[str, Any]]]:
     return out
 
 
-def build(tmp: Path, keep: bool) -> tuple[Any, Signer, KeepSink]:
+class JournalKeepSink(KeepSink):
+    """The service's real journal sink (``serve --writer process``: an external journal, nobody
+    storing the lines here) that also keeps each record and each line it appended (``--dump``)."""
+
+    def __init__(self, keep: bool, directory: Path) -> None:
+        from cds_engine.store.journal import Journal
+        from cds_engine.store.journal_sink import JournalSink
+
+        super().__init__(keep)
+        self.journal = Journal(directory, external=True).start()
+        self.lines: list[bytes] = []
+        self.journal_sink = JournalSink(None, self.journal, None)  # type: ignore[arg-type]
+        append = self.journal.append
+
+        def keeping_append(entry: Any, value: Any = None, line: bytes | None = None) -> Path:
+            if self.keep and line is not None:
+                self.lines.append(line)
+            return append(entry, value, line)
+
+        self.journal.append = keeping_append  # type: ignore[method-assign]
+
+    def record_evaluation(self, record: Any) -> None:
+        super().record_evaluation(record)
+        self.journal_sink.record_evaluation(record)
+
+
+def build(tmp: Path, keep: bool, store: str = "keep") -> tuple[Any, Signer, KeepSink]:
     signer = Signer()
     engine = Engine.from_dir(REPO / "rules")
     auth = AuthSettings(
         issuers={signer.issuer: TrustedIssuer(jwks=signer.jwks())},
         replay=ReplaySettings(url=f"sqlite:///{tmp / 'jti-replay.db'}"),
     )
-    sink = KeepSink(keep)
+    if store == "none":
+        from cds_engine.store.api import NullSink
+
+        sink: Any = NullSink()
+    elif store == "journal":
+        sink = JournalKeepSink(keep, tmp / "journal")
+    else:
+        sink = KeepSink(keep)
     app = create_app(lambda: engine, sink=sink, auth=auth, clock=lambda: AS_OF)  # type: ignore[arg-type]
     return app, signer, sink
 
@@ -183,6 +220,7 @@ async def call(app: Any, path: str, payload: bytes, token: str) -> tuple[int, by
 
 
 _DURATION = re.compile(r"dur=[0-9.]+")
+_RECORDED_AT = re.compile(rb'"recorded_at":"[^"]*"')
 _UUID = re.compile(rb"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
@@ -200,6 +238,10 @@ def main() -> None:
     parser.add_argument("--same", action="store_true", help="one body again and again (as bench/load.py)")
     parser.add_argument("--load-body", action="store_true",
                         help="bench/load.py's body (58 KiB, ASCII) again and again, not the corpus")
+    parser.add_argument("--store", choices=("keep", "none", "journal"), default="keep",
+                        help="keep: a sink that takes each record (default); none: no store (NullSink: no "
+                        "record built, no silent pack); journal: the real journal sink (external journal in "
+                        "a temporary directory), its lines added to --dump")
     parser.add_argument("--dump", type=Path, help="write every answer and record here (equality check)")
     parser.add_argument("--profile", type=Path, help="cProfile the timed calls only, stats to this file")
     parser.add_argument("--marks", type=float, default=0.0,
@@ -220,7 +262,7 @@ def main() -> None:
         bodies = [("/cds-services/baclofen-order-sign", realistic_body()[0])]
     payloads = [(p, json.dumps(b).encode()) for p, b in bodies]
     with tempfile.TemporaryDirectory() as tmp:
-        app, signer, sink = build(Path(tmp), keep=args.dump is not None)
+        app, signer, sink = build(Path(tmp), keep=args.dump is not None, store=args.store)
         aud = lambda p: f"http://{HOST}{p}"  # noqa: E731
         # tokens live 50 min (the service allows 60): a run under callgrind outlasts the default 5
         warm = [signer.token(aud(p), exp_in=TOKEN_SECONDS) for p, _ in payloads]
@@ -232,7 +274,8 @@ def main() -> None:
             async with app.router.lifespan_context(app):
                 answers = [await call(app, p, b, t) for (p, b), t in zip(payloads, warm, strict=True)]
                 headers = list(HEADERS)  # the warm-up pass's, compared with --dump
-                sink.keep = False  # the warm-up pass's records are the ones compared
+                if isinstance(sink, KeepSink):
+                    sink.keep = False  # the warm-up pass's records are the ones compared
                 profiler = cProfile.Profile() if args.profile else None
                 TIMINGS.clear()
                 if args.marks:  # let callgrind_control dump (and reset) the counts before the timed calls
@@ -251,6 +294,8 @@ def main() -> None:
                 if args.marks:  # the next dump holds the timed calls only
                     print("TIMED-END", flush=True)
                     time.sleep(args.marks)
+            if isinstance(sink, JournalKeepSink):
+                sink.journal.close()
             cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
             return answers, headers, cpu, wall
 
@@ -265,8 +310,10 @@ def main() -> None:
               + ", ".join(f"{k} {v / args.calls:.3f}" for k, v in TIMINGS.items()))
     if args.dump is not None:
         records = [_masked(r.model_dump_json().encode()) if hasattr(r, "model_dump_json") else
-                   _masked(repr(r).encode()) for r in sink.records]
+                   _masked(repr(r).encode()) for r in getattr(sink, "records", [])]
         out = {"answers": [[s, _masked(b)] for s, b in answers], "records": records, "headers": headers}
+        if isinstance(sink, JournalKeepSink):  # each line's id and recorded_at are its own: masked
+            out["journal"] = [_masked(_RECORDED_AT.sub(b'"recorded_at":"<t>"', line)) for line in sink.lines]
         args.dump.write_text(json.dumps(out, indent=1, sort_keys=True), encoding="utf-8")
         print(f"answers and records written to {args.dump}")
 

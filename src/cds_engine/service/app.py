@@ -311,7 +311,10 @@ def create_app(
             )
         for record in records:
             try:
-                await anyio.to_thread.run_sync(sink.record_evaluation, record)
+                if getattr(sink, "nonblocking", False):  # a journal append (as the hooks): no thread hop
+                    sink.record_evaluation(record)
+                else:
+                    await anyio.to_thread.run_sync(sink.record_evaluation, record)
             except Exception as exc:
                 count_not_stored("sink-error")
                 log.error("evaluation not recorded: %s", type(exc).__name__)

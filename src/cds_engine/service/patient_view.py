@@ -314,9 +314,12 @@ class PatientViewHandler:
                 alerts=[IssuedAlert(alert=a, card_uuid=c.uuid, shown=c.uuid not in hidden) for a, c in pairs],
             )
             try:
-                await anyio.to_thread.run_sync(
-                    sink.record_evaluation, record, limiter=self.hooks.store_limiter
-                )
+                if getattr(sink, "nonblocking", False):  # a journal append (as hook.py): no thread hop
+                    sink.record_evaluation(record)
+                else:
+                    await anyio.to_thread.run_sync(
+                        sink.record_evaluation, record, limiter=self.hooks.store_limiter
+                    )
             except Exception as exc:  # the chart open never fails for the audit trail
                 count_not_stored("sink-error")
                 log.error("patient-view evaluation not recorded: hookInstance=%s error=%s",

@@ -16,7 +16,6 @@ file and forgotten when the writer process removes the file (all its lines are c
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -34,7 +33,7 @@ from cds_engine.store.journal import Journal, JournalItem
 from cds_engine.store.sink import StoreSink, is_transient
 from cds_engine.store.writer import known_card
 
-__all__ = ["JournalSink"]
+__all__ = ["JournalSink", "evaluation_line"]
 
 log = logging.getLogger("cds_engine.store")
 
@@ -105,9 +104,7 @@ class JournalSink:
 
     def record_evaluation(self, record: EvaluationRecord) -> None:
         entry = {"type": "evaluation", "id": str(uuid.uuid4()), "recorded_at": utcnow().isoformat()}
-        # pydantic-core writes the record's JSON directly (no model_dump + json.dumps round)
-        head = json.dumps(entry, separators=(",", ":"))[:-1].encode()
-        line = head + b',"record":' + record.model_dump_json().encode() + b"}"
+        line = evaluation_line(entry, record)
         cards = [a.card_uuid for a in record.alerts if a.card_uuid]
         external = self.journal.external
         if not external:
@@ -168,6 +165,20 @@ class JournalSink:
         else:
             return True
         return any(not p.name.startswith(f"journal-{self.journal.instance}-") for p in self.journal.files())
+
+
+def evaluation_line(entry: dict[str, str], record: EvaluationRecord) -> bytes:
+    """The journal line of an evaluation: ``entry`` (type, id, recorded_at) with the record's JSON.
+
+    Byte for byte ``json.dumps(entry, separators=(",", ":"))`` with ``"record":`` and
+    ``record.model_dump_json()`` as its last member, UTF-8, but cheaper on the hook's path (issue
+    19): pydantic-core's serializer gives the record's UTF-8 bytes directly (``model_dump_json`` is
+    those bytes decoded to a str, which the old line encoded back: two passes over ~7 KB, most
+    records non-ASCII), and the head is formatted, not dumped — a uuid4 and an ``isoformat()``
+    are ASCII with nothing JSON escapes (tests/test_journal_line.py holds both to the old way)."""
+    record_json = record.__pydantic_serializer__.to_json(record)
+    return b'{"type":"%s","id":"%s","recorded_at":"%s","record":%s}' % (
+        entry["type"].encode(), entry["id"].encode(), entry["recorded_at"].encode(), record_json)
 
 
 def _cards_of(item: JournalItem) -> list[str]:
