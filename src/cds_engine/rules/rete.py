@@ -23,7 +23,6 @@ import contextlib
 import itertools
 import json
 import threading
-import weakref
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -32,6 +31,7 @@ import durable_rules_engine as dre
 from cds_engine.rules.compile import CompiledPack
 from cds_engine.rules.conditions import FALSE, TRUE, UNKNOWN, Clause, Node
 from cds_engine.rules.dnf import Expander, fact_kind
+from cds_engine.rules.pack_memo import PackMemo
 from cds_engine.rules.projection import Want, project_node
 from cds_engine.rules.simplify import TREE, Tree, simplify
 
@@ -324,27 +324,18 @@ def short_ruleset(rules: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, s
 
 
 _Built = tuple[str, int, list[tuple[Formula | None, Formula | None]], dict[str, str]]
-_BUILT: dict[int, tuple[weakref.ref[CompiledPack], _Built]] = {}
-_BUILT_LOCK = threading.Lock()
 
 
-def _built(pack: CompiledPack) -> _Built:
-    """The ruleset JSON, rule count and formulas of a pack, built once per pack object.
-
-    Every thread has its own evaluator (and durable ruleset); they share this compiled text.
-    """
-    with _BUILT_LOCK:
-        entry = _BUILT.get(id(pack))
-        if entry is not None and entry[0]() is pack:
-            return entry[1]
+def _build(pack: CompiledPack) -> _Built:
+    """The ruleset JSON, rule count and formulas of a pack (see :data:`_built`)."""
     rules, formulas = durable_ruleset(pack)
     short, names = short_ruleset(rules)
-    built = (json.dumps(short), len(short), formulas, names)
-    with _BUILT_LOCK:
-        for key in [k for k, (ref, _) in _BUILT.items() if ref() is None]:
-            del _BUILT[key]
-        _BUILT[id(pack)] = (weakref.ref(pack), built)
-    return built
+    return json.dumps(short), len(short), formulas, names
+
+
+# The ruleset JSON, rule count and formulas of a pack, built once per pack object: every thread has
+# its own evaluator (and durable ruleset); they share this compiled text.
+_built: Callable[[CompiledPack], _Built] = PackMemo(_build).get
 
 
 Check = Callable[[set[str]], bool]

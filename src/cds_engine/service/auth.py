@@ -25,6 +25,7 @@ Relative ``jwks_file`` paths are read relative to the issuers file.
 
 from __future__ import annotations
 
+import binascii
 import copy
 import json
 import logging
@@ -37,6 +38,7 @@ from typing import Any
 import httpx
 import jwt
 import yaml
+from jwt.utils import base64url_decode, base64url_encode
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from cds_engine.service.replay import ReplayCache, ReplayGuard, ReplaySettings
@@ -47,6 +49,7 @@ log = logging.getLogger("cds_engine.service.auth")
 
 ALLOWED_ALGORITHMS = ("ES384", "RS384")
 _PARSED_KEYS_KEPT = 64  # parsed public keys kept per verifier (a JWK Set holds a handful)
+_BASE64URL = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"  # PyJWT's alphabet
 
 
 class AuthError(Exception):
@@ -66,6 +69,26 @@ class _OneParseJWS(jwt.PyJWS):
     def __init__(self) -> None:
         super().__init__()
         self._last: tuple[str | bytes, tuple[bytes, bytes, dict[str, Any], bytes]] | None = None
+
+    @staticmethod
+    def _decode_base64url_segment(segment: bytes, name: str) -> bytes:
+        """PyJWT's segment decoding, its alphabet check made in one C call for a plain segment.
+
+        PyJWT tests each character of a segment against the base64url alphabet in a Python
+        generator (a step per token character, issue 19). A segment of alphabet characters alone
+        (no ``=`` padding) whose length is not 1 mod 4 passes every one of its checks up to the
+        decoding, which is then PyJWT's own (decode, the canonical re-encoding compared, the same
+        error); any other segment is decoded by PyJWT itself.
+        """
+        if type(segment) is not bytes or segment.translate(None, _BASE64URL) or len(segment) % 4 == 1:
+            return jwt.PyJWS._decode_base64url_segment(segment, name)
+        try:
+            decoded = base64url_decode(segment)
+        except (TypeError, binascii.Error) as err:
+            raise jwt.DecodeError(f"Invalid {name} padding") from err
+        if base64url_encode(decoded) != segment:
+            raise jwt.DecodeError(f"Invalid {name} padding")
+        return decoded
 
     def _load(self, jwt: str | bytes) -> tuple[bytes, bytes, dict[str, Any], bytes]:
         last = self._last

@@ -53,6 +53,7 @@ from cds_engine.sources.fhir_read import (
     as_list,
     best_coding,
     coded_groups,
+    coding_and_groups,
     codings,
     concept_groups,
     parse_date,
@@ -292,7 +293,7 @@ class _Mapper:
             if onset is not None and onset > self.today:
                 continue
             concept = resource.get("code")
-            coding = best_coding(concept, self.vocab, "condition_group")
+            coding, groups = coding_and_groups(concept, self.vocab, "condition_group")
             if coding is None:
                 continue
             clinical = status_code(resource.get("clinicalStatus"))
@@ -305,7 +306,7 @@ class _Mapper:
             out.append(
                 Condition(
                     code=coding,
-                    groups=sorted(concept_groups(concept, self.vocab, "condition_group")),
+                    groups=sorted(groups),
                     clinical_status=clinical
                     if clinical in _CLINICAL
                     else ("active" if clinical is None else None),  # type: ignore[arg-type]
@@ -319,10 +320,11 @@ class _Mapper:
 
     def _encounter_diagnosis(self, resource: dict[str, Any]) -> bool | None:
         """True for an encounter-diagnosis of an encounter that is current at ``as_of``."""
-        categories = {
-            str(c.get("code")) for cat in as_list(resource.get("category")) for c in codings(cat)
-        }
-        if "encounter-diagnosis" not in categories:
+        if not any(  # (a set of every category code, then a look-up, before: the same answer)
+            str(c.get("code")) == "encounter-diagnosis"
+            for cat in as_list(resource.get("category"))
+            for c in codings(cat)
+        ):
             return None
         encounter = self.index.resolve(resource.get("encounter"))
         if encounter is None or encounter.get("resourceType") != "Encounter":

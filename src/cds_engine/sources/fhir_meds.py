@@ -23,6 +23,7 @@ from cds_engine.sources.fhir_read import (
     ResourceIndex,
     as_list,
     best_coding,
+    coding_and_groups,
     codings,
     concept_groups,
     concept_text,
@@ -177,7 +178,7 @@ class MedicineReader:
     ) -> tuple[list[Medication], list[Episode]]:
         meds: list[Medication] = []
         episodes: list[Episode] = []
-        request_keys = {f"MedicationRequest/{r.get('id')}" for r in self.by_type.get("MedicationRequest", [])}
+        request_keys: set[str] | None = None  # made for the first statement (most records have none)
         for resource in self.by_type.get("MedicationRequest", []):
             status = status_code(resource.get("status"))
             if status not in _REQUEST_STATUS or status == "draft":
@@ -194,6 +195,10 @@ class MedicineReader:
             status = _STATEMENT_STATUS.get(status_code(resource.get("status")) or "")
             if status is None:
                 continue
+            if request_keys is None:
+                request_keys = {
+                    f"MedicationRequest/{r.get('id')}" for r in self.by_type.get("MedicationRequest", [])
+                }
             based_on = [
                 r.get("reference")
                 for r in as_list(resource.get("basedOn")) + as_list(resource.get("derivedFrom"))
@@ -253,10 +258,9 @@ class MedicineReader:
         concept, medication = self._product(resource)
         if concept is None:
             return None, None
-        coding = best_coding(concept, self.vocab, "drug_class")
+        coding, classes = coding_and_groups(concept, self.vocab, "drug_class")
         if coding is None:
             return None, None
-        classes = concept_groups(concept, self.vocab, "drug_class")
         dosage = read_dosage(
             resource.get("dosageInstruction") if "dosageInstruction" in resource else resource.get("dosage")
         )

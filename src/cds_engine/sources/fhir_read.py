@@ -28,6 +28,7 @@ __all__ = [
     "best_coding",
     "code_groups",
     "coded_groups",
+    "coding_and_groups",
     "codings",
     "concept_groups",
     "concept_text",
@@ -79,6 +80,12 @@ def status_code(value: Any) -> str | None:
     """A status given as a code (R4 MedicationRequest), a CodeableConcept (R4 Condition) or text (STU3)."""
     if isinstance(value, str):
         return value.strip().lower() or None
+    found = value.get("coding") if type(value) is dict else None
+    if type(found) is list:  # codings(value), inlined for its usual shape (a coded status: ~60 a call)
+        for c in found:
+            if isinstance(c, dict) and isinstance(c.get("code"), str):
+                return str(c["code"]).strip().lower()
+        return None
     for c in codings(value):
         if isinstance(c.get("code"), str):
             return str(c["code"]).strip().lower()
@@ -216,7 +223,77 @@ def _code_groups(coding: Coding, vocab: Vocabulary, kind: str) -> frozenset[str]
 
 
 def best_coding(concept: Any, vocab: Vocabulary, kind: str) -> Coding | None:
-    """The coding the engine should see: a known product, a classified code, an RxNorm code, or the first."""
+    """The coding the engine should see: a known product, a classified code, an RxNorm code, or the first.
+
+    Memoised per concept content (issue 19: every coded resource of a call comes here, and each
+    time every coding became a validated :class:`Coding` and was classified, to keep one). The
+    memo keeps the chosen coding's fields and builds a new :class:`Coding` from them on every call
+    (callers put it into their own models). Only concepts whose codings and text are strings or
+    absent are memoised — their key then fixes the answer (``1``, ``1.0`` and ``True`` are one key
+    but three codes); any other concept takes the full path, as before.
+    """
+    key = _plain_key(concept)
+    if key is None:
+        return _best_coding(concept, vocab, kind)
+    return _best_coding_keyed(key, concept, vocab, kind)
+
+
+def coding_and_groups(concept: Any, vocab: Vocabulary, kind: str) -> tuple[Coding | None, set[str]]:
+    """``(best_coding(concept, vocab, kind), concept_groups(concept, vocab, kind))``, the key made once.
+
+    Conditions and medicines read both of every concept (issue 19: the key was most of a memo hit).
+    """
+    key = _plain_key(concept)
+    if key is None:
+        return best_coding(concept, vocab, kind), concept_groups(concept, vocab, kind)
+    table = _MEMO.table(vocab)
+    groups = table.get((kind, *key))
+    if groups is None:
+        groups = table[(kind, *key)] = frozenset(_concept_groups(concept, vocab, kind))
+    return _best_coding_keyed(key, concept, vocab, kind), set(groups)
+
+
+def _best_coding_keyed(key: tuple[Any, ...], concept: Any, vocab: Vocabulary, kind: str) -> Coding | None:
+    """:func:`best_coding` of a concept whose :func:`_plain_key` is ``key``."""
+    table = _MEMO.table(vocab)
+    key = ("best", kind, *key)
+    fields = table.get(key, _NOT_SEEN)
+    if fields is _NOT_SEEN:
+        coding = _best_coding(concept, vocab, kind)
+        table[key] = None if coding is None else (coding.system, coding.code, coding.display,  # type: ignore[assignment]
+                                                  frozenset(coding.model_fields_set))
+        return coding
+    if fields is None:
+        return None
+    system, code, display, given = fields  # type: ignore[misc]
+    if len(given) == 3:
+        return Coding(system=system, code=code, display=display)
+    return Coding(**{name: value for name, value in (("system", system), ("code", code), ("display", display))
+                     if name in given})
+
+
+def _plain_key(concept: Any) -> tuple[Any, ...] | None:
+    """:func:`_key` of a dict concept whose codings' members and text are strings or absent, else None."""
+    if type(concept) is not dict:
+        return None
+    text = concept.get("text")
+    if text is not None and type(text) is not str:
+        return None
+    found = codings(concept)
+    members = []
+    for c in found:
+        system, code, display = c.get("system"), c.get("code"), c.get("display")
+        if (
+            (system is not None and type(system) is not str)
+            or (code is not None and type(code) is not str)
+            or (display is not None and type(display) is not str)
+        ):
+            return None
+        members.append((system, code, display))
+    return (tuple(members), text)
+
+
+def _best_coding(concept: Any, vocab: Vocabulary, kind: str) -> Coding | None:
     text = concept_text(concept)
     candidates = [_coding(c, text) for c in codings(concept)]
     if not candidates:
@@ -238,8 +315,29 @@ def best_coding(concept: Any, vocab: Vocabulary, kind: str) -> Coding | None:
     return candidates[0]
 
 
+_DAYS: dict[str, date | None] = {}  # parse_date of recent strings (dates are immutable)
+_NOT_SEEN = object()
+
+
 def parse_date(value: Any) -> date | None:
-    """A FHIR date or dateTime as a date; partial dates (``2021``, ``2021-03``) read as their first day."""
+    """A FHIR date or dateTime as a date; partial dates (``2021``, ``2021-03``) read as their first day.
+
+    Memoised per string (bounded), as :func:`parse_datetime` is: a record's resources repeat the
+    same dates, and a hook call read ~90 of them (issue 19: a pattern match, and for a dateTime
+    a second look-up and ``.date()``, each time).
+    """
+    if type(value) is not str:
+        return _parse_date(value)
+    day = _DAYS.get(value, _NOT_SEEN)
+    if day is _NOT_SEEN:
+        day = _parse_date(value)
+        if len(_DAYS) >= _MOMENTS_MAX:
+            _DAYS.clear()
+        _DAYS[value] = day
+    return day  # type: ignore[return-value]
+
+
+def _parse_date(value: Any) -> date | None:
     if not isinstance(value, str) or not value.strip():
         return None
     text = value.strip()
