@@ -43,6 +43,20 @@ STAGES = {
     ],
     "cds_engine.batch.parts": ["PartStore.write", "PartStore.merge"],
     "cds_engine.batch.runner": ["render_report", "_evaluated_patients"],
+    # vector_alerts' own steps (what is left charged to vector_alerts: the final select of the
+    # wording and pack columns); evidence_expr and summary_expr are the eager per-tier statistics
+    # they take of a tier's rows, the texts themselves are built in _run_jobs' query
+    "cds_engine.evaluators.vector": [
+        "_first_pass",
+        "_second_pass",
+        "_finding_parts",
+        "_take_rows",
+        "_run_jobs",
+        "evidence_expr",
+        "summary_expr",
+        "_missing_rows",
+        "_in_alert_order",
+    ],
 }
 
 

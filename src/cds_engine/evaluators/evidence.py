@@ -7,12 +7,16 @@ changes nothing:
 
 * a fact with one value on all those rows (the facts a tier *requires* usually are) is literal
   text, computed by the same expression on the first row;
-* runs of never-null pieces are one flat ``concat_str`` (commas in its literals) and the braces
-  ride on the first and last piece, so a row's text is written once, not copied to add them;
-* string columns with nothing to escape skip the five replacements;
+* the whole text is one flat ``concat_str`` (braces, keys and commas in its literals; a piece
+  that may be null brings its key and comma as a literal that is null with it), so a row's
+  text is written once, not copied again to join pieces or add braces;
+* a boolean is a choice between two literals, not a cast to text;
+* string columns with nothing to escape skip the five replacements (the escapes are looked for
+  among the distinct strings);
 * when the varying facts have few combinations (counts of medicines, a coded route), the text is
   built once per combination and every row takes its text by index — polars string views then
-  share the bytes instead of copying them.
+  share the bytes instead of copying them. The index of booleans and of small whole-number
+  floats is arithmetic on the value, not a hash lookup.
 
 Every shortcut is taken only when it is exact: 0.0 and -0.0 (one value to min/max and to
 hashing, two texts) and NaN keep a float column on the per-row path.
@@ -97,7 +101,7 @@ def evidence_expr(
     constant = [n for n in same if not more.get("both0:" + n)]
     varying = [n for n in names if n not in constant]
     texts = {n: stats["t:" + n] for n in constant}  # the per-row text of the first row (by _stats)
-    # [prefix, value or None, suffix, never null]; a literal piece has value None
+    # [prefix, value or None, suffix, never null, column or None, boolean]; a literal piece has value None
     parts: list[list[Any]] = []
     for n in names:
         key = json.dumps(n) + ":"
@@ -108,13 +112,13 @@ def evidence_expr(
             if parts and parts[-1][1] is None:
                 parts[-1][0] += "," + text
             else:
-                parts.append([text, None, "", True])
+                parts.append([text, None, "", True, None, False])
             continue
         never_null = stats["n:" + n] == 0
         if columns[n] == pl.String() and not more["esc:" + n]:
-            parts.append([key + '"', pl.col(n), '"', never_null])
+            parts.append([key + '"', pl.col(n), '"', never_null, n, False])
         else:
-            parts.append([key, json_value(n, columns[n]), "", never_null])
+            parts.append([key, json_value(n, columns[n]), "", never_null, n, columns[n] == pl.Boolean()])
     if not varying:  # every fact constant on these rows: the text itself
         return pl.lit("{" + ",".join(p[0] for p in parts) + "}", pl.String)
     expr = _assemble(parts)
@@ -123,11 +127,53 @@ def evidence_expr(
         return expr
     if any((n not in signed and stats.get("zero:" + n)) or more.get("both0:" + n) for n in varying):
         return expr
-    # the number of combinations only chooses the path (both give the same text): an estimate will do
-    counts = group.select(pl.col(varying).approx_n_unique()).row(0)
+    # the number of combinations only chooses the path (both give the same text): an estimate will
+    # do. Booleans and small whole-number floats (counts) are coded by arithmetic, not hashing
+    # (_codes), so their count is their domain's size and needs no estimate
+    spans = {n: _span(stats, more, n) for n in varying if columns[n] == pl.Float64()}
+    whole = [n for n, span in spans.items() if span is not None]
+    hashed = [n for n in varying if columns[n] != pl.Boolean() and n not in whole]
+    checks = [
+        *(pl.col(n).approx_n_unique().alias("u:" + n) for n in hashed),
+        *((pl.col(n) == pl.col(n).floor()).all().alias("w:" + n) for n in whole),
+    ]
+    found = group.select(checks).row(0, named=True) if checks else {}
+    if not all(found["w:" + n] for n in whole):  # not counts after all: estimated like the rest
+        hashed += [n for n in whole if not found["w:" + n]]
+        whole = [n for n in whole if found["w:" + n]]
+        found |= group.select(pl.col(n).approx_n_unique().alias("u:" + n) for n in hashed).row(0, named=True)
+    counts = [
+        found["u:" + n] if n in hashed else _domain_size(spans.get(n), stats["n:" + n]) for n in varying
+    ]
     if math.prod(counts) <= limit:
-        return _per_combination(group, varying, expr)
+        ranges = {n: (stats["lo:" + n], stats["hi:" + n]) for n in whole}
+        shared = _per_combination(group, varying, expr, ranges, {n: stats["n:" + n] > 0 for n in varying})
+        if shared is not None:
+            return shared
     return expr
+
+
+def _domain_size(span: int | None, nulls: int) -> int:
+    """The size of an arithmetic-coded column's domain: a boolean's or lo … lo + span, and null."""
+    return (2 if span is None else span + 1) + (nulls > 0)
+
+
+_WHOLE_SPAN = 64  # a float column coded by arithmetic holds whole numbers lo … lo + this at most
+_WHOLE_MAX = 2.0**31  # … of this size at most (every step of the arithmetic is exact)
+
+
+def _span(stats: Mapping[str, Any], more: Mapping[str, Any], name: str) -> int | None:
+    """hi - lo of a float column that may hold only whole numbers close together, else None.
+
+    The caller still checks every value is whole. -0.0 rules it out: the code of -0.0 would be
+    the code of 0.0, whose text differs.
+    """
+    lo, hi = stats["lo:" + name], stats["hi:" + name]
+    if lo is None or more.get("neg0:" + name) or not (-_WHOLE_MAX <= lo <= hi <= _WHOLE_MAX):
+        return None
+    if lo != math.floor(lo) or hi != math.floor(hi) or hi - lo > _WHOLE_SPAN:
+        return None
+    return int(hi - lo)
 
 
 def _same(stats: Mapping[str, Any], name: str, dtype: pl.DataType, height: int) -> bool:
@@ -178,72 +224,134 @@ def _stats_exprs(typed: tuple[tuple[str, pl.DataType], ...]) -> tuple[pl.Expr, .
 
 
 def _more_stats(group: pl.DataFrame, signed: Sequence[str], escapes: Sequence[str]) -> dict[str, Any]:
-    """Both signed zeros present (``signed``), characters JSON escapes (``escapes``)."""
+    """Both signed zeros, any -0.0 (``signed``), characters JSON escapes (``escapes``).
+
+    0.0 and -0.0 are equal to min/max and to hashing but print apart; 1/x over the zero rows is
+    +inf or -inf, so its min and max tell which signs are there (one pass each). The escapes are
+    looked for among the distinct strings: category facts have a handful, and the regex cost more
+    per row than hashing the column did.
+    """
     if not signed and not escapes:
         return {}
-    zero = [(n, pl.col(n) == 0.0, pl.lit(1.0) / pl.col(n)) for n in signed]
-    return group.select(
-        # 0.0 and -0.0 are equal to min/max and to hashing but print apart: 1/x tells them apart
-        *(((z & (inv > 0)).any() & (z & (inv < 0)).any()).alias("both0:" + n) for n, z, inv in zero),
-        *(pl.col(n).str.contains(_NEEDS_ESCAPE).any().alias("esc:" + n) for n in escapes),
+    inv = [(n, pl.when(pl.col(n) == 0.0).then(pl.lit(1.0) / pl.col(n))) for n in signed]
+    found = group.select(
+        *(i.min().alias("lo0:" + n) for n, i in inv),
+        *(i.max().alias("hi0:" + n) for n, i in inv),
+        *(pl.col(n).unique().str.contains(_NEEDS_ESCAPE).any().alias("esc:" + n) for n in escapes),
     ).row(0, named=True)
+    for n in signed:
+        negative, positive = found["lo0:" + n] == -math.inf, found["hi0:" + n] == math.inf
+        found["both0:" + n], found["neg0:" + n] = negative and positive, negative
+    return found
 
 
 def _assemble(parts: list[list[Any]]) -> pl.Expr:
-    """``{`` + the non-null pieces joined by commas + ``}``, each row's text written once."""
-    # runs of never-null pieces become one flat concat_str (commas in its literals); a piece that
-    # may be null stays apart for ignore_nulls to skip
-    segments: list[list[list[Any]]] = []
-    for part in parts:
-        if part[3] and segments and segments[-1][-1][3]:
-            segments[-1].append(part)
+    """``{`` + the non-null pieces joined by commas + ``}``: one flat ``concat_str``.
+
+    Why flat: a nested concatenation (pieces joined with a separator, then braces added) wrote
+    each ~200-byte row text two or three times; here each byte is written once. A piece that may
+    be null carries its own key and comma as a literal that is null exactly where the value is
+    (``ignore_nulls`` skips both). Its comma is a plain literal once an earlier piece is never
+    null; before that, it is there only when an earlier piece is present on the row. A boolean
+    is a choice between two literals (key and value in each), not a cast: polars shares a
+    literal's bytes among the rows that take it, where a cast writes each row's text.
+    """
+    items: list[pl.Expr] = []
+    pending = "{"  # literal text not yet emitted
+    earlier: list[pl.Expr] = []  # presence of the nullable pieces seen while none was never-null
+    anchored = False  # an earlier piece is never null: every later piece starts with a comma
+    for i, (prefix, value, suffix, never_null, name, boolean) in enumerate(parts):
+        present = None if never_null else pl.col(name).is_not_null()
+        if i == 0 or anchored:
+            lead: pl.Expr | str = ("," if i else "") + prefix
+        else:  # a comma only where some earlier (nullable) piece is there
+            lead = pl.when(pl.any_horizontal(earlier)).then(pl.lit("," + prefix)).otherwise(pl.lit(prefix))
+        if boolean and isinstance(lead, str):  # the piece's whole text by the value: no cast
+            flag = pl.col(name)
+            if present is None:
+                yes, no = pl.lit(pending + lead + "true"), pl.lit(pending + lead + "false")
+                items.append(pl.when(flag).then(yes).otherwise(no))
+                anchored = True
+            else:
+                if pending:
+                    items.append(pl.lit(pending, pl.String))
+                yes, no = pl.lit(lead + "true"), pl.lit(lead + "false")
+                items.append(pl.when(flag).then(yes).when(flag.not_()).then(no))
+                earlier.append(present)
+            pending = ""
+            continue
+        if present is None and isinstance(lead, str):
+            pending += lead
         else:
-            segments.append([part])
-    opened, closed = segments[0][0][3], segments[-1][-1][3]
-    exprs = []
-    for k, segment in enumerate(segments):
-        flat: list[pl.Expr] = []
-        pending = "{" if k == 0 and opened else ""
-        for i, (prefix, value, suffix, _) in enumerate(segment):
-            pending += ("," if i else "") + prefix
-            if value is not None:
-                flat += [pl.lit(pending, pl.String), value]
+            if pending:
+                items.append(pl.lit(pending, pl.String))
+            pending = ""
+            lead_expr = pl.lit(lead, pl.String) if isinstance(lead, str) else lead
+            items.append(lead_expr if present is None else pl.when(present).then(lead_expr))
+        if value is not None:
+            if pending:
+                items.append(pl.lit(pending, pl.String))
+                pending = ""
+            items.append(value)
+            if suffix and present is not None:
+                items.append(pl.when(present).then(pl.lit(suffix, pl.String)))
+            else:
                 pending = suffix
-        if k == len(segments) - 1 and closed:
-            pending += "}"
-        if pending:
-            flat.append(pl.lit(pending, pl.String))
-        exprs.append(flat[0] if len(flat) == 1 else pl.concat_str(flat))
-    if len(exprs) == 1 and opened:
-        return exprs[0]
-    out = pl.concat_str(exprs, separator=",", ignore_nulls=True)
-    if not opened:
-        out = pl.lit("{") + out
-    if not closed:
-        out = out + pl.lit("}")
-    return out
+        if present is None:
+            anchored = True
+        else:
+            earlier.append(present)
+    items.append(pl.lit(pending + "}", pl.String))
+    return pl.concat_str(items, ignore_nulls=True)
 
 
-def _per_combination(group: pl.DataFrame, varying: Sequence[str], expr: pl.Expr) -> pl.Expr:
+def _per_combination(
+    group: pl.DataFrame,
+    varying: Sequence[str],
+    expr: pl.Expr,
+    whole: Mapping[str, tuple[float, float]],
+    nullable: Mapping[str, bool],
+) -> pl.Expr | None:
     """``expr`` evaluated once per combination of the varying columns, taken by index per row.
 
-    Each column's distinct values (null included) get codes 0…k-1; a row's index is the mixed-
-    radix number of its codes. The table holds every combination of the distinct values (at
-    most _SHARE_MAX), its text computed by ``expr`` itself, so a row's text is the one ``expr``
-    gives on that row. Callers guarantee the values are exact hash keys (no NaN, no ±0 mix).
+    Each column's values (null included) get codes 0…k-1; a row's index is the mixed-radix
+    number of its codes. The table holds every combination of those values, its text computed
+    by ``expr`` itself, so a row's text is the one ``expr`` gives on that row. Callers guarantee
+    the values are exact hash keys (no NaN, no ±0 mix). None when the table would pass
+    _SHARE_MAX rows (the caller's count was an estimate).
+
+    Why codes by arithmetic where possible: hashing each column (its distinct values, then a
+    lookup per row) was most of this path's cost. A boolean's code is its value; a column in
+    ``whole`` (only whole numbers from lo to hi, no -0.0: the caller checked) is its value
+    minus lo. Such a domain may hold values no row has, which only adds rows to the table.
     """
+    coded = [(n, *_codes(group, n, whole.get(n))) for n in varying]
+    if math.prod(values.len() + nullable[n] for n, values, _ in coded) > _SHARE_MAX:
+        return None
     index: pl.Expr | None = None
-    table: pl.DataFrame | None = None
-    stride = 1
-    for n in reversed(varying):  # the last column varies fastest
-        values = group[n].drop_nulls().unique()
-        size = values.len() + (group[n].null_count() > 0)
-        code = pl.col(n).replace_strict(values, list(range(values.len())), return_dtype=pl.Int64)
-        code = code.fill_null(values.len())
+    position = pl.int_range(math.prod(values.len() + nullable[n] for n, values, _ in coded), dtype=pl.Int64)
+    domains = []  # each column's value at every table row (built directly: a cross join left it in
+    stride = 1  # thousands of chunks, and the text query paid for each)
+    for n, values, code in reversed(coded):  # the last column varies fastest
+        size = values.len() + nullable[n]
+        code = code.fill_null(values.len())  # null: the code after the values
         index = code * stride if index is None else index + code * stride
-        domain = pl.DataFrame({n: pl.concat([values, pl.Series(n, [None], dtype=values.dtype)])}).head(size)
-        table = domain if table is None else domain.join(table, how="cross")
+        domain = pl.concat([values, pl.Series(n, [None], dtype=values.dtype)]).head(size)
+        domains.append(pl.lit(domain).gather(position // stride % size).alias(n))
         stride *= size
-    assert index is not None and table is not None
-    texts = table.select(index.alias("i"), expr.alias("t")).sort("i")["t"]
+    assert index is not None
+    texts = pl.select(domains).select(expr.alias("t"))["t"]  # row i of the table is index i
     return pl.lit(texts).gather(index)
+
+
+def _codes(group: pl.DataFrame, name: str, bounds: tuple[float, float] | None) -> tuple[pl.Series, pl.Expr]:
+    """A column's non-null domain and each row's code into it (null where the value is)."""
+    dtype = group.schema[name]
+    if dtype == pl.Boolean():
+        return pl.Series(name, [False, True], dtype=dtype), pl.col(name).cast(pl.Int64)
+    if bounds is not None:
+        lo, hi = bounds
+        values = pl.Series(name, [lo + k for k in range(int(hi - lo) + 1)], dtype=dtype)
+        return values, (pl.col(name) - lo).cast(pl.Int64)
+    values = group[name].drop_nulls().unique()
+    return values, pl.col(name).replace_strict(values, list(range(values.len())), return_dtype=pl.Int64)

@@ -13,7 +13,9 @@ skip work that provably changes nothing: a piece with one possible text is a lit
 summaries are constant within a tier), the regex that folds whitespace is left out when no
 piece holds a run, a non-space blank or a blank at a seam, and the cut when no combination
 reaches the limit. The folded/cut form is still computed by the same expressions wherever it
-could matter, so the result is identical either way.
+could matter, so the result is identical either way. When only one placeholder varies, its
+texts take the literal text around it, so each row's summary is one of a few whole texts whose
+bytes polars shares, rather than a concatenation written per row.
 
 Exact by construction, and :func:`summary_expr` returns None for what it does not mirror (a
 template that reads ``medication_lists_complete``, whose absence changes other placeholders):
@@ -51,6 +53,7 @@ class _Piece:
 
     expr: pl.Expr
     texts: frozenset[str]
+    fact: tuple[str, str | None] | None = None  # (name, fallback) of a fact placeholder
 
     @classmethod
     def literal(cls, text: str) -> _Piece:
@@ -58,10 +61,23 @@ class _Piece:
 
 
 def _formatted(
-    frame: pl.DataFrame, name: str, labels: Mapping[str, str] | None, sign: str = ""
+    frame: pl.DataFrame,
+    name: str,
+    labels: Mapping[str, str] | None,
+    sign: str = "",
+    wrap: tuple[str, str] = ("", ""),
+    uniques: dict[str, Any] | None = None,
 ) -> tuple[pl.Expr, list[str]]:
-    """``sign + fmt_value(value)`` (labels for coded strings) of every non-null value of a column."""
-    values = frame[name].drop_nulls().unique().to_list()
+    """``sign + fmt_value(value)`` (labels for coded strings) of every non-null value of a column.
+
+    Each text is put between ``wrap``'s two strings; ``uniques`` keeps each column's distinct
+    values (and whether it holds both signed zeros) for a second call on the same frame.
+    """
+    if uniques is None:
+        uniques = {}
+    if name not in uniques:
+        uniques[name] = frame[name].drop_nulls().unique().to_list()
+    values = uniques[name]
     texts = []
     for v in values:
         if not sign and labels and isinstance(v, str) and v in labels:
@@ -75,17 +91,21 @@ def _formatted(
                 if len(_FORMATTED) < _FORMATTED_MAX:
                     _FORMATTED[(v, sign)] = text
             texts.append(text)
+    if wrap != ("", ""):
+        texts = [wrap[0] + t + wrap[1] for t in texts]
     if not values:
         return pl.lit(None, pl.String), texts
     expr = pl.col(name).replace_strict(values, texts, default=None, return_dtype=pl.String)
     if frame[name].dtype.is_float() and 0.0 in values:
         # 0.0 and -0.0 are one key to unique/replace_strict but fmt_value prints "0" and "-0"
-        zero, negative = sign + fmt_value(0.0), sign + fmt_value(-0.0)
+        zero, negative = (wrap[0] + sign + fmt_value(z) + wrap[1] for z in (0.0, -0.0))
         col = pl.col(name)
-        both = frame.select(
-            ((col == 0.0) & (pl.lit(1.0) / col < 0)).any() & ((col == 0.0) & (pl.lit(1.0) / col > 0)).any()
-        )
-        if zero != negative and both.item():
+        if name + "\0both" not in uniques:
+            uniques[name + "\0both"] = frame.select(
+                ((col == 0.0) & (pl.lit(1.0) / col < 0)).any()
+                & ((col == 0.0) & (pl.lit(1.0) / col > 0)).any()
+            ).item()
+        if zero != negative and uniques[name + "\0both"]:
             signed = pl.when(pl.lit(1.0) / pl.col(name) < 0).then(pl.lit(negative)).otherwise(pl.lit(zero))
             expr = pl.when(pl.col(name) == 0.0).then(signed).otherwise(expr)
             texts += [zero, negative]
@@ -93,18 +113,28 @@ def _formatted(
 
 
 def _fact_piece(
-    frame: pl.DataFrame, name: str, fallback: str | None, labels: Mapping[str, str] | None
+    frame: pl.DataFrame,
+    name: str,
+    fallback: str | None,
+    labels: Mapping[str, str] | None,
+    wrap: tuple[str, str] = ("", ""),
+    uniques: dict[str, Any] | None = None,
 ) -> _Piece:
-    """A fact placeholder: its value, else a bound ("> 60"), else the absent wording."""
+    """A fact placeholder: its value, else a bound ("> 60"), else the absent wording.
+
+    Every text is put between ``wrap``'s two strings (the literal text around the one placeholder
+    of a summary that varies: see :func:`summary_expr`).
+    """
     absent = absent_text(name, {})
     otherwise_text = absent if absent is not None else ("unknown" if fallback is None else fallback)
+    otherwise_text = wrap[0] + otherwise_text + wrap[1]
     expr: Any = None
     texts: set[str] = set()
     reaches_otherwise = True
     for column, sign in ((name, ""), *((name + s, g) for s, g in _SIGNS)):
         if column not in frame.columns:
             continue
-        text, column_texts = _formatted(frame, column, labels, sign)
+        text, column_texts = _formatted(frame, column, labels, sign, wrap, uniques)
         cond = pl.col(column).is_not_null()
         expr = pl.when(cond) if expr is None else expr.when(cond)
         expr = expr.then(text)
@@ -116,7 +146,7 @@ def _fact_piece(
         texts.add(otherwise_text)
     if len(texts) == 1:
         return _Piece.literal(next(iter(texts)))
-    return _Piece(expr.otherwise(pl.lit(otherwise_text)), frozenset(texts))
+    return _Piece(expr.otherwise(pl.lit(otherwise_text)), frozenset(texts), (name, fallback))
 
 
 def _fold(text: pl.Expr) -> pl.Expr:
@@ -175,6 +205,7 @@ def summary_expr(
 ) -> pl.Expr | None:
     """The rendered, shortened summary of every row of ``frame`` (its columns are the row's facts)."""
     pieces: list[_Piece] = []
+    uniques: dict[str, Any] = {}
     pos = 0
     for match in _PLACEHOLDER.finditer(template):
         if match.start() > pos:
@@ -187,14 +218,24 @@ def summary_expr(
             value = params.get(name[6:]) if name.startswith("param.") else extra[name]
             pieces.append(_Piece.literal(fmt_value(value)))
             continue
-        pieces.append(_fact_piece(frame, name, fallback, labels))
+        pieces.append(_fact_piece(frame, name, fallback, labels, uniques=uniques))
     if pos < len(template):
         pieces.append(_Piece.literal(template[pos:]))
     if not pieces:
         return pl.lit("")
     if all(len(p.texts) == 1 for p in pieces):  # one text for every row: shorten it once
         return pl.lit(_shortened("".join(next(iter(p.texts)) for p in pieces)), pl.String)
-    text = pl.concat_str([p.expr for p in pieces])
+    varying = [i for i, p in enumerate(pieces) if len(p.texts) > 1]
+    fact = pieces[varying[0]].fact if len(varying) == 1 and len(pieces) > 1 else None
+    if fact is not None:  # one placeholder varies: its texts hold the literals around it, and
+        # each row takes its whole summary from a few distinct ones (no concatenation per row)
+        i = varying[0]
+        wrap = (
+            "".join(next(iter(p.texts)) for p in pieces[:i]),
+            "".join(next(iter(p.texts)) for p in pieces[i + 1 :]),
+        )
+        pieces = [_fact_piece(frame, *fact, labels, wrap, uniques)]
+    text = pieces[0].expr if len(pieces) == 1 else pl.concat_str([p.expr for p in pieces])
     if not _already_folded(pieces):
         text = _fold(text)
     longest = sum(max(len(t) for t in p.texts) for p in pieces)
