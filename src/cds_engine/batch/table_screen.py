@@ -79,14 +79,19 @@ def derive_table(
     # a row any pack cannot express goes to the per-patient path for every pack
     fallback = pl.concat(fallbacks).unique() if fallbacks else pl.Series("__r", [], dtype=pl.Int64)
     mine = frame.filter(~pl.col("__r").is_in(fallback.implode()))
-    screened = mine.filter(~pl.col("deceased").fill_null(False)).select("__r", "__line", "patient_id")
-    per_pack = [
-        (
-            pack_id,
-            facts.join(screened, on="__r", how="inner", maintain_order="left").filter(pl.col("__app")),
+    screened = mine.filter(~pl.col("deceased").fill_null(False))["__r"]
+    # each pack's applicable, screened rows, with their line and patient id: one filter of the wide
+    # fact table (an inner join on ``__r`` then a filter copied it twice). ``__r`` is the row's
+    # index in ``typed``, so its line and id are gathered from there.
+    per_pack = []
+    for pack_id, facts in derived:
+        kept = facts.filter(pl.col("__app") & pl.col("__r").is_in(screened.implode()))
+        per_pack.append(
+            (
+                pack_id,
+                kept.hstack([typed["__line"].gather(kept["__r"]), typed["patient_id"].gather(kept["__r"])]),
+            )
         )
-        for pack_id, facts in derived
-    ]
     left = typed.filter(pl.int_range(pl.len(), dtype=pl.Int64).is_in(fallback.implode()))
     return DerivedTable(mine, per_pack, left, reasons)
 
