@@ -613,11 +613,10 @@ def one_run(store: str, payload: str, run: Run, warm_seconds: float = 3, presign
     return run
 
 
-def null_harness(payload: str, seconds: float, concurrency: int,
-                 client: str = "raw") -> tuple[float, float]:
-    """Requests/s the load generator reaches against an endpoint that does nothing (same JWTs, body),
-    and the generator's CPU milliseconds per request there (this process's CPU over the run)."""
-    port = _free_port()
+@contextmanager
+def null_endpoint(port: int | None = None) -> Iterator[str]:
+    """A null endpoint (:func:`null_serve`) in its own process, up and answering; yields its base URL."""
+    port = _free_port() if port is None else port
     server = subprocess.Popen([sys.executable, __file__, "--null-serve", str(port)], env=subprocess_env())
     base = f"http://127.0.0.1:{port}"
     try:
@@ -630,6 +629,17 @@ def null_harness(payload: str, seconds: float, concurrency: int,
                 if time.monotonic() > deadline:
                     raise RuntimeError("null endpoint did not start") from None
                 time.sleep(0.2)
+        yield base
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+def null_harness(payload: str, seconds: float, concurrency: int,
+                 client: str = "raw") -> tuple[float, float]:
+    """Requests/s the load generator reaches against an endpoint that does nothing (same JWTs, body),
+    and the generator's CPU milliseconds per request there (this process's CPU over the run)."""
+    with null_endpoint() as base:
         run = Run(store="null", seconds=seconds, concurrency=concurrency, client=client)
         tokens = Tokens(Signer(), base + SIGN)
         cpu = time.process_time()
@@ -638,9 +648,6 @@ def null_harness(payload: str, seconds: float, concurrency: int,
         if run.errors:
             print(f"null endpoint: errors {run.errors}", file=sys.stderr)
         return len(run.latencies) / run.elapsed, cpu * 1000 / max(1, len(run.latencies))
-    finally:
-        server.terminate()
-        server.wait(10)
 
 
 def null_serve(port: int) -> None:

@@ -224,23 +224,7 @@ def test_raw_request_is_httpx_request() -> None:
 
 def test_both_clients_drive_the_null_endpoint() -> None:
     """bench/load.py's drive, closed and open loop, on both clients: every call a 200, none lost."""
-    import subprocess
-
-    from bench_common import subprocess_env
-
-    port = _refused_port()
-    server = subprocess.Popen([sys.executable, str(Path(load.__file__)), "--null-serve", str(port)],
-                              env=subprocess_env())
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                httpx.get(base + "/", timeout=1)
-                break
-            except httpx.HTTPError:
-                assert time.monotonic() < deadline, "null endpoint did not start"
-                time.sleep(0.2)
+    with load.null_endpoint(_refused_port()) as base:
         payload = f'{{"hookInstance": "{load.HOOK_INSTANCE}", "draft": "{load.DRAFT_ID}"}}'
         for client in ("raw", "httpx"):
             for mode in ("closed", "open"):
@@ -248,6 +232,3 @@ def test_both_clients_drive_the_null_endpoint() -> None:
                 load.run_drive(base, payload, load.Tokens(load.Signer(), base + load.SIGN), run)
                 assert run.errors == {} and len(run.ok) == len(run.latencies) > 0, (client, mode, run.errors)
                 assert len(set(run.ok)) == len(run.ok)
-    finally:
-        server.terminate()
-        server.wait(10)

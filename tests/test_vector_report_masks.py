@@ -14,25 +14,10 @@ from typing import Any
 
 import polars as pl
 import pytest
+from tests.vector_helpers import random_facts
 
 from cds_engine.evaluators import summaries, vector
 from cds_engine.evaluators.vector import VectorPack, vector_alerts
-
-
-def _frame(vp: VectorPack, n: int, rng: random.Random, missing: float) -> pl.DataFrame:
-    """Random patients over a few values per fact, ``missing`` of the values null."""
-    data: dict[str, pl.Series] = {"patient_id": pl.Series([f"p{i}" for i in range(n)])}
-    for name, dtype in vp.columns.items():
-        pool: list[Any]
-        if dtype == pl.Float64():
-            pool = [0.0, 1.0, 2.0, 15.0, 30.0, 45.0, 60.0, 90.0, 200.0]
-        elif dtype == pl.Boolean():
-            pool = [True, False]
-        else:
-            pool = ["oral", "new", "spasticity", "other"]
-        values = [None if rng.random() < missing else rng.choice(pool) for _ in range(n)]
-        data[name] = pl.Series(name, values, dtype=dtype, strict=False)
-    return pl.DataFrame(data)
 
 
 def _table(pack: Any, frame: pl.DataFrame) -> pl.DataFrame:
@@ -46,7 +31,7 @@ def _table(pack: Any, frame: pl.DataFrame) -> pl.DataFrame:
 @pytest.mark.parametrize("missing", [0.1, 0.4])
 def test_masked_and_plain_report_texts_give_the_same_alert_table(engine, pack_id, missing, monkeypatch):
     pack = next(p for p in engine.packs if p.id == pack_id)
-    frame = _frame(VectorPack.compile(pack), 600, random.Random(47), missing)
+    frame = random_facts(VectorPack.compile(pack), 600, random.Random(47), missing)
     table = _table(pack, frame)
     reports = table.filter(pl.col("kind") == "cannot-assess")
     assert reports.height > 0

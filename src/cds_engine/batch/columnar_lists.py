@@ -24,6 +24,13 @@ from cds_engine.vocabulary import HISTORY_KIND, Vocabulary
 __all__ = ["ORDER_SCHEMA", "allergy_facts", "condition_facts", "medication_facts"]
 
 ROW = "__r"
+_MED_INFO_SCHEMA = {  # what a medication code means to the facts, one row per distinct code
+    "classes": pl.List(pl.String),
+    "route": pl.String,
+    "form": pl.String,
+    "conc": pl.Float64,
+    "name": pl.String,
+}
 _ROW = ROW
 BITS = True  # medication_facts takes the bit-field path where it can (tests switch it off)
 MAX_CLASSES = 62  # one bit per medicine class the pack reads, in an Int64
@@ -238,13 +245,7 @@ def medication_facts(
             _entries(frame, "inpatient_medications", 2),
         ]
     )
-    schema = {
-        "classes": pl.List(pl.String),
-        "route": pl.String,
-        "form": pl.String,
-        "conc": pl.Float64,
-        "name": pl.String,
-    }
+    schema = _MED_INFO_SCHEMA
     table = masked(_code_table(entries["__code"], _med_info(vocab), schema, cache=("medication", vocab)))
     meds = entries.join(table, on="__code", how="left", maintain_order="left").drop("__code")
     meds = meds.join(
@@ -478,13 +479,7 @@ def medication_facts_bits(
         return kept, _field_words(fields, inp, width, words), dropped
 
     # per distinct code (cached meanings) and per distinct order: their words, in Python
-    schema = {
-        "classes": pl.List(pl.String),
-        "route": pl.String,
-        "form": pl.String,
-        "conc": pl.Float64,
-        "name": pl.String,
-    }
+    schema = _MED_INFO_SCHEMA
     # each list's entries, list after list (a concatenated list per row copied every code twice):
     # a row's entry in slot k of list t is row t_base + k of this frame (see name_index)
     offsets = [lens["__len0"] * 0, lens["__len0"], lens["__len0"] + lens["__len1"]]  # each list's first slot
