@@ -145,12 +145,17 @@ def concept_groups(concept: Any, vocab: Vocabulary, kind: str) -> set[str]:
     """Every group of ``kind`` that any coding (or the text) of a concept belongs to."""
     if not isinstance(concept, dict):
         return set()
+    return set(_concept_groups_keyed(_key(concept), concept, vocab, kind))
+
+
+def _concept_groups_keyed(key: tuple[Any, ...], concept: dict[str, Any], vocab: Vocabulary,
+                          kind: str) -> frozenset[str]:
+    """:func:`concept_groups` of a concept whose :func:`_key` is ``key``, memoised."""
     table = _MEMO.table(vocab)
-    key = (kind, *_key(concept))
-    cached = table.get(key)
+    cached = table.get((kind, *key))
     if cached is None:
-        cached = table[key] = frozenset(_concept_groups(concept, vocab, kind))
-    return set(cached)
+        cached = table[(kind, *key)] = frozenset(_concept_groups(concept, vocab, kind))
+    return cached
 
 
 def _concept_groups(concept: dict[str, Any], vocab: Vocabulary, kind: str) -> set[str]:
@@ -246,10 +251,7 @@ def coding_and_groups(concept: Any, vocab: Vocabulary, kind: str) -> tuple[Codin
     key = _plain_key(concept)
     if key is None:
         return best_coding(concept, vocab, kind), concept_groups(concept, vocab, kind)
-    table = _MEMO.table(vocab)
-    groups = table.get((kind, *key))
-    if groups is None:
-        groups = table[(kind, *key)] = frozenset(_concept_groups(concept, vocab, kind))
+    groups = _concept_groups_keyed(key, concept, vocab, kind)
     return _best_coding_keyed(key, concept, vocab, kind), set(groups)
 
 
