@@ -91,3 +91,39 @@ def test_every_worker_and_the_spare_freeze_after_start_up(tmp_path: Path) -> Non
         assert all(seen[pid][0] == "worker" for pid in pids), seen
         # start-up's objects: modules, compiled packs, validators (~200,000 measured)
         assert all(n > 50_000 for _, n in seen.values()), seen
+
+
+# Run in a child: the counter and the freeze are process-wide.
+_SETTLE = textwrap.dedent("""
+    import gc, sys
+    from cds_engine.service import heap
+
+    def lazy_objects():  # what a first request builds and keeps (a model class, a module's tables)
+        return [{"n": i, "kids": [i]} for i in range(5_000)]
+
+    froze = sys.argv[1] == "froze"
+    if froze:
+        heap.freeze_startup()
+    kept = lazy_objects()
+    first = min(heap.SETTLE_AT)
+    settled = [heap.note_answer() for _ in range(first)]
+    in_old_generations = sum(1 for o in gc.get_objects() if o is kept or o is kept[0])
+    print(settled.index(True) + 1 if True in settled else 0, in_old_generations)
+""")
+
+
+def test_a_frozen_worker_settles_once_its_first_answers_built_what_lives_on() -> None:
+    """The lazily built objects (first requests' imports and validators) leave the collector's passes
+    at the first settle point, exactly once there; a process that never froze is left alone."""
+    done = subprocess.run([sys.executable, "-c", _SETTLE, "froze"], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    at, walked = (int(v) for v in done.stdout.split())
+    assert at == 100, f"settled at answer {at}"
+    assert walked == 0, "the objects kept since start-up are still walked by every collection"
+
+    done = subprocess.run([sys.executable, "-c", _SETTLE, "never"], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    at, walked = (int(v) for v in done.stdout.split())
+    assert (at, walked) == (0, 2), "a process that never froze must not be frozen by the answers it counts"

@@ -17,6 +17,7 @@ from typing import Any
 
 from cds_engine import metrics
 from cds_engine.service.auth import AuthError, JwtVerifier
+from cds_engine.service.heap import note_answer
 from cds_engine.service.metrics_http import route_label
 
 __all__ = [
@@ -106,6 +107,7 @@ class LoggedAndTimedMiddleware:
                 if service is not None:
                     metrics.REQUEST_SECONDS.child(service, f"{int(status) // 100}xx").observe(
                         time.perf_counter() - start)
+                note_answer()  # a frozen worker settles its heap after its first answers (service.heap)
 
 
 class AuthMiddleware:
