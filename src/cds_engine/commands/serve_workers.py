@@ -400,10 +400,51 @@ class _Supervisor(Multiprocess):
     def _sockets_for(self, slot: int) -> list[socket]:
         if not self._slot_sockets:
             return self.sockets
+        while slot >= len(self._slot_sockets):  # a slot added by SIGTTIN
+            self._slot_sockets.append(None)
         sock = self._slot_sockets[slot]
         if sock is None:
-            sock = self._slot_sockets[slot] = _listen_reuseport(self.config, self.config.port)
+            sock = self._slot_sockets[slot] = _listen_reuseport(self.config, self._port())
         return [sock]
+
+    def _port(self) -> int:
+        """The port every slot listens on (``--port 0``: the one the first socket was given)."""
+        for sock in self._slot_sockets or ():
+            if sock is not None:
+                return int(sock.getsockname()[1])
+        return int(self.config.port)
+
+    def handle_ttin(self) -> None:
+        """SIGTTIN: one more worker, on a slot socket of its own, as every worker (uvicorn's own would
+        start a plain process on the first slot's socket: not frozen, no release before SIGTERM, and a
+        slot index with no socket when it died — the supervisor loop would fail)."""
+        slot = len(self.processes)
+        log.info("SIGTTIN: starting worker slot %d", slot)
+        process = _Worker(self.config, self._sockets_for(slot))
+        process.start()
+        self.processes.append(process)
+        self.processes_num = len(self.processes)
+
+    def handle_ttou(self) -> None:
+        """SIGTTOU: one worker fewer (never the last). The slot's socket is closed in this process first
+        (the worker keeps accepting on its copy until it stops), so no new connection is hashed onto a
+        socket nobody will accept from once it has gone."""
+        if len(self.processes) <= 1:
+            log.info("SIGTTOU: one worker left, not stopping it")
+            return
+        slot = len(self.processes) - 1
+        process = self.processes.pop()
+        self.processes_num = len(self.processes)
+        log.info("SIGTTOU: stopping worker slot %d [%s]", slot, process.pid)
+        self._close_slot(slot)
+        if self._slot_sockets is not None:
+            del self._slot_sockets[slot:]
+        self._retry_at.pop(slot, None)
+        self._started.pop(id(process), None)
+        self._seen_ready.discard(id(process))
+        process.terminate()
+        process.join()
+        _forget_live_gauges(process.pid)
 
     def _close_slot(self, slot: int) -> None:
         if self._slot_sockets and self._slot_sockets[slot] is not None:
