@@ -271,6 +271,18 @@ def _day_of(col: str, frame: pl.DataFrame) -> pl.Expr:
 # ── the derivation ─────────────────────────────────────────────────────────────────────────
 
 
+#: the polars type of a record-table column the table lacks (all null), by its ``COLUMNS`` type
+_NULL_TYPES: dict[str, pl.DataType] = {
+    "number": pl.Float64(),
+    "bool": pl.Boolean(),
+    "date": pl.Date(),
+    "datetime": pl.Datetime("us", "UTC"),
+    "codes": pl.List(pl.String),
+    "strings": pl.List(pl.String),
+    "numbers": pl.List(pl.Float64),
+}
+
+
 def columnar_facts(
     typed: pl.DataFrame,
     columns: dict[str, pl.DataType],
@@ -286,18 +298,14 @@ def columnar_facts(
     """
     n = typed.height
     frame = typed.with_columns(pl.int_range(n, dtype=pl.Int64).alias(_ROW))
-    for name, spec in COLUMNS.items():
-        if name not in frame.columns:
-            dtype = {
-                "number": pl.Float64,
-                "bool": pl.Boolean,
-                "date": pl.Date,
-                "datetime": pl.Datetime("us", "UTC"),
-                "codes": pl.List(pl.String),
-                "strings": pl.List(pl.String),
-                "numbers": pl.List(pl.Float64),
-            }.get(spec.type, pl.String)
-            frame = frame.with_columns(pl.lit(None, dtype).alias(name))
+    # the columns the table lacks, as nulls, added in one step (one ``with_columns`` per column
+    # rebuilt the frame ~55 times a chunk), in the same order
+    present = set(frame.columns)
+    frame = frame.with_columns(
+        pl.lit(None, _NULL_TYPES.get(spec.type, pl.String)).alias(name)
+        for name, spec in COLUMNS.items()
+        if name not in present
+    )
     reasons: dict[str, int] = {}
     unsupported = unsupported_facts(columns)
     if unsupported or as_of.utcoffset() != timedelta(0):

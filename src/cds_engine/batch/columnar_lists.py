@@ -9,6 +9,7 @@ classes the pack reads; names follow ``facts.names.join_names``.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import polars as pl
@@ -45,8 +46,26 @@ ORDER_SCHEMA: dict[str, pl.DataType] = {
 }
 
 
-_INFO_CACHE: dict[tuple[str, int], tuple[Any, dict[str, dict[str, Any]]]] = {}
+@dataclass
+class _CodeMemo:
+    """What ``fn`` answered for each code so far, and the last table built from those answers."""
+
+    owner: Any
+    known: dict[str, dict[str, Any]] = field(default_factory=dict)
+    last: tuple[frozenset[str], pl.DataFrame] | None = None  # the codes of the last table, the table
+
+
+_INFO_CACHE: dict[tuple[str, int], _CodeMemo] = {}
 _INFO_CACHE_MAX = 200_000  # distinct codes remembered per table kind (a warehouse has far fewer)
+
+
+def _code_memo(kind: str, owner: Any) -> _CodeMemo:
+    """The memo of ``kind`` for ``owner``: a new one when ``owner`` is another object or it grew too big."""
+    memo = _INFO_CACHE.get((kind, id(owner)))
+    if memo is None or memo.owner is not owner or len(memo.known) > _INFO_CACHE_MAX:
+        memo = _CodeMemo(owner)
+        _INFO_CACHE[(kind, id(owner))] = memo
+    return memo
 
 
 def _code_table(
@@ -59,17 +78,17 @@ def _code_table(
 
     ``cache`` = (kind, owner): the answers are kept across chunks for as long as ``owner`` (the
     vocabulary, or a tuple of what ``fn`` depends on) is the same object — a million-row table
-    of chunks asks about the same few hundred codes in every chunk, and ``fn`` is pure.
+    of chunks asks about the same few hundred codes in every chunk, and ``fn`` is pure. The table
+    itself is kept too and returned again when the next chunk has the same set of codes: building
+    a frame of list columns from Python lists was ~10 ms per call, twice a chunk. The rows of a
+    code table are in no particular order (``unique()`` promises none): callers only look codes
+    up in it (joins, or lists made from the table itself), so reusing one is the same.
     """
     distinct = codes.drop_nulls().unique().to_list()
-    known: dict[str, dict[str, Any]] = {}
-    if cache is not None:
-        kind, owner = cache
-        entry = _INFO_CACHE.get((kind, id(owner)))
-        if entry is None or entry[0] is not owner or len(entry[1]) > _INFO_CACHE_MAX:
-            entry = (owner, {})
-            _INFO_CACHE[(kind, id(owner))] = entry
-        known = entry[1]
+    memo = _code_memo(*cache) if cache is not None else None
+    if memo is not None and memo.last is not None and memo.last[0] == frozenset(distinct):
+        return memo.last[1]
+    known: dict[str, dict[str, Any]] = memo.known if memo is not None else {}
     rows = []
     for c in distinct:
         info = known.get(c)
@@ -80,7 +99,10 @@ def _code_table(
     data: dict[str, list[Any]] = {"__code": distinct}
     for name in schema:
         data[name] = [r[name] for r in rows]
-    return pl.DataFrame(data, schema={"__code": pl.String, **schema})
+    table = pl.DataFrame(data, schema={"__code": pl.String, **schema})
+    if memo is not None:
+        memo.last = (frozenset(distinct), table)
+    return table
 
 
 def _med_info(vocab: Vocabulary) -> Callable[[str], dict[str, Any]]:
@@ -124,6 +146,21 @@ def _names_expr(name_col: str) -> pl.Expr:
     return pl.when(n > MAX_NAMES).then(shown + more).otherwise(shown)
 
 
+def _joined_names(names: pl.Series) -> pl.Series:
+    """:func:`_names_expr` of each list of ``names``, run only on the lists of more than one name.
+
+    Why: nearly every list is one name, whose joined text is that name (distinct: itself; shown:
+    itself, joined with nothing), and de-duplicating every list cost more than the rest of the
+    naming. A list of one null, or of several names, takes the expression.
+    """
+    out = names.list.first()
+    rest = ~((names.list.len() == 1) & out.is_not_null())
+    if rest.any():
+        fixed = names.filter(rest).to_frame("__names").select(_names_expr("__names")).to_series()
+        out = out.scatter(rest.arg_true(), fixed)
+    return out
+
+
 def condition_facts(frame: pl.DataFrame, vocab: Vocabulary) -> pl.DataFrame:
     """cond.*, cond_history.*, cond_named.* (a table has no condition dates: cond_days.* stay unknown)."""
     entries = pl.concat([_entries(frame, "conditions", 0), _entries(frame, "resolved_conditions", 1)])
@@ -158,7 +195,7 @@ def condition_facts(frame: pl.DataFrame, vocab: Vocabulary) -> pl.DataFrame:
     wide = frame.select(_ROW)
     if active.height:
         named = active.group_by(_ROW, "groups", maintain_order=True).agg(pl.col("name"))
-        named = named.with_columns(_names_expr("name").alias("__n"))
+        named = named.with_columns(_joined_names(named["name"]).alias("__n"))
         cond = named.pivot(on="groups", index=_ROW, values="__n")
         cond = cond.select(
             _ROW,
@@ -411,6 +448,23 @@ def _field_words(fields: dict[str, int], present: Any, width: int, words: int) -
     return out
 
 
+def _row_sums(entries: pl.DataFrame, n: int, words: int) -> list[pl.Series]:
+    """Per row (``__pos`` of ``n``), the sum of each word column ``__w0..`` over its entries.
+
+    Why not a group-by: a row has at most one entry per slot ``__k`` (slots are numbered through
+    its lists), so the entries of one slot scatter into a column of ``n`` rows without colliding,
+    and a row's sum is the sum of its slot columns. A hash group-by on the row of ~200,000 entries
+    cost ~25 ms per 100,000 rows; a handful of slots (rows have few entries) cost a few. The
+    words are sums of distinct bits, so their sums never carry, in any order.
+    """
+    totals = [pl.zeros(n, dtype=_U64, eager=True) for _ in range(words)]
+    for slot in entries.partition_by("__k", include_key=False):
+        pos = slot["__pos"]
+        for j in range(words):
+            totals[j] = totals[j] + pl.zeros(n, dtype=_U64, eager=True).scatter(pos, slot[f"__w{j}"])
+    return totals
+
+
 def medication_facts_bits(
     frame: pl.DataFrame,
     vocab: Vocabulary,
@@ -554,13 +608,7 @@ def medication_facts_bits(
     liquid_entries = entries.filter(pl.col("__liquid").is_not_null() & keep).select(
         "__pos", pl.col("__liquid")
     )
-    summed = (
-        entries.lazy()
-        .select("__pos", *word_exprs)
-        .group_by("__pos")
-        .agg(pl.col(f"__w{j}").sum() for j in range(words))
-        .collect()
-    )
+    listed_words = _row_sums(entries.select("__pos", "__k", *word_exprs), n, words)
     # the order, in the last slot: its words per distinct order (inpatient fields by the row)
     o_made = [
         entry_words(c, r, False) if a else ([0] * words, [0] * words, [0] * words)
@@ -572,7 +620,7 @@ def medication_facts_bits(
     oid = pl.col("__oid")
     row_words = []
     for j in range(words):
-        listed = pl.zeros(n, dtype=_U64, eager=True).scatter(summed["__pos"], summed[f"__w{j}"])
+        listed = listed_words[j]
         order_b = oid.replace_strict(oid_values, [m[0][j] * top for m in o_made], return_dtype=_U64)
         order_i = oid.replace_strict(oid_values, [m[1][j] * top for m in o_made], return_dtype=_U64)
         row_words.append(
@@ -654,15 +702,15 @@ def medication_facts_bits(
     wide = w.select(ex)
     # several entries of one class: names.join_names over them in slot (entry) order, for the
     # rows concerned only; the joined texts are appended to the names and pointed at
-    narrow = w.select(  # what a class's names need, for filtering cheaply
+    # what every class's names need (row, where names are), and per class only its own three
+    # columns: each class filters just these (filtering every class's columns for each class was
+    # a tenth of this function)
+    narrow = w.select(
         pl.int_range(n, dtype=pl.Int64).alias("__p"),
-        pl.col("^__F.*$"),
         pl.col("^__at[0-9]$"),
         "__len0",
         "__len01",
         "__oname",
-        pl.col("^__n\\..*$"),
-        pl.col("^__f\\..*$"),
     )
     names_of = pl.lit(all_names)
     pow2 = pl.lit(pl.Series([1 << i for i in range(64)], dtype=_U64))
@@ -671,8 +719,9 @@ def medication_facts_bits(
     named = []
     for c in wanted:
         index = w[f"__f.{c}"]
-        several = narrow.filter(pl.col(f"__n.{c}") > 1)
-        if several.height:
+        counted = w[f"__n.{c}"]
+        if (counted.max() or 0) > 1:  # only then has the class rows of several entries
+            several = narrow.hstack([w[f"__Fc.{c}"], counted, index]).filter(counted > 1)
             f = bits(f"c.{c}")
             # two entries (nearly every such row): the first name, and the second unless the same
             first = names_of.gather(pl.col(f"__f.{c}"))

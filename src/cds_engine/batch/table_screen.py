@@ -78,8 +78,10 @@ def derive_table(
         derived.append((pack.id, got.facts.with_columns(got.applicable.alias("__app"))))
     # a row any pack cannot express goes to the per-patient path for every pack
     fallback = pl.concat(fallbacks).unique() if fallbacks else pl.Series("__r", [], dtype=pl.Int64)
-    mine = frame.filter(~pl.col("__r").is_in(fallback.implode()))
-    screened = mine.filter(~pl.col("deceased").fill_null(False))["__r"]
+    # no row left to the per-patient path (the usual case): ``mine`` is the frame itself, not a
+    # filtered copy of its every column; the screened rows' ``__r`` filtered alone, not the frame
+    mine = frame.filter(~pl.col("__r").is_in(fallback.implode())) if fallback.len() else frame
+    screened = mine["__r"].filter(~mine["deceased"].fill_null(False))
     # each pack's applicable, screened rows, with their line and patient id: one filter of the wide
     # fact table (an inner join on ``__r`` then a filter copied it twice). ``__r`` is the row's
     # index in ``typed``, so its line and id are gathered from there.
@@ -92,7 +94,11 @@ def derive_table(
                 kept.hstack([typed["__line"].gather(kept["__r"]), typed["patient_id"].gather(kept["__r"])]),
             )
         )
-    left = typed.filter(pl.int_range(pl.len(), dtype=pl.Int64).is_in(fallback.implode()))
+    left = (
+        typed.filter(pl.int_range(pl.len(), dtype=pl.Int64).is_in(fallback.implode()))
+        if fallback.len()
+        else typed.clear()
+    )
     return DerivedTable(mine, per_pack, left, reasons)
 
 
