@@ -1,7 +1,7 @@
 """The group-commit writer draining a backlog: records per second, CPU and statements per batch.
 
 Run: ``python bench/writer.py [--records 5000] [--db sqlite,postgresql] [--batch N] [--one-order] [--tail]
-[--smoke]``.
+[--lines DUMP.json] [--smoke]``.
 
 Fills a journal with ``--records`` evaluations (order-select + order-sign pairs of one order, eight
 calls per patient, demographics sent, one alert each — as the hook writes them) while no writer
@@ -24,6 +24,13 @@ workers write them (an external journal), and the drain reads them as that proce
 thread``), so parsing is not measured. ``--batch 20`` and ``--batch 200`` are about the commit sizes
 of ``bench/hook.py --alternate`` at c1 and c16; ``--records 3000`` the backlog of ``--pause``.
 
+``--lines DUMP.json`` stores real hook records instead of the one-alert test record: the journal
+lines of ``bench/hook_cpu.py --store journal --dump DUMP.json`` (Synthea patients, ~3.6 alerts and
+~7 KB a line), taken in turn with fresh ids, ``as_of`` one second apart. The test record costs a
+third to a fifth of what a real line costs the writer and PostgreSQL (issue 19 item 2a: with
+``--tail --batch 80`` about 0.4 ms writer + 0.5 ms PostgreSQL per line, as the c1 runs of
+``bench/hook.py`` showed), so figures per line are to be taken from it.
+
 Goal (issue 19 item 2): a backlog drains within 10 s of the database's return, and the writer keeps
 up with the load goal (200 req/s on 2 cores with everything else) — so it must sustain well above
 that with a small share of one core. Not a test.
@@ -34,6 +41,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import resource
 import sys
 import tempfile
@@ -54,6 +62,7 @@ from sqlalchemy import Engine, event, func, select  # noqa: E402
 
 from cds_engine.sources.demographics import PatientDemographics  # noqa: E402
 from cds_engine.store import open_store  # noqa: E402
+from cds_engine.store.api import EvaluationRecord  # noqa: E402
 from cds_engine.store.db import utcnow  # noqa: E402
 from cds_engine.store.group_commit import GroupWriter  # noqa: E402
 from cds_engine.store.journal import Journal  # noqa: E402
@@ -93,7 +102,36 @@ def _line(entry: dict[str, Any], record: Any) -> bytes:
     return head + b',"record":' + record.model_dump_json().encode() + b"}"
 
 
-def _fill(journal: Journal, records: int, one_order: bool = False) -> None:
+def _dumped_lines(path: Path) -> list[str]:
+    """The journal lines of a ``bench/hook_cpu.py --store journal --dump`` file (masked ids)."""
+    lines = json.loads(path.read_text(encoding="utf-8"))["journal"]
+    return [line for line in lines if line.startswith('{"type":"evaluation"')]
+
+
+_MASK = re.compile(r"<uuid\d+>")
+_AS_OF = re.compile(r'"as_of":"[^"]*"')
+
+
+def _fill_dumped(journal: Journal, records: int, lines: list[str]) -> None:
+    """Real hook records (several alerts, evidence, sources): each masked uuid made a fresh one
+    (consistently within a line), ``recorded_at`` now and ``as_of`` one second later per line — so
+    every line is a new call, and a draft order evaluated again lies in the same ordering session."""
+    for n in range(records):
+        fresh: dict[str, str] = {}
+        text = _MASK.sub(lambda m, ids=fresh: ids.setdefault(m.group(0), str(uuid.uuid4())),  # type: ignore[misc]
+                         lines[n % len(lines)])
+        text = text.replace('"<t>"', json.dumps(utcnow().isoformat()))
+        as_of = (NOW + timedelta(seconds=n)).isoformat().replace("+00:00", "Z")
+        text = _AS_OF.sub(f'"as_of":"{as_of}"', text, count=1)
+        entry = json.loads(text)
+        record = EvaluationRecord.model_validate(entry.pop("record"))
+        journal.append(entry, record, text.encode())
+
+
+def _fill(journal: Journal, records: int, one_order: bool = False, lines: list[str] | None = None) -> None:
+    if lines:
+        _fill_dumped(journal, records, lines)
+        return
     for n in range(records):
         hook = "order-select" if n % 2 == 0 else "order-sign"
         if one_order:
@@ -129,12 +167,13 @@ def _watch(engine: Engine) -> tuple[Counter[str], list[int]]:
     return statements, backends
 
 
-def drain(kind: str, records: int, batch: int = 500, one_order: bool = False, tail: bool = False) -> str:
+def drain(kind: str, records: int, batch: int = 500, one_order: bool = False, tail: bool = False,
+          lines: list[str] | None = None) -> str:
     with tempfile.TemporaryDirectory(prefix="cds-writer-") as tmp, database(kind, Path(tmp)) as url:
         store = open_store(url, spool_dir=Path(tmp) / "spool", start_drainer=False)
         journal = Journal(Path(tmp) / "journal", external=tail).start()
         try:
-            _fill(journal, records, one_order)
+            _fill(journal, records, one_order, lines)
             statements, backends = _watch(store.engine)
             source: Any = journal
             if tail:  # as the writer process: read the files, and its collector setting
@@ -161,7 +200,8 @@ def drain(kind: str, records: int, batch: int = 500, one_order: bool = False, ta
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     total = sum(statements.values())
     server_ms = f"{server / records * 1000:.3f}" if kind == "postgresql" else "–"
-    shape = f"{batch}{' one order' if one_order else ''}{' tail' if tail else ''}"
+    shape = (f"{batch}{' one order' if one_order else ''}{' tail' if tail else ''}"
+             f"{' hook lines' if lines else ''}")
     return (f"| {kind} | {records:,} | {shape} | {wall:.2f} | {records / wall:,.0f} | "
             f"{cpu / records * 1000:.3f} | "
             f"{server_ms} | {writer.commits} | {total / max(1, writer.commits):.1f} | "
@@ -176,6 +216,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=500, help="records per group commit at most")
     parser.add_argument("--one-order", action="store_true", help="every call on one order (as bench/load.py)")
     parser.add_argument("--tail", action="store_true", help="as the writer process: lines read from files")
+    parser.add_argument("--lines", type=Path, help="real hook records: a bench/hook_cpu.py --store journal "
+                        "--dump file, its lines taken in turn with fresh ids")
     parser.add_argument("--smoke", action="store_true", help="200 records, SQLite only")
     args = parser.parse_args()
     kinds = ["sqlite"] if args.smoke else [k.strip() for k in args.db.split(",") if k.strip()]
@@ -185,7 +227,8 @@ def main() -> None:
           "(PostgreSQL backend) | commits | statements/commit | stored | statements |")
     print("|---|---:|---|---:|---:|---:|---:|---:|---:|---|---|")
     for kind in kinds:
-        print(drain(kind, records, args.batch, args.one_order, args.tail), flush=True)
+        lines = _dumped_lines(args.lines) if args.lines else None
+        print(drain(kind, records, args.batch, args.one_order, args.tail, lines), flush=True)
     sys.stdout.flush()
 
 
