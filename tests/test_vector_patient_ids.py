@@ -1,10 +1,10 @@
 """vector_alerts with a mask: the table of the kept patients, named by their own ids.
 
-Why a test of its own: the alert table's parts carry each alert's input row (``__row``) and the
-patient id through the take, the texts and the sort; with a mask the evaluated frame has fewer
-rows than the input, so anything that looks a row up by position instead of carrying it (a tempting
-shortcut for the patient id) hands alerts to the wrong patients — only there. The other vector
-tests never pass a mask.
+Why a test of its own: the alert table's parts carry each alert's row position in the evaluated
+frame (``__row``, numbered after the mask) through the take, the texts and the sort, and the
+patient id is gathered by it at the end; with a mask the evaluated frame has fewer rows than the
+input, so a position counted before the mask (or an input row looked up by it) hands alerts to the
+wrong patients — only there. The other vector tests never pass a mask.
 """
 
 from __future__ import annotations

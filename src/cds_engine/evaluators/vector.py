@@ -24,13 +24,16 @@ building, so list-valued outputs (missing facts, tiers not assessed) are ";"-joi
 Evidence JSON (:mod:`cds_engine.evaluators.evidence`) and summaries (:mod:`.summaries`) are
 built per fired tier with the work that provably changes no character left out; the parts carry
 one integer per row for their six wording columns and a unique integer sort key, so the sort
-gathers few columns; a fired tier's part takes only that tier's fact columns, and a rule whose
-rows lack no root fact writes its ``missing`` text as a literal; the compiler memoises each
-sub-tree's projection (``project_node``). The final order is one sort on an integer key, kept
-after trying a linear placement (each part is in row order: a per-patient counter gives every
-row its place, then one gather): polars' multi-threaded sort gathers from the ~50 unjoined parts
-in one step, a gather needs them joined first, and the placement's scatters cost what the
-argsort did — 1.2–1.3 against 0.9–1.1 CPU-s at 1 M patients (6.5 M alerts).
+gathers few columns; the patient id and carried columns are not in the parts at all, but gathered
+from ``wide`` (made one chunk first) by the sorted row positions; a fired tier's part takes only
+that tier's fact columns, and a rule whose rows lack no root fact, or a tier with no tier of
+higher severity above it (nothing can be open), writes ``missing``/``not_assessed`` as literals;
+the compiler memoises each sub-tree's projection (``project_node``). The final order is one
+sort on an integer key, kept after trying a linear placement (each part is in row order: a
+per-patient counter gives every row its place, then one gather): polars' multi-threaded sort
+gathers from the ~50 unjoined parts in one step, a gather needs them joined first, and the
+placement's scatters cost what the argsort did — 1.2–1.3 against 0.9–1.1 CPU-s at 1 M patients
+(6.5 M alerts).
 """
 
 from __future__ import annotations
@@ -342,8 +345,9 @@ _MISS = "__miss:"  # the rule's missing root facts: a bit mask (see _Plan.miss_r
 _MASK_BITS = 62  # roots per rule a mask holds (an Int64, bit 63 unused); more: the text itself
 _MASK_TABLE = 4096  # masks below this index a text table directly (_missing_text); above, a hash map
 # what every part of the alert table carries; the six wording columns (kind … title) are one
-# integer into a small per-call table (_Wordings), filled in after the sort
-_PER_ROW = ["__patient", "__row", "__code", "summary", "missing", "not_assessed", "evidence"]
+# integer into a small per-call table (_Wordings), filled in after the sort, and the patient id
+# and carried columns are taken from ``wide`` by ``__row`` (the row's position there) after it too
+_PER_ROW = ["__row", "__code", "summary", "missing", "not_assessed", "evidence"]
 _WORDING = ["kind", "rule_id", "tier_id", "category", "severity", "title"]
 
 
@@ -523,8 +527,8 @@ def vector_alerts(
     info = pack.spec.pack
     plan = vp._plan if vp._plan is not None else _plan(vp)
     vp._plan = plan  # the expressions depend on the pack only: built once per run, not per chunk
-    ids = ["__patient", "__row", *carry]
-    wide = _first_pass(vp, plan, frame, patient_col, mask, ids)
+    wide = _first_pass(vp, plan, frame, patient_col, mask, ["__patient", "__row", *carry])
+    ids = ["__row"]  # the parts carry the row's position in ``wide``; its texts are taken last
     deep = _second_pass(plan, wide, ids)
     words = _Wordings()
     parts = _finding_parts(vp, wide, deep, ids, words)
@@ -534,15 +538,17 @@ def vector_alerts(
         schema = frame.collect_schema() if isinstance(frame, pl.LazyFrame) else frame.schema
         return pl.DataFrame(schema={**ALERT_SCHEMA, **{c: schema[c] for c in carry}})
     alerts = _in_alert_order(parts, words)
-    code = pl.col("__code")
+    code, row = pl.col("__code"), pl.col("__row")
+    # one chunk first: a gather from wide's ~16 chunks cost six times the gather itself (polars 2.1)
+    by_row = {c: pl.lit(wide[c].rechunk()).gather(row) for c in ["__patient", *carry]}
     return alerts.select(
-        pl.col("__patient").alias("patient_id"),
+        by_row["__patient"].alias("patient_id"),
         *(pl.lit(words.column(i)).gather(code).alias(name) for i, name in enumerate(_WORDING)),
         "summary",
         "missing",
         "not_assessed",
         "evidence",
-        *carry,
+        *(by_row[c].alias(c) for c in carry),
         pl.lit(info.id).alias("pack_id"),
         pl.lit(info.version).alias("pack_version"),
         pl.lit(pack.content_hash).alias("pack_hash"),
@@ -562,12 +568,16 @@ def _first_pass(
     mask: pl.Series | pl.Expr | None,
     ids: list[str],
 ) -> pl.DataFrame:
-    """Every row's tier outcomes, fired tier per rule and "left undecided" flags (``wide``)."""
-    lf = vp.prepare(frame).with_columns(
-        pl.col(patient_col).cast(pl.String).alias("__patient"), pl.int_range(pl.len()).alias("__row")
-    )
+    """Every row's tier outcomes, fired tier per rule and "left undecided" flags (``wide``).
+
+    ``__row`` is the row's position in ``wide`` (numbered after the mask): the alert rows take
+    their patient id and carried columns from ``wide`` by it, in one gather after the sort,
+    rather than each part taking those texts and the sort moving them.
+    """
+    lf = vp.prepare(frame).with_columns(pl.col(patient_col).cast(pl.String).alias("__patient"))
     if mask is not None:
         lf = lf.filter(mask)
+    lf = lf.with_columns(pl.int_range(pl.len()).alias("__row"))
     lf = lf.with_columns(plan.clause_exprs).with_columns(plan.outcome_exprs).with_columns(plan.flag_exprs)
     wide = lf.select([*ids, *vp.columns, *plan.flags, *plan.clause_names, plan.any_open]).collect()
     # each row's index among the rows with an open tier (the rows of ``deep`` below)
@@ -635,20 +645,16 @@ def _finding_parts(
     out: list[pl.DataFrame] = []
     for rule in rules:
         chosen_col = _CHOSEN + rule.id
-        common = [*ids, *(_OPEN + t.id for t in rule.ranked)]  # what every tier's part reads
         missing = _NO_MISSING
         if _MISS + rule.id in deep.columns:
             position = pl.when(pl.col("__any_open")).then(pl.col("__deep"))
             missing = _missing_text(deep[_MISS + rule.id], position, vp._plan.miss_roots.get(rule.id))
-        if missing is not _NO_MISSING:
-            common += ["__any_open", "__deep"]
-        not_assessed = _joined([pl.when(pl.col(_OPEN + t.id)).then(pl.lit(t.id)) for t in rule.ranked])
-        computed = {"missing": missing.alias("missing"), "not_assessed": not_assessed.alias("not_assessed")}
         for i, tier in enumerate(rule.ranked, start=1):
             code = words.add("finding", rule.id, tier.id, rule.category, tier.severity, rule.title)
             rows = next(fired)
             if rows == 0:
                 continue
+            common, computed = _open_texts(rule, tier, ids, missing)
             # only this tier's facts: the filter gathers every column it is given, and the rule's
             # other tiers read others (~20 % of the gathered cells were never read)
             needed = [*common, *evidence_names(tier, vp.columns)]
@@ -659,14 +665,39 @@ def _finding_parts(
             batch.append(_Job(rule, tier, code, taken, computed))
             cells += rows * len(needed)
             if cells >= _BATCH_CELLS:
-                out += _run_jobs(vp, batch, ids)
+                out += _run_jobs(vp, batch)
                 batch, cells = [], 0
     if batch:
-        out += _run_jobs(vp, batch, ids)
+        out += _run_jobs(vp, batch)
     return out
 
 
 _NO_MISSING = pl.lit("")  # _missing_text's answer when no row lacks a root (tested by identity)
+
+
+def _open_texts(
+    rule: _Rule, tier: CompiledTier, ids: list[str], missing: pl.Expr
+) -> tuple[list[str], dict[str, pl.Expr]]:
+    """The columns a fired tier's part reads from ``wide`` and its ``missing``/``not_assessed``.
+
+    Why per tier: only a tier of strictly higher severity than the fired one can be left open
+    (the fired tier blocks its own severity and below, see _plan's ``blockers``), so the other
+    tiers' flags are False on these rows. Most fired tiers have none above them: both texts are
+    then "" on every row (no open tier, so no missing root), written as literals instead of a
+    concatenation and a gather per row, and the part takes no flag columns.
+    """
+    level = SEVERITY_ORDER[tier.severity]
+    higher = [t for t in rule.ranked if SEVERITY_ORDER[t.severity] > level]
+    if not higher:
+        return list(ids), {
+            "missing": _NO_MISSING.alias("missing"),
+            "not_assessed": pl.lit("").alias("not_assessed"),
+        }
+    common = [*ids, *(_OPEN + t.id for t in higher)]
+    if missing is not _NO_MISSING:
+        common += ["__any_open", "__deep"]
+    not_assessed = _joined([pl.when(pl.col(_OPEN + t.id)).then(pl.lit(t.id)) for t in higher])
+    return common, {"missing": missing.alias("missing"), "not_assessed": not_assessed.alias("not_assessed")}
 
 
 def _missing_text(column: pl.Series, position: pl.Expr, roots: Sequence[str] | None) -> pl.Expr:
@@ -698,7 +729,7 @@ def _take_rows(jobs: Sequence[_Job]) -> list[pl.DataFrame]:
     return pl.collect_all([job.rows for job in jobs])
 
 
-def _run_jobs(vp: VectorPack, jobs: Sequence[_Job], ids: list[str]) -> list[pl.DataFrame]:
+def _run_jobs(vp: VectorPack, jobs: Sequence[_Job]) -> list[pl.DataFrame]:
     """The parts of ``jobs``: their rows in one parallel query, the shortcuts, their texts in another."""
     pack = vp.pack
     groups = _take_rows(jobs)
@@ -714,7 +745,7 @@ def _run_jobs(vp: VectorPack, jobs: Sequence[_Job], ids: list[str]) -> list[pl.D
         text = summary_expr(group, tier.summary, pack.params, extra, pack.spec.labels)
         if text is not None:  # column-wise, the shared formatter per distinct value (summaries.py)
             exprs = {**job.computed, "__code": code, "summary": text.alias("summary"), "evidence": evidence}
-            texts.append(group.lazy().select([exprs.get(c, c) for c in [*_PER_ROW, *ids[2:]]]))
+            texts.append(group.lazy().select([exprs.get(c, c) for c in _PER_ROW]))
             continue
         group_columns = set(group.columns)
         names = [n for n in dict.fromkeys(placeholders(tier.summary)) if not n.startswith("param.")]
@@ -731,7 +762,7 @@ def _run_jobs(vp: VectorPack, jobs: Sequence[_Job], ids: list[str]) -> list[pl.D
 
         group = group.with_columns(evidence, code, *job.computed.values())
         rendered = _render_unique(group, cols, render_row, "summary", vp._summaries, tier.id)
-        out.append(rendered.select([*_PER_ROW, *ids[2:]]))
+        out.append(rendered.select(_PER_ROW))
     # the in-memory engine, not the default one: the streaming engine evaluates these selects in
     # morsels and then concatenates them, copying every text it built once more (polars 2.1; texts
     # are most of the table's bytes). The same frames either way; vector_alerts on 200,000 patients
@@ -840,7 +871,7 @@ def _missing_rows(
                 vp._summaries,
                 ("missing", key),
             )
-        frames.append(sub.select([*_PER_ROW, *ids[2:]]))
+        frames.append(sub.select(_PER_ROW))
     return frames
 
 
