@@ -51,7 +51,7 @@ from cds_engine.sources.fhir import (
     medication_concept,
 )
 from cds_engine.sources.fhir_read import concept_groups
-from cds_engine.store.api import EvaluationRecord, EvaluationSink, IssuedAlert, NullSink
+from cds_engine.store.api import EvaluationRecord, EvaluationSink, NullSink
 from cds_engine.store.failures import count_not_stored
 
 __all__ = ["HookHandler", "HookResult", "order_key"]
@@ -125,6 +125,19 @@ def _map_facts(
         raise HookError(400, None, message) from exc
     except ValueError as exc:
         raise HookError(400, None, f"the record could not be read as facts ({type(exc).__name__})") from exc
+
+
+def _new_record(fields: dict[str, Any]) -> EvaluationRecord:
+    """``EvaluationRecord(**fields)``, its alerts given as ``IssuedAlert`` fields, validated the same way.
+
+    Why: one call into pydantic-core validates the record and every issued alert (the same schema,
+    the same checks, an equal model with the same fields set), where ``EvaluationRecord(...)``
+    around ``IssuedAlert(...)`` per alert paid Python's ``__init__`` and keyword packing for each
+    — about a third of building a record, on every stored hook call (issue 19 item 2a)."""
+    return _VALIDATE_RECORD(fields)
+
+
+_VALIDATE_RECORD = EvaluationRecord.__pydantic_validator__.validate_python
 
 
 class HookHandler:
@@ -274,23 +287,25 @@ class HookHandler:
         ]
 
     def _patient(self, pool: list[dict[str, Any]], request: HookRequest) -> PatientDemographics | None:
-        """412 unless the context patient is in the record; else who they are (None when not kept)."""
-        if not any(
-            r.get("resourceType") == "Patient" and r.get("id") == request.context.patientId for r in pool
-        ):
+        """412 unless the context patient is in the record; else who they are (None when not kept).
+
+        The record is walked once: the resource found for the check is the one demographics are
+        read from (the store step used to walk the whole pool a second time to find it again)."""
+        patient_id = request.context.patientId
+        patient = next((r for r in pool if r.get("resourceType") == "Patient" and r.get("id") == patient_id),
+                       None)
+        if patient is None:
             if request.fhirServer is None or self.fetcher is None:
                 why = "not prefetched, and no fhirServer to read it from"
             else:  # the server was given: say so (never its address), not "no FHIR access"
                 why = "not prefetched, and the FHIR server in fhirServer could not be read"
             raise HookError(412, "context.patientId", f"the patient could not be read ({why})")
-        return self._who(pool, request.context.patientId)
+        return self._who(patient)
 
-    def _who(self, pool: list[dict[str, Any]], patient_id: str) -> PatientDemographics | None:
+    def _who(self, patient: dict[str, Any]) -> PatientDemographics | None:
         """Name, birth date and MRN-type identifiers of the context patient (None when not kept)."""
         if not self.demographics or isinstance(self.sink, NullSink):
             return None
-        patient = next((r for r in pool if r.get("resourceType") == "Patient" and r.get("id") == patient_id),
-                       None)
         return from_fhir_patient(patient)
 
     def _parse(self, request: HookRequest, pack: CompiledPack) -> tuple[DraftOrders, list[dict[str, Any]]]:
@@ -520,31 +535,32 @@ class HookHandler:
         if isinstance(self.sink, NullSink):
             return  # nothing to keep: skip the thread hop
         info = pack.spec.pack
+        hidden = hidden or {}
         for draft, _facts, pairs in issued:
-            record = EvaluationRecord(
-                source="hook",
-                hook_instance=request.hookInstance,
-                hook=request.hook,
-                service_id=ref.id,
-                patient_ref=f"Patient/{request.context.patientId}",
-                encounter_ref=f"Encounter/{request.context.encounterId}"
+            record = _new_record({
+                "source": "hook",
+                "hook_instance": request.hookInstance,
+                "hook": request.hook,
+                "service_id": ref.id,
+                "patient_ref": f"Patient/{request.context.patientId}",
+                "encounter_ref": f"Encounter/{request.context.encounterId}"
                 if request.context.encounterId
                 else None,
-                user_ref=request.context.userId or "unknown",
-                order_key=order_key(request, draft, issuer),
-                order=draft,
-                as_of=as_of,
-                pack_id=info.id,
-                pack_version=info.version,
-                pack_hash=pack.content_hash,
-                alerts=[
-                    IssuedAlert(alert=a, card_uuid=c.uuid if c else None,
-                                shown=shown and not (c is not None and c.uuid in (hidden or {})),
-                                card_suggestions=len(c.suggestions or []) if c else None)
+                "user_ref": request.context.userId or "unknown",
+                "order_key": order_key(request, draft, issuer),
+                "order": draft,
+                "as_of": as_of,
+                "pack_id": info.id,
+                "pack_version": info.version,
+                "pack_hash": pack.content_hash,
+                "alerts": [
+                    {"alert": a, "card_uuid": c.uuid if c else None,
+                     "shown": shown and not (c is not None and c.uuid in hidden),
+                     "card_suggestions": len(c.suggestions or []) if c else None}
                     for a, c in pairs
                 ],
-                demographics=who,
-            )
+                "demographics": who,
+            })
             try:
                 if getattr(self.sink, "nonblocking", False):  # a journal append: no thread hop, no queue
                     self.sink.record_evaluation(record)
