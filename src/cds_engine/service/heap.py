@@ -95,9 +95,6 @@ def note_answer() -> bool:
     _answers += 1
     if _answers not in SETTLE_AT or not _frozen:
         return False
-    with _lock:
-        gc.collect()
-        gc.freeze()
-        count = gc.get_freeze_count()
+    count = freeze_startup()  # the same collect-then-freeze, now over what the answers built too
     log.debug("worker heap settled after %d answers: %d objects frozen", _answers, count)
     return True
