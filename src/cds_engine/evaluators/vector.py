@@ -33,7 +33,15 @@ sort on an integer key, kept after trying a linear placement (each part is in ro
 per-patient counter gives every row its place, then one gather): polars' multi-threaded sort
 gathers from the ~50 unjoined parts in one step, a gather needs them joined first, and the
 placement's scatters cost what the argsort did — 1.2–1.3 against 0.9–1.1 CPU-s at 1 M patients
-(6.5 M alerts).
+(6.5 M alerts). Also measured and dropped (same table, CPU within noise): rechunking the parts
+before the sort or an argsort then one gather (the sort rechunks the string views and gathers
+them: that is its floor), parts pre-ordered by wording so a stable sort on ``__row`` alone
+suffices, ``missing``/``not_assessed`` carried as Categorical through the sort (the cast back
+cost what the sort saved), the per-tier statistics on two Python threads (no CPU change; wall
+not measurable on a shared machine). Where the rest goes: the table itself is ~2 GB of fresh
+memory per 1 M patients (0.7–0.8 M first-touched 4 KiB pages, a third of them in the sort); on
+a VM where a page fault costs 1.3–6 µs of kernel time that is 20–45 % of the CPU seconds
+(``bench/screening/stages.py`` charges each step its system seconds and page faults).
 """
 
 from __future__ import annotations
@@ -123,10 +131,9 @@ def _clause(c: Clause) -> pl.Expr:
         return col.is_null()
     if c.kind == "present":
         return col.is_not_null()
-    if c.op == "in":
-        return col.is_in(_values(c.value)).fill_null(False)
-    if c.op == "not_in":
-        return (~col.is_in(_values(c.value))).fill_null(False)
+    if c.op in ("in", "not_in"):
+        member = _member(c.fact, _values(c.value))
+        return (member if c.op == "in" else ~member).fill_null(False)
     value = pl.lit(c.value)
     expr = {
         "eq": col == value,
@@ -137,6 +144,28 @@ def _clause(c: Clause) -> pl.Expr:
         "gte": col >= value,
     }[c.op]
     return expr.fill_null(False)
+
+
+_EQUALITIES_MAX = 4  # an "in" over at most this many strings is tested as equalities (_member)
+
+
+def _member(fact: str, values: list[Any]) -> pl.Expr:
+    """The fact's value is one of ``values``: null where the fact is, as ``is_in`` gives it.
+
+    Why equalities for a short list of strings: ``is_in`` hashes every row's string and probes a
+    table (the largest single cost of the first pass, ~9 ms per clause on 1 M rows); comparing
+    a string column with a literal mostly compares the views' length and prefix, and two to four
+    of them cost less than the probe. Byte equality is what ``is_in`` tests on strings, and a null
+    row gives null both ways (Kleene OR of nulls), so the flags are the same.
+    """
+    col = pl.col(fact)
+    if (
+        0 < len(values) <= _EQUALITIES_MAX
+        and all(isinstance(v, str) for v in values)
+        and fact_dtype(fact) == pl.String()
+    ):
+        return pl.any_horizontal([col == pl.lit(v, pl.String) for v in values])
+    return col.is_in(values)
 
 
 def _as_expr(value: pl.Expr | bool) -> pl.Expr:
@@ -818,11 +847,8 @@ def _missing_rows(
         if sub.height == 0:
             continue
         item_rank = SEVERITY_ORDER[item.severity] if item else 1
-        rank = pl.max_horizontal(
-            [
-                pl.when(c).then(pl.lit(SEVERITY_ORDER[t.severity], pl.Int8))
-                for c, (t, _) in zip(contributes, entries, strict=True)
-            ]
+        rank = _highest_rank(
+            [(SEVERITY_ORDER[t.severity], c) for c, (t, _) in zip(contributes, entries, strict=True)]
         )
         label = item.label if item else key.replace("_", " ")
         tiers_by_id = {t.id: t for t, _ in entries}
@@ -873,6 +899,24 @@ def _missing_rows(
             )
         frames.append(sub.select(_PER_ROW))
     return frames
+
+
+def _highest_rank(flags: Sequence[tuple[int, pl.Expr]]) -> pl.Expr:
+    """The highest rank whose flag holds on the row (an Int8), null where none does.
+
+    What a max over one "rank where the flag holds" column per flag gives, from one test per
+    distinct rank instead: a report stands for dozens of tiers and three severities, and the
+    max of dozens of Int8 columns cost more than three ORs of the flags.
+    """
+    by_rank: dict[int, list[pl.Expr]] = {}
+    for rank, flag in flags:
+        by_rank.setdefault(rank, []).append(flag)
+    out: Any = None
+    for rank in sorted(by_rank, reverse=True):
+        test = pl.any_horizontal(by_rank[rank])
+        out = pl.when(test) if out is None else out.when(test)
+        out = out.then(pl.lit(rank, pl.Int8))
+    return out.otherwise(pl.lit(None, pl.Int8)) if out is not None else pl.lit(None, pl.Int8)
 
 
 def _bits(flags: Sequence[tuple[str, pl.Expr]]) -> pl.Expr:
