@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["NotConcatenable", "concat_parquet"]
+__all__ = ["NotConcatenable", "ParquetAppender", "concat_parquet"]
 
 MAGIC = b"PAR1"
 _COPY = 8 * 1024 * 1024  # bytes copied at a time: memory stays flat however large the parts
@@ -264,41 +264,103 @@ def concat_parquet(parts: Sequence[Path], out: Path) -> None:
     for meta, _ in footers[1:]:
         if not _same_but_rows(first, meta):
             raise NotConcatenable("the parts differ in schema, metadata or writer")
-    merged = _Struct([list(f) for f in first.fields])
-    groups: list[Any] = []
-    rows = 0
-    position = len(MAGIC)
-    for meta, start in footers:
-        _, part_groups = meta.get(_FMD_ROW_GROUPS)
-        for group in part_groups:
-            _shift(group, position - len(MAGIC), len(groups))
-            groups.append(group)
-        rows += meta.get(_FMD_NUM_ROWS)
-        position += start - len(MAGIC)
-    merged.set(_FMD_NUM_ROWS, rows)
-    merged.set(_FMD_ROW_GROUPS, (_STRUCT, groups))
-    footer = _encoded(merged)
+    appender = ParquetAppender(out, sync=False)
     try:
-        with out.open("wb") as dst:
-            dst.write(MAGIC)
-            for path, (_, start) in zip(parts, footers, strict=True):
-                with path.open("rb") as src:
-                    src.seek(len(MAGIC))
-                    left = start - len(MAGIC)
-                    while left:
-                        block = src.read(min(_COPY, left))
-                        if not block:
-                            raise NotConcatenable(f"{path.name}: shorter than its footer says")
-                        dst.write(block)
-                        left -= len(block)
-            dst.write(footer + struct.pack("<I", len(footer)) + MAGIC)
+        for path, footer in zip(parts, footers, strict=True):
+            appender.add(path, footer)
+        appender.finish()
     except BaseException:
         out.unlink(missing_ok=True)
         raise
-    if out.stat().st_size != position + len(footer) + 8:
-        os.unlink(out)
-        raise NotConcatenable("the merged file is not the expected size")
-    _check_read_back(parts[0], out, rows, len(groups))
+
+
+class ParquetAppender:
+    """:func:`concat_parquet` one part at a time: each part's row groups are copied as it comes,
+    the footer is written by :meth:`finish` — the same bytes as :func:`concat_parquet` of them all.
+
+    Why: a serial screening's final tables were copied from the parts at the very end, while
+    nothing else ran (~0.15 s of a 1 M-row run's wall time, the copy and the flush of ~50 MB).
+    Appended as each chunk's parts are written, on the writer thread, the copy and the flush
+    (``sync``) overlap the evaluation of the next chunk, and the end writes only the footer.
+    The file is opened per call, so a run that fails half way holds no file open; any error
+    leaves a partial ``out`` that the caller removes (:meth:`abandon`).
+    """
+
+    def __init__(self, out: Path, sync: bool = True) -> None:
+        self.out = out
+        self.sync = sync  # flush each part's bytes to disk as it is appended
+        self.first: _Struct | None = None
+        self.groups: list[Any] = []
+        self.rows = 0
+        self.position = len(MAGIC)
+        self.part: Path | None = None  # the first part: the read-back check compares with it
+
+    def add(self, part: Path, footer: tuple[_Struct, int] | None = None) -> None:
+        """Append ``part``'s row groups (``footer``: its :func:`_footer`, when already read)."""
+        meta, start = footer if footer is not None else _footer(part)
+        if self.first is None:
+            self.first, self.part = meta, part
+            with self.out.open("wb") as dst:
+                dst.write(MAGIC)
+        elif not _same_but_rows(self.first, meta):
+            raise NotConcatenable("the parts differ in schema, metadata or writer")
+        _, part_groups = meta.get(_FMD_ROW_GROUPS)
+        for group in part_groups:
+            _shift(group, self.position - len(MAGIC), len(self.groups))
+        # not opened to append: copy_file_range refuses a file opened with O_APPEND
+        with self.out.open("r+b", buffering=0) as dst, part.open("rb", buffering=0) as src:
+            dst.seek(0, os.SEEK_END)
+            _copy(src, dst, len(MAGIC), start - len(MAGIC), part)
+            if self.sync:
+                os.fdatasync(dst.fileno())
+        self.groups.extend(part_groups)
+        self.rows += meta.get(_FMD_NUM_ROWS)
+        self.position += start - len(MAGIC)
+
+    def finish(self) -> None:
+        """Write the footer; check the file's size and that pyarrow reads it back."""
+        if self.first is None or self.part is None:
+            raise NotConcatenable("no parts")
+        merged = _Struct([list(f) for f in self.first.fields])
+        merged.set(_FMD_NUM_ROWS, self.rows)
+        merged.set(_FMD_ROW_GROUPS, (_STRUCT, self.groups))
+        footer = _encoded(merged)
+        with self.out.open("ab") as dst:
+            dst.write(footer + struct.pack("<I", len(footer)) + MAGIC)
+        if self.out.stat().st_size != self.position + len(footer) + 8:
+            os.unlink(self.out)
+            raise NotConcatenable("the merged file is not the expected size")
+        _check_read_back(self.part, self.out, self.rows, len(self.groups))
+
+    def abandon(self) -> None:
+        self.out.unlink(missing_ok=True)
+
+
+def _copy(src: Any, dst: Any, offset: int, count: int, part: Path) -> None:
+    """``count`` bytes of ``src`` from ``offset`` to the end of ``dst`` (unbuffered files): in the
+    kernel where it can (``copy_file_range``: no trip through this process), else read and write."""
+    left = count
+    if hasattr(os, "copy_file_range"):
+        position = offset
+        try:
+            while left:
+                done = os.copy_file_range(src.fileno(), dst.fileno(), min(_COPY, left), position)
+                if done == 0:
+                    raise NotConcatenable(f"{part.name}: shorter than its footer says")
+                position += done
+                left -= done
+            return
+        except OSError:  # not on this file system: copy what is left the ordinary way
+            offset = position
+    src.seek(offset)
+    while left:
+        block = src.read(min(_COPY, left))
+        if not block:
+            raise NotConcatenable(f"{part.name}: shorter than its footer says")
+        view = memoryview(block)
+        while view:  # an unbuffered write may take part of the block
+            view = view[dst.write(view) :]
+        left -= len(block)
 
 
 def _check_read_back(first: Path, out: Path, rows: int, groups: int) -> None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +61,7 @@ def _parquet_writer(path: Path, schema: Any) -> Any:
 def _write_part(table: Any, path: Path) -> None:
     """One part file (read once, by the merge): LZ4, dictionaries on the repetitive columns, no
     statistics — the cheapest encoding measured that is also small (half the IPC LZ4 bytes)."""
-    dictionary = [n for n in table.schema.names if n not in _ROW_VALUED and n != "row"]
+    dictionary = _dictionary_names(table.schema.names)
     with _open_writer(
         path, table.schema, compression="lz4", use_dictionary=dictionary, write_statistics=False
     ) as w:
@@ -94,6 +95,50 @@ def _as_arrow(frame: pl.DataFrame) -> Any:
     import base64
 
     return table.replace_schema_metadata({_STORED: base64.b64encode(stored.serialize().to_pybytes())})
+
+
+def _dictionary_names(names: list[str]) -> list[str]:
+    """The columns both writers dictionary-encode (the parts' and the final tables')."""
+    return [n for n in names if n not in _ROW_VALUED and n != "row"]
+
+
+def _constant(series: pl.Series) -> bool:
+    """One value on every row, no null (the ends are compared first: most columns stop there)."""
+    if series.dtype != pl.String or series.len() == 0 or series.null_count():
+        return False
+    first = series[0]
+    return bool(series[-1] == first and series[series.len() // 2] == first and (series == first).all())
+
+
+def _with_constant_dictionaries(frame: pl.DataFrame, table: Any) -> Any:
+    """``table`` (``_as_arrow(frame)``) with its constant dictionary columns handed to the writer
+    already dictionary-encoded: one value and an index of zeros.
+
+    Why: the writer hashes every row of a dictionary column and takes min/max statistics over
+    every row; given the dictionary it does neither (the statistics come from the one value). A
+    record-table chunk's pack id, version and hash and its source are such columns — four of the
+    alert table's thirteen dictionary columns, ~10 % of its encoding CPU. The pages are the same
+    (the writer's own dictionary holds that value at index 0 too) and the Arrow schema stored is
+    ``to_arrow()``'s, so the file is byte for byte the same (tests/test_record_table_parts.py).
+    """
+    import pyarrow as pa
+
+    names = [n for n in _dictionary_names(frame.columns) if _constant(frame[n])]
+    if not names:
+        return table
+    if _STORED not in (table.schema.metadata or {}):  # the schema to store is to_arrow()'s
+        import base64
+
+        stored = base64.b64encode(frame.head(0).to_arrow().schema.serialize().to_pybytes())
+        table = table.replace_schema_metadata({_STORED: stored})
+    zeros = pa.repeat(pa.scalar(0, pa.int32()), frame.height)
+    for name in names:
+        value = pa.array([frame[name][0]], pa.large_string())
+        column = pa.DictionaryArray.from_arrays(zeros, value)
+        index = table.schema.get_field_index(name)
+        field = pa.field(name, column.type, table.schema.field(index).nullable)
+        table = table.set_column(index, field, column)
+    return table
 
 
 def _open_writer(where: Any, schema: Any, **options: Any) -> Any:
@@ -133,17 +178,45 @@ def _replace(tmp: Path, final: Path) -> None:
 _FORMULA_START = r"^[=+\-@\t\r]"
 
 
-def _neutralised(frame: pl.LazyFrame) -> pl.LazyFrame:
-    """CSV cells that a spreadsheet would run as a formula (``= + - @``, tab, CR first) get a
-    leading ``'`` (red-team L7). Parquet stays raw."""
-    strings = [name for name, dtype in frame.collect_schema().items() if dtype == pl.String]
-    return frame.with_columns(
+#: every character of _FORMULA_START sorts before this one (a string starting with one is less)
+_ABOVE_FORMULA_START = "A"
+
+
+def _neutral(name: str) -> pl.Expr:
+    """The column ``name`` with a leading ``'`` where it starts as a formula would."""
+    return (
         pl.when(pl.col(name).str.contains(_FORMULA_START))
         .then(pl.lit("'") + pl.col(name))
         .otherwise(pl.col(name))
         .alias(name)
-        for name in strings
     )
+
+
+def _neutralised(frame: pl.LazyFrame) -> pl.LazyFrame:
+    """CSV cells that a spreadsheet would run as a formula (``= + - @``, tab, CR first) get a
+    leading ``'`` (red-team L7). Parquet stays raw."""
+    strings = [name for name, dtype in frame.collect_schema().items() if dtype == pl.String]
+    return frame.with_columns(_neutral(name) for name in strings)
+
+
+def _neutralised_frame(frame: pl.DataFrame) -> pl.DataFrame:
+    """:func:`_neutralised` of a frame in memory: the same cells, rewritten only in the columns
+    that can hold such a cell.
+
+    Why: the formula test and the rewrite of every string column cost ~0.14 CPU-s per 340,000
+    alert rows, almost always to change nothing. A cell that starts as a formula is non-empty and
+    less than ``"A"`` (its first byte is below it); one comparison per cell over all the columns
+    (a seventh of that cost) finds the columns that may hold one, and only those are rewritten —
+    with the very expression the lazy path uses (tests/test_record_table_parts.py).
+    """
+    strings = [name for name, dtype in frame.schema.items() if dtype == pl.String]
+    if not strings or frame.height == 0:
+        return frame
+    maybe = frame.select(
+        ((pl.col(n) < _ABOVE_FORMULA_START) & (pl.col(n) != "")).any().alias(n) for n in strings
+    ).row(0)
+    candidates = [n for n, m in zip(strings, maybe, strict=True) if m]
+    return frame.with_columns(_neutral(n) for n in candidates) if candidates else frame
 
 
 class _Appended:
@@ -152,47 +225,87 @@ class _Appended:
     Why: the final tables used to be encoded a second time, chunk by chunk, beside the parts (the
     merge before that re-read and re-encoded every part); the Parquet encoding of the alert texts
     was a fifth of a record-table run's CPU. Now a serial run writes these two parts in the final
-    tables' encoding (:func:`_parquet_writer`) and the merge copies their row groups, as bytes,
-    into ``.parts/final.NAME.parquet`` (:func:`~cds_engine.batch.parquet_concat.concat_parquet`):
-    the same file, byte for byte, as appending each chunk to one ``ParquetWriter`` gave. They are
-    used only when they hold exactly the chunks of the run in order (no chunk resumed, nothing
-    failed, one schema); otherwise they are dropped and the merge reads the parts as before — the
-    same tables either way (tests/test_batch_parts.py).
+    tables' encoding (:func:`_parquet_writer`) and their row groups are copied, as bytes, into
+    ``.parts/final.NAME.parquet`` as each chunk's parts are written (on the writer thread, while
+    the next chunk is evaluated: :class:`~cds_engine.batch.parquet_concat.ParquetAppender`); the
+    merge writes only the footer — the same file, byte for byte, as appending each chunk to one
+    ``ParquetWriter`` gave. They are used only when they hold exactly the chunks of the run in
+    order (no chunk resumed, nothing failed, one schema); otherwise they are dropped and the merge
+    reads the parts as before — the same tables either way (tests/test_batch_parts.py).
     """
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, csv: bool = False) -> None:
+        from cds_engine.batch.parquet_concat import ParquetAppender
+
         self.folder = folder
-        self.files: dict[str, list[Path]] = {name: [] for name in _APPENDED}
         self.chunks: list[str] = []
         self.broken = False
-        for name in _APPENDED:  # a killed run's partial file is never reused
-            self.path(name).unlink(missing_ok=True)
+        self.csv_path = folder / "final.alerts.csv"
+        for path in (*(self.path(name) for name in _APPENDED), self.csv_path):
+            path.unlink(missing_ok=True)  # a killed run's partial file is never reused
+        self.appenders = {name: ParquetAppender(self.path(name)) for name in _APPENDED}
+        self.csv = csv  # alerts.csv is built too, chunk by chunk (False once that fails)
 
     def path(self, name: str) -> Path:
         return self.folder / f"final.{name}.parquet"
 
-    def add(self, chunk_id: str, files: dict[str, Path]) -> None:
-        """One chunk's part files (``name`` -> path, in the final encoding), in chunk order."""
+    def add(self, chunk_id: str, files: dict[str, Path], csv_added: bool = False) -> None:
+        """One chunk's part files (``name`` -> path, in the final encoding), in chunk order;
+        ``csv_added``: :meth:`add_csv` appended its rows to alerts.csv first."""
+        from cds_engine.batch.parquet_concat import NotConcatenable
+
         if self.broken:
             return
         if set(files) != set(_APPENDED):
             self.drop()
             return
-        for name, path in files.items():
-            self.files[name].append(path)
+        try:
+            for name in _APPENDED:
+                self.appenders[name].add(files[name])
+        except (NotConcatenable, OSError):  # any doubt: the merge builds the tables from the parts
+            self.drop()
+            return
+        if self.csv and not csv_added:  # a chunk without its rows: the merge writes alerts.csv
+            self._drop_csv()
         self.chunks.append(chunk_id)
 
+    def add_csv(self, alerts: pl.DataFrame) -> None:
+        """The next chunk's rows of alerts.csv, neutralised, appended (the header with the first);
+        called before :meth:`add` of that chunk. Never raises: a failure drops alerts.csv here
+        (the merge then writes it from alerts.parquet), so it may run on a thread of its own.
+
+        Why here: alerts.csv used to be written after the last chunk, from alerts.parquet read back
+        (decoded) — several seconds of a 1 M-row run in which nothing else ran. Written from the
+        rows in memory as each chunk's parts are, it overlaps the evaluation (and the encoding of
+        the chunk's Parquet parts: PartStore.write). The same bytes as the merge's sink_csv of the
+        whole table (tests/test_record_table_parts.py).
+        """
+        if self.broken or not self.csv:
+            return
+        header = not self.chunks
+        try:
+            with self.csv_path.open("wb" if header else "ab") as fh:
+                _neutralised_frame(alerts).write_csv(fh, include_header=header)
+                fh.flush()
+                os.fdatasync(fh.fileno())
+        except Exception:  # any doubt: the merge writes alerts.csv the ordinary way
+            self._drop_csv()
+
+    def _drop_csv(self) -> None:
+        self.csv = False
+        self.csv_path.unlink(missing_ok=True)
+
     def finish(self, chunk_ids: list[str]) -> bool:
-        """Build the files; True when they are the complete tables of ``chunk_ids``."""
-        from cds_engine.batch.parquet_concat import NotConcatenable, concat_parquet
+        """Close the files; True when they are the complete tables of ``chunk_ids``."""
+        from cds_engine.batch.parquet_concat import NotConcatenable
 
         if self.broken or self.chunks != chunk_ids or not chunk_ids:
             self.drop()
             return False
         try:
             for name in _APPENDED:
-                concat_parquet(self.files[name], self.path(name))
-        except (NotConcatenable, OSError):  # any doubt: the merge builds the tables from the parts
+                self.appenders[name].finish()
+        except (NotConcatenable, OSError):
             self.drop()
             return False
         return True
@@ -200,14 +313,19 @@ class _Appended:
     def drop(self) -> None:
         self.broken = True
         for name in _APPENDED:
+            self.appenders[name].abandon()
             self.path(name).unlink(missing_ok=True)
+        self._drop_csv()
 
 
 class PartStore:
     """The ``.parts`` folder of one output directory."""
 
-    def __init__(self, out: Path, fingerprint: str, params: dict[str, Any]) -> None:
+    def __init__(
+        self, out: Path, fingerprint: str, params: dict[str, Any], formats: tuple[str, ...] = ()
+    ) -> None:
         self.out = out
+        self.formats = formats  # the alert tables asked for (alerts.csv is built as the chunks come)
         self.dir = out / ".parts"
         self.fingerprint = fingerprint
         self.resumed = 0
@@ -233,7 +351,7 @@ class PartStore:
 
     def append_as_you_go(self) -> None:
         """Serial runs: also write the final tables chunk by chunk (see :class:`_Appended`)."""
-        self.appended = _Appended(self.dir)
+        self.appended = _Appended(self.dir, csv="csv" in self.formats)
 
     def done(self, chunk_id: str) -> bool:
         return (self.dir / f"{_safe(chunk_id)}.done").exists()
@@ -242,11 +360,38 @@ class PartStore:
         return json.loads((self.dir / f"{_safe(chunk_id)}.done").read_text(encoding="utf-8"))
 
     def write(self, result: ChunkResult) -> None:
+        """The chunk's part files and manifest; a serial run's final tables grow by the chunk.
+
+        alerts.csv's rows (serial runs asked for csv) are written on a thread of their own meanwhile:
+        both writers run mostly without the GIL, so the last chunk — written while nothing else
+        runs — takes the longer of the two, not their sum.
+        """
         base = self.dir / _safe(result.chunk_id)
+        appended = self.appended
+        csv_rows = None
+        if appended is not None and appended.csv and not appended.broken:
+            csv_rows = threading.Thread(target=appended.add_csv, args=(result.alerts,), name="cds-csv")
+            csv_rows.start()
+        try:
+            self._write_parts(result, base)
+        finally:
+            if csv_rows is not None:
+                csv_rows.join()
+        if appended is not None:
+            appended.add(
+                result.chunk_id,
+                {n: base.with_name(f"{base.name}.{n}.{_PART}") for n in _APPENDED},
+                csv_added=csv_rows is not None,
+            )
+
+    def _write_parts(self, result: ChunkResult, base: Path) -> None:
         tables = {  # without copying the texts (_as_arrow): the same files as from to_arrow()
-            "alerts": _as_arrow(result.alerts),
-            "patients": _as_arrow(result.patients),
-            "errors": _as_arrow(result.errors),
+            name: _with_constant_dictionaries(frame, _as_arrow(frame))
+            for name, frame in (
+                ("alerts", result.alerts),
+                ("patients", result.patients),
+                ("errors", result.errors),
+            )
         }
         for name, table in tables.items():
             tmp = base.with_name(f"{base.name}.{name}.{_PART}.tmp")
@@ -266,10 +411,6 @@ class PartStore:
         tmp = base.with_name(f"{base.name}.done.tmp")
         tmp.write_text(json.dumps(manifest), encoding="utf-8")
         _replace(tmp, base.with_name(f"{base.name}.done"))
-        if self.appended is not None:
-            self.appended.add(
-                result.chunk_id, {n: base.with_name(f"{base.name}.{n}.{_PART}") for n in _APPENDED}
-            )
 
     def _scan(self, chunk_ids: list[str], name: str, schema: dict[str, pl.DataType]) -> pl.LazyFrame:
         files = [self.dir / f"{_safe(c)}.{name}.{_PART}" for c in chunk_ids]
@@ -283,14 +424,18 @@ class PartStore:
 
         ``formats``: the alert tables besides ``alerts.parquet`` (batch/outputs.py).
         """
+        built: set[str] = set()  # alert tables already written as the chunks came
         if self.appended is not None and self.appended.finish(chunk_ids):
             for name in _APPENDED:
                 _replace(self.appended.path(name), self.out / f"{name}.parquet")
+            if self.appended.csv and "csv" in formats:
+                _replace(self.appended.csv_path, self.out / "alerts.csv")
+                built.add("csv")
         else:
             self._sink(self._scan(chunk_ids, "alerts", BATCH_ALERT_SCHEMA), "alerts.parquet")
             self._sink(self._scan(chunk_ids, "patients", PATIENT_SCHEMA), "patients.parquet")
         errors = self._scan(chunk_ids, "errors", ERROR_SCHEMA)
-        write_formats(self.out, formats, self._sink)
+        write_formats(self.out, tuple(f for f in formats if f not in built), self._sink)
         self._sink(errors, "errors.csv")
 
     def _sink(self, frame: pl.LazyFrame, name: str) -> None:

@@ -458,6 +458,7 @@ def _run_screen(opts: ScreenOptions) -> ScreenResult:
             "assume_order": cfg.assume_order,
             "inputs": [str(p) for p in opts.inputs],
         },
+        formats,
     )
     order: list[str] = []
     totals = {"read": 0, "screened": 0, "rejected": 0, "deceased": 0, "skipped": 0, "alerts": 0}
