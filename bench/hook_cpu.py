@@ -11,7 +11,9 @@ draft orders (the pack's drug at several doses, a partner drug, a draft that ref
 ``Medication`` carried in the bundle, two drafts); ``--same`` repeats one body (as ``bench/load.py``
 does, so memos keyed by the draft always hit).
 
-Prints CPU milliseconds per call (``resource.getrusage``, this process only). For a noise-free
+Prints CPU milliseconds per call (``resource.getrusage``, this process only), and that CPU split by
+thread (``/proc/self/task/*/schedstat``, nanoseconds, Linux: the event loop's thread apart from,
+e.g., the journal's fsync thread, whose kernel time a store adds to the server). For a noise-free
 figure run it under callgrind with ``--marks 5``: it prints ``TIMED-START`` / ``TIMED-END`` and
 pauses at each, and ``callgrind_control --dump`` at each mark leaves a profile part holding the
 timed calls alone (instructions per call = its total / ``--calls``). ``--dump`` writes every answer
@@ -33,6 +35,7 @@ import logging
 import re
 import resource
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -224,6 +227,26 @@ _RECORDED_AT = re.compile(rb'"recorded_at":"[^"]*"')
 _UUID = re.compile(rb"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
+def thread_cpu() -> dict[str, int]:
+    """CPU nanoseconds of each live thread of this process by Python thread name (schedstat: user
+    and kernel, finer than the clock ticks of ``/proc/<pid>/stat``); {} where /proc has no such file."""
+    names = {t.native_id: t.name for t in threading.enumerate()}
+    out: dict[str, int] = {}
+    for tid in names:
+        try:
+            with open(f"/proc/self/task/{tid}/schedstat") as stat:
+                out[names[tid]] = out.get(names[tid], 0) + int(stat.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            continue
+    return out
+
+
+def _thread_split(before: dict[str, int], after: dict[str, int], calls: int) -> str:
+    """``name ms/call`` for every thread that ran (a thread gone meanwhile is not counted)."""
+    parts = [(name, (ns - before.get(name, 0)) / calls / 1e6) for name, ns in after.items()]
+    return ", ".join(f"{name} {ms:.3f}" for name, ms in sorted(parts, key=lambda p: -p[1]) if ms >= 0.0005)
+
+
 def _masked(raw: bytes) -> str:
     """Card and hookInstance uuids replaced by their order of appearance (they are random)."""
     seen: dict[bytes, str] = {}
@@ -270,7 +293,7 @@ def main() -> None:
                   signer.token(aud(payloads[i % len(payloads)][0]), exp_in=TOKEN_SECONDS))
                  for i in range(args.calls)]
 
-        async def run() -> tuple[list[tuple[int, bytes]], list[list[list[str]]], float, float]:
+        async def run() -> tuple[list[tuple[int, bytes]], list[list[list[str]]], float, float, str]:
             async with app.router.lifespan_context(app):
                 answers = [await call(app, p, b, t) for (p, b), t in zip(payloads, warm, strict=True)]
                 headers = list(HEADERS)  # the warm-up pass's, compared with --dump
@@ -281,6 +304,7 @@ def main() -> None:
                 if args.marks:  # let callgrind_control dump (and reset) the counts before the timed calls
                     print("TIMED-START", flush=True)
                     time.sleep(args.marks)
+                threads0 = thread_cpu()
                 r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
                 if profiler is not None:
                     profiler.enable()
@@ -291,21 +315,24 @@ def main() -> None:
                     profiler.disable()
                     profiler.dump_stats(args.profile)
                 r1, wall = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter() - t0
+                split = _thread_split(threads0, thread_cpu(), max(1, args.calls))
                 if args.marks:  # the next dump holds the timed calls only
                     print("TIMED-END", flush=True)
                     time.sleep(args.marks)
             if isinstance(sink, JournalKeepSink):
                 sink.journal.close()
             cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
-            return answers, headers, cpu, wall
+            return answers, headers, cpu, wall, split
 
-        answers, headers, cpu, wall = asyncio.run(run())
+        answers, headers, cpu, wall, split = asyncio.run(run())
     codes = sorted({s for s, _ in answers})
     kind = "load.py's, repeated" if args.load_body else "one repeated" if args.same else "varied"
     print(f"bodies: {len(payloads)} ({kind}); warm-up answers {codes}")
     if args.calls:
         print(f"timed calls: {args.calls}; CPU {cpu / args.calls * 1000:.3f} ms/call "
               f"(process, all threads); wall {wall / args.calls * 1000:.3f} ms/call")
+        if split:
+            print(f"CPU by thread (schedstat, ms/call): {split}")
         print("service steps (Server-Timing, wall ms/call): "
               + ", ".join(f"{k} {v / args.calls:.3f}" for k, v in TIMINGS.items()))
     if args.dump is not None:

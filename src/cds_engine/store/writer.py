@@ -249,12 +249,17 @@ def _alert_rows(record: EvaluationRecord, evaluation_id: str) -> Iterable[dict[s
             "severity": a.severity, "summary": a.summary, "detail": a.detail,
             "evidence": _jsonable(a.evidence), "missing": list(a.missing),
             "not_assessed": list(a.not_assessed),
-            "suggestions": [s.model_dump(mode="json") for s in a.suggestions],
-            "sources": [s.model_dump(mode="json") for s in a.sources],
+            "suggestions": _dumped(a.suggestions), "sources": _dumped(a.sources),
             "pack_id": a.pack_id, "pack_version": a.pack_version, "pack_hash": a.pack_hash,
             "pack_url": a.pack_url, "approval": a.approval, "card_uuid": issued.card_uuid,
             "shown": issued.shown, "card_suggestions": issued.card_suggestions, "review_status": "open",
         }
+
+
+def _dumped(values: list[Any]) -> list[Any]:
+    """Each model's ``model_dump(mode="json")``; a dict as it is: a record read from a journal file
+    holds its alerts' sources and suggestions already as those dicts (journal.py ``_LineAlert``)."""
+    return [value if type(value) is dict else value.model_dump(mode="json") for value in values]
 
 
 _PLAIN = frozenset({str, int, float, bool, type(None)})
@@ -265,7 +270,9 @@ def _jsonable(value: Any) -> Any:
 
     A plain value (the usual evidence: strings, numbers, flags) is kept without a call per item:
     a hook call's alerts carry dozens of evidence values, and one recursive call each cost ~13 µs
-    of the writer's CPU per stored line (now ~3 µs)."""
+    of the writer's CPU per stored line (now ~3 µs). Any other value (bytes, a decimal, an
+    object) is refused here, as ``json.dumps`` refused it: PostgreSQL's rows are encoded by msgspec,
+    which would store such a value as a string (store/documents.py)."""
     if isinstance(value, dict):
         return {k if type(k) is str else str(k): v if type(v) in _PLAIN else _jsonable(v)
                 for k, v in value.items()}
@@ -273,7 +280,9 @@ def _jsonable(value: Any) -> Any:
         return [v if type(v) in _PLAIN else _jsonable(v) for v in value]
     if hasattr(value, "isoformat"):
         return value.isoformat()
-    return value
+    if isinstance(value, str | int | float) or value is None:
+        return value
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
 
 
 def known_card(conn: Connection, card_uuid: str) -> bool:
