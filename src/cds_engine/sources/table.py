@@ -469,7 +469,7 @@ def clean_table(frame: pl.DataFrame, as_of: datetime) -> tuple[pl.DataFrame, pl.
     values: list[pl.Expr] = []
     flags: list[pl.Expr] = []
     odd_flags: list[pl.Expr] = []
-    checks: list[tuple[str, str, str | None, str | None]] = []  # name, type, its bad flag, its odd flag
+    checks: list[tuple[str, str, str, str | None]] = []  # name, type, its bad flag, its odd flag
     schema = frame.schema
     for name in frame.columns:
         spec = column_spec(name)
@@ -510,7 +510,7 @@ def clean_table(frame: pl.DataFrame, as_of: datetime) -> tuple[pl.DataFrame, pl.
     raw: list[pl.Series] = []  # the input text of the columns a reason quotes
     for name, kind, bad_flag, odd_flag in checks:
         value = pl.col(name)
-        if bad_flag is not None and raised.get(bad_flag):
+        if raised.get(bad_flag):
             raw.append(frame[name].alias(f"__raw.{name}"))
             reasons.append(
                 pl.when(pl.col(bad_flag)).then(
@@ -522,8 +522,8 @@ def clean_table(frame: pl.DataFrame, as_of: datetime) -> tuple[pl.DataFrame, pl.
         if odd_flag is not None and raised.get(odd_flag):
             # a list as its cells are written (a list does not cast to a string: that raised for
             # every table with such a column, before any row was cleaned)
-            shown = value.list.eval(pl.element().cast(pl.String)).list.join(LIST_SEPARATOR) if kind in (
-                "numbers", "codes", "strings"
+            shown = value.list.eval(pl.element().cast(pl.String)).list.join(LIST_SEPARATOR) if isinstance(
+                staged.schema[name], pl.List
             ) else value.cast(pl.String)
             note = pl.lit(f"{name} dropped (") + shown + pl.lit(")")
             notes.append(pl.when(pl.col(odd_flag)).then(note))
