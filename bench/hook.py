@@ -11,6 +11,12 @@ store) comes from its ``Server-Timing`` header. The body is an order-sign for a 
 Goals (issue 3): p50 ≤ 15 ms and p99 ≤ 50 ms at concurrency 1; p99 ≤ 500 ms at concurrency 16;
 throughput ≥ 0.5× the baseline. Client and server share the machine's cores; compare ratios
 from one run. Not a test.
+
+``--worker-cpus LIST --writer-cpus LIST [--client-cpus LIST]`` (as ``serve``'s options, e.g. ``0`` and
+``1``): every server this script starts — store-off and store-on alike, so the A/B stays fair — pins
+itself to the worker CPUs and a store-on server's writer process to the writer CPUs; the load
+generator (this process) is pinned only with ``--client-cpus``. Given any of them, whatever is not
+pinned keeps the CPUs this script started with (a child never inherits another's pinning).
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ import sys
 import tempfile
 import time
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -49,6 +56,52 @@ from tests.service_helpers import (  # noqa: E402  (the test helpers build reali
 from cds_engine.service.http_limits import CLIENT_KEEP_ALIVE_SECONDS  # noqa: E402
 
 SIGN = "/cds-services/baclofen-order-sign"
+
+
+@dataclass(frozen=True)
+class Pinning:
+    """CPU lists (kernel form, e.g. ``0,2-3``) for the servers, their writer processes and the load
+    generator; all None: nothing is pinned (the script as before)."""
+
+    server: str | None = None
+    writer: str | None = None
+    client: str | None = None
+    asked: tuple[str, ...] = ()  # the options given, for the heading
+
+    def heading(self) -> str:
+        if not self.asked:
+            return "CPU pinning: none (the scheduler places server, writer and load generator)"
+        return (f"CPU pinning ({' '.join(self.asked)}): every server (store off and on) CPU {self.server}; "
+                f"store writer process CPU {self.writer}; load generator "
+                + (f"CPU {self.client}" if self.client else "not pinned"))
+
+    def server_env(self) -> dict[str, str]:
+        """The server's environment additions: its writer process pins itself to ``writer``."""
+        from cds_engine.cpu_affinity import WRITER_CPUS_ENV
+
+        return {WRITER_CPUS_ENV: self.writer} if self.writer else {}
+
+    def server_args(self) -> list[str]:
+        return ["--serve-cpus", self.server] if self.server else []
+
+
+def pinning(worker: str | None, writer: str | None, client: str | None) -> Pinning:
+    """Check the lists (a CPU this process may not use is refused, naming the option); see the module."""
+    from cds_engine.cpu_affinity import available_cpus, check_cpus, format_cpus
+
+    initial = available_cpus()
+    given = {"--worker-cpus": worker, "--writer-cpus": writer, "--client-cpus": client}
+    if not any(v is not None for v in given.values()):
+        return Pinning()
+    try:
+        cpus = {name: None if text is None else format_cpus(check_cpus(text, name, initial))
+                for name, text in given.items()}
+    except ValueError as exc:
+        raise SystemExit(f"bench/hook.py: {exc}") from exc
+    everything = format_cpus(initial) if initial is not None else None
+    return Pinning(server=cpus["--worker-cpus"] or everything, writer=cpus["--writer-cpus"] or everything,
+                   client=cpus["--client-cpus"],
+                   asked=tuple(f"{name} {text}" for name, text in given.items() if text is not None))
 
 
 # ── the server side ────────────────────────────────────────────────────────────────────────
@@ -81,10 +134,15 @@ def build_app(db: str) -> Any:
     return create_app(lambda: engine, sink=sink, auth=None, extra_routers=[baseline, *routers])
 
 
-def serve(port: int, db: str) -> None:
+def serve(port: int, db: str, cpus: str | None = None) -> None:
     import logging
 
     import uvicorn
+
+    if cpus:  # first, before any thread: as `serve --worker-cpus` pins each worker
+        from cds_engine.cpu_affinity import parse_cpus, pin_process
+
+        pin_process(parse_cpus(cpus), "bench server")
 
     from cds_engine.service.http_limits import KEEP_ALIVE_SECONDS, bounded_protocol
 
@@ -228,13 +286,14 @@ def jwt_cost(samples: int = 200) -> float:
 
 
 # ── issue 19: the answer never waits for the store ─────────────────────────────────────────
-def start_server(db: str, workdir: str) -> tuple[subprocess.Popen[bytes], str]:
+def start_server(db: str, workdir: str, pin: Pinning = Pinning()) -> tuple[subprocess.Popen[bytes], str]:
     """This script's server (``--serve``) on a free port with store ``db``; (process, base URL)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = subprocess.Popen([sys.executable, __file__, "--serve", str(port), "--serve-db", db], cwd=workdir,
-                              env=subprocess_env(CDS_SPOOL_DIR=os.path.join(workdir, "spool")))
+    env = subprocess_env(CDS_SPOOL_DIR=os.path.join(workdir, "spool"), **pin.server_env())
+    server = subprocess.Popen([sys.executable, __file__, "--serve", str(port), "--serve-db", db,
+                               *pin.server_args()], cwd=workdir, env=env)
     base = f"http://127.0.0.1:{port}"
     wait_until_up(base, server)
     return server, base
@@ -248,7 +307,7 @@ def stop_server(server: subprocess.Popen[bytes]) -> None:
         server.kill()
 
 
-def alternate(payload: str, requests: int, rounds: int, stores: list[str]) -> None:
+def alternate(payload: str, requests: int, rounds: int, stores: list[str], pin: Pinning = Pinning()) -> None:
     """Goal (a): store-off and store-on servers in turn; c1 p99 on ≤ off + 2 ms, c16 req/s on ≥ 0.85× off."""
     from contextlib import ExitStack
 
@@ -256,6 +315,7 @@ def alternate(payload: str, requests: int, rounds: int, stores: list[str]) -> No
 
     results: dict[str, list[tuple[float, float]]] = {}  # store → [(c1 p99 ms, c16 req/s)] per round
     cpu: dict[str, list[tuple[float, float, float]]] = {}  # store → [(server, writer, PostgreSQL) ms/call]
+    seen: dict[str, set[str]] = {"server": set(), "writer": set()}  # CPU lists read from the processes
     with ExitStack() as stack:
         urls = {"none": "none"}
         for store in stores:
@@ -266,12 +326,14 @@ def alternate(payload: str, requests: int, rounds: int, stores: list[str]) -> No
         for _ in range(rounds):
             for store, url in urls.items():
                 workdir = stack.enter_context(tempfile.TemporaryDirectory(prefix="cds-bench-"))
-                server, base = start_server(url, workdir)
+                server, base = start_server(url, workdir, pin)
                 try:
                     asyncio.run(drive(base, SIGN, payload, max(8, requests // 10), 4))  # warm-up
                     journal = None if url == "none" else os.path.join(workdir, "spool")
                     committed(journal)  # the warm-up's rows are not counted in the CPU per call
                     meter = CpuMeter(server.pid, url)
+                    seen["server"].add(_affinity(server.pid))  # the writer has committed: it is pinned
+                    seen["writer"].update(_affinity(child) for child in meter.children)
                     c1, _, _ = asyncio.run(drive(base, SIGN, payload, requests, 1))
                     c16, elapsed, _ = asyncio.run(drive(base, SIGN, payload, requests, 16))
                     cpu.setdefault(store, []).append(meter.per_call(2 * requests, journal))
@@ -280,7 +342,9 @@ def alternate(payload: str, requests: int, rounds: int, stores: list[str]) -> No
                 results.setdefault(store, []).append((_pct(c1, 0.99), len(c16) / elapsed))
     print("## The answer never waits for the store (bench/hook.py --alternate, issue 19 goal a)\n")
     print(f"{rounds} rounds alternating servers; {requests} requests per cell; goals: c1 p99 store-on ≤ "
-          "store-off + 2 ms, c16 throughput store-on ≥ 0.85× store-off (medians over the rounds).\n")
+          "store-off + 2 ms, c16 throughput store-on ≥ 0.85× store-off (medians over the rounds). "
+          f"{pin.heading()} (read from the processes: servers CPU {' / '.join(sorted(seen['server']))}; "
+          f"writers CPU {' / '.join(sorted(seen['writer'])) or '–'}).\n")
     print("| store | c1 p99 ms per round | c16 req/s per round | c1 p99 − off (median) | c16 ratio (median) "
           "| goal |")
     print("|---|---|---|---:|---:|---|")
@@ -305,6 +369,16 @@ def alternate(payload: str, requests: int, rounds: int, stores: list[str]) -> No
         total = statistics.median(sum(v) for v in values)
         extra = "–" if store == "none" else f"{total - off_total:+.2f}"
         print(f"| {store} | {server:.2f} | {writer:.2f} | {database:.2f} | {total:.2f} | {extra} |")
+
+
+def _affinity(pid: int) -> str:
+    """The CPUs ``pid`` may run on now (kernel list form), or ``?`` where that cannot be read."""
+    from cds_engine.cpu_affinity import format_cpus
+
+    try:
+        return format_cpus(os.sched_getaffinity(pid))
+    except (AttributeError, OSError):
+        return "?"
 
 
 def committed(journal: str | None, settle: float = 60.0) -> None:
@@ -484,13 +558,14 @@ class _PausedPostgres:
         self._reader.close()
 
 
-def pause(payload: str, seconds: float, db: str = "sqlite", concurrency: int = 8) -> None:
+def pause(payload: str, seconds: float, db: str = "sqlite", concurrency: int = 8,
+          pin: Pinning = Pinning()) -> None:
     """Goal (b): the database paused for ``seconds`` under c8; p99 vs unpaused, the backlog and its drain."""
     import threading
 
     with tempfile.TemporaryDirectory(prefix="cds-bench-") as workdir, (
             _PausedSqlite(workdir) if db == "sqlite" else _PausedPostgres(workdir)) as paused:
-        server, base = start_server(paused.url, workdir)
+        server, base = start_server(paused.url, workdir, pin)
         answered: list[str] = []
         samples: list[tuple[float, int, int]] = []  # (t since pause, answered, stored)
         phases: dict[str, list[float]] = {"before": [], "paused": [], "after": []}
@@ -564,7 +639,7 @@ def pause(payload: str, seconds: float, db: str = "sqlite", concurrency: int = 8
     emptied = next((t - seconds for t, a, s in samples if t >= seconds and a - s <= 2 * concurrency), None)
     print(f"## Database paused (bench/hook.py --pause {seconds:g} --pause-db {db}, issue 19 goal b)\n")
     print(f"{paused.what} for {seconds:g} s under c{concurrency} (goal: 10 s); goals: hook p99 while paused "
-          "≤ 1.2× unpaused, the backlog grows and drains within 10 s of resume.\n")
+          f"≤ 1.2× unpaused, the backlog grows and drains within 10 s of resume. {pin.heading()}.\n")
     after = _pct(phases["after"], 0.99)
     print(f"- p99 unpaused {before:.1f} ms, paused {during:.1f} ms, after {after:.1f} ms "
           f"(ratio {during / before:.2f}: {'met' if during <= 1.2 * before else 'MISSED'})")
@@ -583,6 +658,7 @@ def main() -> None:
     parser.add_argument("--db", default="none", help="none, or sqlite (a temporary SQLite store)")
     parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--serve-db", default="none", help=argparse.SUPPRESS)
+    parser.add_argument("--serve-cpus", help=argparse.SUPPRESS)
     parser.add_argument("--smoke", action="store_true", help="a few seconds: 20 requests per cell")
     parser.add_argument("--alternate", metavar="STORES", help="goal (a): e.g. sqlite,postgresql vs no store")
     parser.add_argument("--rounds", type=int, default=3, help="--alternate rounds")
@@ -590,22 +666,30 @@ def main() -> None:
                         help="goal (b): pause the database this long under c8")
     parser.add_argument("--pause-db", choices=("sqlite", "postgresql"), default="sqlite",
                         help="--pause: an exclusive SQLite lock, or SIGSTOP on a throwaway PostgreSQL")
+    parser.add_argument("--worker-cpus", metavar="LIST", help="pin every server to these CPUs (e.g. 0)")
+    parser.add_argument("--writer-cpus", metavar="LIST", help="pin the store-on servers' writers (e.g. 1)")
+    parser.add_argument("--client-cpus", metavar="LIST", help="pin the load generator (default: not pinned)")
     args = parser.parse_args()
     if args.serve:
-        serve(args.serve, args.serve_db)
+        serve(args.serve, args.serve_db, args.serve_cpus)
         return
+    pin = pinning(args.worker_cpus, args.writer_cpus, args.client_cpus)
     if args.smoke:
         args.requests = 20
     print(machine_header("bench/hook.py", args.smoke))
 
+    if pin.client:  # after the lists were read against the CPUs this process started with
+        from cds_engine.cpu_affinity import parse_cpus, pin_process
+
+        pin_process(parse_cpus(pin.client), "bench load generator")
     body, count = realistic_body()
     body["hookInstance"] = "__HOOK_INSTANCE__"
     payload = json.dumps(body)
     if args.alternate:
-        alternate(payload, args.requests, 1 if args.smoke else args.rounds, args.alternate.split(","))
+        alternate(payload, args.requests, 1 if args.smoke else args.rounds, args.alternate.split(","), pin)
         return
     if args.pause:
-        pause(payload, 1.0 if args.smoke else args.pause, args.pause_db)
+        pause(payload, 1.0 if args.smoke else args.pause, args.pause_db, pin=pin)
         return
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -613,9 +697,9 @@ def main() -> None:
     tmp = tempfile.mkdtemp(prefix="cds-bench-")
     db = "none" if args.db == "none" else f"sqlite:///{tmp}/bench.db"
     server = subprocess.Popen(
-        [sys.executable, __file__, "--serve", str(port), "--serve-db", db],
+        [sys.executable, __file__, "--serve", str(port), "--serve-db", db, *pin.server_args()],
         cwd=tmp,
-        env=subprocess_env(),
+        env=subprocess_env(**pin.server_env()),
     )
     base = f"http://127.0.0.1:{port}"
     try:
@@ -653,7 +737,8 @@ def main() -> None:
         f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python "
         f"{platform.python_version()}; body {len(payload) // 1024} KiB, {count} prefetched resources "
         "+ 1 draft "
-        f"order; store: {args.db}; {args.requests} requests per cell; client and server on the same cores.\n"
+        f"order; store: {args.db}; {args.requests} requests per cell; "
+        + ("client and server on the same cores" if not pin.asked else pin.heading()) + ".\n"
     )
     print("| endpoint | concurrency | requests/s | p50 ms | p99 ms |")
     print("|---|---:|---:|---:|---:|")

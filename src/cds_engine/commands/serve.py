@@ -9,6 +9,8 @@ trials and says so loudly. ``--workers N`` runs N uvicorn workers, each a comple
 The store writer (``--writer``, env ``CDS_STORE_WRITER``) runs by default as one writer process per
 ``serve``, fed by every worker's journal (:mod:`cds_engine.store.writer_process`): the request
 processes only append. ``--writer thread`` keeps a writer thread in each worker instead.
+``--worker-cpus`` / ``--writer-cpus`` (off by default) keep the serving workers and that writer
+process on CPUs of their own (:mod:`cds_engine.cpu_affinity`).
 """
 
 from __future__ import annotations
@@ -56,18 +58,38 @@ def writer_mode(option: str | None) -> str:
     return mode
 
 
-def writer_supervisor(url: str, directory: Path, log: str = "info:text") -> Any:
+def writer_supervisor(url: str, directory: Path, log: str = "info:text", cpus: str | None = None) -> Any:
     """The host's writer process (not started): run by :mod:`cds_engine.commands.serve_writer`,
-    logging as ``serve`` (``log``: ``LEVEL:FORMAT``)."""
+    logging as ``serve`` (``log``: ``LEVEL:FORMAT``); ``cpus``: the CPU list it pins itself to
+    (:func:`cpu_pinning`; None: the environment's, by default none)."""
     from cds_engine.commands.serve_writer import LOG_ENV, MODULE
+    from cds_engine.cpu_affinity import WRITER_CPUS_ENV
     from cds_engine.store.writer_supervisor import WriterSupervisor
 
-    return WriterSupervisor(url, directory, module=MODULE, env={LOG_ENV: log})
+    env = {LOG_ENV: log, **({WRITER_CPUS_ENV: cpus} if cpus is not None else {})}
+    return WriterSupervisor(url, directory, module=MODULE, env=env)
+
+
+def cpu_pinning(writer_cpus: str | None, worker_cpus: str | None) -> tuple[frozenset[int] | None, str | None]:
+    """(the CPUs every serving worker pins itself to, the CPU list for the writer process), each None
+    when not asked; ValueError naming the option for a list that does not parse or names a CPU this
+    process may not use. ``--writer-cpus`` falls back to ``CDS_WRITER_CPUS``, which the writer process
+    reads: checked here so a bad value stops ``serve`` at start instead of being ignored by the writer."""
+    from cds_engine import cpu_affinity
+
+    initial = cpu_affinity.available_cpus()
+    from_env = os.environ.get(cpu_affinity.WRITER_CPUS_ENV) if writer_cpus is None else None
+    writer_text, writer_name = (writer_cpus, "--writer-cpus") if from_env is None else (
+        from_env, f"{cpu_affinity.WRITER_CPUS_ENV} (--writer-cpus)")
+    writer = None if writer_text is None else cpu_affinity.check_cpus(writer_text, writer_name, initial)
+    worker = None if worker_cpus is None else cpu_affinity.check_cpus(worker_cpus, "--worker-cpus", initial)
+    return worker, cpu_affinity.writer_cpus(writer, worker, initial)
 
 
 def open_sink(db: str, engine_provider: Any, data_dir: Path | None = None,
               clock: Callable[[], datetime] | None = None, *, writer: str | None = None,
-              own_writer: bool = True, log_as: str = "info:text") -> tuple[Any, list[Any], Any]:
+              own_writer: bool = True, log_as: str = "info:text",
+              writer_cpus: str | None = None) -> tuple[Any, list[Any], Any]:
     """(sink, extra routers, store or None) for ``--db``; NullSink when storage is off or unavailable.
 
     The journal and spool go to ``CDS_SPOOL_DIR``; else beside a SQLite file; else, with
@@ -75,7 +97,8 @@ def open_sink(db: str, engine_provider: Any, data_dir: Path | None = None,
     ``clock`` (``--fixed-clock``): the store purges the fatigue rows by the clock that stamped them.
     ``writer`` (:func:`writer_mode`): ``thread`` — a writer thread in this process; ``process`` —
     this process only appends to its journal, and (``own_writer``) starts the writer process, which
-    ``store.close()`` stops; a ``--workers N`` worker does not (the supervising parent runs it)."""
+    ``store.close()`` stops; a ``--workers N`` worker does not (the supervising parent runs it).
+    ``writer_cpus``: the writer process's CPU list (:func:`cpu_pinning`)."""
     from cds_engine.store.api import NullSink
 
     if db.strip().lower() == "none":
@@ -95,7 +118,8 @@ def open_sink(db: str, engine_provider: Any, data_dir: Path | None = None,
         from cds_engine.store.writer_supervisor import attach_external_journal
 
         store = open_store(db, journal=False, spool_dir=spool_dir, **({"clock": clock} if clock else {}))
-        supervisor = writer_supervisor(store.url, store.spool.directory, log_as) if own_writer else None
+        supervisor = (writer_supervisor(store.url, store.spool.directory, log_as, writer_cpus)
+                      if own_writer else None)
         if supervisor is not None:
             supervisor.start()
         attach_external_journal(store, supervisor)
@@ -289,6 +313,17 @@ def register(app: typer.Typer, rules_app: typer.Typer) -> None:
                          "every worker's journal; env CDS_WRITER_NICE lowers its priority) or thread "
                          "(in each worker) (env CDS_STORE_WRITER; default process)"),
         ] = None,
+        writer_cpus: Annotated[
+            str | None,
+            typer.Option(help="Pin the writer process to these CPUs, e.g. 1 or 2-3 (env CDS_WRITER_CPUS; "
+                         "default: not pinned). With --worker-cpus on other CPUs the store takes no CPU "
+                         "time from the answers (a host with spare cores)"),
+        ] = None,
+        worker_cpus: Annotated[
+            str | None,
+            typer.Option(help="Pin every serving worker to these CPUs, e.g. 0 or 0,2-3 (default: not "
+                         "pinned)"),
+        ] = None,
     ) -> None:
         """Serve CDS Hooks discovery, order-select/order-sign services, feedback and /evaluate."""
         params = dict(locals())  # every option as given: --workers N runs serve with them in each worker
@@ -318,11 +353,18 @@ def register(app: typer.Typer, rules_app: typer.Typer) -> None:
         in_worker = bool(os.environ.get(PARAMS_ENV))  # a worker of --workers N gets the parent's options
         try:
             store_writer = writer_mode(writer)
-        except typer.BadParameter as exc:
+            pinned_workers, pinned_writer = cpu_pinning(writer_cpus, worker_cpus)
+        except (typer.BadParameter, ValueError) as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from exc
         url = db or os.environ.get("CDS_DATABASE_URL") or DEFAULT_DB
         writer_process = store_writer == "process" and url.strip().lower() != "none"
+        if writer_cpus is not None and not writer_process and not in_worker:
+            log.warning("--writer-cpus ignored: no writer process (--writer thread or --db none)")
+        if pinned_workers is not None and (in_worker or workers <= 1):
+            from cds_engine.cpu_affinity import pin_process
+
+            pin_process(pinned_workers, "serve worker")  # before any thread starts (they inherit it)
         # the writer process's journal depth and write lag reach /metrics through the same files
         if (workers > 1 or writer_process) and not in_worker and not os.environ.get(metrics.MULTIPROC_ENV):
             import tempfile
@@ -387,7 +429,7 @@ def register(app: typer.Typer, rules_app: typer.Typer) -> None:
         sink, routers, store = open_sink(url, provider, Path(home_dir) if home_dir else None,
                                          clock=clock.get("clock"), writer=store_writer,
                                          own_writer=workers <= 1 and not in_worker,
-                                         log_as=f"{log_level}:{log_format}")
+                                         log_as=f"{log_level}:{log_format}", writer_cpus=pinned_writer)
         if metrics_token is not None:
             routers = [*routers, metrics_router(metrics_token)]
         if store is not None:
@@ -440,7 +482,7 @@ def register(app: typer.Typer, rules_app: typer.Typer) -> None:
         host_writer = None  # --workers N --writer process: the parent runs the host's one writer
         if store_writer == "process" and workers > 1 and not in_worker and getattr(store, "spool", None):
             log_as = f"{log_level}:{log_format}"
-            host_writer = writer_supervisor(store.url, store.spool.directory, log_as).start()
+            host_writer = writer_supervisor(store.url, store.spool.directory, log_as, pinned_writer).start()
         try:
             if hand_off(service, workers=workers, params=params, uvicorn_options=options, release=release):
                 return  # a worker (uvicorn serves what it built) or the parent of --workers N (supervised)

@@ -22,7 +22,12 @@ Started and supervised by ``serve`` (:mod:`cds_engine.store.writer_supervisor`) 
   priority of ``serve``) so that a worker answering a hook gets a contended core first. Not the
   default: at the load goal (2 cores saturated) ``nice`` +10 starved the writer and its write lag p99
   rose from ~1 s to 6-9 s (goal 2 s) and fewer answers were given; only the single-client
-  latency gained (bench/RESULTS.md, fifth session).
+  latency gained (bench/RESULTS.md, fifth session);
+* can be kept to CPUs of its own (env :data:`~cds_engine.cpu_affinity.WRITER_CPUS_ENV`, e.g. ``1``;
+  ``serve --writer-cpus``), so that it and the database do not share a CPU's time with the workers
+  answering hooks: with the server and its client on another CPU the c1 p99 cost of the store fell
+  from +3.3 to +0.5 ms, where its priority did nothing (bench/RESULTS.md, "Where the c1 tail comes
+  from"). Unset (the default): not pinned.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ try:
 except ImportError:  # pragma: no cover - non-POSIX
     fcntl = None  # type: ignore[assignment]
 
+from cds_engine.cpu_affinity import WRITER_CPUS_ENV, pin_from_env
 from cds_engine.files import private_dir, private_open
 
 if TYPE_CHECKING:  # imported when the writer starts (run), not by the workers reading the status file
@@ -237,6 +243,7 @@ def main(argv: list[str] | None = None, *, configure: bool = True) -> int:
     parent = int(os.environ[PARENT_ENV]) if os.environ.get(PARENT_ENV) else None
     os.umask(0o077)
     log.debug("writer: niceness %d", lower_priority(os.environ.get(NICE_ENV)))
+    pin_from_env(os.environ.get(WRITER_CPUS_ENV), "store writer process")  # before run() starts threads
     run(os.environ[URL_ENV], args[0], stop, parent)
     return 0
 
