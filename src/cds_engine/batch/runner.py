@@ -17,8 +17,10 @@ import hashlib
 import json
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,11 +33,13 @@ from cds_engine.batch.report import render_report
 from cds_engine.batch.work import (
     ChunkResult,
     PreparedChunk,
+    ReadChunk,
     RunConfig,
     _context,
     finish_chunk,
     prepare_chunk,
     process_chunk,
+    read_chunk,
 )
 from cds_engine.engine import Engine
 from cds_engine.facts.model import Order
@@ -176,11 +180,24 @@ def _total_records(plan: InputPlan, opts: ScreenOptions) -> int | None:
 # ── executors: each calls on_result for every finished chunk, at most `limit` chunks in flight ──
 
 
+def _first_read(plan: InputPlan, opts: ScreenOptions, cfg: RunConfig) -> ReadChunk | None:
+    """The first chunk of a serial run read and cleaned ahead (``work.read_chunk``), when it is a
+    Parquet record table's; None otherwise, or when the read failed (the chunk is then read again
+    where it is reached, and fails there as it always did)."""
+    if plan.bundles or not plan.parquet:  # bundles come first (_chunks); CSV is read by the planner
+        return None
+    try:
+        return read_chunk(parquet_chunks(plan.parquet[0], opts.rows_per_chunk, 0)[0], cfg)
+    except Exception:
+        return None
+
+
 def _run_serial(
     chunks: Iterator[Chunk],
     cfg: RunConfig,
     write: Callable[[ChunkResult], None],
     finished: Callable[[ChunkResult], None],
+    early: list[ReadChunk] | None = None,
 ) -> None:
     """Chunk after chunk in this process, as a three-stage pipeline on threads: while a chunk is
     evaluated here, the next one is read and derived on a thread (``prepare_chunk``: polars work,
@@ -191,11 +208,23 @@ def _run_serial(
     chunk iterator is only advanced here (it records the order and the resumed chunks).
     ``CDS_SCREEN_PREFETCH=0`` reads each chunk only when it is reached (one chunk less in memory,
     ~150 MB at 100,000 rows; also the A/B switch for the quiet benchmark): the same outputs.
+    ``early``: at most one chunk, already read (``_first_read``), taken out of the list when the first
+    chunk is reached (no reference to it left here) and used if it is that chunk.
     """
-    from concurrent.futures import Future, ThreadPoolExecutor
+    from concurrent.futures import Future
+
+    def prepare(chunk: Chunk) -> PreparedChunk:
+        """``prepare_chunk``, with the chunk read ahead while there is one (taken once, so let go)."""
+        read = early.pop() if early else None
+        return prepare_chunk(chunk, cfg) if read is None else prepare_chunk(chunk, cfg, read)
+
+    def whole(chunk: Chunk) -> ChunkResult:
+        read = early.pop() if early else None
+        return process_chunk(chunk, cfg) if read is None else finish_chunk(prepare_chunk(chunk, cfg, read))
 
     if os.environ.get("CDS_SCREEN_PREFETCH", "1") == "0":
-        _write_behind((process_chunk(chunk, cfg) for chunk in chunks), write, finished)
+        done = (whole(chunk) for chunk in chunks)
+        _write_behind(done, write, finished)
         return
 
     def evaluated(reader: ThreadPoolExecutor) -> Iterator[ChunkResult]:
@@ -203,7 +232,7 @@ def _run_serial(
         ahead: Future[PreparedChunk] | None = None
         first = next(chunks, None)
         if first is not None:
-            ahead = reader.submit(prepare_chunk, first, cfg)
+            ahead = reader.submit(prepare, first)
         while ahead is not None:
             prepared = ahead.result()  # a failed read fails the run here
             following = next(chunks, None)
@@ -407,6 +436,22 @@ def run_screen(opts: ScreenOptions) -> ScreenResult:
         return _run_screen(opts)
 
 
+def _usage_context(cfg: RunConfig, opts: ScreenOptions) -> Any:
+    """The engine of this process, built here so that a bad rule file or order is a usage error."""
+    try:
+        ctx = _context(cfg)  # loads the packs and parses the order once, here, so errors are usage errors
+    except Exception as exc:
+        raise ScreenError(str(exc)) from exc
+    if ctx.assumed is not None:
+        reviewed_by = assumed_order_packs(ctx.engine, ctx.assumed.to_order())
+        if not reviewed_by:
+            raise ScreenError(
+                f"--assume-order {opts.assume_order!r}: no active pack reviews an order for "
+                f"{ctx.assumed.product.display or ctx.assumed.product.code} — nothing would be evaluated"
+            )
+    return ctx
+
+
 def _run_screen(opts: ScreenOptions) -> ScreenResult:
     started = time.perf_counter()
     as_of = parse_as_of(opts.as_of)
@@ -426,18 +471,28 @@ def _run_screen(opts: ScreenOptions) -> ScreenResult:
     missing = [str(p) for p in opts.inputs if not p.exists()]
     if missing:
         raise ScreenError(f"input not found: {', '.join(missing)}")
-    try:
-        ctx = _context(cfg)  # loads the packs and parses the order once, here, so errors are usage errors
-    except Exception as exc:
-        raise ScreenError(str(exc)) from exc
-    if ctx.assumed is not None:
-        reviewed_by = assumed_order_packs(ctx.engine, ctx.assumed.to_order())
-        if not reviewed_by:
-            raise ScreenError(
-                f"--assume-order {opts.assume_order!r}: no active pack reviews an order for "
-                f"{ctx.assumed.product.display or ctx.assumed.product.code} — nothing would be evaluated"
-            )
-    plan = plan_inputs(opts.inputs)
+    # While the engine is built here (the rules load and compile: Python, holding the GIL), a thread
+    # plans the inputs and, for a serial run, reads and cleans the first record-table chunk (polars,
+    # without the GIL): that read no longer waits for the engine. Nothing is written meanwhile, and
+    # the ``with`` waits for the thread, so a usage error below leaves no thread running and no output.
+    serial = not opts.dask and opts.workers <= 1
+    abandon = threading.Event()  # set on a usage error: the thread skips the read
+
+    def plan_and_read() -> tuple[InputPlan, ReadChunk | None]:
+        planned = plan_inputs(opts.inputs)
+        return planned, (_first_read(planned, opts, cfg) if serial and not abandon.is_set() else None)
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="cds-plan") as ahead:
+        planning = ahead.submit(plan_and_read)
+        try:
+            ctx = _usage_context(cfg, opts)
+        except BaseException:
+            abandon.set()
+            raise
+        plan, first_read = planning.result()  # planned after the usage checks, as errors go: same order
+        del planning  # the read chunk is held in ``early`` only, and let go once it is taken
+    early = [first_read] if first_read is not None else []
+    del first_read
     if not (plan.bundles or plan.csv or plan.parquet or plan.ndjson_dirs):
         raise ScreenError(
             "no screenable input (FHIR bundles, Bulk NDJSON, CSV or Parquet patient tables) in "
@@ -506,15 +561,16 @@ def _run_screen(opts: ScreenOptions) -> ScreenResult:
             _run_pool(todo(), cfg, opts.workers, on_result)
         else:
             parts.append_as_you_go()
-            _run_serial(todo(), cfg, parts.write, finished)
+            _run_serial(todo(), cfg, parts.write, finished, early)
     finally:
         progress.stop()
     parts.merge(order, formats)
     if "fhir-ndjson" in formats:
         from cds_engine.batch.fhir_issues import FILE_NAME, write_detected_issues
 
-        write_detected_issues(opts.out / "alerts.parquet", opts.out / FILE_NAME, ctx.engine,
-                              datetime.fromisoformat(as_of))
+        write_detected_issues(
+            opts.out / "alerts.parquet", opts.out / FILE_NAME, ctx.engine, datetime.fromisoformat(as_of)
+        )
     totals["skipped"] = len(skipped)  # the count is the list: files left out + bundles without a Patient
     evaluated = _evaluated_patients(opts.out / "patients.parquet")
     seconds = time.perf_counter() - started

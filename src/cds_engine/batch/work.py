@@ -62,10 +62,12 @@ __all__ = [
     "PATIENT_SCHEMA",
     "ChunkResult",
     "PreparedChunk",
+    "ReadChunk",
     "RunConfig",
     "finish_chunk",
     "prepare_chunk",
     "process_chunk",
+    "read_chunk",
 ]
 
 PATIENT_SCHEMA: dict[str, pl.DataType] = {
@@ -202,17 +204,47 @@ class PreparedChunk:
     started: float
 
 
+@dataclass
+class ReadChunk:
+    """A record-table chunk read and cleaned (``clean_table``), its rejected rows noted: the part of
+    :func:`prepare_chunk` that needs no engine.
+
+    Why apart: a serial run reads the first chunk on a thread while the engine is built (the rules
+    load and ``VectorPack.compile``, ~0.2 s of Python before any chunk could start), since polars
+    reads and cleans without the GIL (runner._run_screen).
+    """
+
+    chunk: Chunk
+    out: _Collector
+    typed: pl.DataFrame | None  # None: nothing to derive (unreadable file, no rows)
+    started: float
+
+
 def process_chunk(chunk: Chunk, cfg: RunConfig) -> ChunkResult:
     """Read, map and evaluate one chunk. Never raises for bad input: that becomes error rows."""
     return finish_chunk(prepare_chunk(chunk, cfg))
 
 
-def prepare_chunk(chunk: Chunk, cfg: RunConfig) -> PreparedChunk:
+def read_chunk(chunk: Chunk, cfg: RunConfig) -> ReadChunk:
+    """Read and clean a record-table chunk (CSV or Parquet), without the engine; see :class:`ReadChunk`."""
+    if chunk.kind not in ("csv", "parquet"):
+        raise ValueError(f"not a record-table chunk: {chunk.kind}")
+    started = time.perf_counter()
+    out = _Collector()
+    return ReadChunk(chunk, out, _typed_table(chunk, cfg, out), started)
+
+
+def prepare_chunk(chunk: Chunk, cfg: RunConfig, read: ReadChunk | None = None) -> PreparedChunk:
     """The first half of :func:`process_chunk`: read and map (derive a record table's facts).
 
     Why two halves: a serial run prepares the next chunk on a thread while this one is evaluated
     (runner._run_serial) — the derivation is mostly polars work, which releases the GIL.
+    ``read``: this chunk already read by :func:`read_chunk` (ignored when it is another chunk's).
     """
+    if read is not None and read.chunk == chunk:
+        ctx = _context(cfg)
+        _derive_table_rows(chunk, read.typed, cfg, ctx, read.out)
+        return PreparedChunk(chunk, cfg, read.out, read.started)
     started = time.perf_counter()
     ctx = _context(cfg)
     out = _Collector()
@@ -221,7 +253,7 @@ def prepare_chunk(chunk: Chunk, cfg: RunConfig) -> PreparedChunk:
     elif chunk.kind == "ndjson":
         _read_ndjson(chunk, cfg, ctx, out)
     else:
-        _read_table(chunk, cfg, ctx, out)
+        _derive_table_rows(chunk, _typed_table(chunk, cfg, out), cfg, ctx, out)
     return PreparedChunk(chunk, cfg, out, started)
 
 
@@ -396,14 +428,25 @@ def _table_frame(chunk: Chunk, out: _Collector) -> pl.DataFrame | None:
     return frame.with_columns((pl.int_range(pl.len()) + chunk.start + 1).alias("__line"))
 
 
-def _read_table(chunk: Chunk, cfg: RunConfig, ctx: _Context, out: _Collector) -> None:
+def _typed_table(chunk: Chunk, cfg: RunConfig, out: _Collector) -> pl.DataFrame | None:
+    """The chunk's rows cleaned and typed (rejected rows noted in ``out``); None when there are none."""
     frame = _table_frame(chunk, out)
     if frame is None or frame.height == 0:
-        return
+        return None
     typed, rejected, _ignored = clean_table(frame, cfg.moment)
     source = chunk.files[0]
     for r in rejected.iter_rows(named=True):
         out.reject(source, r["__line"], r["patient_id"], r["__error"])
+    return typed
+
+
+def _derive_table_rows(
+    chunk: Chunk, typed: pl.DataFrame | None, cfg: RunConfig, ctx: _Context, out: _Collector
+) -> None:
+    """Facts of a chunk's typed rows: column-wise (``vector``), the rest patient by patient."""
+    if typed is None:
+        return
+    source = chunk.files[0]
     order = ctx.assumed.to_order() if ctx.assumed is not None else None
     if cfg.engine == "vector":  # column-wise; rows it cannot express come back for the loop below
         out.derived = derive_table(typed, ctx.engine.running_packs, ctx.vectors, cfg.moment, order)
