@@ -24,8 +24,10 @@ hashing, two texts) and NaN keep a float column on the per-row path.
 What decides the shortcuts is cheap on purpose (it ran once per tier and chunk and cost as much
 as the texts): "one value" is min == max (strings: equal to the first row), not a distinct
 count; the signs of zero and the escapes are looked at only for the columns that need them;
-the number of combinations is an estimate (``approx_n_unique``), since it only picks between two
-exact ways of writing the same text.
+a hashed column's distinct values are taken once (a string's with its escape check) and serve
+as both its count and its codes' domain. Its fixed cost per tier is kept down too (it is paid
+per chunk): the statistics are a few multi-column expressions, a constant fact's text is made
+from its first value outside polars' planner, and the assembled expression is cached.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from cds_engine.rules.conditions import BOUND_SUFFIXES, facts_of
 
 __all__ = ["evidence_expr", "evidence_names", "json_value"]
 
+_ESCAPES = (("\\", "\\\\"), ('"', '\\"'), ("\n", "\\n"), ("\r", "\\r"), ("\t", "\\t"))  # in this order
 _NEEDS_ESCAPE = r'[\\"\n\r\t]'  # what json_value's replacements change
 _SHARE_RATIO = 4  # build per combination when rows ≥ this many times the combinations …
 _SHARE_MAX = 100_000  # … and the combinations are at most this many
@@ -59,7 +62,7 @@ def json_value(name: str, dtype: pl.DataType, col: pl.Expr | None = None) -> pl.
         return col.cast(pl.String)  # "true" / "false", null stays null
     if dtype == pl.String():
         escaped = col
-        for raw, esc in (("\\", "\\\\"), ('"', '\\"'), ("\n", "\\n"), ("\r", "\\r"), ("\t", "\\t")):
+        for raw, esc in _ESCAPES:
             escaped = escaped.str.replace_all(raw, esc, literal=True)
         return pl.lit('"') + escaped + pl.lit('"')
     return col.cast(pl.String)
@@ -100,8 +103,9 @@ def evidence_expr(
     more = _more_stats(group, signed, escapes)
     constant = [n for n in same if not more.get("both0:" + n)]
     varying = [n for n in names if n not in constant]
-    texts = {n: stats["t:" + n] for n in constant}  # the per-row text of the first row (by _stats)
-    # [prefix, value or None, suffix, never null, column or None, boolean]; a literal piece has value None
+    texts = _first_texts(group, constant, columns)  # the per-row text of the first row
+    # [prefix, value, suffix, never null, column or None, boolean]; value is None for a literal
+    # piece, else (column, dtype, raw): raw is the column as it is (a string with nothing to escape)
     parts: list[list[Any]] = []
     for n in names:
         key = json.dumps(n) + ":"
@@ -116,38 +120,44 @@ def evidence_expr(
             continue
         never_null = stats["n:" + n] == 0
         if columns[n] == pl.String() and not more["esc:" + n]:
-            parts.append([key + '"', pl.col(n), '"', never_null, n, False])
+            parts.append([key + '"', (n, columns[n], True), '"', never_null, n, False])
         else:
-            parts.append([key, json_value(n, columns[n]), "", never_null, n, columns[n] == pl.Boolean()])
+            parts.append([key, (n, columns[n], False), "", never_null, n, columns[n] == pl.Boolean()])
     if not varying:  # every fact constant on these rows: the text itself
         return pl.lit("{" + ",".join(p[0] for p in parts) + "}", pl.String)
-    expr = _assemble(parts)
+    expr = _assemble(tuple(tuple(p) for p in parts))
     # a shared table needs exact hash keys: no NaN, not both 0.0 and -0.0 (one key, two texts)
     if limit < 2 ** len(varying) or any(stats.get("nan:" + n) for n in varying):
         return expr
     if any((n not in signed and stats.get("zero:" + n)) or more.get("both0:" + n) for n in varying):
         return expr
-    # the number of combinations only chooses the path (both give the same text): an estimate will
-    # do. Booleans and small whole-number floats (counts) are coded by arithmetic, not hashing
-    # (_codes), so their count is their domain's size and needs no estimate
+    # Booleans and small whole-number floats (counts) are coded by arithmetic, not hashing
+    # (_codes), so their count is their domain's size; any other column's is the number of its
+    # distinct values, which its codes are then taken from (a string's came with its escapes).
+    # Why those and not an estimate: approx_n_unique hashed the column as often as unique does,
+    # and then _codes hashed it again for the values
     spans = {n: _span(stats, more, n) for n in varying if columns[n] == pl.Float64()}
     whole = [n for n, span in spans.items() if span is not None]
     hashed = [n for n in varying if columns[n] != pl.Boolean() and n not in whole]
+    uniques: dict[str, pl.Series] = {n: more["u:" + n] for n in hashed if "u:" + n in more}
     checks = [
-        *(pl.col(n).approx_n_unique().alias("u:" + n) for n in hashed),
+        *(pl.col(n).unique().implode().alias("u:" + n) for n in hashed if n not in uniques),
         *((pl.col(n) == pl.col(n).floor()).all().alias("w:" + n) for n in whole),
     ]
-    found = group.select(checks).row(0, named=True) if checks else {}
-    if not all(found["w:" + n] for n in whole):  # not counts after all: estimated like the rest
-        hashed += [n for n in whole if not found["w:" + n]]
-        whole = [n for n in whole if found["w:" + n]]
-        found |= group.select(pl.col(n).approx_n_unique().alias("u:" + n) for n in hashed).row(0, named=True)
+    found = group.select(checks) if checks else pl.DataFrame()
+    uniques |= {n: found["u:" + n][0] for n in hashed if n not in uniques}
+    if not all(found["w:" + n][0] for n in whole):  # not counts after all: hashed like the rest
+        hashed = [n for n in whole if not found["w:" + n][0]]
+        whole = [n for n in whole if found["w:" + n][0]]
+        found = group.select(pl.col(n).unique().implode().alias("u:" + n) for n in hashed)
+        uniques |= {n: found["u:" + n][0] for n in hashed}
     counts = [
-        found["u:" + n] if n in hashed else _domain_size(spans.get(n), stats["n:" + n]) for n in varying
+        uniques[n].len() if n in uniques else _domain_size(spans.get(n), stats["n:" + n]) for n in varying
     ]
     if math.prod(counts) <= limit:
         ranges = {n: (stats["lo:" + n], stats["hi:" + n]) for n in whole}
-        shared = _per_combination(group, varying, expr, ranges, {n: stats["n:" + n] > 0 for n in varying})
+        nullable = {n: stats["n:" + n] > 0 for n in varying}
+        shared = _per_combination(group, varying, expr, ranges, nullable, uniques)
         if shared is not None:
             return shared
     return expr
@@ -201,26 +211,53 @@ def _stats(group: pl.DataFrame, names: Sequence[str], columns: Mapping[str, pl.D
 def _stats_exprs(typed: tuple[tuple[str, pl.DataType], ...]) -> tuple[pl.Expr, ...]:
     """The first query's expressions for these columns (cached: they depend on the tier only).
 
-    Why cached: building a few hundred expressions per tier was a fixed cost per call, paid
-    again by every chunk of a streamed screening.
+    Why a few multi-column expressions, and the first row's texts not among them (see
+    :func:`_first_texts`): polars plans and runs each expression of a select apart, ~30 µs each
+    even on a few rows, and a tier with 29 facts had 67 of them — the first query cost ~1 ms
+    per tier and chunk whatever its size, about half of this module's time on a 100,000-row
+    chunk. Why cached: building the expressions was a fixed cost per call too.
     """
     names = [n for n, _ in typed]
     floats = [n for n, t in typed if t == pl.Float64()]
     strings = [n for n, t in typed if t == pl.String()]
     others = [n for n, t in typed if t != pl.String()]
-    return (
-        pl.col(names).null_count().name.prefix("n:"),
-        pl.col(others).min().name.prefix("lo:"),
-        pl.col(others).max().name.prefix("hi:"),
-        *((pl.col(n) == pl.col(n).first()).all().alias("eq:" + n) for n in strings),
-        *(pl.col(n).is_nan().any().alias("nan:" + n) for n in floats),
-        *((pl.col(n) == 0.0).any().alias("zero:" + n) for n in floats),
-        # each fact's text on the first row, by the per-row steps (used where the fact is constant)
-        *(
-            (pl.lit(json.dumps(n) + ":") + json_value(n, t, pl.col(n).first())).alias("t:" + n)
-            for n, t in typed
-        ),
-    )
+    exprs = [pl.col(names).null_count().name.prefix("n:")]
+    if others:
+        exprs += [pl.col(others).min().name.prefix("lo:"), pl.col(others).max().name.prefix("hi:")]
+    if strings:  # equal to the first row: a string min and max cost four times this
+        exprs.append((pl.col(strings) == pl.col(strings).first()).all().name.prefix("eq:"))
+    if floats:
+        exprs += [
+            pl.col(floats).is_nan().any().name.prefix("nan:"),
+            (pl.col(floats) == 0.0).any().name.prefix("zero:"),
+        ]
+    return tuple(exprs)
+
+
+def _first_texts(
+    group: pl.DataFrame, names: Sequence[str], columns: Mapping[str, pl.DataType]
+) -> dict[str, str | None]:
+    """Each fact's ``"key":value`` text on the first row of ``group`` (None where it is null).
+
+    The same steps as :func:`json_value` on that one value: a string's five replacements (the
+    same literal ones, in the same order, as ``str.replace``), anything else cast to text by
+    polars itself (a one-value slice: the cast kernel of the per-row path, so ``1.0``,
+    ``1e+20``, ``-0.0`` and ``true`` come out as they would there). Why not in the stats query:
+    those were one expression per fact, most of that query's fixed cost.
+    """
+    texts: dict[str, str | None] = {}
+    for n in names:
+        first = group.get_column(n).head(1)
+        if columns[n] == pl.String():
+            value = first.item()
+            if value is not None:
+                for raw, esc in _ESCAPES:
+                    value = value.replace(raw, esc)
+                value = '"' + value + '"'
+        else:
+            value = first.cast(pl.String).item()
+        texts[n] = None if value is None else json.dumps(n) + ":" + value
+    return texts
 
 
 def _more_stats(group: pl.DataFrame, signed: Sequence[str], escapes: Sequence[str]) -> dict[str, Any]:
@@ -229,23 +266,29 @@ def _more_stats(group: pl.DataFrame, signed: Sequence[str], escapes: Sequence[st
     0.0 and -0.0 are equal to min/max and to hashing but print apart; 1/x over the zero rows is
     +inf or -inf, so its min and max tell which signs are there (one pass each). The escapes are
     looked for among the distinct strings: category facts have a handful, and the regex cost more
-    per row than hashing the column did.
+    per row than hashing the column did. Those distinct strings (null included) are kept as
+    ``u:`` + name: a string shared per combination takes its count and codes from them.
     """
     if not signed and not escapes:
         return {}
     inv = [(n, pl.when(pl.col(n) == 0.0).then(pl.lit(1.0) / pl.col(n))) for n in signed]
-    found = group.select(
+    frame = group.select(
         *(i.min().alias("lo0:" + n) for n, i in inv),
         *(i.max().alias("hi0:" + n) for n, i in inv),
-        *(pl.col(n).unique().str.contains(_NEEDS_ESCAPE).any().alias("esc:" + n) for n in escapes),
-    ).row(0, named=True)
+        *(pl.col(n).unique().implode().alias("u:" + n) for n in escapes),
+    )
+    found: dict[str, Any] = {}
     for n in signed:
-        negative, positive = found["lo0:" + n] == -math.inf, found["hi0:" + n] == math.inf
+        negative, positive = frame["lo0:" + n][0] == -math.inf, frame["hi0:" + n][0] == math.inf
         found["both0:" + n], found["neg0:" + n] = negative and positive, negative
+    for n in escapes:
+        values = frame["u:" + n][0]
+        found["u:" + n], found["esc:" + n] = values, bool(values.str.contains(_NEEDS_ESCAPE).any())
     return found
 
 
-def _assemble(parts: list[list[Any]]) -> pl.Expr:
+@lru_cache(maxsize=1024)
+def _assemble(parts: tuple[tuple[Any, ...], ...]) -> pl.Expr:
     """``{`` + the non-null pieces joined by commas + ``}``: one flat ``concat_str``.
 
     Why flat: a nested concatenation (pieces joined with a separator, then braces added) wrote
@@ -255,6 +298,10 @@ def _assemble(parts: list[list[Any]]) -> pl.Expr:
     null; before that, it is there only when an earlier piece is present on the row. A boolean
     is a choice between two literals (key and value in each), not a cast: polars shares a
     literal's bytes among the rows that take it, where a cast writes each row's text.
+
+    Why cached: building the expression (~0.2 ms a tier) was paid again by every chunk of a
+    streamed screening, and a tier's parts (constant texts, which pieces may be null) mostly
+    recur from chunk to chunk.
     """
     items: list[pl.Expr] = []
     pending = "{"  # literal text not yet emitted
@@ -289,6 +336,8 @@ def _assemble(parts: list[list[Any]]) -> pl.Expr:
             lead_expr = pl.lit(lead, pl.String) if isinstance(lead, str) else lead
             items.append(lead_expr if present is None else pl.when(present).then(lead_expr))
         if value is not None:
+            column, dtype, raw = value
+            value = pl.col(column) if raw else json_value(column, dtype)
             if pending:
                 items.append(pl.lit(pending, pl.String))
                 pending = ""
@@ -311,6 +360,7 @@ def _per_combination(
     expr: pl.Expr,
     whole: Mapping[str, tuple[float, float]],
     nullable: Mapping[str, bool],
+    uniques: Mapping[str, pl.Series],
 ) -> pl.Expr | None:
     """``expr`` evaluated once per combination of the varying columns, taken by index per row.
 
@@ -325,7 +375,7 @@ def _per_combination(
     ``whole`` (only whole numbers from lo to hi, no -0.0: the caller checked) is its value
     minus lo. Such a domain may hold values no row has, which only adds rows to the table.
     """
-    coded = [(n, *_codes(group, n, whole.get(n))) for n in varying]
+    coded = [(n, *_codes(group, n, whole.get(n), uniques.get(n))) for n in varying]
     if math.prod(values.len() + nullable[n] for n, values, _ in coded) > _SHARE_MAX:
         return None
     index: pl.Expr | None = None
@@ -344,8 +394,13 @@ def _per_combination(
     return pl.lit(texts).gather(index)
 
 
-def _codes(group: pl.DataFrame, name: str, bounds: tuple[float, float] | None) -> tuple[pl.Series, pl.Expr]:
-    """A column's non-null domain and each row's code into it (null where the value is)."""
+def _codes(
+    group: pl.DataFrame, name: str, bounds: tuple[float, float] | None, uniques: pl.Series | None
+) -> tuple[pl.Series, pl.Expr]:
+    """A column's non-null domain and each row's code into it (null where the value is).
+
+    ``uniques``: the column's distinct values when the caller has them (they are the domain).
+    """
     dtype = group.schema[name]
     if dtype == pl.Boolean():
         return pl.Series(name, [False, True], dtype=dtype), pl.col(name).cast(pl.Int64)
@@ -353,5 +408,5 @@ def _codes(group: pl.DataFrame, name: str, bounds: tuple[float, float] | None) -
         lo, hi = bounds
         values = pl.Series(name, [lo + k for k in range(int(hi - lo) + 1)], dtype=dtype)
         return values, (pl.col(name) - lo).cast(pl.Int64)
-    values = group[name].drop_nulls().unique()
+    values = (group[name].unique() if uniques is None else uniques).drop_nulls().alias(name)
     return values, pl.col(name).replace_strict(values, list(range(values.len())), return_dtype=pl.Int64)
