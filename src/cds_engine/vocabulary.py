@@ -11,8 +11,11 @@ from __future__ import annotations
 import csv
 import re
 from collections import defaultdict
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from operator import itemgetter
 from pathlib import Path
+from typing import Any
 
 from cds_engine.codes import Coding
 from cds_engine.term_context import TermContext
@@ -92,7 +95,7 @@ class Vocabulary:
     codes: dict[tuple[str, str, str], set[str]] = field(
         default_factory=dict
     )  # (kind, system, code) -> groups
-    terms: dict[str, list[tuple[re.Pattern[str], str]]] = field(default_factory=dict)  # kind -> patterns
+    term_rows: dict[str, list[tuple[str, str]]] = field(default_factory=dict)  # kind -> (term, group)
     term_texts: dict[tuple[str, str], list[str]] = field(default_factory=dict)  # (kind, group) -> terms
     products: dict[tuple[str, str], Product] = field(default_factory=dict)
     groups: dict[str, set[str]] = field(default_factory=dict)  # kind -> group names
@@ -102,6 +105,10 @@ class Vocabulary:
     files: list[Path] = field(default_factory=list)
     context: TermContext = field(default_factory=TermContext.empty)  # negation/history/local-form rules
     _memo: dict[tuple[str, str | None, str | None, str | None], frozenset[str]] = field(default_factory=dict)
+    # kind -> compiled term patterns (see term_patterns): a cache, so not part of equality or repr
+    _patterns: dict[str, list[tuple[re.Pattern[str], str]]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
     @classmethod
     def from_dir(cls, directory: str | Path) -> Vocabulary:
@@ -114,11 +121,12 @@ class Vocabulary:
         if _readable(codes_file, directory):
             vocab.files.append(codes_file)
             with codes_file.open(newline="", encoding="utf-8") as fh:
-                for row in csv.DictReader(fh):
-                    system = normalize_system(row["system"]) or ""
-                    codes[(row["kind"], system, row["code"].strip())].add(row["group"])
-                    groups[row["kind"]].add(row["group"])
-        terms: dict[str, list[tuple[re.Pattern[str], str]]] = defaultdict(list)
+                systems = _Systems()
+                for row in _columns(fh, ("system", "kind", "code", "group")):
+                    system = systems[row[0]]
+                    codes[(row[1], system, row[2].strip())].add(row[3])
+                    groups[row[1]].add(row[3])
+        terms: dict[str, list[tuple[str, str]]] = defaultdict(list)
         term_texts: dict[tuple[str, str], list[str]] = defaultdict(list)
         terms_file = directory / "ingredients.csv"
         if _readable(terms_file, directory):
@@ -128,8 +136,7 @@ class Vocabulary:
                     term = row["term"].strip()
                     if not term:
                         continue
-                    pattern = term_regex(term)
-                    terms[row["kind"]].append((pattern, row["group"]))
+                    terms[row["kind"]].append((term, row["group"]))  # compiled when first needed
                     term_texts[(row["kind"], row["group"])].append(term)
                     groups[row["kind"]].add(row["group"])
         excluded: dict[tuple[str, str, str], set[str]] = defaultdict(set)
@@ -137,12 +144,11 @@ class Vocabulary:
         if _readable(excluded_file, directory):
             vocab.files.append(excluded_file)
             with excluded_file.open(newline="", encoding="utf-8") as fh:
-                for row in csv.DictReader(fh):
-                    system = normalize_system(row["system"]) or ""
-                    group = row["considered_for_group"]
-                    excluded[(row["kind"], system, row["code"].strip())].add(
-                        "*" if group.startswith("(") else group
-                    )
+                systems = _Systems()
+                for row in _columns(fh, ("system", "considered_for_group", "kind", "code")):
+                    system = systems[row[0]]
+                    group = row[1]
+                    excluded[(row[2], system, row[3].strip())].add("*" if group.startswith("(") else group)
         vocab.excluded = dict(excluded)
         context_file = directory / "context.csv"
         if _readable(context_file, directory):
@@ -167,10 +173,27 @@ class Vocabulary:
                         scored=_status(row.get("scored")),
                     )
         vocab.codes = dict(codes)
-        vocab.terms = dict(terms)
+        vocab.term_rows = dict(terms)
         vocab.term_texts = dict(term_texts)
         vocab.groups = dict(groups)
         return vocab
+
+    @property
+    def terms(self) -> dict[str, list[tuple[re.Pattern[str], str]]]:
+        """kind -> (compiled term pattern, group), in file order, for every kind."""
+        return {kind: self.term_patterns(kind) for kind in self.term_rows}
+
+    def term_patterns(self, kind: str) -> list[tuple[re.Pattern[str], str]]:
+        """The compiled term patterns of one kind, compiled on first use and kept.
+
+        Why lazily: compiling ~460 case-insensitive patterns was a third of loading the vocabulary,
+        and a kind whose codes all match the code tables (or a command that classifies nothing, such
+        as a lint or a server start) never needs them. Same patterns, same order, whenever compiled.
+        """
+        patterns = self._patterns.get(kind)
+        if patterns is None:  # two threads may both compile a kind: same list, either one is kept
+            patterns = self._patterns[kind] = [(term_regex(t), g) for t, g in self.term_rows.get(kind, ())]
+        return patterns
 
     def classify(self, coding: Coding | None, kind: str) -> set[str]:
         """Groups of ``kind`` that a coding belongs to: exact code first, then the name fallback.
@@ -214,7 +237,7 @@ class Vocabulary:
         term_kind = "condition_group" if kind == HISTORY_KIND else kind
         wanted = "history" if kind == HISTORY_KIND else "match"
         found: set[str] = set()
-        for pattern, group in self.terms.get(term_kind, ()):
+        for pattern, group in self.term_patterns(term_kind):
             if group in denied or group in found or self.context.local_form(text, kind, group):
                 continue  # e.g. "diphenhydramine 2% cream": not a systemic exposure
             for n, m in enumerate(pattern.finditer(text)):
@@ -235,6 +258,52 @@ class Vocabulary:
 
     def known_groups(self, kind: str) -> set[str]:
         return set(self.groups.get(kind, set()))
+
+
+class _Systems(dict[str | None, str]):
+    """``normalize_system(raw) or ""`` once per distinct spelling (a file repeats a handful of them)."""
+
+    def __missing__(self, raw: str | None) -> str:
+        system = self[raw] = normalize_system(raw) or ""
+        return system
+
+
+class _ByName:
+    """A ``csv.DictReader`` row read by position: ``row[i]`` is ``row[names[i]]``, looked up when read."""
+
+    __slots__ = ("_names", "_row")
+
+    def __init__(self, row: dict[str | Any, Any], names: tuple[str, ...]) -> None:
+        self._row, self._names = row, names
+
+    def __getitem__(self, i: int) -> Any:
+        return self._row[self._names[i]]
+
+
+def _columns(fh: Iterable[str], names: tuple[str, ...]) -> Iterator[Sequence[Any]]:
+    """Each csv row as the values of ``names``: ``row[i]`` is ``csv.DictReader``'s ``row[names[i]]``.
+
+    Why: a dict per row was a third of reading codes.csv (6,000 rows, read at every start); picking
+    the columns by position gives the same values — blank lines skipped, a short row's missing
+    cells None, the last of two equal column names wins. A header lacking a name falls back to
+    DictReader rows read lazily by name, so such a file fails with the same error at the same place.
+    """
+    reader = csv.reader(fh)
+    header = next(reader, None)
+    if header is None:
+        return
+    where = {name: i for i, name in enumerate(header)}
+    if any(name not in where for name in names):
+        for dict_row in csv.DictReader(fh, header):
+            yield _ByName(dict_row, names)
+        return
+    pick = itemgetter(*(where[name] for name in names))
+    width = len(header)
+    for row in reader:
+        if len(row) >= width:
+            yield pick(row)
+        elif row:
+            yield pick(row + [None] * (width - len(row)))
 
 
 def _readable(file: Path, directory: Path) -> bool:

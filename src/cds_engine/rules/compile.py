@@ -25,7 +25,7 @@ from cds_engine.rules.conditions import And, AtLeastNode, Const, Leaf, Node, Not
 from cds_engine.rules.errors import Finding, PackLoadError
 from cds_engine.rules.one_click import STEP_PARAMETER, CompiledCap, CompiledOneClick
 from cds_engine.rules.safe_paths import require_inside, shown_key
-from cds_engine.rules.yaml_lines import LineMap, YamlError, load_with_lines
+from cds_engine.rules.yaml_lines import LineMap, Parsed, YamlError, load_parsed
 from cds_engine.vocabulary import Vocabulary
 
 __all__ = ["CompiledPack", "CompiledRule", "CompiledTier", "compile_pack", "load_pack", "placeholders"]
@@ -276,11 +276,15 @@ def compile_pack(
     vocab: Vocabulary,
     overrides: Mapping[str, Any] | None = None,
     content: bytes | None = None,
+    parsed: Parsed | None = None,
 ) -> CompiledPack:
-    """Validate and compile pack text; raise :class:`PackLoadError` on any error finding."""
+    """Validate and compile pack text; raise :class:`PackLoadError` on any error finding.
+
+    ``parsed``: the parse of ``text`` when the caller already has it (used only if it is of this text).
+    """
     overrides = dict(overrides or {})
     try:
-        raw, lines = load_with_lines(text)
+        raw, lines = load_parsed(text, parsed)
     except YamlError as exc:
         raise PackLoadError([Finding(file, exc.line, None, str(exc))]) from exc
     try:
@@ -459,12 +463,16 @@ def _check_summary_length(compiler: _Compiler, tier: CompiledTier, path: tuple[s
 
 
 def load_pack(
-    path: str | Path, vocab: Vocabulary, overrides: Mapping[str, Any] | None = None
+    path: str | Path,
+    vocab: Vocabulary,
+    overrides: Mapping[str, Any] | None = None,
+    parsed: Parsed | None = None,
 ) -> CompiledPack:
+    """Read, check and compile one pack file; ``parsed`` (see :func:`compile_pack`) saves a second parse."""
     path = Path(path)
     content = require_inside(path, path.parent.parent).read_bytes()
     try:
         text = content.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise PackLoadError([Finding(str(path), None, None, f"not UTF-8 text: {exc}")]) from exc
-    return compile_pack(text, str(path), vocab, overrides, content)
+    return compile_pack(text, str(path), vocab, overrides, content, parsed)

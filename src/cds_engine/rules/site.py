@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from cds_engine.rules.errors import Finding, PackLoadError
 from cds_engine.rules.safe_paths import require_inside
-from cds_engine.rules.yaml_lines import LineMap, YamlError, load_with_lines
+from cds_engine.rules.yaml_lines import LineMap, Parsed, YamlError, load_parsed, load_with_lines
 
 __all__ = ["SITE_FILE", "SiteSettings", "load_site", "resolve_site"]
 
@@ -171,10 +171,13 @@ def resolve_site(directory: str | Path, site: str | Path | bool | None = True) -
     return load_site(Path(site))  # type: ignore[arg-type]
 
 
-def declared_parameters(text: str) -> dict[str, Any]:
-    """Parameter names and defaults a pack text declares (best effort; the compiler reports errors)."""
+def declared_parameters(text: str, parsed: Parsed | None = None) -> dict[str, Any]:
+    """Parameter names and defaults a pack text declares (best effort; the compiler reports errors).
+
+    ``parsed``: the text's parse when the caller has it (see :class:`Parsed`), else it is parsed here.
+    """
     try:
-        raw, _ = load_with_lines(text)
+        raw, _ = load_parsed(text, parsed)
     except YamlError:
         return {}
     params = raw.get("parameters") if isinstance(raw, dict) else None
