@@ -6,16 +6,12 @@ the service, batch and rule-authoring commands stay in their own files.
 
 from __future__ import annotations
 
-from cds_engine import allocator
+import importlib
+import pkgutil
 
-allocator.configure()  # before any command module imports polars (jemalloc reads it at load)
+import typer
 
-import importlib  # noqa: E402
-import pkgutil  # noqa: E402
-
-import typer  # noqa: E402
-
-from cds_engine import commands  # noqa: E402
+from cds_engine import commands
 
 __all__ = ["app"]
 
