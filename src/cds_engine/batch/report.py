@@ -71,15 +71,20 @@ _TOP_COLUMNS = ["patient_id", "critical", "warning", "info", "cannot_assess", "a
 
 
 def top_patients(patients: Path, n: int = 20) -> pl.DataFrame:
-    """The ``n`` patients with the most serious alerts; only the columns the report shows are read
-    (the sort holds every alerted patient's row at once: a few columns, not all)."""
+    """The ``n`` patients with the most serious alerts; only the columns the report shows are read.
+
+    Why the streaming engine: there the sort and head become one top-``n`` pass over the file's
+    batches. The in-memory engine read every alerted patient's row at once at the very end of the
+    run, on top of the pages the last chunks had just freed: the peak RSS of a 5 M-patient screening
+    (1,136–1,256 MB against 1,052–1,095 MB streamed, three runs each; issue 20 item 5).
+    """
     return (
         pl.scan_parquet(patients)
         .select(_TOP_COLUMNS)
         .filter(pl.col("alerts") > 0)
         .sort(["critical", "warning", "alerts", "patient_id"], descending=[True, True, True, False])
         .head(n)
-        .collect()
+        .collect(engine="streaming")
     )
 
 
@@ -159,7 +164,7 @@ def render_report(
     counts = rule_counts(out / "alerts.parquet", rule_tallies)
     top = _without_paths(top_patients(out / "patients.parquet"))
     errors = _without_paths(
-        pl.read_csv(out / "errors.csv", infer_schema=False).head(200)
+        pl.read_csv(out / "errors.csv", infer_schema=False, n_rows=200)
         if (out / "errors.csv").exists()
         else pl.DataFrame()
     )

@@ -400,7 +400,7 @@ def _evaluated_patients(patients_file: Path) -> int:
     frame = pl.scan_parquet(patients_file).filter(
         (pl.col("status") == "screened") & (pl.col("packs").fill_null("") != "")
     )
-    return int(frame.select(pl.len()).collect().item())
+    return int(frame.select(pl.len()).collect(engine="streaming").item())
 
 
 def assumed_order_packs(engine: Engine, order: Order) -> list[str]:
