@@ -174,3 +174,36 @@ def test_ndjson_lines_are_capped_one_by_one_not_in_total(tmp_path: Path):
     with open_text(path) as fh:
         lines = list(capped_lines(fh, limit=1000))
     assert lines[1] is None and [json.loads(x) for x in lines if x] == [json.loads(g) for g in good]
+
+
+def test_engine_refuses_a_linked_pack_file_before_reading_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """``Engine.from_dir`` reads each pack file once for the site parameters: the link check comes first,
+    so a pack file linked out of the rules directory is never opened (not only never echoed)."""
+    import shutil
+
+    from cds_engine.engine import Engine
+
+    secret = tmp_path / "secret.yaml"
+    secret.write_text("parameters:\n  root_20228: {value: 1}\n", encoding="utf-8")
+    rules = tmp_path / "rules"
+    shutil.copytree(RULES, rules)
+    (rules / "gabapentinoid" / "pack.yaml").unlink()
+    (rules / "gabapentinoid" / "pack.yaml").symlink_to(secret)
+    opened: list[Path] = []
+    real_read_text, real_read_bytes = Path.read_text, Path.read_bytes
+
+    def read_text(self: Path, *args, **kwargs):  # type: ignore[no-untyped-def]
+        opened.append(self.resolve())
+        return real_read_text(self, *args, **kwargs)
+
+    def read_bytes(self: Path):  # type: ignore[no-untyped-def]
+        opened.append(self.resolve())
+        return real_read_bytes(self)
+
+    monkeypatch.setattr(Path, "read_text", read_text)
+    monkeypatch.setattr(Path, "read_bytes", read_bytes)
+    with pytest.raises(PackLoadError) as refused:
+        Engine.from_dir(rules, evaluator="oracle")
+    assert "outside the rules directory" in str(refused.value) and "20228" not in str(refused.value)
+    assert secret.resolve() not in opened
+    assert any(p.name == "pack.yaml" for p in opened)  # the other pack was read (the check is per file)

@@ -31,6 +31,7 @@ from cds_engine.rules.compile import CompiledPack, load_pack
 from cds_engine.rules.conditions import BOUND_SUFFIXES, evaluate, facts_of
 from cds_engine.rules.errors import Finding, PackLoadError
 from cds_engine.rules.rete import EngineFailure, ReteEvaluator
+from cds_engine.rules.safe_paths import require_inside
 from cds_engine.rules.site import declared_parameters, resolve_site
 from cds_engine.rules.yaml_lines import parse_once
 from cds_engine.vocabulary import Vocabulary
@@ -117,8 +118,13 @@ class Engine:
             packs, findings = [], []
             findings.extend(settings.unknown_packs(p.parent.name for p in paths))
             for path in paths:
+                try:  # a pack file linked out of the directory is refused before it is read
+                    text = require_inside(path, directory).read_text(encoding="utf-8", errors="replace")
+                except PackLoadError as exc:
+                    findings.extend(exc.findings)
+                    continue
                 # parsed once here, for the parameters and (when the file reads the same) the compiler
-                parsed = parse_once(path.read_text(encoding="utf-8", errors="replace"))
+                parsed = parse_once(text)
                 declared = declared_parameters(parsed.text, parsed)
                 findings.extend(settings.check(path.parent.name, declared))
                 pack_overrides = {
