@@ -291,10 +291,14 @@ def columnar_facts(
     as_of: datetime,
     triggers: Any,
     order: Order | None = None,
+    keep: pl.Series | None = None,
 ) -> ColumnarFacts:
     """Flat facts of the cleaned record rows in ``typed`` (``clean_table`` output) for one pack.
 
     ``order`` (the assumed order) replaces every row's own order, as ``row_to_facts`` does.
+    ``keep`` (a mask over ``typed``): only those rows' facts are derived (the fallback rows and
+    their reasons are still found among all rows) — the screener passes the rows it screens, so
+    no fact of a deceased patient is built and the wide fact table is not filtered afterwards.
     """
     n = typed.height
     frame = typed.with_columns(pl.int_range(n, dtype=pl.Int64).alias(_ROW))
@@ -365,14 +369,23 @@ def columnar_facts(
             reasons[k] = hits
     fallback_mask = flags.select(pl.any_horizontal(pl.all())).to_series()
     fallback = frame.filter(fallback_mask)[_ROW]
-    frame = frame.filter(~fallback_mask)
+    derived_mask = ~fallback_mask if keep is None else ~fallback_mask & keep.fill_null(False)
+    if not derived_mask.all():  # the usual chunk has no row to leave out: no copy of it
+        # (the row's line, id and notes are the caller's: not copied)
+        frame = frame.drop("__line", "patient_id", "__notes", strict=False).filter(derived_mask)
 
     # the renal choice (which measure is used, its value and age) as columns first, read by every
     # renal fact: common-subexpression elimination did not share them (~3x the CPU of the rest)
     lazy = frame.lazy()
     for step in _renal_choice(frame, as_of, ctx):
         lazy = lazy.with_columns(step)
-    out = lazy.select(pl.col(_ROW), *_scalars(frame, as_of, ctx)).collect()
+    # only the facts the pack reads (and what the steps below read: the ages' day counts,
+    # applicability's maternal exposure, the ``__`` helpers): a fact column nothing reads was built
+    # for every row and dropped by the final select
+    ages = {d: t for d, t in _AGES.items() if t in columns}
+    needed = {*columns, *ages, "maternal_exposure_at_delivery"}
+    scalars = [e for e in _scalars(frame, as_of, ctx) if _wanted(e.meta.output_name(), needed)]
+    out = lazy.select(pl.col(_ROW), *scalars).collect()
     out = _beside(out, condition_facts(frame, vocab))
     out = _beside(out, allergy_facts(frame, vocab))
     orders_table = pl.DataFrame(
@@ -390,7 +403,7 @@ def columnar_facts(
     meds = medication_facts(frame, vocab, ctx, orders_table, columns)
     out = _beside(out, meds)
     out = out.with_columns(frame["__oid"])
-    out = _after_lists(out, frame, ctx, infos, as_of, columns)
+    out = _after_lists(out, frame, ctx, infos, as_of, columns, ages)
 
     # applicability (Engine.applicability, column-wise)
     drug_active = pl.col("__drug_any").fill_null(False)
@@ -408,6 +421,14 @@ def columnar_facts(
     for name, dtype in columns.items():
         exprs.append((pl.col(name) if name in out.columns else pl.lit(None)).cast(dtype).alias(name))
     return ColumnarFacts(out.select(pl.col(_ROW), *exprs), fallback, applicable, reasons)
+
+
+#: the "how old" texts and the day counts they are worded from
+_AGES = {"renal_fn_days_old": "renal_fn_age", "egfr_days_old": "egfr_age", "crcl_days_old": "crcl_age"}
+
+
+def _wanted(name: str, needed: set[str]) -> bool:
+    return name.startswith("__") or name in needed
 
 
 def _scalars(frame: pl.DataFrame, as_of: datetime, ctx: DrugContext) -> list[pl.Expr]:
@@ -564,10 +585,49 @@ def _renal(frame: pl.DataFrame, as_of: datetime, ctx: DrugContext) -> list[pl.Ex
     return out
 
 
+def _chunked_like(series: pl.Series, model: pl.Series) -> pl.Series:
+    """``series`` cut into chunks of the lengths of ``model``'s (slices, no copy).
+
+    Why: a gather gives one chunk; put beside columns of two (a parallel select's), the frame's
+    chunks no longer line up and the next query over it copies every column into one chunk.
+    """
+    chunks = model.get_chunks()
+    if len(chunks) < 2:
+        return series
+    parts, start = [], 0
+    for chunk in chunks:
+        parts.append(series.slice(start, chunk.len()))
+        start += chunk.len()
+    return pl.concat(parts, rechunk=False)
+
+
+_AGE_TEXTS: dict[int, str] = {}  # renal.age_text of each day count met so far
+_AGE_SPAN = 200_000  # widest range of day counts worded by a table of texts (else per distinct value)
+
+
 def _age_texts(out: pl.DataFrame, cols: dict[str, str]) -> pl.DataFrame:
-    """renal.age_text per distinct day count (the Python wording, looked up)."""
+    """renal.age_text per day count (the Python wording, looked up).
+
+    Why a gather: the counts are whole days in a narrow range (a few hundred), so the texts of the
+    range, in order, are gathered by ``days - lowest`` — one pass, where the distinct values and a
+    ``replace_strict`` of them were two hashings of every row. ``int(d)`` as before: a count that is
+    not finite has no text, a fraction is truncated (a cast to Int64 does both the same way).
+    """
     exprs = []
     for days_col, text_col in cols.items():
+        days = out[days_col].cast(pl.Int64, strict=False)
+        if days.null_count() == days.len():
+            exprs.append(pl.lit(None, pl.String).alias(text_col))
+            continue
+        lo, hi = int(days.min()), int(days.max())  # type: ignore[arg-type]
+        finite = days.null_count() == out[days_col].is_finite().not_().fill_null(True).sum()
+        if hi - lo < _AGE_SPAN and finite:
+            if len(_AGE_TEXTS) > _AGE_SPAN:  # bounded: at most two spans of texts
+                _AGE_TEXTS.clear()
+            texts = [_AGE_TEXTS.get(d) or _AGE_TEXTS.setdefault(d, age_text(d)) for d in range(lo, hi + 1)]
+            worded = pl.Series(texts, dtype=pl.String).gather(days - lo)
+            exprs.append(_chunked_like(worded, out[days_col]).alias(text_col))
+            continue
         distinct = [d for d in out[days_col].drop_nulls().unique().to_list() if math.isfinite(d)]
         texts = [age_text(int(d)) for d in distinct]
         exprs.append(
@@ -585,8 +645,10 @@ def _after_lists(
     infos: list[_OrderInfo],
     as_of: datetime,
     columns: dict[str, pl.DataType],
+    ages: dict[str, str] | None = None,
 ) -> pl.DataFrame:
-    """Facts that combine the lists with the rest: pregnancy/lactation/dialysis, the order's facts."""
+    """Facts that combine the lists with the rest: pregnancy/lactation/dialysis, the order's facts;
+    ``ages``: the "how old" texts to word (day count column → text column; default all)."""
 
     def has(c: str) -> pl.Expr:
         return pl.col(c).fill_null(False) if c in out.columns else pl.lit(False)
@@ -647,6 +709,4 @@ def _after_lists(
         pl.when(focus).then(False).alias("dose_increase"),
     ]
     out = out.lazy().with_columns(ex).collect()
-    return _age_texts(
-        out, {"renal_fn_days_old": "renal_fn_age", "egfr_days_old": "egfr_age", "crcl_days_old": "crcl_age"}
-    )
+    return _age_texts(out, _AGES if ages is None else ages)

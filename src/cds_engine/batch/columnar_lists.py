@@ -472,6 +472,10 @@ _U64 = pl.UInt64
 _EMPTY = pl.Series([[]], dtype=pl.List(pl.String))
 
 
+#: per vocabulary (by id): (the vocabulary, the layout of the words, the last prepared code table)
+_PREPARED: dict[int, tuple[Any, tuple[Any, ...], pl.DataFrame]] = {}
+
+
 def _field_words(fields: dict[str, int], present: Any, width: int, words: int) -> list[int]:
     """The words (Python ints) with bit 0 of each field in ``present`` set (its slot 0)."""
     out = [0] * words
@@ -593,26 +597,48 @@ def medication_facts_bits(
         length = lens[f"__len{t}"]
         bases.append((length.cum_sum() - length + seg_start - offsets[t]).alias(f"__at{t}"))
         seg_start += int(length.sum())
-    table = _code_table(entries["__code"], _med_info(vocab), schema, cache=("medication", vocab))
-    rows = table.select("classes", "route").rows()
-    made = [entry_words(c, r, True) for c, r in rows]
-    liquid_forms = list(LIQUID_FORMS)
-    table = table.select(
-        "__code",
-        pl.col("name").fill_null("unnamed medicine"),
-        pl.col("classes").list.contains(drug).fill_null(False).alias("__drug"),
-        pl.when(
-            pl.col("classes").list.contains(drug).fill_null(False)
-            & pl.col("form").is_in(liquid_forms)
-            & pl.col("conc").is_not_null()
+
+    def prepared(table: pl.DataFrame) -> pl.DataFrame:
+        """Per code: its name, "is the drug", liquid strength and words (what the entries join)."""
+        rows = table.select("classes", "route").rows()
+        made = [entry_words(c, r, True) for c, r in rows]
+        liquid_forms = list(LIQUID_FORMS)
+        return table.select(
+            "__code",
+            pl.col("name").fill_null("unnamed medicine"),
+            pl.col("classes").list.contains(drug).fill_null(False).alias("__drug"),
+            pl.when(
+                pl.col("classes").list.contains(drug).fill_null(False)
+                & pl.col("form").is_in(liquid_forms)
+                & pl.col("conc").is_not_null()
+            )
+            .then(pl.col("conc"))
+            .alias("__liquid"),
+            *[pl.Series(f"__b{j}", [m[0][j] for m in made], dtype=_U64) for j in range(words)],
+            *[pl.Series(f"__i{j}", [m[1][j] for m in made], dtype=_U64) for j in range(words)],
+            *[pl.Series(f"__a{j}", [m[2][j] for m in made], dtype=_U64) for j in range(words)],
         )
-        .then(pl.col("conc"))
-        .alias("__liquid"),
-        *[pl.Series(f"__b{j}", [m[0][j] for m in made], dtype=_U64) for j in range(words)],
-        *[pl.Series(f"__i{j}", [m[1][j] for m in made], dtype=_U64) for j in range(words)],
-        *[pl.Series(f"__a{j}", [m[2][j] for m in made], dtype=_U64) for j in range(words)],
-    )
-    entries = entries.join(table, on="__code", how="left", maintain_order="left")
+
+    # the last chunk's table of the same layout first: when it holds every code of this chunk (the
+    # usual case: a table asks about the same codes in every chunk), the distinct codes are not
+    # taken again, nor their words; a code it lacks (its "is the drug" null after the join, never
+    # null in a table) takes the table of this chunk's codes, as before. Joins only look codes
+    # up, so a table of more codes gives the same rows.
+    layout = (drug, tuple(fields), width, words)
+    last = _PREPARED.get(id(vocab))
+    joined = None
+    if last is not None and last[0] is vocab and last[1] == layout:
+        joined = entries.join(last[2], on="__code", how="left", maintain_order="left")
+        if joined["__drug"].null_count():
+            joined = None
+    if joined is None:
+        codes = _code_table(entries["__code"], _med_info(vocab), schema, cache=("medication", vocab))
+        table = prepared(codes)
+        if len(_PREPARED) > 8:
+            _PREPARED.clear()
+        _PREPARED[id(vocab)] = (vocab, layout, table)
+        joined = entries.join(table, on="__code", how="left", maintain_order="left")
+    entries = joined
     k = pl.col("__k")
     tag = pl.col("__tag")
     is_drug = pl.col("__drug").fill_null(False)
@@ -712,19 +738,24 @@ def medication_facts_bits(
         """The lowest set bit's position (null when none is set)."""
         return pl.when(f != 0).then(f.bitwise_trailing_zeros().cast(pl.Int64))
 
+    # only the facts the pack reads: a class is counted for meds.* or for its names, named for
+    # meds_named.*, counted in hospital for inpatient_meds.* (each class is a field all the same)
+    named_classes = [c for c in wanted if "meds_named." + c in columns]
+    counted = [c for c in wanted if "meds." + c in columns or c in named_classes]
     # per class: its count and where its first entry's name is (names are gathered once, last)
     w = w.with_columns(
-        *[count(f"c.{c}").alias(f"__n.{c}") for c in wanted],
-        *[name_index(lowest(bits(f"c.{c}"))).alias(f"__f.{c}") for c in wanted],
+        *[count(f"c.{c}").alias(f"__n.{c}") for c in counted],
+        *[name_index(lowest(bits(f"c.{c}"))).alias(f"__f.{c}") for c in named_classes],
     )
     ex: list[pl.Expr] = [pl.col(_ROW)]
     for c in wanted:
         got = pl.col(f"__n.{c}")
-        ex.append(pl.when(got > 0).then(got.cast(pl.Float64)).alias("meds." + c))
-        if any_inp:
+        if "meds." + c in columns:
+            ex.append(pl.when(got > 0).then(got.cast(pl.Float64)).alias("meds." + c))
+        if "inpatient_meds." + c in columns and any_inp:
             gi = count(f"i.{c}")
             ex.append(pl.when(gi > 0).then(gi.cast(pl.Float64)).alias("inpatient_meds." + c))
-        else:
+        elif "inpatient_meds." + c in columns:
             ex.append(pl.lit(None, pl.Float64).alias("inpatient_meds." + c))
     for r in routes:
         got = count(f"r.{r}")
@@ -741,8 +772,8 @@ def medication_facts_bits(
     names_of = pl.lit(all_names)
     pow2 = pl.lit(pl.Series([1 << i for i in range(64)], dtype=_U64))
     texts = [all_names]
-    index_of = {c: w[f"__f.{c}"] for c in wanted}
-    several_classes = [c for c in wanted if (w[f"__n.{c}"].max() or 0) > 1]  # rows of several entries
+    index_of = {c: w[f"__f.{c}"] for c in named_classes}
+    several_classes = [c for c in named_classes if (w[f"__n.{c}"].max() or 0) > 1]  # rows of several entries
     if several_classes:
         # every such class's rows in one table (class, row, its field, count and first name), then
         # where the row's names are; the joined texts are made for all classes at once. Why: per
@@ -804,7 +835,7 @@ def medication_facts_bits(
             index = index_of[c].clone()
             index.scatter(part["__p"], part["__t"])
             index_of[c] = index
-    named = [index_of[c].alias("meds_named." + c) for c in wanted]
+    named = [index_of[c].alias("meds_named." + c) for c in named_classes]
     every = pl.lit(pl.concat(texts, rechunk=True) if len(texts) > 1 else all_names)
     wide = wide.with_columns(
         (every.gather(i) if i.null_count() < n else pl.lit(None, pl.String)).alias(i.name) for i in named
