@@ -68,6 +68,7 @@ __all__ = [
     "ReadChunk",
     "RunConfig",
     "finish_chunk",
+    "forget_decoded",
     "prepare_chunk",
     "process_chunk",
     "read_chunk",
@@ -431,24 +432,42 @@ def _table_frame(chunk: Chunk, out: _Collector) -> pl.DataFrame | None:
     return frame.with_columns((pl.int_range(pl.len()) + chunk.start + 1).alias("__line"))
 
 
+_FileKey = tuple[str, int, int, int, int]
+
+
 @dataclass
 class _Decoded:
-    """Rows [start, stop) of a Parquet file (``key``: path, size, mtime), whole row groups."""
+    """Rows [start, stop) of a Parquet file (``key``: :func:`_file_key`), whole row groups."""
 
-    key: tuple[str, int, int]
+    key: _FileKey
     start: int
     stop: int
     frame: pl.DataFrame
 
 
-_GROUP_BOUNDS: dict[tuple[str, int, int], list[int]] = {}  # file key -> row group starts + total rows
+_GROUP_BOUNDS: dict[_FileKey, list[int]] = {}  # file key -> row group starts + total rows
 _LAST_DECODED: list[_Decoded] = []  # the row groups the last chunk read beyond its end (at most one)
 _DECODED_LOCK = threading.Lock()
 #: row groups read whole only up to this many rows per chunk row (bigger groups: the slice as before)
 _GROUP_SPAN = 4
 
 
-def _group_bounds(source: str, key: tuple[str, int, int]) -> list[int] | None:
+def _file_key(source: str) -> _FileKey:
+    """Path, size, mtime, inode and ctime: a file replaced by one of the same size and mtime
+    (``cp -p``, ``rsync -t``, ``tar``) is a new inode or has a new ctime, which no one can set back."""
+    st = os.stat(source)
+    return (source, st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
+
+
+def forget_decoded() -> None:
+    """Drop the kept row groups and footers: a run starts and ends with none (no rows of an earlier
+    run served, none held in a long-lived process after it)."""
+    with _DECODED_LOCK:
+        _LAST_DECODED.clear()
+        _GROUP_BOUNDS.clear()
+
+
+def _group_bounds(source: str, key: _FileKey) -> list[int] | None:
     """The first row of each row group and the row count (from the footer, once per file)."""
     with _DECODED_LOCK:
         bounds = _GROUP_BOUNDS.get(key)
@@ -478,8 +497,7 @@ def _parquet_rows(source: str, start: int, stop: int) -> pl.DataFrame:
     the next chunk (one range at a time, the rows of one or two groups). The rows, their values
     and types are those of the slice. Groups much bigger than a chunk are sliced as before.
     """
-    st = os.stat(source)
-    key = (source, st.st_size, st.st_mtime_ns)
+    key = _file_key(source)
     bounds = _group_bounds(source, key)
     if bounds is None or stop > bounds[-1] or start >= stop:
         return pl.scan_parquet(source).slice(start, stop - start).collect()
