@@ -54,6 +54,8 @@ __all__ = ["Journal", "JournalItem", "Segment", "decode_items", "decode_lines", 
 
 log = logging.getLogger("cds_engine.store.journal")
 
+_SLEEP_TICK = 0.1  # fsync intervals up to this sleep in time.sleep (see Journal._flush_loop)
+
 JournalEntry = dict[str, Any]
 
 
@@ -299,14 +301,22 @@ class Journal:
         the next wait), so a line is synced at most one interval, plus the ``fsync`` under way when
         it was written, after its write. External: it also wakes when the current
         segment is old enough to be handed over."""
+        interval = self.fsync_interval
+        monotonic = time.monotonic
+        # a short tick sleeps in one system call (an Event's timed wait is a Condition: a lock made,
+        # taken and dropped in Python every tick); close() then waits at most one tick for the thread
+        pause = time.sleep if interval <= _SLEEP_TICK else self._stop.wait
         while True:
             self._wake.wait(self._idle_timeout())
-            tick = time.monotonic()
+            tick = monotonic()
             while True:
                 # fixed rate: a tick every interval, the fsync's own time not added to the wait
                 # (the issue's bound is an fsync at least every 20 ms); after a stall, start afresh
-                tick = max(tick + self.fsync_interval, time.monotonic() - self.fsync_interval)
-                if self._stop.wait(max(0.0, tick - time.monotonic())):
+                now = monotonic()
+                tick = max(tick + interval, now - interval)
+                if tick > now:
+                    pause(tick - now)
+                if self._stop.is_set():
                     return
                 if self.external:  # nobody here marks lines done: an idle segment is handed over by age
                     self._hand_over_old()
@@ -325,6 +335,9 @@ class Journal:
 
     def _hand_over_old(self) -> None:
         """External: close the current segment once it is ``segment_seconds`` old."""
+        current = self._current  # a look without the lock first: on most ticks it is young
+        if current is None or time.monotonic() - current.opened < self.segment_seconds:
+            return
         with self._lock:
             current = self._current
             if current is not None and time.monotonic() - current.opened >= self.segment_seconds:
@@ -361,6 +374,8 @@ class Journal:
 
     def _release(self) -> None:
         """External: let go of closed, fsynced segments (not removed: the writer process does that)."""
+        if not any(s.closed for s in self._segments):  # most ticks: only the open segment (no lock)
+            return
         with self._lock:
             for segment in [s for s in self._segments if s.closed and not s.dirty]:
                 os.close(segment.fd)
