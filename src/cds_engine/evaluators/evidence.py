@@ -246,8 +246,9 @@ def _first_texts(
     those were one expression per fact, most of that query's fixed cost.
     """
     texts: dict[str, str | None] = {}
+    head = group.head(1)  # a literal column of the group is then written out for one row, not all
     for n in names:
-        first = group.get_column(n).head(1)
+        first = head.get_column(n)
         if columns[n] == pl.String():
             value = first.item()
             if value is not None:

@@ -28,7 +28,10 @@ gathers few columns; the patient id and carried columns are not in the parts at 
 from ``wide`` (made one chunk first) by the sorted row positions; a fired tier's part takes only
 that tier's fact columns, and a rule whose rows lack no root fact, or a tier with no tier of
 higher severity above it (nothing can be open), writes ``missing``/``not_assessed`` as literals;
-the compiler memoises each sub-tree's projection (``project_node``). The final order is one
+the compiler memoises each sub-tree's projection (``project_node``); a fact column with one
+value on every row (the order's facts, all-null bounds) reaches the fired tiers' rows as a literal,
+not a copy (``_constant_facts``); the missing-root and open-tier bit masks are the narrowest
+unsigned integers that hold their bits, OR-ed (``_mask``). The final order is one
 sort on an integer key, kept after trying a linear placement (each part is in row order: a
 per-patient counter gives every row its place, then one gather): polars' multi-threaded sort
 gathers from the ~50 unjoined parts in one step, a gather needs them joined first, and the
@@ -38,7 +41,10 @@ before the sort or an argsort then one gather (the sort rechunks the string view
 them: that is its floor), parts pre-ordered by wording so a stable sort on ``__row`` alone
 suffices, ``missing``/``not_assessed`` carried as Categorical through the sort (the cast back
 cost what the sort saved), the per-tier statistics on two Python threads (no CPU change; wall
-not measurable on a shared machine). Where the rest goes: the table itself is ~2 GB of fresh
+not measurable on a shared machine), sorting the key alone with each row's position among the
+parts in its low bits and gathering each column from one chunk, the parts' literal columns
+kept apart (a third fewer page faults in the sort, as many more in the select after it; CPU
+higher in 3 of 3 pairs). Where the rest goes: the table itself is ~2 GB of fresh
 memory per 1 M patients (0.7–0.8 M first-touched 4 KiB pages, a third of them in the sort); on
 a VM where a page fault costs 1.3–6 µs of kernel time that is 20–45 % of the CPU seconds
 (``bench/screening/stages.py`` charges each step its system seconds and page faults).
@@ -507,11 +513,7 @@ def _plan(vp: VectorPack) -> _Plan:
             flags = [pl.any_horizontal([pl.col(c) for c in by_root_cols[root]]) for root in roots]
             if len(roots) <= _MASK_BITS:  # one bit per root; the text per distinct mask (_missing_text)
                 miss_roots[rule.id] = roots
-                bits = [
-                    pl.when(f).then(pl.lit(1 << j, pl.Int64)).otherwise(pl.lit(0, pl.Int64))
-                    for j, f in enumerate(flags)
-                ]
-                miss_exprs.append(pl.sum_horizontal(bits).alias(_MISS + rule.id))
+                miss_exprs.append(_mask(flags).alias(_MISS + rule.id))
             else:
                 roots_text = [pl.when(f).then(pl.lit(root)) for root, f in zip(roots, flags, strict=True)]
                 miss_exprs.append(_joined(roots_text).alias(_MISS + rule.id))
@@ -535,6 +537,24 @@ def _plan(vp: VectorPack) -> _Plan:
         ],
         bounds=[c for c in vp.columns if any(c.endswith(s) for s in BOUND_SUFFIXES)],
     )
+
+
+def _mask(flags: Sequence[pl.Expr]) -> pl.Expr:
+    """Bit j set where ``flags[j]`` holds, in the narrowest unsigned type that holds the bits.
+
+    Why narrow and OR-ed: a rule's mask was a sum of one Int64 column per root (~290 roots in
+    all, on every row with an open tier) — a third of the second pass's CPU and over a GB of
+    fresh memory per 1 M patients; one byte per row per root for a rule of at most 8 roots is an
+    eighth of it. The values are the same integers (the flags are never null), and the mask is
+    only used as a number (_missing_text).
+    """
+    width = next(w for w in (8, 16, 32, 64) if len(flags) <= w - (w == 64))
+    dtype = {8: pl.UInt8, 16: pl.UInt16, 32: pl.UInt32, 64: pl.Int64}[width]
+    bits = [pl.when(f).then(pl.lit(1 << j, dtype)).otherwise(pl.lit(0, dtype)) for j, f in enumerate(flags)]
+    out = bits[0]
+    for bit in bits[1:]:
+        out = out | bit
+    return out
 
 
 def vector_alerts(
@@ -669,6 +689,7 @@ def _finding_parts(
     counts = wide.select(c.alias(str(k)) for k, c in enumerate(tiers)).row(0) if tiers else ()
     fired = iter(counts)
     present = set(wide.columns)  # a frame's .columns is a new list per call: test membership in a set
+    constant = _constant_facts(wide, vp.columns)
     batch: list[_Job] = []
     cells = 0
     out: list[pl.DataFrame] = []
@@ -690,14 +711,50 @@ def _finding_parts(
             for name in placeholders(tier.summary):
                 needed.extend([name, *(name + s for s in BOUND_SUFFIXES)])
             needed = [c for c in dict.fromkeys(needed) if c in present]
-            taken = wide.lazy().filter(pl.col(chosen_col) == i).select(needed)
+            picked = [constant[c].alias(c) if c in constant else pl.col(c) for c in needed]
+            taken = wide.lazy().filter(pl.col(chosen_col) == i).select(picked)
             batch.append(_Job(rule, tier, code, taken, computed))
-            cells += rows * len(needed)
+            cells += rows * sum(c not in constant for c in needed)
             if cells >= _BATCH_CELLS:
                 out += _run_jobs(vp, batch)
                 batch, cells = [], 0
     if batch:
         out += _run_jobs(vp, batch)
+    return out
+
+
+def _constant_facts(wide: pl.DataFrame, columns: Mapping[str, pl.DataType]) -> dict[str, pl.Expr]:
+    """The fact columns of ``wide`` that hold one value on every row, each as a literal of its type.
+
+    One value: all null, or no null and every value equal — for a float, min == max, no NaN and
+    not zero (0.0 and -0.0 are equal to min/max but print apart). A fired tier's rows then take
+    the literal instead of a copy of the column (the order's facts, say, are one value for a
+    whole screened population).
+    """
+    present = set(wide.columns)
+    names = [n for n in columns if n in present]
+    if not names or wide.height == 0:
+        return {}
+    nulls = wide.select(pl.col(names).null_count()).row(0, named=True)  # metadata: no pass over rows
+    out: dict[str, pl.Expr] = {n: pl.lit(None, columns[n]) for n in names if nulls[n] == wide.height}
+    full = [n for n in names if nulls[n] == 0]  # only these can hold one value (the rest are mixed)
+    strings = [n for n in full if columns[n] == pl.String()]
+    others = [n for n in full if n not in strings]
+    exprs = []
+    if others:
+        exprs += [pl.col(others).min().name.prefix("lo:"), pl.col(others).max().name.prefix("hi:")]
+    if strings:
+        exprs.append((pl.col(strings) == pl.col(strings).first()).all().name.prefix("eq:"))
+    stats = wide.select(exprs).row(0, named=True) if exprs else {}
+    same = [n for n in strings if stats["eq:" + n]]
+    same += [n for n in others if stats["lo:" + n] == stats["hi:" + n]]
+    # a float: not zero (0.0 and -0.0 are one value to min/max but print apart), and no NaN
+    floats = [n for n in same if columns[n] == pl.Float64()]
+    floats = [n for n in floats if stats["lo:" + n] != 0.0]
+    nan = wide.select(pl.col(floats).is_nan().any()).row(0, named=True) if floats else {}
+    for n in same:
+        if columns[n] != pl.Float64() or (n in nan and not nan[n]):
+            out[n] = pl.lit(wide.get_column(n)[0], columns[n])
     return out
 
 
@@ -920,15 +977,10 @@ def _highest_rank(flags: Sequence[tuple[int, pl.Expr]]) -> pl.Expr:
 
 
 def _bits(flags: Sequence[tuple[str, pl.Expr]]) -> pl.Expr:
-    """Bit j set where the j-th flag holds (an Int64: at most _MASK_BITS flags)."""
+    """Bit j set where the j-th flag holds (at most _MASK_BITS flags; the type: see _mask)."""
     if not flags:
-        return pl.lit(0, pl.Int64)
-    return pl.sum_horizontal(
-        [
-            pl.when(f).then(pl.lit(1 << j, pl.Int64)).otherwise(pl.lit(0, pl.Int64))
-            for j, (_, f) in enumerate(flags)
-        ]
-    )
+        return pl.lit(0, pl.UInt8)
+    return _mask([f for _, f in flags])
 
 
 def _spelt(names: Sequence[str], mask: int) -> str:
