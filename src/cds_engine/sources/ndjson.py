@@ -46,10 +46,12 @@ from cds_engine.sources.fhir_read import (
     ResourceIndex,
     SharedRecord,
     coded_groups,
+    concept_groups,
     group_by_type,
     status_code,
 )
 from cds_engine.sources.selective import (
+    LINE_HEAD,
     READ_TYPES,
     LineHead,
     collector_paused,
@@ -220,18 +222,92 @@ def partition_export(files: list[Path], workdir: Path, parts: int) -> PartitionR
     try:
         with shared_path.open("wb") as shared:
             for f in sorted(files):
-                name = spill.json(str(f))
                 try:
-                    for n, line in enumerate(byte_lines(f), start=1):  # no total cap: exports are large
-                        if line is None:
-                            result.errors.append(NdjsonError(str(f), n, "line too long: skipped"))
-                            continue
-                        _route(f, name, n, line, spill, shared, result)
+                    _route_file(f, spill, shared, result)
                 except (OSError, EOFError, zlib.error, UnicodeDecodeError) as exc:
                     result.errors.append(NdjsonError(str(f), 0, f"file cannot be read to the end: {exc}"))
     finally:
         spill.close()
     return result
+
+
+def _route_file(f: Path, spill: _Spill, shared: IO[bytes], result: PartitionResult) -> None:
+    """Every line of one export file, routed as :func:`_route` routes it.
+
+    Why a loop of its own: the lines of an export are nearly all one shape (an object that starts
+    and ends the line, its head read by msgspec, a type that is read or ignored, a patient named by
+    ``subject`` or ``patient``), and calling :func:`_route` per line (a frame, the head's wrapper,
+    :func:`_head_key`, :meth:`_Spill.add`) cost more than msgspec's read of the head. That shape is
+    routed here inline; any other line (the first one, a line to strip, one msgspec refuses, a
+    shared resource, a head without a patient) goes to :func:`_route`, which decides it as before.
+    """
+    name = spill.json(str(f))
+    decode = LINE_HEAD.decode
+    refused = (msgspec.DecodeError, msgspec.ValidationError)
+    ignored, read_types, marked = IGNORED_TYPES, READ_TYPES, spill.marked
+    patients, pending, handles = spill._patients, spill.pending, spill.handles
+    flush = 4 * spill.FLUSH
+    types: dict[str, bytes] = {}  # each type's JSON, as spill.json gives it
+    errors = result.errors
+    for n, line in enumerate(byte_lines(f), start=1):  # no total cap: exports are large
+        if line is None:
+            errors.append(NdjsonError(str(f), n, "line too long: skipped"))
+            continue
+        if line[:1] != b"{" or line[-1:] != b"}" or n == 1:
+            _route(f, name, n, line, spill, shared, result)
+            continue
+        try:
+            head = decode(line)
+        except refused:
+            _route(f, name, n, line, spill, shared, result)  # parsed in full there, or reported
+            continue
+        rtype = head.resourceType
+        if type(rtype) is not str or rtype in SHARED_TYPES:
+            _route(f, name, n, line, spill, shared, result)
+            continue
+        if rtype in ignored:
+            continue
+        # _head_key, inline
+        key = None
+        if rtype == "Patient":
+            key = str(head.id) if head.id else None
+        else:
+            for ref in (head.subject, head.patient, head.beneficiary, head.individual):
+                if ref is not None:
+                    text = ref.reference
+                    if isinstance(text, str):
+                        if text.startswith("urn:uuid:"):
+                            key = text[9:]
+                            break
+                        if "Patient/" in text:
+                            key = text.rsplit("Patient/", 1)[1].split("/")[0]
+                            break
+        if key is None:
+            _route(f, name, n, line, spill, shared, result)  # reported there
+            continue
+        if rtype in read_types:
+            body = line
+            if rtype == "Patient":
+                result.patients += 1
+        elif key in marked:
+            continue  # a type nobody reads, of a patient already marked (see _Spill)
+        else:
+            spill.mark(key)
+            body = b""
+        tjson = types.get(rtype)
+        if tjson is None:
+            tjson = types[rtype] = spill.json(rtype)
+        # _Spill.add, inline
+        known = patients.get(key)
+        if known is None:
+            spill.add(key, b"[%b,%d,%b," % (name, n, tjson), body)
+            continue
+        i, tail = known
+        batch = pending[i]
+        batch += (b"[%b,%d,%b," % (name, n, tjson), tail, body, b"\n")
+        if len(batch) >= flush:
+            handles[i].write(b"".join(batch))
+            batch.clear()
 
 
 def _strip(line: bytes, first: bool) -> bytes:
@@ -314,8 +390,19 @@ class _ObservationHead(msgspec.Struct):
 _OBSERVATION_HEAD = msgspec.json.Decoder(_ObservationHead)
 
 
+# What the mapping (sources/fhir.py) needs of a resource before it reads anything else of it, for the
+# types whose lines can stay undecoded: the statuses it counts, and the kind of group its code
+# must have. ``_Mapper._observations`` counts an Observation of a final status whose code (else
+# text) is in an ``observation`` group; ``_Mapper._last_procedure`` a Procedure, completed or in
+# progress, whose code is in the ``condition_group`` it asks for (any group: kept).
+_DEFERRABLE: dict[str, tuple[frozenset[str], str]] = {
+    "Observation": (FINAL_OBSERVATION_STATUSES, "observation"),
+    "Procedure": (frozenset({"completed", "in-progress"}), "condition_group"),
+}
+
+
 class ObservationFilter:
-    """Which Observation lines can stay undecoded: those no pack's mapping would count.
+    """Which Observation (and Procedure) lines can stay undecoded: those no pack's mapping would count.
 
     The mapping (``sources/fhir.py``, ``_Mapper._observations``) passes over an Observation whose
     status is not final/amended/corrected, or whose code (else text) is in no ``observation`` group
@@ -326,16 +413,29 @@ class ObservationFilter:
     (the mapping decides what that means), and whenever the fast read cannot vouch for the line
     (not UTF-8, a member msgspec refuses): a line the catalog reads is never skipped.
     ``tests/test_ndjson_deferred.py`` holds this to the full parse.
+
+    Procedures the same way (``_Mapper._last_procedure``, their only reader): one that is not
+    completed or in progress, or whose code is in no ``condition_group`` of any vocabulary
+    (:func:`~cds_engine.sources.fhir_read.concept_groups`), is passed over — most of an export's
+    procedures (``tests/test_ndjson_procedures_routing.py``).
     """
 
     MEMO = 100_000  # distinct codes remembered at most
 
     def __init__(self, vocabularies: Iterable[Vocabulary]) -> None:
         self.vocabularies = tuple(vocabularies)
-        self._needed: dict[bytes, bool] = {}  # raw code -> whether some vocabulary could count it
+        self._needed: dict[tuple[str, bytes], bool] = {}  # (type, raw code) -> whether some vocabulary counts
 
     def defer(self, text: bytes) -> Deferred | None:
         """A placeholder for an Observation line the mapping would pass over, else None (decode it)."""
+        return self._defer(text, "Observation")
+
+    def defer_procedure(self, text: bytes) -> Deferred | None:
+        """A placeholder for a Procedure line the mapping would pass over, else None (decode it)."""
+        return self._defer(text, "Procedure")
+
+    def _defer(self, text: bytes, rtype: str) -> Deferred | None:
+        rule = _DEFERRABLE[rtype]
         try:
             head = _OBSERVATION_HEAD.decode(text)
         except (msgspec.DecodeError, msgspec.ValidationError):
@@ -345,11 +445,12 @@ class ObservationFilter:
                 text.decode("utf-8")
             except UnicodeDecodeError:
                 return None
-        if status_code(head.status) in FINAL_OBSERVATION_STATUSES:
-            code = bytes(head.code)
+        statuses, kind = rule
+        if status_code(head.status) in statuses:
+            code = (rtype, bytes(head.code))
             needed = self._needed.get(code)
             if needed is None:
-                needed = self._could_count(code)
+                needed = self._could_count(code[1], kind)
                 if len(self._needed) >= self.MEMO:
                     self._needed.clear()
                 self._needed[code] = needed
@@ -357,14 +458,17 @@ class ObservationFilter:
                 return None
         return Deferred(head.resourceType, head.id, text, decode_resource)
 
-    def _could_count(self, code: bytes) -> bool:
+    def _could_count(self, code: bytes, kind: str = "observation") -> bool:
         try:
             concept = decode_resource(code) if code else None
         except ValueError:
             return True
         for vocab in self.vocabularies:
             try:
-                groups, _coded = coded_groups(concept, vocab, "observation")
+                if kind == "observation":
+                    groups, _coded = coded_groups(concept, vocab, kind)
+                else:
+                    groups = concept_groups(concept, vocab, kind)
             except Exception:  # the mapping meets the same error: it decides, not the filter
                 return True
             if groups:
@@ -406,28 +510,39 @@ def read_partition(
     shared_groups = group_by_type(shared_resources)  # the mapping's by-type lists of them, once too
     groups: dict[str, list[Any]] = {}  # the lines (bytes) of each patient; a dict for a resumed run's line
     origin: dict[str, tuple[str, int]] = {}
+    asked: set[str] = set()  # the keys with a "?" entry in origin (set once, as setdefault did)
     with part.open("rb") as fh:
         for line in fh:
             where, _, text = line.partition(b"\t")
-            file, n, *routed = decode_resource(where)
-            if routed:  # [type, patient]; the resource only for the types the mapping reads
-                rtype, key = routed
+            try:  # decode_resource, inline (it falls back to json.loads the same way)
+                routed = _WHERE.decode(where)
+            except (msgspec.DecodeError, UnicodeDecodeError):
+                routed = decode_resource(where)
+            if len(routed) == 4:  # [file, line, type, patient]: the resource only for the types read
+                file, n, rtype, key = routed
                 members = groups.setdefault(key, [])
                 if text and not text.isspace():
-                    deferred = (
-                        observations.defer(text)
-                        if observations is not None and rtype == "Observation"
-                        else None
-                    )
+                    deferred = None
+                    if observations is not None:
+                        if rtype == "Observation":
+                            deferred = observations.defer(text)
+                        elif rtype == "Procedure":
+                            deferred = observations.defer_procedure(text)
                     members.append(text if deferred is None else deferred)
-            else:  # a partition written before selective decoding (a resumed run)
-                resource = json.loads(text)
-                rtype, key = resource.get("resourceType"), patient_key(resource) or ""
-                groups.setdefault(key, []).append(resource)
-            if rtype == "Patient" and key not in origin:
-                origin[key] = (file, n)
-            elif key not in origin:
-                origin.setdefault("?" + key, (file, n))
+            else:  # a partition written before selective decoding (a resumed run): [file, line]
+                file, n, *more = routed
+                if more:
+                    rtype, key = more  # raises, as it did, for a prefix of another length
+                else:
+                    resource = json.loads(text)
+                    rtype, key = resource.get("resourceType"), patient_key(resource) or ""
+                    groups.setdefault(key, []).append(resource)
+            if key not in origin:
+                if rtype == "Patient":
+                    origin[key] = (file, n)
+                elif key not in asked:
+                    asked.add(key)
+                    origin.setdefault("?" + key, (file, n))
     for key, lines in groups.items():
         with collector_paused():
             resources = [decode_resource(x) if type(x) is bytes else x for x in lines]

@@ -40,6 +40,7 @@ import msgspec
 from cds_engine.sources.fhir import bundle_resources
 
 __all__ = [
+    "LINE_HEAD",
     "READ_TYPES",
     "BundleRead",
     "LineHead",
@@ -281,6 +282,7 @@ class LineHead(msgspec.Struct):
 
 
 _LINE = msgspec.json.Decoder(LineHead)
+LINE_HEAD = _LINE  # for a loop that calls the decoder itself (sources/ndjson.py routes most lines so)
 
 
 def line_head(text: str | bytes) -> LineHead | None:
