@@ -122,12 +122,13 @@ rollup_reasons = Table(
 )
 
 
-def _episode_parts() -> tuple[Any, Any, Any, Any]:
-    """(source kind, rule key, patient, order): the same episode as rule_stats, per source kind."""
-    src = case((Evaluation.hypothetical.is_(True), "hypothetical"), else_=Evaluation.source)
+def _episode_parts(evaluation: Any = Evaluation) -> tuple[Any, Any, Any, Any]:
+    """(source kind, rule key, patient, order): the same episode as rule_stats, per source kind
+    (``evaluation``: where the alert's evaluation columns come from, the table by default)."""
+    src = case((evaluation.hypothetical.is_(True), "hypothetical"), else_=evaluation.source)
     key = case((AlertRow.rule_id == MISSING_DATA_RULE, AlertRow.tier_id), else_=AlertRow.rule_id)
-    order = func.coalesce(Evaluation.order_key, AlertRow.id)
-    return src, key, func.coalesce(Evaluation.patient_ref, ""), order
+    order = func.coalesce(evaluation.order_key, AlertRow.id)
+    return src, key, func.coalesce(evaluation.patient_ref, ""), order
 
 
 def _episodes(dialect: str, where: list[ColumnElement[bool]], *, few: bool = False) -> Select[Any]:
@@ -139,9 +140,18 @@ def _episodes(dialect: str, where: list[ColumnElement[bool]], *, few: bool = Fal
     into a hashed scan as it may an EXISTS) instead of an outer join.
     The writer's statement is prepared, and the generic plan PostgreSQL fixed while
     ``fatigue_cards`` was small hashed the whole table on every batch (22 ms a batch at the end
-    of a 60 s bench/load.py run). Same value: a card has one row at most."""
+    of a 60 s bench/load.py run). Same value: a card has one row at most.
+    PostgreSQL, ``few``: each row's evaluation is looked up by its primary key (a ``LATERAL …
+    LIMIT 1``, as in :func:`_touched`) — the generic plan fixed while ``evaluations`` was small
+    hashed the whole table on every batch (5 ms a batch of 80 hook lines at 3,000 evaluations,
+    growing with the store; issue 19 item 2a). Same rows: every alert has its one evaluation."""
     array_length = func.jsonb_array_length if dialect == "postgresql" else func.json_array_length
-    src, key, patient, order = _episode_parts()
+    evaluation: Any = Evaluation
+    if few and dialect == "postgresql":
+        evaluations: Table = Evaluation.__table__  # type: ignore[assignment]
+        evaluation = (select(evaluations).where(evaluations.c.id == AlertRow.evaluation_id).limit(1)
+                      .lateral("evaluation")).c
+    src, key, patient, order = _episode_parts(evaluation)
     episode = [src, key, patient, order]
     shown = AlertRow.shown.is_(True)
     unknown = AlertRow.card_suggestions.is_(None)
@@ -150,7 +160,7 @@ def _episodes(dialect: str, where: list[ColumnElement[bool]], *, few: bool = Fal
     ranked = select(
         src.label("src"), key.label("k"), patient.label("p"), order.label("o"),
         AlertRow.pack_id.label("pack_id"), AlertRow.kind.label("kind"), AlertRow.title.label("title"),
-        Evaluation.as_of.label("as_of"), flag(shown).label("shown"), flag(carried).label("carried"),
+        evaluation.as_of.label("as_of"), flag(shown).label("shown"), flag(carried).label("carried"),
         case(_RANK, value=AlertRow.severity, else_=0).label("sev"),
         AlertRow.prescriber_outcome.label("outcome"),
         flag(AlertRow.suggestion_accepted.is_(True)).label("accepted"),
@@ -166,7 +176,11 @@ def _episodes(dialect: str, where: list[ColumnElement[bool]], *, few: bool = Fal
             flag(AlertRow.review_status != "open").desc(), AlertRow.reviewed_at.desc().nulls_last(),
             AlertRow.id,
         )).label("rrank"),
-    ).select_from(AlertRow).join(Evaluation, AlertRow.evaluation_id == Evaluation.id)
+    ).select_from(AlertRow)
+    if evaluation is Evaluation:
+        ranked = ranked.join(Evaluation, AlertRow.evaluation_id == Evaluation.id)
+    else:
+        ranked = ranked.join(evaluation.id.table, true())
     if not few:
         ranked = ranked.outerjoin(fatigue_cards, fatigue_cards.c.card_uuid == AlertRow.card_uuid)
     rows = ranked.where(*where).subquery()
