@@ -44,10 +44,15 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 
-import polars as pl
 from bench_common import REPO, machine_header, subprocess_env, use_repo_paths
 
 use_repo_paths()
+
+from cds_engine import allocator  # noqa: E402
+
+allocator.configure()  # as the cds-engine command does, before polars loads: one arena, freed pages kept 10 s
+
+import polars as pl  # noqa: E402
 
 from cds_engine.engine import Engine, OracleEvaluator, project  # noqa: E402
 from cds_engine.evaluators.vector import VectorPack, vector_alerts  # noqa: E402
@@ -174,13 +179,20 @@ def bench_vector(vp, path: Path, n: int) -> dict:
     vector_alerts(vp, pl.read_parquet(path, n_rows=1000))
     _, t_eval = timed(lambda: vp.outcomes(pl.read_parquet(path)))
     alerts, t_full = timed(lambda: vector_alerts(vp, pl.read_parquet(path)))
+    rows = alerts.height
+    del alerts
+    # the same call twice more in this process (what a screening's next chunk or next file meets:
+    # the allocator's freed pages are reused, src/cds_engine/allocator.py); the faster one
+    again = min(timed(lambda: vector_alerts(vp, pl.read_parquet(path)).height)[1] for _ in range(2))
     return {
         "patients": n,
         "eval_s": t_eval,
         "eval_rate": n / t_eval,
         "alerts_s": t_full,
         "alerts_rate": n / t_full,
-        "alerts": alerts.height,
+        "alerts": rows,
+        "alerts_again_s": again,
+        "alerts_again_rate": n / again,
     }
 
 
@@ -605,7 +617,9 @@ def main() -> None:
                 f"(a) vector, Parquet → tier outcomes: {a['eval_rate']:,.0f} patients/s "
                 f"({a['eval_s']:.2f} s); "
                 f"→ full alert table: {a['alerts_rate']:,.0f} patients/s ({a['alerts_s']:.2f} s, "
-                f"{a['alerts']:,} alerts)"
+                f"{a['alerts']:,} alerts, {a['alerts'] / a['alerts_s'] / 1e6:.2f} M rows/s); "
+                f"the same call again, best of 2: {a['alerts_again_rate']:,.0f} patients/s "
+                f"({a['alerts_again_s']:.2f} s, {a['alerts'] / a['alerts_again_s'] / 1e6:.2f} M rows/s)"
             )
         if want("b") or want("c"):
             sample = [

@@ -54,7 +54,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = "cds_engine"
 
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("codes", "term_context", "files", "metrics", "cpu_affinity"),
+    ("codes", "term_context", "files", "metrics", "cpu_affinity", "allocator"),
     ("vocabulary",),
     ("facts",),
     ("sources", "synthetic"),

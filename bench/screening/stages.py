@@ -37,6 +37,10 @@ from bench_common import REPO, machine_header, use_repo_paths
 
 use_repo_paths()
 
+from cds_engine import allocator  # noqa: E402
+
+allocator.configure()  # as the cds-engine command does, before polars loads (src/cds_engine/allocator.py)
+
 #: (module, function) pairs charged separately; a method is "Class.name"
 STAGES = {
     "cds_engine.batch.work": ["_table_frame", "clean_table", "derive_table", "table_alerts", "_merge_table"],

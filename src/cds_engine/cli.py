@@ -6,12 +6,16 @@ the service, batch and rule-authoring commands stay in their own files.
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
+from cds_engine import allocator
 
-import typer
+allocator.configure()  # before any command module imports polars: jemalloc reads it when polars loads
 
-from cds_engine import commands
+import importlib  # noqa: E402
+import pkgutil  # noqa: E402
+
+import typer  # noqa: E402
+
+from cds_engine import commands  # noqa: E402
 
 __all__ = ["app"]
 
