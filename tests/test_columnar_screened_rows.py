@@ -28,6 +28,7 @@ from cds_engine.batch.table_screen import _runs, derive_table, patient_counts
 from cds_engine.engine import Engine
 from cds_engine.evaluators.vector import VectorPack
 from cds_engine.facts.renal import age_text
+from cds_engine.facts.routes import ROUTE_FAMILIES
 from cds_engine.sources.table import clean_table, frame_from_cells
 from conftest import RULES
 from record_rows import record_rows
@@ -214,3 +215,68 @@ def test_medicine_code_table_reused_only_when_it_holds_every_code(setup) -> None
     again = cf.columnar_facts(more, *args).facts  # … and this one's reused whole
     assert cold.equals(warm)
     assert cold.equals(again)
+
+
+def _every_column(packs, vectors) -> dict[str, pl.DataType]:
+    """The columns both packs read, and every family column of every group of the vocabulary."""
+    every: dict[str, pl.DataType] = {}
+    for p in packs:
+        for name, dtype in vectors[p.id].columns.items():
+            assert every.setdefault(name, dtype) == dtype, name
+    groups: dict[str, set[str]] = {}
+    for (kind, _system, _code), names in packs[0].vocabulary.codes.items():
+        groups.setdefault(kind, set()).update(names)
+    families = {
+        "drug_class": {"meds.": pl.Float64, "inpatient_meds.": pl.Float64, "meds_named.": pl.String},
+        "condition_group": {"cond.": pl.Boolean, "cond_named.": pl.String, "cond_history.": pl.Boolean},
+        "condition_history": {"cond_history.": pl.Boolean},
+        "allergy_group": {"allergy.": pl.Boolean},
+    }
+    for kind, columns in families.items():
+        for group in sorted(groups[kind]):
+            for prefix, dtype in columns.items():
+                every.setdefault(prefix + group, dtype)
+    for route in (*sorted(ROUTE_FAMILIES), "unknown"):
+        every.setdefault(f"drug_active_by_route.{route}", pl.Float64)
+    assert not cf.unsupported_facts(every)
+    return every
+
+
+@pytest.mark.parametrize("seed", [11, 12])
+def test_pruned_facts_equal_every_fact_built(seed: int, monkeypatch) -> None:
+    """Each pack's facts as ``derive_table`` builds them (only the columns it reads, only the screened
+    rows) equal, column by column, the full fact set: ``columnar_facts`` asked for every column both
+    shipped packs read, every scalar built (``_wanted``), every row derived — the pruning is checked
+    against the unpruned derivation, not against itself."""
+    engine = Engine.from_dir(RULES, statuses=("active", "draft"))
+    packs = engine.running_packs
+    assert [p.id for p in packs] == ["baclofen", "gabapentinoid"]
+    vectors = {p.id: VectorPack.compile(p) for p in packs}
+    every = _every_column(packs, vectors)
+    typed = _typed(packs[0].vocabulary, 1_200, seed)
+    alive = ~typed["deceased"].fill_null(False)
+    for pack in packs:
+        vp = vectors[pack.id]
+        args = (pack.vocabulary, pack.context, AS_OF, pack.spec.pack.triggers)
+        assert len(vp.columns) < len(every)  # the pack reads fewer facts than are built in full
+        pruned = cf.columnar_facts(typed, vp.columns, *args, keep=alive)
+        with monkeypatch.context() as m:
+            m.setattr(cf, "_wanted", lambda name, needed: True)
+            full = cf.columnar_facts(typed, every, *args)
+        assert pruned.fallback.equals(full.fallback)
+        assert pruned.reasons == full.reasons
+        rows = pruned.facts["__r"]
+        assert 0 < rows.len() < full.facts.height  # the deceased rows are not derived
+        at = full.facts["__r"].is_in(rows.implode())
+        whole = full.facts.filter(at)
+        assert whole["__r"].equals(rows)
+        assert pruned.applicable.equals(full.applicable.filter(at))
+        assert list(pruned.facts.columns) == ["__r", *vp.columns]
+        diffs = []
+        for name, dtype in vp.columns.items():
+            a, b = pruned.facts[name], whole[name]
+            if a.dtype != dtype or b.dtype != dtype or not a.equals(b):
+                same = ((a == b) | (a.is_null() & b.is_null())).fill_null(False)
+                diffs.append((name, a.dtype, b.dtype, int((~same).sum())))
+        assert not diffs, (pack.id, diffs[:5])
+        assert any(whole[c].null_count() < whole.height for c in vp.columns if c.startswith("order_"))

@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from cds_engine.batch import parts as parts_module
+from cds_engine.batch import runner as runner_module
 from cds_engine.batch.runner import ScreenOptions, run_screen
 from cds_engine.engine import Engine
 from conftest import RULES
@@ -41,6 +42,10 @@ def _columns(path: Path, group: int = 0) -> dict[str, object]:
     return {rg.column(i).path_in_schema: rg.column(i) for i in range(rg.num_columns)}
 
 
+#: the frames each chunk produced (ChunkResult), in the order the serial run wrote them
+_PRODUCED: dict[str, list[pl.DataFrame]] = {"alerts": [], "patients": []}
+
+
 @pytest.fixture(scope="module")
 def serial_run(records: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("run") / "out"
@@ -48,7 +53,18 @@ def serial_run(records: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
         inputs=[records], out=out, rules=RULES, as_of=AS_OF, progress=False, rows_per_chunk=150,
         keep_parts=True,
     )
-    run_screen(opts)
+    real = parts_module.PartStore.write
+
+    def write(self, result) -> None:  # the chunk's frames as produced, before any encoding
+        _PRODUCED["alerts"].append(result.alerts.clone())
+        _PRODUCED["patients"].append(result.patients.clone())
+        real(self, result)
+
+    for frames in _PRODUCED.values():
+        frames.clear()
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(parts_module.PartStore, "write", write)
+        run_screen(opts)
     return out
 
 
@@ -83,16 +99,27 @@ def test_row_statistics_are_each_chunks_range(serial_run: Path) -> None:
     assert start == table.height
 
 
-def test_the_tables_read_back_as_with_pyarrows_defaults(serial_run: Path, tmp_path: Path) -> None:
-    """The options change the encoding only: rewritten with pyarrow's defaults (statistics on
-    every column, 1,024 rows a batch), the tables read back equal — polars and pyarrow alike."""
+def test_the_tables_read_back_as_the_chunks_produced_them(serial_run: Path, tmp_path: Path) -> None:
+    """The options change the encoding only: alerts.parquet and patients.parquet read back (polars
+    and pyarrow alike) equal the frames the chunks produced, before any encoding — and the same
+    frames written with pyarrow's defaults (statistics on every column, 1,024 rows a batch) read
+    back equal too."""
+    assert len(_PRODUCED["alerts"]) == 4  # 600 records, 150 a chunk
     for name in ("alerts", "patients"):
+        want = pl.concat(_PRODUCED[name], how="vertical")
+        assert want.height > 0
+        got = pl.read_parquet(serial_run / f"{name}.parquet")
+        assert got.schema == want.schema
+        assert got.equals(want), name
         table = pq.read_table(serial_run / f"{name}.parquet")
-        plain = tmp_path / f"{name}.parquet"
-        pq.write_table(table, plain)
-        assert pl.read_parquet(serial_run / f"{name}.parquet").equals(pl.read_parquet(plain))
-        assert pq.read_table(plain).equals(table)
+        assert pl.from_arrow(table).equals(want), name
         assert str(table.schema.field("patient_id").type) == "large_string"
+        plain = tmp_path / f"{name}.parquet"
+        pq.write_table(want.to_arrow(), plain)
+        assert pl.read_parquet(plain).equals(got)
+        assert pq.read_table(plain).equals(table)
+    alerts = pl.concat(_PRODUCED["alerts"], how="vertical")
+    assert alerts["severity"].n_unique() >= 2 and alerts["rule_id"].n_unique() >= 5  # a real table
 
 
 def test_a_resumed_run_gives_the_same_tables(records: Path, serial_run: Path, tmp_path: Path) -> None:
@@ -116,6 +143,21 @@ def test_a_resumed_run_gives_the_same_tables(records: Path, serial_run: Path, tm
         assert (out / name).read_bytes() == (serial_run / name).read_bytes()
 
 
-def test_parts_format_names_this_encoding() -> None:
-    """Parts of the previous layout (wording statistics written) are never resumed beside these."""
-    assert parts_module.PARTS_FORMAT != "parquet-lz4-dict-v3"
+def test_parts_format_names_this_encoding(records: Path, tmp_path: Path, monkeypatch) -> None:
+    """Parts of the previous layout (wording statistics written) are never resumed beside these:
+    the format is in the run's fingerprint, so finished chunks of a v3 run are redone."""
+    assert parts_module.PARTS_FORMAT == "parquet-lz4-dict-v4"
+    out = tmp_path / "out"
+    opts = ScreenOptions(
+        inputs=[records], out=out, rules=RULES, as_of=AS_OF, progress=False, rows_per_chunk=150,
+        keep_parts=True,
+    )
+    with monkeypatch.context() as m:  # a run of the previous layout, killed after two chunks
+        m.setattr(runner_module, "PARTS_FORMAT", "parquet-lz4-dict-v3")
+        run_screen(opts)
+    old = json.loads((out / ".parts" / "run.json").read_text())["fingerprint"]
+    for done in sorted((out / ".parts").glob("*.done"))[2:]:
+        done.unlink()
+    run_screen(opts)
+    assert json.loads((out / ".parts" / "run.json").read_text())["fingerprint"] != old
+    assert json.loads((out / "summary.json").read_text())["chunks_resumed"] == 0
