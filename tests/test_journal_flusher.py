@@ -142,8 +142,11 @@ def test_close_stops_a_ticking_flusher(tmp_path: Path) -> None:
     time.sleep(3 * INTERVAL)
     stop.set()
     writer.join()
+    started = time.monotonic()
     journal.close()
+    assert time.monotonic() - started < 2.0  # a short tick sleeps in time.sleep: close waits one tick
     assert journal._flusher is not None and not journal._flusher.is_alive()
+    assert journal.fsyncs >= 1
 
 
 def test_the_default_interval_is_within_the_bound_the_readme_states(tmp_path: Path) -> None:

@@ -23,8 +23,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import polars as pl
 import pytest
+from tests.test_ndjson_deferred import _screen, _write  # the same export writer and screen call
 
 import cds_engine.sources.ndjson as nd
 from cds_engine.engine import Engine
@@ -170,26 +170,6 @@ def _diagnosis(pid: str, rid: str, encounter: str) -> dict:
         "encounter": {"reference": f"Encounter/{encounter}"},
         "onsetDateTime": "2025-06-01",
     }
-
-
-def _write(folder: Path, lines: dict[str, list[str]]) -> Path:
-    folder.mkdir(parents=True)
-    for rtype, rows in lines.items():
-        (folder / f"{rtype}.ndjson").write_text("\n".join(rows) + "\n", encoding="utf-8")
-    return folder
-
-
-def _screen(inputs: list[Path], out: Path, assume: str | None) -> tuple[pl.DataFrame, ...]:
-    from cds_engine.batch.runner import ScreenOptions, run_screen
-
-    run_screen(
-        ScreenOptions(inputs=inputs, out=out, rules=RULES, as_of=AS_OF, assume_order=assume, progress=False)
-    )
-    return (
-        pl.read_parquet(out / "alerts.parquet"),
-        pl.read_parquet(out / "patients.parquet"),
-        pl.read_csv(out / "errors.csv", infer_schema=False),
-    )
 
 
 def _full_parse(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import fcntl
 import os
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -113,22 +112,3 @@ def test_a_long_interval_still_stops_at_once(tmp_path: Path) -> None:
     assert journal._flusher is not None and not journal._flusher.is_alive()
 
 
-def test_close_during_a_stream_stops_the_ticking_flusher(tmp_path: Path) -> None:
-    journal = Journal(tmp_path, fsync_interval=0.02).start()
-    stop = threading.Event()
-
-    def stream() -> None:
-        while not stop.is_set():
-            journal.append(_entry())
-            time.sleep(0.003)
-
-    writer = threading.Thread(target=stream)
-    writer.start()
-    time.sleep(0.1)
-    stop.set()
-    writer.join()
-    started = time.monotonic()
-    journal.close()
-    assert time.monotonic() - started < 2.0
-    assert journal._flusher is not None and not journal._flusher.is_alive()
-    assert journal.fsyncs >= 1
