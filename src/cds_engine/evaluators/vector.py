@@ -624,9 +624,8 @@ def vector_alerts(
     parts.extend(_missing_rows(vp, deep, plan.report_cols, ids, words))
     parts = [p for p in parts if p.height]
     if not parts:
-        schema = frame.collect_schema() if isinstance(frame, pl.LazyFrame) else frame.schema
-        return pl.DataFrame(schema={**ALERT_SCHEMA, **{c: schema[c] for c in carry}})
-    alerts = _in_alert_order(parts, words)
+        return pl.DataFrame(schema=_empty_schema(frame, carry))
+    alerts = _in_alert_order(parts, words, wide.height)
     code, row = pl.col("__code"), pl.col("__row")
     # one chunk first: a gather from wide's ~16 chunks cost six times the gather itself (polars 2.1)
     by_row = {c: pl.lit(wide[c].rechunk()).gather(row) for c in ["__patient", *carry]}
@@ -643,6 +642,17 @@ def vector_alerts(
         pl.lit(pack.content_hash).alias("pack_hash"),
         pl.lit(vp.site_hash, pl.String).alias("site_hash"),
     )
+
+
+def _empty_schema(frame: pl.DataFrame | pl.LazyFrame, carry: Sequence[str]) -> dict[str, pl.DataType]:
+    """The columns of an alert table with no row, in the order of a table with rows: the carried
+    columns after ``evidence``, before the pack's (a chunk without alerts is concatenated with
+    chunks with alerts: ``pl.concat`` needs the same order)."""
+    schema = frame.collect_schema() if isinstance(frame, pl.LazyFrame) else frame.schema
+    names = list(ALERT_SCHEMA)
+    at = names.index("evidence") + 1
+    order = [*names[:at], *carry, *names[at:]]
+    return {c: schema[c] if c in carry else ALERT_SCHEMA[c] for c in order}
 
 
 # The steps of vector_alerts are functions of their own so that bench/screening/stages.py can
@@ -666,7 +676,9 @@ def _first_pass(
     lf = vp.prepare(frame).with_columns(pl.col(patient_col).cast(pl.String).alias("__patient"))
     if mask is not None:
         lf = lf.filter(mask)
-    lf = lf.with_columns(pl.int_range(pl.len()).alias("__row"))
+    # polars' row index type (UInt32; a frame holds no more rows): every part carries ``__row`` and
+    # the sort moves it, half an Int64's bytes (first call: ~10 k fewer page faults per 1 M patients)
+    lf = lf.with_columns(pl.int_range(pl.len(), dtype=pl.get_index_type()).alias("__row"))
     lf = lf.with_columns(plan.clause_exprs).with_columns(plan.outcome_exprs).with_columns(plan.flag_exprs)
     wide = lf.select([*ids, *vp.columns, *plan.flags, *plan.clause_names, plan.any_open]).collect()
     # each row's index among the rows with an open tier (the rows of ``deep`` below)
@@ -688,15 +700,33 @@ def _second_pass(plan: _Plan, wide: pl.DataFrame, ids: list[str]) -> pl.DataFram
     )
 
 
-def _in_alert_order(parts: list[pl.DataFrame], words: _Wordings) -> pl.DataFrame:
-    """The parts as one frame in Alert.sort_key's order (a sort: see the module notes on why)."""
+def _in_alert_order(parts: list[pl.DataFrame], words: _Wordings, rows: int) -> pl.DataFrame:
+    """The parts as one frame in Alert.sort_key's order (a sort: see the module notes on why).
+
+    ``rows``: the number of rows of ``wide`` (every ``__row`` is below it).
+    """
     alerts = pl.concat(parts, how="vertical", rechunk=False)
-    # one integer sort key: patient row, then most severe first, findings before reports, then the
-    # part (rule-id order): codes are handed out part by part and a part has one row per patient,
-    # so the code breaks every tie and the key is unique — Alert.sort_key's order, any sort
-    code = pl.col("__code")
-    key = (pl.col("__row") * 8 + pl.lit(words.order()).gather(code)) * len(words.rows) + code
-    return alerts.sort(key)
+    return alerts.sort(_sort_key(words, rows))
+
+
+def _sort_key(words: _Wordings, rows: int) -> pl.Expr:
+    """One unique integer per alert row, in Alert.sort_key's order, as narrow as it can be.
+
+    The order: patient row, then most severe first, findings before reports, then the part
+    (rule-id order). Codes are handed out part by part and a part has one row per patient, so
+    ``__row`` and the code identify a row; each code is replaced by its place among all codes in
+    that (rank, code) order, so ``__row * codes + place`` is unique and sorts as the tuple does.
+    Why narrow: a 32-bit key (rows × codes below 2^32: a 1 M-patient call has a few hundred
+    codes) argsorts in ~60 % of the CPU of a 64-bit one (6.5 M alert rows: 0.16 against 0.27 s).
+    """
+    n = len(words.rows)
+    rank = words.order().to_list()
+    place = [0] * n
+    for position, c in enumerate(sorted(range(n), key=lambda c: (rank[c], c))):
+        place[c] = position
+    dtype = pl.UInt32 if rows * n <= 2**32 else pl.UInt64
+    places = pl.lit(pl.Series(place, dtype=dtype))
+    return pl.col("__row").cast(dtype) * pl.lit(n, dtype) + places.gather(pl.col("__code"))
 
 
 _BATCH_CELLS = 30_000_000  # fired rows × columns taken from ``wide`` per parallel batch (memory bound)
