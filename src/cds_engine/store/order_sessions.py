@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Select, String, Table, and_, any_, bindparam, func, or_, select, union_all
+from sqlalchemy import Connection, Select, String, Table, and_, bindparam, func, or_, select, true, union_all
 from sqlalchemy.dialects import postgresql
 
 from cds_engine.store.models import Evaluation
@@ -141,10 +141,8 @@ def _lookup(dialect: str, windows: int) -> Any:
         when = [{name: bindparam(f"{name}_{n}", type_=c.as_of.type) for name in ("low", "mid", "high")}
                 for n in range(windows)]
         band = or_(*(and_(c.as_of >= w["low"], c.as_of <= w["mid"]) for w in when))
-        among = (c.order_base == any_(bindparam("bases", type_=postgresql.ARRAY(String)))
-                 if dialect == "postgresql" else c.order_base.in_(select(wanted.c.base)))
-        parts = [select(c.order_base, c.as_of, c.order_key).where(among, c.order_key.is_not(None), band),
-                 *(_earliest_after(wanted, w["mid"], w["high"]) for w in when)]
+        parts = [_in_band(dialect, wanted, band),
+                 *(_earliest_after(dialect, wanted, w["mid"], w["high"]) for w in when)]
         found = _LOOKUPS[(dialect, windows)] = union_all(*parts)
     return found
 
@@ -161,15 +159,45 @@ def _bases(dialect: str) -> Any:
     return select(listed.c.value.label("base")).cte("wanted")
 
 
-def _earliest_after(wanted: Any, after: Any, until: Any) -> Select[Any]:
+def _in_band(dialect: str, wanted: Any, band: Any) -> Select[Any]:
+    """The stored calls of the batch's bases in the band (``band``: the windows' [low, mid]).
+
+    PostgreSQL: read per base of ``wanted`` (:func:`_per_base`). ``order_base = ANY(:bases)`` got
+    a generic plan, fixed while ``evaluations`` was small, that scanned and hashed the whole table
+    on every group commit — a cost growing with the store (issue 19). Same rows: the bases are
+    distinct. SQLite already searches the (order_base, as_of) index per base of the IN list."""
+    c = _evaluations.c
+    if dialect != "postgresql":
+        return (select(c.order_base, c.as_of, c.order_key)
+                .where(c.order_base.in_(select(wanted.c.base)), c.order_key.is_not(None), band))
+    return _per_base(wanted, band, "in_band")
+
+
+def _earliest_after(dialect: str, wanted: Any, after: Any, until: Any) -> Select[Any]:
     """Per base of ``wanted`` (a one-column CTE), its stored calls at the earliest ``as_of`` in
     (after, until]: one index probe per base (the (order_base, as_of) index read in order, first
-    row only), then those rows."""
-    c = _evaluations.c
-    first = (select(c.as_of).where(c.order_base == wanted.c.base, c.order_key.is_not(None),
-                                   c.as_of > after, c.as_of <= until)
-             .order_by(c.as_of).limit(1).scalar_subquery())  # the index in order: stops at the first
+    row only), then those rows (on PostgreSQL read per base too: :func:`_per_base`)."""
+    c, e = _evaluations.c, _evaluations.alias("probed").c  # an alias: not correlated to _per_base's
+    first = (select(e.as_of).where(e.order_base == wanted.c.base, e.order_key.is_not(None),
+                                   e.as_of > after, e.as_of <= until)
+             .order_by(e.as_of).limit(1).correlate(wanted).scalar_subquery())  # index order: the first
+    if dialect == "postgresql":
+        return _per_base(wanted, c.as_of == first, "earliest")
     firsts = select(wanted.c.base, first.label("first")).subquery()
     return (select(c.order_base, c.as_of, c.order_key)
             .join(firsts, and_(c.order_base == firsts.c.base, c.as_of == firsts.c.first))
             .where(c.order_key.is_not(None)))
+
+
+def _per_base(wanted: Any, when: Any, name: str) -> Select[Any]:
+    """The stored calls (with a key) matching ``when`` of each base of ``wanted``, looked up per base
+    in the (order_base, as_of) index: a ``LATERAL`` on ``order_base =`` the base, as the rollup's
+    ``_touched`` does. ``OFFSET 0`` keeps PostgreSQL from pulling the subquery up into a plain
+    join, which its generic plan (no statistics when it was fixed) answered by reading every
+    evaluation in the time range — or, for the earliest calls, hashing the whole table."""
+    c = _evaluations.c
+    found = (select(c.order_base, c.as_of, c.order_key)
+             .where(c.order_base == wanted.c.base, c.order_key.is_not(None), when)
+             .offset(0).lateral(name))
+    return (select(found.c.order_base, found.c.as_of, found.c.order_key)
+            .select_from(wanted).join(found, true()))

@@ -28,6 +28,7 @@ remembers them first); purging ``fatigue_cards`` later does not change the rollu
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -55,6 +56,7 @@ from sqlalchemy import (
     true,
 )
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.sql import visitors
 from sqlalchemy.sql.util import ClauseAdapter
 
 from cds_engine.results import MISSING_DATA_RULE
@@ -368,12 +370,17 @@ def _bound_list(dialect: str, name: str) -> Among:
     """Membership in a list parameter. PostgreSQL: ``column = ANY(:name)``, one statement text for
     any count (prepared once per connection), and its generic plan still looks the keys up by
     index — ``IN (SELECT unnest(…))`` was planned as a hash join over a scan of the whole table
-    (every open alert, every episode), with or without statistics. SQLite: an expanding ``IN``."""
+    (every open alert, every episode), with or without statistics. SQLite: ``IN (SELECT value FROM
+    json_each(:name))`` with the list as one JSON text (:func:`_listed`) — also one text for any
+    count: an expanding ``IN`` wrote a new text for every list length, which SQLAlchemy expanded
+    and SQLite parsed and planned again at every group commit for each of the seven statements
+    (the SQLite writer's CPU a hook line −8–12 % at 20 lines a commit; issue 19 item 2a). SQLite
+    still looks each value up by the column's index."""
     if dialect == "postgresql":
         array = bindparam(name, type_=postgresql.ARRAY(String))
         return lambda column: column == any_(array)
-    expanding = bindparam(name, expanding=True)
-    return lambda column: column.in_(expanding)
+    listed = select(func.json_each(bindparam(name, type_=String)).table_valued("value").c.value)
+    return lambda column: column.in_(listed)
 
 
 def _greatest(dialect: str) -> Any:
@@ -411,8 +418,9 @@ def _merge_queue_items(dialect: str, ids: Among) -> Any:
     # "open alerts" condition must not lead PostgreSQL's generic plan to read the review-status
     # index for every open alert (it did, without statistics: 9 ms a batch at 5,000 open alerts).
     alerts: Table = AlertRow.__table__  # type: ignore[assignment]
-    written = select(alerts).where(ids(alerts.c.id)).cte("written").prefix_with("MATERIALIZED")
     columns, every = queue_items.item_rows([])
+    written = (select(*_columns_read(every, alerts)).where(ids(alerts.c.id)).cte("written")
+               .prefix_with("MATERIALIZED"))
     new = ClauseAdapter(written).traverse(every)
     table = queue_items.queue_items
     statement = d.insert(table).from_select(columns, new)
@@ -424,6 +432,18 @@ def _merge_queue_items(dialect: str, ids: Among) -> Any:
                                                                    "last_seen")}}
     keys = [c.name for c in table.primary_key.columns]
     return statement.on_conflict_do_update(index_elements=keys, set_=merged)
+
+
+def _columns_read(query: Any, table: Table) -> list[Column[Any]]:
+    """The columns of ``table`` that ``query`` reads, in the table's order.
+
+    Why: the queue merge's materialized CTE of the new alert rows held every column — the text and
+    JSON of each alert (~1.7 KB a real hook alert) copied into the CTE's store for the seven short
+    columns the item query reads (issue 19 item 2a). Taken from the query itself, so a column
+    ``item_rows`` starts to read is carried too (the adapter would otherwise leave it on ``alerts``)."""
+    read = {element.key for element in visitors.iterate(query)
+            if isinstance(element, Column) and element.table is table}
+    return [column for column in table.columns if column.key in read]
 
 
 def _touched(dialect: str, ids: Among) -> Any:
@@ -497,7 +517,15 @@ def add_alerts(conn: Connection, alerts: Iterable[tuple[str, str]]) -> None:
         chunk = pairs[start:start + TOUCH_CHUNK]
         first = start == 0 and conn.dialect.name == "postgresql"  # the locks go with the first chunk
         execute_all(conn, [_LOCKS, *statements] if first else statements,
-                    {"locked": locked, "orders": sorted({o for o, _ in chunk}), "ids": [a for _, a in chunk]})
+                    _listed(conn, {"locked": locked, "orders": sorted({o for o, _ in chunk}),
+                                   "ids": [a for _, a in chunk]}))
+
+
+def _listed(conn: Connection, params: dict[str, list[str]]) -> dict[str, Any]:
+    """The lists as :func:`_bound_list` binds them: arrays on PostgreSQL, JSON text elsewhere."""
+    if conn.dialect.name == "postgresql":
+        return params
+    return {name: json.dumps(value) for name, value in params.items()}
 
 
 def touch_alerts(conn: Connection, alert_ids: Iterable[str]) -> None:
