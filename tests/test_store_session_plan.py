@@ -161,3 +161,24 @@ def test_sqlite_plan_searches_the_index(tmp_path: Path) -> None:
         )
     assert "SCAN evaluations" not in plan, plan
     assert f"SEARCH evaluations USING INDEX {INDEX}" in plan, plan
+
+
+def test_a_batch_of_many_windows_is_looked_up_in_bounded_statements(
+    kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch adopted from a journal of sparse calls over weeks: 600 windows, more UNION parts than
+    SQLite takes in one compound SELECT (500). The lookup runs in statements of at most
+    WINDOWS_PER_SELECT windows and finds what one window a statement finds."""
+    rng = random.Random(23)
+    spaced = 3 * ORDER_SESSION_GAP  # more than two gaps apart: one window each
+    with store_for(kind, tmp_path) as store:
+        with store.engine.begin() as conn:
+            _fill(conn, rng, 400, 5)
+        calls = [(f"base-{n % 5}", NOW - timedelta(hours=500) + n * spaced) for n in range(600)]
+        assert len(order_sessions._windows([t for _, t in calls], ORDER_SESSION_GAP)) == 600
+        with store.engine.connect() as conn:
+            found = order_sessions._stored_sessions(conn, calls, ORDER_SESSION_GAP)
+            monkeypatch.setattr(order_sessions, "WINDOWS_PER_SELECT", 1)
+            one_by_one = order_sessions._stored_sessions(conn, calls, ORDER_SESSION_GAP)
+    assert found == one_by_one
+    assert sum(len(v) for v in found.values()) > 0  # the windows over the stored calls found them

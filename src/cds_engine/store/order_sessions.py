@@ -39,6 +39,11 @@ __all__ = ["ORDER_SESSION_GAP", "session_order_key", "session_order_keys"]
 
 ORDER_SESSION_GAP = timedelta(hours=1)
 BASES_PER_SELECT = 500  # bound parameters per statement stay far below every driver's limit
+#: windows per lookup statement. Why a bound: a batch adopted from a journal of sparse calls over
+#: weeks holds hundreds of windows, one UNION part each; SQLite refuses a compound SELECT of over
+#: 500 parts ("too many terms") — the batch could never be stored — and PostgreSQL's plan time
+#: grew with them (~1.7 s at 100). Windows do not overlap, so the statements' rows are disjoint.
+WINDOWS_PER_SELECT = 32
 
 _evaluations: Table = Evaluation.__table__  # type: ignore[assignment]
 
@@ -112,16 +117,18 @@ def _stored_sessions(conn: Connection, calls: list[tuple[str, datetime]], gap: t
     if not calls:
         return stored
     windows = _windows([t for _, t in calls], gap)
-    statement = _lookup(conn.dialect.name, len(windows))
-    times: dict[str, datetime] = {}
-    for n, (low, high) in enumerate(windows):
-        times.update({f"low_{n}": low, f"mid_{n}": high - 2 * gap, f"high_{n}": high})
     bases = sorted({b for b, _ in calls})
-    for start in range(0, len(bases), BASES_PER_SELECT):
-        chunk = bases[start:start + BASES_PER_SELECT]
-        listed = chunk if conn.dialect.name == "postgresql" else json.dumps(chunk)
-        for base, as_of, key in conn.execute(statement, {"bases": listed, **times}):
-            stored.setdefault(base, []).append((as_of, str(key)))
+    for first in range(0, len(windows), WINDOWS_PER_SELECT):  # disjoint windows: disjoint rows
+        group = windows[first:first + WINDOWS_PER_SELECT]
+        statement = _lookup(conn.dialect.name, len(group))
+        times: dict[str, datetime] = {}
+        for n, (low, high) in enumerate(group):
+            times.update({f"low_{n}": low, f"mid_{n}": high - 2 * gap, f"high_{n}": high})
+        for start in range(0, len(bases), BASES_PER_SELECT):
+            chunk = bases[start:start + BASES_PER_SELECT]
+            listed = chunk if conn.dialect.name == "postgresql" else json.dumps(chunk)
+            for base, as_of, key in conn.execute(statement, {"bases": listed, **times}):
+                stored.setdefault(base, []).append((as_of, str(key)))
     for sessions in stored.values():
         sessions.sort()
     return stored
