@@ -345,6 +345,10 @@ def columnar_facts(
     oid = pl.col("__oid")
 
     def per_order(values: list[Any], dtype: pl.DataType) -> pl.Expr:
+        # no order (a chunk with no row): a replace_strict of an empty mapping returns ``__oid``
+        # itself, ignoring return_dtype, and an Int64 "order_present" failed the query below
+        if not values:
+            return pl.lit(None, dtype)
         return oid.replace_strict(list(range(len(values))), values, return_dtype=dtype)
 
     # rows the columnar path does not express
@@ -675,6 +679,10 @@ def _after_lists(
     oid = pl.col("__oid")
 
     def per_order(values: list[Any], dtype: pl.DataType) -> pl.Expr:
+        # no order (a chunk with no row): a replace_strict of an empty mapping returns ``__oid``
+        # itself, ignoring return_dtype, and an Int64 "order_present" failed the query below
+        if not values:
+            return pl.lit(None, dtype)
         return oid.replace_strict(list(range(len(values))), values, return_dtype=dtype)
 
     focus = per_order([i.focus for i in infos], pl.Boolean)

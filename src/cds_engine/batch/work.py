@@ -535,7 +535,9 @@ def _typed_table(chunk: Chunk, cfg: RunConfig, out: _Collector) -> pl.DataFrame 
     source = chunk.files[0]
     for r in rejected.iter_rows(named=True):
         out.reject(source, r["__line"], r["patient_id"], r["__error"])
-    return typed
+    # every row rejected (a one-row chunk of a bad row): nothing to derive, as for an empty chunk
+    # (a derivation of no row failed with a SchemaError and aborted the whole screen)
+    return typed if typed.height else None
 
 
 def _derive_table_rows(

@@ -390,27 +390,101 @@ def _parse_bool(col: pl.Expr) -> tuple[pl.Expr, pl.Expr]:
     return value.cast(pl.Boolean), bad
 
 
-def _parse_date(col: pl.Expr, dtype: pl.DataType) -> tuple[pl.Expr, pl.Expr]:
-    if dtype == pl.Date():
-        return col, pl.lit(False)
+# the days and instants Python's date and datetime (the fact model's types) can hold
+_FIRST_DAY, _LAST_DAY = date.min, date.max
+_FIRST_INSTANT, _LAST_INSTANT = datetime.min.replace(tzinfo=UTC), datetime.max.replace(tzinfo=UTC)
+_EPOCH_DAY = date(1970, 1, 1).toordinal()
+_PHYSICAL_RANGE = {  # the same range as stored integers: days, or units since 1970 UTC
+    "d": (_FIRST_DAY.toordinal() - _EPOCH_DAY, _LAST_DAY.toordinal() - _EPOCH_DAY),
+    "ms": (-62_135_596_800_000, 253_402_300_799_999),
+    "us": (-62_135_596_800_000_000, 253_402_300_799_999_999),
+}
+
+
+def _bounds(dtype: pl.DataType) -> tuple[int, int] | None:
+    """Python's range as the stored integers of ``dtype`` (None: no value can lie outside)."""
+    return _PHYSICAL_RANGE.get(dtype.time_unit if isinstance(dtype, pl.Datetime) else "d")
+
+
+def _outside(frame: pl.DataFrame, names: list[str]) -> set[str]:
+    """The Date/Datetime columns of ``names`` holding a value outside Python's range.
+
+    Why a minimum and a maximum (one query for all the columns): the usual file has no such
+    value and pays no per-row test; only a column that has one is masked and tested row by row.
+    """
+    schema = frame.schema  # built anew at each access
+    temporal = [n for n in names if isinstance(schema[n], pl.Datetime | pl.Date)]
+    ranged = [(n, b) for n in temporal if (b := _bounds(schema[n])) is not None]
+    if not ranged:
+        return set()
+    ends = frame.select(
+        *(pl.col(n).to_physical().min().alias(f"__lo.{n}") for n, _ in ranged),
+        *(pl.col(n).to_physical().max().alias(f"__hi.{n}") for n, _ in ranged),
+    ).row(0, named=True)
+    low = {n for n, (lo, _hi) in ranged if ends[f"__lo.{n}"] is not None and ends[f"__lo.{n}"] < lo}
+    return low | {n for n, (_lo, hi) in ranged if ends[f"__hi.{n}"] is not None and ends[f"__hi.{n}"] > hi}
+
+
+def _may_leave(dtype: pl.DataType) -> bool:
+    """Whether a value cleaned from ``dtype`` may lie outside Python's range when its input did
+    not: text (``0000-01-01`` parses) and a local date-time near the ends (its UTC day differs)."""
     if isinstance(dtype, pl.Datetime):
-        return col.cast(pl.Datetime("us", "UTC") if dtype.time_zone is None else dtype).dt.date(), pl.lit(
-            False
-        )
+        return dtype.time_zone not in (None, "UTC")
+    return dtype != pl.Date()
+
+
+def _held(col: pl.Expr, dtype: pl.DataType, all_held: bool) -> tuple[pl.Expr, pl.Expr]:
+    """A typed Date/Datetime input column with the values Python cannot hold made null, and
+    their flag (the row is rejected as "not a valid date").
+
+    Why: a Parquet column can hold a day beyond chrono's range (an Int32 -2**31 cast to Date);
+    converting it (a time zone, ``dt.date``, a cast to text) panics and aborted the whole screen.
+    The stored integers are compared with the range, only in a column holding such a value
+    (``all_held`` false); a local date-time near the ends may still land outside the range in
+    UTC, which :func:`_outside_python` checks on the converted value.
+    """
+    bounds = _bounds(dtype)
+    if all_held or bounds is None:
+        return col, pl.lit(False)
+    inside = col.to_physical().is_between(*bounds)
+    return pl.when(inside).then(col), col.is_not_null() & ~inside
+
+
+def _outside_python(value: pl.Expr, kind: str) -> pl.Expr:
+    """A cleaned date or date-time outside Python's years 1..9999: not a valid date.
+
+    Why: polars parses ``0000-01-01`` (and ``9999-12-31T23:00-05:00`` is year 10000 in UTC),
+    but the fact model's date cannot hold it: the row-by-row path raised "year 0 is out of
+    range" and aborted the whole screen, while the column-wise path took the patient to be
+    2,024 years old. The row is rejected with the reason of an unreadable date (``2000-02-30``).
+    Tested on the cleaned column (the parse of a date-time is not run again for it).
+    """
+    first, last = (_FIRST_DAY, _LAST_DAY) if kind == "date" else (_FIRST_INSTANT, _LAST_INSTANT)
+    return ((value < pl.lit(first)) | (value > pl.lit(last))).fill_null(False)
+
+
+def _parse_date(col: pl.Expr, dtype: pl.DataType, all_held: bool = True) -> tuple[pl.Expr, pl.Expr]:
+    if dtype == pl.Date():
+        return _held(col, dtype, all_held)
+    if isinstance(dtype, pl.Datetime):
+        held, bad = _held(col, dtype, all_held)
+        return held.cast(pl.Datetime("us", "UTC") if dtype.time_zone is None else dtype).dt.date(), bad
     text = col.cast(pl.String).str.strip_chars()
     value = text.str.slice(0, 10).str.to_date("%Y-%m-%d", strict=False)
     bad = text.is_not_null() & (text != "") & value.is_null()
     return value, bad
 
 
-def _parse_datetime(col: pl.Expr, dtype: pl.DataType) -> tuple[pl.Expr, pl.Expr]:
+def _parse_datetime(col: pl.Expr, dtype: pl.DataType, all_held: bool = True) -> tuple[pl.Expr, pl.Expr]:
     if isinstance(dtype, pl.Datetime):
+        held, bad = _held(col, dtype, all_held)
         value = (
-            col.dt.replace_time_zone("UTC") if dtype.time_zone is None else col.dt.convert_time_zone("UTC")
+            held.dt.replace_time_zone("UTC") if dtype.time_zone is None else held.dt.convert_time_zone("UTC")
         )
-        return value.cast(pl.Datetime("us", "UTC")), pl.lit(False)
+        return value.cast(pl.Datetime("us", "UTC")), bad
     if dtype == pl.Date():
-        return col.cast(pl.Datetime("us")).dt.replace_time_zone("UTC"), pl.lit(False)
+        held, bad = _held(col, dtype, all_held)
+        return held.cast(pl.Datetime("us")).dt.replace_time_zone("UTC"), bad
     text = col.cast(pl.String).str.strip_chars().str.replace(r"Z$", "+00:00").str.replace(" ", "T")
     with_tz = text.str.to_datetime("%Y-%m-%dT%H:%M:%S%.f%:z", strict=False, time_unit="us", time_zone="UTC")
     with_tz_s = text.str.to_datetime("%Y-%m-%dT%H:%M%:z", strict=False, time_unit="us", time_zone="UTC")
@@ -466,6 +540,7 @@ def clean_table(frame: pl.DataFrame, as_of: datetime) -> tuple[pl.DataFrame, pl.
     check cost three times its parsing. The texts, their order and the values are the same.
     """
     ignored = [c for c in frame.columns if c != "__line" and column_spec(c) is None]
+    unheld = _outside(frame, [c for c in frame.columns if c not in ignored and c != "__line"])
     values: list[pl.Expr] = []
     flags: list[pl.Expr] = []
     odd_flags: list[pl.Expr] = []
@@ -486,9 +561,9 @@ def clean_table(frame: pl.DataFrame, as_of: datetime) -> tuple[pl.DataFrame, pl.
         elif spec.type == "bool":
             value, bad = _parse_bool(col) if dtype != pl.Boolean() else (col, pl.lit(False))
         elif spec.type == "date":
-            value, bad = _parse_date(col, dtype)
+            value, bad = _parse_date(col, dtype, name not in unheld)
         elif spec.type == "datetime":
-            value, bad = _parse_datetime(col, dtype)
+            value, bad = _parse_datetime(col, dtype, name not in unheld)
         else:
             value, bad = _parse_list(col, dtype, numbers=spec.type == "numbers")
         i = len(checks)
@@ -500,8 +575,19 @@ def clean_table(frame: pl.DataFrame, as_of: datetime) -> tuple[pl.DataFrame, pl.
         checks.append((name, spec.type, f"__bad{i}", f"__odd{i}" if odd is not None else None))
         values.append(value.alias(name))
     staged = frame.select(pl.col("__line"), *values, *flags)
-    if odd_flags:
-        staged = staged.with_columns(odd_flags)
+    # a date Python cannot hold is a bad value: tested on the cleaned column, with the odd values,
+    # only in a column whose smallest or largest value lies outside (text, or a local date-time
+    # near the ends; a typed day within range stays within it). A per-row test of every date
+    # column cost ~10 % of the cleaning of a typed Parquet chunk
+    converted = [n for n, kind, _b, _o in checks if kind in ("date", "datetime") and _may_leave(schema[n])]
+    beyond = _outside(staged, converted)
+    ranges = [
+        (pl.col(bad) | _outside_python(pl.col(name), kind)).alias(bad)
+        for name, kind, bad, _odd in checks
+        if name in beyond
+    ]
+    if odd_flags or ranges:
+        staged = staged.with_columns(*odd_flags, *ranges)
     names = [f.meta.output_name() for f in (*flags, *odd_flags)]
     raised = staged.select(pl.col(n).any() for n in names).row(0, named=True) if names else {}
     reasons: list[pl.Expr] = []
@@ -511,7 +597,7 @@ def clean_table(frame: pl.DataFrame, as_of: datetime) -> tuple[pl.DataFrame, pl.
     for name, kind, bad_flag, odd_flag in checks:
         value = pl.col(name)
         if raised.get(bad_flag):
-            raw.append(frame[name].alias(f"__raw.{name}"))
+            raw.append(_quotable(frame[name]).alias(f"__raw.{name}"))
             reasons.append(
                 pl.when(pl.col(bad_flag)).then(
                     pl.lit(f"column {name}: ")
@@ -522,9 +608,11 @@ def clean_table(frame: pl.DataFrame, as_of: datetime) -> tuple[pl.DataFrame, pl.
         if odd_flag is not None and raised.get(odd_flag):
             # a list as its cells are written (a list does not cast to a string: that raised for
             # every table with such a column, before any row was cleaned)
-            shown = value.list.eval(pl.element().cast(pl.String)).list.join(LIST_SEPARATOR) if isinstance(
-                staged.schema[name], pl.List
-            ) else value.cast(pl.String)
+            shown = (
+                value.list.eval(pl.element().cast(pl.String)).list.join(LIST_SEPARATOR)
+                if isinstance(staged.schema[name], pl.List)
+                else value.cast(pl.String)
+            )
             note = pl.lit(f"{name} dropped (") + shown + pl.lit(")")
             notes.append(pl.when(pl.col(odd_flag)).then(note))
             value = pl.when(pl.col(odd_flag)).then(pl.lit(None)).otherwise(value)
@@ -545,6 +633,22 @@ def clean_table(frame: pl.DataFrame, as_of: datetime) -> tuple[pl.DataFrame, pl.
     )
     rejected = typed.filter(pl.col("__error").is_not_null()).select("__line", "patient_id", "__error")
     return typed.filter(pl.col("__error").is_null()).drop("__error"), rejected, ignored
+
+
+def _quotable(column: pl.Series) -> pl.Series:
+    """The column as a reason can quote it: a day polars cannot write as text shows its number.
+
+    Why: casting a Date/Datetime column with a value beyond chrono's range to text panics (for the
+    whole column, not the one row), so the reason for that row would abort the screen instead.
+    """
+    if not isinstance(column.dtype, pl.Datetime | pl.Date):
+        return column
+    return column.to_frame().select(
+        pl.when(pl.first().dt.year().is_not_null())
+        .then(pl.first())
+        .cast(pl.String)
+        .fill_null(pl.first().to_physical().cast(pl.String) + pl.lit(" (out of range)"))
+    )[:, 0]
 
 
 def _joined_or_null(parts: list[pl.Expr]) -> pl.Expr:
