@@ -16,7 +16,11 @@ changes nothing:
 * when the varying facts have few combinations (counts of medicines, a coded route), the text is
   built once per combination and every row takes its text by index — polars string views then
   share the bytes instead of copying them. The index of booleans and of small whole-number
-  floats is arithmetic on the value, not a hash lookup.
+  floats is arithmetic on the value, not a hash lookup. Whether the combinations are few is
+  first judged from the first rows' distinct values (a lower bound): spread facts no longer pay
+  for hashing every row only to be refused;
+* otherwise, a float fact of whole numbers, tenths or hundredths takes its whole ``,"key":value``
+  piece from a table of texts by ``round(x × scale)``, not a cast per row (_decimal_pieces).
 
 Every shortcut is taken only when it is exact: 0.0 and -0.0 (one value to min/max and to
 hashing, two texts) and NaN keep a float column on the per-row path.
@@ -125,12 +129,13 @@ def evidence_expr(
             parts.append([key, (n, columns[n], False), "", never_null, n, columns[n] == pl.Boolean()])
     if not varying:  # every fact constant on these rows: the text itself
         return pl.lit("{" + ",".join(p[0] for p in parts) + "}", pl.String)
-    expr = _assemble(tuple(tuple(p) for p in parts))
+    key = tuple(tuple(p) for p in parts)
+    expr = _assemble(key)
     # a shared table needs exact hash keys: no NaN, not both 0.0 and -0.0 (one key, two texts)
     if limit < 2 ** len(varying) or any(stats.get("nan:" + n) for n in varying):
-        return expr
+        return _decimal_pieces(group, key, stats, columns, expr)
     if any((n not in signed and stats.get("zero:" + n)) or more.get("both0:" + n) for n in varying):
-        return expr
+        return _decimal_pieces(group, key, stats, columns, expr)
     # Booleans and small whole-number floats (counts) are coded by arithmetic, not hashing
     # (_codes), so their count is their domain's size; any other column's is the number of its
     # distinct values, which its codes are then taken from (a string's came with its escapes).
@@ -140,6 +145,8 @@ def evidence_expr(
     whole = [n for n, span in spans.items() if span is not None]
     hashed = [n for n in varying if columns[n] != pl.Boolean() and n not in whole]
     uniques: dict[str, pl.Series] = {n: more["u:" + n] for n in hashed if "u:" + n in more}
+    if _too_many(group, varying, columns, stats, uniques, limit):
+        return _decimal_pieces(group, key, stats, columns, expr)
     checks = [
         *(pl.col(n).unique().implode().alias("u:" + n) for n in hashed if n not in uniques),
         *((pl.col(n) == pl.col(n).floor()).all().alias("w:" + n) for n in whole),
@@ -160,7 +167,124 @@ def evidence_expr(
         shared = _per_combination(group, varying, expr, ranges, nullable, uniques)
         if shared is not None:
             return shared
-    return expr
+    return _decimal_pieces(group, key, stats, columns, expr)
+
+
+_SCALES = (1, 10, 100)  # a float fact of whole numbers, tenths or hundredths: coded by arithmetic
+_CODE_MAX = 2.0**31  # |value| × scale below this: the code and the table's values are exact
+
+
+def _decimal_pieces(
+    group: pl.DataFrame,
+    parts: tuple[tuple[Any, ...], ...],
+    stats: Mapping[str, Any],
+    columns: Mapping[str, pl.DataType],
+    expr: pl.Expr,
+) -> pl.Expr:
+    """``expr`` with each float fact of few decimals taken from a table of its texts by a code.
+
+    Why: such a piece (days, doses, lab values: at most a few thousand steps of 1, 0.1 or 0.01)
+    was two items of the per-row concatenation, its key where the value is present (a when/then
+    that writes a column of texts) and the value cast to text row by row — the float formatting
+    was most of the largest tiers' evidence. Here ``round(x × scale)`` minus the lowest such code
+    indexes a table of every ``,"key":value`` text from lo to hi, made once by the same cast; null
+    where the value is, as before. The codes are a literal column, computed once: the expression
+    is for the rows of ``group``, as :func:`evidence_expr`'s is. Exact: the table's float at a
+    code is one row's value, and a column is coded only when every row's value is its code's
+    float (so the text is the one the cast writes for it), no value is zero (0.0 and -0.0: one
+    code, two texts) or NaN, and the table is small. Why from the rows and not ``k / scale``:
+    values computed by polars (a division by 10 is a multiplication by 0.1) are not always a
+    decimal's nearest float. The scale is guessed on the first rows.
+    """
+    height = group.height
+    size_max = min(_SHARE_MAX, height // _SHARE_RATIO)
+    candidates = []
+    for p in parts:
+        n = p[4]
+        if p[1] is None or columns[n] != pl.Float64() or stats.get("nan:" + n) or stats.get("zero:" + n):
+            continue
+        lo, hi = stats["lo:" + n], stats["hi:" + n]
+        if lo is not None and -_CODE_MAX / _SCALES[-1] <= lo <= hi <= _CODE_MAX / _SCALES[-1]:
+            candidates.append(n)
+    if not candidates:
+        return expr
+    guess = group.head(_SAMPLE).select(_scale_guesses(candidates)).row(0, named=True)
+    scales: dict[str, int] = {}
+    for n in candidates:
+        scale = next((s for s in _SCALES if guess[f"{s}:{n}"] is not False), None)
+        lo, hi = stats["lo:" + n], stats["hi:" + n]
+        if scale is not None and round(hi * scale) - round(lo * scale) + 1 <= size_max:
+            scales[n] = scale
+    if not scales:
+        return expr
+    coded = group.select(_scaled(pl.col(n), s).alias(n) for n, s in scales.items())
+    tables: dict[str, tuple[pl.Expr, pl.Series]] = {}
+    for n in scales:
+        code, value = coded[n], group[n]
+        base, top = code.min(), code.max()
+        if base is None or top - base + 1 > size_max:
+            continue
+        code = code - base
+        # each code's float as the rows hold it (the last row's), then every row checked against
+        # it: a code whose rows hold two floats (not a decimal's nearest, say) fails the check
+        floats = pl.repeat(None, top - base + 1, dtype=pl.Float64, eager=True)
+        floats = floats.scatter(code.drop_nulls(), value.drop_nulls())
+        if (floats.gather(code) == value).all():  # every row's float is its code's: the same text
+            texts = pl.select(json_value(n, columns[n], pl.lit(floats)).alias("t"))["t"]
+            tables[n] = (pl.lit(code), texts)  # the codes of these rows (the caller's)
+    return _assemble_with(parts, tables) if tables else expr
+
+
+def _scaled(col: pl.Expr, scale: int) -> pl.Expr:
+    """``round(x × scale)`` as an integer: a value's code before the table's lowest is taken off."""
+    return (col * scale).round().cast(pl.Int64)
+
+
+def _scale_guesses(names: Sequence[str]) -> list[pl.Expr]:
+    """Per column and scale: x × scale is within a millionth of a whole number on every row.
+
+    Only a guess: the exact test is each code's float against every row's value.
+    """
+    out = []
+    for n in names:
+        for s in _SCALES:
+            x = pl.col(n) * s
+            out.append(((x - x.round()).abs() < 1e-6).all().alias(f"{s}:{n}"))
+    return out
+
+
+_SAMPLE = 4096  # rows whose distinct values bound a table's size from below (_too_many)
+
+
+def _too_many(
+    group: pl.DataFrame,
+    varying: Sequence[str],
+    columns: Mapping[str, pl.DataType],
+    stats: Mapping[str, Any],
+    uniques: Mapping[str, pl.Series],
+    limit: int,
+) -> bool:
+    """True when the per-combination table certainly passes ``limit`` rows, from the first rows.
+
+    Why: the table's size is the product of each varying column's count (its distinct values,
+    null included, or a coded column's domain, which holds at least those), and finding the
+    counts hashes every row of every float column. On spread facts (days, doses: thousands of
+    values) the product was far past the limit and that hashing was wasted — the largest part of
+    the evidence statistics of the biggest tiers. The distinct values among the first rows are a
+    lower bound of every column's count, so past the limit the answer is final (the caller
+    returns the per-row expression, as the full count would have made it).
+    """
+    unknown = [n for n in varying if columns[n] != pl.Boolean() and n not in uniques]
+    if not unknown or group.height <= _SAMPLE:
+        return False
+    seen = group.head(_SAMPLE).select(pl.col(unknown).n_unique()).row(0, named=True)
+    bound = 1
+    for n in varying:
+        if columns[n] == pl.Boolean():
+            bound *= _domain_size(None, stats["n:" + n])
+        else:
+            bound *= uniques[n].len() if n in uniques else seen[n]
+    return bound > limit
 
 
 def _domain_size(span: int | None, nulls: int) -> int:
@@ -290,6 +414,15 @@ def _more_stats(group: pl.DataFrame, signed: Sequence[str], escapes: Sequence[st
 
 @lru_cache(maxsize=1024)
 def _assemble(parts: tuple[tuple[Any, ...], ...]) -> pl.Expr:
+    """:func:`_assemble_with` without tables, cached: building the expression (~0.2 ms a tier)
+    was paid again by every chunk of a streamed screening, and a tier's parts (constant texts,
+    which pieces may be null) mostly recur from chunk to chunk."""
+    return _assemble_with(parts, {})
+
+
+def _assemble_with(
+    parts: tuple[tuple[Any, ...], ...], tables: Mapping[str, tuple[pl.Expr, pl.Series]]
+) -> pl.Expr:
     """``{`` + the non-null pieces joined by commas + ``}``: one flat ``concat_str``.
 
     Why flat: a nested concatenation (pieces joined with a separator, then braces added) wrote
@@ -300,9 +433,9 @@ def _assemble(parts: tuple[tuple[Any, ...], ...]) -> pl.Expr:
     is a choice between two literals (key and value in each), not a cast: polars shares a
     literal's bytes among the rows that take it, where a cast writes each row's text.
 
-    Why cached: building the expression (~0.2 ms a tier) was paid again by every chunk of a
-    streamed screening, and a tier's parts (constant texts, which pieces may be null) mostly
-    recur from chunk to chunk.
+    ``tables``: per column, each row's code and the texts it indexes (:func:`_decimal_pieces`);
+    such a piece whose comma is fixed is one gather of its whole text (comma, key, value, and
+    the literal text before it when the piece is never null), null where the value is.
     """
     items: list[pl.Expr] = []
     pending = "{"  # literal text not yet emitted
@@ -327,6 +460,18 @@ def _assemble(parts: tuple[tuple[Any, ...], ...]) -> pl.Expr:
                 items.append(pl.when(flag).then(yes).when(flag.not_()).then(no))
                 earlier.append(present)
             pending = ""
+            continue
+        if name in tables and isinstance(lead, str):  # comma, key and value by one gather
+            code, texts = tables[name]
+            if pending and present is not None:  # the text before it is there on every row
+                items.append(pl.lit(pending, pl.String))
+                pending = ""
+            items.append(pl.lit((pending + lead) + texts + suffix).gather(code))
+            pending = ""
+            if present is None:
+                anchored = True
+            else:
+                earlier.append(present)
             continue
         if present is None and isinstance(lead, str):
             pending += lead

@@ -808,24 +808,48 @@ def _constant_facts(wide: pl.DataFrame, columns: Mapping[str, pl.DataType]) -> d
     nulls = wide.select(pl.col(names).null_count()).row(0, named=True)  # metadata: no pass over rows
     out: dict[str, pl.Expr] = {n: pl.lit(None, columns[n]) for n in names if nulls[n] == wide.height}
     full = [n for n in names if nulls[n] == 0]  # only these can hold one value (the rest are mixed)
-    strings = [n for n in full if columns[n] == pl.String()]
-    others = [n for n in full if n not in strings]
-    exprs = []
-    if others:
-        exprs += [pl.col(others).min().name.prefix("lo:"), pl.col(others).max().name.prefix("hi:")]
-    if strings:
-        exprs.append((pl.col(strings) == pl.col(strings).first()).all().name.prefix("eq:"))
-    stats = wide.select(exprs).row(0, named=True) if exprs else {}
-    same = [n for n in strings if stats["eq:" + n]]
-    same += [n for n in others if stats["lo:" + n] == stats["hi:" + n]]
+    if wide.height > _SAMPLE_ROWS:  # what varies among the first rows varies: only the rest, in full
+        full = list(_one_value(wide.head(_SAMPLE_ROWS), full, columns))
+    stats = _one_value(wide, full, columns)
+    same = list(stats)
     # a float: not zero (0.0 and -0.0 are one value to min/max but print apart), and no NaN
     floats = [n for n in same if columns[n] == pl.Float64()]
-    floats = [n for n in floats if stats["lo:" + n] != 0.0]
+    floats = [n for n in floats if stats[n] != 0.0]
     nan = wide.select(pl.col(floats).is_nan().any()).row(0, named=True) if floats else {}
     for n in same:
         if columns[n] != pl.Float64() or (n in nan and not nan[n]):
             out[n] = pl.lit(wide.get_column(n)[0], columns[n])
     return out
+
+
+_SAMPLE_ROWS = 4096  # first rows of ``wide`` that rule out most fact columns (_constant_facts)
+
+
+def _one_value(
+    frame: pl.DataFrame, names: Sequence[str], columns: Mapping[str, pl.DataType]
+) -> dict[str, Any]:
+    """Of ``names`` (columns with no null), those equal on every row of ``frame``, with the value.
+
+    Strings compare with the first row (a string min and max cost four times that), the rest
+    min == max. Why apart from :func:`_constant_facts`: it runs on the first rows before all rows,
+    and most fact columns vary already there, so the full pass (a min and a max of a million
+    values per column) is left to the few that may be constant.
+    """
+    strings = [n for n in names if columns[n] == pl.String()]
+    others = [n for n in names if n not in strings]
+    exprs = []
+    if others:
+        exprs += [pl.col(others).min().name.prefix("lo:"), pl.col(others).max().name.prefix("hi:")]
+    if strings:
+        exprs += [
+            (pl.col(strings) == pl.col(strings).first()).all().name.prefix("eq:"),
+            pl.col(strings).first().name.prefix("lo:"),
+        ]
+    stats = frame.select(exprs).row(0, named=True) if exprs else {}
+    same = [n for n in strings if stats["eq:" + n]] + [
+        n for n in others if stats["lo:" + n] == stats["hi:" + n]
+    ]
+    return {n: stats["lo:" + n] for n in same}
 
 
 _NO_MISSING = pl.lit("")  # _missing_text's answer when no row lacks a root (tested by identity)
