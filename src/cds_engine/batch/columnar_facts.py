@@ -283,6 +283,17 @@ _NULL_TYPES: dict[str, pl.DataType] = {
 }
 
 
+def _per_order(values: list[Any], dtype: pl.DataType) -> pl.Expr:
+    """Each row's value of its order (``__oid`` indexes ``values``), as ``dtype``.
+
+    No order (a chunk with no row): a ``replace_strict`` of an empty mapping returns ``__oid``
+    itself, ignoring ``return_dtype``, and an Int64 "order_present" failed the queries using it.
+    """
+    if not values:
+        return pl.lit(None, dtype)
+    return pl.col("__oid").replace_strict(list(range(len(values))), values, return_dtype=dtype)
+
+
 def columnar_facts(
     typed: pl.DataFrame,
     columns: dict[str, pl.DataType],
@@ -342,15 +353,6 @@ def columnar_facts(
                     _OrderInfo(True, False, False, False, (), None, None, None, None, "", {}, False, False)
                 )
         frame = frame.join(keys, on=order_cols, how="left", nulls_equal=True, maintain_order="left")
-    oid = pl.col("__oid")
-
-    def per_order(values: list[Any], dtype: pl.DataType) -> pl.Expr:
-        # no order (a chunk with no row): a replace_strict of an empty mapping returns ``__oid``
-        # itself, ignoring return_dtype, and an Int64 "order_present" failed the query below
-        if not values:
-            return pl.lit(None, dtype)
-        return oid.replace_strict(list(range(len(values))), values, return_dtype=dtype)
-
     # rows the columnar path does not express
     floats = [c for c, t in frame.schema.items() if t == pl.Float64 and c in COLUMNS]
     checks = {
@@ -358,7 +360,7 @@ def columnar_facts(
         "a number that is not finite": pl.any_horizontal([~pl.col(c).is_finite() for c in floats]).fill_null(
             False
         ),
-        "order not a new one, with excipient groups, or refused": ~per_order(
+        "order not a new one, with excipient groups, or refused": ~_per_order(
             [i.ok for i in infos], pl.Boolean
         ),
         "previous dose stated": pl.col("previous_daily_dose_mg").is_not_null()
@@ -417,9 +419,9 @@ def columnar_facts(
             if "maternal_exposure_at_delivery" in triggers.facts
             else pl.lit(False)
         )
-        | (per_order([not i.present for i in infos], pl.Boolean) & drug_active)
-        | per_order([i.applies for i in infos], pl.Boolean)
-        | (per_order([i.partner for i in infos], pl.Boolean) & drug_active)
+        | (_per_order([not i.present for i in infos], pl.Boolean) & drug_active)
+        | _per_order([i.applies for i in infos], pl.Boolean)
+        | (_per_order([i.partner for i in infos], pl.Boolean) & drug_active)
     ).to_series()
     exprs = []
     for name, dtype in columns.items():
@@ -676,16 +678,7 @@ def _after_lists(
         .otherwise(False)
         .alias("dialysis")
     )
-    oid = pl.col("__oid")
-
-    def per_order(values: list[Any], dtype: pl.DataType) -> pl.Expr:
-        # no order (a chunk with no row): a replace_strict of an empty mapping returns ``__oid``
-        # itself, ignoring return_dtype, and an Int64 "order_present" failed the query below
-        if not values:
-            return pl.lit(None, dtype)
-        return oid.replace_strict(list(range(len(values))), values, return_dtype=dtype)
-
-    focus = per_order([i.focus for i in infos], pl.Boolean)
+    focus = _per_order([i.focus for i in infos], pl.Boolean)
     other = pl.col("__drug_other")
     dsle = pl.when(other).then(0.0).otherwise(pl.col("__exposure_days"))
     fresh = focus & dsle.is_null()  # every order reaching here is a new one
@@ -707,9 +700,9 @@ def _after_lists(
     for k in keys:
         values = [i.facts.get(k) if i.focus else None for i in infos]
         dtype = columns.get(k, pl.String)
-        ex.append(per_order(values, dtype).alias(k))
+        ex.append(_per_order(values, dtype).alias(k))
     # combined_facts for a new draft beside active orders whose doses a table does not give
-    daily = per_order([i.facts.get("daily_dose_mg") if i.focus else None for i in infos], pl.Float64)
+    daily = _per_order([i.facts.get("daily_dose_mg") if i.focus else None for i in infos], pl.Float64)
     k_oral = pl.col("__oral_others") if ctx.sum_active_oral_orders else pl.lit(0)
     ex += [
         pl.when(focus & (k_oral == 0)).then(daily).alias("combined_oral_daily_mg"),
