@@ -375,7 +375,10 @@ def _bound_list(dialect: str, name: str) -> Among:
     count: an expanding ``IN`` wrote a new text for every list length, which SQLAlchemy expanded
     and SQLite parsed and planned again at every group commit for each of the seven statements
     (the SQLite writer's CPU a hook line −8–12 % at 20 lines a commit; issue 19 item 2a). SQLite
-    still looks each value up by the column's index."""
+    still looks each value up by the column's index. One limit of the JSON text: SQLite's
+    ``json_each`` cuts a value at a NUL character (``"\\u0000"``), so a key holding one would never
+    match (its rollup left unmerged — not a wrong match). The keys listed here are ids we make
+    (uuid4 hex, sha256 hex of the order's identity), never a client's text, so none holds a NUL."""
     if dialect == "postgresql":
         array = bindparam(name, type_=postgresql.ARRAY(String))
         return lambda column: column == any_(array)
