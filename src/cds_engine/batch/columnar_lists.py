@@ -57,6 +57,9 @@ class _CodeMemo:
 
 _INFO_CACHE: dict[tuple[str, int], _CodeMemo] = {}
 _INFO_CACHE_MAX = 200_000  # distinct codes remembered per table kind (a warehouse has far fewer)
+#: (kind, vocabulary) memos held at once: each holds its vocabulary, so without a bound every pack
+#: loaded in a long-lived process (screens after edits, a Dask worker) stayed in memory
+_INFO_OWNERS_MAX = 16
 
 
 def _code_memo(kind: str, owner: Any) -> _CodeMemo:
@@ -64,6 +67,8 @@ def _code_memo(kind: str, owner: Any) -> _CodeMemo:
     memo = _INFO_CACHE.get((kind, id(owner)))
     if memo is None or memo.owner is not owner or len(memo.known) > _INFO_CACHE_MAX:
         memo = _CodeMemo(owner)
+        if len(_INFO_CACHE) >= _INFO_OWNERS_MAX:  # owners of reloaded packs: no memo outlives them all
+            _INFO_CACHE.clear()
         _INFO_CACHE[(kind, id(owner))] = memo
     return memo
 

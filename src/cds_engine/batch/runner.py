@@ -38,9 +38,11 @@ from cds_engine.batch.work import (
     _context,
     finish_chunk,
     forget_decoded,
+    pinned,
     prepare_chunk,
     process_chunk,
     read_chunk,
+    warm_context,
 )
 from cds_engine.engine import Engine
 from cds_engine.facts.model import Order
@@ -281,7 +283,7 @@ def _run_pool(
     try:
         ctx = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(
-            max_workers=workers, mp_context=ctx, initializer=_context, initargs=(cfg,)
+            max_workers=workers, mp_context=ctx, initializer=warm_context, initargs=(cfg,)
         ) as pool:
             pending: set[Future[ChunkResult]] = set()
             for chunk in chunks:
@@ -498,6 +500,7 @@ def _run_screen(opts: ScreenOptions) -> ScreenResult:
             raise
         plan, first_read = planning.result()  # planned after the usage checks, as errors go: same order
         del planning  # the read chunk is held in ``early`` only, and let go once it is taken
+    cfg = pinned(cfg, ctx)  # every chunk, in this process or a worker, screens with these packs
     early = [first_read] if first_read is not None else []
     del first_read
     if not (plan.bundles or plan.csv or plan.parquet or plan.ndjson_dirs):
@@ -510,7 +513,8 @@ def _run_screen(opts: ScreenOptions) -> ScreenResult:
         {"id": p.id, "version": p.version, "hash": p.content_hash, "status": p.spec.pack.status}
         for p in ctx.engine.running_packs
     ]
-    fingerprint = _fingerprint(plan, cfg, opts, [p["hash"] for p in packs])
+    # the site file's hash too (cfg.packs): a resume after only site.yaml changed redoes the run
+    fingerprint = _fingerprint(plan, cfg, opts, list(cfg.packs))
     parts = PartStore(
         opts.out,
         fingerprint,

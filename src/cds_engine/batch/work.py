@@ -25,7 +25,8 @@ import os
 import threading
 import time
 import zlib
-from dataclasses import dataclass, field
+from contextlib import suppress
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,7 @@ from cds_engine.evaluators.vector import (
 )
 from cds_engine.facts.derive import derive
 from cds_engine.facts.model import PatientFacts
+from cds_engine.rules.site import SITE_FILE
 from cds_engine.sources.compressed import read_bundle_bytes
 from cds_engine.sources.fhir import facts_from_resources, medication_classes
 from cds_engine.sources.ndjson import ObservationFilter, read_partition
@@ -64,14 +66,17 @@ __all__ = [
     "ERROR_SCHEMA",
     "PATIENT_SCHEMA",
     "ChunkResult",
+    "PacksChanged",
     "PreparedChunk",
     "ReadChunk",
     "RunConfig",
     "finish_chunk",
     "forget_decoded",
+    "pinned",
     "prepare_chunk",
     "process_chunk",
     "read_chunk",
+    "warm_context",
 ]
 
 PATIENT_SCHEMA: dict[str, pl.DataType] = {
@@ -126,6 +131,9 @@ class RunConfig:
     engine: str  # vector | rete
     as_of: str  # ISO date-time with offset
     assume_order: str | None = None
+    #: the site file's and the running packs' content hashes the run started with (:func:`pinned`);
+    #: empty before they are known. A worker that loads other packs refuses (:class:`PacksChanged`)
+    packs: tuple[str, ...] = ()
 
     @property
     def moment(self) -> datetime:
@@ -154,24 +162,98 @@ class _Context:
     observations: ObservationFilter
 
 
-_CONTEXTS: dict[RunConfig, _Context] = {}
+_Stamp = tuple[tuple[str, int, int, int, int], ...]
+# keyed by the configuration AND the rules' files as they are now: a worker process (Dask, the
+# Python API) runs many screens, and keyed by the directory's path alone a screen after the pack
+# was edited kept answering with the old pack's thresholds and texts
+_CONTEXTS: dict[tuple[RunConfig, _Stamp], _Context] = {}
+
+
+def _rules_stamp(rules: str) -> _Stamp:
+    """(path, inode, size, mtime, ctime) of every file :meth:`Engine.from_dir` reads.
+
+    The reload holder's test (service/reload.py), plus the inode and ctime (a file replaced by a
+    rename, a copy that kept its mtime). ~0.2 ms a chunk, where hashing the contents cost ~5 ms."""
+    directory = Path(rules)
+    files = [*directory.glob("*/pack.yaml"), directory / SITE_FILE]
+    vocab = directory / "vocabulary"
+    if vocab.is_dir():
+        files.extend(vocab.iterdir())
+    out = []
+    for path in sorted(files):
+        try:
+            st = path.stat()
+        except OSError:
+            continue  # absent (the optional site file) or just removed
+        out.append((str(path), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
+    return tuple(out)
+
+
+class PacksChanged(ValueError):
+    """The rules on disk are not the ones the screen started with: one screen, one set of packs."""
 
 
 def _context(cfg: RunConfig) -> _Context:
-    """The engine of this process for ``cfg`` (built once per worker process)."""
-    if cfg not in _CONTEXTS:
-        engine = Engine.from_dir(cfg.rules, evaluator="rete" if cfg.engine == "rete" else "oracle")
-        vectors = {p.id: VectorPack.compile(p, site_hash=engine.site_hash) for p in engine.running_packs}
-        assumed = None
-        if cfg.assume_order:
-            vocab = engine.packs[0].vocabulary if engine.packs else None
-            if vocab is None:
-                raise ValueError("no rule pack loaded")
-            assumed = parse_order_text(cfg.assume_order, vocab)
+    """The engine of this process for ``cfg`` (built once per worker process).
+
+    A run's chunks use ``cfg`` :func:`pinned` to the packs it started with: the context is looked
+    up by those hashes, and one built from files that changed since (a pool or Dask worker that
+    starts after an edit) is refused — a screen never mixes two versions of a pack, and its
+    summary's pack hashes are those of every alert. Unpinned (the start of a run, the Python API)
+    the key includes the rules' file stamps, so an edited pack is loaded again, not served from
+    the cache."""
+    key = (cfg, () if cfg.packs else _rules_stamp(cfg.rules))
+    found = _CONTEXTS.get(key)
+    if found is None:
+        found = _build_context(cfg)
+        if cfg.packs and _hashes(found) != cfg.packs:
+            raise PacksChanged(
+                f"the rules in {cfg.rules} changed after this screen started (it started with "
+                f"{_named(cfg.packs)}; the files now hold {_named(_hashes(found))}): screen again"
+            )
         _CONTEXTS.clear()  # one configuration per worker process at a time
-        observations = ObservationFilter(p.vocabulary for p in engine.running_packs)
-        _CONTEXTS[cfg] = _Context(engine, vectors, assumed, observations)
-    return _CONTEXTS[cfg]
+        _CONTEXTS[key] = found
+    return found  # this call's own context, even if another thread's has replaced it since
+
+
+def _hashes(ctx: _Context) -> tuple[str, ...]:
+    """What a run is pinned to: the site file's hash, then each running pack's content hash."""
+    return (ctx.engine.site_hash or "", *(p.content_hash for p in ctx.engine.running_packs))
+
+
+def _named(hashes: tuple[str, ...]) -> str:
+    """``site …; pack hash …`` for an error message: the site file's hash first, "none" without one."""
+    site, *packs = hashes
+    return "; ".join([f"site {site[:12] or 'none'}", *(f"pack {h[:12]}" for h in packs)])
+
+
+def warm_context(cfg: RunConfig) -> None:
+    """A pool worker's initializer: the context built before its first chunk. An error is left for
+    that chunk to raise with its message (a failing initializer only breaks the pool, unnamed)."""
+    with suppress(Exception):
+        _context(cfg)
+
+
+def pinned(cfg: RunConfig, ctx: _Context) -> RunConfig:
+    """``cfg`` pinned to ``ctx``'s packs (the context the run's usage checks built), which this
+    process then serves for it without looking at the files again."""
+    fixed = replace(cfg, packs=_hashes(ctx))
+    _CONTEXTS[(fixed, ())] = ctx  # beside the unpinned entry: at most two, the same context
+    return fixed
+
+
+def _build_context(cfg: RunConfig) -> _Context:
+    """Load the packs, compile their vector forms and parse the assumed order (seconds: hence cached)."""
+    engine = Engine.from_dir(cfg.rules, evaluator="rete" if cfg.engine == "rete" else "oracle")
+    vectors = {p.id: VectorPack.compile(p, site_hash=engine.site_hash) for p in engine.running_packs}
+    assumed = None
+    if cfg.assume_order:
+        vocab = engine.packs[0].vocabulary if engine.packs else None
+        if vocab is None:
+            raise ValueError("no rule pack loaded")
+        assumed = parse_order_text(cfg.assume_order, vocab)
+    observations = ObservationFilter(p.vocabulary for p in engine.running_packs)
+    return _Context(engine, vectors, assumed, observations)
 
 
 @dataclass
@@ -245,12 +327,13 @@ def prepare_chunk(chunk: Chunk, cfg: RunConfig, read: ReadChunk | None = None) -
     (runner._run_serial) — the derivation is mostly polars work, which releases the GIL.
     ``read``: this chunk already read by :func:`read_chunk` (ignored when it is another chunk's).
     """
+    ctx = _context(cfg)
+    if not cfg.packs:  # the half that evaluates (finish_chunk) uses this context, even after an edit
+        cfg = pinned(cfg, ctx)
     if read is not None and read.chunk == chunk:
-        ctx = _context(cfg)
         _derive_table_rows(chunk, read.typed, cfg, ctx, read.out)
         return PreparedChunk(chunk, cfg, read.out, read.started)
     started = time.perf_counter()
-    ctx = _context(cfg)
     out = _Collector()
     if chunk.kind == "bundles":
         _read_bundles(chunk, cfg, ctx, out)

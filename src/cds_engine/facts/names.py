@@ -23,8 +23,20 @@ MAX_NAMES = 4
 _MARKDOWN = re.compile(r"([\\`*_{}\[\]()<>#|!~])")
 
 
-@functools.lru_cache(maxsize=4096)  # pure; many drafts name the same co-medicines again and again
+# Client texts are remembered only up to this long (as facts/normalize.py's _CACHED_CHARS): the
+# count bound alone let a client pin 4,096 names of any length for the life of the process.
+_CACHED_CHARS = 256
+
+
 def _clean(text: str) -> str:
+    """``text`` as a card shows a name: control characters blanked, one line, cut, escaped."""
+    if len(text) > _CACHED_CHARS:
+        return _cleaned.__wrapped__(text)
+    return _cleaned(text)
+
+
+@functools.lru_cache(maxsize=4096)  # pure; many drafts name the same co-medicines again and again
+def _cleaned(text: str) -> str:
     kept = "".join(ch if unicodedata.category(ch)[0] != "C" else " " for ch in text)
     kept = " ".join(kept.split())
     if len(kept) > MAX_NAME_CHARS:

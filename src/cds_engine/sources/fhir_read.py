@@ -333,9 +333,10 @@ def parse_date(value: Any) -> date | None:
     day = _DAYS.get(value, _NOT_SEEN)
     if day is _NOT_SEEN:
         day = _parse_date(value)
-        if len(_DAYS) >= _MOMENTS_MAX:
-            _DAYS.clear()
-        _DAYS[value] = day
+        if len(value) <= _KEY_CHARS:  # see _KEY_CHARS
+            if len(_DAYS) >= _MOMENTS_MAX:
+                _DAYS.clear()
+            _DAYS[value] = day
     return day  # type: ignore[return-value]
 
 
@@ -356,6 +357,10 @@ def _parse_date(value: Any) -> date | None:
 
 _MOMENTS: dict[str, datetime | None] = {}  # parse_datetime of recent strings (datetimes are immutable)
 _MOMENTS_MAX = 50_000
+# Only texts up to this long are remembered (the longest FHIR instant with nanoseconds and an
+# offset is 35 characters): the count bound alone let a client pin 50,000 texts of any length
+# (a request body may be 10 MB) for the life of the process. Longer texts are parsed each time.
+_KEY_CHARS = 64
 
 
 def parse_datetime(value: Any) -> datetime | None:
@@ -371,9 +376,10 @@ def parse_datetime(value: Any) -> datetime | None:
     except KeyError:
         pass
     moment = _parse_datetime(value)
-    if len(_MOMENTS) >= _MOMENTS_MAX:
-        _MOMENTS.clear()
-    _MOMENTS[value] = moment
+    if len(value) <= _KEY_CHARS:  # see _KEY_CHARS
+        if len(_MOMENTS) >= _MOMENTS_MAX:
+            _MOMENTS.clear()
+        _MOMENTS[value] = moment
     return moment
 
 
