@@ -583,14 +583,15 @@ def main() -> None:
     mem_sizes = (
         [1_000_000, 5_000_000] if args.full else ([50_000, 100_000] if args.quick else [1_000_000, 2_000_000])
     )
-    mem_chunk = 100_000
+    mem_chunk = 100_000  # (e): the streamed vector screening's chunk
+    rec_chunk: int | None = None  # (e'): the command's default rows per chunk (runner.DEFAULT_CHUNK_ROWS)
     rec_mem_sizes = mem_sizes
     if args.quick:
         args.record_table = 100_000
     if args.smoke:
         args.record_table = 2_000
         args.patients, args.sample, args.records = 2_000, 100, 300
-        mem_sizes, mem_chunk = [2_000, 4_000], 1_000
+        mem_sizes, mem_chunk, rec_chunk = [2_000, 4_000], 1_000, 1_000
         rec_mem_sizes = mem_sizes
         args.bundle_copies, args.dask_parts = 1, 2
         args.dask_copies = 1
@@ -723,7 +724,7 @@ def main() -> None:
                         "baclofen 5 mg PO TID",
                         ("parquet",),
                         subprocess_env(),
-                        chunk_rows=mem_chunk,
+                        chunk_rows=rec_chunk,
                     )
                 )
                 rp.unlink()

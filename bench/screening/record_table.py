@@ -52,7 +52,7 @@ def screen_cli(
     order: str,
     formats: tuple[str, ...],
     env: dict[str, str],
-    chunk_rows: int = 100_000,
+    chunk_rows: int | None = None,  # None: the command's default (DEFAULT_CHUNK_ROWS)
 ) -> dict:
     """Run ``cds-engine screen PATH --format …`` in a child; times, exit code and peak tree RSS."""
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as fh:
@@ -67,10 +67,10 @@ def screen_cli(
         as_of,
         "--assume-order",
         order,
-        "--chunk-rows",
-        str(chunk_rows),
         "--no-progress",
     ]
+    if chunk_rows is not None:
+        args += ["--chunk-rows", str(chunk_rows)]
     args = ["screen", *args]
     for f in formats:
         args += ["--format", f]

@@ -130,9 +130,11 @@ def instrument(charges: Charges) -> None:
 
 
 def main() -> None:
+    from cds_engine.batch.runner import DEFAULT_CHUNK_ROWS  # after allocator.configure (polars loads)
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--patients", type=int, default=1_000_000)
-    ap.add_argument("--chunk-rows", type=int, default=100_000)
+    ap.add_argument("--chunk-rows", type=int, default=DEFAULT_CHUNK_ROWS)  # the command's
     ap.add_argument("--format", action="append", dest="formats", help="alert tables (default: parquet)")
     ap.add_argument("--smoke", action="store_true", help="2,000 patients (CI): seconds")
     args = ap.parse_args()

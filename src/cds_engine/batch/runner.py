@@ -66,6 +66,16 @@ class ScreenError(RuntimeError):
     """The run cannot start (exit code 2) — the message says why."""
 
 
+
+#: record-table rows per chunk. Each chunk pays a fixed cost (planning the vector evaluation's
+#: ~2,000 polars expressions, small queries: ~0.3 CPU-s) whatever its rows, so bigger chunks cost
+#: less CPU, and more memory: 1 M generated patients (3.4 alerts each) screened serially measured
+#: 100,000 rows 12.2-14.1 CPU-s, peak 0.84-0.90 GB; 150,000 rows 12.2-12.4 CPU-s, 1.11-1.16 GB;
+#: 200,000 rows 11.2-11.9 CPU-s, 1.33-1.38 GB (bench/RESULTS.md, fourteenth session). 150,000
+#: keeps a third of the 1.5 GB goal (issue 20 item 5) spare for denser records; --chunk-rows lowers it.
+DEFAULT_CHUNK_ROWS = 150_000
+
+
 @dataclass
 class ScreenOptions:
     inputs: list[Path]
@@ -79,7 +89,7 @@ class ScreenOptions:
     store_url: str | None = None
     rules: Path = Path("rules")
     bundles_per_chunk: int = 500  # the vector evaluation costs ~0.3 s per chunk whatever its size
-    rows_per_chunk: int = 100_000  # per-chunk evaluation cost paid half as often as 50k; ~0.9 GB peak serial
+    rows_per_chunk: int = DEFAULT_CHUNK_ROWS
     progress: bool | None = None  # None: on a terminal only
     keep_parts: bool = False
     formats: tuple[str, ...] = DEFAULT_FORMATS  # alert tables written (batch/outputs.py)

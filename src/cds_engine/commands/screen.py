@@ -14,7 +14,14 @@ from typing import Annotated
 import typer
 
 from cds_engine.batch.outputs import FILES
-from cds_engine.batch.runner import EXIT_FAILED, EXIT_USAGE, ScreenError, ScreenOptions, run_screen
+from cds_engine.batch.runner import (
+    DEFAULT_CHUNK_ROWS,
+    EXIT_FAILED,
+    EXIT_USAGE,
+    ScreenError,
+    ScreenOptions,
+    run_screen,
+)
 
 __all__ = ["register"]
 
@@ -47,7 +54,7 @@ def register(app: typer.Typer, rules_app: typer.Typer) -> None:
             str | None, typer.Option(help="Store URL for --store (default: CDS_DATABASE_URL)")
         ] = None,
         rules: Annotated[Path, typer.Option(help="Rule directory")] = Path("rules"),
-        chunk_rows: Annotated[int, typer.Option(min=1, help="Table rows per chunk")] = 100_000,
+        chunk_rows: Annotated[int, typer.Option(min=1, help="Table rows per chunk")] = DEFAULT_CHUNK_ROWS,
         chunk_bundles: Annotated[int, typer.Option(min=1, help="Bundles per chunk")] = 500,
         progress: Annotated[
             bool | None,
