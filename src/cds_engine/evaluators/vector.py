@@ -54,6 +54,10 @@ higher in 3 of 3 pairs). Where the rest goes: the table itself is ~2 GB of fresh
 memory per 1 M patients (0.7–0.8 M first-touched 4 KiB pages, a third of them in the sort); on
 a VM where a page fault costs 1.3–6 µs of kernel time that is 20–45 % of the CPU seconds
 (``bench/screening/stages.py`` charges each step its system seconds and page faults).
+A streamed screening's 100,000-row chunk pays about half its CPU in fixed costs per call
+(planning ~2,000 expressions, small queries, Python): the second pass plans without
+expression simplification, the missing-root masks of all rules take two queries, and
+``_missing_rows``' grouping is kept on the pack (``_distinct_masks``, ``_report_keys``).
 """
 
 from __future__ import annotations
@@ -236,6 +240,7 @@ class VectorPack:
     # compile-time projections of each sub-tree (project_node memo; emptied once compiled)
     _memo: dict[Any, Any] = field(default_factory=dict, repr=False)
     _plan: Any = field(default=None, repr=False)  # vector_alerts' expressions (_Plan), built on first use
+    _report_keys: Any = field(default=None, repr=False)  # _missing_rows' grouping (_report_keys), likewise
 
     @classmethod
     def compile(cls, pack: CompiledPack, site_hash: str | None = None) -> VectorPack:
@@ -696,8 +701,25 @@ def _second_pass(plan: _Plan, wide: pl.DataFrame, ids: list[str]) -> pl.DataFram
         .select([*ids, *plan.chosen, *plan.bounds, *plan.deep_keep[1:]])
         # in-memory: one chunk (the streaming engine's morsels left it in ~16, and every report
         # query below — filter, unique, join — paid for the chunks: less CPU in total, same frame)
-        .collect(engine="in-memory")
+        .collect(engine="in-memory", optimizations=_SECOND_PASS_OPTIMIZATIONS)
     )
+
+
+def _second_pass_optimizations() -> pl.QueryOptFlags:
+    """polars' default optimisations without expression simplification, for :func:`_second_pass`.
+
+    Why: the second pass is ~900 expressions (undecided sub-trees, report flags, missing-root
+    masks) over few rows (the open ones: a quarter of a 100,000-row chunk), and planning them
+    cost more than running them — ~85 ms per call whatever the rows, a third of it simplifying
+    expressions that are already as simple as the compiler makes them (polars 2.1; the pass on
+    2,000 rows cost what it cost on 25,000). Simplification only rewrites an expression into an
+    equivalent one, so the frame is the same; a streamed screening pays the plan once per chunk.
+    """
+    # a keyword, not an attribute set: a polars without it raises here instead of ignoring it
+    return pl.QueryOptFlags(simplify_expression=False)
+
+
+_SECOND_PASS_OPTIMIZATIONS = _second_pass_optimizations()
 
 
 def _in_alert_order(parts: list[pl.DataFrame], words: _Wordings, rows: int) -> pl.DataFrame:
@@ -763,12 +785,15 @@ def _finding_parts(
     batch: list[_Job] = []
     cells = 0
     out: list[pl.DataFrame] = []
+    deep_columns = set(deep.columns)
+    masks = _distinct_masks(deep, vp._plan.miss_roots)
     for rule in rules:
         chosen_col = _CHOSEN + rule.id
         missing = _NO_MISSING
-        if _MISS + rule.id in deep.columns:
+        if _MISS + rule.id in deep_columns:
             position = pl.when(pl.col("__any_open")).then(pl.col("__deep"))
-            missing = _missing_text(deep[_MISS + rule.id], position, vp._plan.miss_roots.get(rule.id))
+            roots = vp._plan.miss_roots.get(rule.id)
+            missing = _missing_text(deep[_MISS + rule.id], position, roots, masks.get(rule.id))
         for i, tier in enumerate(rule.ranked, start=1):
             code = words.add("finding", rule.id, tier.id, rule.category, tier.severity, rule.title)
             rows = next(fired)
@@ -880,20 +905,47 @@ def _open_texts(
     return common, {"missing": missing.alias("missing"), "not_assessed": not_assessed.alias("not_assessed")}
 
 
-def _missing_text(column: pl.Series, position: pl.Expr, roots: Sequence[str] | None) -> pl.Expr:
+def _distinct_masks(deep: pl.DataFrame, miss_roots: Mapping[str, Sequence[str]]) -> dict[str, list[int]]:
+    """Per rule with a mask column in ``deep``, its distinct non-null masks (any order).
+
+    Why two queries for all rules and not a ``unique`` per rule: a Series operation is a whole
+    polars query (~1 ms planned and run even on a few rows), and a chunk asked 37 rules for two
+    each; most rules' masks are 0 on every row, which a maximum (no hashing) shows, so only the
+    few others are hashed. A rule whose maximum is 0 or null has ``[0]`` or ``[]``, what its
+    ``unique`` gave. Exact because a mask is never negative (``_mask`` builds unsigned integers,
+    or Int64 of at most 62 bits): a maximum of 0 means every value is 0 or null.
+    """
+    present = set(deep.columns)
+    names = [r for r in miss_roots if _MISS + r in present]
+    if not names:
+        return {}
+    tops = deep.select(pl.col(_MISS + r).max() for r in names).row(0)
+    out: dict[str, list[int]] = {r: ([] if top is None else [0]) for r, top in zip(names, tops, strict=True)}
+    spread = [r for r, top in zip(names, tops, strict=True) if top]
+    if spread:
+        found = deep.select(pl.col(_MISS + r).unique().drop_nulls().implode() for r in spread).row(0)
+        out |= {r: list(values) for r, values in zip(spread, found, strict=True)}
+    return out
+
+
+def _missing_text(
+    column: pl.Series, position: pl.Expr, roots: Sequence[str] | None, masks: list[int] | None = None
+) -> pl.Expr:
     """A rule's missing root facts ";"-joined, for the rows of ``wide`` (``position`` into ``deep``).
 
     ``_NO_MISSING`` itself when the text is "" on every row (no row lacks a root: most rules),
     so the caller neither gathers nor takes the position columns. Why a bit mask: a text per
     row built from one when/then per root was most of the second pass; the distinct masks are
-    few, so each is spelt once and the rows take theirs.
+    few, so each is spelt once and the rows take theirs. ``masks``: the column's distinct
+    non-null values when the caller has them (:func:`_distinct_masks`).
     """
-    taken = pl.lit(column).gather(position)
     if roots is None:  # too many roots for a mask: the column holds the text
-        return taken.fill_null("")
-    masks = column.unique().drop_nulls().to_list()
+        return pl.lit(column).gather(position).fill_null("")
+    if masks is None:
+        masks = column.unique().drop_nulls().to_list()
     if not masks or masks == [0]:
         return _NO_MISSING
+    taken = pl.lit(column).gather(position)
     texts = [";".join(r for j, r in enumerate(roots) if m >> j & 1) for m in masks]
     top = max(masks)
     if top < _MASK_TABLE:  # a mask indexes its text directly: a gather, not a hash lookup per row
@@ -959,28 +1011,14 @@ def _missing_rows(
 ) -> list[pl.DataFrame]:
     """The grouped 'cannot assess' alerts of :func:`cds_engine.results.build_alerts`."""
     pack = vp.pack
-    items = {fact: item for item in pack.spec.missing_data for fact in item.facts}
-    order = [t for rule in vp.rules for t in rule.ranked]  # the order build_alerts collects undecided tiers
-    keys: dict[str, tuple[Any, list[tuple[CompiledTier, list[tuple[str, str]]]]]] = {}
-    for tier in order:
-        grouped: dict[str, tuple[Any, list[tuple[str, str]]]] = {}
-        for root, col in report_cols[tier.id]:
-            item = items.get(root)
-            grouped.setdefault(item.item if item else root, (item, []))[1].append((root, col))
-        for key, (item, cols) in grouped.items():
-            keys.setdefault(key, (item, []))[1].append((tier, cols))
+    cached = vp._report_keys
+    if cached is None or cached[0] is not report_cols:
+        cached = vp._report_keys = (report_cols, *_report_keys(vp, report_cols))
+    _, keys, presents, any_present = cached
     rule_ids = {r.id for r in vp.rules}
     deep_columns = set(deep.columns)
-    presents: list[pl.Expr] = []
-    for item, entries in keys.values():
-        present = pl.any_horizontal([pl.any_horizontal([pl.col(c) for _, c in cols]) for _, cols in entries])
-        if item is not None:
-            covering = [pl.col(_CHOSEN + r) > 0 for r in item.covered_by if r in rule_ids]
-            if covering:
-                present = present & ~pl.any_horizontal(covering)
-        presents.append(present)
     # which reports occur at all, in one query (most do not in a chunk; each would be a query)
-    occurs = deep.select(p.any().alias(str(i)) for i, p in enumerate(presents)).row(0) if presents else ()
+    occurs = deep.select(any_present).row(0) if presents else ()
     frames = []
     for (key, (item, entries)), present, occurring in zip(keys.items(), presents, occurs, strict=True):
         if not occurring:
@@ -1050,6 +1088,42 @@ def _missing_rows(
             )
         frames.append(sub.select(_PER_ROW))
     return frames
+
+
+# a report's key -> (its missing-data item or None, [(tier, [(root fact, flag column)])])
+_Reports = dict[str, tuple[Any, list[tuple[CompiledTier, list[tuple[str, str]]]]]]
+
+
+def _report_keys(
+    vp: VectorPack, report_cols: Mapping[str, list[tuple[str, str]]]
+) -> tuple[_Reports, list[pl.Expr], list[pl.Expr]]:
+    """The reports of :func:`_missing_rows` (key -> item and its tiers' flag columns), each one's
+    "some row has it" condition, and those conditions' ``any`` for its one "which occur" query.
+
+    Why apart and kept on the pack: they depend on the pack only, and building them — a
+    ``pl.col`` per flag column, ~800 a call — was most of the fixed cost of ``_missing_rows``,
+    paid again by every chunk of a streamed screening.
+    """
+    items = {fact: item for item in vp.pack.spec.missing_data for fact in item.facts}
+    order = [t for rule in vp.rules for t in rule.ranked]  # the order build_alerts collects undecided tiers
+    keys: _Reports = {}
+    for tier in order:
+        grouped: dict[str, tuple[Any, list[tuple[str, str]]]] = {}
+        for root, col in report_cols[tier.id]:
+            item = items.get(root)
+            grouped.setdefault(item.item if item else root, (item, []))[1].append((root, col))
+        for key, (item, cols) in grouped.items():
+            keys.setdefault(key, (item, []))[1].append((tier, cols))
+    rule_ids = {r.id for r in vp.rules}
+    presents: list[pl.Expr] = []
+    for item, entries in keys.values():
+        present = pl.any_horizontal([pl.any_horizontal([pl.col(c) for _, c in cols]) for _, cols in entries])
+        if item is not None:
+            covering = [pl.col(_CHOSEN + r) > 0 for r in item.covered_by if r in rule_ids]
+            if covering:
+                present = present & ~pl.any_horizontal(covering)
+        presents.append(present)
+    return keys, presents, [p.any().alias(str(i)) for i, p in enumerate(presents)]
 
 
 def _highest_rank(flags: Sequence[tuple[int, pl.Expr]]) -> pl.Expr:
