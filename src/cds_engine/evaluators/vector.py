@@ -214,6 +214,9 @@ class _Columns:
         return [expr.alias(name) for name, expr in self.exprs.values()]
 
 
+_PREPARED_SCHEMAS = 16  # input schemas whose prepare expressions a pack keeps (VectorPack.prepare)
+
+
 @dataclass
 class _Rule:
     id: str
@@ -241,6 +244,8 @@ class VectorPack:
     _memo: dict[Any, Any] = field(default_factory=dict, repr=False)
     _plan: Any = field(default=None, repr=False)  # vector_alerts' expressions (_Plan), built on first use
     _report_keys: Any = field(default=None, repr=False)  # _missing_rows' grouping (_report_keys), likewise
+    # prepare's expressions per input schema (a screening's chunks share one): _prepare_exprs
+    _prepared: dict[tuple[Any, ...], list[pl.Expr]] = field(default_factory=dict, repr=False)
 
     @classmethod
     def compile(cls, pack: CompiledPack, site_hash: str | None = None) -> VectorPack:
@@ -336,14 +341,35 @@ class VectorPack:
     def prepare(self, frame: pl.DataFrame | pl.LazyFrame) -> pl.LazyFrame:
         """Add missing fact columns as nulls, cast to the catalog types, fill family defaults."""
         lf = frame.lazy() if isinstance(frame, pl.DataFrame) else frame
-        present = set(lf.collect_schema().names())
+        schema = tuple(lf.collect_schema().items())
+        exprs = self._prepared.get(schema)
+        if exprs is None:
+            if len(self._prepared) >= _PREPARED_SCHEMAS:  # a bound: a caller may vary its frames
+                self._prepared.clear()
+            exprs = self._prepared[schema] = self._prepare_exprs(dict(schema))
+        return lf.with_columns(exprs)
+
+    def _prepare_exprs(self, schema: Mapping[str, pl.DataType]) -> list[pl.Expr]:
+        """:meth:`prepare`'s expressions for a frame of ``schema`` (kept per schema on the pack).
+
+        Why kept, and no cast of a column already of its type: a streamed screening prepares one
+        chunk after another of the same schema, and each call built and planned ~150 column
+        expressions again. Casting a column to its own type returns it unchanged (``is_``: the
+        exact type, time unit and zone included), so leaving that cast out changes no value.
+        """
         exprs = []
         for name, dtype in self.columns.items():
-            col = pl.col(name).cast(dtype) if name in present else pl.lit(None, dtype)
+            have = schema.get(name)
+            if have is None:
+                col = pl.lit(None, dtype)
+            elif have.is_(dtype):
+                col = pl.col(name)
+            else:
+                col = pl.col(name).cast(dtype)
             if name in self.defaults:
                 col = col.fill_null(pl.lit(self.defaults[name], dtype))
             exprs.append(col.alias(name))
-        return lf.with_columns(exprs)
+        return exprs
 
     def outcomes(self, frame: pl.DataFrame) -> pl.DataFrame:
         """One UInt8 column per tier id: 0 FALSE, 1 UNKNOWN, 2 TRUE (same codes as the oracle)."""
@@ -511,6 +537,8 @@ class _Plan:
     miss_roots: dict[str, list[str]]  # rule id -> its roots, bit j of its mask column (_MISS) = roots[j]
     deep_keep: list[str]
     bounds: list[str]  # what the reports read from the wide frame besides ids and fired tiers
+    # what the first pass keeps after the ids, as expressions: a name is made a pl.col per query
+    wide_exprs: list[pl.Expr]
 
 
 @lru_cache(maxsize=1024, typed=True)
@@ -561,15 +589,18 @@ def _plan(vp: VectorPack) -> _Plan:
             else:
                 roots_text = [pl.when(f).then(pl.lit(root)) for root, f in zip(roots, flags, strict=True)]
                 miss_exprs.append(_joined(roots_text).alias(_MISS + rule.id))
+    flags = [e.meta.output_name() for e in chosen_exprs + open_exprs]
+    clause_names = [name for name, _ in vp._clauses.exprs.values()]  # kept for the second pass
+    any_open = pl.any_horizontal([pl.col(_OPEN + t) for t in vp._outcome]).alias("__any_open")
     return _Plan(
         clause_exprs=vp._clauses.columns(),
         outcome_exprs=[e.alias(_O + t) for t, e in vp._outcome.items()],
         node_exprs=vp._nodes.columns(),
         flag_exprs=chosen_exprs + open_exprs,
-        flags=[e.meta.output_name() for e in chosen_exprs + open_exprs],
+        flags=flags,
         chosen=[e.meta.output_name() for e in chosen_exprs],
-        any_open=pl.any_horizontal([pl.col(_OPEN + t) for t in vp._outcome]).alias("__any_open"),
-        clause_names=[name for name, _ in vp._clauses.exprs.values()],  # kept for the second pass
+        any_open=any_open,
+        clause_names=clause_names,
         report_cols=report_cols,
         report_exprs=report_exprs,
         miss_exprs=miss_exprs,
@@ -580,6 +611,7 @@ def _plan(vp: VectorPack) -> _Plan:
             *(e.meta.output_name() for e in miss_exprs),
         ],
         bounds=[c for c in vp.columns if any(c.endswith(s) for s in BOUND_SUFFIXES)],
+        wide_exprs=[*(pl.col(c) for c in [*vp.columns, *flags, *clause_names]), any_open],
     )
 
 
@@ -685,7 +717,7 @@ def _first_pass(
     # the sort moves it, half an Int64's bytes (first call: ~10 k fewer page faults per 1 M patients)
     lf = lf.with_columns(pl.int_range(pl.len(), dtype=pl.get_index_type()).alias("__row"))
     lf = lf.with_columns(plan.clause_exprs).with_columns(plan.outcome_exprs).with_columns(plan.flag_exprs)
-    wide = lf.select([*ids, *vp.columns, *plan.flags, *plan.clause_names, plan.any_open]).collect()
+    wide = lf.select([*ids, *plan.wide_exprs]).collect()
     # each row's index among the rows with an open tier (the rows of ``deep`` below)
     return wide.with_columns((pl.col("__any_open").cum_sum().cast(pl.Int64) - 1).alias("__deep"))
 
