@@ -66,13 +66,14 @@ class ScreenError(RuntimeError):
     """The run cannot start (exit code 2) — the message says why."""
 
 
-
 #: record-table rows per chunk. Each chunk pays a fixed cost (planning the vector evaluation's
 #: ~2,000 polars expressions, small queries: ~0.3 CPU-s) whatever its rows, so bigger chunks cost
 #: less CPU, and more memory: 1 M generated patients (3.4 alerts each) screened serially measured
 #: 100,000 rows 12.2-14.1 CPU-s, peak 0.84-0.90 GB; 150,000 rows 12.2-12.4 CPU-s, 1.11-1.16 GB;
 #: 200,000 rows 11.2-11.9 CPU-s, 1.33-1.38 GB (bench/RESULTS.md, fourteenth session). 150,000
-#: keeps a third of the 1.5 GB goal (issue 20 item 5) spare for denser records; --chunk-rows lowers it.
+#: keeps a quarter of the serial run's 1.5 GB goal (issue 20 item 5) spare for denser records;
+#: --chunk-rows lowers it. With --workers / --dask each worker holds a chunk (~1.2 GB here) and
+#: the command the results in flight (docs/batch.md says when to pass a smaller value).
 DEFAULT_CHUNK_ROWS = 150_000
 
 
@@ -220,7 +221,7 @@ def _run_serial(
     ``finished`` (the accounting) runs here, in order, once the chunk's parts are on disk. The
     chunk iterator is only advanced here (it records the order and the resumed chunks).
     ``CDS_SCREEN_PREFETCH=0`` reads each chunk only when it is reached (one chunk less in memory,
-    ~150 MB at 100,000 rows; also the A/B switch for the quiet benchmark): the same outputs.
+    ~225 MB at the default 150,000 rows; also the A/B switch for the quiet benchmark): the same outputs.
     ``early``: at most one chunk, already read (``_first_read``), taken out of the list when the first
     chunk is reached (no reference to it left here) and used if it is that chunk.
     """

@@ -63,7 +63,9 @@ queue_items = Table(
 
 def item_rows(where: list[ColumnElement[bool]]) -> Any:
     """(columns, SELECT) of the queue items of the orders matching ``where``: the one SQL shared
-    by the table's refresh and the writer's merge (:func:`cds_engine.store.rollup.add_alerts`)."""
+    by the table's refresh and the writer's merge (:func:`cds_engine.store.rollup.add_alerts`).
+    It also runs inside migration 0007 (its backfill calls ``rebuild_queue``): read only columns
+    that exist at that revision, or an old store's upgrade breaks."""
     # Constants written in, not bound: SQLite gets a new ``?`` in each copy of the item's
     # expressions, and its windows then differ even where they are the same (see _item_window).
     src = case((Evaluation.hypothetical.is_(True), literal_column("'hypothetical'", String)),

@@ -378,7 +378,8 @@ def _bound_list(dialect: str, name: str) -> Among:
     still looks each value up by the column's index. One limit of the JSON text: SQLite's
     ``json_each`` cuts a value at a NUL character (``"\\u0000"``), so a key holding one would never
     match (its rollup left unmerged — not a wrong match). The keys listed here are ids we make
-    (uuid4 hex, sha256 hex of the order's identity), never a client's text, so none holds a NUL."""
+    (uuid4 strings, 32-hex-digit sha256 prefixes of the order's identity), never a client's text,
+    so none holds a NUL."""
     if dialect == "postgresql":
         array = bindparam(name, type_=postgresql.ARRAY(String))
         return lambda column: column == any_(array)
