@@ -1,7 +1,8 @@
 """Security issue 15, item 1 (red-team H1): bounded work per hook call, never refusing the sickest.
 
 * more than 250 draft orders → 413 OperationOutcome naming the field, counted; 250 are answered;
-* the fact mapper is linear in the drafts (called directly: 400 drafts ≤ 5× the time of 100);
+* the fact mapper is linear in the drafts (counted: each draft read once, no medicine list
+  re-validated per reviewed draft);
 * mapping and evaluation run off the event loop: ``/healthz`` answers within 1 s while a real
   server works on a 250-draft call (the one timed assertion the project allows, stated here);
 * per prefetch key at most N resources: observations the newest N per group with no card (the
@@ -11,7 +12,6 @@
 
 from __future__ import annotations
 
-import gc
 import shutil
 import threading
 import time
@@ -24,10 +24,12 @@ import pytest
 from fastapi.testclient import TestClient
 from tests.service_helpers import REPO, LocalFhir, hook_request, medication_request, serve_process
 
+from cds_engine.facts.model import PatientFacts
 from cds_engine.service import ServiceSettings, create_app
 from cds_engine.service.discovery import prefetch_templates
 from cds_engine.service.limits import HookLimits, cap_resources, refusal_counts
 from cds_engine.sources.fhir import facts_for_drafts, facts_from_resources
+from cds_engine.sources.fhir_meds import MedicineReader
 
 NOW = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 SIGN = "/cds-services/baclofen-order-sign"
@@ -98,32 +100,44 @@ def test_only_pack_relevant_drafts_are_reviewed_the_rest_are_co_medication(engin
         assert alone.order == mapped.order
 
 
-def test_mapper_is_linear_in_drafts(engine):
-    """Not a speed goal: the ratio catches quadratic work (it was ≈16× before, one mapping per draft)."""
+def test_mapper_reads_each_draft_once(engine, monkeypatch):
+    """Linear in the drafts, counted rather than timed (a timing ratio flaked on a loaded CI machine).
+
+    Before, each reviewed draft re-mapped every other draft: n² medicine reads (≈16× the work for
+    4× the drafts). Now the record and each draft are read once however many drafts are reviewed;
+    what stays per reviewed draft is putting the shared medicines in its list.
+    """
     pack = engine.packs[0]
+    reads: list[int] = []
+    validated: list[int] = []
+    read_medicine = MedicineReader._read_medicine
+    patient_facts_init = PatientFacts.__init__
 
-    batches = {n: drafts(n) for n in (100, 400)}
-    times: dict[int, list[float]] = {100: [], 400: []}
+    def counted_read(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        reads.append(1)
+        return read_medicine(self, *args, **kwargs)
 
-    def once(n: int) -> None:
-        gc.collect()
-        gc.disable()  # the algorithm's work, not the collector's pauses on a shared machine
-        try:
-            start = time.perf_counter()
-            facts_for_drafts(
-                [PATIENT], batches[n], batches[n], as_of=NOW, vocab=pack.vocabulary,
-                drug_class=pack.context.drug_class,
-            )
-            times[n].append(time.perf_counter() - start)
-        finally:
-            gc.enable()
+    def counted_init(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        validated.append(len(kwargs.get("medications") or ()))  # a list handed here is re-validated
+        patient_facts_init(self, *args, **kwargs)
 
-    once(100)  # warm the vocabulary caches
-    times[100].clear()
-    for _ in range(5):  # interleaved, so a burst of load on the shared machine hits both sizes
-        once(100)
-        once(400)
-    assert min(times[400]) <= 5 * min(times[100]), times
+    monkeypatch.setattr(MedicineReader, "_read_medicine", counted_read)
+    monkeypatch.setattr(PatientFacts, "__init__", counted_init)
+    for n in (100, 400):
+        reads.clear()
+        validated.clear()
+        batch = drafts(n)
+        facts = facts_for_drafts(
+            [PATIENT],
+            batch,
+            batch,
+            as_of=NOW,
+            vocab=pack.vocabulary,
+            drug_class=pack.context.drug_class,
+        )
+        assert len(facts) == n and all(len(f.medications) == n - 1 for f in facts)
+        assert len(reads) == n, (n, len(reads))  # each draft read once, not once per reviewed draft
+        assert len(validated) == n and sum(validated) == 0, (n, sum(validated))  # no list re-checked
 
 
 def test_healthz_answers_within_a_second_during_a_250_draft_call(tmp_path: Path):
