@@ -62,8 +62,10 @@ def rule_counts(alerts: Path, tallies: Iterable[Sequence[Any]] | None = None) ->
         if s not in wide.columns:
             wide = wide.with_columns(pl.lit(0, pl.UInt32).alias(s))
     wide = wide.with_columns([pl.col(s).fill_null(0) for s in _SEVERITIES])
+    # the title last: one rule's tier kinds (e.g. two missing-data rows) can tie on every count, and
+    # the pivot's row order is not fixed — the same screening must give the same page every time
     return wide.with_columns(pl.sum_horizontal(_SEVERITIES).alias("total")).sort(
-        ["critical", "warning", "total", "rule_id"], descending=[True, True, True, False]
+        ["critical", "warning", "total", "rule_id", "title"], descending=[True, True, True, False, False]
     )
 
 
