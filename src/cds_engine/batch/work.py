@@ -24,6 +24,7 @@ import gzip
 import os
 import threading
 import time
+import weakref
 import zlib
 from contextlib import suppress
 from dataclasses import dataclass, field, replace
@@ -211,7 +212,9 @@ def _context(cfg: RunConfig) -> _Context:
                 f"the rules in {cfg.rules} changed after this screen started (it started with "
                 f"{_named(cfg.packs)}; the files now hold {_named(_hashes(found))}): screen again"
             )
-        _CONTEXTS.clear()  # one configuration per worker process at a time
+        # one configuration per worker process at a time; a dropped context's rulesets are freed when
+        # the last chunk using it ends (_close_when_unused)
+        _CONTEXTS.clear()
         _CONTEXTS[key] = found
     return found  # this call's own context, even if another thread's has replaced it since
 
@@ -253,7 +256,26 @@ def _build_context(cfg: RunConfig) -> _Context:
             raise ValueError("no rule pack loaded")
         assumed = parse_order_text(cfg.assume_order, vocab)
     observations = ObservationFilter(p.vocabulary for p in engine.running_packs)
-    return _Context(engine, vectors, assumed, observations)
+    ctx = _Context(engine, vectors, assumed, observations)
+    _close_when_unused(ctx)
+    return ctx
+
+
+def _close_when_unused(ctx: _Context) -> None:
+    """Free ``ctx``'s durable rulesets (:meth:`Engine.close`) once nothing holds ``ctx`` any more.
+
+    Why: a ``rete`` engine owns C rulesets (one per thread that evaluated with it) that only
+    :meth:`Engine.close` frees, and the C module has a fixed table of 131,071 handles; a context
+    dropped from :data:`_CONTEXTS` (another configuration, an edited pack, ``warm_context``) kept
+    them — memory, and a handle each — for the life of the process. Why not close it when it is
+    evicted: a chunk of another thread may still be evaluating with it (each half of a chunk,
+    :func:`prepare_chunk` and :func:`finish_chunk`, holds the context while it runs; between them
+    only the configuration is kept, and an evicted context is built again for the second half),
+    and a closed engine answers from the oracle and counts a fallback. So the rulesets go when the
+    last holder lets the context go, never under a running chunk. Nothing else in a context needs closing (the
+    vector packs, the assumed order and the observation filter are plain Python objects; no file,
+    thread or pool). Not at exit: the process's memory goes with it."""
+    weakref.finalize(ctx, ctx.engine.close).atexit = False
 
 
 @dataclass

@@ -24,20 +24,48 @@ from sqlalchemy import Connection, Executable
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Compiled
 
-__all__ = ["array_texts", "execute_all", "pipelined"]
+__all__ = ["array_texts", "compile_key", "execute_all", "pipelined", "translates_schema"]
 
-_COMPILED: dict[tuple[int, str], tuple[Executable, Compiled | None]] = {}
+_COMPILED: dict[tuple[int, tuple[Any, ...]], tuple[Executable, Compiled | None]] = {}
+_COMPILED_MAX = 256  # statements x dialect configurations (about a dozen statements in practice)
+
+
+def compile_key(conn: Connection) -> tuple[Any, ...]:
+    """What a statement's compiled text depends on in ``conn``'s dialect, for caches of compiled text.
+
+    The dialect class and driver, and what the compiler reads from this engine's dialect: its
+    options (``label_length`` and ``max_identifier_length`` rename long labels; the parameter style
+    decides whether ``%`` is doubled) and its server (the version, and ``standard_conforming_strings``,
+    which decides how a backslash in a literal is written). Why not the dialect's name alone: two
+    engines of one process (a test run, another database, an engine made with other options) each
+    compile their own text; keyed by name, the second ran the first one's. Why not the dialect
+    object: a new engine is a new dialect, and a long-lived process opens engine after engine."""
+    d = conn.dialect
+    return (type(d), d.driver, d.paramstyle, d.label_length, d.max_identifier_length,
+            getattr(d, "_backslash_escapes", None), d.server_version_info)
+
+
+def translates_schema(conn: Connection) -> bool:
+    """Whether ``conn`` carries a ``schema_translate_map``: ``Connection.execute`` applies it to each
+    statement, a text compiled once and sent to the driver would not — such a connection takes
+    ``Connection.execute`` (never rows written to another schema than the caller's). A guard only:
+    the store's engines (:func:`.db.create_db_engine`) set no map, and its ``text()`` statements
+    (JSON-document inserts, patient upserts) name bare tables — a PostgreSQL schema is chosen with
+    ``search_path`` in the URL's ``options``, which every statement honours."""
+    return bool(conn.get_execution_options().get("schema_translate_map"))
 
 
 def _compiled(statement: Executable, conn: Connection) -> Compiled | None:
     """The statement compiled for this dialect, or None when it cannot go through the pipeline."""
-    key = (id(statement), conn.dialect.name)
+    key = (id(statement), compile_key(conn))
     found = _COMPILED.get(key)
     if found is None or found[0] is not statement:  # the statement object is kept: its id stays its own
         compiled: Compiled | None = statement.compile(dialect=conn.dialect)  # type: ignore[attr-defined]
         if compiled is not None and ("POSTCOMPILE" in compiled.string
                                      or not isinstance(getattr(compiled, "_bind_processors", None), dict)):
             compiled = None
+        if len(_COMPILED) >= _COMPILED_MAX:  # bounded; clear is one step under the writer's threads
+            _COMPILED.clear()
         found = _COMPILED[key] = (statement, compiled)
     return found[1]
 
@@ -49,21 +77,24 @@ def _bound(compiled: Compiled, params: Mapping[str, Any]) -> dict[str, Any]:
     return {name: processors[name](value) if name in processors else value for name, value in values.items()}
 
 
-_PIPELINES: dict[tuple[int, ...], tuple[Sequence[Executable], bool]] = {}
+_PIPELINES: dict[tuple[Any, ...], tuple[Sequence[Executable], bool]] = {}
+_PIPELINES_MAX = 64
 
 
 def pipelined(conn: Connection, statements: Sequence[Executable]) -> bool:
     """Whether :func:`execute_all` sends these statements as one pipeline on this connection
     (decided once per list of statements: the writer asks at every commit)."""
-    if conn.dialect.name != "postgresql" or conn.dialect.driver != "psycopg":
+    if conn.dialect.name != "postgresql" or conn.dialect.driver != "psycopg" or translates_schema(conn):
         return False
-    key = tuple(map(id, statements))
+    key = (*map(id, statements), compile_key(conn))
     found = _PIPELINES.get(key)
     if found is None or any(a is not b for a, b in zip(found[0], statements, strict=True)):
         import psycopg
 
         supported = psycopg.Pipeline.is_supported() and all(
             _compiled(s, conn) is not None for s in statements)
+        if len(_PIPELINES) >= _PIPELINES_MAX:
+            _PIPELINES.clear()
         found = _PIPELINES[key] = (tuple(statements), supported)
     return found[1]
 

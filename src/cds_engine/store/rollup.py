@@ -63,7 +63,7 @@ from cds_engine.results import MISSING_DATA_RULE
 from cds_engine.store import queue_items
 from cds_engine.store.fatigue import fatigue_cards
 from cds_engine.store.models import SEVERITIES, AlertRow, Base, Evaluation, PrescriberFeedback
-from cds_engine.store.pipeline import execute_all
+from cds_engine.store.pipeline import compile_key, execute_all, translates_schema
 from cds_engine.store.rule_stats import flag, utc_day
 
 __all__ = ["EPISODE_KEY", "SUMS", "add_alerts", "rebuild", "rollup_daily", "rollup_episode_reasons",
@@ -312,13 +312,19 @@ def _touch_parts(dialect: str, orders: Any) -> list[Any]:
 # alert uuids) are written in, anything else takes the statements above.
 _PLACEHOLDER = "cds-touch-orders"
 _PLAIN_KEY = re.compile(r"[0-9A-Za-z_.:-]{1,256}")
-_SCRIPTS: dict[str, str] = {}
+_SCRIPTS: dict[tuple[Any, ...], str] = {}
+_SCRIPTS_MAX = 8  # dialect configurations a process holds a script for (one or two in practice)
 
 
 def _touch_script(conn: Connection) -> str | None:
-    """The one-round-trip text (cached); None if it does not come out as expected (then the
-    statements run one by one — never an error on the write path)."""
-    found = _SCRIPTS.get(conn.dialect.name)
+    """The one-round-trip text (cached per the dialect's :func:`.pipeline.compile_key`); None if it
+    does not come out as expected (then the statements run one by one — never an error on the write
+    path), and on a connection with a ``schema_translate_map``: the driver text would not be translated, where
+    ``Connection.execute`` translates the statements."""
+    if translates_schema(conn):
+        return None
+    key = compile_key(conn)
+    found = _SCRIPTS.get(key)
     if found is None:
         statements = _touch_parts("postgresql", [_PLACEHOLDER])
         lock = _ORDER_LOCKS.replace(":space", str(_LOCK_SPACE)).replace(
@@ -328,7 +334,9 @@ def _touch_script(conn: Connection) -> str | None:
         found = ";\n".join(texts)
         if "%" in found or not all(f"'{_PLACEHOLDER}'" in t for t in texts):
             found = ""  # a literal the driver would read as a placeholder, or orders not written in
-        _SCRIPTS[conn.dialect.name] = found
+        if len(_SCRIPTS) >= _SCRIPTS_MAX:  # bounded (clear: one atomic step under the writer's threads)
+            _SCRIPTS.clear()
+        _SCRIPTS[key] = found
     return found or None
 
 

@@ -25,6 +25,7 @@ from cds_engine.store.documents import document_insert, document_rows
 from cds_engine.store.models import AlertRow, BatchRun, Evaluation, OrderRow, PrescriberFeedback
 from cds_engine.store.order_sessions import session_order_key, session_order_keys
 from cds_engine.store.patients import upsert_patient, upsert_patients
+from cds_engine.store.pipeline import translates_schema
 
 __all__ = ["apply_feedback", "dedup_key", "insert_evaluation", "insert_evaluations", "known_card"]
 
@@ -162,7 +163,14 @@ def _insert_rows(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> 
     conn.execute(table.insert(), rows)
 
 
-_POSITIONAL: dict[tuple[Table, tuple[str, ...], Any], tuple[str, tuple[str, ...], dict[str, Any]] | None] = {}
+_Positional = tuple[str, tuple[str, ...], dict[str, Any]] | None
+# (table, row keys, dialect) -> the compiled insert. Keyed by the dialect object: the processors come
+# from it (JSON serializer, type decorators) and hold it. Bounded: each Engine is a new dialect, so a
+# long-lived process that opens engine after engine (tests, the writer restarting) kept every one of
+# their dialects and statements (a few entries an engine); cleared when full, the live engines' entries
+# are compiled again (0.4-2.5 ms each), once.
+_POSITIONAL: dict[tuple[Table, tuple[str, ...], Any], _Positional] = {}
+_POSITIONAL_MAX = 64
 
 
 def _insert_positional(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> bool:
@@ -175,17 +183,16 @@ def _insert_positional(conn: Connection, table: Table, rows: list[dict[str, Any]
     (callgrind, 612 real hook lines). Here the statement is compiled once per table and keys, and
     each row's values go through the same bind processors (JSON text, booleans) in the compiled
     order. Refused: rows with other keys than the first's, and keys that leave out a column with a
-    client-side default (SQLAlchemy would fill it in)."""
+    client-side default (SQLAlchemy would fill it in), and a connection with a
+    ``schema_translate_map`` (the compiled text would not be translated)."""
+    if translates_schema(conn):
+        return False
     names = tuple(rows[0])
     key = (table, names, conn.dialect)
-    if key not in _POSITIONAL:
-        compiled = table.insert().compile(dialect=conn.dialect, column_keys=list(names))
-        order = tuple(compiled.positiontup or ())
-        processors = getattr(compiled, "_bind_processors", None)
-        usable = sorted(order) == sorted(names) and isinstance(processors, dict)
-        _POSITIONAL[key] = (compiled.string, order, _json_processors(conn, table, dict(processors or {}))
-                            ) if usable else None
-    found = _POSITIONAL[key]
+    try:  # a hit is one lookup; a miss (and the bound) costs only on a miss
+        found = _POSITIONAL[key]
+    except KeyError:
+        found = _POSITIONAL[key] = _compiled_insert(conn, table, names)
     if found is None:
         return False
     sql, order, processors = found
@@ -196,6 +203,20 @@ def _insert_positional(conn: Connection, table: Table, rows: list[dict[str, Any]
     conn.exec_driver_sql(sql, [tuple(row[name] if step is None else step(row[name]) for name, step in steps)
                                for row in rows])
     return True
+
+
+def _compiled_insert(conn: Connection, table: Table, names: tuple[str, ...]) -> _Positional:
+    """The entry of :data:`_POSITIONAL` for these keys (made once); the cache cleared first when full.
+
+    Cleared, not trimmed: ``dict.clear`` is one step under the GIL, so a thread that reads the cache
+    meanwhile finds its entry or compiles it again, never a half-trimmed dict."""
+    compiled = table.insert().compile(dialect=conn.dialect, column_keys=list(names))
+    order = tuple(compiled.positiontup or ())
+    processors = getattr(compiled, "_bind_processors", None)
+    usable = sorted(order) == sorted(names) and isinstance(processors, dict)
+    if len(_POSITIONAL) >= _POSITIONAL_MAX:
+        _POSITIONAL.clear()
+    return (compiled.string, order, _json_processors(conn, table, dict(processors or {}))) if usable else None
 
 
 def _json_processors(conn: Connection, table: Table, processors: dict[str, Any]) -> dict[str, Any]:
