@@ -5,7 +5,7 @@
   "derive every row, then keep the applicable, screened ones".
 * ``columnar_facts`` builds only the facts the pack reads (and the "how old" texts by a gather):
   every column it returns equals the full derivation's.
-* ``patient_counts`` over a chunk's consecutive lines finds the runs' ends without binary search.
+* ``patient_counts`` over a chunk's consecutive lines counts the runs where they lie, without binary search.
 * ``work._parquet_rows`` reads whole row groups and keeps the rest for the next chunk: the rows
   equal the plain slice, in order, out of order, and with groups bigger than a chunk.
 * ``medication_facts_bits`` reuses the last chunk's code table when it holds every code.
