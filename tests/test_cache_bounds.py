@@ -98,21 +98,39 @@ def test_date_memos_keep_no_long_client_text() -> None:
     assert short in fhir_read._MOMENTS  # short texts are still remembered
 
 
+def test_a_full_date_memo_starts_over(monkeypatch: pytest.MonkeyPatch) -> None:
+    """More distinct short dates than the bound: each memo stays within it, answers unchanged."""
+    monkeypatch.setattr(fhir_read, "_MOMENTS_MAX", 10)
+    fhir_read._MOMENTS.clear()
+    fhir_read._DAYS.clear()
+    for n in range(25):
+        text = f"2021-03-{1 + n:02d}T05:06:07Z"
+        assert fhir_read.parse_datetime(text) == fhir_read._parse_datetime(text) is not None
+        assert fhir_read.parse_date(text) == fhir_read._parse_date(text) is not None
+        assert 1 <= len(fhir_read._MOMENTS) <= 10 and 1 <= len(fhir_read._DAYS) <= 10
+    assert "2021-03-25T05:06:07Z" in fhir_read._MOMENTS and "2021-03-25T05:06:07Z" in fhir_read._DAYS
+    fhir_read._MOMENTS.clear()
+    fhir_read._DAYS.clear()
+
+
 def test_text_caches_keep_no_long_client_text() -> None:
     """The card-text caches hold at most 4,096 texts of at most _CACHED_CHARS characters each."""
-    caches = (normalize._route_of, normalize._form_in, normalize._displayed, names._cleaned)
+    caches = (normalize.normalize_route, normalize.form_from_text, normalize.display_text, names._clean)
+    for cache in caches:
+        assert cache.max_chars == normalize._CACHED_CHARS == names._CACHED_CHARS
+        assert cache.cache_info().maxsize == 4096
     before = [c.cache_info() for c in caches]
     for n in range(300):
         text = f"tablet {n} " + "x" * 5000
-        assert normalize.normalize_route(text) == normalize._route_of.__wrapped__(text)
-        assert normalize.form_from_text(text) == normalize._form_in.__wrapped__(text)
-        assert normalize.display_text(text) == normalize._displayed.__wrapped__(text, 40)
-        assert names._clean(text) == names._cleaned.__wrapped__(text)
+        assert normalize.normalize_route(text) == normalize.normalize_route.__wrapped__(text)
+        assert normalize.form_from_text(text) == normalize.form_from_text.__wrapped__(text)
+        assert normalize.display_text(text) == normalize.display_text.__wrapped__(text, 40)
+        assert names._clean(text) == names._clean.__wrapped__(text)
     after = [c.cache_info() for c in caches]
     for old, new in zip(before, after, strict=True):
         assert (new.hits, new.misses, new.currsize) == (old.hits, old.misses, old.currsize)
-    assert normalize.normalize_route(" Oral ") == normalize._route_of.__wrapped__(" Oral ")
-    assert normalize._route_of.cache_info().currsize >= 1  # short texts are still remembered
+    assert normalize.normalize_route(" Oral ") == normalize.normalize_route.__wrapped__(" Oral ")
+    assert normalize.normalize_route.cache_info().currsize >= 1  # short texts are still remembered
 
 
 def test_code_memos_do_not_keep_every_vocabulary_ever_loaded() -> None:

@@ -8,12 +8,12 @@ dropped, markdown and HTML punctuation escaped, each name shortened, and a list 
 
 from __future__ import annotations
 
-import functools
 import re
 import unicodedata
 from collections.abc import Iterable
 
 from cds_engine.facts.model import Coding
+from cds_engine.facts.text_cache import bounded_text_cache
 from cds_engine.vocabulary import Vocabulary
 
 __all__ = ["MAX_NAMES", "MAX_NAME_CHARS", "class_names", "join_names", "medicine_name"]
@@ -28,15 +28,10 @@ _MARKDOWN = re.compile(r"([\\`*_{}\[\]()<>#|!~])")
 _CACHED_CHARS = 256
 
 
+# pure; many drafts name the same co-medicines again and again
+@bounded_text_cache(maxsize=4096, max_chars=_CACHED_CHARS)
 def _clean(text: str) -> str:
     """``text`` as a card shows a name: control characters blanked, one line, cut, escaped."""
-    if len(text) > _CACHED_CHARS:
-        return _cleaned.__wrapped__(text)
-    return _cleaned(text)
-
-
-@functools.lru_cache(maxsize=4096)  # pure; many drafts name the same co-medicines again and again
-def _cleaned(text: str) -> str:
     kept = "".join(ch if unicodedata.category(ch)[0] != "C" else " " for ch in text)
     kept = " ".join(kept.split())
     if len(kept) > MAX_NAME_CHARS:

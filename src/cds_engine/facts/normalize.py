@@ -8,10 +8,10 @@ rather than a guess, and a unit the engine does not know never becomes a number.
 
 from __future__ import annotations
 
-import functools
 import re
 
 from cds_engine.facts.routes import ROUTE_FAMILIES, route_family
+from cds_engine.facts.text_cache import bounded_text_cache
 
 __all__ = [
     "FORM_ROUTES",
@@ -190,19 +190,14 @@ def _key(text: str) -> str:
 
 # Client texts are remembered only up to this long: the caches' count bound alone let a client pin
 # 4,096 texts of any length (a request body may be 10 MB) per cache for the life of the process.
-# A longer text is worked out each time (the same answer: the functions are pure).
+# A longer text is worked out each time (the same answer: the functions are pure); see
+# facts/text_cache.py.
 _CACHED_CHARS = 256
 
 
+@bounded_text_cache(maxsize=4096, max_chars=_CACHED_CHARS)  # pure; many drafts repeat the same co-medicines
 def normalize_route(route: str | None) -> str | None:
     """The route family (:mod:`cds_engine.facts.routes`), or the text as written (lower-cased) if unknown."""
-    if route is not None and len(route) > _CACHED_CHARS:
-        return _route_of.__wrapped__(route)
-    return _route_of(route)
-
-
-@functools.lru_cache(maxsize=4096)  # pure; many drafts repeat the same co-medicines
-def _route_of(route: str | None) -> str | None:
     if route is None or not route.strip():
         return None
     key = _key(route)
@@ -218,15 +213,9 @@ def normalize_form(form: str | None) -> str | None:
     return form_from_text(key) or key
 
 
+@bounded_text_cache(maxsize=4096, max_chars=_CACHED_CHARS)  # pure; ~20 regex searches a call, texts recur
 def form_from_text(text: str | None) -> str | None:
     """The dose form named in free text (a product name or order line); None when none is named."""
-    if text is not None and len(text) > _CACHED_CHARS:
-        return _form_in.__wrapped__(text)
-    return _form_in(text)
-
-
-@functools.lru_cache(maxsize=4096)  # pure; ~20 regex searches a call, the same product texts recur
-def _form_in(text: str | None) -> str | None:
     if text is None or not text.strip():
         return None
     key = _key(text)
@@ -255,15 +244,9 @@ def route_shown(written: str | None, checked: str | None, text: str | None) -> s
     return None
 
 
+@bounded_text_cache(maxsize=4096, max_chars=_CACHED_CHARS)  # pure; many drafts repeat the same co-medicines
 def display_text(text: str | None, limit: int = 40) -> str | None:
     """Free text fit for a card: markdown/HTML characters escaped, one line, at most ``limit`` chars."""
-    if text is not None and len(text) > _CACHED_CHARS:
-        return _displayed.__wrapped__(text, limit)
-    return _displayed(text, limit)
-
-
-@functools.lru_cache(maxsize=4096)  # pure; many drafts repeat the same co-medicines
-def _displayed(text: str | None, limit: int) -> str | None:
     if text is None or not text.strip():
         return None
     one_line = " ".join(text.split())
