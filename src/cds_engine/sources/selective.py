@@ -169,7 +169,16 @@ def read_bundle(data: bytes, types: frozenset[str] | None = READ_TYPES) -> Bundl
     """The resources of one Bundle file's bytes, decoding only ``types`` (None: every type).
 
     Raises what ``json.loads`` raises for input that is not JSON (the caller reports it).
+
+    Decoded with the cyclic collector paused (:func:`collector_paused`): a bundle's resources are
+    thousands of new dicts and lists, which set off collections that walked them again and again —
+    and the whole heap, the engine's too, in the oldest generation (a sixth of screening bundles).
     """
+    with collector_paused():
+        return _read_bundle(data, types)
+
+
+def _read_bundle(data: bytes, types: frozenset[str] | None) -> BundleRead:
     if data.startswith(_BOM):  # json.loads accepts a UTF-8 BOM on bytes; msgspec does not
         data = data[len(_BOM) :]
     if not data.isascii():
