@@ -6,6 +6,7 @@ import gzip
 import json
 import logging
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,16 @@ from cds_engine.engine import Engine
 REPO = Path(__file__).resolve().parents[1]
 RULES = REPO / "rules"
 EXAMPLES = REPO / "examples"  # everything the tests read ships with the repository
+
+
+def baclofen_rules_copy(tmp_path: Path) -> Path:
+    """A rules folder of its own (vocabulary and the baclofen pack) that a test may edit."""
+    root = tmp_path / "rules"
+    root.mkdir()
+    shutil.copytree(RULES / "vocabulary", root / "vocabulary")
+    (root / "baclofen").mkdir()
+    shutil.copy(RULES / "baclofen" / "pack.yaml", root / "baclofen" / "pack.yaml")
+    return root
 
 
 @pytest.fixture(scope="session")

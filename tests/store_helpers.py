@@ -19,6 +19,7 @@ import pytest
 from cds_engine.alerts import Alert, AlertSource, AlertSuggestion
 from cds_engine.store import Store, open_store
 from cds_engine.store.api import EvaluationRecord, FeedbackRecord, IssuedAlert
+from cds_engine.store.models import SEVERITIES
 
 # The one way tests find PostgreSQL: an admin URL (any database on the server; trust or password in the
 # URL). scripts/test.sh sets it to a throwaway cluster it starts and removes; an existing server is used
@@ -253,6 +254,7 @@ def sign_in(client: Any, username: str, password: str) -> str:
 
 
 STORE_KINDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+SEVERITY_RANK = {name: rank for rank, name in enumerate(SEVERITIES, start=1)}  # as the store ranks them
 
 
 @contextmanager

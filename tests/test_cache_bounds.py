@@ -9,7 +9,6 @@ the 10 MB body limit) is a defect even when each single call is right.
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import pytest
@@ -18,23 +17,14 @@ from cds_engine.batch import work
 from cds_engine.batch.work import RunConfig
 from cds_engine.facts import names, normalize
 from cds_engine.sources import fhir_read
-from conftest import RULES
+from conftest import baclofen_rules_copy
 
 AS_OF = "2026-01-15T12:00:00+00:00"
 
 
-def _rules(tmp_path: Path) -> Path:
-    root = tmp_path / "rules"
-    root.mkdir()
-    shutil.copytree(RULES / "vocabulary", root / "vocabulary")
-    (root / "baclofen").mkdir()
-    shutil.copy(RULES / "baclofen" / "pack.yaml", root / "baclofen" / "pack.yaml")
-    return root
-
-
 def test_screen_context_follows_an_edited_pack(tmp_path: Path) -> None:
     """Two screens in one process with the same rules path: the second uses the edited threshold."""
-    root = _rules(tmp_path)
+    root = baclofen_rules_copy(tmp_path)
     cfg = RunConfig(rules=str(root), engine="vector", as_of=AS_OF)
     first = work._context(cfg)
     assert first.engine.packs[0].params["max_daily_mg"] == 80
@@ -61,7 +51,7 @@ def test_screen_context_follows_an_edited_pack(tmp_path: Path) -> None:
 def test_a_screen_keeps_the_packs_it_started_with(tmp_path: Path) -> None:
     """A run is pinned to its packs: its own process keeps serving them after an edit, and a worker
     that starts later (an empty cache) refuses the edited files by name instead of mixing versions."""
-    root = _rules(tmp_path)
+    root = baclofen_rules_copy(tmp_path)
     start = work._context(RunConfig(rules=str(root), engine="vector", as_of=AS_OF))
     cfg = work.pinned(RunConfig(rules=str(root), engine="vector", as_of=AS_OF), start)
     assert cfg.packs == (start.engine.site_hash or "", start.engine.packs[0].content_hash)
@@ -150,7 +140,7 @@ def test_one_chunk_is_read_and_evaluated_with_one_context(tmp_path: Path) -> Non
     """Unpinned (the Python API): the prepared half carries its context's pin to the evaluating half."""
     from cds_engine.batch.inputs import csv_chunks
 
-    root = _rules(tmp_path)
+    root = baclofen_rules_copy(tmp_path)
     table = tmp_path / "patients.csv"
     table.write_text("patient_id,birth_date,sex\np1,1950-01-01,female\n", encoding="utf-8")
     cfg = RunConfig(rules=str(root), engine="vector", as_of=AS_OF)

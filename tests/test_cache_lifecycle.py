@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import gc
 import json
-import shutil
 import weakref
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,18 +26,9 @@ from cds_engine.batch.work import RunConfig
 from cds_engine.facts.model import PatientFacts
 from cds_engine.store import pipeline, rollup, writer
 from cds_engine.store.db import UTCDateTime
-from conftest import REPO, RULES
+from conftest import REPO, baclofen_rules_copy
 
 AS_OF = "2026-01-15T12:00:00+00:00"
-
-
-def _rules(tmp_path: Path) -> Path:
-    root = tmp_path / "rules"
-    root.mkdir()
-    shutil.copytree(RULES / "vocabulary", root / "vocabulary")
-    (root / "baclofen").mkdir()
-    shutil.copy(RULES / "baclofen" / "pack.yaml", root / "baclofen" / "pack.yaml")
-    return root
 
 
 def _patient() -> PatientFacts:
@@ -53,7 +43,7 @@ def _open_rulesets(ctx: work._Context) -> list[object]:
 
 def test_an_evicted_context_frees_its_rulesets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Screens of other configurations in one process: each dropped rete context frees its rulesets."""
-    root = _rules(tmp_path)
+    root = baclofen_rules_copy(tmp_path)
     monkeypatch.setattr(work, "_CONTEXTS", {})  # this test's own cache, whatever it leaves
     held = []
     for day in range(1, 4):
@@ -79,7 +69,7 @@ def test_a_context_in_use_is_not_closed_under_its_chunk(
 ) -> None:
     """A chunk still evaluating with a context another configuration replaced (another thread's
     chunk, a pool initializer) keeps its rulesets, with no oracle fallback; they go when it ends."""
-    root = _rules(tmp_path)
+    root = baclofen_rules_copy(tmp_path)
     monkeypatch.setattr(work, "_CONTEXTS", {})
     running = work._context(RunConfig(rules=str(root), engine="rete", as_of=AS_OF))
     running.engine.evaluate(_patient())

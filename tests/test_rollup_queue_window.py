@@ -23,12 +23,10 @@ from sqlalchemy import select, update
 
 from cds_engine.store import Store
 from cds_engine.store.api import EvaluationRecord
-from cds_engine.store.models import SEVERITIES, AlertRow, Evaluation
+from cds_engine.store.models import AlertRow, Evaluation
 from cds_engine.store.queue_items import queue_items, rebuild_queue
 from cds_engine.store.writer import insert_evaluations
-from store_helpers import NOW, STORE_KINDS, make_alert, make_record, store_for
-
-_RANK = {name: rank for rank, name in enumerate(SEVERITIES, start=1)}
+from store_helpers import NOW, SEVERITY_RANK, STORE_KINDS, make_alert, make_record, store_for
 
 
 @pytest.fixture(params=STORE_KINDS)
@@ -78,8 +76,9 @@ def _expected(conn: Any) -> list[tuple[Any, ...]]:
     out = []
     for key, members in items.items():
         newest = min(members, key=lambda r: (-r.as_of.timestamp(), r.id))
-        out.append((*key, newest.rule_id, max(_RANK.get(r.severity, 0) for r in members), newest.summary,
-                    newest.id, newest.as_of.timestamp(), len(members)))
+        rank = max(SEVERITY_RANK.get(r.severity, 0) for r in members)
+        newest_at = newest.as_of.timestamp()
+        out.append((*key, newest.rule_id, rank, newest.summary, newest.id, newest_at, len(members)))
     return sorted(out)
 
 
@@ -103,7 +102,7 @@ def test_items_need_the_whole_window(store: Store) -> None:
         expected, stored = _expected(conn), _stored(conn)
     assert stored == expected
     assert {row[-1] for row in stored} > {1}, "no item spans several rows: the test would prove nothing"
-    assert any(row[6] != _RANK["info"] and row[7].startswith("info") for row in stored), \
+    assert any(row[6] != SEVERITY_RANK["info"] and row[7].startswith("info") for row in stored), \
         "no item whose newest row is less severe than the item"
 
 

@@ -27,9 +27,7 @@ from cds_engine.store.api import EvaluationRecord
 from cds_engine.store.models import SEVERITIES, AlertRow, Evaluation
 from cds_engine.store.work_queue import work_queue
 from cds_engine.store.writer import insert_evaluations
-from store_helpers import NOW, STORE_KINDS, make_alert, make_record, store_for
-
-_RANK = {name: rank for rank, name in enumerate(SEVERITIES, start=1)}
+from store_helpers import NOW, SEVERITY_RANK, STORE_KINDS, make_alert, make_record, store_for
 
 
 @pytest.fixture(params=STORE_KINDS)
@@ -39,7 +37,8 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
 
 
 def _records() -> list[EvaluationRecord]:
-    """Calls whose items need the whole window: newest row not the most severe, ties on time."""
+    """Hook calls whose queue items differ only where a window would: newest row not the most
+    severe, rows tied on time, items told apart by patient, encounter, order or tier alone."""
     def record(seconds: int, severities: list[str], rule: str = "TST-W01", **kwargs: Any) -> EvaluationRecord:
         alerts = [make_alert(rule, severity, summary=f"{severity} at {seconds}") for severity in severities]
         changes = {k: kwargs.pop(k) for k in ("encounter_ref", "patient_ref", "hypothetical") if k in kwargs}
@@ -76,7 +75,7 @@ def _expected(conn: Any) -> list[tuple[Any, ...]]:
     out = []
     for (patient, encounter, _, _), members in items.items():
         newest = min(members, key=lambda r: (-r.as_of.timestamp(), r.id))
-        severity = names[max(_RANK[r.severity] for r in members)]
+        severity = names[max(SEVERITY_RANK[r.severity] for r in members)]
         out.append((patient, encounter, newest.id, newest.rule_id, newest.tier_id, severity, newest.summary,
                     newest.as_of.timestamp(), len(members)))
     return sorted(out)
