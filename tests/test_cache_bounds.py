@@ -16,6 +16,7 @@ import pytest
 from cds_engine.batch import work
 from cds_engine.batch.work import RunConfig
 from cds_engine.facts import names, normalize
+from cds_engine.facts.text_cache import CLIENT_TEXT_CHARS
 from cds_engine.sources import fhir_read
 from conftest import baclofen_rules_copy
 
@@ -104,10 +105,10 @@ def test_a_full_date_memo_starts_over(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_text_caches_keep_no_long_client_text() -> None:
-    """The card-text caches hold at most 4,096 texts of at most _CACHED_CHARS characters each."""
+    """The card-text caches hold at most 4,096 texts of at most CLIENT_TEXT_CHARS characters each."""
     caches = (normalize.normalize_route, normalize.form_from_text, normalize.display_text, names._clean)
     for cache in caches:
-        assert cache.max_chars == normalize._CACHED_CHARS == names._CACHED_CHARS
+        assert cache.max_chars == CLIENT_TEXT_CHARS == 256
         assert cache.cache_info().maxsize == 4096
     before = [c.cache_info() for c in caches]
     for n in range(300):

@@ -13,7 +13,7 @@ import unicodedata
 from collections.abc import Iterable
 
 from cds_engine.facts.model import Coding
-from cds_engine.facts.text_cache import bounded_text_cache
+from cds_engine.facts.text_cache import CLIENT_TEXT_CHARS, bounded_text_cache
 from cds_engine.vocabulary import Vocabulary
 
 __all__ = ["MAX_NAMES", "MAX_NAME_CHARS", "class_names", "join_names", "medicine_name"]
@@ -23,13 +23,8 @@ MAX_NAMES = 4
 _MARKDOWN = re.compile(r"([\\`*_{}\[\]()<>#|!~])")
 
 
-# Client texts are remembered only up to this long (as facts/normalize.py's _CACHED_CHARS): the
-# count bound alone let a client pin 4,096 names of any length for the life of the process.
-_CACHED_CHARS = 256
-
-
-# pure; many drafts name the same co-medicines again and again
-@bounded_text_cache(maxsize=4096, max_chars=_CACHED_CHARS)
+# pure; many drafts name the same co-medicines again and again (client texts: facts/text_cache.py)
+@bounded_text_cache(maxsize=4096, max_chars=CLIENT_TEXT_CHARS)
 def _clean(text: str) -> str:
     """``text`` as a card shows a name: control characters blanked, one line, cut, escaped."""
     kept = "".join(ch if unicodedata.category(ch)[0] != "C" else " " for ch in text)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 
 from cds_engine.facts.routes import ROUTE_FAMILIES, route_family
-from cds_engine.facts.text_cache import bounded_text_cache
+from cds_engine.facts.text_cache import CLIENT_TEXT_CHARS, bounded_text_cache
 
 __all__ = [
     "FORM_ROUTES",
@@ -188,14 +188,11 @@ def _key(text: str) -> str:
     return " ".join(text.strip().lower().replace("_", " ").split())
 
 
-# Client texts are remembered only up to this long: the caches' count bound alone let a client pin
-# 4,096 texts of any length (a request body may be 10 MB) per cache for the life of the process.
-# A longer text is worked out each time (the same answer: the functions are pure); see
-# facts/text_cache.py.
-_CACHED_CHARS = 256
+# The caches below remember client texts only up to CLIENT_TEXT_CHARS (facts/text_cache.py): their
+# count bound alone let a client pin 4,096 texts of any length (a request body may be 10 MB) each.
 
 
-@bounded_text_cache(maxsize=4096, max_chars=_CACHED_CHARS)  # pure; many drafts repeat the same co-medicines
+@bounded_text_cache(maxsize=4096, max_chars=CLIENT_TEXT_CHARS)  # pure; drafts repeat co-medicines
 def normalize_route(route: str | None) -> str | None:
     """The route family (:mod:`cds_engine.facts.routes`), or the text as written (lower-cased) if unknown."""
     if route is None or not route.strip():
@@ -213,7 +210,7 @@ def normalize_form(form: str | None) -> str | None:
     return form_from_text(key) or key
 
 
-@bounded_text_cache(maxsize=4096, max_chars=_CACHED_CHARS)  # pure; ~20 regex searches a call, texts recur
+@bounded_text_cache(maxsize=4096, max_chars=CLIENT_TEXT_CHARS)  # pure; ~20 regex searches a call, texts recur
 def form_from_text(text: str | None) -> str | None:
     """The dose form named in free text (a product name or order line); None when none is named."""
     if text is None or not text.strip():
@@ -244,7 +241,7 @@ def route_shown(written: str | None, checked: str | None, text: str | None) -> s
     return None
 
 
-@bounded_text_cache(maxsize=4096, max_chars=_CACHED_CHARS)  # pure; many drafts repeat the same co-medicines
+@bounded_text_cache(maxsize=4096, max_chars=CLIENT_TEXT_CHARS)  # pure; drafts repeat co-medicines
 def display_text(text: str | None, limit: int = 40) -> str | None:
     """Free text fit for a card: markdown/HTML characters escaped, one line, at most ``limit`` chars."""
     if text is None or not text.strip():

@@ -20,7 +20,11 @@ import functools
 from collections.abc import Callable
 from typing import Any, Protocol, TypeVar, cast
 
-__all__ = ["BoundedTextCache", "bounded_text_cache"]
+__all__ = ["CLIENT_TEXT_CHARS", "BoundedTextCache", "bounded_text_cache"]
+
+#: how long a client text the card-text and spelling caches remember (a longer one is worked out
+#: each time); one bound for all of them (names.py and normalize.py each had its own copy)
+CLIENT_TEXT_CHARS = 256
 
 R = TypeVar("R", covariant=True)
 
