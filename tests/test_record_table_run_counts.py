@@ -142,6 +142,10 @@ def screened(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_screen_patient_counts_equal_its_alert_table(screened: Path) -> None:
+    _assert_counts_equal_alert_table(screened)
+
+
+def _assert_counts_equal_alert_table(screened: Path) -> None:
     """End to end: each patient row's counts are the group-by of alerts.parquet on (source, row)."""
     alerts = pl.read_parquet(screened / "alerts.parquet")
     patients = pl.read_parquet(screened / "patients.parquet")
@@ -183,7 +187,7 @@ def test_screen_of_column_wise_rows_takes_the_run_counts(
         rows_per_chunk=200, formats=("parquet",), assume_order="baclofen 5 mg PO TID",
     ))
     assert len(calls) == 4  # 700 rows, 200 a chunk: every chunk
-    test_screen_patient_counts_equal_its_alert_table(out)
+    _assert_counts_equal_alert_table(out)
 
 
 def test_a_wrong_sorted_flag_is_refused_not_undercounted() -> None:
