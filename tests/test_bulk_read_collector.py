@@ -72,7 +72,9 @@ def test_decoding_a_bundle_sets_off_no_collection(collector_on):
     assert len(control) >= 5, "the control decode set off few collections: the test could not tell"
     with _collections() as started:
         read = read_bundle(data)
-    assert started in ([], [0])  # at most the one young collection due when the pause ends
+    # at most the one collection due when the pause ends — of whatever generation the counts then
+    # call for (a young one alone, or gen 1 after earlier tests: seen in CI); unpaused, 5 or more
+    assert len(started) <= 1, started
     assert gc.isenabled()  # turned back on
     assert read.resources == bundle_resources(json.loads(data))  # the same resources as before
 
@@ -82,7 +84,7 @@ def test_the_full_parse_fallback_is_paused_too_and_its_error_restores_the_collec
     with _collections() as started:
         read = read_bundle(data)
     assert read.full_parse is not None
-    assert started in ([], [0])
+    assert len(started) <= 1, started
     assert gc.isenabled()
     with pytest.raises(ValueError):
         read_bundle(b'{"resourceType": "Bundle", "entry": [')  # not JSON: raised as json.loads raises
