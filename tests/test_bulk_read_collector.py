@@ -12,11 +12,16 @@ import gc
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 
+from cds_engine.batch import work
+from cds_engine.batch.inputs import Chunk
+from cds_engine.batch.work import RunConfig, prepare_chunk
 from cds_engine.sources.fhir import bundle_resources
 from cds_engine.sources.selective import collector_paused, read_bundle
+from conftest import RULES
 
 
 def _bundle(n: int) -> bytes:
@@ -107,3 +112,77 @@ def test_a_collector_that_was_off_is_left_off():
     finally:
         if was:
             gc.enable()
+
+
+# ── a chunk of bundle files, read and mapped (batch/work.py) ────────────────────────────────────
+
+
+def _patient_bundle(k: int, n: int) -> bytes:
+    """One patient's Bundle: a Patient and ``n`` Observations the mapping reads past (decoded, freed)."""
+    data = json.loads(_bundle(n))
+    patient = {"resourceType": "Patient", "id": f"p{k}", "birthDate": "1960-05-02", "gender": "female"}
+    data["entry"].insert(0, {"resource": patient})
+    return json.dumps(data).encode()
+
+
+@pytest.fixture(scope="module")
+def bundle_chunk(tmp_path_factory: pytest.TempPathFactory) -> Chunk:
+    folder = tmp_path_factory.mktemp("bundles")
+    files = []
+    for k in range(8):
+        path = folder / f"patient-{k}.json"
+        path.write_bytes(_patient_bundle(k, 2000))
+        files.append(str(path))
+    return Chunk(id="bundles-000000", kind="bundles", files=tuple(files), records=len(files))
+
+
+def _cfg() -> RunConfig:
+    return RunConfig(rules=str(RULES.resolve()), engine="vector", as_of="2026-01-15T12:00:00+00:00")
+
+
+def test_reading_a_chunk_of_bundles_sets_off_fewer_collections_than_it_has_bundles(
+    collector_on, bundle_chunk
+):
+    """Paused per bundle from its decoding until its frame is gone, a bundle's resources are freed
+    before any collection sees them; paused for the decoding alone, each bundle set off one (or more)
+    as its pause ended, all its resources still alive."""
+    cfg = _cfg()
+    prepare_chunk(bundle_chunk, cfg)  # the engine built and its caches warm: not counted below
+    with _collections() as control:  # the decoding paused alone (as before), the resources then kept
+        for name in bundle_chunk.files:
+            read = read_bundle(Path(name).read_bytes())
+            assert len(read.resources) > 2000
+    assert len(control) >= len(bundle_chunk.files), (
+        "the control set off few collections: the test could not tell"
+    )
+    with _collections() as started:
+        prepared = prepare_chunk(bundle_chunk, cfg)
+    assert len(prepared.out.units) == len(bundle_chunk.files)  # every patient read and mapped
+    assert len(started) <= 2, started  # what the patients' facts call for (none or one), not one a bundle
+    assert gc.isenabled()
+
+
+def test_each_bundle_has_its_own_pause_that_ends_on_an_error(collector_on, bundle_chunk, monkeypatch):
+    """Bounded: the collector runs again between bundles (cyclic garbage piles up within one file at
+    most, never a whole chunk), and a failure inside a bundle's pause does not leave it off."""
+    pauses: list[bool] = []  # per pause: the collector on again once it ended
+
+    @contextmanager
+    def counted() -> Iterator[None]:
+        with collector_paused():
+            yield
+        pauses.append(gc.isenabled())
+
+    monkeypatch.setattr(work, "collector_paused", counted)
+    cfg = _cfg()
+    prepare_chunk(bundle_chunk, cfg)
+    assert pauses == [True] * len(bundle_chunk.files)
+
+    def failing(*args: object, **kwargs: object) -> None:
+        assert not gc.isenabled()  # the mapping runs inside the pause
+        raise RuntimeError("mapping failed")
+
+    monkeypatch.setattr(work, "_add_fhir_unit", failing)
+    with pytest.raises(RuntimeError):
+        prepare_chunk(bundle_chunk, cfg)
+    assert gc.isenabled()

@@ -419,42 +419,60 @@ def _load_bundle(path: Path) -> BundleRead:
 
 
 def _read_bundles(chunk: Chunk, cfg: RunConfig, ctx: _Context, out: _Collector) -> None:
+    """Each bundle read and mapped with the cyclic collector paused, one bundle per pause.
+
+    Why: a bundle's decoded resources are thousands of dicts and lists that live until its facts
+    are made. Paused for the decoding alone (``read_bundle``), they were all counted as new when the
+    pause ended: a young collection walked every one of them, the next middle one moved the bundle
+    alive then into the oldest generation, and so set off full collections over the whole heap (the
+    engine's too). Paused until the bundle's frame is gone, its resources are freed by reference
+    counting before any collection sees them (each freed one takes its count back); what stays is
+    the patient's facts. Bounded: a pause ends with each bundle, exception or not, so cyclic garbage
+    can pile up only within one file (at most 200 MiB of JSON, :func:`_load_bundle`), never a chunk.
+    """
     for name in chunk.files:
-        try:
-            bundle = _load_bundle(Path(name))
-        except (OSError, EOFError, zlib.error, gzip.BadGzipFile) as exc:
-            out.reject(name, None, None, f"corrupt bundle: cannot decompress/read ({exc})")
-            continue
-        except (ValueError, UnicodeDecodeError) as exc:
-            out.reject(name, None, None, f"corrupt bundle: not valid JSON ({exc})")
-            continue
-        if bundle.root != "Bundle":
-            out.reject(name, None, None, f"not a FHIR Bundle (resourceType {bundle.root!r})")
-            continue
-        resources = bundle.resources
-        patients = [r for r in resources if r.get("resourceType") == "Patient"]
-        if not patients:
-            if any(t in _CLINICAL_TYPES for t in bundle.types):
-                out.reject(
-                    name,
-                    None,
-                    None,
-                    "record with no patient: the bundle holds clinical resources but no Patient",
-                )
-            else:
-                out.skipped.append(
-                    (name, "no Patient: not a patient bundle (e.g. hospital/practitioner information)")
-                )
-            continue
-        if len(patients) > 1:
+        with collector_paused():  # decoded JSON and facts make no cycles (sources/selective.py)
+            _read_one_bundle(name, cfg, ctx, out)
+
+
+def _read_one_bundle(name: str, cfg: RunConfig, ctx: _Context, out: _Collector) -> None:
+    """One bundle file → one patient unit, a rejected record or a skipped file. Its own frame so
+    that the decoded resources are released when it returns, inside the caller's pause."""
+    try:
+        bundle = _load_bundle(Path(name))
+    except (OSError, EOFError, zlib.error, gzip.BadGzipFile) as exc:
+        out.reject(name, None, None, f"corrupt bundle: cannot decompress/read ({exc})")
+        return
+    except (ValueError, UnicodeDecodeError) as exc:
+        out.reject(name, None, None, f"corrupt bundle: not valid JSON ({exc})")
+        return
+    if bundle.root != "Bundle":
+        out.reject(name, None, None, f"not a FHIR Bundle (resourceType {bundle.root!r})")
+        return
+    resources = bundle.resources
+    patients = [r for r in resources if r.get("resourceType") == "Patient"]
+    if not patients:
+        if any(t in _CLINICAL_TYPES for t in bundle.types):
             out.reject(
                 name,
                 None,
                 None,
-                f"{len(patients)} Patient resources in one bundle (one per patient expected)",
+                "record with no patient: the bundle holds clinical resources but no Patient",
             )
-            continue
-        _add_fhir_unit(name, None, resources, cfg, ctx, out)
+        else:
+            out.skipped.append(
+                (name, "no Patient: not a patient bundle (e.g. hospital/practitioner information)")
+            )
+        return
+    if len(patients) > 1:
+        out.reject(
+            name,
+            None,
+            None,
+            f"{len(patients)} Patient resources in one bundle (one per patient expected)",
+        )
+        return
+    _add_fhir_unit(name, None, resources, cfg, ctx, out)
 
 
 def _read_ndjson(chunk: Chunk, cfg: RunConfig, ctx: _Context, out: _Collector) -> None:
