@@ -184,3 +184,64 @@ def test_both_signed_zeros_not_coded(vp, monkeypatch) -> None:
         )
         _same_as_plain(vp, tier, frame)
     assert not calls
+
+
+def test_whole_counts_with_zeros_coded_and_identical(vp, monkeypatch) -> None:
+    """Counts of medicines hold 0.0 on most rows: whole numbers with zeros (no -0.0) are coded
+    by arithmetic, and every text is the cast's."""
+    rng = random.Random(17)
+    calls = _coded(monkeypatch)
+    for tier in _float_tiers(vp, at_least=2):
+        frame = _frame(vp, tier, 6000, lambda r: float(r.randint(0, 3)), rng)
+        _same_as_plain(vp, tier, frame)
+    assert calls, "no column of whole numbers with zeros was coded"
+
+
+@pytest.mark.parametrize("both", [False, True])
+@pytest.mark.parametrize("late", [False, True])
+def test_whole_counts_with_both_signed_zeros_not_coded(vp, monkeypatch, late, both) -> None:
+    """Whole numbers with 0.0 and -0.0 (first among the sampled rows, or only after them), or
+    -0.0 alone: one code for two texts, or a table float (``lo + k``) that is not the rows' —
+    the -0.0 check refuses them."""
+    rng = random.Random(19)
+    calls = _coded(monkeypatch)
+    for tier in _float_tiers(vp, at_least=2):
+        frame = _frame(vp, tier, 6000, lambda r: float(r.randint(1, 3)), rng)
+        floats = [n for n in frame.columns if frame.schema[n] == pl.Float64()]
+        row = pl.int_range(pl.len())
+        start = 5000 if late else 0
+        frame = frame.with_columns(
+            pl.when((row >= start) & (row % 7 == 3))
+            .then(-0.0)
+            .when((row % 5 == 1) & both)
+            .then(0.0)
+            .otherwise(pl.col(n))
+            .alias(n)
+            for n in floats
+        )
+        _same_as_plain(vp, tier, frame)
+    assert not calls
+
+
+def test_whole_numbers_take_arithmetic_codes(vp) -> None:
+    """Whole numbers are coded by ``x - lo`` in the text query, their tables cast in one query;
+    the checks refuse a value that is not whole after the sampled rows, and -0.0."""
+    rng = random.Random(23)
+    tier = _float_tiers(vp, at_least=2)[0]
+    frame = _frame(vp, tier, 6000, lambda r: float(r.randint(0, 4)), rng)
+    names = [n for n in frame.columns if frame.schema[n] == pl.Float64()]
+    checks = evidence._probe_exprs(tuple(names), tuple(names))
+    probe = frame.select(checks).row(0, named=True)
+    assert all(probe["w:" + n] and not probe["m:" + n] and probe["1:" + n] for n in names)
+    tables = evidence._whole_tables([(n, 0.0, 4.0) for n in names])
+    assert set(tables) == set(names)
+    for n, (code, texts) in tables.items():
+        assert texts.to_list() == [f"{k}.0" for k in range(5)]
+        assert frame.select(code.alias("c"))["c"].to_list() == [
+            None if v is None else int(v) for v in frame[n].to_list()
+        ]
+    last = pl.int_range(pl.len()) == 5999
+    odd = frame.with_columns(pl.when(last).then(2.5).otherwise(pl.col(names[0])).alias(names[0]))
+    negative = frame.with_columns(pl.when(last).then(-0.0).otherwise(pl.col(names[0])).alias(names[0]))
+    assert not odd.select(checks).row(0, named=True)["w:" + names[0]]
+    assert negative.select(checks).row(0, named=True)["m:" + names[0]]

@@ -20,10 +20,12 @@ changes nothing:
   first judged from the first rows' distinct values (a lower bound): spread facts no longer pay
   for hashing every row only to be refused;
 * otherwise, a float fact of whole numbers, tenths or hundredths takes its whole ``,"key":value``
-  piece from a table of texts by ``round(x × scale)``, not a cast per row (_decimal_pieces).
+  piece from a table of texts by ``round(x × scale)``, not a cast per row (_decimal_pieces);
+  whole numbers (counts of medicines, zeros included) by ``x - lo`` in the text query itself.
 
 Every shortcut is taken only when it is exact: 0.0 and -0.0 (one value to min/max and to
-hashing, two texts) and NaN keep a float column on the per-row path.
+hashing, two texts) and NaN keep a float column on the per-row path — except that a column of
+whole numbers with 0.0 and no -0.0 (one query checks both) is coded.
 
 What decides the shortcuts is cheap on purpose (it ran once per tier and chunk and cost as much
 as the texts): "one value" is min == max (strings: equal to the first row), not a distinct
@@ -183,43 +185,52 @@ def _decimal_pieces(
 ) -> pl.Expr:
     """``expr`` with each float fact of few decimals taken from a table of its texts by a code.
 
-    Why: such a piece (days, doses, lab values: at most a few thousand steps of 1, 0.1 or 0.01)
-    was two items of the per-row concatenation, its key where the value is present (a when/then
-    that writes a column of texts) and the value cast to text row by row — the float formatting
-    was most of the largest tiers' evidence. Here ``round(x × scale)`` minus the lowest such code
-    indexes a table of every ``,"key":value`` text from lo to hi, made once by the same cast; null
-    where the value is, as before. The codes are a literal column, computed once: the expression
-    is for the rows of ``group``, as :func:`evidence_expr`'s is. Exact: the table's float at a
-    code is one row's value, and a column is coded only when every row's value is its code's
-    float (so the text is the one the cast writes for it), no value is zero (0.0 and -0.0: one
-    code, two texts) or NaN, and the table is small. Why from the rows and not ``k / scale``:
-    values computed by polars (a division by 10 is a multiplication by 0.1) are not always a
-    decimal's nearest float. The scale is guessed on the first rows.
+    Why: such a piece (days, doses, lab values, counts: at most a few thousand steps of 1, 0.1
+    or 0.01) was two items of the per-row concatenation, its key where the value is present (a
+    when/then that writes a column of texts) and the value cast to text row by row — the float
+    formatting was most of the largest tiers' evidence. Here ``round(x × scale)`` minus the
+    lowest such code indexes a table of every ``,"key":value`` text from lo to hi, made once by
+    the same cast; null where the value is, as before. Exact: the table's float at a code is one
+    row's value, and a column is coded only when every row's value is its code's float (so the
+    text is the one the cast writes for it), no value is NaN, and the table is small; a column
+    with a zero only when it is whole and holds no -0.0 (0.0 and -0.0 are one code and equal to
+    the check, but print apart). Why from the rows and not ``k / scale``: values computed by
+    polars (a division by 10 is a multiplication by 0.1) are not always a decimal's nearest
+    float. The scale is guessed on the first rows; whole numbers take the arithmetic path of
+    :func:`_whole_tables`, the rest codes computed eagerly. Why whole zeros are coded: counts of
+    medicines (0.0 on most rows) were the largest per-row casts left in the medicine tiers.
     """
     height = group.height
     size_max = min(_SHARE_MAX, height // _SHARE_RATIO)
     candidates = []
     for p in parts:
         n = p[4]
-        if p[1] is None or columns[n] != pl.Float64() or stats.get("nan:" + n) or stats.get("zero:" + n):
+        if p[1] is None or columns[n] != pl.Float64() or stats.get("nan:" + n):
             continue
         lo, hi = stats["lo:" + n], stats["hi:" + n]
         if lo is not None and -_CODE_MAX / _SCALES[-1] <= lo <= hi <= _CODE_MAX / _SCALES[-1]:
             candidates.append(n)
     if not candidates:
         return expr
-    guess = group.head(_SAMPLE).select(_scale_guesses(candidates)).row(0, named=True)
+    signed = [n for n in candidates if stats.get("zero:" + n)]
+    probe = group.select(_probe_exprs(tuple(candidates), tuple(signed))).row(0, named=True)
     scales: dict[str, int] = {}
     for n in candidates:
-        scale = next((s for s in _SCALES if guess[f"{s}:{n}"] is not False), None)
+        scale = next((s for s in _SCALES if probe[f"{s}:{n}"] is not False), None)
         lo, hi = stats["lo:" + n], stats["hi:" + n]
         if scale is not None and round(hi * scale) - round(lo * scale) + 1 <= size_max:
             scales[n] = scale
     if not scales:
         return expr
-    coded = group.select(_scaled(pl.col(n), s).alias(n) for n, s in scales.items())
-    tables: dict[str, tuple[pl.Expr, pl.Series]] = {}
-    for n in scales:
+    whole = [n for n, s in scales.items() if s == 1 and probe["w:" + n] and not probe.get("m:" + n)]
+    spans = tuple((n, stats["lo:" + n], stats["hi:" + n]) for n in whole)
+    # a zero among codes computed eagerly: left per row, as the equality check cannot see its sign
+    rest = [n for n in scales if n not in whole and n not in signed]
+    if not rest:  # the expression depends on the parts and each table's lo and hi only: cached
+        return _assemble_whole(parts, spans)
+    tables = _whole_tables(spans)
+    coded = group.select(_scaled(pl.col(n), scales[n]).alias(n) for n in rest)
+    for n in rest:
         code, value = coded[n], group[n]
         base, top = code.min(), code.max()
         if base is None or top - base + 1 > size_max:
@@ -235,22 +246,63 @@ def _decimal_pieces(
     return _assemble_with(parts, tables) if tables else expr
 
 
+@lru_cache(maxsize=1024)
+def _probe_exprs(names: tuple[str, ...], signed: tuple[str, ...]) -> tuple[pl.Expr, ...]:
+    """:func:`_decimal_pieces`' one query: the scale guesses and the whole-number checks.
+
+    Per column ``s:`` + name for each scale (x × s within a millionth of a whole number on the
+    first rows: only a guess, the exact test is each code's float against every row's value),
+    ``w:`` + name (every row whole) and, of ``signed`` (columns with a zero), ``m:`` + name (any
+    -0.0). Why multi-column expressions, cached: polars plans and runs each expression of a
+    select apart (~30 µs each even on a few rows), a fixed cost per tier and chunk that small
+    tiers paid more for than their texts saved.
+    """
+    cols, head = pl.col(names), pl.col(names).head(_SAMPLE)
+    exprs = [(((head * s) - (head * s).round()).abs() < 1e-6).all().name.prefix(f"{s}:") for s in _SCALES]
+    exprs.append((cols == cols.round()).all().name.prefix("w:"))
+    if signed:
+        zeros = pl.col(signed)
+        exprs.append(((zeros == 0.0) & (pl.lit(1.0) / zeros < 0.0)).any().name.prefix("m:"))
+    return tuple(exprs)
+
+
+@lru_cache(maxsize=1024)
+def _assemble_whole(
+    parts: tuple[tuple[Any, ...], ...], spans: tuple[tuple[str, float, float], ...]
+) -> pl.Expr:
+    """:func:`_assemble_with` with only whole-number tables, cached as :func:`_assemble` is: the
+    tables depend on each column's lo and hi only, which mostly recur from chunk to chunk."""
+    return _assemble_with(parts, _whole_tables(spans)) if spans else _assemble(parts)
+
+
+def _whole_tables(spans: Sequence[tuple[str, float, float]]) -> dict[str, tuple[pl.Expr, pl.Series]]:
+    """Tables of whole-number columns with no -0.0 (the caller checked), from (name, lo, hi).
+
+    Why apart: counts of medicines (0, 1, 2 …) are most of the float facts of the medicine tiers,
+    and the general path took each through a dozen eager Series steps (codes, a scatter, a gather,
+    comparisons) — more than their texts saved. A whole number's code is arithmetic (``x - lo``,
+    computed in the text query itself) and the table's float at it is ``lo + k``, the very value
+    of every row with that code: exact because every row is whole (``x == round(x)``, |x| below
+    2^31) and none is -0.0 (``lo + k`` never is, and its text differs). Every column's table is
+    cast to text in one query.
+    """
+    if not spans:
+        return {}
+    sizes = [int(hi - lo) + 1 for _, lo, hi in spans]
+    values = [lo + k for (_, lo, _), size in zip(spans, sizes, strict=True) for k in range(size)]
+    floats = pl.lit(pl.Series(values, dtype=pl.Float64))
+    texts = pl.select(json_value("t", pl.Float64(), floats).alias("t"))["t"]
+    tables: dict[str, tuple[pl.Expr, pl.Series]] = {}
+    offset = 0
+    for (n, lo, _), size in zip(spans, sizes, strict=True):
+        tables[n] = ((pl.col(n) - lo).cast(pl.Int64), texts.slice(offset, size))
+        offset += size
+    return tables
+
+
 def _scaled(col: pl.Expr, scale: int) -> pl.Expr:
     """``round(x × scale)`` as an integer: a value's code before the table's lowest is taken off."""
     return (col * scale).round().cast(pl.Int64)
-
-
-def _scale_guesses(names: Sequence[str]) -> list[pl.Expr]:
-    """Per column and scale: x × scale is within a millionth of a whole number on every row.
-
-    Only a guess: the exact test is each code's float against every row's value.
-    """
-    out = []
-    for n in names:
-        for s in _SCALES:
-            x = pl.col(n) * s
-            out.append(((x - x.round()).abs() < 1e-6).all().alias(f"{s}:{n}"))
-    return out
 
 
 _SAMPLE = 4096  # rows whose distinct values bound a table's size from below (_too_many)
