@@ -43,7 +43,7 @@ from sqlalchemy import exc as sa_exc
 
 from cds_engine import metrics
 from cds_engine.store.api import EvaluationRecord, FeedbackRecord
-from cds_engine.store.db import redact
+from cds_engine.store.db import redact, tune_writer_connection
 from cds_engine.store.journal import JournalEntry, JournalItem
 from cds_engine.store.sink import is_transient
 from cds_engine.store.writer import apply_feedback, insert_evaluations, known_card
@@ -124,7 +124,13 @@ class GroupWriter:
 
     def _connection(self) -> Connection:
         if self._conn is None:
-            self._conn = self._engine.connect()
+            conn = self._engine.connect()
+            try:
+                tune_writer_connection(conn)  # its own page cache: see db.WRITER_SQLITE_CACHE_KIB
+            except BaseException:
+                conn.close()
+                raise
+            self._conn = conn
         return self._conn
 
     def _drop_connection(self) -> None:
