@@ -18,7 +18,7 @@ from cds_engine.messages import Parts, fill, fmt_value, render, with_params
 from cds_engine.rules.compile import CompiledPack, CompiledRule, CompiledTier
 from cds_engine.rules.conditions import BOUND_SUFFIXES, TRUE, UNKNOWN, facts_of, unknown_leaves
 from cds_engine.rules.governance import approval_state
-from cds_engine.rules.pack_memo import PackMemo
+from cds_engine.rules.pack_memo import PackMemo, WeakTable, remember
 
 __all__ = ["MISSING_DATA_RULE", "build_alerts", "evidence_of", "missing_data_alerts", "short_text"]
 
@@ -54,15 +54,16 @@ _EvidencePlan = tuple[tuple[str, Any, tuple[str, ...], tuple[str, ...]], ...]
 # Per tier (by identity; tiers and their trees are frozen): each leaf's fact, default, bound keys
 # and companion facts, in leaf order. Every alert reads its tier's evidence, and spelling these
 # out per call (suffix strings, companion look-ups) was a tenth of build_alerts (issue 19
-# profile). The tier is kept beside its plan so a recycled id never returns another tier's; the
-# table is emptied when large (hot reloads bring new tiers).
-_EVIDENCE: dict[int, tuple[CompiledTier, _EvidencePlan]] = {}
+# profile). The tier is held weakly beside its plan (pack_memo.remember): a recycled id never
+# returns another tier's, and a hot reload's old tiers (and their trees) are freed with their
+# pack instead of staying here; the table is also emptied when large.
+_EVIDENCE: WeakTable[_EvidencePlan] = {}
 _EVIDENCE_LIMIT = 8192
 
 
 def _evidence_plan(tier: CompiledTier) -> _EvidencePlan:
     known = _EVIDENCE.get(id(tier))
-    if known is not None and known[0] is tier:
+    if known is not None and known[0]() is tier:
         return known[1]
     plan = tuple(
         (
@@ -75,8 +76,7 @@ def _evidence_plan(tier: CompiledTier) -> _EvidencePlan:
     )
     if len(_EVIDENCE) >= _EVIDENCE_LIMIT:
         _EVIDENCE.clear()
-    _EVIDENCE[id(tier)] = (tier, plan)
-    return plan
+    return remember(_EVIDENCE, tier, plan)
 
 
 def _approval_note(pack: CompiledPack) -> str:

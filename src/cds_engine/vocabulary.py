@@ -88,7 +88,8 @@ def _float_or_none(text: str | None) -> float | None:
     return float(text) if text else None
 
 
-@dataclass(slots=True)
+# weakref_slot: per-vocabulary memos (sources.fhir_read) hold it weakly, so a hot reload frees the old one
+@dataclass(slots=True, weakref_slot=True)
 class Vocabulary:
     """In-memory index of the vocabulary files; cheap to query, loaded once per engine."""
 

@@ -37,7 +37,8 @@ def placeholders(template: str) -> list[str]:
     return _PLACEHOLDER.findall(template)
 
 
-@dataclass(frozen=True, slots=True)
+# weakref_slot: results' evidence plans are kept per tier object, weakly (freed with a reloaded pack)
+@dataclass(frozen=True, slots=True, weakref_slot=True)
 class CompiledTier:
     id: str
     rule_id: str

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from itertools import combinations
 from typing import Any, Literal
 
+from cds_engine.rules.pack_memo import WeakTable, remember
+
 __all__ = [
     "FALSE",
     "TRUE",
@@ -45,8 +47,11 @@ Truth = int
 Op = Literal["eq", "ne", "lt", "lte", "gt", "gte", "in", "not_in", "exists"]
 BOUND_SUFFIXES = ("__gt", "__ge", "__lt", "__le")
 
+# Tree nodes take weak references (weakref_slot): the identity tables that cache work per tree
+# (_COMPILED, _LEAVES) hold them weakly, so a reloaded pack's old trees are freed with the pack.
 
-@dataclass(frozen=True, slots=True)
+
+@dataclass(frozen=True, slots=True, weakref_slot=True)
 class Leaf:
     fact: str
     op: Op
@@ -57,27 +62,27 @@ class Leaf:
     always: bool = False  # the fact is never missing (always derived, or a family with a default)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, weakref_slot=True)
 class Const:
     value: bool
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, weakref_slot=True)
 class And:
     children: tuple[Node, ...]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, weakref_slot=True)
 class Or:
     children: tuple[Node, ...]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, weakref_slot=True)
 class NotNode:
     child: Node
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, weakref_slot=True)
 class AtLeastNode:
     n: int
     children: tuple[Node, ...]
@@ -313,8 +318,10 @@ def _compile(node: Node) -> Check:
 
 
 # Compiled trees by object identity, like _LEAVES: the oracle, the one-click limits and the
-# cannot-assess walk evaluate the same frozen trees on every patient.
-_COMPILED: dict[int, tuple[Node, Check]] = {}
+# cannot-assess walk evaluate the same frozen trees on every patient. The node is held weakly
+# (pack_memo.remember): an old pack's trees and closures go with it after a hot reload. A node's
+# closure refers to its children (leaves), never to the node itself, so the entry cannot keep it.
+_COMPILED: WeakTable[Check] = {}
 _COMPILED_LIMIT = 32768
 
 
@@ -323,11 +330,11 @@ def evaluate(node: Node, facts: Mapping[str, Any]) -> Truth:
     if isinstance(node, Leaf):
         return _leaf_truth(node, facts)
     known = _COMPILED.get(id(node))
-    if known is None or known[0] is not node:
-        if len(_COMPILED) >= _COMPILED_LIMIT:
-            _COMPILED.clear()
-        known = _COMPILED[id(node)] = (node, _compile(node))
-    return known[1](facts)
+    if known is not None and known[0]() is node:
+        return known[1](facts)
+    if len(_COMPILED) >= _COMPILED_LIMIT:
+        _COMPILED.clear()
+    return remember(_COMPILED, node, _compile(node))(facts)
 
 
 def evaluate_walk(node: Node, facts: Mapping[str, Any]) -> Truth:
@@ -389,23 +396,26 @@ def _leaves(node: Node, into: list[Leaf]) -> None:
 
 
 # Leaves per tree, by object identity: trees are frozen, and every alert reads its tier's evidence
-# through this walk (nested generators cost a frame per level per leaf). The node is kept beside
-# its leaves so a recycled id can never return another tree's; the table is emptied when large
-# (hot reloads bring new trees), never consulted for a node it does not hold.
-_LEAVES: dict[int, tuple[Node, tuple[Leaf, ...]]] = {}
+# through this walk (nested generators cost a frame per level per leaf). The node is held weakly
+# beside its leaves (pack_memo.remember), so a recycled id can never return another tree's and an
+# old pack's trees are freed with it after a hot reload; the table is also emptied when large. A
+# leaf is its own only leaf and is not kept: its entry would hold it alive.
+_LEAVES: WeakTable[tuple[Leaf, ...]] = {}
 _LEAVES_LIMIT = 8192
 
 
 def facts_of(node: Node) -> Iterator[Leaf]:
     """Every leaf of a tree, left to right (for evidence, projections and linting)."""
     known = _LEAVES.get(id(node))
-    if known is None or known[0] is not node:
-        found: list[Leaf] = []
-        _leaves(node, found)
-        if len(_LEAVES) >= _LEAVES_LIMIT:
-            _LEAVES.clear()
-        known = _LEAVES[id(node)] = (node, tuple(found))
-    return iter(known[1])
+    if known is not None and known[0]() is node:
+        return iter(known[1])
+    if isinstance(node, Leaf):
+        return iter((node,))
+    found: list[Leaf] = []
+    _leaves(node, found)
+    if len(_LEAVES) >= _LEAVES_LIMIT:
+        _LEAVES.clear()
+    return iter(remember(_LEAVES, node, tuple(found)))
 
 
 def at_least_groups(n: int, size: int, want_true: bool) -> list[tuple[int, ...]]:

@@ -4,6 +4,11 @@ Why: alerts and cards repeat per call what depends only on the pack (approval se
 override reasons …). A hot reload makes a new :class:`~cds_engine.rules.compile.CompiledPack`
 object, so keying by the object (its ``id`` with a weak reference, so a recycled id never returns
 another pack's value) gives each loaded pack its own value, forgotten when the pack is.
+
+:func:`remember` is the same weak keying for the hot paths' own tables (compiled trees, a tree's
+leaves, a tier's evidence plan): they are read inline (``held[0]() is obj``), and must not keep an
+old pack's objects alive after a hot reload (tables that held them strongly until a size limit
+kept the trees of thousands of old tiers: every reload grew the process).
 """
 
 from __future__ import annotations
@@ -13,9 +18,29 @@ import weakref
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
-__all__ = ["PackMemo"]
+__all__ = ["PackMemo", "remember"]
 
 T = TypeVar("T")
+WeakTable = dict[int, tuple[weakref.ref[Any], T]]
+
+
+def remember(table: WeakTable[T], obj: Any, value: T) -> T:
+    """Put ``value`` in ``table`` under ``id(obj)``, holding ``obj`` weakly; returns ``value``.
+
+    Why weakly: the entry must go when ``obj`` does (a reloaded pack's trees are freed with it),
+    and a reader checks ``held[0]() is obj`` so a recycled id never returns another object's value.
+    The value must not refer to ``obj`` itself (it would keep it alive). The callback removes only
+    its own entry: a cleared table may hold a newer entry under that id by then.
+    """
+    key = id(obj)
+
+    def forget(ref: weakref.ref[Any], key: int = key) -> None:
+        held = table.get(key)
+        if held is not None and held[0] is ref:
+            table.pop(key, None)
+
+    table[key] = (weakref.ref(obj, forget), value)
+    return value
 
 
 class PackMemo(Generic[T]):

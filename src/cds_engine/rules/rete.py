@@ -325,6 +325,18 @@ def short_ruleset(rules: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, s
 
 _Built = tuple[str, int, list[tuple[Formula | None, Formula | None]], dict[str, str]]
 
+# The probe rule every evaluator's ruleset gets besides the pack's (see ReteEvaluator._open_session):
+# it tests a fact name no projected fact carries (those are f0, f1 …), so it never fires for a patient
+# and no tier formula names it; the pack's rule count and names are those of the text without it.
+_PROBE = "probe~"
+_PROBE_ID = "probe~"
+_PROBE_RULE = json.dumps({_PROBE: {"all": [{"m": {"$and": [_GUARD, {_PROBE: True}]}}]}})
+
+
+def _with_probe(text: str) -> str:
+    """The ruleset JSON ``text`` (an object of rules) with the probe rule added."""
+    return f"{text[:-1]}, {_PROBE_RULE[1:]}" if text != "{}" else _PROBE_RULE
+
 
 def _build(pack: CompiledPack) -> _Built:
     """The ruleset JSON, rule count and formulas of a pack (see :data:`_built`)."""
@@ -393,15 +405,52 @@ class ReteEvaluator:
         self._watch = {rule: tuple(sorted(tiers)) for rule, tiers in watch.items()}
         self._always = tuple(always)
         self._sid = json.dumps(slot)
-        self._handle = dre.create_ruleset(f"{pack.id}-{next(_ruleset_ids)}", text)
+        self._handle: int | None = dre.create_ruleset(f"{pack.id}-{next(_ruleset_ids)}", _with_probe(text))
         self._ids = itertools.count()
         self._lock = threading.Lock()
+        self._session_ready = self._open_session(self._handle)
+
+    def _open_session(self, handle: int) -> bool:
+        """Create the slot's session with one action run through, so :meth:`close` can free it.
+
+        Why: durable_rules leaves a new session's action context uninitialised until an action
+        starts, and ``delete_state`` frees it — a crash for a session no fact ever fired a rule in
+        (an empty patient fires none). The probe fact fires the probe rule (and possibly rules
+        that test for absent facts), every action is completed, which leaves the context empty,
+        and the fact is retracted. True when that happened; otherwise the session is never freed.
+        """
+        probe = {"sid": self.slot, "id": _PROBE_ID, "kind": "patient", _PROBE: True}
+        try:
+            code, state = dre.assert_fact(handle, json.dumps(probe))
+            if code != 0:
+                return False
+            message = dre.start_action_for_state(handle, state)
+            while message:
+                message = dre.complete_and_start_action(handle, state)
+            return True
+        except dre.error:
+            return False
+        finally:
+            with contextlib.suppress(dre.error):
+                dre.retract_fact(handle, json.dumps({"sid": self.slot, "id": _PROBE_ID}))
 
     def close(self) -> None:
-        """Free the C ruleset (the pure-C create/delete pair does not leak)."""
-        if self._handle is not None:
-            dre.delete_ruleset(self._handle)
-            self._handle = None
+        """Free the C ruleset and the slot's session state in it.
+
+        Why both: ``delete_ruleset`` frees the network but not a session's own pools (frames,
+        messages, results), which the first asserted fact creates — ~2 MB per evaluator leaked on
+        every hot reload (each thread's evaluators of the old engine) until ``delete_state`` was
+        called first. Under the lock: a late request on this evaluator finishes its fact first,
+        then finds the handle gone (:class:`EngineFailure`, answered by the oracle).
+        """
+        with self._lock:
+            handle, self._handle = self._handle, None
+            if handle is None:
+                return
+            if self._session_ready:  # else its context may be uninitialised (see _open_session)
+                with contextlib.suppress(dre.error):
+                    dre.delete_state(handle, self.slot)
+            dre.delete_ruleset(handle)
 
     def _rule_of(self, message: str) -> list[str]:
         """The rule an action message names: ``{"<rule>":<frame>}`` (durable's ``serializeResult``).

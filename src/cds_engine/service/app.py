@@ -120,13 +120,19 @@ def create_app(
     jwks_client = httpx.AsyncClient(timeout=3.0) if auth is not None else None
     verifier = JwtVerifier(auth, client=jwks_client) if auth is not None else None
 
-    @asynccontextmanager
-    async def lifespan(_: FastAPI) -> Any:
-        warm_up()
+    async def warm_engine() -> None:
+        """Build the evaluators before the first order, in a frame of its own: the lifespan's frame
+        lives as long as the app, and an engine held there stayed alive (its packs, trees and
+        vocabulary) after every hot reload had replaced it."""
         engine = engine_provider()  # fail at start-up, not on the first order, if packs do not load
         for pack in engine.packs:  # build each pack's evaluator in the thread that serves hooks
             engine.evaluate_pack(pack, PatientFacts(as_of=clock()))
         await anyio.to_thread.run_sync(handler.warm, engine, clock())  # and in each hook worker thread
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> Any:
+        warm_up()
+        await warm_engine()
         yield
         flush = getattr(sink, "flush", None)  # a journaling sink: let its writer store what it holds
         if callable(flush):

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from cds_engine.engine import Engine
 from cds_engine.rules.compile import CompiledPack
 from cds_engine.rules.governance import SHOWN_STATUSES
+from cds_engine.rules.pack_memo import PackMemo
 from cds_engine.service.hook_scope import offers_hook
 from cds_engine.service.limits import DEFAULT_MAX_RESOURCES
 from cds_engine.service.models import CdsService, DiscoveryResponse
@@ -62,7 +63,16 @@ def _codes(vocab: Vocabulary, kind: str, groups: set[str] | None = None) -> list
     return found
 
 
-_TEMPLATES: dict[tuple[int, str], tuple[CompiledPack, dict[str, str]]] = {}
+def _templates_of(pack: CompiledPack) -> tuple[str, dict[str, str]]:
+    """(the pack's content hash, its templates): a pack given another hash gets new templates."""
+    return pack.content_hash, _build_templates(pack)
+
+
+# per loaded pack object, held weakly (PackMemo): a table that held the packs themselves kept up to
+# 33 hot reloads' old packs (trees, vocabulary, spec) alive
+_TEMPLATES: PackMemo[tuple[str, dict[str, str]]] = PackMemo(
+    _templates_of, valid=lambda held, pack: held[0] == pack.content_hash
+)
 
 
 def prefetch_templates(pack: CompiledPack) -> dict[str, str]:
@@ -70,15 +80,7 @@ def prefetch_templates(pack: CompiledPack) -> dict[str, str]:
 
     Built from the vocabulary once per loaded pack (every hook call needs them).
     """
-    key = (id(pack), pack.content_hash)
-    cached = _TEMPLATES.get(key)
-    if cached is not None and cached[0] is pack:
-        return dict(cached[1])
-    if len(_TEMPLATES) > 32:
-        _TEMPLATES.clear()
-    templates = _build_templates(pack)
-    _TEMPLATES[key] = (pack, templates)
-    return dict(templates)
+    return dict(_TEMPLATES.get(pack)[1])
 
 
 def _build_templates(pack: CompiledPack) -> dict[str, str]:

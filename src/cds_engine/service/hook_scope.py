@@ -7,8 +7,11 @@ the checks it names runs there (or when it names none: a record that could not b
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from cds_engine.alerts import Alert
 from cds_engine.rules.compile import CompiledPack
+from cds_engine.rules.pack_memo import PackMemo
 
 __all__ = ["offers_hook", "runs_on"]
 
@@ -23,18 +26,9 @@ def _hooks(pack: CompiledPack) -> dict[str, frozenset[str]]:
     return out
 
 
-_CACHE: dict[int, tuple[CompiledPack, dict[str, frozenset[str]]]] = {}
-
-
-def _declared(pack: CompiledPack) -> dict[str, frozenset[str]]:
-    cached = _CACHE.get(id(pack))
-    if cached is not None and cached[0] is pack:
-        return cached[1]
-    if len(_CACHE) > 32:
-        _CACHE.clear()
-    hooks = _hooks(pack)
-    _CACHE[id(pack)] = (pack, hooks)
-    return hooks
+# per loaded pack object, held weakly (PackMemo): a table that held the packs themselves kept up to
+# 33 hot reloads' old packs (trees, vocabulary, spec) alive
+_declared: Callable[[CompiledPack], dict[str, frozenset[str]]] = PackMemo(_hooks).get
 
 
 def runs_on(pack: CompiledPack, alert: Alert, hook: str) -> bool:

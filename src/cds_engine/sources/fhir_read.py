@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import re
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, date, datetime, time
 from typing import Any
@@ -106,28 +107,44 @@ class _Memo:
 
     The term fallback of :meth:`Vocabulary.classify` scans hundreds of patterns; a patient's record
     repeats the same codes over and over, and batch runs repeat them across patients. Entries are
-    keyed by the vocabulary object (held, so its id cannot be reused) and bounded in number.
+    keyed by the vocabulary object and bounded in number. The vocabulary is held weakly (its id
+    checked against the live object, so a reused id never returns another's table): a hot reload
+    loads a new vocabulary with every pack, and a memo that held the old ones kept up to eight
+    reloads' vocabularies and their tables alive.
     """
 
     max_entries = 200_000
 
     def __init__(self) -> None:
-        self._tables: dict[int, tuple[Vocabulary, dict[tuple[Any, ...], frozenset[str]]]] = {}
-        self._last: tuple[Vocabulary, dict[tuple[Any, ...], frozenset[str]]] | None = None
+        self._tables: dict[int, tuple[weakref.ref[Vocabulary], dict[tuple[Any, ...], frozenset[str]]]] = {}
+        self._last: tuple[weakref.ref[Vocabulary], dict[tuple[Any, ...], frozenset[str]]] | None = None
 
     def table(self, vocab: Vocabulary) -> dict[tuple[Any, ...], frozenset[str]]:
         last = self._last  # the vocabulary of the previous call: almost always this one
-        if last is not None and last[0] is vocab and len(last[1]) <= self.max_entries:
+        if last is not None and last[0]() is vocab and len(last[1]) <= self.max_entries:
             return last[1]
         entry = self._tables.get(id(vocab))
-        if entry is None or entry[0] is not vocab:
+        if entry is None or entry[0]() is not vocab:
             if len(self._tables) >= 8:
                 self._tables.clear()
-            entry = self._tables[id(vocab)] = (vocab, {})
+            entry = self._tables[id(vocab)] = (weakref.ref(vocab, self._forget(id(vocab))), {})
         if len(entry[1]) > self.max_entries:
             entry[1].clear()
         self._last = entry
         return entry[1]
+
+    def _forget(self, key: int) -> Callable[[weakref.ref[Vocabulary]], None]:
+        """The callback dropping a dead vocabulary's table (only its own: the id may be reused)."""
+
+        def forget(ref: weakref.ref[Vocabulary]) -> None:
+            held = self._tables.get(key)
+            if held is not None and held[0] is ref:
+                self._tables.pop(key, None)
+            last = self._last
+            if last is not None and last[0] is ref:
+                self._last = None
+
+        return forget
 
 
 _MEMO = _Memo()
