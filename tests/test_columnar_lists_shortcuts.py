@@ -17,7 +17,7 @@ import polars as pl
 from polars.testing import assert_frame_equal, assert_series_equal
 
 from cds_engine.batch import columnar_lists
-from cds_engine.batch.columnar_lists import _joined_names, _names_expr, _row_sums
+from cds_engine.batch.columnar_lists import _dense_row_sums, _joined_names, _names_expr, _row_sums
 from cds_engine.facts.names import MAX_NAMES
 
 
@@ -57,6 +57,28 @@ def test_row_sums_equal_a_group_by_sum() -> None:
         assert_series_equal(got[j], expected[f"__w{j}"], check_names=False)
     # rows without entries are 0, not null; every row of one slot only is that entry's word
     assert all(s.null_count() == 0 for s in got)
+
+
+def test_dense_row_sums_equal_the_slot_sums() -> None:
+    """Every row with the same number of entries, in row then slot order: the reshape's sums are
+    the per-slot sums (and not those of entries taken column-major)."""
+    rows, per_row, words = 250, 3, 2
+    rng = random.Random(11)
+    data: dict[str, list[int]] = {"__pos": [], "__k": [], **{f"__w{j}": [] for j in range(words)}}
+    for pos in range(rows):
+        for k in range(per_row):
+            data["__pos"].append(pos)
+            data["__k"].append(k)
+            for j in range(words):
+                data[f"__w{j}"].append(rng.getrandbits(4) << (4 * k))
+    entries = pl.DataFrame(
+        data, schema={"__pos": pl.Int64, "__k": pl.Int64, **{f"__w{j}": pl.UInt64 for j in range(words)}}
+    )
+    expected = _row_sums(entries, rows, words)
+    got = _dense_row_sums(entries, rows, words, per_row)
+    for j in range(words):
+        assert got[j].dtype == pl.UInt64
+        assert_series_equal(got[j], expected[j], check_names=False)
 
 
 def test_joined_names_equal_the_expression() -> None:

@@ -125,3 +125,40 @@ def test_some_lists_empty_in_every_row(packs, empty: tuple[int, ...], monkeypatc
         r.update({names[t]: "" for t in empty})
     _both(pack, vp, _typed(rows), monkeypatch=monkeypatch)
     _both(pack, vp, _typed(_crowded(pack.vocabulary, 1, seed=4)), monkeypatch=monkeypatch)
+
+
+@pytest.mark.parametrize("per_row", [1, 2, 5])
+@pytest.mark.parametrize("hospital", [False, True])
+def test_rows_of_equal_lists_take_the_dense_sums(packs, per_row: int, hospital: bool, monkeypatch) -> None:
+    """Every row lists ``per_row`` medicines on the first list only (the bench's extract): the row
+    sums are a reshape of the entries (``_dense_row_sums``), with the same facts as the group-by.
+    Without anyone in hospital the code table's inpatient and reconciled words are not joined
+    either; with some in hospital they are (the drug on the home list is reconciled)."""
+    pack, vp = packs[0]
+    rows = _crowded(pack.vocabulary, 1_200, seed=41)
+    rng = random.Random(41)
+    drugs = sorted({f"{s}|{c}" for (k, s, c), _ in pack.vocabulary.codes.items() if k == "drug_class"})
+    pool = [*drugs[:12], "rxnorm|197391", "rxnorm|1666613"]  # repeats of a class, and the drug
+    for r in rows:
+        r["medications"] = ";".join(rng.choice(pool) for _ in range(per_row))
+        r.update(home_medications="", inpatient_medications="")
+        r["inpatient"] = rng.choice(["true", "false", ""]) if hospital else ""
+    calls = []
+    real = columnar_lists._dense_row_sums
+
+    def spy(*args, **kwargs):
+        calls.append(args[3])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(columnar_lists, "_dense_row_sums", spy)
+    _both(pack, vp, _typed(rows), monkeypatch=monkeypatch)
+    order = parse_order_text("baclofen 5 mg PO TID", pack.vocabulary).to_order()
+    for r in rows:  # what only the Python path expresses, left out (every row column-wise)
+        r.update(previous_daily_dose_mg="", last_dose_time="", admission_time="")
+    _both(pack, vp, _typed(rows), order, monkeypatch=monkeypatch)
+    assert calls == [per_row, per_row]  # the bit fields took the dense sums, once per derivation
+    # one row of fewer entries: the general sums (no reshape of a ragged table)
+    rows[5]["medications"] = ""
+    calls.clear()
+    _both(pack, vp, _typed(rows), order, monkeypatch=monkeypatch)
+    assert calls == []
