@@ -155,6 +155,15 @@ class Engine:
                 cache[key] = OracleEvaluator(pack)
         return cache[key]
 
+    def _forget_broken(self, pack: CompiledPack) -> None:
+        """Drop this thread's evaluator of ``pack`` if it refuses to answer any more (a durable_rules
+        error left its session in an unknown state): the next call builds a new one instead of
+        falling back to the oracle for good. Closed with the engine, like every evaluator made."""
+        cache: dict[str, TierEvaluator] | None = getattr(self._local, "evaluators", None)
+        key = f"{pack.id}:{pack.content_hash}"
+        if cache is not None and getattr(cache.get(key), "broken", False):
+            del cache[key]
+
     @property
     def running_packs(self) -> list[CompiledPack]:
         """Packs whose status this engine evaluates (by default only ``active`` ones)."""
@@ -248,6 +257,7 @@ class Engine:
             outcomes = self._evaluator(pack).outcomes(projected)
         except EngineFailure as exc:
             # A Rete error must never read as "no alerts": answer from the oracle (same trees) and say so.
+            self._forget_broken(pack)
             self.fallbacks += 1
             metrics.EVALUATOR_FALLBACKS.labels(metrics.label(pack.id)).inc()
             log.error("rete evaluation failed for pack %s (%s); oracle used", pack.id, exc)

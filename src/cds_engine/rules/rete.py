@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import logging
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -36,6 +37,8 @@ from cds_engine.rules.projection import Want, project_node
 from cds_engine.rules.simplify import TREE, Tree, simplify
 
 __all__ = ["EngineFailure", "Formula", "ReteEvaluator", "durable_ruleset", "holds", "nest", "short_ruleset"]
+
+log = logging.getLogger(__name__)
 
 _GUARD = {"kind": "patient"}
 _ruleset_ids = itertools.count()
@@ -405,10 +408,25 @@ class ReteEvaluator:
         self._watch = {rule: tuple(sorted(tiers)) for rule, tiers in watch.items()}
         self._always = tuple(always)
         self._sid = json.dumps(slot)
-        self._handle: int | None = dre.create_ruleset(f"{pack.id}-{next(_ruleset_ids)}", _with_probe(text))
+        try:
+            handle = dre.create_ruleset(f"{pack.id}-{next(_ruleset_ids)}", _with_probe(text))
+        except dre.error as exc:  # e.g. a pack past durable_rules' limits: the oracle answers instead
+            raise EngineFailure(f"durable_rules refused the ruleset: {exc}") from exc
+        self._handle: int | None = handle
         self._ids = itertools.count()
         self._lock = threading.Lock()
-        self._session_ready = self._open_session(self._handle)
+        #: why this evaluator must not answer any more (its session's state is unknown), else None
+        self._broken: str | None = None
+        self._session_ready = self._open_session(handle)
+        if not self._session_ready:
+            self._broken = "its durable_rules session could not be prepared (probe fact)"
+            log.error("rete evaluator for pack %s: %s; the oracle answers its calls", pack.id, self._broken)
+
+    @property
+    def broken(self) -> bool:
+        """True when this evaluator refuses to answer (its session's state is unknown): the engine
+        answers from the oracle and builds a new evaluator for the next call."""
+        return self._broken is not None
 
     def _open_session(self, handle: int) -> bool:
         """Create the slot's session with one action run through, so :meth:`close` can free it.
@@ -447,7 +465,9 @@ class ReteEvaluator:
             handle, self._handle = self._handle, None
             if handle is None:
                 return
-            if self._session_ready:  # else its context may be uninitialised (see _open_session)
+            # a session not prepared may have an uninitialised context, a broken one an action still
+            # in progress (see _open_session, fired): freeing either could crash — left, not freed
+            if self._session_ready and self._broken is None:
                 with contextlib.suppress(dre.error):
                     dre.delete_state(handle, self.slot)
             dre.delete_ruleset(handle)
@@ -475,6 +495,8 @@ class ReteEvaluator:
         with self._lock:
             if self._handle is None:
                 raise EngineFailure("ruleset closed (engine swapped out by a reload)")
+            if self._broken is not None:
+                raise EngineFailure(self._broken)
             try:
                 code, state = dre.assert_fact(self._handle, json.dumps(fact))
                 if code == 2:
@@ -494,6 +516,9 @@ class ReteEvaluator:
                 elif code not in (1, 3):
                     raise EngineFailure(f"durable_rules returned code {code}")
             except dre.error as exc:
+                # an action may be left in progress: the session would answer later facts with no
+                # rule fired (then crash when its lock expires), so this evaluator answers no more
+                self._broken = f"durable_rules failed on an earlier fact: {exc}"
                 raise EngineFailure(f"durable_rules failed: {exc}") from exc
             finally:
                 with contextlib.suppress(dre.error):  # a fact that matched nothing was never stored
