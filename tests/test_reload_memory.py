@@ -146,3 +146,18 @@ def test_closing_an_evaluator_deletes_its_durable_session(
     assert deleted == [(handle, "slot-memory-test")]
     evaluator.close()  # twice is harmless
     assert len(deleted) == 1
+
+
+def test_objects_that_take_no_weak_reference_are_answered_not_kept() -> None:
+    """A stand-in pack (a SimpleNamespace in tests, say) cannot be held weakly: it is still answered."""
+    from types import SimpleNamespace
+
+    from cds_engine.rules.pack_memo import PackMemo, remember
+
+    table: dict[int, Any] = {}
+    stand_in = SimpleNamespace(id="x")
+    assert remember(table, stand_in, 42) == 42
+    assert table == {}
+    memo = PackMemo(lambda pack: pack.id)
+    assert memo.get(stand_in) == "x"
+    assert memo._held == {}

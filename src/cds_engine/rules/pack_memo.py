@@ -39,7 +39,11 @@ def remember(table: WeakTable[T], obj: Any, value: T) -> T:
         if held is not None and held[0] is ref:
             table.pop(key, None)
 
-    table[key] = (weakref.ref(obj, forget), value)
+    try:
+        held = weakref.ref(obj, forget)
+    except TypeError:  # an object that takes no weak reference (a stand-in): answered, not kept
+        return value
+    table[key] = (held, value)
     return value
 
 
@@ -58,6 +62,10 @@ class PackMemo(Generic[T]):
         if held is not None and held[0]() is pack and (self._valid is None or self._valid(held[1], pack)):
             return held[1]
         value = self._build(pack)
+        try:
+            ref = weakref.ref(pack, lambda _ref, key=key: self._held.pop(key, None))
+        except TypeError:  # a pack-like object that takes no weak reference (a stand-in): not kept
+            return value
         with self._lock:
-            self._held[key] = (weakref.ref(pack, lambda _ref, key=key: self._held.pop(key, None)), value)
+            self._held[key] = (ref, value)
         return value
