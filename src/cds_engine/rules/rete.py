@@ -417,8 +417,7 @@ class ReteEvaluator:
         self._lock = threading.Lock()
         #: why this evaluator must not answer any more (its session's state is unknown), else None
         self._broken: str | None = None
-        self._session_ready = self._open_session(handle)
-        if not self._session_ready:
+        if not self._open_session(handle):
             self._broken = "its durable_rules session could not be prepared (probe fact)"
             log.error("rete evaluator for pack %s: %s; the oracle answers its calls", pack.id, self._broken)
 
@@ -465,9 +464,9 @@ class ReteEvaluator:
             handle, self._handle = self._handle, None
             if handle is None:
                 return
-            # a session not prepared may have an uninitialised context, a broken one an action still
-            # in progress (see _open_session, fired): freeing either could crash — left, not freed
-            if self._session_ready and self._broken is None:
+            # broken: a session not prepared may have an uninitialised context, one that failed an action
+            # still in progress (see _open_session, fired): freeing either could crash — left, not freed
+            if self._broken is None:
                 with contextlib.suppress(dre.error):
                     dre.delete_state(handle, self.slot)
             dre.delete_ruleset(handle)
