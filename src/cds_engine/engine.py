@@ -64,6 +64,11 @@ def project(flat: Mapping[str, Any], referenced: Mapping[str, Any]) -> dict[str,
     return {name: value for name, default in referenced.items() if (value := get(name, default)) is not None}
 
 
+def _evaluator_key(pack: CompiledPack) -> str:
+    """A thread's evaluator cache key: the pack and its content (an edited pack gets a new evaluator)."""
+    return f"{pack.id}:{pack.content_hash}"
+
+
 class Engine:
     """Evaluate patients against compiled rule packs."""
 
@@ -143,7 +148,7 @@ class Engine:
         cache: dict[str, TierEvaluator] | None = getattr(self._local, "evaluators", None)
         if cache is None:
             cache = self._local.evaluators = {}
-        key = f"{pack.id}:{pack.content_hash}"
+        key = _evaluator_key(pack)
         if key not in cache:
             if self.evaluator_name == "rete":
                 # one ruleset per thread and pack, so threads never share a durable session
@@ -160,7 +165,7 @@ class Engine:
         error left its session in an unknown state): the next call builds a new one instead of
         falling back to the oracle for good. Closed with the engine, like every evaluator made."""
         cache: dict[str, TierEvaluator] | None = getattr(self._local, "evaluators", None)
-        key = f"{pack.id}:{pack.content_hash}"
+        key = _evaluator_key(pack)
         if cache is not None and getattr(cache.get(key), "broken", False):
             del cache[key]
 
