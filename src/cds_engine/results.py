@@ -101,7 +101,8 @@ class _PackPlan:
     note: str
     rule_of: dict[str, int]  # tier id -> index of its rule in ``rules``
     sources: tuple[tuple[AlertSource, ...], ...]  # per rule, in ``rules`` order
-    suggestions: tuple[tuple[dict[str, Any], ...], ...]  # per rule: each suggestion's fields
+    # per rule: each suggestion's tiers (None: every tier) and its fields
+    suggestions: tuple[tuple[tuple[frozenset[str] | None, dict[str, Any]], ...], ...]
     titles: dict[str, str]  # rule id -> title (the "cannot assess" details list them)
     items: dict[str, Any]  # fact -> the pack's missing-data item that names it
     # template -> its parts with the pack's parameters filled in (messages.with_params), filled as
@@ -129,7 +130,13 @@ def _build_plan(pack: CompiledPack) -> _PackPlan:
                   for sid in rule.spec.sources)
             for rule in pack.rules
         ),
-        suggestions=tuple(tuple(sg.model_dump() for sg in rule.spec.suggestions) for rule in pack.rules),
+        suggestions=tuple(
+            tuple(
+                (None if sg.tiers is None else frozenset(sg.tiers), sg.model_dump(exclude={"tiers"}))
+                for sg in rule.spec.suggestions
+            )
+            for rule in pack.rules
+        ),
         titles={r.spec.id: r.spec.title for r in pack.rules},
         items={fact: item for item in spec.missing_data for fact in item.facts},
     )
@@ -215,10 +222,11 @@ def build_alerts(
                 evidence=evidence,
                 missing=sorted({m for _, ms in missing_by_tier for m in ms}),
                 not_assessed=[t.id for t in open_tiers],
-                suggestions=[
+                suggestions=[  # only the advice that fits the tier that fired (schema.Suggestion.tiers)
                     AlertSuggestion(**{**fields,
                                        "label": plan.render(fields["label"], flat, extra)})
-                    for fields in plan.suggestions[index]
+                    for tiers, fields in plan.suggestions[index]
+                    if tiers is None or chosen.id in tiers
                 ],
                 sources=list(plan.sources[index]),
                 **_common(pack),

@@ -47,6 +47,7 @@ from cds_engine.batch.columnar_lists import (
     condition_facts,
     medication_facts,
 )
+from cds_engine.facts.coded_gestation import coded_weeks
 from cds_engine.facts.derive import (
     ACTIVE_ACTIONS,
     DrugContext,
@@ -56,7 +57,7 @@ from cds_engine.facts.derive import (
     _order_doses,
     derive,
 )
-from cds_engine.facts.lab_units import EGFR_UNITS
+from cds_engine.facts.lab_units import EGFR_UNITS, FUTURE_PROBLEM_TEXT
 from cds_engine.facts.model import Order, PatientFacts
 from cds_engine.facts.names import medicine_name
 from cds_engine.facts.normalize import (
@@ -65,7 +66,7 @@ from cds_engine.facts.normalize import (
     normalize_unit,
 )
 from cds_engine.facts.renal import age_text
-from cds_engine.sources.table import COLUMNS, MONITORING_PREFIX, _row_order
+from cds_engine.sources.table import COLUMNS, MONITORING_PREFIX, _row_order, parse_coding
 from cds_engine.vocabulary import Vocabulary
 
 __all__ = ["BUILT", "FAMILIES", "ColumnarFacts", "columnar_facts", "unsupported_facts"]
@@ -147,6 +148,7 @@ FAMILIES = (
 _BOUNDS = ("__gt", "__ge", "__lt", "__le")
 _EGFR_OK = frozenset("".join(u.lower().split()) for u in EGFR_UNITS)
 _UNREADABLE_UNIT = "is not reported in mL/min/1.73 m²"  # lab_units._PROBLEM_TEXT["unit"]
+_LATER = FUTURE_PROBLEM_TEXT  # an eGFR dated after as_of: facts/renal.py
 _ROW = ROW
 
 
@@ -321,6 +323,7 @@ def columnar_facts(
         for name, spec in COLUMNS.items()
         if name not in present
     )
+    frame = _with_coded_weeks(frame)
     reasons: dict[str, int] = {}
     unsupported = unsupported_facts(columns)
     if unsupported or as_of.utcoffset() != timedelta(0):
@@ -495,6 +498,7 @@ def _scalars(frame: pl.DataFrame, as_of: datetime, ctx: DrugContext) -> list[pl.
 
 _RENAL_CHOICE = (
     "__rn_e_present",
+    "__rn_e_later",
     "__rn_e_ok",
     "__rn_e_used",
     "__rn_e_days",
@@ -538,11 +542,16 @@ def _renal_choice(frame: pl.DataFrame, as_of: datetime, ctx: DrugContext) -> lis
         .then(pl.col("crcl") * 60.0)
         .alias("__rn_c_val"),
         _days(_day_of("crcl_date", frame), as_of).alias("__rn_c_days"),
+        _later("egfr_date", frame, as_of).alias("__rn_e_later"),
     ]
+    # a result dated after as_of is not a current value (facts/renal.py): never used
     second = [
-        (col["__rn_e_present"] & col["__rn_e_ok"]).alias("__rn_e_used"),
+        (col["__rn_e_present"] & col["__rn_e_ok"] & ~col["__rn_e_later"]).alias("__rn_e_used"),
         (
-            pl.col("crcl").is_not_null() & pl.col("crcl_date").is_not_null() & col["__rn_c_val"].is_not_null()
+            pl.col("crcl").is_not_null()
+            & pl.col("crcl_date").is_not_null()
+            & col["__rn_c_val"].is_not_null()
+            & ~_later("crcl_date", frame, as_of)
         ).alias("__rn_c_used"),
     ]
     e_cur = col["__rn_e_used"] & (col["__rn_e_days"] <= cur)
@@ -558,11 +567,47 @@ def _renal_choice(frame: pl.DataFrame, as_of: datetime, ctx: DrugContext) -> lis
     return [first, second, third, fourth]
 
 
+def _with_coded_weeks(frame: pl.DataFrame) -> pl.DataFrame:
+    """``gestational_age_weeks`` where a row states none but an active condition does (``Z3A.NN``).
+
+    What ``derive`` reads (facts/coded_gestation.py): a table's conditions are undated, so the
+    first such code of the row's list counts, as stated. Each distinct condition text is parsed
+    once, as elsewhere here; a table with no such code is returned as it is.
+    """
+    if frame["conditions"].null_count() == frame.height:
+        return frame
+    texts = frame["conditions"].explode().drop_nulls().unique().to_list()
+    weeks: dict[str, float] = {}
+    for text in texts:
+        coding = parse_coding(text)
+        stated = coded_weeks(coding.system, coding.code) if coding is not None else None
+        if stated is not None:
+            weeks[text] = stated
+    if not weeks:
+        return frame
+    coded = (
+        pl.col("conditions")
+        .list.eval(pl.element().replace_strict(weeks, default=None, return_dtype=pl.Float64))
+        .list.drop_nulls()
+        .list.first()
+    )
+    return frame.with_columns(pl.coalesce(pl.col("gestational_age_weeks").cast(pl.Float64), coded))
+
+
+def _later(col: str, frame: pl.DataFrame, as_of: datetime) -> pl.Expr:
+    """True where the result is dated after ``as_of`` (renal._after: a date reads as its midnight)."""
+    if isinstance(frame.schema.get(col), pl.Datetime):
+        return (pl.col(col) > pl.lit(as_of)).fill_null(False)
+    return (pl.col(col) > pl.lit(as_of.date())).fill_null(False)
+
+
 def _renal(frame: pl.DataFrame, as_of: datetime, ctx: DrugContext) -> list[pl.Expr]:
     """facts/renal.renal_facts + lab_units for one eGFR and one CrCl per row (a table has no pairs),
     from the choice :func:`_renal_choice` made."""
     col = {name: pl.col(name) for name in _RENAL_CHOICE}
     e_present, e_ok, e_used, e_days = (col[f"__rn_e_{k}"] for k in ("present", "ok", "used", "days"))
+    # reported as cannot-assess: a non-renal unit (whatever its date), or an eGFR dated after as_of
+    unreadable = e_present & (~e_ok | col["__rn_e_later"])
     c_val, c_used, c_days = col["__rn_c_val"], col["__rn_c_used"], col["__rn_c_days"]
     use_e, use_c = col["__rn_use_e"], col["__rn_use_c"]
     value = pl.when(use_e).then(pl.col("egfr")).when(use_c).then(c_val)
@@ -574,11 +619,15 @@ def _renal(frame: pl.DataFrame, as_of: datetime, ctx: DrugContext) -> list[pl.Ex
         pl.when(use_e).then(pl.lit("eGFR")).when(use_c).then(pl.lit("CrCl")).alias("renal_fn_measure"),
         days.alias("renal_fn_days_old"),
         pl.when(use_e | use_c).then(col["__rn_cur"]).alias("renal_fn_current"),
-        pl.when(e_present & ~e_ok).then(True).alias("egfr_unreadable"),
-        pl.when(e_present & ~e_ok)
+        pl.when(unreadable).then(True).alias("egfr_unreadable"),
+        pl.when(unreadable)
         .then(_day_of("egfr_date", frame).dt.to_string("%Y-%m-%d"))
         .alias("egfr_unreadable_date"),
-        pl.when(e_present & ~e_ok).then(pl.lit(_UNREADABLE_UNIT)).alias("egfr_unreadable_problem"),
+        pl.when(e_present & ~e_ok)
+        .then(pl.lit(_UNREADABLE_UNIT))
+        .when(unreadable)
+        .then(pl.lit(_LATER))
+        .alias("egfr_unreadable_problem"),
     ]
     for base, v, cmp in (
         ("renal_fn", value, comp),

@@ -42,8 +42,10 @@ def alert_from_row(row: dict[str, Any], engine: Engine) -> Alert:
         evidence=json.loads(row["evidence"] or "{}"),
         missing=[m for m in (row["missing"] or "").split(";") if m],
         not_assessed=[t for t in (row["not_assessed"] or "").split(";") if t],
-        suggestions=[AlertSuggestion(**{**s.model_dump(), "label": render(s.label, {}, pack.params, {})})
-                     for s in rule.spec.suggestions] if rule else [],
+        suggestions=[AlertSuggestion(**{**s.model_dump(exclude={"tiers"}),
+                                        "label": render(s.label, {}, pack.params, {})})
+                     for s in rule.spec.suggestions
+                     if s.tiers is None or row["tier_id"] in s.tiers] if rule else [],  # fits the tier
         sources=[
             AlertSource(id=s, title=pack.spec.sources[s].title, url=pack.spec.sources[s].url)
             for s in rule.spec.sources

@@ -200,6 +200,17 @@ FACTS: dict[str, FactSpec] = {
             inputs=("daily_dose_mg",),
         ),
         _f("active_oral_orders", "number", "Orders summed in combined_oral_daily_mg, the draft included"),
+        _f(
+            "order_request_daily_mg",
+            "number",
+            "The draft's daily dose plus the other draft orders of the drug in the same request "
+            "(oral/enteral or route unknown; facts/combined.py): what the request starts if signed, "
+            "for start caps. Drafts are never exposure. Known parts only as a lower bound when a part "
+            "is unknown; the draft alone when the pack's sum_active_oral_orders is false",
+            bounded=True,
+            unit="mg/day",
+            inputs=("daily_dose_mg",),
+        ),
         _f("presumed_replaced_order", "string", "The active order the draft presumably replaces (card text)"),
         _f(
             "total_if_additional_mg",

@@ -10,6 +10,10 @@ Threshold-free arithmetic (the pack decides what the numbers mean):
 * ``combined_oral_daily_mg`` = the draft + every active oral/enteral order it does not replace.
   An unknown part makes the sum unknown; the known parts are then kept as a lower bound
   (``combined_oral_daily_mg__ge``), so a ceiling the known parts already exceed still fires.
+* ``order_request_daily_mg`` = the draft + the other *draft* orders of the drug in the same request
+  (oral/enteral or route unknown): the regimen the request starts if it is signed. Two new drafts
+  of 10 mg BID start 40 mg/day, not 20; the start caps read this sum. Same unknown-part rule
+  (``order_request_daily_mg__ge``). Drafts are never exposure: they are summed, not "already taken".
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-__all__ = ["ORAL_FAMILY", "combined_facts", "compare_regimen", "same_regimen_kind"]
+__all__ = ["ORAL_FAMILY", "combined_facts", "compare_regimen", "request_facts", "same_regimen_kind"]
 
 ORAL_FAMILY = frozenset({"oral", "enteral"})
 
@@ -63,6 +67,24 @@ def combined_facts(
             out["total_if_additional_mg"] = round(exact + dose, 6)
     if additive_beside is not None:
         out["order_additive_to"] = additive_beside
+    return out
+
+
+def request_facts(
+    draft_daily: float | None, sibling_drafts: Iterable[float | None], *, sum_orders: bool
+) -> dict[str, Any]:
+    """The daily dose the request starts: the draft plus its sibling drafts' doses (oral family).
+
+    ``sum_orders`` is the pack's ``sum_active_oral_orders``: false judges each order alone (the
+    knowledge file's per-order daily dose), for the start caps as for the ceilings.
+    """
+    parts = [draft_daily, *sibling_drafts] if sum_orders else [draft_daily]
+    out: dict[str, Any] = {}
+    exact, bound = _sum(parts)
+    if exact is not None:
+        out["order_request_daily_mg"] = exact
+    elif bound is not None and len(parts) > 1:
+        out["order_request_daily_mg__ge"] = bound
     return out
 
 

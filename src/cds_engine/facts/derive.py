@@ -15,7 +15,14 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
 
-from cds_engine.facts.combined import ORAL_FAMILY, combined_facts, compare_regimen, same_regimen_kind
+from cds_engine.facts.coded_gestation import weeks_from_conditions
+from cds_engine.facts.combined import (
+    ORAL_FAMILY,
+    combined_facts,
+    compare_regimen,
+    request_facts,
+    same_regimen_kind,
+)
 from cds_engine.facts.lab_units import unreadable_egfr_facts
 from cds_engine.facts.model import Coding, Medication, Order, PatientFacts
 from cds_engine.facts.names import class_names
@@ -37,6 +44,11 @@ from cds_engine.vocabulary import HISTORY_KIND, Vocabulary
 __all__ = ["ACTIVE_ACTIONS", "DrugContext", "derive"]
 
 ACTIVE_ACTIONS = frozenset({"new", "modify", "continue"})
+# Medication statuses counted as co-medicines. A draft (another order of the same request, or an
+# 'intended' statement) will be taken if signed: it counts for class counts, duplicates and the
+# combined dose, but it has not been taken, so it is never exposure (new-start look-back) and never
+# the order a modify/continue replaces.
+_COUNTED_STATUSES = frozenset({"active", "draft"})
 _COUNTED_UNITS = frozenset({"tablet", "capsule", "packet"})
 _ACTIVE_CONDITION = frozenset({"active", "recurrence", "relapse"})
 _PAST_CONDITION = frozenset({"inactive", "remission", "resolved"})
@@ -66,6 +78,7 @@ class _ActiveDrug:
     daily_dose_mg: float | None
     prn: bool | None = None
     label: str | None = None  # how a card names this order (escaped)
+    draft: bool = False  # not yet taken: a co-medicine, never exposure nor the replaced order
 
 
 def _to_date(value: date | datetime, as_of: datetime) -> date:
@@ -183,7 +196,12 @@ def derive(facts: PatientFacts, vocab: Vocabulary, ctx: DrugContext) -> dict[str
 
     rep = facts.reproductive
     out["pregnant"] = rep.pregnant
-    out["gestational_age_weeks"] = rep.gestational_age_weeks
+    weeks = rep.gestational_age_weeks
+    if weeks is None:  # a pregnancy coded "Z3A.37" states its weeks, as on the FHIR path
+        weeks = weeks_from_conditions(facts.conditions, as_of)
+        if weeks is not None and out["pregnant"] is None:
+            out["pregnant"] = True
+    out["gestational_age_weeks"] = weeks
     out["lactating"] = rep.lactating
     out["taper_or_neonatal_plan_documented"] = rep.taper_or_neonatal_plan_documented
     out["maternal_exposure_at_delivery"] = rep.maternal_exposure_at_delivery
@@ -247,7 +265,7 @@ def derive(facts: PatientFacts, vocab: Vocabulary, ctx: DrugContext) -> dict[str
     focus = order if order is not None and ctx.drug_class in order_classes else None
     active: list[tuple[Medication | Order, _ActiveDrug]] = []
     for med in facts.medications:
-        if med.status != "active":
+        if med.status not in _COUNTED_STATUSES:
             continue
         classes = _drug_classes(med, vocab)
         product = vocab.product(med.product)
@@ -267,6 +285,7 @@ def derive(facts: PatientFacts, vocab: Vocabulary, ctx: DrugContext) -> dict[str
                     daily_dose_mg=med.daily_dose_mg,
                     prn=med.prn,
                     label=_label(med),
+                    draft=med.status == "draft",
                 ),
             )
         )
@@ -285,8 +304,11 @@ def derive(facts: PatientFacts, vocab: Vocabulary, ctx: DrugContext) -> dict[str
             candidates = [
                 (i, a)
                 for i, (m, a) in enumerate(active)
-                if (order.replaces is not None and isinstance(m, Medication) and m.id == order.replaces)
-                or (order.replaces is None and a.classes & target_classes)
+                if not a.draft
+                and (
+                    (order.replaces is not None and isinstance(m, Medication) and m.id == order.replaces)
+                    or (order.replaces is None and a.classes & target_classes)
+                )
             ]
             if order.replaces is None:
                 candidates.sort(key=lambda ia: ia[1].route != order_route)
@@ -353,7 +375,8 @@ def derive(facts: PatientFacts, vocab: Vocabulary, ctx: DrugContext) -> dict[str
     out["drug_liquid_concentrations"] = len(liquid_concentrations)
 
     history = facts.history
-    other_drug_active = any(ctx.drug_class in a.classes for m, a in active if m is not order)
+    # exposure: an order taken now (a sibling draft is not taken yet, whatever it will be)
+    other_drug_active = any(ctx.drug_class in a.classes for m, a in active if m is not order and not a.draft)
     out["order_present"] = focus is not None
     if focus is not None:  # which product classes the order is (per-product ceilings)
         for cls in order_classes:
@@ -361,11 +384,20 @@ def derive(facts: PatientFacts, vocab: Vocabulary, ctx: DrugContext) -> dict[str
     if focus is not None:
         _order_facts(out, focus, vocab, allergy_groups, replaced, facts)
         if focus.action in ACTIVE_ACTIONS:
-            others = [
-                a.daily_dose_mg
+            oral_others = [
+                a
                 for m, a in active
                 if m is not focus and ctx.drug_class in a.classes and a.route in (*ORAL_FAMILY, None)
             ]
+            others = [a.daily_dose_mg for a in oral_others]
+            # what the request itself starts: the draft and its sibling drafts (start caps)
+            out.update(
+                request_facts(
+                    out.get("daily_dose_mg"),
+                    [a.daily_dose_mg for a in oral_others if a.draft],
+                    sum_orders=ctx.sum_active_oral_orders,
+                )
+            )
             out.update(
                 combined_facts(
                     out.get("daily_dose_mg"),
@@ -408,6 +440,21 @@ def derive(facts: PatientFacts, vocab: Vocabulary, ctx: DrugContext) -> dict[str
     return {k: v for k, v in out.items() if v is not None}
 
 
+def _effective_action(action: str, daily: float | None, previous: float | None) -> str:
+    """The action the dose says: a 'continue' is an unchanged dose, so a changed one is a 'modify'.
+
+    Why: a 'continue' at 0 mg/day (or at any other dose than the one taken) stops or changes the
+    therapy; read as written, the withdrawal and titration rules (which look at modify/stop) would
+    never see it. The FHIR mapping already calls such a draft 'modify'; this makes the JSON path
+    agree. A 0 mg/day 'continue' is a stop in effect even when the previous dose is unknown.
+    """
+    if action != "continue" or daily is None:
+        return action
+    if daily == 0 or (previous is not None and abs(daily - previous) >= 1e-9):
+        return "modify"
+    return action
+
+
 def _label(med: Medication) -> str | None:
     """An active order as a card names it: product text and daily dose (escaped, shortened)."""
     name = display_text(med.product.display or med.product.code, 60)
@@ -443,7 +490,7 @@ def _order_facts(
     factor, concentration = _dose_mg_per_unit(order, unit, vocab)
     daily, single = _order_doses(order, factor)
 
-    out["order_action"] = order.action
+    out["order_action"] = order.action  # (its place in the facts; the dose may change it below)
     out["order_route"] = route
     checked = checked_route(written, product.route if product else None, form)
     out["order_route_checked"] = checked
@@ -486,6 +533,8 @@ def _order_facts(
     if previous is None and replaced is not None:
         previous = replaced.daily_dose_mg
     out["previous_daily_dose_mg"] = previous
+    action = _effective_action(order.action, daily, previous)
+    out["order_action"] = action
     out["previous_max_single_dose_mg"] = history.previous_max_single_dose_mg
     if daily is not None and previous is not None:
         out["daily_dose_change_mg"] = _round(daily - previous)
@@ -493,8 +542,8 @@ def _order_facts(
             out["daily_dose_reduction_pct"] = _round((previous - daily) / previous * 100.0)
     if single is not None and history.previous_max_single_dose_mg is not None:
         out["single_dose_change_mg"] = _round(single - history.previous_max_single_dose_mg)
-    if order.action in ACTIVE_ACTIONS:
-        if previous is None and order.action == "new":
+    if action in ACTIVE_ACTIONS:
+        if previous is None and action == "new":
             out["dose_increase"] = False  # a first order is a start, not an increase
         elif daily is not None and previous is not None:
             out["dose_increase"] = daily > previous

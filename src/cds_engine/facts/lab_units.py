@@ -4,7 +4,9 @@ An eGFR is read only in mL/min/1.73 m², in one of the spellings of :data:`EGFR_
 ``mL/min/{1.73_m2}`` and the common laboratory variants), or with no unit at all (a bare
 number or a ``">60"`` string). Any other unit (mg/dL, µmol/L, mL/s …) makes the result
 *unreadable*: the renal checks are then cannot-assess and the card names the result's date and
-the problem. An older, readable result is never used in its place — that would band the patient
+the problem. A result dated after the evaluation time is worded here too
+(:data:`FUTURE_PROBLEM_TEXT`; :mod:`cds_engine.facts.renal` decides when it applies). An older,
+readable result is never used in place of an unreadable one — that would band the patient
 on kidney function they no longer have.
 """
 
@@ -15,7 +17,13 @@ from typing import Any
 
 from cds_engine.facts.model import Renal, UnreadableResult
 
-__all__ = ["EGFR_UNITS", "egfr_unit_ok", "newest_unreadable_egfr", "unreadable_egfr_facts"]
+__all__ = [
+    "EGFR_UNITS",
+    "FUTURE_PROBLEM_TEXT",
+    "egfr_unit_ok",
+    "newest_unreadable_egfr",
+    "unreadable_egfr_facts",
+]
 
 # Accepted spellings of mL/min/1.73 m² (compared case-insensitively, spaces removed).
 EGFR_UNITS = (
@@ -42,6 +50,11 @@ _PROBLEM_TEXT = {
     "no-value": "has no readable value",
     "unit": "is not reported in mL/min/1.73 m²",
 }
+
+
+# How a card says that the only eGFR is dated after the evaluation time (facts/renal.py): it is not
+# a current value, and the renal checks are cannot-assess — the same tier as an unreadable result.
+FUTURE_PROBLEM_TEXT = "is dated after the evaluation time"
 
 
 def egfr_unit_ok(unit: str | None) -> bool:

@@ -10,6 +10,12 @@ through :class:`RenalWindows`; the cut-offs stay in the pack):
 * **eGFR or CrCl.** A current eGFR (at most ``current_days`` old) bands the patient; without
   one, a current creatinine clearance does (same cut-offs, the card names the measure); when
   neither is current the newer of the two does (ties: eGFR), and the card says so.
+* **Dated after the evaluation time.** A result dated after ``as_of`` is not a current value (a
+  batch screen with a past ``as_of`` must not see later results; the FHIR mapping drops them
+  too): an eGFR or CrCl dated later is never used, an older result still counts. When a
+  later-dated eGFR leaves no usable eGFR at all, the card says so (the cannot-assess tier of an
+  unreadable newest eGFR, with the problem "is dated after the evaluation time") — never the
+  silence of a normal value, never a plain "no eGFR".
 * **Units.** eGFR in mL/min/1.73 m² (or no unit); CrCl in mL/min (mL/s converted) — a
   clearance reported per 1.73 m² is not a Cockcroft–Gault CrCl and is not used.
 """
@@ -21,7 +27,12 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time
 from typing import Any
 
-from cds_engine.facts.lab_units import egfr_unit_ok, newest_unreadable_egfr
+from cds_engine.facts.lab_units import (
+    FUTURE_PROBLEM_TEXT,
+    egfr_unit_ok,
+    newest_unreadable_egfr,
+    unreadable_egfr_facts,
+)
 from cds_engine.facts.model import LabResult, Renal
 
 __all__ = ["RenalWindows", "age_text", "renal_facts", "select_egfr"]
@@ -41,6 +52,68 @@ def _instant(value: date | datetime, as_of: datetime) -> datetime:
     if isinstance(value, datetime):
         return value if value.tzinfo is not None else value.replace(tzinfo=as_of.tzinfo or UTC)
     return datetime.combine(value, time(0), tzinfo=as_of.tzinfo or UTC)
+
+
+def _after(value: date | datetime, as_of: datetime) -> bool:
+    """True for a result dated after the evaluation moment (a date-only result: its midnight).
+
+    A date's midnight is after ``as_of`` exactly when the date is after ``as_of``'s own date:
+    compared as dates (this runs for every result of every patient).
+    """
+    if isinstance(value, datetime):
+        return (value if value.tzinfo is not None else value.replace(tzinfo=as_of.tzinfo or UTC)) > as_of
+    return value > as_of.date()
+
+
+def _until(renal: Renal, as_of: datetime) -> Renal:
+    """``renal`` as known at ``as_of``: results dated after it left out.
+
+    Why a copy and not a filter in each reader: the eGFR choice, the unreadable-newest rule and
+    the CrCl all read ``Renal``; leaving the later results out once keeps them consistent (the
+    newest *eligible* eGFR is the one an unreadable result competes with).
+    """
+    later = (
+        renal.egfr is not None and _after(renal.egfr.date, as_of),
+        renal.crcl is not None and _after(renal.crcl.date, as_of),
+        renal.egfr_unreadable is not None and _after(renal.egfr_unreadable.date, as_of),
+    )
+    if not any(later) and not any(_after(r.date, as_of) for r in renal.egfr_results):
+        return renal
+    results = [r for r in renal.egfr_results if not _after(r.date, as_of)]
+    egfr = renal.egfr
+    if later[0]:
+        # the newest eligible readable result stands in for `egfr` (results are newest first, but
+        # a caller's list need not be sorted)
+        readable = [r for r in results if egfr_unit_ok(r.unit)]
+        egfr = max(readable, key=lambda r: _instant(r.date, as_of)) if readable else None
+    return renal.model_copy(
+        update={
+            "egfr": egfr,
+            "egfr_results": results,
+            "crcl": None if later[1] else renal.crcl,
+            "egfr_unreadable": None if later[2] else renal.egfr_unreadable,
+        }
+    )
+
+
+def _later_egfr_facts(renal: Renal, known: Renal, as_of: datetime) -> dict[str, Any]:
+    """The cannot-assess facts of an eGFR dated after ``as_of`` that left no eGFR to use."""
+    if known.egfr is not None or known.egfr_unreadable is not None:
+        return {}  # an eligible eGFR (readable or not) speaks for itself
+    later = [
+        r.date
+        for r in (renal.egfr, renal.egfr_unreadable, *renal.egfr_results)
+        if r is not None and _after(r.date, as_of)
+    ]
+    if not later:
+        return {}
+    first = min(later, key=lambda d: _instant(d, as_of))  # the one nearest the evaluation time
+    day = first.date() if isinstance(first, datetime) else first  # as lab_units shows a date
+    return {
+        "egfr_unreadable": True,
+        "egfr_unreadable_date": day.isoformat(),
+        "egfr_unreadable_problem": FUTURE_PROBLEM_TEXT,
+    }
 
 
 def _days(value: date | datetime, as_of: datetime) -> int:
@@ -71,7 +144,15 @@ def _crcl_value(result: LabResult) -> float | None:
 
 
 def select_egfr(renal: Renal, as_of: datetime, pair_window_minutes: float) -> LabResult | None:
-    """The eGFR that counts: the newest result, with race-stratified pairs resolved."""
+    """The eGFR that counts: the newest result, with race-stratified pairs resolved.
+
+    Only results dated on or before ``as_of`` count (a later one is not a current value).
+    """
+    return _select(_until(renal, as_of), as_of, pair_window_minutes)
+
+
+def _select(renal: Renal, as_of: datetime, pair_window_minutes: float) -> LabResult | None:
+    """:func:`select_egfr` of a ``Renal`` already cut at ``as_of`` (renal_facts cuts it once)."""
     newest = renal.egfr
     if newest is None or newest_unreadable_egfr(renal) is not None:
         return None  # an unreadable newest result is never replaced by an older one
@@ -126,9 +207,18 @@ def _bounded(out: dict[str, Any], name: str, value: float, comparator: str | Non
 
 
 def renal_facts(renal: Renal, as_of: datetime, windows: RenalWindows) -> dict[str, Any]:
-    """eGFR, CrCl and the banding result (``renal_fn``) with their ages and card text."""
+    """eGFR, CrCl and the banding result (``renal_fn``) with their ages and card text.
+
+    Results dated after ``as_of`` are left out first (module docstring); the facts of an
+    unreadable newest eGFR are included here as :mod:`cds_engine.facts.lab_units` words them, for
+    the results known at ``as_of``.
+    """
+    known = _until(renal, as_of)
     out: dict[str, Any] = {}
-    egfr = select_egfr(renal, as_of, windows.pair_window_minutes)
+    if known is not renal:
+        out.update(unreadable_egfr_facts(known) or _later_egfr_facts(renal, known, as_of))
+    renal = known
+    egfr = _select(renal, as_of, windows.pair_window_minutes)
     measured: list[tuple[str, LabResult, float, int]] = []
     if egfr is not None:
         days = _days(egfr.date, as_of)

@@ -256,6 +256,13 @@ class Suggestion(_Strict):
         description="Daily dose named in the advice text (one-click regimens come from tier one_click caps)",
     )
     note: str | None = None
+    tiers: list[str] | None = Field(
+        None,
+        min_length=1,
+        description="Tier ids whose cards carry this suggestion (default: every tier of the rule). "
+        "Advice must fit the tier that fired: a new start is never told to taper, an ongoing "
+        "therapy never told to start.",
+    )
 
 
 class FactValue(_Strict):
@@ -399,6 +406,11 @@ class RuleSpec(_Strict):
             if tier.id in seen:
                 raise ValueError(f"duplicate tier id {tier.id!r}")
             seen.add(tier.id)
+        for suggestion in self.suggestions:
+            unknown = [t for t in suggestion.tiers or [] if t not in seen]
+            if unknown:
+                # a misspelt tier id would silently drop the advice from every card
+                raise ValueError(f"suggestion {suggestion.label!r} names unknown tiers {unknown}")
         return self
 
 

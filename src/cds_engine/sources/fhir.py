@@ -19,8 +19,10 @@ What counts (the rules of the fact model, applied here):
   date of the latest procedure of the ``dialysis_procedure`` group — the pack's look-back is
   applied by :mod:`cds_engine.facts.derive`; ESRD alone is never dialysis.
 * **Medicines**: MedicationRequests of every status, MedicationStatements (home medicines, unless
-  they merely restate a request), the other draft orders (active). The pack drug's history
-  comes from :mod:`cds_engine.sources.history`.
+  they merely restate a request), the other draft orders (status ``draft``: co-medicines that
+  are summed and counted but never exposure nor a replaced order, see
+  :mod:`cds_engine.sources.fhir_meds`). The pack drug's history comes from
+  :mod:`cds_engine.sources.history`.
 * **The order** is the first draft MedicationRequest of the pack's drug (else the first draft);
   its dose, indication, action and taper are read by :mod:`cds_engine.sources.fhir_meds`.
 
@@ -62,7 +64,7 @@ from cds_engine.sources.fhir_read import (
     resolve_in,
     status_code,
 )
-from cds_engine.sources.gestation import gestational_age_weeks
+from cds_engine.sources.gestation import gestational_age_weeks, weeks_from_conditions
 from cds_engine.sources.history import therapy_history
 from cds_engine.vocabulary import Vocabulary
 
@@ -495,6 +497,8 @@ class _Mapper:
         # Never from an hCG result: a documented pregnancy condition, or a current gestational age
         # (a GA or estimated-delivery-date observation, sources/gestation.py) documents a pregnancy.
         weeks = gestational_age_weeks(self.observations, self.as_of)
+        if weeks is None:  # a pregnancy coded "Z3A.37" states its weeks (facts/coded_gestation.py)
+            weeks = weeks_from_conditions(conditions, self.as_of)
         pregnant = _has_active(conditions, GROUPS.pregnancy) or weeks is not None
         return Reproductive(
             pregnant=True if pregnant else None,

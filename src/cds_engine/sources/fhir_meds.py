@@ -7,6 +7,13 @@ order action: *discontinue*/*hold* for a draft with status stopped or cancelled 
 *modify* with a ``priorPrescription``; *modify* or *continue* when an active order of the same
 drug and route exists (continue only when the daily dose is unchanged); otherwise *new*.
 Sequenced ``dosageInstruction`` phases with decreasing daily doses form a taper plan.
+
+The *other* drafts of the request are co-medicines with status ``draft``: they will be taken if
+signed (interaction counts, duplicates, combined dose) but have not been taken, so derive() never
+reads them as exposure (new start) nor as the order a modify/continue replaces. An active order
+that another (not stopping) draft of the request replaces (its ``priorPrescription``, or the same
+id re-signed) is left out beside the reviewed draft: that draft stands in for it (two drafts that each
+modify their own home order sum the two new doses, not a new dose and the old one it replaces).
 """
 
 from __future__ import annotations
@@ -50,6 +57,7 @@ _STATEMENT_STATUS = {
     "intended": "draft",
 }
 _COUNTED_UNITS = frozenset({"tablet", "capsule", "packet"})
+_NOT_CO_MEDICINE = frozenset({"entered-in-error", "cancelled", "stopped"})  # drafts that are not taken
 
 
 class MedicineReader:
@@ -77,6 +85,7 @@ class MedicineReader:
         self._stopping: list[tuple[dict[str, Any], set[str]]] | None = None  # drafts that stop orders
         self._stopped_all: set[str] = set()
         self._own: dict[str, Any] | bool | None = False  # the pack's drug's first draft (False: not looked)
+        self._claims: dict[str, int] | None = None  # order id -> how many drafts replace or stop it
 
     def _product(self, resource: dict[str, Any]) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
         """(medication concept, Medication resource) of a request/statement/administration."""
@@ -217,13 +226,40 @@ class MedicineReader:
             meds.append(med)
             if episode is not None:
                 episodes.append(episode)
+        claims = self._draft_claims(meds)
+        if claims:  # only a request whose drafts name orders of the record pays for this
+            own = _claims_of(focus) if focus is not None else set()
+            meds = [
+                m
+                for m in meds
+                if m.id is None or claims.get(m.id, 0) - (1 if m.id in own else 0) <= 0
+            ]
         positions, co_medicines = self._draft_medicines(inpatient)
         at = positions.get(id(focus)) if focus is not None else None
         meds.extend(co_medicines if at is None else co_medicines[:at] + co_medicines[at + 1 :])
         return meds, episodes
 
+    def _draft_claims(self, meds: list[Medication]) -> dict[str, int]:
+        """Ids of the record's orders the drafts replace, with how many drafts do (read once).
+
+        Only drafts that become co-medicines count (not a stopping or cancelled one): a replaced
+        order is left out because the draft that replaces it is counted in its place. Kept to the
+        ids ``meds`` has (the record's, the same for every reviewed draft): usually none, and then
+        no reviewed draft pays for a filter.
+        """
+        if self._claims is None:
+            ids = {m.id for m in meds if m.id is not None}
+            claims: dict[str, int] = {}
+            for draft in self.drafts:
+                if status_code(draft.get("status")) in _NOT_CO_MEDICINE:
+                    continue
+                for ref in _claims_of(draft) & ids:
+                    claims[ref] = claims.get(ref, 0) + 1
+            self._claims = claims
+        return self._claims
+
     def _draft_medicines(self, inpatient: bool) -> tuple[dict[int, int], list[Medication]]:
-        """The drafts as active co-medicines, and where each draft is in that list.
+        """The drafts as co-medicines (status draft), and where each draft is in that list.
 
         Each draft is read once, however many are reviewed: the facts of n drafts cost O(n) reads.
         """
@@ -233,10 +269,10 @@ class MedicineReader:
         positions: dict[int, int] = {}
         out: list[Medication] = []
         for draft in self.drafts:
-            if status_code(draft.get("status")) in ("entered-in-error", "cancelled", "stopped"):
+            if status_code(draft.get("status")) in _NOT_CO_MEDICINE:
                 continue
             med, _ = self._medicine(
-                draft, "active", _setting(draft, default="inpatient" if inpatient else "outpatient")
+                draft, "draft", _setting(draft, default="inpatient" if inpatient else "outpatient")
             )
             if med is not None:
                 positions[id(draft)] = len(out)
@@ -498,6 +534,12 @@ def _setting(resource: dict[str, Any], *, default: str) -> str:
 
 def _period_start(period: Any) -> date | None:
     return parse_date(period.get("start")) if isinstance(period, dict) else None
+
+
+def _claims_of(draft: dict[str, Any]) -> set[str]:
+    """The order ids a draft replaces: its priorPrescription, and its own id (re-signed)."""
+    refs = (_reference_id(draft.get("priorPrescription")), draft.get("id"))
+    return {r for r in refs if isinstance(r, str) and r}
 
 
 def _reference_id(reference: Any) -> str | None:

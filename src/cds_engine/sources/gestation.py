@@ -9,6 +9,10 @@ values. Obstetric definitions, not pack thresholds:
 * A term pregnancy lasts at most 42 weeks: an observation older than 42 weeks, or a result that
   would put the pregnancy beyond 42 weeks at ``as_of``, no longer describes a current pregnancy.
 * Values in weeks (``wk``), days (``d``) or weeks+days (``"36+2"``, ``"36w 2d"``) are read.
+* An ICD-10-CM ``Z3A.NN`` diagnosis ("NN weeks gestation of pregnancy", in the VSAC Pregnancy set)
+  states the weeks as a code (:func:`~cds_engine.facts.coded_gestation.weeks_from_conditions`, in ``facts``
+  so the JSON facts path reads it too): a pregnancy coded only that way must
+  not read as "gestational age unknown" when the code says 37 weeks (audit reaudit-clin #7).
 """
 
 from __future__ import annotations
@@ -18,14 +22,22 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
+from cds_engine.facts.coded_gestation import MAX_PREGNANCY_WEEKS, coded_weeks, weeks_from_conditions
 from cds_engine.sources.fhir_read import parse_datetime, quantity
 
-__all__ = ["EDD_GROUP", "GA_GROUP", "gestational_age_weeks", "read_weeks"]
+__all__ = [
+    "EDD_GROUP",
+    "GA_GROUP",
+    "coded_weeks",
+    "gestational_age_weeks",
+    "read_weeks",
+    "weeks_from_conditions",
+]
 
 GA_GROUP = "gestational_age"
 EDD_GROUP = "delivery_date_estimated"
 _TERM_WEEKS = 40.0
-_MAX_WEEKS = 42.0
+_MAX_WEEKS = MAX_PREGNANCY_WEEKS
 _WEEK_UNITS = frozenset({"wk", "wks", "week", "weeks", "{weeks}", "w", "a_w"})
 _DAY_UNITS = frozenset({"d", "day", "days", "{days}"})
 _WEEKS_DAYS = re.compile(
