@@ -10,7 +10,26 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["Coding"]
+__all__ = ["SYSTEM_OIDS", "Coding", "oid_aliases"]
+
+# HL7 OIDs of the code systems the vocabulary knows, by canonical FHIR URI. FHIR allows a system
+# as ``urn:oid:<oid>`` (CDA-derived feeds send it so); such a coding must read as the canonical
+# system, or a coded draft falls through every rule as an unknown product (re-audit finding 10).
+SYSTEM_OIDS: dict[str, str] = {
+    "http://www.nlm.nih.gov/research/umls/rxnorm": "2.16.840.1.113883.6.88",
+    "http://snomed.info/sct": "2.16.840.1.113883.6.96",
+    "http://loinc.org": "2.16.840.1.113883.6.1",
+    "http://hl7.org/fhir/sid/icd-10-cm": "2.16.840.1.113883.6.90",
+}
+
+
+def oid_aliases() -> dict[str, str]:
+    """Lower-cased ``urn:oid:<oid>`` (and the bare OID) -> canonical URI, for the system normaliser."""
+    out: dict[str, str] = {}
+    for uri, oid in SYSTEM_OIDS.items():
+        out[f"urn:oid:{oid}"] = uri
+        out[oid] = uri
+    return out
 
 
 class Coding(BaseModel):

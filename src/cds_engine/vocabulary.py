@@ -17,7 +17,7 @@ from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
-from cds_engine.codes import Coding
+from cds_engine.codes import Coding, oid_aliases
 from cds_engine.term_context import TermContext
 
 __all__ = ["HISTORY_KIND", "TERM_REGEX", "Product", "Vocabulary", "normalize_system", "term_regex"]
@@ -50,6 +50,7 @@ _SYSTEM_ALIASES = {
     "icd10cm": "http://hl7.org/fhir/sid/icd-10-cm",
     "icd-10-cm": "http://hl7.org/fhir/sid/icd-10-cm",
     "http://hl7.org/fhir/sid/icd-10-cm": "http://hl7.org/fhir/sid/icd-10-cm",
+    **oid_aliases(),  # urn:oid:2.16.840.1.113883.6.88 is RxNorm, ... (codes.SYSTEM_OIDS)
 }
 
 

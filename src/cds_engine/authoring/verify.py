@@ -56,6 +56,7 @@ from cds_engine.rules.intervals import (
     union,
 )
 from cds_engine.rules.one_click import PARAMETERS as ONE_CLICK_PARAMETERS
+from cds_engine.rules.safe_paths import require_inside
 from cds_engine.rules.site import SiteSettings, declared_parameters, resolve_site
 from cds_engine.rules.yaml_lines import LineMap, YamlError, load_with_lines
 from cds_engine.vocabulary import Vocabulary
@@ -75,6 +76,10 @@ __all__ = [
 ENGINE_PARAMETERS = (
     frozenset({"dialysis_procedure_lookback_days", "suppress_window_minutes"}) | ONE_CLICK_PARAMETERS
 )
+# Findings kept per pack file: a pack with 200,000 unknown keys logged 23 MB through lint and
+# reload (re-audit #6). Errors are kept first, and the line that says how many were left out is an
+# error when any error was, so a capped report never reads cleaner than the full one.
+MAX_FINDINGS_PER_PACK = 200
 SUMMARY_LIMIT = 139  # Alert.summary max_length; longer summaries are cut with an ellipsis
 _STRING_WIDTH = 20  # assumed width of a text fact in a summary when the pack lists no longer value
 _NUMBER_WIDTH = 8
@@ -135,7 +140,7 @@ def verify_text(text: str, file: str, vocab: Vocabulary, overrides: dict[str, An
     try:
         pack = compile_pack(text, file, vocab, overrides, content)
     except PackLoadError as exc:
-        return PackReport(Path(file), None, list(exc.findings))
+        return PackReport(Path(file), None, _capped(list(exc.findings), file))
     try:
         raw, lines = load_with_lines(text)
     except YamlError:  # pragma: no cover - compile_pack parsed it already
@@ -144,12 +149,15 @@ def verify_text(text: str, file: str, vocab: Vocabulary, overrides: dict[str, An
     findings = [*pack.findings, *verifier.run(), *approval_findings(pack.spec, lines, file, directory_name),
                 *text_findings(pack, vocab, lines, file)]
     findings.sort(key=lambda f: (f.line or 0, f.rule_id or "", f.message))
-    return PackReport(Path(file), pack, _dedupe(findings), verifier.skipped)
+    return PackReport(Path(file), pack, _capped(_dedupe(findings), file), verifier.skipped)
 
 
 def verify_pack(path: str | Path, vocab: Vocabulary, overrides: dict[str, Any] | None = None) -> PackReport:
     path = Path(path)
-    content = path.read_bytes()
+    try:  # a pack file linked out of its rules directory is refused unread, as load_pack does
+        content = require_inside(path, path.parent.parent).read_bytes()
+    except PackLoadError as exc:
+        return PackReport(path, None, list(exc.findings))
     try:
         text = content.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -172,7 +180,12 @@ def verify_dir(directory: str | Path, site: str | Path | bool | None = True) -> 
         site_findings.append(Finding(str(directory), None, None,
                                      "no rule packs found: expected DIR/<pack>/pack.yaml files"))
     for path in paths:
-        declared = declared_parameters(path.read_text(encoding="utf-8", errors="replace"))
+        try:  # linked (file or folder) out of the directory: refused unread, as Engine.from_dir does
+            declared = declared_parameters(
+                require_inside(path, directory).read_text(encoding="utf-8", errors="replace"))
+        except PackLoadError as exc:
+            reports.append(PackReport(path, None, list(exc.findings)))
+            continue
         pack_id = path.parent.name
         site_findings.extend(settings.check(pack_id, declared))
         reports.append(verify_pack(path, vocab, settings.for_pack(pack_id, declared)))
@@ -182,6 +195,20 @@ def verify_dir(directory: str | Path, site: str | Path | bool | None = True) -> 
 
 def _dedupe(findings: list[Finding]) -> list[Finding]:
     return list(dict.fromkeys(findings))
+
+
+def _capped(findings: list[Finding], file: str) -> list[Finding]:
+    """At most :data:`MAX_FINDINGS_PER_PACK` findings, errors first, then one saying how many more."""
+    if len(findings) <= MAX_FINDINGS_PER_PACK:
+        return findings
+    errors = [f for f in findings if f.severity == "error"]
+    ordered = errors + [f for f in findings if f.severity != "error"]
+    kept = ordered[: MAX_FINDINGS_PER_PACK - 1]
+    dropped = ordered[MAX_FINDINGS_PER_PACK - 1 :]
+    severity = "error" if any(f.severity == "error" for f in dropped) else "warning"
+    note = Finding(file, None, None, f"{len(dropped)} more findings not shown (fix the ones above first)",
+                   severity)
+    return [*kept, note]
 
 
 # ───────────────────────── the checks ─────────────────────────

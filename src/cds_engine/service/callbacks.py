@@ -158,6 +158,52 @@ def same_origin(url: str, base: str) -> bool:
     return mine is not None and mine == _origin(base)
 
 
+_UNRESERVED_ESCAPE = re.compile(r"%([0-9A-Fa-f]{2})")
+_UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+
+
+def _decode_unreserved(segment: str) -> str:
+    """RFC 3986 §6.2.2.2: ``%66`` is ``f``; other escapes stay, upper-cased (``%2f`` → ``%2F``)."""
+
+    def one(match: re.Match[str]) -> str:
+        char = chr(int(match.group(1), 16))
+        return char if char in _UNRESERVED else "%" + match.group(1).upper()
+
+    return _UNRESERVED_ESCAPE.sub(one, segment)
+
+
+def _path_segments(url: str, *, strict: bool) -> tuple[str, ...] | None:
+    """The URL's path as normalised segments (unreserved escapes decoded, ``.``/``..`` resolved,
+    trailing ``/`` dropped); None when it cannot be compared safely.
+
+    ``strict`` (a request's ``fhirServer``, re-audit #7): also None for a query, a fragment, user
+    info, an encoded or back slash, or any ``.``/``..`` segment (also percent-encoded) — no real
+    FHIR base has one, and a server may resolve it differently from us, so it is refused rather
+    than resolved. The allow-list entries (operator-written) are only normalised."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return None
+    if strict and (
+        "?" in url or "#" in url or "@" in parts.netloc or "\\" in url
+        or re.search(r"%(2f|5c)", url, re.IGNORECASE)
+    ):
+        return None
+    out: list[str] = []
+    for raw in parts.path.split("/")[1:]:
+        segment = _decode_unreserved(raw)
+        if segment in (".", ".."):
+            if strict:
+                return None
+            if segment == ".." and out:
+                out.pop()
+            continue
+        out.append(segment)
+    while out and out[-1] == "":
+        out.pop()
+    return tuple(out)
+
+
 def _is_loopback(host: str) -> bool:
     if host in _LOOPBACK_NAMES:
         return True
@@ -177,7 +223,8 @@ class CallbackPolicy:
     def server_refusal(self, base: str, issuer: str | None) -> str | None:
         """Why no call-back may go to ``base`` for ``issuer`` (None: allowed)."""
         origin = _origin(base)
-        if origin is None:
+        path = _path_segments(base, strict=True)
+        if origin is None or path is None:
             return "callback-server-not-allowed"
         scheme, host, _port = origin
         if scheme == "http":
@@ -189,9 +236,10 @@ class CallbackPolicy:
         if self.servers_by_issuer is None:
             return None  # authentication off: a local trial
         allowed = self.servers_by_issuer.get(issuer or "", ())
-        normalized = base.rstrip("/") + "/"
-        if any(normalized.startswith(a.rstrip("/") + "/") and same_origin(base, a) for a in allowed):
-            return None
+        for entry in allowed:  # same origin, and the entry's path segments a prefix of base's
+            prefix = _path_segments(entry, strict=False)
+            if prefix is not None and same_origin(base, entry) and path[: len(prefix)] == prefix:
+                return None
         return "callback-server-not-allowed"
 
     def refusal(self, request: HookRequest, issuer: str | None) -> str | None:
@@ -278,8 +326,22 @@ async def read_json(
     raw = b"".join(chunks)
     if encoding not in ("identity", ""):
         raw = await anyio.to_thread.run_sync(_decode, raw, encoding, limit)
-    body = await anyio.to_thread.run_sync(json.loads, raw)
-    return response.status_code, scrub_resources(body, "fetched")
+    return response.status_code, await anyio.to_thread.run_sync(_parse_fetched, raw)
+
+
+def _parse_fetched(raw: bytes) -> Any:
+    """A fetched body parsed and scrubbed; one nested past what can be walked is refused (the key is
+    then unavailable and its card says so), never a RecursionError that became a 500.
+
+    Parsed by ``json.loads`` as before (the request bodies' msgspec route of
+    :mod:`cds_engine.service.json_body` meets the same recursion limit, so it would guard nothing
+    more here); the guard is the RecursionError caught around parse and scrub.
+    """
+    try:
+        return scrub_resources(json.loads(raw), "fetched")
+    except RecursionError:
+        count_refusal("callback-nesting")
+        raise CallbackRefused("call-back body nested too deeply") from None
 
 
 def _decode(raw: bytes, encoding: str, limit: int) -> bytes:

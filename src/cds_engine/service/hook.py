@@ -211,7 +211,7 @@ class HookHandler:
                 request, prefetch_templates(pack), self.fetcher, cap=self._cap(pack)
             )
             pool = self._pool(prefetched, drafts)
-            await self._resolve_medications(request, relevant, pool, deadline)
+            await self._resolve_medications(request, relevant, pool, deadline, prefetched)
             who = self._patient(pool, request)
             clock.lap("prefetch")
 
@@ -458,20 +458,36 @@ class HookHandler:
         return own or pack in engine.applicable(facts, flats)
 
     async def _resolve_medications(
-        self, request: HookRequest, drafts: list[dict[str, Any]], pool: list[dict[str, Any]], deadline: float
+        self,
+        request: HookRequest,
+        drafts: list[dict[str, Any]],
+        pool: list[dict[str, Any]],
+        deadline: float,
+        prefetched: Prefetched | None = None,
     ) -> None:
-        """Read referenced Medications the request did not carry; 412 if a draft's product stays unknown."""
+        """Read referenced Medications the request did not carry; 412 if a draft's product stays unknown.
+
+        The patient's other medicines (``prefetched``) are resolved the same way; one that stays
+        unknown makes its list unavailable, so the card says an interaction check was not done
+        (red-team finding 2: an unresolved co-medication vanished without a card).
+        """
         missing = self._missing_medications(drafts, pool)
-        if not missing:
-            return
-        if self.fetcher is None or request.fhirServer is None:
-            raise HookError(412, "context.draftOrders", "the ordered medication cannot be resolved")
-        token = request.fhirAuthorization.access_token if request.fhirAuthorization else None
-        fetched = await self.fetcher.get_many(request.fhirServer, missing, token, deadline - time.monotonic())
-        for resources in fetched.values():
-            if not resources:
+        if missing:
+            if self.fetcher is None or request.fhirServer is None:
                 raise HookError(412, "context.draftOrders", "the ordered medication cannot be resolved")
-            pool.extend(resources)
+            token = request.fhirAuthorization.access_token if request.fhirAuthorization else None
+            fetched = await self.fetcher.get_many(
+                request.fhirServer, missing, token, deadline - time.monotonic()
+            )
+            for resources in fetched.values():
+                if not resources:
+                    raise HookError(412, "context.draftOrders", "the ordered medication cannot be resolved")
+                pool.extend(resources)
+        if prefetched is not None:
+            from cds_engine.service.medication_refs import mark_unidentified, resolve_references
+
+            unknown = await resolve_references(self.fetcher, request, prefetched.resources, pool, deadline)
+            mark_unidentified(prefetched, unknown)
 
     @staticmethod
     def _missing_medications(drafts: list[dict[str, Any]], pool: list[dict[str, Any]]) -> dict[str, str]:

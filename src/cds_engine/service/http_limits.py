@@ -9,6 +9,10 @@ time a client may take to send it, so :func:`bounded_protocol` wraps uvicorn's
   connection closed — counted while the bytes arrive, so a 100 MB header is never buffered;
 * a request head not complete ``header_timeout`` (10 s) after the connection opened or after its
   first byte arrived → **408**, connection closed (slowloris);
+* a request body not complete ``body_timeout`` (10 s) after its head → **408** (when no answer has
+  started; else the connection is just closed), counted — a body drip-fed at 1 byte/s no longer
+  holds a connection and a request task open (re-audit #8). 10 s: the hook's answer is due 10 s
+  after arrival anyway, and a 10 MB body at 10 Mbit/s takes 8 s;
 * idle keep-alive is uvicorn's ``timeout_keep_alive`` (``serve --keep-alive``, default 5 s) — but
   the timer does not close a connection whose next request is already waiting in the socket (issue
   19): on uvloop, after a stall of the loop longer than the keep-alive, libuv runs the due timer
@@ -48,6 +52,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from cds_engine.service.limits import count_refusal
 
 __all__ = [
+    "BODY_TIMEOUT_SECONDS",
     "CLIENT_KEEP_ALIVE_SECONDS",
     "HEADER_TIMEOUT_SECONDS",
     "KEEP_ALIVE_SECONDS",
@@ -59,6 +64,7 @@ log = logging.getLogger("cds_engine.service.http")
 
 MAX_HEADER_BYTES = 64 * 1024
 HEADER_TIMEOUT_SECONDS = 10.0
+BODY_TIMEOUT_SECONDS = 10.0  # from the end of the head to the last byte of the body
 KEEP_ALIVE_SECONDS = 5  # serve's default (--keep-alive); a client must expire idle connections sooner
 CLIENT_KEEP_ALIVE_SECONDS = 4  # what our own clients (benchmarks) use: below the server's, see above
 
@@ -140,9 +146,12 @@ class _OneWriteResponse:
 
 
 def bounded_protocol(
-    max_header_bytes: int = MAX_HEADER_BYTES, header_timeout: float = HEADER_TIMEOUT_SECONDS
+    max_header_bytes: int = MAX_HEADER_BYTES,
+    header_timeout: float = HEADER_TIMEOUT_SECONDS,
+    body_timeout: float = BODY_TIMEOUT_SECONDS,
 ) -> type[asyncio.Protocol]:
-    """uvicorn's httptools protocol with a size and a time bound on each request head."""
+    """uvicorn's httptools protocol with a size and a time bound on each request head, and a time
+    bound on each request body."""
 
     class BoundedHttpToolsProtocol(HttpToolsProtocol):
         def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -150,6 +159,7 @@ def bounded_protocol(
             self._in_head = True  # reading a request line and headers (or waiting for one)
             self._head_bytes = 0
             self._head_timer: asyncio.TimerHandle | None = None
+            self._body_timer: asyncio.TimerHandle | None = None
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
@@ -157,6 +167,7 @@ def bounded_protocol(
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()
+            self._disarm_body()
             super().connection_lost(exc)
 
         def _arm(self) -> None:
@@ -167,6 +178,25 @@ def bounded_protocol(
             if self._head_timer is not None:
                 self._head_timer.cancel()
                 self._head_timer = None
+
+        def _disarm_body(self) -> None:
+            if self._body_timer is not None:
+                self._body_timer.cancel()
+                self._body_timer = None
+
+        def _body_timed_out(self) -> None:
+            """The body did not arrive in time: 408 unless an answer has begun, then close. The
+            application's ``receive`` then gets ``http.disconnect`` (uvicorn's connection_lost)."""
+            self._body_timer = None
+            if self._in_head or self.transport.is_closing():
+                return
+            count_refusal("body-read-timeout")
+            cycle = self.cycle
+            if cycle is None or not cycle.response_started:
+                # the closed connection marks the cycle disconnected: the application's own
+                # answer, if it ever comes, is dropped by uvicorn
+                self.transport.write(_plain(408, "Request Timeout"))
+            self.transport.close()
 
         def _refuse(self, status: int, reason: str, kind: str) -> None:
             count_refusal(kind)
@@ -210,6 +240,8 @@ def bounded_protocol(
             self._in_head = False
             self._head_bytes = 0
             self._disarm()
+            self._disarm_body()
+            self._body_timer = self.loop.call_later(body_timeout, self._body_timed_out)
             before = self.cycle
             super().on_headers_complete()
             cycle = self.cycle
@@ -218,6 +250,7 @@ def bounded_protocol(
                 cycle.transport = _OneWriteResponse(self.transport, cycle, armed)  # type: ignore[assignment]
 
         def on_message_complete(self) -> None:
+            self._disarm_body()
             super().on_message_complete()
             self._in_head = True  # the next request's head (its timer starts with its first byte)
 

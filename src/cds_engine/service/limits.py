@@ -29,9 +29,13 @@ from cds_engine.service.errors import HookError
 
 __all__ = [
     "DEFAULT_MAX_RESOURCES",
+    "MAX_ACCEPTED_SUGGESTIONS",
+    "MAX_FEEDBACK_ITEMS",
+    "MAX_SELECTIONS",
     "HookLimits",
     "cap_resources",
     "check_draft_count",
+    "check_list_length",
     "count_refusal",
     "refusal_counts",
 ]
@@ -39,6 +43,12 @@ __all__ = [
 log = logging.getLogger("cds_engine.service.limits")
 
 DEFAULT_MAX_RESOURCES = 1000  # per prefetch key; also the templates' _count
+# Lists in request models, bounded on the model class (red-team re-audit #5): CDS Hooks feedback
+# sends one item per card outcome, and a hook answer is a handful of cards — 30,000 items (7.5 MB,
+# inside the body limit) took 8 minutes of writes and starved sign-in. Operational, not clinical.
+MAX_FEEDBACK_ITEMS = 250
+MAX_ACCEPTED_SUGGESTIONS = 50  # per feedback item: a card offers a few suggestions
+MAX_SELECTIONS = 250  # order-select: each selection names a draft, and drafts stop at 250 (HookLimits)
 _lock = threading.Lock()
 _counts: Counter[str] = Counter()
 
@@ -94,6 +104,18 @@ def check_draft_count(bundle: Any, max_drafts: int) -> None:
             "context.draftOrders.entry",
             f"more than {max_drafts} draft orders in one call: split the order set",
         )
+
+
+def check_list_length(value: Any, limit: int, field: str) -> None:
+    """413 (counted) when a request list is longer than ``limit`` — checked *before* its items are
+    validated, so an oversized list costs one ``len`` and never reaches validation or the store.
+
+    Raised as :class:`HookError` from a pydantic ``mode="before"`` validator: pydantic passes any
+    exception other than ``ValueError``/``AssertionError`` through, and the app's handler answers
+    the OperationOutcome naming ``field`` and the limit."""
+    if isinstance(value, list | tuple) and len(value) > limit:
+        count_refusal(f"{field.rsplit('.', 1)[-1]}-over-limit")
+        raise HookError(413, field, f"more than {limit} items: send at most {limit} per call")
 
 
 def _element(resource: dict[str, Any], path: str) -> str:

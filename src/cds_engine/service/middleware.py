@@ -1,4 +1,4 @@
-"""ASGI middleware: request log without PHI, client JWT check, request body limit.
+"""ASGI middleware: request log without PHI, client JWT check, request body limit, hook deadline.
 
 Pure ASGI (no ``BaseHTTPMiddleware``) so streaming and latency stay untouched. Order, outermost
 first: log and timing → CORS → auth → body limit → app; so 401 and 413 answers are logged, timed
@@ -9,8 +9,10 @@ need a token. The request log and the request timing metric are one layer
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
@@ -18,6 +20,7 @@ from typing import Any
 from cds_engine import metrics
 from cds_engine.service.auth import AuthError, JwtVerifier
 from cds_engine.service.heap import note_answer
+from cds_engine.service.limits import HookLimits, count_refusal
 from cds_engine.service.metrics_http import route_label
 
 __all__ = [
@@ -173,17 +176,61 @@ class _TooLarge(Exception):
     pass
 
 
-class BodyLimitMiddleware:
-    """413 for request bodies over ``max_bytes`` — by Content-Length up front, or while streaming."""
+# a hook service call: POST /cds-services/{id} (not discovery, not feedback)
+_HOOK_CALL = re.compile(r"^/cds-services/[^/]+/?$")
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+
+class BodyLimitMiddleware:
+    """413 for request bodies over ``max_bytes`` — by Content-Length up front, or while streaming.
+
+    Also the **hook deadline from arrival** (re-audit #9): a hook call not answered
+    ``deadline_seconds`` after its request reached the application (head read; body, validation,
+    parsing, mapping and evaluation all count) gets the 503 the hook itself gives at its deadline —
+    never a partial answer. The hook's own check starts at evaluation and only between drafts, so
+    250 drafts × 120 dosage instructions used to answer 200 after 22 s. Here the call is cancelled
+    at the deadline unless its answer has begun; work already on a worker thread runs on to the
+    hook's own deadline and is discarded. Default: :class:`HookLimits`' 10 s.
+    """
+
+    def __init__(
+        self, app: ASGIApp, max_bytes: int, deadline_seconds: float | None = None
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.deadline_seconds = (
+            HookLimits().deadline_seconds if deadline_seconds is None else deadline_seconds
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        if scope["method"] == "POST" and _HOOK_CALL.match(scope.get("path", "")):
+            await self._within_deadline(scope, receive, send)
+            return
+        await self._limited(scope, receive, send)
+
+    async def _within_deadline(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """:meth:`_limited`, answered with a 503 if nothing was sent by the deadline."""
+        started = False
+
+        async def watched(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                timer.reschedule(None)  # an answer under way is never cut
+            await send(message)
+
+        try:
+            async with asyncio.timeout(self.deadline_seconds) as timer:
+                await self._limited(scope, receive, watched)
+        except TimeoutError:
+            if started:
+                raise
+            count_refusal("hook-deadline")
+            await _json(send, 503, _LATE)
+
+    async def _limited(self, scope: Scope, receive: Receive, send: Send) -> None:
         length = dict(scope.get("headers") or []).get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.max_bytes:
             await _json(send, 413, _too_large(self.max_bytes))
@@ -219,6 +266,14 @@ class BodyLimitMiddleware:
         except _TooLarge:
             if not started:
                 await _json(send, 413, _too_large(self.max_bytes))
+
+
+# the same answer as the hook's own deadline (service.hook, HookError 503)
+_LATE = {
+    "resourceType": "OperationOutcome",
+    "issue": [{"severity": "error", "code": "processing",
+               "diagnostics": "the checks did not finish in time: no advice computed, review manually"}],
+}
 
 
 def _too_large(limit: int) -> dict[str, Any]:

@@ -18,6 +18,12 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from cds_engine.service.deviations import note_deviation
+from cds_engine.service.limits import (
+    MAX_ACCEPTED_SUGGESTIONS,
+    MAX_FEEDBACK_ITEMS,
+    MAX_SELECTIONS,
+    check_list_length,
+)
 
 __all__ = [
     "Action",
@@ -112,6 +118,12 @@ class OrderContext(_In):
             note_deviation("context.userId", "user-id-missing")
         return self
 
+    @field_validator("selections", mode="before")
+    @classmethod
+    def _selections_bounded(cls, value: Any) -> Any:
+        check_list_length(value, MAX_SELECTIONS, "context.selections")
+        return value
+
     @field_validator("selections")
     @classmethod
     def _selections(cls, value: list[str] | None) -> list[str] | None:
@@ -176,6 +188,12 @@ class Feedback(_In):
     overrideReason: OverrideReason | None = None
     outcomeTimestamp: datetime
 
+    @field_validator("acceptedSuggestions", mode="before")
+    @classmethod
+    def _suggestions_bounded(cls, value: Any) -> Any:
+        check_list_length(value, MAX_ACCEPTED_SUGGESTIONS, "feedback.acceptedSuggestions")
+        return value
+
     @model_validator(mode="before")
     @classmethod
     def _legacy_reason(cls, data: Any) -> Any:
@@ -194,7 +212,30 @@ class Feedback(_In):
 
 
 class FeedbackRequest(_In):
+    """At most :data:`~cds_engine.service.limits.MAX_FEEDBACK_ITEMS` items (413 beyond, before any
+    item is validated); an item sent twice in one call is stored once (re-audit #5)."""
+
     feedback: list[Feedback] = Field(..., min_length=1)
+
+    @field_validator("feedback", mode="before")
+    @classmethod
+    def _bounded(cls, value: Any) -> Any:
+        check_list_length(value, MAX_FEEDBACK_ITEMS, "feedback")
+        return value
+
+    @field_validator("feedback")
+    @classmethod
+    def _dedupe(cls, value: list[Feedback]) -> list[Feedback]:
+        """Drop exact repeats (every member equal, extensions included), first one kept in order.
+        Items that differ in anything — another outcome or reason for the same card — all stay."""
+        seen: set[str] = set()
+        unique = []
+        for item in value:
+            key = item.model_dump_json()
+            if key not in seen:
+                seen.add(key)
+                unique.append(item)
+        return unique
 
 
 # ── responses ──────────────────────────────────────────────────────────────────────────────

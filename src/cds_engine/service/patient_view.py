@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
+import time
 from collections import Counter
 from datetime import datetime
 from typing import Any
@@ -38,9 +39,15 @@ from cds_engine.service.errors import HookError
 from cds_engine.service.fatigue import client_key
 from cds_engine.service.hook import HookHandler, HookResult, _map_facts
 from cds_engine.service.hook_scope import runs_on
+from cds_engine.service.medication_refs import (
+    UNIDENTIFIED,
+    mark_unidentified,
+    resolve_references,
+    unidentified,
+)
 from cds_engine.service.metrics_http import count_cards
 from cds_engine.service.models import Card, CardsResponse, HookRequest, OrderContext
-from cds_engine.service.prefetch import gather_prefetch
+from cds_engine.service.prefetch import _has_next, gather_prefetch, readable
 from cds_engine.sources.fhir import bundle_resources, facts_from_resources, medication_classes
 from cds_engine.store.api import EvaluationRecord, IssuedAlert, NullSink
 from cds_engine.store.failures import count_not_stored
@@ -97,6 +104,34 @@ def _drug_orders(pack: CompiledPack, resources: list[dict[str, Any]]) -> tuple[b
             if resource.get("resourceType") == "MedicationRequest":
                 orders.append(resource)
     return active, orders
+
+
+# the active-medicine key each type comes from (the unchecked card names it)
+_ACTIVE_KEYS = {
+    "MedicationRequest": ACTIVE_MEDICATION_KEYS[0],
+    "MedicationStatement": ACTIVE_MEDICATION_KEYS[1],
+}
+
+
+def _resources(value: dict[str, Any]) -> list[dict[str, Any]]:
+    """A prefetch value's resources (a Bundle too deep to walk gives none: nothing is resolved from it)."""
+    try:
+        return bundle_resources(value)
+    except RecursionError:
+        return []
+
+
+def _whole_lists(given: dict[str, Any]) -> bool:
+    """Both active-medicine keys hold a Bundle (or null) this service can read whole: one page, every
+    entry a readable MedicationRequest/MedicationStatement (prefetch.readable)."""
+    templates = patient_view_templates()
+    for key in ACTIVE_MEDICATION_KEYS:
+        value = given.get(key)
+        if value is None:
+            continue
+        if _has_next(value) or readable(value, templates[key])[1] is not None:
+            return False
+    return True
 
 
 def _unchecked_alert(pack: CompiledPack, why: str, *, on_drug: bool = True) -> Alert:
@@ -174,8 +209,9 @@ class PatientViewHandler:
         lists = [given.get(k) for k in ACTIVE_MEDICATION_KEYS]
         if any(not isinstance(v, dict) and v is not None for v in lists) or any(
             isinstance(v, dict) and v.get("resourceType") == "OperationOutcome" for v in lists
-        ) or any(k not in given for k in ACTIVE_MEDICATION_KEYS):
-            # the medicines were not sent: read them first (two searches), nothing else yet
+        ) or any(k not in given for k in ACTIVE_MEDICATION_KEYS) or not _whole_lists(given):
+            # the medicines were not sent, or not as whole lists (another shape, unreadable entries,
+            # one page of several): read them first (two searches), nothing else yet
             meds = await gather_prefetch(
                 request.model_copy(update={"prefetch": {}}), patient_view_templates(), self.hooks.fetcher
             )
@@ -189,7 +225,21 @@ class PatientViewHandler:
             current = meds.resources
         else:
             current = [r for v in lists if isinstance(v, dict) for r in bundle_resources(v)]
+        # a medicine named by a Medication reference: contained, prefetched, or read like the order
+        # hooks' (bounded); one that stays unknown may be the drug: never read as "not on it"
+        deadline = time.monotonic() + (self.hooks.fetcher.budget if self.hooks.fetcher else 0.0)
+        known = [*current, *(r for v in given.values() if isinstance(v, dict) for r in _resources(v))]
+        unknown = await resolve_references(
+            self.hooks.fetcher, request, current, known, deadline, _ACTIVE_KEYS
+        )
+        # the Medications prefetched or read, for the class look-up
+        current = [*current, *(r for r in known[len(current):] if r.get("resourceType") == "Medication")]
         active, orders = _drug_orders(pack, current)
+        if unknown and not active:
+            _count("medicines-unreadable")
+            alerts = [_unchecked_alert(pack, f"{UNIDENTIFIED} ({', '.join(sorted(unknown))})", on_drug=False)]
+            return await self._answer(ref, request, pack, self.hooks.clock(), client_key(issuer, tenant),
+                                      [(None, alerts)])
         if not active:
             _count("not-on-drug")
             return HookResult(CardsResponse(cards=[]))
@@ -208,6 +258,12 @@ class PatientViewHandler:
             cap=self.hooks._cap(pack),
         )
         pool = _dedupe([*prefetched.resources, *current])
+        # the full lists' medicines too: one whose product stays unknown makes its list incomplete
+        mark_unidentified(
+            prefetched,
+            await resolve_references(self.hooks.fetcher, request, prefetched.resources, pool, deadline),
+        )
+        mark_unidentified(prefetched, unidentified(current, pool))  # an active one the full lists lack
         patient_id = request.context.patientId
         if not any(r.get("resourceType") == "Patient" and r.get("id") == patient_id for r in pool):
             _count("unchecked")

@@ -17,7 +17,6 @@ The access token is used for these calls only: never stored, never logged.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import re
 import time
@@ -39,6 +38,7 @@ from cds_engine.service.callbacks import (
     same_origin,
     search_request,
 )
+from cds_engine.service.medication_refs import mark_unidentified, unidentified
 from cds_engine.service.models import HookRequest
 from cds_engine.sources.fhir import bundle_resources
 
@@ -117,6 +117,91 @@ def _has_next(value: Any) -> bool:
     )
 
 
+# Resources a search may carry beside its matches: ``_include``d products (some EHRs omit the
+# search mode) and nested Bundles (walked like the outer one).
+_COMPANIONS = frozenset({"Medication", "Bundle"})
+_NOT_A_BUNDLE = "the EHR sent something other than a FHIR Bundle for this prefetch"
+
+
+def template_type(template: str) -> tuple[str, bool]:
+    """(the resource type a template asks for, whether it is a search)."""
+    path, search, _ = template.partition("?")
+    return path.split("/", 1)[0], bool(search)
+
+
+def _bundle_problem(
+    bundle: dict[str, Any], expected: str | None, depth: int = 0, whole: bool = True
+) -> str | None:
+    """Why a Bundle cannot be read completely as a list of ``expected`` (None: any type); None if it can.
+
+    ``whole``: the Bundle is the first page of its search, so a ``total`` above its matches with
+    no ``next`` link means the EHR cut the list short (a later page's total counts every page).
+
+    An entry without a readable resource, or of a kind the query cannot return, means the list as
+    read may miss a medicine (or condition, ...): unknown must never read as "none" (fail-safe).
+    """
+    entries = bundle.get("entry")
+    if entries is None:
+        entries = []
+    if not isinstance(entries, list):
+        return "the EHR sent a Bundle whose entries cannot be read"
+    matches = 0
+    for entry in entries:
+        resource = entry.get("resource") if isinstance(entry, dict) else None
+        if not isinstance(resource, dict) or not isinstance(resource.get("resourceType"), str):
+            return "the EHR sent a Bundle with entries that cannot be read"
+        kind = resource["resourceType"]
+        search = entry.get("search") if isinstance(entry.get("search"), dict) else {}
+        mode = search.get("mode")
+        if kind == "OperationOutcome" and mode == "outcome":
+            continue
+        if kind == "Bundle":
+            if depth >= 4:
+                return "the EHR sent Bundles nested too deeply to be read"
+            inner = _bundle_problem(resource, expected, depth + 1)
+            if inner is not None:
+                return inner
+            continue
+        if mode == "include" or kind in _COMPANIONS:
+            continue
+        if expected is not None and kind != expected:
+            return f"the EHR sent a Bundle with entries other than {expected}"
+        matches += 1
+    total = bundle.get("total")
+    if (
+        isinstance(total, int) and not isinstance(total, bool) and total > matches
+        and not _has_next(bundle) and depth == 0 and whole
+    ):
+        return "the EHR sent fewer entries than its Bundle's total"
+    return None
+
+
+def readable(value: Any, template: str) -> tuple[list[dict[str, Any]], str | None]:
+    """(the resources that can be read from a prefetch value, why it is not fully readable or None).
+
+    Readable: a Bundle whose entries all carry a resource the template's query can return, or —
+    for a read template (``Patient/{{id}}``) — that one resource. A lone resource for a search
+    is used but marks the key unavailable (the spec says a search answers with a Bundle, so the
+    rest of the list may be missing); anything else (a string, a list, a number, another
+    resource type) reads as nothing and marks the key unavailable. ``None`` and
+    ``OperationOutcome`` are the caller's (no data; the EHR's error).
+    """
+    expected, search = template_type(template)
+    if not isinstance(value, dict) or not isinstance(value.get("resourceType"), str):
+        return [], _NOT_A_BUNDLE
+    kind = value["resourceType"]
+    if kind == "Bundle":
+        try:
+            return bundle_resources(value), _bundle_problem(value, expected)
+        except RecursionError:
+            return [], "the EHR sent Bundles nested too deeply to be read"
+    if kind != expected:
+        return [], f"the EHR sent a {'Bundle of ' if search else ''}resource of another type than {expected}"
+    if search:
+        return [value], "the EHR sent a single resource, not the search's Bundle: the list may be incomplete"
+    return [value], None
+
+
 class FhirFetcher:
     """Reads from the EHR's FHIR server with a shared connection pool and a per-hook time budget."""
 
@@ -161,6 +246,13 @@ class FhirFetcher:
                 raise ValueError(f"HTTP {status}")
             if _is_outcome(body):
                 raise ValueError("OperationOutcome")
+            if "?" in relative or pages > 0:  # a search answers with a Bundle, read whole
+                problem = (
+                    "not a Bundle" if body.get("resourceType") != "Bundle"
+                    else _bundle_problem(body, None, whole=pages == 0)
+                )
+                if problem is not None:
+                    raise ValueError(problem)
             out.extend(bundle_resources(body))
             pages += 1
             link = next_link(body)
@@ -190,7 +282,9 @@ class FhirFetcher:
                 metrics.CALLBACK_FAILURES.labels("partial").inc()
                 log.warning("FHIR call-back partial: key=%s", key)
                 return key, exc.resources
-            except (httpx.HTTPError, ValueError, CallbackRefused, json.JSONDecodeError) as exc:
+            except Exception as exc:  # any failure of one key (an httpx.InvalidURL
+                # paging link, a body nested past the recursion limit, ...): that key is unavailable
+                # and the hook still answers with its card, never a 500
                 metrics.CALLBACK_FAILURES.labels(metrics.label(type(exc).__name__)).inc()
                 log.warning("FHIR call-back failed: key=%s error=%s", key, type(exc).__name__)
                 return key, None
@@ -210,6 +304,15 @@ class FhirFetcher:
         if pending:
             log.warning("FHIR call-back budget of %.1fs exceeded for %d key(s)", budget, len(pending))
         return results
+
+
+def _follows(link: str, server: str) -> bool:
+    """A paging link this service may follow: same origin, and one httpx can send (a link with a
+    control character or over the URL size limit is refused here, not by a 500 later)."""
+    try:
+        return same_origin(link, server) and bool(httpx.URL(link).host)
+    except Exception:  # httpx.InvalidURL and whatever a hostile link provokes
+        return False
 
 
 _Cap = Callable[[str, list[dict[str, Any]]], tuple[list[dict[str, Any]], str | None]]
@@ -244,15 +347,20 @@ def _given(
             if _is_outcome(value):
                 result.unavailable[key] = "the EHR reported an error for this prefetch"
                 continue
+            resources, problem = readable(value, template)
+            if problem is not None:  # what can be read is used; the card says the key is not whole
+                _take(result, cap, key, resources)
+                result.unavailable[key] = problem
+                continue
             link = next_link(value)
             if link is not None:  # a paged prefetch: the next pages are read through fhirServer
                 server = request.fhirServer
-                if server is not None and fetcher is not None and same_origin(link, server):
+                if server is not None and fetcher is not None and _follows(link, server):
                     paged[key] = link
-                    first_pages[key] = bundle_resources(value)
+                    first_pages[key] = resources
                     continue
                 result.unavailable[key] = _PARTIAL
-            _take(result, cap, key, bundle_resources(value) if isinstance(value, dict) else [])
+            _take(result, cap, key, resources)
             continue
         relative = fill_template(template, request)
         if relative is None:
@@ -273,6 +381,11 @@ def local_prefetch(request: HookRequest, templates: dict[str, str], cap: _Cap | 
     result, to_fetch, _, _ = _given(request, templates, None, cap)
     for key in to_fetch:
         result.unavailable[key] = _NO_SERVER
+    # no server to read a co-medication's Medication from: one not contained, prefetched or in the
+    # draft bundle leaves its list incomplete (the card says so; the drafts' own are the hook's 412)
+    drafts = request.context.draftOrders
+    local = [*result.resources, *(bundle_resources(drafts) if isinstance(drafts, dict) else [])]
+    mark_unidentified(result, unidentified(result.resources, local))
     return result
 
 

@@ -6,10 +6,14 @@ of its own (never the event loop, never the evaluation store's threads or connec
 answer must come within ``timeout_seconds`` (default 50 ms). When it does not — the store is
 locked, paused, unreachable or its threads are all busy — ``on_store_failure`` decides:
 
-* ``per-process`` (default): check against this process's own :class:`ReplayCache` instead,
-  log an ERROR and count it (``/healthz`` ``jti_replay.store_failures_total``). A database blip
-  must not become no advice for anyone; replays across workers are then caught only within one
-  process until the store answers again.
+* ``per-process`` (default): the verdict of this process's own :class:`ReplayCache`, which every
+  check consults and records in *first*, under one lock, before the store is asked (re-audit #4:
+  the fallback used to be checked apart from the store's answers, so within one process one token
+  could pass once through the store and once more through the fallback). Logged as an ERROR and
+  counted (``/healthz`` ``jti_replay.store_failures_total``). A database blip must not become no
+  advice for anyone; within a process a replay is always caught, while across workers and hosts it
+  is caught only through the store: while the store does not answer, each process may accept the
+  same token once.
 * ``refuse``: the token is refused (401), counted the same way.
 
 After a failure the store is left alone for ``retry_seconds`` (the policy applies at once), so an
@@ -92,6 +96,11 @@ class ReplayCache:
     def first_use(self, iss: str, jti: str, expires: float, now: float) -> bool:
         return self.check(iss, jti, expires, now) == "first-use"
 
+    def purge(self, now: float) -> None:
+        """Forget expired ids (the guard's purge thread: with a store, every id is recorded here too)."""
+        with self._lock:
+            self._forget_expired(now)
+
     def _forget_expired(self, now: float) -> None:
         self._seen = {k: v for k, v in self._seen.items() if v > now}
         self._per_issuer = Counter(iss for iss, _ in self._seen)
@@ -143,8 +152,16 @@ class ReplayGuard:
             if self._counts.get(iss, 0) + self._since_count[iss] >= self.settings.quota_per_issuer:
                 self._stats["quota_refused_total"] += 1
                 return "quota"
+        local: Verdict | None = None
         reason = self._unavailable_reason()
         if reason is None:
+            if self.settings.on_store_failure == "per-process":
+                # this process first, checked and recorded in one step under the cache's lock: a
+                # second use here is refused however the store answers (or does not), so the
+                # fallback never accepts a token that a store check in this process also accepts
+                local = self.local.check(iss, jti, expires, now)
+                if local != "first-use":
+                    return local
             try:
                 pending = self._submit(iss, jti, expires, now)
                 first = await asyncio.wait_for(pending, self.settings.timeout_seconds)
@@ -159,7 +176,7 @@ class ReplayGuard:
                 return "first-use" if first else "replayed"
             with self._lock:
                 self._skip_until = time.monotonic() + self.settings.retry_seconds
-        return self._on_failure(reason, iss, jti, expires, now)
+        return self._on_failure(reason, iss, jti, expires, now, local)
 
     def _unavailable_reason(self) -> str | None:
         with self._lock:
@@ -193,7 +210,11 @@ class ReplayGuard:
                 self._in_flight -= 1
             raise
 
-    def _on_failure(self, reason: str, iss: str, jti: str, expires: float, now: float) -> Verdict:
+    def _on_failure(
+        self, reason: str, iss: str, jti: str, expires: float, now: float, local: Verdict | None = None
+    ) -> Verdict:
+        """The failure policy's verdict; ``local``: this request's own cache verdict, when check()
+        already took it (then it is the answer: checking again would find the request's own id)."""
         policy = self.settings.on_store_failure
         with self._lock:
             self._stats["store_failures_total"] += 1
@@ -213,12 +234,13 @@ class ReplayGuard:
             )
         if policy == "refuse":
             return "store-unavailable"
-        return self.local.check(iss, jti, expires, now)
+        return local if local is not None else self.local.check(iss, jti, expires, now)
 
     # upkeep
     def _refresh(self) -> None:
         assert self.store is not None
         now = self.clock()
+        self.local.purge(now)
         self.store.purge(now)
         counts = self.store.live_counts(now)
         with self._lock:
