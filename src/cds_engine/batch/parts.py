@@ -56,7 +56,14 @@ def _parquet_writer(path: Path, schema: Any) -> Any:
     """The writer of a final table: zstd; dictionaries on the repetitive columns (rule, severity,
     pack, source …), statistics on those that can skip a row group (pack, source, ``row``, the
     patients' counts …: not the alerts' wording, :data:`_UNSKIPPABLE`). Same schema, read the same
-    by pyarrow, polars and pandas."""
+    by pyarrow, polars and pandas.
+
+    Measured and not taken (tests/test_part_encoding.py pins the two that matter): lz4_raw or
+    snappy (the whole screening's CPU not 4 % lower; files 77-300 % larger); data pages V2 (~5 %
+    of this writer's CPU, ~1 % of a run, but fastparquet cannot read V2 pages of columns with
+    nulls, such as ``notes`` or a bundle source's ``row``); DELTA encodings of the texts (18-39 %
+    more CPU); DELTA_BINARY_PACKED for ``row`` and the counts, dictionaries on ``summary`` /
+    ``evidence`` with a larger ``dictionary_pagesize_limit`` (smaller files, no less CPU)."""
     repetitive = [n for n in schema.names if n not in _ROW_VALUED]
     return _open_writer(
         path,
