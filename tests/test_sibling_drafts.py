@@ -397,3 +397,39 @@ def test_other_drafts_are_draft_co_medicines(pack):
     assert {(m.status, tuple(m.classes)) for m in facts.medications} == {("draft", ("opioid_agonist",))}
     assert _flat(pack, facts)["meds.opioid_agonist"] == 1
 
+
+
+# ── the card says the dose it judged (the lead's review of the start tiers) ─────────────────
+def _two_drafts(sibling_daily: float | None) -> PatientFacts:
+    sibling: dict[str, Any] = {"product": {"system": RX, "code": "197391"}, "status": "draft"}
+    sibling["route"] = "oral"
+    if sibling_daily is not None:
+        sibling["daily_dose_mg"] = sibling_daily
+    return PatientFacts.model_validate(
+        {
+            "as_of": AS_OF.isoformat(),
+            "birth_date": OLD,
+            "renal": {"egfr": {"value": 45, "date": "2025-02-20"}},
+            "medications": [sibling],
+            "order": {"product": {"system": RX, "code": "197391"}, "route": "oral", "dose_amount": 5,
+                      "dose_unit": "mg", "doses_per_day": 3, "action": "new"},
+        }
+    )
+
+
+def test_start_tiers_state_the_request_total_they_judged(engine: Engine) -> None:
+    """Two 5 mg TID drafts: 30 mg/day started. A card saying "starting 15 mg/day … start below 20"
+    would contradict itself; the start tiers name the total of the request's drafts."""
+    found = {a.tier_id: a.summary for a in engine.evaluate(_two_drafts(15))}
+    assert "starting 30 mg/day" in found["BAC-R04.high_start"]
+    assert "ordered 30 mg/day" in found["BAC-D02.start_moderate"]
+    assert "new start 30 mg/day" in found["BAC-R01.moderate_start"]
+
+
+def test_a_sibling_dose_known_only_as_a_bound_keeps_the_start_tier(engine: Engine) -> None:
+    """The other draft's dose unknown: the sum is only "≥15". The start tier still fires on the draft
+    alone (its upper check reads the draft), never the ceiling tier with a claim that 15 exceeds 40."""
+    found = {a.tier_id: a.summary for a in engine.evaluate(_two_drafts(None))}
+    assert "BAC-R01.moderate" not in found
+    assert "new start ≥15 mg/day" in found["BAC-R01.moderate_start"]
+    assert "missing-data.combined_dose" in found  # what stays undecided is named
