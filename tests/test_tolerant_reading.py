@@ -158,7 +158,7 @@ def test_strength_sources_that_agree_convert_and_that_disagree_are_cannot_assess
     assert response.status_code == 200, response.text
     assert "BAC-D01" not in codes(response)
     text = " ".join(c["summary"] for c in response.json()["cards"])
-    assert "cannot be converted" in text
+    assert "not convertible to mg" in text  # the pack's "cannot assess" wording (missing_data.dose)
 
 
 def test_pill_of_a_liquid_is_cannot_assess(client, pack):
@@ -187,7 +187,7 @@ def test_unreadable_dose_in_one_draft_is_cannot_assess_not_400(client, pack, sin
     response = client.post(SIGN, json=body)
     assert response.status_code == 200, response.text
     text = " ".join(c["summary"] for c in response.json()["cards"])
-    assert "cannot be converted" in text
+    assert "not convertible to mg" in text  # the pack's "cannot assess" wording (missing_data.dose)
     assert deviations(client).get("dose-unreadable", 0) == before + 1
     assert len(sink.evaluations) == 2
 

@@ -37,7 +37,12 @@ from cds_engine.service.fatigue import FatiguePolicy, client_key
 from cds_engine.service.finite import require_finite
 from cds_engine.service.hook import HookHandler
 from cds_engine.service.json_body import FastJsonRoute
-from cds_engine.service.limits import HookLimits, refusal_counts
+from cds_engine.service.limits import (
+    MAX_FACT_LIST_ITEMS,
+    HookLimits,
+    check_nested_list_lengths,
+    refusal_counts,
+)
 from cds_engine.service.middleware import AuthMiddleware, BodyLimitMiddleware, LoggedAndTimedMiddleware
 from cds_engine.service.models import CardsResponse, DiscoveryResponse, FeedbackRequest, HookRequest
 from cds_engine.service.orders import warm_up
@@ -289,32 +294,40 @@ def create_app(
         summary="Evaluate patient facts (no FHIR): alerts of every applicable pack",
     )
     async def evaluate(facts: PatientFacts, request: Request, response: Response) -> list[Alert]:
-        require_finite(facts.model_dump(), "")
+        dumped = facts.model_dump()
+        require_finite(dumped, "")
+        check_nested_list_lengths(dumped, MAX_FACT_LIST_ITEMS)  # 413 naming the list, before any work
         require_clean_context({"facts": facts.model_dump(mode="json")})  # NUL, surrogates, dates 1900-2200
         engine = engine_provider()
-        alerts: list[Alert] = []
-        records = []
-        applicable, not_applicable = engine.applicability(facts)
+
+        def work() -> tuple[list[Any], list[Any], list[Alert], list[EvaluationRecord]]:
+            """Applicability and evaluation: CPU work (classifying every entry), never on the event loop."""
+            found_all: list[Alert] = []
+            made = []
+            applicable, not_applicable = engine.applicability(facts)
+            for pack in applicable:
+                found = engine.evaluate_pack(pack, facts)
+                found_all.extend(found)
+                info = pack.spec.pack
+                made.append(
+                    EvaluationRecord(
+                        source="evaluate",
+                        patient_ref=facts.patient_id,
+                        as_of=facts.as_of,
+                        order=facts.order.model_dump(mode="json") if facts.order else None,
+                        pack_id=info.id,
+                        pack_version=info.version,
+                        pack_hash=pack.content_hash,
+                        alerts=[IssuedAlert(alert=a, card_uuid=None) for a in found],
+                    )
+                )
+            return applicable, not_applicable, found_all, made
+
+        applicable, not_applicable, alerts, records = await anyio.to_thread.run_sync(work)
         # [] is only an all-clear when a pack was evaluated: the headers say which ran, and why others did not
         response.headers["X-Packs-Evaluated"] = ", ".join(f"{p.id} {p.version}" for p in applicable) or "none"
         if not_applicable:
             response.headers["X-Packs-Not-Applicable"] = "; ".join(str(n) for n in not_applicable)
-        for pack in applicable:
-            found = engine.evaluate_pack(pack, facts)
-            alerts.extend(found)
-            info = pack.spec.pack
-            records.append(
-                EvaluationRecord(
-                    source="evaluate",
-                    patient_ref=facts.patient_id,
-                    as_of=facts.as_of,
-                    order=facts.order.model_dump(mode="json") if facts.order else None,
-                    pack_id=info.id,
-                    pack_version=info.version,
-                    pack_hash=pack.content_hash,
-                    alerts=[IssuedAlert(alert=a, card_uuid=None) for a in found],
-                )
-            )
         for record in records:
             try:
                 if getattr(sink, "nonblocking", False):  # a journal append (as the hooks): no thread hop

@@ -30,12 +30,14 @@ from cds_engine.service.errors import HookError
 __all__ = [
     "DEFAULT_MAX_RESOURCES",
     "MAX_ACCEPTED_SUGGESTIONS",
+    "MAX_FACT_LIST_ITEMS",
     "MAX_FEEDBACK_ITEMS",
     "MAX_SELECTIONS",
     "HookLimits",
     "cap_resources",
     "check_draft_count",
     "check_list_length",
+    "check_nested_list_lengths",
     "count_refusal",
     "refusal_counts",
 ]
@@ -48,6 +50,10 @@ DEFAULT_MAX_RESOURCES = 1000  # per prefetch key; also the templates' _count
 # inside the body limit) took 8 minutes of writes and starved sign-in. Operational, not clinical.
 MAX_FEEDBACK_ITEMS = 250
 MAX_ACCEPTED_SUGGESTIONS = 50  # per feedback item: a card offers a few suggestions
+#: any list of a plain-JSON ``PatientFacts`` body (/evaluate): medicines, conditions, results … — a
+#: patient's record per kind, as a prefetch key (DEFAULT_MAX_RESOURCES). Unknown coded entries cost
+#: ~0.4 ms each to classify by their text, so a 10 MB body of them was ~30 s of CPU (lead, 2026-12-08)
+MAX_FACT_LIST_ITEMS = DEFAULT_MAX_RESOURCES
 MAX_SELECTIONS = 250  # order-select: each selection names a draft, and drafts stop at 250 (HookLimits)
 _lock = threading.Lock()
 _counts: Counter[str] = Counter()
@@ -169,3 +175,19 @@ def cap_resources(
         return kept, len(resources) - len(kept)
     ordered = sorted(newest, key=lambda r: _status(r) not in _ACTIVE)  # stable: newest within each
     return ordered[:limit], len(resources) - limit
+
+
+def check_nested_list_lengths(tree: Any, limit: int, path: str = "") -> None:
+    """413 (counted) naming the first list anywhere in ``tree`` (a dumped model) longer than ``limit``.
+
+    For bodies whose model has many lists (``PatientFacts``): one bound for all of them, checked on
+    the dump the endpoint already makes, before any derivation work."""
+    stack: list[tuple[Any, str]] = [(tree, path)]
+    while stack:
+        node, where = stack.pop()
+        if isinstance(node, dict):
+            stack.extend((v, f"{where}.{k}" if where else str(k)) for k, v in node.items()
+                         if isinstance(v, dict | list))
+        elif isinstance(node, list):
+            check_list_length(node, limit, where or "body")
+            stack.extend((v, f"{where}[{i}]") for i, v in enumerate(node) if isinstance(v, dict | list))
