@@ -71,10 +71,23 @@ __all__ = [
     "verify_text",
 ]
 
-# Parameters the engine itself reads by name (compile.py builds the DrugContext from it).
-# suppress_window_minutes: read by the service's alert-fatigue controls (service/fatigue.py), not by a rule
+# Parameters the engine itself reads by name (compile.py builds the DrugContext from them: the
+# dialysis look-back, the eGFR windows of facts/renal.py, the combined-dose switch; the one-click
+# check reads abrupt_reduction_pct). suppress_window_minutes: read by the service's alert-fatigue
+# controls (service/fatigue.py), not by a rule. A parameter listed here is never "unused" (the
+# re-audit of 2026-12-08 found egfr_pair_window_minutes reported unused while compile.py reads it).
 ENGINE_PARAMETERS = (
-    frozenset({"dialysis_procedure_lookback_days", "suppress_window_minutes"}) | ONE_CLICK_PARAMETERS
+    frozenset(
+        {
+            "dialysis_procedure_lookback_days",
+            "egfr_max_age_days",
+            "egfr_pair_window_minutes",
+            "sum_active_oral_orders",
+            "abrupt_reduction_pct",
+            "suppress_window_minutes",
+        }
+    )
+    | ONE_CLICK_PARAMETERS
 )
 # Findings kept per pack file: a pack with 200,000 unknown keys logged 23 MB through lint and
 # reload (re-audit #6). Errors are kept first, and the line that says how many were left out is an
