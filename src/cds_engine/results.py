@@ -303,7 +303,7 @@ def missing_data_alerts(
         detail = (
             f"**{label}** {what}, so these checks could not be done:\n"
             + "\n".join(lines)
-            + f"\n\nMissing facts: {', '.join(sorted(entry['facts']))}.\n\n_{note}_"
+            + f"\n\n_{note}_"  # the fact names are the alert's ``missing`` field: not clinician text
         )
         out.append(
             Alert(
