@@ -281,3 +281,13 @@ def test_one_token_sent_at_once_many_times_is_accepted_once_per_process(delay):
     finally:
         guard.close()
     assert verdicts.count("first-use") == 1 and verdicts.count("replayed") == 15
+
+
+def test_the_app_gives_the_middleware_the_configured_hook_deadline(engine):
+    """``serve``'s deadline setting reaches the deadline counted from arrival (not only the 10 s default)."""
+    from cds_engine.service.limits import HookLimits
+
+    settings = ServiceSettings(limits=HookLimits(deadline_seconds=2.5))
+    app = create_app(lambda: engine, auth=None, settings=settings)
+    body_limits = [m for m in app.user_middleware if m.cls is BodyLimitMiddleware]
+    assert len(body_limits) == 1 and body_limits[0].kwargs.get("deadline_seconds") == 2.5

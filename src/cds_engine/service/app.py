@@ -369,7 +369,11 @@ def create_app(
         app.include_router(router)
 
     # innermost first: body limit → auth → CORS → request log and timing
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(  # the hook deadline from arrival is the configured one (re-audit #9)
+        BodyLimitMiddleware,
+        max_bytes=settings.max_body_bytes,
+        deadline_seconds=settings.limits.deadline_seconds,
+    )
     if verifier is not None and auth is not None:
         app.add_middleware(
             AuthMiddleware, verifier=verifier, protected=_PROTECTED, public_base_url=auth.public_base_url
