@@ -28,7 +28,6 @@ from cds_engine.engine import Engine
 from cds_engine.facts.model import PatientFacts
 from cds_engine.rules.compile import CompiledPack
 from cds_engine.rules.governance import SHOWN_STATUSES
-from cds_engine.service.callbacks import fhir_id_ok
 from cds_engine.service.cards import LINK_HOSTS, alert_card
 from cds_engine.service.coverage import unavailable_alert
 from cds_engine.service.discovery import ServiceRef, prefetch_templates
@@ -36,6 +35,7 @@ from cds_engine.service.errors import HookError
 from cds_engine.service.fatigue import FatiguePolicy, client_key
 from cds_engine.service.hook_scope import runs_on
 from cds_engine.service.limits import HookLimits, cap_resources, check_draft_count, count_refusal
+from cds_engine.service.medication_refs import mark_unidentified, readable_reference, resolve_references
 from cds_engine.service.metrics_http import count_cards
 from cds_engine.service.models import Card, CardsResponse, HookRequest
 from cds_engine.service.order_label import PATIENT_LEVEL_RULES, name_orders, order_label
@@ -484,8 +484,6 @@ class HookHandler:
                     raise HookError(412, "context.draftOrders", "the ordered medication cannot be resolved")
                 pool.extend(resources)
         if prefetched is not None:
-            from cds_engine.service.medication_refs import mark_unidentified, resolve_references
-
             unknown = await resolve_references(self.fetcher, request, prefetched.resources, pool, deadline)
             mark_unidentified(prefetched, unknown)
 
@@ -496,9 +494,9 @@ class HookHandler:
         missing: dict[str, str] = {}
         for i, draft in enumerate(drafts):
             if medication_concept(draft, pool) is None:
-                ref = (draft.get("medicationReference") or {}).get("reference")
-                if isinstance(ref, str) and ref.startswith("Medication/") and fhir_id_ok(ref[11:]):
-                    missing[f"medication{i}"] = ref  # a FHIR id: nothing else goes into a call-back URL
+                ref = readable_reference(draft)  # a FHIR id: nothing else goes into a call-back URL
+                if ref is not None:
+                    missing[f"medication{i}"] = ref
                 else:
                     raise HookError(412, "context.draftOrders", "the ordered medication cannot be resolved")
         return missing
