@@ -24,6 +24,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic import BeforeValidator
+
 from cds_engine import metrics
 from cds_engine.service.errors import HookError
 
@@ -39,6 +41,7 @@ __all__ = [
     "check_list_length",
     "check_nested_list_lengths",
     "count_refusal",
+    "list_bound",
     "refusal_counts",
 ]
 
@@ -175,6 +178,17 @@ def cap_resources(
         return kept, len(resources) - len(kept)
     ordered = sorted(newest, key=lambda r: _status(r) not in _ACTIVE)  # stable: newest within each
     return ordered[:limit], len(resources) - limit
+
+
+def list_bound(limit: int, field: str) -> BeforeValidator:
+    """``Annotated[list[X], list_bound(n, "path")]``: :func:`check_list_length` before the items
+    are validated (one bound per request-model list, the same 413 naming the field)."""
+
+    def check(value: Any) -> Any:
+        check_list_length(value, limit, field)
+        return value
+
+    return BeforeValidator(check)
 
 
 def check_nested_list_lengths(tree: Any, limit: int, path: str = "") -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 import uuid
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -22,7 +22,7 @@ from cds_engine.service.limits import (
     MAX_ACCEPTED_SUGGESTIONS,
     MAX_FEEDBACK_ITEMS,
     MAX_SELECTIONS,
-    check_list_length,
+    list_bound,
 )
 
 __all__ = [
@@ -88,7 +88,7 @@ class OrderContext(_In):
         ..., min_length=1, description="FHIR Patient.id (a 'Patient/' prefix is tolerated)"
     )
     encounterId: str | None = Field(None, min_length=1)
-    selections: list[str] | None = Field(
+    selections: Annotated[list[str] | None, list_bound(MAX_SELECTIONS, "context.selections")] = Field(
         None, description="order-select: Type/id of the newly selected orders"
     )
     draftOrders: dict[str, Any] = Field(..., description="FHIR Bundle of the unsigned orders")
@@ -117,12 +117,6 @@ class OrderContext(_In):
         if self.userId is None:
             note_deviation("context.userId", "user-id-missing")
         return self
-
-    @field_validator("selections", mode="before")
-    @classmethod
-    def _selections_bounded(cls, value: Any) -> Any:
-        check_list_length(value, MAX_SELECTIONS, "context.selections")
-        return value
 
     @field_validator("selections")
     @classmethod
@@ -184,15 +178,11 @@ class AcceptedSuggestion(_In):
 class Feedback(_In):
     card: str = Field(..., min_length=1, description="uuid of the card")
     outcome: Literal["accepted", "overridden"]
-    acceptedSuggestions: list[AcceptedSuggestion] = Field(default_factory=list)
+    acceptedSuggestions: Annotated[
+        list[AcceptedSuggestion], list_bound(MAX_ACCEPTED_SUGGESTIONS, "feedback.acceptedSuggestions")
+    ] = Field(default_factory=list)
     overrideReason: OverrideReason | None = None
     outcomeTimestamp: datetime
-
-    @field_validator("acceptedSuggestions", mode="before")
-    @classmethod
-    def _suggestions_bounded(cls, value: Any) -> Any:
-        check_list_length(value, MAX_ACCEPTED_SUGGESTIONS, "feedback.acceptedSuggestions")
-        return value
 
     @model_validator(mode="before")
     @classmethod
@@ -215,13 +205,7 @@ class FeedbackRequest(_In):
     """At most :data:`~cds_engine.service.limits.MAX_FEEDBACK_ITEMS` items (413 beyond, before any
     item is validated); an item sent twice in one call is stored once (re-audit #5)."""
 
-    feedback: list[Feedback] = Field(..., min_length=1)
-
-    @field_validator("feedback", mode="before")
-    @classmethod
-    def _bounded(cls, value: Any) -> Any:
-        check_list_length(value, MAX_FEEDBACK_ITEMS, "feedback")
-        return value
+    feedback: Annotated[list[Feedback], list_bound(MAX_FEEDBACK_ITEMS, "feedback")] = Field(..., min_length=1)
 
     @field_validator("feedback")
     @classmethod
